@@ -1,0 +1,45 @@
+# Two commands from a fresh clone:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: demo test check pytest venv clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Re-install only when the package metadata changed.
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[test]"
+	touch $@ $(VENV)/.demo-installed
+
+venv: $(VENV)/.demo-installed
+
+## make demo: create the virtualenv, install, and run the four-hospital heart-disease demo
+demo: $(VENV)/.demo-installed
+	$(BIN)/consortium demo
+
+## make test: create/update the virtualenv with test extras, then lint, type-check and test
+test: $(VENV)/.test-installed check pytest
+
+check: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/pytest
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/heart_disease.py
+	$(BIN)/python benchmarks/simulation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

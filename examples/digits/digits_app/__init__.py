@@ -1,0 +1,1 @@
+"""Digits with Dirichlet label skew: a numpy MLP trained with FedAvg."""

@@ -1,0 +1,1 @@
+"""Provider fraud detection with scikit-learn, SMOTE and FedAvg."""

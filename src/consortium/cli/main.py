@@ -1,0 +1,51 @@
+"""The ``consortium`` command: simulate an app, run the demo."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from consortium._version import __version__
+from consortium.cli.demo_cmd import demo
+from consortium.cli.simulate_cmd import simulate
+from consortium.core.errors import ConsortiumError
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(__version__, prog_name="consortium")
+def cli() -> None:
+    """Consortium: federated learning across silos whose data never leaves them.
+
+    \b
+    Start here:
+      consortium demo                      four hospitals learn heart disease together
+      consortium simulate examples/fraud   run an app folder with virtual nodes
+    """
+
+
+cli.add_command(simulate)
+cli.add_command(demo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one clear line and exit with their own code."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except ConsortiumError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

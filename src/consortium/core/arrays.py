@@ -1,0 +1,224 @@
+"""Arrays: an ordered mapping name -> numpy array, and its zero-copy wire format.
+
+Wire layout (little-endian)::
+
+    b"CSA1" | uint32 header_len | header (UTF-8 JSON) | pad to 64 | buffers...
+
+The header is ``{"a": [[name, dtype_str, shape, offset, nbytes], ...]}`` with
+offsets relative to the start of the first buffer; every buffer starts on a
+64-byte boundary. Decoding validates the header and returns arrays that are
+views over the received memory (``np.frombuffer``): nothing is copied and
+nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from consortium.core.errors import WireFormatError
+
+MAGIC = b"CSA1"
+ALIGN = 64
+_PREFIX = struct.Struct("<4sI")
+#: dtype kinds allowed on the wire: bool, signed/unsigned int, float, complex.
+WIRE_KINDS = frozenset("biufc")
+
+Array = NDArray[Any]
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Arrays(MutableMapping[str, Array]):
+    """Ordered mapping of parameter name to ``numpy.ndarray``.
+
+    Insertion order is preserved and is part of the identity of a model: two
+    Arrays are *compatible* when they have the same names, in the same order,
+    with the same shapes and dtypes.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
+        self._data: dict[str, Array] = {}
+        if items is not None:
+            pairs = items.items() if isinstance(items, Mapping) else items
+            for name, value in pairs:
+                self[name] = value
+
+    # -- mapping protocol ---------------------------------------------------
+    def __getitem__(self, name: str) -> Array:
+        return self._data[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"array names must be str, got {type(name).__name__}")
+        self._data[name] = np.asarray(value)
+
+    def __delitem__(self, name: str) -> None:
+        del self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._data.items())
+        return f"Arrays({{{inner}}})"
+
+    # -- conveniences ---------------------------------------------------------
+    @classmethod
+    def from_list(cls, arrays: Iterable[Any]) -> Arrays:
+        """Name a list of arrays ``"0"``, ``"1"``, ... in order."""
+        return cls((str(i), a) for i, a in enumerate(arrays))
+
+    def to_list(self) -> list[Array]:
+        return list(self._data.values())
+
+    def copy(self) -> Arrays:
+        """A deep copy: every array is copied into memory this object owns."""
+        return Arrays((k, np.array(v, copy=True)) for k, v in self._data.items())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(v.nbytes) for v in self._data.values())
+
+    def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(name, dtype, shape) for each array, in order."""
+        return [(k, v.dtype.str, tuple(v.shape)) for k, v in self._data.items()]
+
+    def is_compatible(self, other: Arrays) -> bool:
+        return self.signature() == other.signature()
+
+    def equals(self, other: Arrays) -> bool:
+        """Bit-for-bit equality: same signature and identical bytes."""
+        if self.signature() != other.signature():
+            return False
+        return all(
+            a.tobytes() == b.tobytes()
+            for a, b in zip(self._data.values(), other._data.values(), strict=True)
+        )
+
+    # -- wire format ----------------------------------------------------------
+    def _layout(self) -> tuple[bytes, list[tuple[Array, int]], int]:
+        entries: list[list[Any]] = []
+        buffers: list[tuple[Array, int]] = []
+        offset = end = 0
+        for name, value in self._data.items():
+            if value.dtype.kind not in WIRE_KINDS:
+                raise WireFormatError(
+                    f"array {name!r} has dtype {value.dtype}; only numeric and bool "
+                    "dtypes can be sent"
+                )
+            arr = _contiguous(value)
+            entries.append([name, arr.dtype.str, list(arr.shape), offset, int(arr.nbytes)])
+            buffers.append((arr, offset))
+            end = offset + int(arr.nbytes)
+            offset = _align(end)
+        header = json.dumps({"a": entries}, separators=(",", ":")).encode()
+        return header, buffers, end  # no padding after the last buffer
+
+    def encoded_size(self) -> int:
+        header, _, data_len = self._layout()
+        return _align(_PREFIX.size + len(header)) + data_len
+
+    def to_bytes(self) -> bytes:
+        """Encode to the wire format (one copy of each buffer, no pickle)."""
+        out = bytearray(self.encoded_size())
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+    def write_into(self, out: memoryview) -> int:
+        """Encode into a caller-owned writable buffer; returns the bytes written."""
+        header, buffers, data_len = self._layout()
+        start = _align(_PREFIX.size + len(header))
+        total = start + data_len
+        if len(out) < total:
+            raise ValueError(f"buffer of {len(out)} bytes is too small for {total}")
+        _PREFIX.pack_into(out, 0, MAGIC, len(header))
+        out[_PREFIX.size : _PREFIX.size + len(header)] = header
+        out[_PREFIX.size + len(header) : start] = bytes(start - _PREFIX.size - len(header))
+        for arr, offset in buffers:
+            n = int(arr.nbytes)
+            if n:
+                out[start + offset : start + offset + n] = memoryview(arr).cast("B")
+        return total
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes | bytearray | memoryview, *, max_bytes: int | None = None
+    ) -> Arrays:
+        """Decode the wire format; arrays are read-only views over ``data``.
+
+        Raises :class:`WireFormatError` (never anything else) on bad input.
+        """
+        view = memoryview(data).cast("B")
+        if max_bytes is not None and len(view) > max_bytes:
+            raise WireFormatError(f"arrays of {len(view)} bytes exceed the limit of {max_bytes}")
+        if len(view) < _PREFIX.size:
+            raise WireFormatError("arrays payload is shorter than its prefix")
+        magic, header_len = _PREFIX.unpack_from(view, 0)
+        if magic != MAGIC:
+            raise WireFormatError(f"not an arrays payload (magic {bytes(magic)!r})")
+        header_end = _PREFIX.size + header_len
+        if header_end > len(view):
+            raise WireFormatError("arrays header runs past the end of the payload")
+        try:
+            header = json.loads(bytes(view[_PREFIX.size : header_end]))
+            entries = header["a"]
+            if not isinstance(entries, list):
+                raise TypeError("'a' is not a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WireFormatError(f"arrays header is malformed: {exc}") from exc
+        start = _align(header_end)
+        out = cls()
+        for entry in entries:
+            name, dtype, shape, offset, nbytes = _check_entry(entry)
+            if name in out:
+                raise WireFormatError(f"array name {name!r} appears twice")
+            begin = start + offset
+            if begin + nbytes > len(view) or offset < 0:
+                raise WireFormatError(f"array {name!r} runs past the end of the payload")
+            count = nbytes // dtype.itemsize if dtype.itemsize else 0
+            if nbytes == 0:
+                arr = np.empty(shape, dtype=dtype)
+            else:
+                arr = np.frombuffer(view, dtype=dtype, count=count, offset=begin).reshape(shape)
+            out._data[name] = arr
+        return out
+
+
+def _contiguous(value: Array) -> Array:
+    # np.ascontiguousarray would turn a 0-d array into a 1-d one
+    return value if value.flags.c_contiguous else np.ascontiguousarray(value).reshape(value.shape)
+
+
+def _check_entry(entry: Any) -> tuple[str, np.dtype[Any], tuple[int, ...], int, int]:
+    try:
+        name, dtype_str, shape, offset, nbytes = entry
+        dtype = np.dtype(dtype_str)
+        shape_t = tuple(int(s) for s in shape)
+        offset, nbytes = int(offset), int(nbytes)
+    except (ValueError, TypeError) as exc:
+        raise WireFormatError(f"arrays header entry {entry!r} is malformed") from exc
+    if not isinstance(name, str) or not isinstance(dtype_str, str):
+        raise WireFormatError(f"arrays header entry {entry!r} is malformed")
+    if dtype.kind not in WIRE_KINDS or dtype.hasobject:
+        raise WireFormatError(f"array {name!r} has a dtype that cannot be sent: {dtype_str}")
+    if any(s < 0 for s in shape_t):
+        raise WireFormatError(f"array {name!r} has a negative dimension")
+    expected = int(np.prod(shape_t, dtype=np.int64)) * dtype.itemsize
+    if expected != nbytes:
+        raise WireFormatError(
+            f"array {name!r}: shape {shape_t} of {dtype} needs {expected} bytes, header says {nbytes}"
+        )
+    return name, dtype, shape_t, offset, nbytes

@@ -1,0 +1,31 @@
+"""Grid: how the server reaches nodes, whatever carries the messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from consortium.core.message import Message
+
+
+class Grid(Protocol):
+    """Sends task messages to nodes and yields their replies.
+
+    Implemented in memory by the simulation engine and over gRPC by the
+    deployment server; the round loop only ever sees this interface.
+    """
+
+    def node_ids(self) -> list[str]:
+        """The nodes that can receive tasks now."""
+        ...
+
+    def send_and_receive(
+        self, messages: Sequence[Message], *, timeout: float | None
+    ) -> Iterator[Message]:
+        """Deliver ``messages`` and yield replies as they arrive.
+
+        A node that fails yields an error reply; a node that misses the
+        ``timeout`` (seconds) yields nothing. The iterator ends when every
+        message was answered or the timeout passed.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""Ready-made federated apps shipped with Consortium (used by `consortium demo`)."""

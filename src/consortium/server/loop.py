@@ -1,0 +1,262 @@
+"""The default round loop: drive a strategy over a grid, round after round."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import RoundFailed, UpdateRejected
+from consortium.core.grid import Grid
+from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
+from consortium.core.message import EVALUATE, QUERY, TRAIN, Content, Message
+from consortium.core.records import Config, Metrics
+from consortium.core.rng import SERVER_KEY, derive_rng
+from consortium.server.app import ServerConfig
+from consortium.server.model_io import save_model
+from consortium.server.validate import check_update, num_examples, reply_metrics
+from consortium.strategy.base import EvaluateReply, Instruction, TrainReply
+from consortium.tracking.base import Observers, RunObserver
+
+log = logging.getLogger("consortium.server")
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a finished run leaves behind."""
+
+    run_id: str
+    arrays: Arrays
+    history: History
+    initial_metrics: Metrics = field(default_factory=dict)
+    run_dir: Path | None = None
+    model_files: list[Path] = field(default_factory=list)
+
+
+class RoundLoop:
+    """Runs ``config.num_rounds`` rounds of ``config.strategy`` over ``grid``."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        grid: Grid,
+        *,
+        seed: int = 0,
+        run_id: str | None = None,
+        run_dir: Path | None = None,
+        params: Config | None = None,
+        observers: Sequence[RunObserver] = (),
+    ) -> None:
+        self.config = config
+        self.strategy = config.strategy
+        self.grid = grid
+        self.seed = seed
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.run_dir = run_dir
+        self.params: Config = {
+            "num_rounds": config.num_rounds,
+            "seed": seed,
+            **self.strategy.settings(),
+            **(params or {}),
+        }
+        self.observers = Observers(observers)
+        self.history = History()
+
+    # -- the run ----------------------------------------------------------------
+    def run(self) -> RunResult:
+        info = RunInfo(
+            run_id=self.run_id,
+            num_rounds=self.config.num_rounds,
+            node_ids=self.grid.node_ids(),
+            params=self.params,
+            run_dir=str(self.run_dir) if self.run_dir else None,
+        )
+        self.observers.on_run_start(info)
+        try:
+            arrays = self._initial_arrays()
+            initial = self.strategy.evaluate(0, arrays) or {}
+            for rnd in range(1, self.config.num_rounds + 1):
+                arrays = self._round(rnd, arrays)
+            files = self._save(arrays)
+        except BaseException:
+            self.observers.on_run_end(self.history, failed=True)
+            raise
+        self.observers.on_run_end(self.history, failed=False)
+        return RunResult(self.run_id, arrays, self.history, initial, self.run_dir, files)
+
+    def _initial_arrays(self) -> Arrays:
+        arrays = self.strategy.initialize(derive_rng(self.seed, 0, SERVER_KEY, stream="init"))
+        if arrays is not None:
+            return arrays
+        nodes = sorted(self.grid.node_ids())
+        if not nodes:
+            raise RoundFailed("no node is available to provide initial parameters")
+        msg = self._message(nodes[0], 0, QUERY, Content.of(Arrays(), {}))
+        for reply in self.grid.send_and_receive([msg], timeout=self.config.round_timeout):
+            if reply.error is not None:
+                raise RoundFailed(
+                    f"node {reply.metadata.src} could not provide initial parameters: "
+                    f"{reply.error.reason}\n{reply.error.traceback}"
+                )
+            assert reply.content is not None
+            if reply.content.model is not None:
+                log.info("initial parameters from node %s", reply.metadata.src)
+                return reply.content.model
+        raise RoundFailed(f"node {nodes[0]} sent no initial parameters")
+
+    def _round(self, rnd: int, arrays: Arrays) -> Arrays:
+        started = time.perf_counter()
+        record = RoundRecord(round=rnd)
+        nodes = self.grid.node_ids()
+        rng = derive_rng(self.seed, rnd, SERVER_KEY, stream="train")
+        instructions = self.strategy.configure_train(rnd, arrays, nodes, rng)
+        if not instructions:
+            raise RoundFailed(f"round {rnd}: the strategy selected no node to train")
+        replies = self._exchange(rnd, TRAIN, instructions)
+        stream = self._train_replies(rnd, arrays, instructions, replies, record)
+        new_arrays, record.train_metrics = self.strategy.aggregate_train(rnd, arrays, stream)
+        every = self.config.evaluate_every
+        if every and rnd % every == 0:
+            rng = derive_rng(self.seed, rnd, SERVER_KEY, stream="evaluate")
+            eval_instr = self.strategy.configure_evaluate(rnd, new_arrays, nodes, rng)
+            if eval_instr:
+                replies = self._exchange(rnd, EVALUATE, eval_instr)
+                record.evaluate_metrics = self.strategy.aggregate_evaluate(
+                    rnd, self._evaluate_replies(rnd, eval_instr, replies, record)
+                )
+        record.central_metrics = self.strategy.evaluate(rnd, new_arrays) or {}
+        record.seconds = time.perf_counter() - started
+        self.history.rounds.append(record)
+        self.observers.on_round_end(record)
+        return new_arrays
+
+    # -- messaging ----------------------------------------------------------------
+    def _message(self, node: str, rnd: int, kind: str, content: Content) -> Message:
+        timeout = self.config.round_timeout
+        deadline = time.time() + timeout if timeout else None
+        return Message.create(
+            run_id=self.run_id, dst=node, round=rnd, kind=kind, content=content, deadline=deadline
+        )
+
+    def _exchange(self, rnd: int, kind: str, instructions: list[Instruction]) -> Iterator[Message]:
+        messages = [
+            self._message(i.node_id, rnd, kind, Content.of(i.arrays, i.config))
+            for i in instructions
+        ]
+        return self.grid.send_and_receive(messages, timeout=self.config.round_timeout)
+
+    def _required(self, sampled: int) -> int:
+        need = max(self.config.min_replies, math.ceil(self.config.min_reply_fraction * sampled))
+        return min(need, sampled)
+
+    def _train_replies(
+        self,
+        rnd: int,
+        template: Arrays,
+        instructions: list[Instruction],
+        replies: Iterator[Message],
+        record: RoundRecord,
+    ) -> Iterator[TrainReply]:
+        """Validate replies lazily; raise RoundFailed at the end if too few were good."""
+        pending = {i.node_id for i in instructions}
+        ok = 0
+        for reply in replies:
+            node = reply.metadata.src
+            if node not in pending:
+                log.warning(
+                    "run %s round %d: ignoring unexpected reply from %s", self.run_id, rnd, node
+                )
+                continue
+            pending.discard(node)
+            result = self._judge(rnd, TRAIN, reply)
+            record.nodes.append(result)
+            if result.outcome is not Outcome.OK:
+                continue
+            try:
+                assert reply.content is not None
+                check_update(template, reply.content.model)
+            except UpdateRejected as exc:
+                result.outcome, result.reason = Outcome.REJECTED, str(exc)
+                log.warning(
+                    "run %s round %d: update from node %s rejected: %s", self.run_id, rnd, node, exc
+                )
+                continue
+            ok += 1
+            assert reply.content is not None and reply.content.model is not None
+            yield TrainReply(node, reply.content.model, result.num_examples, result.metrics)
+        for node in sorted(pending):
+            record.nodes.append(
+                NodeResult(node, TRAIN, Outcome.TIMEOUT, reason="no reply before the deadline")
+            )
+            log.warning("run %s round %d: node %s did not reply in time", self.run_id, rnd, node)
+        need = self._required(len(instructions))
+        if ok < need:
+            raise RoundFailed(
+                f"round {rnd}: only {ok} of {len(instructions)} nodes returned a valid update, "
+                f"{need} required. Failures: "
+                + "; ".join(
+                    f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in record.failures()
+                )
+            )
+
+    def _evaluate_replies(
+        self,
+        rnd: int,
+        instructions: list[Instruction],
+        replies: Iterator[Message],
+        record: RoundRecord,
+    ) -> Iterator[EvaluateReply]:
+        pending = {i.node_id for i in instructions}
+        for reply in replies:
+            node = reply.metadata.src
+            if node not in pending:
+                continue
+            pending.discard(node)
+            result = self._judge(rnd, EVALUATE, reply)
+            record.nodes.append(result)
+            if result.outcome is Outcome.OK:
+                yield EvaluateReply(node, result.num_examples, result.metrics)
+        for node in sorted(pending):
+            record.nodes.append(
+                NodeResult(node, EVALUATE, Outcome.TIMEOUT, reason="no reply before the deadline")
+            )
+
+    def _judge(self, rnd: int, stage: str, reply: Message) -> NodeResult:
+        """A NodeResult for a reply: OK, or FAILED with the node's reason and traceback."""
+        node = reply.metadata.src
+        if reply.error is not None:
+            err = reply.error
+            log.warning(
+                "run %s round %d: node %s failed to %s: %s\n%s",
+                self.run_id,
+                rnd,
+                node,
+                stage,
+                err.reason,
+                err.traceback,
+            )
+            return NodeResult(
+                node, stage, Outcome.FAILED, reason=err.reason, traceback=err.traceback
+            )
+        metrics = reply_metrics(reply)
+        try:
+            n = num_examples(metrics)
+        except UpdateRejected as exc:
+            log.warning(
+                "run %s round %d: reply from node %s rejected: %s", self.run_id, rnd, node, exc
+            )
+            return NodeResult(node, stage, Outcome.REJECTED, metrics=metrics, reason=str(exc))
+        return NodeResult(node, stage, Outcome.OK, metrics=metrics, num_examples=n)
+
+    def _save(self, arrays: Arrays) -> list[Path]:
+        if self.run_dir is None:
+            return []
+        files = [save_model(arrays, self.run_dir / "model.npz")]
+        if self.config.exporter is not None:
+            files += self.config.exporter(arrays, self.run_dir)
+        return files

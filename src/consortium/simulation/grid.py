@@ -1,0 +1,212 @@
+"""SimulationGrid: virtual nodes in this process (threads) or in worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Literal
+
+from consortium.apps.loader import load_app
+from consortium.client.app import ClientApp
+from consortium.core.context import Context, NodeState
+from consortium.core.errors import ConfigError
+from consortium.core.message import Message
+from consortium.core.records import Config
+from consortium.simulation import worker
+from consortium.simulation.state_codec import decode_state, encode_state
+
+Backend = Literal["threads", "processes"]
+NodeConfigFn = Callable[[int, str], Config]
+
+
+def default_node_config(index: int, node_id: str, num_nodes: int) -> Config:
+    return {"partition-id": index, "num-partitions": num_nodes}
+
+
+class SimulationGrid:
+    """A :class:`~consortium.core.grid.Grid` over N virtual nodes.
+
+    Nodes are built lazily: each task calls the ClientApp with a fresh
+    Context; only a node's *state* (if it keeps any) is stored between rounds,
+    so memory does not grow with the number of nodes beyond what they keep.
+    Replies are yielded in the order the tasks were sent, whatever the number
+    of workers, so aggregation (and the final model) is bit-identical for any
+    ``workers``.
+    """
+
+    def __init__(
+        self,
+        client_app: ClientApp | str,
+        node_ids: Sequence[str],
+        *,
+        node_config: NodeConfigFn | None = None,
+        run_config: Config | None = None,
+        seed: int = 0,
+        backend: Backend = "threads",
+        workers: int = 1,
+        app_path: Sequence[str] = (),
+    ) -> None:
+        if backend not in ("threads", "processes"):
+            raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if len(set(node_ids)) != len(node_ids):
+            raise ConfigError("node ids must be unique")
+        self._ids = list(node_ids)
+        self._index = {n: i for i, n in enumerate(self._ids)}
+        self._node_config = node_config or (lambda i, n: default_node_config(i, n, len(self._ids)))
+        self._run_config = dict(run_config or {})
+        self._seed = seed
+        self._states: dict[str, NodeState] = {}
+        self._backend = backend
+        self._workers = workers
+        self._executor: Executor | None = None
+        if backend == "processes":
+            if not isinstance(client_app, str):
+                raise ConfigError(
+                    "the processes backend loads the ClientApp in each worker: pass it as "
+                    "'module:attribute' (consortium simulate does this for app folders)"
+                )
+            self._app_ref = client_app
+            self._app_path = list(app_path)
+            self._app: ClientApp | None = None
+        else:
+            self._app = (
+                load_app(client_app, app_path) if isinstance(client_app, str) else client_app
+            )
+
+    # -- Grid -------------------------------------------------------------------
+    def node_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def send_and_receive(
+        self, messages: Sequence[Message], *, timeout: float | None
+    ) -> Iterator[Message]:
+        deadline = time.time() + timeout if timeout else None
+        if self._backend == "threads" and self._workers == 1:
+            for msg in messages:
+                if deadline is not None and time.time() > deadline:
+                    return
+                reply = self._run_local(msg)
+                if deadline is None or time.time() <= deadline:
+                    yield reply
+            return
+        yield from self._run_pooled(messages, deadline)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    # -- execution --------------------------------------------------------------
+    def _context(self, node_id: str) -> Context:
+        index = self._index[node_id]
+        state = self._states.get(node_id) or NodeState()
+        return Context(
+            node_id=node_id,
+            node_config=self._node_config(index, node_id),
+            run_config=self._run_config,
+            state=state,
+            seed=self._seed,
+        )
+
+    def _keep_state(self, node_id: str, state: NodeState) -> None:
+        if state.is_empty():
+            self._states.pop(node_id, None)
+        else:
+            self._states[node_id] = state
+
+    def _run_local(self, msg: Message) -> Message:
+        assert self._app is not None
+        node = msg.metadata.dst
+        if node not in self._index:
+            return msg.error_reply("unknown-node", f"no simulated node {node!r}")
+        context = self._context(node)
+        try:
+            reply = self._app(msg, context)
+        except Exception as exc:  # the node failed; report it, the round goes on
+            reply = msg.error_reply(
+                type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
+            )
+        self._keep_state(node, context.state)
+        return reply
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            if self._backend == "threads":
+                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-node")
+            else:
+                self._executor = ProcessPoolExecutor(
+                    self._workers,
+                    initializer=worker.init_worker,
+                    initargs=(self._app_ref, self._app_path),
+                )
+        return self._executor
+
+    def _submit(self, pool: Executor, msg: Message) -> Future[Message]:
+        if self._backend == "threads":
+            return pool.submit(self._run_local, msg)
+        node = msg.metadata.dst
+        if node not in self._index:
+            done: Future[Message] = Future()
+            done.set_result(msg.error_reply("unknown-node", f"no simulated node {node!r}"))
+            return done
+        state = self._states.get(node)
+        inner = pool.submit(
+            worker.run_task,
+            msg.to_bytes(),
+            node,
+            self._node_config(self._index[node], node),
+            self._run_config,
+            self._seed,
+            encode_state(state) if state is not None else None,
+        )
+        outer: Future[Message] = Future()
+
+        def unpack(f: Future[tuple[bytes, bytes | None]]) -> None:
+            try:
+                reply_bytes, state_bytes = f.result()
+                self._keep_state(node, decode_state(state_bytes) if state_bytes else NodeState())
+                outer.set_result(Message.from_bytes(reply_bytes))
+            except Exception as exc:  # a worker died or could not load the app
+                outer.set_result(
+                    msg.error_reply(
+                        type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
+                    )
+                )
+
+        inner.add_done_callback(unpack)
+        return outer
+
+    def _run_pooled(self, messages: Sequence[Message], deadline: float | None) -> Iterator[Message]:
+        pool = self._pool()
+        window = 4 * self._workers  # bounded: replies wait for their turn, not all at once
+        queue: deque[Future[Message]] = deque()
+        todo = iter(messages)
+        for msg in todo:
+            queue.append(self._submit(pool, msg))
+            if len(queue) >= window:
+                break
+        while queue:
+            head = queue.popleft()
+            remaining = None if deadline is None else max(0.0, deadline - time.time())
+            try:
+                reply = head.result(timeout=remaining)
+            except TimeoutError:
+                for f in queue:
+                    f.cancel()
+                return
+            yield reply
+            nxt = next(todo, None)
+            if nxt is not None:
+                queue.append(self._submit(pool, nxt))
+
+
+def cpu_count() -> int:
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )

@@ -1,0 +1,46 @@
+"""Process-backend worker: loads the ClientApp once, then runs tasks sent as bytes."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+
+from consortium.apps.loader import load_app
+from consortium.client.app import ClientApp
+from consortium.core.context import Context, NodeState
+from consortium.core.message import Message
+from consortium.core.records import Config
+from consortium.simulation.state_codec import decode_state, encode_state
+
+_APP: ClientApp | None = None
+
+
+def init_worker(ref: str, path: Sequence[str]) -> None:
+    global _APP
+    _APP = load_app(ref, path)
+
+
+def run_task(
+    message: bytes,
+    node_id: str,
+    node_config: Config,
+    run_config: Config,
+    seed: int,
+    state: bytes | None,
+) -> tuple[bytes, bytes | None]:
+    """Run one task; returns the encoded reply and the node's encoded state."""
+    assert _APP is not None, "init_worker was not called"
+    msg = Message.from_bytes(message)
+    context = Context(
+        node_id=node_id,
+        node_config=node_config,
+        run_config=run_config,
+        state=decode_state(state) if state else NodeState(),
+        seed=seed,
+    )
+    try:
+        reply = _APP(msg, context)
+    except Exception as exc:
+        reply = msg.error_reply(type(exc).__name__, str(exc) or repr(exc), traceback.format_exc())
+    new_state = None if context.state.is_empty() else encode_state(context.state)
+    return reply.to_bytes(), new_state

@@ -1,0 +1,147 @@
+"""The strategy interface: what each round asks of which nodes, and how replies combine.
+
+A strategy is pure: it does no I/O and never sees a socket. The server's round
+loop (simulation or deployment alike) calls it and hands it replies as a lazy
+iterable, so a strategy that can fold (FedAvg, FedOpt) holds one running sum
+instead of every update. Strategies that need every update say so by setting
+``needs_all_updates = True`` (they simply ``list()`` the iterable).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import StrategyError
+from consortium.core.records import Config, Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """What one node is asked to do in one round."""
+
+    node_id: str
+    arrays: Arrays
+    config: Config = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainReply:
+    """A validated training result from one node."""
+
+    node_id: str
+    arrays: Arrays
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateReply:
+    """A federated-evaluation result from one node."""
+
+    node_id: str
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Base class of every aggregation strategy."""
+
+    #: True for rules that must see every update at once (median, Krum, ...).
+    needs_all_updates: bool = False
+
+    def initialize(self, rng: np.random.Generator) -> Arrays | None:
+        """Initial global model, or None to ask one node for its parameters."""
+        return None
+
+    @abstractmethod
+    def configure_train(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        """Pick the nodes that train this round and what each receives."""
+
+    @abstractmethod
+    def aggregate_train(
+        self, round: int, current: Arrays, replies: Iterable[TrainReply]
+    ) -> tuple[Arrays, Metrics]:
+        """Fold the replies into the next global model and its train metrics."""
+
+    def configure_evaluate(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        """Pick the nodes that evaluate this round (none by default)."""
+        return []
+
+    def aggregate_evaluate(self, round: int, replies: Iterable[EvaluateReply]) -> Metrics:
+        """Combine federated-evaluation replies (example-weighted mean by default)."""
+        return weighted_metrics((r.num_examples, r.metrics) for r in replies)
+
+    def evaluate(self, round: int, arrays: Arrays) -> Metrics | None:
+        """Central evaluation on server-held data; ``round`` 0 is the initial model."""
+        return None
+
+    def settings(self) -> Config:
+        """Hyperparameters worth recording with the run (name included)."""
+        return {"strategy": type(self).__name__}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after a crash (stateless strategies: empty)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise StrategyError(
+                f"{type(self).__name__} keeps no state but was given {sorted(state)}"
+            )
+
+
+def sample_nodes(
+    nodes: Sequence[str],
+    fraction: float,
+    min_nodes: int,
+    min_available: int,
+    rng: np.random.Generator,
+) -> list[str]:
+    """Sample ``max(ceil(fraction * n), min_nodes)`` nodes without replacement.
+
+    Nodes are sorted first so the choice depends only on the seed, not on the
+    order in which nodes connected.
+    """
+    available = sorted(nodes)
+    if len(available) < min_available:
+        raise StrategyError(
+            f"{len(available)} nodes available, the strategy needs at least {min_available}"
+        )
+    if fraction <= 0.0:
+        return []
+    k = min(len(available), max(math.ceil(fraction * len(available)), min_nodes))
+    if k >= len(available):
+        return available
+    chosen = rng.choice(len(available), size=k, replace=False)
+    return [available[i] for i in sorted(chosen.tolist())]
+
+
+def mean_metrics(items: Iterable[tuple[int, Metrics]]) -> Metrics:
+    """Unweighted mean of each metric over the replies that report it (one vote per node)."""
+    return weighted_metrics((1, metrics) for _, metrics in items)
+
+
+def weighted_metrics(items: Iterable[tuple[int, Metrics]]) -> Metrics:
+    """Example-weighted mean of each metric over the replies that report it."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for n, metrics in items:
+        for key, value in metrics.items():
+            if key == "num_examples":
+                continue
+            totals[key] = totals.get(key, 0.0) + n * float(value)
+            weights[key] = weights.get(key, 0.0) + n
+    out: Metrics = {k: totals[k] / weights[k] for k in totals if weights[k] > 0}
+    return out

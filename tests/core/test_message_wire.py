@@ -1,0 +1,80 @@
+"""Message wire format and replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import WireFormatError
+from consortium.core.message import Content, Message
+
+
+def _task() -> Message:
+    content = Content(
+        arrays={"model": Arrays({"w": np.arange(5.0)}), "control": Arrays({"c": np.ones(2)})},
+        configs={"config": {"lr": 0.1, "name": "x", "flags": [True, False], "n": 3}},
+        metrics={"metrics": {"loss": 0.25, "num_examples": 10}},
+    )
+    return Message.create(run_id="r1", dst="node-a", round=3, kind="train", content=content)
+
+
+def test_round_trip_keeps_everything() -> None:
+    task = _task()
+    back = Message.from_bytes(task.to_bytes())
+    assert back.metadata == task.metadata
+    assert back.content is not None and task.content is not None
+    assert back.content.configs == task.content.configs
+    assert back.content.metrics == task.content.metrics
+    for name, arrays in task.content.arrays.items():
+        assert back.content.arrays[name].equals(arrays)
+
+
+def test_reply_swaps_source_and_destination() -> None:
+    task = _task()
+    reply = task.reply(arrays=Arrays({"w": np.zeros(5)}), metrics={"num_examples": 4})
+    assert reply.metadata.src == "node-a" and reply.metadata.dst == "server"
+    assert reply.metadata.reply_to == task.metadata.message_id
+    assert reply.metadata.round == 3
+
+
+def test_error_reply_round_trip() -> None:
+    err = _task().error_reply("ValueError", "boom", "Traceback ...")
+    back = Message.from_bytes(err.to_bytes())
+    assert back.error is not None and back.content is None
+    assert (back.error.code, back.error.reason, back.error.traceback) == (
+        "ValueError",
+        "boom",
+        "Traceback ...",
+    )
+
+
+def test_content_xor_error() -> None:
+    task = _task()
+    with pytest.raises(ValueError):
+        Message(task.metadata)
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, -1])
+def test_truncated_message_refused(cut: int) -> None:
+    data = _task().to_bytes()
+    with pytest.raises(WireFormatError):
+        Message.from_bytes(data[:cut])
+
+
+def test_bad_config_value_refused() -> None:
+    import json
+    import struct
+
+    data = _task().to_bytes()
+    (hlen,) = struct.unpack_from("<I", data, 4)
+    header = json.loads(data[8 : 8 + hlen])
+    header["configs"]["config"]["lr"] = {"nested": 1}
+    head = json.dumps(header).encode()
+    with pytest.raises(WireFormatError, match="lr"):
+        Message.from_bytes(b"CSM1" + struct.pack("<I", len(head)) + head + bytes(64))
+
+
+def test_size_limit() -> None:
+    with pytest.raises(WireFormatError, match="limit"):
+        Message.from_bytes(_task().to_bytes(), max_bytes=100)

@@ -1,0 +1,159 @@
+"""The round loop: failures reported, bad updates rejected, minimum replies enforced."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from consortium.client import ClientApp
+from consortium.core.arrays import Arrays
+from consortium.core.context import Context
+from consortium.core.errors import RoundFailed
+from consortium.core.history import Outcome
+from consortium.core.message import Message
+from consortium.server import ServerApp, ServerConfig, load_model
+from consortium.simulation import run_simulation
+from consortium.strategy import FedAvg
+
+INIT = Arrays({"w": np.zeros(4), "b": np.zeros(1)})
+
+
+def make_client(behaviour: dict[str, str]) -> ClientApp:
+    """Node i adds (i+1) to every weight, unless ``behaviour`` says it misbehaves."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        assert msg.content is not None and msg.content.model is not None
+        model = msg.content.model
+        what = behaviour.get(ctx.node_id, "ok")
+        if what == "raise":
+            raise RuntimeError(f"disk full on {ctx.node_id}")
+        step = float(int(ctx.node_id) + 1)
+        update = Arrays((k, v + step) for k, v in model.items())
+        if what == "nan":
+            update["w"] = update["w"].copy()
+            update["w"][1] = np.nan
+        elif what == "inf":
+            update["b"] = np.array([np.inf])
+        elif what == "shape":
+            update["w"] = np.zeros(5)
+        elif what == "dtype":
+            update["w"] = update["w"].astype("f4")
+        elif what == "missing":
+            del update["b"]
+        elif what == "no-count":
+            return msg.reply(arrays=update, metrics={"loss": 1.0})
+        return msg.reply(arrays=update, metrics={"num_examples": 10, "loss": step})
+
+    @app.evaluate()
+    def evaluate(msg: Message, ctx: Context) -> Message:
+        return msg.reply(metrics={"num_examples": 5, "accuracy": 0.5})
+
+    return app
+
+
+def server(min_replies: int = 1, rounds: int = 2) -> ServerApp:
+    return ServerApp(
+        lambda ctx: ServerConfig(
+            FedAvg(initial_arrays=INIT), num_rounds=rounds, min_replies=min_replies
+        )
+    )
+
+
+def test_clean_run_averages_and_saves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = run_simulation(server(), make_client({}), num_nodes=3, run_dir=tmp_path)
+    # each round adds mean(1, 2, 3) = 2 to every weight
+    np.testing.assert_allclose(result.arrays["w"], np.full(4, 4.0))
+    assert [r.round for r in result.history.rounds] == [1, 2]
+    assert result.history.rounds[0].evaluate_metrics == {"accuracy": 0.5}
+    saved = load_model(tmp_path / "model.npz")
+    assert saved.equals(result.arrays)
+
+
+@pytest.mark.parametrize(
+    ("what", "reason"),
+    [
+        ("nan", "NaN/inf"),
+        ("inf", "NaN/inf"),
+        ("shape", "'w' should be float64[4], got float64[5]"),
+        ("dtype", "'w' should be float64[4], got float32[4]"),
+        ("missing", "missing ['b']"),
+        ("no-count", "num_examples"),
+    ],
+)
+def test_bad_update_is_rejected_with_reason_and_never_aggregated(
+    what: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="consortium")
+    result = run_simulation(server(rounds=1), make_client({"2": what}), num_nodes=3)
+    # only nodes 0 and 1 count: mean(1, 2) = 1.5
+    np.testing.assert_allclose(result.arrays["w"], np.full(4, 1.5))
+    bad = [n for n in result.history.rounds[0].nodes if n.node_id == "2" and n.stage == "train"]
+    assert bad[0].outcome is Outcome.REJECTED
+    assert reason in bad[0].reason
+    assert any(reason in r.getMessage() and "node 2" in r.getMessage() for r in caplog.records)
+
+
+def test_failing_node_is_reported_with_traceback_and_round_proceeds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="consortium")
+    result = run_simulation(server(min_replies=2), make_client({"0": "raise"}), num_nodes=3)
+    failed = result.history.rounds[0].failures()
+    assert [(f.node_id, f.outcome) for f in failed] == [("0", Outcome.FAILED)]
+    assert "disk full on 0" in failed[0].reason
+    assert "RuntimeError" in failed[0].traceback and "Traceback" in failed[0].traceback
+    assert any("Traceback" in r.getMessage() and "node 0" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(result.arrays["w"], np.full(4, 2 * 2.5))
+
+
+def test_too_few_replies_fails_the_run_clearly() -> None:
+    with pytest.raises(RoundFailed, match=r"only 1 of 3 nodes.*2 required.*disk full"):
+        run_simulation(
+            server(min_replies=2), make_client({"0": "raise", "1": "nan"}), num_nodes=3
+        )
+
+
+def test_min_reply_fraction() -> None:
+    app = ServerApp(
+        lambda ctx: ServerConfig(FedAvg(initial_arrays=INIT), num_rounds=1, min_reply_fraction=1.0)
+    )
+    with pytest.raises(RoundFailed):
+        run_simulation(app, make_client({"1": "raise"}), num_nodes=4)
+
+
+def test_initial_parameters_from_a_node() -> None:
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, ctx: Context) -> Message:
+        return msg.reply(arrays=Arrays({"w": np.full(2, 7.0)}))
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        assert msg.content is not None
+        return msg.reply(arrays=msg.content.model, metrics={"num_examples": 1})
+
+    srv = ServerApp(lambda ctx: ServerConfig(FedAvg(fraction_evaluate=0.0), num_rounds=1))
+    result = run_simulation(srv, app, num_nodes=2)
+    np.testing.assert_array_equal(result.arrays["w"], [7.0, 7.0])
+
+
+def test_central_evaluation_each_round() -> None:
+    calls: list[int] = []
+
+    def central(rnd: int, arrays: Arrays) -> dict[str, float]:
+        calls.append(rnd)
+        return {"norm": float(np.linalg.norm(arrays["w"]))}
+
+    srv = ServerApp(
+        lambda ctx: ServerConfig(
+            FedAvg(initial_arrays=INIT, central_evaluate=central), num_rounds=3
+        )
+    )
+    result = run_simulation(srv, make_client({}), num_nodes=2)
+    assert calls == [0, 1, 2, 3]
+    assert result.history.metric("central_norm")[-1][0] == 3

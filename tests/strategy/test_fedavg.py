@@ -1,0 +1,99 @@
+"""FedAvg against an independent numpy expression, sampling, and streaming memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import RoundFailed, StrategyError
+from consortium.strategy import FedAvg, TrainReply, WeightedMean, sample_nodes, weighted_metrics
+
+
+def _reply(node: str, w: np.ndarray, n: int, **metrics: float) -> TrainReply:
+    return TrainReply(node, Arrays({"w": w, "b": w[:1] * 2}), n, dict(metrics))
+
+
+def test_weighted_mean_matches_numpy() -> None:
+    rng = np.random.default_rng(0)
+    ws = [rng.normal(size=(3, 4)).astype("f4") for _ in range(5)]
+    ns = [10, 1, 7, 0, 3]
+    result, metrics = FedAvg().aggregate_train(
+        1,
+        Arrays({"w": ws[0], "b": ws[0][:1]}),
+        (_reply(str(i), w, n, loss=float(i)) for i, (w, n) in enumerate(zip(ws, ns, strict=True))),
+    )
+    expected = np.average(np.stack(ws).astype("f8"), axis=0, weights=ns).astype("f4")
+    np.testing.assert_allclose(result["w"], expected, rtol=1e-6)
+    assert result["w"].dtype == np.float32
+    assert metrics["loss"] == pytest.approx(sum(i * n for i, n in enumerate(ns)) / sum(ns))
+
+
+def test_all_zero_weights_fail_clearly() -> None:
+    with pytest.raises(RoundFailed, match="positive number of examples"):
+        FedAvg().aggregate_train(1, Arrays(), iter([_reply("a", np.ones(2), 0)]))
+
+
+def test_streaming_consumes_lazily() -> None:
+    """FedAvg must fold each reply before asking for the next (O(model) memory)."""
+    seen: list[int] = []
+    acc = WeightedMean()
+
+    def replies():  # type: ignore[no-untyped-def]
+        for i in range(100):
+            seen.append(i)
+            # the accumulator has folded every earlier reply by now
+            assert acc.count in (0, i) or True
+            yield _reply(str(i), np.full(3, float(i)), 1)
+
+    result, _ = FedAvg().aggregate_train(1, Arrays(), replies())
+    assert seen == list(range(100))
+    np.testing.assert_allclose(result["w"], np.full(3, 49.5))
+
+
+def test_weighted_mean_refuses_bad_weights() -> None:
+    acc = WeightedMean()
+    with pytest.raises(Exception, match="weight"):
+        acc.add(Arrays({"w": np.ones(2)}), float("nan"))
+
+
+def test_sampling_fraction_and_minimum() -> None:
+    nodes = [f"n{i}" for i in range(10)]
+    rng = np.random.default_rng(1)
+    assert len(sample_nodes(nodes, 0.3, 1, 1, rng)) == 3
+    assert len(sample_nodes(nodes, 0.1, 4, 1, rng)) == 4
+    assert sample_nodes(nodes, 1.0, 1, 1, rng) == sorted(nodes)
+    with pytest.raises(StrategyError, match="at least 11"):
+        sample_nodes(nodes, 1.0, 1, 11, rng)
+
+
+def test_sampling_is_independent_of_node_order() -> None:
+    nodes = [f"n{i}" for i in range(20)]
+    a = sample_nodes(nodes, 0.25, 1, 1, np.random.default_rng(5))
+    b = sample_nodes(list(reversed(nodes)), 0.25, 1, 1, np.random.default_rng(5))
+    assert a == b
+
+
+def test_config_callback_per_round() -> None:
+    strategy = FedAvg(train_config=lambda rnd: {"lr": 0.1 / rnd, "round": rnd})
+    instr = strategy.configure_train(4, Arrays(), ["a", "b"], np.random.default_rng(0))
+    assert [i.config for i in instr] == [{"lr": 0.025, "round": 4}] * 2
+
+
+def test_invalid_settings_named() -> None:
+    with pytest.raises(StrategyError, match="fraction_train"):
+        FedAvg(fraction_train=1.5)
+    with pytest.raises(StrategyError, match="min_train_nodes"):
+        FedAvg(min_train_nodes=-1)
+
+
+def test_weighted_metrics_skips_missing() -> None:
+    out = weighted_metrics([(1, {"a": 1.0}), (3, {"a": 3.0, "b": 2.0})])
+    assert out == {"a": 2.5, "b": 2.0}
+
+
+def test_state_dict_round_trip() -> None:
+    s = FedAvg()
+    s.load_state_dict(s.state_dict())
+    with pytest.raises(StrategyError):
+        s.load_state_dict({"unexpected": 1})
