@@ -39,6 +39,9 @@ def test_public_api_is_exactly_all() -> None:
     # submodules appear as attributes once imported; everything else must be in __all__
     import types
 
-    extra = {n for n in public - set(consortium.__all__)
-             if not isinstance(getattr(consortium, n), types.ModuleType)}
+    extra = {
+        n
+        for n in public - set(consortium.__all__)
+        if not isinstance(getattr(consortium, n), types.ModuleType)
+    }
     assert extra == set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import subprocess
 import sys
@@ -56,7 +57,10 @@ def _installed_flwr_version(python: Path) -> str | None:
 
 
 def ensure_flower_venv(path: Path = Path(".bench/flower-venv")) -> Path:
-    """Create the Flower virtualenv at ``path`` if needed; return its python.
+    """Create the Flower virtualenv at ``path`` if needed.
+
+    Returns the venv's *interpreter* (``path/bin/python``), which is what
+    callers run ``flower_sim.py`` with.
 
     Idempotent: when ``flwr`` is already installed there at ``FLWR_VERSION``
     (together with Ray, numpy and psutil) nothing is installed.
@@ -76,12 +80,16 @@ def ensure_flower_venv(path: Path = Path(".bench/flower-venv")) -> Path:
     _log("installing " + " ".join(_REQUIREMENTS) + " (this takes a minute)")
     env = dict(os.environ)
     env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-    # pip's progress goes to stderr so stdout stays clean for callers.
+    # pip's output goes to stderr so stdout stays clean for callers.
+    try:
+        stdout: int | None = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. a captured stderr
+        stdout = None
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", *_REQUIREMENTS],
         check=True,
         env=env,
-        stdout=sys.stderr,
+        stdout=stdout,
     )
     found = _installed_flwr_version(python)
     if found != FLWR_VERSION:
@@ -112,7 +120,7 @@ def flower_env(home: Path) -> dict[str, str]:
             # Without it Ray finds its node address by a UDP "connect" to a
             # public address and binds to the external interface.
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            # Ray's dashboard / metrics agents are not needed and open ports.
+            # Quieter Ray logs (Flower already starts Ray without dashboard).
             "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
             "RAY_DEDUP_LOGS": "0",
             # Silences a FutureWarning; we never ask for GPUs.
@@ -131,17 +139,28 @@ def flower_env(home: Path) -> dict[str, str]:
 
 
 def _short_ray_tmpdir(home: Path) -> str:
+    """Ray's temp dir, short enough for its unix sockets (limit 107 bytes).
+
+    Ray puts ``ray/session_<date>_<pid>/sockets/plasma_store`` (~67 bytes)
+    under it; a long ``home`` falls back to a stable folder in the system temp
+    dir named after ``home``.
+    """
     candidate = home / "ray"
-    if len(str(candidate)) <= 40:
-        candidate.mkdir(parents=True, exist_ok=True)
-        return str(candidate)
-    # Ray appends session_<date>_<pid>/sockets/plasma_store to it.
-    return tempfile.mkdtemp(prefix="flwr-ray-")
+    if len(str(candidate)) > 40:
+        digest = hashlib.sha256(str(home).encode()).hexdigest()[:10]
+        candidate = Path(tempfile.gettempdir()) / f"flwr-ray-{digest}"
+    candidate.mkdir(parents=True, exist_ok=True)
+    return str(candidate)
 
 
 @dataclasses.dataclass
 class Measured:
-    """Outcome of :func:`run_measured`."""
+    """Outcome of :func:`run_measured`.
+
+    ``wall_s``: seconds from start to exit (on timeout: until the tree was
+    killed); ``peak_rss_bytes``: highest summed RSS of the process tree seen
+    by the 0.1 s poll; ``returncode``: None on timeout.
+    """
 
     wall_s: float
     peak_rss_bytes: int

@@ -4,6 +4,7 @@ The names below are the public API; everything else lives in subpackages
 (``consortium.strategy``, ``consortium.ml``, ``consortium.datasets``, ...).
 """
 
+from consortium._version import __version__
 from consortium.client import ClientApp, EvaluateResult, FitResult, NumPyClient
 from consortium.core import (
     Arrays,
@@ -18,8 +19,6 @@ from consortium.core import (
 from consortium.server import ServerApp, ServerConfig
 from consortium.simulation import run_simulation
 from consortium.strategy import FedAvg, Strategy
-
-from consortium._version import __version__
 
 __all__ = [
     "Arrays",

@@ -43,9 +43,12 @@ def test_good_manifest(tmp_path: Path) -> None:
     ("edit", "field"),
     [
         (lambda t: t.replace('server = "my_app.server:app"\n', ""), "missing field 'app.server'"),
-        (lambda t: t.replace('version = "1.0"', "versoin = \"1.0\""), "unknown field 'app.versoin'"),
+        (lambda t: t.replace('version = "1.0"', 'versoin = "1.0"'), "unknown field 'app.versoin'"),
         (lambda t: t.replace('"my_app.client:app"', '"my_app.client"'), "field 'app.client'"),
-        (lambda t: t.replace("num-nodes = 4", 'num-nodes = "four"'), "field 'simulation.num-nodes'"),
+        (
+            lambda t: t.replace("num-nodes = 4", 'num-nodes = "four"'),
+            "field 'simulation.num-nodes'",
+        ),
         (lambda t: t.replace("num-nodes = 4", "num-nodes = 0"), "field 'simulation.num-nodes'"),
         (lambda t: t.replace("[app]", "[apps]"), "missing field 'app'"),
         (lambda t: t + "\nnum-nodes = 5\n", "not valid TOML"),
@@ -61,13 +64,15 @@ def test_bad_manifest_names_field_and_file(tmp_path: Path, edit, field: str) -> 
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no consortium.toml"):
+    with pytest.raises(ConfigError, match=r"no consortium\.toml"):
         load_app_spec(tmp_path)
 
 
 def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
     spec = load_app_spec(write(tmp_path, GOOD))
-    cfg = spec.run_config(dict(parse_override(o) for o in ["lr=1", "optimizer=adam", "num-rounds=5"]))
+    cfg = spec.run_config(
+        dict(parse_override(o) for o in ["lr=1", "optimizer=adam", "num-rounds=5"])
+    )
     assert cfg["lr"] == 1.0 and isinstance(cfg["lr"], float)
     assert cfg["optimizer"] == "adam"
     assert cfg["num-rounds"] == 5

@@ -27,8 +27,15 @@ def test_help_reads_well(capsys: pytest.CaptureFixture[str]) -> None:
 def test_simulate_heart_disease_example(tmp_path: Path) -> None:
     code = main(
         [
-            "simulate", str(EXAMPLES / "heart_disease"), "--run-dir", str(tmp_path),
-            "--no-tracking", "--no-progress", "--no-plot", "--run-config", "num-rounds=3",
+            "simulate",
+            str(EXAMPLES / "heart_disease"),
+            "--run-dir",
+            str(tmp_path),
+            "--no-tracking",
+            "--no-progress",
+            "--no-plot",
+            "--run-config",
+            "num-rounds=3",
         ]
     )
     assert code == 0
@@ -41,8 +48,20 @@ def test_simulate_heart_disease_example(tmp_path: Path) -> None:
 def test_simulate_is_reproducible_from_the_command_line(tmp_path: Path) -> None:
     args = ["--no-tracking", "--no-progress", "--no-plot", "--run-config", "num-rounds=2"]
     for name in ("a", "b"):
-        assert main(["simulate", str(EXAMPLES / "heart_disease"), "--seed", "5",
-                     "--run-dir", str(tmp_path / name), *args]) == 0
+        assert (
+            main(
+                [
+                    "simulate",
+                    str(EXAMPLES / "heart_disease"),
+                    "--seed",
+                    "5",
+                    "--run-dir",
+                    str(tmp_path / name),
+                    *args,
+                ]
+            )
+            == 0
+        )
     a, b = load_model(tmp_path / "a" / "model.npz"), load_model(tmp_path / "b" / "model.npz")
     assert a.equals(b)
 
@@ -50,9 +69,19 @@ def test_simulate_is_reproducible_from_the_command_line(tmp_path: Path) -> None:
 def test_simulate_digits_processes_backend(tmp_path: Path) -> None:
     code = main(
         [
-            "simulate", str(EXAMPLES / "digits"), "--run-dir", str(tmp_path), "--backend",
-            "processes", "--workers", "2", "--no-tracking", "--no-progress", "--no-plot",
-            "--run-config", "num-rounds=2",
+            "simulate",
+            str(EXAMPLES / "digits"),
+            "--run-dir",
+            str(tmp_path),
+            "--backend",
+            "processes",
+            "--workers",
+            "2",
+            "--no-tracking",
+            "--no-progress",
+            "--no-plot",
+            "--run-config",
+            "num-rounds=2",
         ]
     )
     assert code == 0
@@ -64,8 +93,17 @@ def test_simulate_fraud_writes_joblib(tmp_path: Path) -> None:
 
     code = main(
         [
-            "simulate", str(EXAMPLES / "fraud"), "--run-dir", str(tmp_path), "--nodes", "4",
-            "--no-tracking", "--no-progress", "--no-plot", "--run-config", "num-rounds=2",
+            "simulate",
+            str(EXAMPLES / "fraud"),
+            "--run-dir",
+            str(tmp_path),
+            "--nodes",
+            "4",
+            "--no-tracking",
+            "--no-progress",
+            "--no-plot",
+            "--run-config",
+            "num-rounds=2",
         ]
     )
     assert code == 0

@@ -112,9 +112,7 @@ def test_failing_node_is_reported_with_traceback_and_round_proceeds(
 
 def test_too_few_replies_fails_the_run_clearly() -> None:
     with pytest.raises(RoundFailed, match=r"only 1 of 3 nodes.*2 required.*disk full"):
-        run_simulation(
-            server(min_replies=2), make_client({"0": "raise", "1": "nan"}), num_nodes=3
-        )
+        run_simulation(server(min_replies=2), make_client({"0": "raise", "1": "nan"}), num_nodes=3)
 
 
 def test_min_reply_fraction() -> None:

@@ -39,7 +39,9 @@ def test_three_round_simulation_is_tracked(tmp_path: Path) -> None:
     for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_auc"):
         history = client.get_metric_history(parent.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 2, 3], key
-    final_acc = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, "eval_accuracy")}
+    final_acc = {
+        m.step: m.value for m in client.get_metric_history(parent.info.run_id, "eval_accuracy")
+    }
     assert final_acc[3] == result.history.rounds[-1].evaluate_metrics["accuracy"]
     # one child run per node, with its own per-round metrics
     children = client.search_runs(

@@ -47,7 +47,12 @@ def test_processes_backend_matches_threads() -> None:
     toy = _toy()
     threads = run_simulation(toy.server_app, toy.client_app, num_nodes=6, seed=3)
     procs = run_simulation(
-        toy.server_app, REF, num_nodes=6, seed=3, backend="processes", workers=2,
+        toy.server_app,
+        REF,
+        num_nodes=6,
+        seed=3,
+        backend="processes",
+        workers=2,
         app_path=[APP_DIR],
     )
     assert threads.arrays.equals(procs.arrays)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -34,21 +37,24 @@ def test_all_zero_weights_fail_clearly() -> None:
         FedAvg().aggregate_train(1, Arrays(), iter([_reply("a", np.ones(2), 0)]))
 
 
-def test_streaming_consumes_lazily() -> None:
-    """FedAvg must fold each reply before asking for the next (O(model) memory)."""
-    seen: list[int] = []
-    acc = WeightedMean()
+def test_streaming_holds_one_update_at_a_time() -> None:
+    """FedAvg folds each reply and drops it before asking for the next: O(model) memory."""
+    refs: list[weakref.ref[np.ndarray]] = []
+    dropped_in_time: list[bool] = []
 
-    def replies():  # type: ignore[no-untyped-def]
-        for i in range(100):
-            seen.append(i)
-            # the accumulator has folded every earlier reply by now
-            assert acc.count in (0, i) or True
-            yield _reply(str(i), np.full(3, float(i)), 1)
+    def replies() -> Iterator[TrainReply]:
+        for i in range(50):
+            w = np.full(3, float(i))
+            refs.append(weakref.ref(w))
+            yield TrainReply(str(i), Arrays({"w": w}), 1, {})
+            del w
+            # back here, FedAvg asks for reply i+1: reply i-1 must already be gone
+            if i >= 1:
+                dropped_in_time.append(refs[i - 1]() is None)
 
     result, _ = FedAvg().aggregate_train(1, Arrays(), replies())
-    assert seen == list(range(100))
-    np.testing.assert_allclose(result["w"], np.full(3, 49.5))
+    assert len(dropped_in_time) == 49 and all(dropped_in_time)
+    np.testing.assert_allclose(result["w"], np.full(3, 24.5))
 
 
 def test_weighted_mean_refuses_bad_weights() -> None:

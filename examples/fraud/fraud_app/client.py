@@ -16,7 +16,6 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.records import Config
 from consortium.ml import sklearn as sk
-
 from fraud_app.data import Split, load
 
 
@@ -61,7 +60,9 @@ class ProviderClient(NumPyClient):
 
 
 def client_fn(context: Context) -> ProviderClient:
-    return ProviderClient(load(context), context.run_config, seed=int(context.rng(0).integers(2**31)))
+    return ProviderClient(
+        load(context), context.run_config, seed=int(context.rng(0).integers(2**31))
+    )
 
 
 client_app = ClientApp(client_fn=client_fn)

@@ -129,6 +129,7 @@ def _coerce(key: str, value: ConfigValue, default: ConfigValue | None) -> Config
         return float(value)
     if isinstance(default, (int, float, str)) and not isinstance(value, type(default)):
         raise ConfigError(
-            f"run-config {key!r} must be {type(default).__name__} (default {default!r}), got {value!r}"
+            f"run-config {key!r} must be {type(default).__name__} "
+            f"(default {default!r}), got {value!r}"
         )
     return value

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 from consortium.cli.observers import build_observers, configure_logging
-from consortium.cli.report import print_history, tracking_hint
+from consortium.cli.report import make_console, print_history, tracking_hint
 from consortium.cli.simulate_cmd import default_run_dir
 from consortium.core.records import Config
 from consortium.datasets import heart_disease as hd
@@ -38,7 +37,7 @@ def federate(
         run_dir=run_dir,
         observers=observers or [],
     )
-    return app.score(result.arrays, hd.load_all(split_seed=int(run_config["split-seed"])))
+    return app.score(result.arrays, hd.load_all(split_seed=int(str(run_config["split-seed"]))))
 
 
 @click.command()
@@ -53,7 +52,7 @@ def demo(run_dir: Path | None, tracking: bool, progress: bool) -> None:
     pooling all data in one place, as mean per-hospital test accuracy over
     seeds 42-46.
     """
-    console = Console()
+    console = make_console()
     run_dir = run_dir or default_run_dir("heart-disease-demo")
     configure_logging(run_dir)
     centers = hd.load_all()
@@ -110,7 +109,8 @@ def demo(run_dir: Path | None, tracking: bool, progress: bool) -> None:
             f"{np.mean([s.mean_auc for s in scores]):.3f}",
         )
     console.print(table)
-    console.print(f"run directory: {run_dir} (model.npz, run.log, metrics.png)")
+    files = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.is_file()))
+    console.print(f"run directory: {run_dir} ({files})")
     hint = tracking_hint(observers)
     if hint:
         console.print(hint)

@@ -11,6 +11,14 @@ from consortium.core.history import History
 from consortium.tracking.base import RunObserver
 
 
+def make_console() -> Console:
+    """A console that does not squeeze tables into 80 columns when output is piped."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 130))
+    return console
+
+
 def print_history(console: Console, history: History, *, title: str = "Rounds") -> None:
     """One row per round, one column per global metric, plus node failures."""
     keys: list[str] = []

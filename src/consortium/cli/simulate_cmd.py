@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from consortium.apps.loader import load_object
 from consortium.apps.manifest import load_app_spec, parse_override
 from consortium.cli.observers import build_observers, configure_logging
-from consortium.cli.report import print_history, tracking_hint
+from consortium.cli.report import make_console, print_history, tracking_hint
 from consortium.core.errors import ConfigError
 from consortium.server.app import ServerApp
 from consortium.simulation.engine import run_simulation
@@ -72,7 +71,7 @@ def simulate(
         raise ConfigError(f"{spec.manifest.app.server!r} is not a ServerApp")
     run_dir = run_dir or default_run_dir(spec.name)
     configure_logging(run_dir, verbose=verbose)
-    console = Console()
+    console = make_console()
     observers = build_observers(
         run_dir, tracking=tracking, progress=progress, plot=plot, console=console
     )

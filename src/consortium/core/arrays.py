@@ -147,10 +147,11 @@ class Arrays(MutableMapping[str, Array]):
         _PREFIX.pack_into(out, 0, MAGIC, len(header))
         out[_PREFIX.size : _PREFIX.size + len(header)] = header
         out[_PREFIX.size + len(header) : start] = bytes(start - _PREFIX.size - len(header))
+        target = np.frombuffer(out, dtype=np.uint8)
         for arr, offset in buffers:
             n = int(arr.nbytes)
             if n:
-                out[start + offset : start + offset + n] = memoryview(arr).cast("B")
+                target[start + offset : start + offset + n] = arr.reshape(-1).view(np.uint8)
         return total
 
     @classmethod
@@ -219,6 +220,7 @@ def _check_entry(entry: Any) -> tuple[str, np.dtype[Any], tuple[int, ...], int, 
     expected = int(np.prod(shape_t, dtype=np.int64)) * dtype.itemsize
     if expected != nbytes:
         raise WireFormatError(
-            f"array {name!r}: shape {shape_t} of {dtype} needs {expected} bytes, header says {nbytes}"
+            f"array {name!r}: shape {shape_t} of {dtype} needs {expected} bytes, "
+            f"header says {nbytes}"
         )
     return name, dtype, shape_t, offset, nbytes

@@ -8,10 +8,10 @@ own zero-copy wire format (see :mod:`consortium.core.arrays`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import time
-import itertools
 import uuid
 from dataclasses import dataclass, field
 from typing import Any

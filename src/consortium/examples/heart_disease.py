@@ -36,6 +36,7 @@ FLAMBY_RUN_CONFIG: Config = {
     "local-steps": 100,
     "batch-size": 4,
     "lr": 0.001,
+    "lr-decay": 1.0,
     "optimizer": "sgd",
     "weight-decay": 0.0,
     "prox-mu": 0.0,
@@ -46,7 +47,7 @@ FLAMBY_RUN_CONFIG: Config = {
 TUNED_RUN_CONFIG: Config = {**FLAMBY_RUN_CONFIG, "lr": 0.05}
 
 #: FLamby's non-federated baselines: Adam, lr 0.001, 50 epochs of batch 4.
-BASELINE = {"optimizer": "adam", "lr": 0.001, "epochs": 50, "batch_size": 4}
+BASELINE_LR, BASELINE_EPOCHS, BASELINE_BATCH_SIZE = 0.001, 50, 4
 
 
 def initial_params(rng: np.random.Generator) -> Arrays:
@@ -129,9 +130,16 @@ def evaluation_summary(items: list[tuple[int, Metrics]]) -> Metrics:
 
 def _server(context: Context) -> ServerConfig:
     cfg = {**FLAMBY_RUN_CONFIG, **context.run_config}
+    lr, decay = _number(cfg, "lr"), _number(cfg, "lr-decay")
+
+    def train_config(rnd: int) -> Config:
+        # the client learning rate of round r is lr * lr-decay ** (r - 1)
+        return {"lr": lr * decay ** (rnd - 1)}
+
     strategy = FedAvg(
         init_fn=initial_params,
         fraction_evaluate=1.0,
+        train_config=train_config,
         evaluate_metrics_aggregation=evaluation_summary,
     )
     return ServerConfig(strategy, num_rounds=int(_number(cfg, "num-rounds")))
@@ -178,9 +186,9 @@ def train_baseline(x: np.ndarray, y: np.ndarray, *, seed: int, rng_key: str) -> 
         x,
         y,
         rng=derive_rng(seed, 0, rng_key, stream="baseline"),
-        lr=BASELINE["lr"],
-        batch_size=int(BASELINE["batch_size"]),
-        epochs=int(BASELINE["epochs"]),
+        lr=BASELINE_LR,
+        batch_size=BASELINE_BATCH_SIZE,
+        epochs=BASELINE_EPOCHS,
         optimizer="adam",
     )
     return result.params

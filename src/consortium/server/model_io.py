@@ -15,7 +15,7 @@ def save_model(arrays: Arrays, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **dict(arrays.items()))
+        np.savez(fh, **dict(arrays.items()))  # type: ignore[arg-type]
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

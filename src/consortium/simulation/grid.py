@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import traceback
@@ -140,8 +141,10 @@ class SimulationGrid:
             if self._backend == "threads":
                 self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-node")
             else:
+                # forkserver, not fork: the parent may run threads (tracking, progress)
                 self._executor = ProcessPoolExecutor(
                     self._workers,
+                    mp_context=multiprocessing.get_context("forkserver"),
                     initializer=worker.init_worker,
                     initargs=(self._app_ref, self._app_path),
                 )

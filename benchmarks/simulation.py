@@ -1,0 +1,158 @@
+"""Simulation speed and memory: Consortium vs Flower on the same workload.
+
+    python benchmarks/simulation.py                      # Consortium, N = 10, 100, 1000, 10000
+    python benchmarks/simulation.py --vs-flower          # + Flower 1.42 in its own virtualenv
+    python benchmarks/simulation.py --sizes 1000 --json out.json
+
+Workload "logreg-20" (see sim_consortium.py and peers/flower_sim.py): logistic
+regression on 20 synthetic features, 100 rows per node, every node every
+round, 5 rounds, FedAvg, no tracking. Each run is a fresh process, so wall
+time includes interpreter start-up and imports; peak RSS is summed over the
+whole process tree (Flower's Ray workers included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "peers"))
+
+from flower_env import ensure_flower_venv, flower_env, run_measured  # noqa: E402
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    system: str
+    nodes: int
+    wall_s: float | None
+    s_per_round: float | None
+    peak_rss_mb: float | None
+    final_accuracy: float | None
+    note: str = ""
+
+
+def _parse(stdout: str) -> dict:  # type: ignore[type-arg]
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)  # type: ignore[no-any-return]
+    raise RuntimeError(f"no JSON result in output:\n{stdout[-2000:]}")
+
+
+def run_one(
+    system: str, cmd: list[str], env: dict[str, str] | None, nodes: int, timeout: float
+) -> Row:
+    m = run_measured(cmd, env, timeout)
+    if not m.ok:
+        note = "timed out" if m.timed_out else f"exit {m.returncode}: {m.stderr.strip()[-300:]}"
+        return Row(system, nodes, m.wall_s, None, m.peak_rss_bytes / MB, None, note)
+    out = _parse(m.stdout)
+    per_round = out.get("seconds_per_round") or []
+    rss = max(m.peak_rss_bytes, int(out.get("self_peak_rss_bytes") or 0))
+    return Row(
+        system,
+        nodes,
+        m.wall_s,
+        sum(per_round) / len(per_round) if per_round else None,
+        rss / MB,
+        out.get("final_accuracy"),
+    )
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000,10000", help="comma-separated node counts")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vs-flower", action="store_true", help="also run Flower 1.42 (installs it)")
+    ap.add_argument(
+        "--flower-max-nodes",
+        type=int,
+        default=1000,
+        help="largest N to run Flower on (~6 min per round at 10000)",
+    )
+    ap.add_argument("--flower-venv", type=Path, default=Path(".bench/flower-venv"))
+    ap.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
+    ap.add_argument("--json", type=Path, help="write the table as JSON")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+
+    flower_python = None
+    if args.vs_flower:
+        flower_python = ensure_flower_venv(args.flower_venv)
+        home = Path(".bench/flower-home").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        fenv = flower_env(home)
+
+    rows: list[Row] = []
+    for n in sizes:
+        common = ["--nodes", str(n), "--rounds", str(args.rounds), "--seed", str(args.seed)]
+        cmd = [sys.executable, str(HERE / "sim_consortium.py"), *common]
+        rows.append(run_one("consortium", cmd, None, n, args.timeout))
+        print(f"consortium N={n}: {rows[-1]}", file=sys.stderr, flush=True)
+        if flower_python is not None:
+            if n > args.flower_max_nodes:
+                rows.append(
+                    Row("flower", n, None, None, None, None, "not run (over --flower-max-nodes)")
+                )
+                continue
+            fcmd = [str(flower_python), str(HERE / "peers" / "flower_sim.py"), *common]
+            rows.append(run_one("flower", fcmd, fenv, n, args.timeout))
+            print(f"flower N={n}: {rows[-1]}", file=sys.stderr, flush=True)
+
+    print(f"\n### Simulation, logreg-20, {args.rounds} rounds (2-core machine)\n")
+    header = "| N | Consortium wall s | s/round | peak RSS MB | accuracy |"
+    sep = "|---:|---:|---:|---:|---:|"
+    if args.vs_flower:
+        header += (
+            " Flower wall s | Flower s/round | Flower RSS MB | speed-up (wall) | memory ratio |"
+        )
+        sep += "---:|---:|---:|---:|---:|"
+    print(header)
+    print(sep)
+    ratios = []
+    for n in sizes:
+        c = next(r for r in rows if r.system == "consortium" and r.nodes == n)
+        line = (
+            f"| {n} | {fmt(c.wall_s, '.2f')} | {fmt(c.s_per_round, '.3f')} | "
+            f"{fmt(c.peak_rss_mb, '.0f')} | {fmt(c.final_accuracy, '.3f')} |"
+        )
+        if args.vs_flower:
+            f = next(r for r in rows if r.system == "flower" and r.nodes == n)
+            speed = f.wall_s / c.wall_s if f.wall_s and c.wall_s and not f.note else None
+            mem = (
+                f.peak_rss_mb / c.peak_rss_mb
+                if f.peak_rss_mb and c.peak_rss_mb and not f.note
+                else None
+            )
+            ratios.append({"nodes": n, "speedup_wall": speed, "memory_ratio": mem})
+            wall = f.note or fmt(f.wall_s, ".2f")
+            line += (
+                f" {wall} | {fmt(f.s_per_round, '.3f')} | "
+                f"{fmt(f.peak_rss_mb, '.0f')} | {fmt(speed, '.1f')}× | {fmt(mem, '.1f')}× |"
+            )
+        print(line)
+        if c.note:
+            print(f"\nconsortium N={n}: {c.note}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"rounds": args.rounds, "rows": [asdict(r) for r in rows], "ratios": ratios},
+                indent=2,
+            )
+        )
+    return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
