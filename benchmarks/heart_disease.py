@@ -20,23 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from consortium.cli.demo_cmd import federated_scores
 from consortium.datasets import heart_disease as hd
 from consortium.examples import heart_disease as app
-from consortium.simulation import run_simulation
 
 PUBLISHED = {"FedAvg (FLamby)": 0.685, "Pooled": 0.735}
-
-
-def federated(run_config: dict, seed: int, split_seed: int) -> app.Scores:  # type: ignore[type-arg]
-    result = run_simulation(
-        app.server_app,
-        app.client_app,
-        node_ids=list(hd.CENTERS),
-        node_config=app.node_config,
-        run_config={**run_config, "split-seed": split_seed},
-        seed=seed,
-    )
-    return app.score(result.arrays, hd.load_all(split_seed=split_seed))
 
 
 def methods(split_seed: int):  # type: ignore[no-untyped-def]
@@ -44,8 +32,14 @@ def methods(split_seed: int):  # type: ignore[no-untyped-def]
     for c in centers:
         yield f"Local {c.index}", lambda s, c=c: app.score(app.train_local(c, seed=s), centers)
     yield "Pooled", lambda s: app.score(app.train_pooled(seed=s, split_seed=split_seed), centers)
-    yield "FedAvg (FLamby)", lambda s: federated(app.FLAMBY_RUN_CONFIG, s, split_seed)
-    yield "FedAvg (tuned)", lambda s: federated(app.TUNED_RUN_CONFIG, s, split_seed)
+    yield (
+        "FedAvg (FLamby)",
+        lambda s: federated_scores({**app.FLAMBY_RUN_CONFIG, "split-seed": split_seed}, s),
+    )
+    yield (
+        "FedAvg (tuned)",
+        lambda s: federated_scores({**app.TUNED_RUN_CONFIG, "split-seed": split_seed}, s),
+    )
 
 
 def main() -> int:

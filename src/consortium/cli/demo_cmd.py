@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from consortium.cli.simulate_cmd import default_run_dir
 from consortium.core.records import Config
 from consortium.datasets import heart_disease as hd
 from consortium.examples import heart_disease as app
+from consortium.server.loop import RunResult
 from consortium.simulation.engine import run_simulation
 from consortium.tracking.base import RunObserver
 
@@ -25,9 +27,10 @@ def federate(
     seed: int,
     *,
     run_dir: Path | None = None,
-    observers: list[RunObserver] | None = None,
-) -> app.Scores:
-    result = run_simulation(
+    observers: Sequence[RunObserver] = (),
+) -> RunResult:
+    """One heart-disease federation in simulation: node i is hospital i."""
+    return run_simulation(
         app.server_app,
         app.client_app,
         node_ids=list(hd.CENTERS),
@@ -35,9 +38,14 @@ def federate(
         run_config=run_config,
         seed=seed,
         run_dir=run_dir,
-        observers=observers or [],
+        observers=observers,
     )
-    return app.score(result.arrays, hd.load_all(split_seed=int(str(run_config["split-seed"]))))
+
+
+def federated_scores(run_config: Config, seed: int) -> app.Scores:
+    """Per-center test scores of the federated model."""
+    centers = hd.load_all(split_seed=int(str(run_config["split-seed"])))
+    return app.score(federate(run_config, seed).arrays, centers)
 
 
 @click.command()
@@ -62,16 +70,7 @@ def demo(run_dir: Path | None, tracking: bool, progress: bool) -> None:
     )
     observers = build_observers(run_dir, tracking=tracking, progress=progress, plot=tracking)
     tuned = app.TUNED_RUN_CONFIG
-    main = run_simulation(
-        app.server_app,
-        app.client_app,
-        node_ids=list(hd.CENTERS),
-        node_config=app.node_config,
-        run_config=tuned,
-        seed=SEEDS[0],
-        run_dir=run_dir,
-        observers=observers,
-    )
+    main = federate(tuned, SEEDS[0], run_dir=run_dir, observers=observers)
     print_history(console, main.history, title=f"Federated rounds (seed {SEEDS[0]})")
 
     rows: list[tuple[str, list[app.Scores]]] = []
@@ -88,8 +87,10 @@ def demo(run_dir: Path | None, tracking: bool, progress: bool) -> None:
             [app.score(app.train_pooled(seed=s), centers) for s in SEEDS],
         )
     )
-    rows.append(("FedAvg, FLamby setting", [federate(app.FLAMBY_RUN_CONFIG, s) for s in SEEDS]))
-    rows.append(("FedAvg, Consortium default", [federate(tuned, s) for s in SEEDS]))
+    rows.append(
+        ("FedAvg, FLamby setting", [federated_scores(app.FLAMBY_RUN_CONFIG, s) for s in SEEDS])
+    )
+    rows.append(("FedAvg, Consortium default", [federated_scores(tuned, s) for s in SEEDS]))
 
     table = Table(title="Mean per-hospital test accuracy, seeds 42-46")
     table.add_column("method")

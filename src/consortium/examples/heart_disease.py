@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -40,11 +41,19 @@ FLAMBY_RUN_CONFIG: Config = {
     "optimizer": "sgd",
     "weight-decay": 0.0,
     "prox-mu": 0.0,
+    "weighting": "examples",
     "split-seed": hd.DEFAULT_SPLIT_SEED,
 }
 
 #: Consortium's tuned default (chosen on split seed 43 only; see docs/heart_disease.md).
-TUNED_RUN_CONFIG: Config = {**FLAMBY_RUN_CONFIG, "lr": 0.05}
+TUNED_RUN_CONFIG: Config = {
+    **FLAMBY_RUN_CONFIG,
+    "lr": 0.1,
+    "lr-decay": 0.95,
+    "local-steps": 5,
+    "weight-decay": 0.01,
+    "weighting": "uniform",
+}
 
 #: FLamby's non-federated baselines: Adam, lr 0.001, 50 epochs of batch 4.
 BASELINE_LR, BASELINE_EPOCHS, BASELINE_BATCH_SIZE = 0.001, 50, 4
@@ -128,6 +137,15 @@ def evaluation_summary(items: list[tuple[int, Metrics]]) -> Metrics:
     return out
 
 
+def _weighting(cfg: Config) -> Literal["examples", "uniform"]:
+    value = cfg.get("weighting")
+    if value == "examples":
+        return "examples"
+    if value == "uniform":
+        return "uniform"
+    raise ConfigError(f"run-config 'weighting' must be 'examples' or 'uniform', got {value!r}")
+
+
 def _server(context: Context) -> ServerConfig:
     cfg = {**FLAMBY_RUN_CONFIG, **context.run_config}
     lr, decay = _number(cfg, "lr"), _number(cfg, "lr-decay")
@@ -141,6 +159,7 @@ def _server(context: Context) -> ServerConfig:
         fraction_evaluate=1.0,
         train_config=train_config,
         evaluate_metrics_aggregation=evaluation_summary,
+        weighting=_weighting(cfg),
     )
     return ServerConfig(strategy, num_rounds=int(_number(cfg, "num-rounds")))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -30,6 +31,9 @@ MetricsAggregation = Callable[[list[tuple[int, Metrics]]], Metrics]
 class FedAvg(Strategy):
     """Federated averaging, weighted by each node's number of training examples.
 
+    ``weighting="uniform"`` gives every node one vote instead (useful when a
+    small silo's distribution matters as much as a large one's).
+
     Replies are folded as they arrive (:class:`WeightedMean`), so the server
     holds one running sum however many nodes take part.
     """
@@ -48,6 +52,7 @@ class FedAvg(Strategy):
         evaluate_config: Config | ConfigFn | None = None,
         central_evaluate: CentralEvalFn | None = None,
         evaluate_metrics_aggregation: MetricsAggregation | None = None,
+        weighting: Literal["examples", "uniform"] = "examples",
     ) -> None:
         for name, value in (
             ("fraction_train", fraction_train),
@@ -55,6 +60,8 @@ class FedAvg(Strategy):
         ):
             if not 0.0 <= value <= 1.0:
                 raise StrategyError(f"{name} must be within [0, 1], got {value}")
+        if weighting not in ("examples", "uniform"):
+            raise StrategyError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
         for name, count in (
             ("min_train_nodes", min_train_nodes),
             ("min_evaluate_nodes", min_evaluate_nodes),
@@ -73,6 +80,7 @@ class FedAvg(Strategy):
         self.evaluate_config = evaluate_config
         self.central_evaluate = central_evaluate
         self.evaluate_metrics_aggregation = evaluate_metrics_aggregation or weighted_metrics
+        self.weighting = weighting
 
     # -- hooks ------------------------------------------------------------------
     def initialize(self, rng: np.random.Generator) -> Arrays | None:
@@ -97,7 +105,8 @@ class FedAvg(Strategy):
         mean = WeightedMean()
         metrics: list[tuple[int, Metrics]] = []
         for reply in replies:
-            mean.add(reply.arrays, float(reply.num_examples))
+            weight = float(reply.num_examples) if self.weighting == "examples" else 1.0
+            mean.add(reply.arrays, weight)
             metrics.append((reply.num_examples, reply.metrics))
         result = mean.result()
         if result is None:
@@ -130,6 +139,7 @@ class FedAvg(Strategy):
             "fraction_evaluate": self.fraction_evaluate,
             "min_train_nodes": self.min_train_nodes,
             "min_available_nodes": self.min_available_nodes,
+            "weighting": self.weighting,
         }
 
 
