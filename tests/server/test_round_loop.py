@@ -12,7 +12,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import RoundFailed
 from consortium.core.history import Outcome
-from consortium.core.message import Message
+from consortium.core.message import Content, Message
 from consortium.server import ServerApp, ServerConfig, load_model
 from consortium.simulation import run_simulation
 from consortium.strategy import FedAvg
@@ -155,3 +155,54 @@ def test_central_evaluation_each_round() -> None:
     result = run_simulation(srv, make_client({}), num_nodes=2)
     assert calls == [0, 1, 2, 3]
     assert result.history.metric("central_norm")[-1][0] == 3
+
+
+def test_extra_records_travel_both_ways_and_are_validated() -> None:
+    """Strategies can send/receive named Arrays beside the model (e.g. control variates)."""
+    from collections.abc import Iterable, Sequence
+
+    from consortium.strategy import Instruction, TrainReply
+
+    seen: dict[str, dict[str, float]] = {}
+
+    class WithRecords(FedAvg):
+        def configure_train(  # type: ignore[override]
+            self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+        ) -> list[Instruction]:
+            return [
+                Instruction(i.node_id, i.arrays, i.config, {"control": Arrays({"c": np.ones(2)})})
+                for i in super().configure_train(round, arrays, nodes, rng)
+            ]
+
+        def aggregate_train(  # type: ignore[override]
+            self, round: int, current: Arrays, replies: Iterable[TrainReply]
+        ) -> tuple[Arrays, dict[str, float]]:
+            def spy() -> Iterable[TrainReply]:
+                for r in replies:
+                    seen[r.node_id] = {k: float(v["c"].sum()) for k, v in r.records.items()}
+                    yield r
+
+            return super().aggregate_train(round, current, spy())
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        assert msg.content is not None and msg.content.model is not None
+        control = msg.content.arrays["control"]["c"]
+        delta = control * (np.nan if ctx.node_id == "1" else 2.0)
+        content = Content(
+            arrays={"model": msg.content.model, "delta": Arrays({"c": delta})},
+            metrics={"metrics": {"num_examples": 3}},
+        )
+        return msg.reply(content)
+
+    srv = ServerApp(
+        lambda ctx: ServerConfig(
+            WithRecords(initial_arrays=INIT, fraction_evaluate=0.0), num_rounds=1
+        )
+    )
+    result = run_simulation(srv, app, num_nodes=2)
+    assert seen == {"0": {"delta": 4.0}}
+    rejected = next(n for n in result.history.rounds[0].nodes if n.node_id == "1")
+    assert rejected.outcome is Outcome.REJECTED and "record 'delta'" in rejected.reason

@@ -14,12 +14,12 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
-from consortium.core.message import EVALUATE, QUERY, TRAIN, Content, Message
+from consortium.core.message import CONFIG, EVALUATE, MODEL, QUERY, TRAIN, Content, Message
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.server.app import ServerConfig
 from consortium.server.model_io import save_model
-from consortium.server.validate import check_update, num_examples, reply_metrics
+from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
 from consortium.strategy.base import EvaluateReply, Instruction, TrainReply
 from consortium.tracking.base import Observers, RunObserver
 
@@ -145,7 +145,12 @@ class RoundLoop:
 
     def _exchange(self, rnd: int, kind: str, instructions: list[Instruction]) -> Iterator[Message]:
         messages = [
-            self._message(i.node_id, rnd, kind, Content.of(i.arrays, i.config))
+            self._message(
+                i.node_id,
+                rnd,
+                kind,
+                Content(arrays={MODEL: i.arrays, **i.records}, configs={CONFIG: i.config}),
+            )
             for i in instructions
         ]
         return self.grid.send_and_receive(messages, timeout=self.config.round_timeout)
@@ -177,9 +182,12 @@ class RoundLoop:
             record.nodes.append(result)
             if result.outcome is not Outcome.OK:
                 continue
+            assert reply.content is not None
+            records = {k: v for k, v in reply.content.arrays.items() if k != MODEL}
             try:
-                assert reply.content is not None
                 check_update(template, reply.content.model)
+                for name, extra in records.items():
+                    check_finite(extra, what=f"record {name!r}")
             except UpdateRejected as exc:
                 result.outcome, result.reason = Outcome.REJECTED, str(exc)
                 log.warning(
@@ -188,7 +196,9 @@ class RoundLoop:
                 continue
             ok += 1
             assert reply.content is not None and reply.content.model is not None
-            yield TrainReply(node, reply.content.model, result.num_examples, result.metrics)
+            yield TrainReply(
+                node, reply.content.model, result.num_examples, result.metrics, records
+            )
         for node in sorted(pending):
             record.nodes.append(
                 NodeResult(node, TRAIN, Outcome.TIMEOUT, reason="no reply before the deadline")

@@ -20,10 +20,16 @@ def check_update(template: Arrays, update: Arrays | None) -> None:
     ):
         mismatch = _mismatch(template.signature(), update.signature())
         raise UpdateRejected(f"arrays do not match the global model: {mismatch}")
-    for name, value in update.items():
+    check_finite(update)
+
+
+def check_finite(arrays: Arrays, *, what: str = "") -> None:
+    """Raise :class:`UpdateRejected` if any float/complex array holds NaN or inf."""
+    for name, value in arrays.items():
         if value.dtype.kind in "fc" and not np.isfinite(value).all():
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
-            raise UpdateRejected(f"array {name!r} contains {bad} NaN/inf value(s)")
+            where = f"{what} " if what else ""
+            raise UpdateRejected(f"{where}array {name!r} contains {bad} NaN/inf value(s)")
 
 
 def _mismatch(

@@ -24,21 +24,32 @@ from consortium.core.records import Config, Metrics
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
-    """What one node is asked to do in one round."""
+    """What one node is asked to do in one round.
+
+    ``arrays`` is the model the node starts from; ``records`` carries any
+    further named Arrays a strategy needs on the node (SCAFFOLD's server
+    control variate, for example). Names must not be ``"model"``.
+    """
 
     node_id: str
     arrays: Arrays
     config: Config = field(default_factory=dict)
+    records: dict[str, Arrays] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class TrainReply:
-    """A validated training result from one node."""
+    """A validated training result from one node.
+
+    ``records`` are the further named Arrays the node sent back (already
+    checked to be finite), e.g. SCAFFOLD's control-variate update.
+    """
 
     node_id: str
     arrays: Arrays
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    records: dict[str, Arrays] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
