@@ -78,3 +78,17 @@ def test_bad_config_value_refused() -> None:
 def test_size_limit() -> None:
     with pytest.raises(WireFormatError, match="limit"):
         Message.from_bytes(_task().to_bytes(), max_bytes=100)
+
+
+def test_parts_concatenate_to_the_encoding_and_share_blobs() -> None:
+    task = _task()
+    cache: dict[int, bytearray] = {}
+    parts = task.to_parts(cache)
+    assert b"".join(bytes(p) for p in parts) == bytes(task.to_bytes())
+    assert task.content is not None
+    other = Message.create(run_id="r1", dst="node-b", round=3, kind="train", content=task.content)
+    other_parts = other.to_parts(cache)
+    shared = [p for p in other_parts if any(p is q for q in parts)]
+    assert len(shared) == len(task.content.arrays)  # model blobs encoded once
+    back = Message.from_bytes(b"".join(bytes(p) for p in other_parts))
+    assert back.metadata.dst == "node-b"

@@ -11,7 +11,9 @@ message written for that user, and an ``exit_code`` the CLI returns::
     ├── NodeError                   6  a node's handler raised; carries the traceback
     ├── StrategyError               7  a strategy was configured outside its guarantees
     ├── DatasetError                8  a data set is missing or malformed
-    └── MissingDependencyError      9  an optional extra is not installed
+    ├── MissingDependencyError      9  an optional extra is not installed
+    ├── TransportError             10  the server or a node could not be reached or refused
+    └── SecurityError              11  a certificate, key or identity check failed
 """
 
 from __future__ import annotations
@@ -78,3 +80,15 @@ class MissingDependencyError(ConsortiumError):
     @classmethod
     def for_extra(cls, package: str, extra: str) -> MissingDependencyError:
         return cls(f"this feature needs the '{package}' package: pip install 'consortium[{extra}]'")
+
+
+class TransportError(ConsortiumError):
+    """A remote party could not be reached, or refused the call (the message says why)."""
+
+    exit_code = 10
+
+
+class SecurityError(ConsortiumError):
+    """A certificate, key or identity failed a check (wrong CA, expired, revoked, role)."""
+
+    exit_code = 11

@@ -180,36 +180,73 @@ class Message:
         return self.error is not None
 
     # -- wire -----------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """Encode to bytes; Arrays records keep their zero-copy layout."""
+    def _head(self, sizes: list[int]) -> tuple[bytes, list[tuple[str, int, int]], int]:
+        """The prefixed, padded header and the layout (name, offset, size) of each blob."""
         meta = {k: getattr(self.metadata, k) for k in Metadata.__slots__}
         header: dict[str, Any] = {"meta": meta}
-        blobs: list[tuple[str, Arrays]] = []
+        names: list[str] = []
         if self.error is not None:
             header["error"] = [self.error.code, self.error.reason, self.error.traceback]
         else:
             assert self.content is not None
             header["configs"] = self.content.configs
             header["metrics"] = self.content.metrics
-            blobs = list(self.content.arrays.items())
-        sizes = [a.encoded_size() for _, a in blobs]
+            names = list(self.content.arrays)
         # offsets are relative to the end of the aligned header
-        layout: list[list[Any]] = []
+        layout: list[tuple[str, int, int]] = []
         offset = end = 0
-        for (name, _), size in zip(blobs, sizes, strict=True):
-            layout.append([name, offset, size])
+        for name, size in zip(names, sizes, strict=True):
+            layout.append((name, offset, size))
             end = offset + size
             offset = _align(end)
         header["arrays"] = layout
         head = json.dumps(header, separators=(",", ":")).encode()
         start = _align(_PREFIX.size + len(head))
-        out = bytearray(start + end)
-        _PREFIX.pack_into(out, 0, _MAGIC, len(head))
-        out[_PREFIX.size : _PREFIX.size + len(head)] = head
+        prefix = bytearray(start)
+        _PREFIX.pack_into(prefix, 0, _MAGIC, len(head))
+        prefix[_PREFIX.size : _PREFIX.size + len(head)] = head
+        return bytes(prefix), layout, end
+
+    def _blobs(self) -> list[Arrays]:
+        return list(self.content.arrays.values()) if self.content is not None else []
+
+    def to_bytes(self) -> bytearray:
+        """Encode into one buffer; Arrays records keep their zero-copy layout."""
+        blobs = self._blobs()
+        head, layout, end = self._head([a.encoded_size() for a in blobs])
+        out = bytearray(len(head) + end)
+        out[: len(head)] = head
         view = memoryview(out)
-        for (_, arrays), (_, off, size) in zip(blobs, layout, strict=True):
+        start = len(head)
+        for arrays, (_, off, size) in zip(blobs, layout, strict=True):
             arrays.write_into(view[start + off : start + off + size])
-        return bytes(out)
+        return out
+
+    def to_parts(self, blob_cache: dict[int, bytearray] | None = None) -> list[bytes | bytearray]:
+        """The encoding as a list of buffers whose concatenation is :meth:`to_bytes`.
+
+        Arrays records are encoded once per distinct object when ``blob_cache``
+        is shared between messages: a server sending one model to many nodes
+        holds one encoded copy, not one per node.
+        """
+        cache = blob_cache if blob_cache is not None else {}
+        encoded = []
+        for arrays in self._blobs():
+            blob = cache.get(id(arrays))
+            if blob is None:
+                blob = bytearray(arrays.encoded_size())
+                arrays.write_into(memoryview(blob))
+                cache[id(arrays)] = blob
+            encoded.append(blob)
+        head, layout, _ = self._head([len(b) for b in encoded])
+        parts: list[bytes | bytearray] = [head]
+        position = 0
+        for blob, (_, off, size) in zip(encoded, layout, strict=True):
+            if off > position:
+                parts.append(bytes(off - position))
+            parts.append(blob)
+            position = off + size
+        return parts
 
     @classmethod
     def from_bytes(

@@ -1,1 +1,1 @@
-"""node."""
+"""The node process a silo runs beside its data."""

@@ -31,6 +31,8 @@ class ServerConfig:
     min_reply_fraction: float = 0.0
     evaluate_every: int = 1
     exporter: ModelExporter | None = None
+    #: deployment: seconds a round waits for the strategy's min_available_nodes to be online
+    node_wait: float = 300.0
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium.core.arrays import Arrays
-from consortium.core.errors import RoundFailed, UpdateRejected
+from consortium.core.errors import ConsortiumError, RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
 from consortium.core.message import CONFIG, EVALUATE, MODEL, QUERY, TRAIN, Content, Message
@@ -38,6 +39,10 @@ class RunResult:
     model_files: list[Path] = field(default_factory=list)
 
 
+class RunStopped(ConsortiumError):
+    """The coordinator stopped the run between rounds."""
+
+
 class RoundLoop:
     """Runs ``config.num_rounds`` rounds of ``config.strategy`` over ``grid``."""
 
@@ -51,8 +56,10 @@ class RoundLoop:
         run_dir: Path | None = None,
         params: Config | None = None,
         observers: Sequence[RunObserver] = (),
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
+        self.stop = stop
         self.strategy = config.strategy
         self.grid = grid
         self.seed = seed
@@ -66,6 +73,7 @@ class RoundLoop:
         }
         self.observers = Observers(observers)
         self.history = History()
+        self._sent_at = time.perf_counter()
 
     # -- the run ----------------------------------------------------------------
     def run(self) -> RunResult:
@@ -81,6 +89,8 @@ class RoundLoop:
             arrays = self._initial_arrays()
             initial = self.strategy.evaluate(0, arrays) or {}
             for rnd in range(1, self.config.num_rounds + 1):
+                if self.stop is not None and self.stop.is_set():
+                    raise RunStopped(f"run {self.run_id} stopped before round {rnd}")
                 arrays = self._round(rnd, arrays)
             files = self._save(arrays)
         except BaseException:
@@ -112,7 +122,7 @@ class RoundLoop:
     def _round(self, rnd: int, arrays: Arrays) -> Arrays:
         started = time.perf_counter()
         record = RoundRecord(round=rnd)
-        nodes = self.grid.node_ids()
+        nodes = self._available_nodes()
         rng = derive_rng(self.seed, rnd, SERVER_KEY, stream="train")
         instructions = self.strategy.configure_train(rnd, arrays, nodes, rng)
         if not instructions:
@@ -135,6 +145,15 @@ class RoundLoop:
         self.observers.on_round_end(record)
         return new_arrays
 
+    def _available_nodes(self) -> list[str]:
+        """The grid's nodes; a deployment grid first waits (bounded) for enough of them."""
+        wait = getattr(self.grid, "wait_for_nodes", None)
+        need = int(getattr(self.strategy, "min_available_nodes", 1) or 1)
+        if wait is not None and self.config.node_wait > 0:
+            nodes: list[str] = wait(need, self.config.node_wait)
+            return nodes
+        return self.grid.node_ids()
+
     # -- messaging ----------------------------------------------------------------
     def _message(self, node: str, rnd: int, kind: str, content: Content) -> Message:
         timeout = self.config.round_timeout
@@ -144,6 +163,7 @@ class RoundLoop:
         )
 
     def _exchange(self, rnd: int, kind: str, instructions: list[Instruction]) -> Iterator[Message]:
+        self._sent_at = time.perf_counter()
         messages = [
             self._message(
                 i.node_id,
@@ -238,6 +258,11 @@ class RoundLoop:
 
     def _judge(self, rnd: int, stage: str, reply: Message) -> NodeResult:
         """A NodeResult for a reply: OK, or FAILED with the node's reason and traceback."""
+        result = self._judge_reply(rnd, stage, reply)
+        result.seconds = time.perf_counter() - self._sent_at  # task sent -> reply received
+        return result
+
+    def _judge_reply(self, rnd: int, stage: str, reply: Message) -> NodeResult:
         node = reply.metadata.src
         if reply.error is not None:
             err = reply.error

@@ -18,7 +18,7 @@ from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.records import Config
 from consortium.simulation import worker
-from consortium.simulation.state_codec import decode_state, encode_state
+from consortium.core.state_codec import decode_state, encode_state
 
 Backend = Literal["threads", "processes"]
 NodeConfigFn = Callable[[int, str], Config]
@@ -161,7 +161,7 @@ class SimulationGrid:
         state = self._states.get(node)
         inner = pool.submit(
             worker.run_task,
-            msg.to_bytes(),
+            bytes(msg.to_bytes()),
             node,
             self._node_config(self._index[node], node),
             self._run_config,

@@ -10,7 +10,7 @@ from consortium.client.app import ClientApp
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Message
 from consortium.core.records import Config
-from consortium.simulation.state_codec import decode_state, encode_state
+from consortium.core.state_codec import decode_state, encode_state
 
 _APP: ClientApp | None = None
 
@@ -43,4 +43,4 @@ def run_task(
     except Exception as exc:
         reply = msg.error_reply(type(exc).__name__, str(exc) or repr(exc), traceback.format_exc())
     new_state = None if context.state.is_empty() else encode_state(context.state)
-    return reply.to_bytes(), new_state
+    return bytes(reply.to_bytes()), new_state

@@ -10,7 +10,7 @@ _META = Metadata(run_id="", message_id="", src="", dst="", round=0, kind="state"
 
 def encode_state(state: NodeState) -> bytes:
     content = Content(arrays=state.arrays, configs=state.configs, metrics=state.metrics)
-    return Message(_META, content=content).to_bytes()
+    return bytes(Message(_META, content=content).to_bytes())
 
 
 def decode_state(data: bytes) -> NodeState:

@@ -1,0 +1,228 @@
+"""The node process: dial out to the server, pull tasks, run the app, push results.
+
+A node never accepts inbound connections. It reconnects with exponential
+backoff and jitter, sends heartbeats from a background thread, and keeps every
+finished result in an outbox until the server acknowledged it, so a result
+computed while the server was unreachable is delivered after reconnecting.
+Its data location comes from its own node config, never from the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consortium._version import __version__
+from consortium.apps.bundle import bundle_digest, extract_bundle
+from consortium.apps.loader import load_app
+from consortium.client.app import ClientApp
+from consortium.core.context import Context, NodeState
+from consortium.core.errors import SecurityError, TransportError
+from consortium.core.message import Message
+from consortium.core.records import Config
+from consortium.core.state_codec import decode_state, encode_state
+from consortium.transport.fleet_api import RunBundle
+from consortium.transport.grpc_client import FleetClient, is_unavailable
+
+log = logging.getLogger("consortium.node")
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter: sleep U(0, min(cap, base * 2**attempt))."""
+
+    base: float = 0.2
+    cap: float = 10.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        delay = self.rng.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class NodePolicy:
+    """What this node agrees to run."""
+
+    #: app name -> local app folder; such apps run from the node's own copy
+    local_apps: dict[str, Path] = field(default_factory=dict)
+    #: run app code the server sends (only for federations that trust the server)
+    trust_server_apps: bool = False
+
+
+class NodeRunner:
+    """One silo's node: a loop over tasks until ``stop`` is set."""
+
+    def __init__(
+        self,
+        client: FleetClient,
+        *,
+        node_config: Config,
+        work_dir: Path,
+        policy: NodePolicy,
+        poll_wait: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.node_config = node_config
+        self.work_dir = work_dir
+        self.policy = policy
+        self.poll_wait = poll_wait
+        self.instance_id = uuid.uuid4().hex
+        self.name = ""
+        self.stop = threading.Event()
+        self._outbox: deque[tuple[str, Message]] = deque()
+        self._runs: dict[str, tuple[RunBundle, ClientApp]] = {}
+        self._rehello = threading.Event()
+        self._heartbeat_interval = 2.0
+        self.tasks_done = 0
+
+    # -- main loop ------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = Backoff()
+        heart = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
+        heart_started = False
+        while not self.stop.is_set():
+            try:
+                self._connect()
+                backoff.reset()
+                if not heart_started:
+                    heart.start()
+                    heart_started = True
+                self._serve()
+            except TransportError as exc:
+                if not is_unavailable(exc):
+                    log.error("%s", exc)
+                delay = backoff.next_delay()
+                log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
+                self.stop.wait(delay)
+
+    def _connect(self) -> None:
+        welcome = self.client.hello(__version__, self.instance_id)
+        self.name = welcome.node_id
+        self._heartbeat_interval = welcome.heartbeat_interval or 2.0
+        self.client.max_message_bytes = welcome.max_message_bytes or self.client.max_message_bytes
+        self._rehello.clear()
+        log.info("connected to %s as %s", self.client.address, self.name)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            self._flush_outbox()
+            if self._rehello.is_set():
+                self._connect()
+            payload = self.client.pull_task(self.poll_wait)
+            if payload is None:
+                continue
+            task = Message.from_bytes(payload)
+            reply = self._handle(task)
+            self._outbox.append((reply.metadata.message_id, reply))
+            self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            message_id, reply = self._outbox[0]
+            accepted, detail = self.client.push_result(reply.to_parts(), message_id)
+            self._outbox.popleft()  # delivered (accepted or judged late by the server)
+            if not accepted:
+                log.warning("server did not accept result %s: %s", message_id, detail)
+
+    def _heartbeats(self) -> None:
+        while not self.stop.wait(self._heartbeat_interval):
+            try:
+                if not self.client.heartbeat():
+                    self._rehello.set()
+            except TransportError:
+                pass  # the main loop notices and reconnects
+
+    # -- tasks ----------------------------------------------------------------------
+    def _handle(self, task: Message) -> Message:
+        meta = task.metadata
+        try:
+            bundle, app = self._app_for(meta.run_id)
+            state = self._load_state(meta.run_id)
+            context = Context(
+                node_id=self.name,
+                node_config=self.node_config,
+                run_config=json.loads(bundle.run_config_json),
+                state=state,
+                seed=int(bundle.seed),
+            )
+            started = time.perf_counter()
+            reply = app(task, context)
+            log.info(
+                "run %s round %d: %s done in %.2f s",
+                meta.run_id,
+                meta.round,
+                meta.kind,
+                time.perf_counter() - started,
+            )
+            self._save_state(meta.run_id, context.state)
+            self.tasks_done += 1
+            return reply
+        except Exception as exc:  # report to the server with the traceback; keep serving
+            log.exception("run %s round %d: %s failed", meta.run_id, meta.round, meta.kind)
+            return task.error_reply(
+                type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
+            )
+
+    def _app_for(self, run_id: str) -> tuple[RunBundle, ClientApp]:
+        cached = self._runs.get(run_id)
+        if cached is not None:
+            return cached
+        bundle = self.client.get_run(run_id)
+        if bundle_digest(bundle.bundle) != bundle.bundle_sha256:
+            raise SecurityError(f"run {run_id}: app bundle does not match its digest")
+        local = self.policy.local_apps.get(bundle.app_name)
+        if local is not None:
+            app_dir = local.resolve()
+        elif self.policy.trust_server_apps:
+            app_dir = self.work_dir / "apps" / bundle.bundle_sha256[:16]
+            if not (app_dir / "consortium.toml").exists():
+                extract_bundle(bundle.bundle, app_dir)
+        else:
+            raise SecurityError(
+                f"run {run_id} needs app {bundle.app_name!r}, which this node has no local copy "
+                "of; start the node with --app DIR (or --trust-server-apps)"
+            )
+        _forget_other_apps(app_dir)
+        app = load_app(bundle.client_entry, [str(app_dir)])
+        self._runs[run_id] = (bundle, app)
+        return bundle, app
+
+    def _state_path(self, run_id: str) -> Path:
+        return self.work_dir / "state" / f"{run_id}.bin"
+
+    def _load_state(self, run_id: str) -> NodeState:
+        path = self._state_path(run_id)
+        return decode_state(path.read_bytes()) if path.exists() else NodeState()
+
+    def _save_state(self, run_id: str, state: NodeState) -> None:
+        if state.is_empty():
+            return
+        path = self._state_path(run_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(encode_state(state))
+        tmp.replace(path)
+
+
+def _forget_other_apps(app_dir: Path) -> None:
+    """Drop modules imported from other app folders so two apps never share module names."""
+    keep = str(app_dir)
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if "/apps/" in origin and not origin.startswith(keep):
+            del sys.modules[name]

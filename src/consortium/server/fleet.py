@@ -1,0 +1,275 @@
+"""The deployment server's view of its nodes: sessions, task queues, replies, liveness.
+
+:class:`Fleet` is both the backend of the node-facing gRPC service (nodes
+pull tasks and push results through it) and the :class:`~consortium.core.grid.Grid`
+the round loop drives. Tasks to one model are encoded once and shared by all
+nodes. A node silent for longer than ``offline_after`` seconds is marked
+offline: it gets no new tasks and its unanswered tasks fail at once, so a
+round does not wait for a dead node when enough others replied.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from consortium.core.errors import WireFormatError
+from consortium.core.message import Message
+from consortium.transport.fleet_api import RunBundle
+
+log = logging.getLogger("consortium.server")
+
+#: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
+EventSink = Callable[[str, str, str], None]
+
+
+@dataclass(slots=True)
+class NodeSession:
+    name: str
+    instance_id: str = ""
+    online: bool = True
+    last_seen: float = 0.0
+    tasks: deque[tuple[str, list[bytes | bytearray]]] = field(default_factory=deque)
+    in_flight: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    node: str
+    task: Message
+    replies: queue.Queue[Message]
+
+
+class Fleet:
+    """Connected nodes and the tasks between them and the round loop."""
+
+    def __init__(
+        self,
+        *,
+        heartbeat_interval: float = 2.0,
+        offline_after: float = 6.0,
+        max_message_bytes: int = 16 * 1024**3,
+        events: EventSink | None = None,
+        bundles: Callable[[str, str], RunBundle | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        reorder_budget: int = 256 * 1024**2,
+    ) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.offline_after = offline_after
+        self.max_message_bytes = max_message_bytes
+        self._events = events or (lambda node, kind, detail: None)
+        self._bundles = bundles
+        self._clock = clock
+        self.reorder_budget = reorder_budget
+        self._warned_order = False
+        self._cond = threading.Condition()
+        self._nodes: dict[str, NodeSession] = {}
+        self._pending: dict[str, _Waiter] = {}
+        self._stop = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="fleet-liveness", daemon=True)
+        self._monitor.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- FleetBackend -------------------------------------------------------------
+    def hello(self, node: str, instance_id: str) -> None:
+        with self._cond:
+            session = self._nodes.get(node)
+            restarted = session is not None and session.instance_id != instance_id
+            if session is None:
+                session = self._nodes[node] = NodeSession(node)
+            if restarted:
+                # a new process cannot answer what the old one was working on
+                self._fail_node_tasks(session, "the node restarted before replying")
+            session.instance_id = instance_id
+            session.online = True
+            session.last_seen = self._clock()
+            self._cond.notify_all()
+        log.info("node %s connected (instance %s)", node, instance_id[:8])
+        self._events(node, "restarted" if restarted else "connected", instance_id)
+
+    def heartbeat(self, node: str) -> bool:
+        with self._cond:
+            session = self._nodes.get(node)
+            if session is None:
+                return False
+            session.last_seen = self._clock()
+            if not session.online:
+                session.online = True
+                log.info("node %s is back online", node)
+            return True
+
+    def next_task(self, node: str, wait: float) -> tuple[str, list[bytes | bytearray]] | None:
+        deadline = self._clock() + wait
+        with self._cond:
+            while True:
+                session = self._nodes.get(node)
+                if session is not None:
+                    session.last_seen = self._clock()
+                    if session.tasks:
+                        message_id, parts = session.tasks.popleft()
+                        session.in_flight.add(message_id)
+                        return message_id, parts
+                remaining = deadline - self._clock()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(min(remaining, 1.0))
+
+    def deliver(self, node: str, payload: bytearray) -> tuple[bool, str]:
+        try:
+            reply = Message.from_bytes(payload, max_bytes=self.max_message_bytes)
+        except WireFormatError as exc:
+            return False, f"not a valid message: {exc}"
+        with self._cond:
+            session = self._nodes.get(node)
+            if session is not None:
+                session.last_seen = self._clock()
+            task_id = reply.metadata.reply_to or ""
+            waiter = self._pending.get(task_id)
+            if waiter is None:
+                return False, "no task is waiting for this reply (late, duplicate or unknown)"
+            if waiter.node != node or reply.metadata.src != node:
+                return False, f"reply to a task of {waiter.node!r} sent by {node!r}: refused"
+            del self._pending[task_id]
+            if session is not None:
+                session.in_flight.discard(task_id)
+        waiter.replies.put(reply)
+        return True, "ok"
+
+    def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
+        return self._bundles(node, run_id) if self._bundles is not None else None
+
+    # -- Grid ---------------------------------------------------------------------
+    def node_ids(self) -> list[str]:
+        with self._cond:
+            return sorted(n for n, s in self._nodes.items() if s.online)
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        """Block until at least ``count`` nodes are online (or ``timeout``)."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                online = sorted(n for n, s in self._nodes.items() if s.online)
+                if len(online) >= count or self._clock() >= deadline or self._stop.is_set():
+                    return online
+                self._cond.wait(min(1.0, max(0.0, deadline - self._clock())))
+
+    def send_and_receive(
+        self, messages: Sequence[Message], *, timeout: float | None
+    ) -> Iterator[Message]:
+        replies: queue.Queue[Message] = queue.Queue()
+        cache: dict[int, bytearray] = {}
+        ids = []
+        with self._cond:
+            for msg in messages:
+                node = msg.metadata.dst
+                session = self._nodes.get(node)
+                ids.append(msg.metadata.message_id)
+                if session is None or not session.online:
+                    replies.put(msg.error_reply("node-offline", f"node {node!r} is offline"))
+                    continue
+                self._pending[msg.metadata.message_id] = _Waiter(node, msg, replies)
+                session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
+            self._cond.notify_all()
+        del cache  # the queued parts keep what they need alive, no longer
+        deadline = None if timeout is None else self._clock() + timeout
+        try:
+            yield from self._in_task_order(ids, replies, deadline)
+        finally:
+            self._cancel(ids)
+
+    def _in_task_order(
+        self, ids: list[str], replies: queue.Queue[Message], deadline: float | None
+    ) -> Iterator[Message]:
+        """Yield replies in the order the tasks were sent, so folding is deterministic.
+
+        Early replies wait for their predecessors while they fit in
+        ``reorder_budget`` bytes; past it they are released in arrival order
+        (memory stays O(model) for huge models, at the cost of bit-identity).
+        """
+        position = {mid: i for i, mid in enumerate(ids)}
+        held: dict[int, Message] = {}
+        held_bytes = 0
+        next_index = 0
+        received = 0
+        while received < len(ids):
+            remaining = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                reply = replies.get(timeout=remaining)
+            except queue.Empty:
+                break
+            received += 1
+            index = position.get(reply.metadata.reply_to or "", -1)
+            if index == next_index:
+                yield reply
+                next_index += 1
+            else:
+                size = _payload_bytes(reply)
+                if held_bytes + size > self.reorder_budget:
+                    if not self._warned_order:
+                        log.info("replies too large to reorder; folding in arrival order")
+                        self._warned_order = True
+                    yield reply
+                    continue
+                held[index] = reply
+                held_bytes += size
+            while next_index in held:
+                released = held.pop(next_index)
+                held_bytes -= _payload_bytes(released)
+                yield released
+                next_index += 1
+        for index in sorted(held):  # deadline passed or all in: flush what arrived
+            yield held[index]
+
+    # -- internals ----------------------------------------------------------------
+    def _cancel(self, message_ids: list[str]) -> None:
+        """Forget tasks whose round is over (answered, failed or past the deadline)."""
+        wanted = set(message_ids)
+        with self._cond:
+            for mid in message_ids:
+                self._pending.pop(mid, None)
+            for session in self._nodes.values():
+                if session.tasks:
+                    session.tasks = deque(t for t in session.tasks if t[0] not in wanted)
+                session.in_flight -= wanted
+
+    def _fail_node_tasks(self, session: NodeSession, reason: str) -> None:
+        """(Lock held.) Fail every task queued for or running on ``session``."""
+        doomed = [mid for mid, w in self._pending.items() if w.node == session.name]
+        for mid in doomed:
+            waiter = self._pending.pop(mid)
+            waiter.replies.put(waiter.task.error_reply("node-lost", reason))
+        session.tasks.clear()
+        session.in_flight.clear()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.5, self.offline_after / 4)):
+            now = self._clock()
+            lost = []
+            with self._cond:
+                for session in self._nodes.values():
+                    if session.online and now - session.last_seen > self.offline_after:
+                        session.online = False
+                        self._fail_node_tasks(
+                            session, f"no heartbeat for {self.offline_after:.0f} s: node offline"
+                        )
+                        lost.append(session.name)
+            for node in lost:
+                log.warning(
+                    "node %s is offline (no heartbeat for %.1f s)", node, self.offline_after
+                )
+                self._events(node, "offline", "heartbeat timeout")
+
+
+def _payload_bytes(message: Message) -> int:
+    if message.content is None:
+        return 0
+    return sum(a.nbytes for a in message.content.arrays.values())

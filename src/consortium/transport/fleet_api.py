@@ -1,0 +1,58 @@
+"""What the gRPC servicers need from the server, as interfaces (the server implements them).
+
+The transport layer sits below the server: it turns RPCs into calls on these
+protocols and never sees rounds, strategies or databases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RunBundle:
+    """What a node needs to run the tasks of one run."""
+
+    run_id: str
+    app_name: str
+    app_version: str
+    client_entry: str
+    bundle: bytes
+    bundle_sha256: str
+    run_config_json: str
+    seed: int
+
+
+class FleetBackend(Protocol):
+    """The server's side of the node-facing API."""
+
+    heartbeat_interval: float
+    max_message_bytes: int
+
+    def hello(self, node: str, instance_id: str) -> None:
+        """``node`` (authenticated) connected; a new ``instance_id`` means it restarted."""
+
+    def heartbeat(self, node: str) -> bool:
+        """Record a heartbeat; False if the node must say hello again."""
+
+    def next_task(self, node: str, wait: float) -> tuple[str, list[bytes | bytearray]] | None:
+        """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
+
+    def deliver(self, node: str, payload: bytearray) -> tuple[bool, str]:
+        """A reply (encoded Message) from ``node``; returns (accepted, detail)."""
+
+    def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
+        """The app bundle and config of ``run_id``, if ``node`` takes part in it."""
+
+
+class ControlBackend(Protocol):
+    """The server's side of the coordinator's API."""
+
+    def start_run(self, bundle: bytes, run_config_json: str, seed: int) -> str: ...
+
+    def list_runs(self) -> list[dict[str, Any]]: ...
+
+    def show_run(self, run_id: str) -> dict[str, Any] | None: ...
+
+    def stop_run(self, run_id: str) -> bool: ...

@@ -1,0 +1,206 @@
+"""Clients of the Fleet (node) and Control (coordinator) services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from consortium.core.errors import TransportError
+from consortium.transport.auth import INSECURE_NODE_HEADER
+from consortium.transport.chunks import Reassembler, iter_chunks
+from consortium.transport.fleet_api import RunBundle
+from consortium.transport.grpc_server import GRPC_OPTIONS
+from consortium.transport.proto import fleet_pb2 as pb
+from consortium.transport.proto import fleet_pb2_grpc as rpc
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """PEM material for a TLS client: its key/certificate and the federation CA."""
+
+    key: bytes
+    certificate: bytes
+    ca: bytes
+    #: the name the server's certificate must carry (defaults to the host dialled)
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    node_id: str
+    heartbeat_interval: float
+    max_message_bytes: int
+
+
+def open_channel(address: str, tls: ClientTls | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(address, options=GRPC_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
+    )
+    options: list[tuple[str, int | str]] = list(GRPC_OPTIONS)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(address, creds, options=options)
+
+
+def _call(fn: Callable[[], T], what: str) -> T:
+    try:
+        return fn()
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "ERROR"
+        raise TransportError(f"{what} failed ({name}): {detail}") from exc
+
+
+def is_unavailable(exc: TransportError) -> bool:
+    """True when the failure was the server being unreachable (worth retrying)."""
+    cause = exc.__cause__
+    if isinstance(cause, grpc.RpcError) and hasattr(cause, "code"):
+        return cause.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return False
+
+
+class FleetClient:
+    """A node's connection to the server."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: ClientTls | None,
+        insecure_name: str | None = None,
+        max_message_bytes: int = 16 * 1024**3,
+        timeout: float = 30.0,
+    ) -> None:
+        self.address = address
+        self._channel = open_channel(address, tls)
+        self._stub = rpc.FleetStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = (
+            [(INSECURE_NODE_HEADER, insecure_name)] if tls is None and insecure_name else []
+        )
+        self.max_message_bytes = max_message_bytes
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def hello(self, version: str, instance_id: str) -> Welcome:
+        reply = _call(
+            lambda: self._stub.Hello(
+                pb.HelloRequest(version=version, instance_id=instance_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            ),
+            f"hello to {self.address}",
+        )
+        return Welcome(reply.node_id, reply.heartbeat_interval, reply.max_message_bytes)
+
+    def heartbeat(self) -> bool:
+        reply = _call(
+            lambda: self._stub.Heartbeat(
+                pb.HeartbeatRequest(), metadata=self._metadata, timeout=self.timeout
+            ),
+            "heartbeat",
+        )
+        return bool(reply.known)
+
+    def pull_task(self, wait: float) -> bytearray | None:
+        """The next task (an encoded Message), or None if none came within ``wait`` s."""
+
+        def pull() -> bytearray | None:
+            stream = self._stub.PullTask(
+                pb.PullRequest(wait_seconds=wait), metadata=self._metadata, timeout=wait + 600
+            )
+            rebuild = Reassembler(self.max_message_bytes)
+            seen = False
+            for chunk in stream:
+                seen = True
+                rebuild.feed(chunk)
+            return rebuild.result() if seen else None
+
+        return _call(pull, "pulling a task")
+
+    def push_result(self, parts: Sequence[bytes | bytearray], message_id: str) -> tuple[bool, str]:
+        def push() -> tuple[bool, str]:
+            reply = self._stub.PushResult(
+                iter_chunks(parts, message_id), metadata=self._metadata, timeout=600
+            )
+            return bool(reply.accepted), str(reply.detail)
+
+        return _call(push, "sending a result")
+
+    def get_run(self, run_id: str) -> RunBundle:
+        info = _call(
+            lambda: self._stub.GetRun(
+                pb.RunRequest(run_id=run_id), metadata=self._metadata, timeout=120
+            ),
+            f"fetching run {run_id}",
+        )
+        return RunBundle(
+            run_id=info.run_id,
+            app_name=info.app_name,
+            app_version=info.app_version,
+            client_entry=info.client_entry,
+            bundle=info.bundle,
+            bundle_sha256=info.bundle_sha256,
+            run_config_json=info.run_config_json,
+            seed=info.seed,
+        )
+
+
+class ControlClient:
+    """The coordinator's connection to the server (admin certificate)."""
+
+    def __init__(self, address: str, *, tls: ClientTls | None, insecure_name: str | None = None):
+        self._channel = open_channel(address, tls)
+        self._stub = rpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+        self._metadata = (
+            [(INSECURE_NODE_HEADER, insecure_name)] if tls is None and insecure_name else []
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def start_run(self, bundle: bytes, run_config: dict[str, Any], seed: int) -> str:
+        request = pb.StartRunRequest(
+            bundle=bundle, run_config_json=json.dumps(run_config), seed=seed
+        )
+        reply = _call(
+            lambda: self._stub.StartRun(request, metadata=self._metadata, timeout=120),
+            "starting the run",
+        )
+        return str(reply.run_id)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        reply = _call(
+            lambda: self._stub.ListRuns(pb.ListRunsRequest(), metadata=self._metadata, timeout=30),
+            "listing runs",
+        )
+        return [json.loads(r.json) for r in reply.runs]
+
+    def show_run(self, run_id: str) -> dict[str, Any]:
+        reply = _call(
+            lambda: self._stub.ShowRun(
+                pb.RunRequest(run_id=run_id), metadata=self._metadata, timeout=30
+            ),
+            f"showing run {run_id}",
+        )
+        result: dict[str, Any] = json.loads(reply.json)
+        return result
+
+    def stop_run(self, run_id: str) -> bool:
+        reply = _call(
+            lambda: self._stub.StopRun(
+                pb.StopRunRequest(run_id=run_id), metadata=self._metadata, timeout=30
+            ),
+            f"stopping run {run_id}",
+        )
+        return bool(reply.stopped)

@@ -1,0 +1,204 @@
+"""The gRPC services: Fleet (nodes) and Control (coordinator), over mutual TLS by default.
+
+Each RPC authenticates the caller from its certificate, then delegates to a
+:class:`~consortium.transport.fleet_api.FleetBackend` or ``ControlBackend``.
+Bad input (a corrupt chunk stream, a message over the limit, bytes that are
+not a Message) ends that one call with a clear status; the server goes on
+serving everyone else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from consortium.core.errors import WireFormatError
+from consortium.transport.auth import Authenticator, Unauthenticated
+from consortium.transport.chunks import MAX_GRPC_MESSAGE, PayloadTooLarge, Reassembler, iter_chunks
+from consortium.transport.fleet_api import ControlBackend, FleetBackend
+from consortium.transport.proto import fleet_pb2 as pb
+from consortium.transport.proto import fleet_pb2_grpc as rpc
+
+log = logging.getLogger("consortium.transport")
+
+T = TypeVar("T")
+
+GRPC_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def _guard(context: grpc.ServicerContext, auth: Authenticator) -> str:
+    try:
+        return auth(context)
+    except Unauthenticated as exc:
+        log.warning("refused %s: %s", context.peer(), exc)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        raise  # abort raises; this line satisfies type checkers
+
+
+class FleetServicer(rpc.FleetServicer):
+    """Node-facing RPCs."""
+
+    def __init__(self, backend: FleetBackend, auth: Authenticator) -> None:
+        self.backend = backend
+        self.auth = auth
+
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
+        node = _guard(context, self.auth)
+        self.backend.hello(node, request.instance_id)
+        return pb.HelloReply(
+            node_id=node,
+            heartbeat_interval=self.backend.heartbeat_interval,
+            max_message_bytes=self.backend.max_message_bytes,
+        )
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
+        node = _guard(context, self.auth)
+        return pb.HeartbeatReply(known=self.backend.heartbeat(node))
+
+    def PullTask(
+        self, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        node = _guard(context, self.auth)
+        wait = min(max(float(request.wait_seconds), 0.0), 60.0)
+        task = self.backend.next_task(node, wait)
+        if task is None:
+            return
+        message_id, parts = task
+        yield from iter_chunks(parts, message_id)
+
+    def PushResult(
+        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+    ) -> pb.PushReply:
+        node = _guard(context, self.auth)
+        rebuild = Reassembler(self.backend.max_message_bytes)
+        try:
+            for chunk in request_iterator:
+                rebuild.feed(chunk)
+            payload = rebuild.result()
+        except PayloadTooLarge as exc:
+            log.warning("refused a reply from %s: %s", node, exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
+        except WireFormatError as exc:
+            log.warning("refused a reply from %s: %s", node, exc)
+            context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            raise
+        accepted, detail = self.backend.deliver(node, payload)
+        if not accepted:
+            log.warning("reply from %s not accepted: %s", node, detail)
+        return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
+
+    def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
+        node = _guard(context, self.auth)
+        bundle = self.backend.run_bundle(node, request.run_id)
+        if bundle is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
+        assert bundle is not None
+        return pb.RunInfo(
+            run_id=bundle.run_id,
+            app_name=bundle.app_name,
+            app_version=bundle.app_version,
+            client_entry=bundle.client_entry,
+            bundle=bundle.bundle,
+            bundle_sha256=bundle.bundle_sha256,
+            run_config_json=bundle.run_config_json,
+            seed=bundle.seed,
+        )
+
+
+class ControlServicer(rpc.ControlServicer):
+    """Coordinator RPCs (admin certificates only)."""
+
+    def __init__(self, backend: ControlBackend, auth: Authenticator) -> None:
+        self.backend = backend
+        self.auth = auth
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+        _guard(context, self.auth)
+        try:
+            return fn()
+        except Exception as exc:  # a user error (bad app, bad config): tell the caller
+            log.warning("control call failed: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def StartRun(
+        self, request: pb.StartRunRequest, context: grpc.ServicerContext
+    ) -> pb.StartRunReply:
+        run_id = self._call(
+            context,
+            lambda: self.backend.start_run(request.bundle, request.run_config_json, request.seed),
+        )
+        return pb.StartRunReply(run_id=run_id)
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsReply:
+        runs = self._call(context, self.backend.list_runs)
+        return pb.ListRunsReply(runs=[pb.RunSummary(json=json.dumps(r)) for r in runs])
+
+    def ShowRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunSummary:
+        run = self._call(context, lambda: self.backend.show_run(request.run_id))
+        if run is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+        return pb.RunSummary(json=json.dumps(run))
+
+    def StopRun(self, request: pb.StopRunRequest, context: grpc.ServicerContext) -> pb.StopRunReply:
+        stopped = self._call(context, lambda: self.backend.stop_run(request.run_id))
+        return pb.StopRunReply(stopped=stopped)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM material for a TLS server: its key/certificate and the CA that signs clients."""
+
+    key: bytes
+    certificate: bytes
+    ca: bytes
+
+
+def start_server(
+    address: str,
+    *,
+    fleet: FleetServicer,
+    control: ControlServicer | None = None,
+    tls: TlsFiles | None,
+    workers: int = 32,
+) -> tuple[grpc.Server, int]:
+    """Start serving on ``address`` ("host:port", port 0 picks one); returns (server, port).
+
+    ``tls=None`` is plain text: only for ``--insecure``.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    rpc.add_FleetServicer_to_server(fleet, server)  # type: ignore[no-untyped-call]
+    if control is not None:
+        rpc.add_ControlServicer_to_server(control, server)  # type: ignore[no-untyped-call]
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        creds = grpc.ssl_server_credentials(
+            [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, creds)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    server.start()
+    return server, port
+
+
+def describe(obj: Any) -> str:
+    return type(obj).__name__
