@@ -8,7 +8,11 @@ from collections.abc import Sequence
 import click
 
 from consortium._version import __version__
+from consortium.cli.ca_cmd import ca
 from consortium.cli.demo_cmd import demo
+from consortium.cli.node_cmd import node
+from consortium.cli.run_cmd import run
+from consortium.cli.server_cmd import server
 from consortium.cli.simulate_cmd import simulate
 from consortium.core.errors import ConsortiumError
 
@@ -24,11 +28,22 @@ def cli() -> None:
     Start here:
       consortium demo                      four hospitals learn heart disease together
       consortium simulate examples/fraud   run an app folder with virtual nodes
+
+    \b
+    Deploy (see docs/deploy.md):
+      consortium ca init / ca issue        the federation's certificates
+      consortium server                    the aggregation server
+      consortium node                      one per silo, beside its data
+      consortium run start|list|show|stop  the coordinator's commands
     """
 
 
 cli.add_command(simulate)
 cli.add_command(demo)
+cli.add_command(ca)
+cli.add_command(server)
+cli.add_command(node)
+cli.add_command(run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,14 +12,14 @@ from consortium.tracking.log import LogObserver
 from consortium.tracking.progress import ProgressObserver
 
 
-def configure_logging(run_dir: Path, *, verbose: bool = False) -> None:
-    """Everything to ``run_dir/run.log``; warnings (node failures) also to stderr."""
+def configure_logging(run_dir: Path, *, verbose: bool = False, filename: str = "run.log") -> None:
+    """Everything to ``run_dir/<filename>``; warnings (node failures) also to stderr."""
     run_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger("consortium")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
-    file_handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
+    file_handler = logging.FileHandler(run_dir / filename, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root.addHandler(file_handler)
     console = logging.StreamHandler()

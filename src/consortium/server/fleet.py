@@ -74,6 +74,10 @@ class Fleet:
         self._monitor = threading.Thread(target=self._watch, name="fleet-liveness", daemon=True)
         self._monitor.start()
 
+    def set_bundles(self, bundles: Callable[[str, str], RunBundle | None]) -> None:
+        """Where run bundles come from (the run manager, created after the fleet)."""
+        self._bundles = bundles
+
     def close(self) -> None:
         self._stop.set()
         with self._cond:

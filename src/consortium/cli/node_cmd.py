@@ -1,0 +1,85 @@
+"""``consortium node``: the process a silo runs beside its data."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+
+from consortium.apps.manifest import load_app_spec, parse_override
+from consortium.cli.observers import configure_logging
+from consortium.cli.tls_options import (
+    client_tls,
+    credentials_option,
+    insecure_option,
+    name_option,
+    server_name_option,
+    warn_insecure,
+)
+from consortium.core.errors import ConfigError
+
+
+@click.command()
+@click.option("--server", "address", required=True, help="The server's host:port.")
+@credentials_option
+@name_option
+@server_name_option
+@click.option(
+    "--config",
+    "node_config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="This node's own config, e.g. data-path=... (repeatable).",
+)
+@click.option(
+    "--app",
+    "apps",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A local app folder this node runs (repeatable).",
+)
+@click.option("--trust-server-apps", is_flag=True, help="Run app code the server sends.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("node-data"),
+    show_default=True,
+)
+@insecure_option
+def node(
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    node_config: tuple[str, ...],
+    apps: tuple[Path, ...],
+    trust_server_apps: bool,
+    work_dir: Path,
+    insecure: bool,
+) -> None:
+    """Join a federation: dial out to the server and run the tasks it sends."""
+    from consortium.node.runner import NodePolicy, NodeRunner
+    from consortium.transport.grpc_client import FleetClient
+
+    configure_logging(work_dir, verbose=True, filename="node.log")
+    config = dict(parse_override(c) for c in node_config)
+    local = {load_app_spec(a).name: a for a in apps}
+    if insecure:
+        warn_insecure()
+        if not name:
+            raise ConfigError("--insecure needs --name NODE")
+        client = FleetClient(address, tls=None, insecure_name=name)
+    else:
+        client = FleetClient(address, tls=client_tls(credentials, name, "node", server_name))
+    runner = NodeRunner(
+        client,
+        node_config=config,
+        work_dir=work_dir,
+        policy=NodePolicy(local_apps=local, trust_server_apps=trust_server_apps),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
+    click.echo(f"consortium node: dialling {address}")
+    runner.run()
+    client.close()

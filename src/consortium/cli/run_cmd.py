@@ -1,0 +1,162 @@
+"""``consortium run``: the coordinator starts, lists, shows and stops runs on a server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from consortium.apps.manifest import load_app_spec, parse_override
+from consortium.cli.report import make_console
+from consortium.cli.tls_options import (
+    client_tls,
+    credentials_option,
+    insecure_option,
+    name_option,
+    server_name_option,
+    warn_insecure,
+)
+from consortium.transport.grpc_client import ControlClient
+
+
+def _client(
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+) -> ControlClient:
+    if insecure:
+        warn_insecure()
+        return ControlClient(address, tls=None, insecure_name=name or "admin")
+    return ControlClient(address, tls=client_tls(credentials, name, "admin", server_name))
+
+
+def _common(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--server", "address", required=True, help="The server's host:port."),
+            credentials_option,
+            name_option,
+            server_name_option,
+            insecure_option,
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@click.group()
+def run() -> None:
+    """Start, list, show and stop runs on a deployed server (admin certificate)."""
+
+
+@run.command("start")
+@click.argument("app_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_common
+@click.option("--run-config", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--wait", is_flag=True, help="Wait for the run to end and print its rounds.")
+def start(
+    app_dir: Path,
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+    overrides: tuple[str, ...],
+    seed: int,
+    wait: bool,
+) -> None:
+    """Upload APP_DIR and start a run of it."""
+    from consortium.apps.bundle import make_bundle
+
+    spec = load_app_spec(app_dir)
+    config = spec.run_config(dict(parse_override(o) for o in overrides))
+    client = _client(address, credentials, name, server_name, insecure)
+    run_id = client.start_run(make_bundle(app_dir), dict(config), seed)
+    click.echo(run_id)
+    if wait:
+        while True:
+            info = client.show_run(run_id)
+            if info["status"] not in ("pending", "running"):
+                break
+            time.sleep(1.0)
+        _print_run(info)
+        if info["status"] != "finished":
+            raise click.ClickException(f"run {run_id} {info['status']}: {info.get('error', '')}")
+
+
+@run.command("list")
+@_common
+def list_runs(
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+) -> None:
+    """List the server's runs."""
+    runs = _client(address, credentials, name, server_name, insecure).list_runs()
+    table = Table(title="Runs")
+    for col in ("run", "app", "status", "rounds", "error"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r["run_id"], r["app"], r["status"], str(r["rounds_done"]), r.get("error", ""))
+    make_console().print(table)
+
+
+@run.command("show")
+@click.argument("run_id")
+@_common
+def show(
+    run_id: str,
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+) -> None:
+    """Rounds, metrics and per-node status and timing of one run."""
+    _print_run(_client(address, credentials, name, server_name, insecure).show_run(run_id))
+
+
+@run.command("stop")
+@click.argument("run_id")
+@_common
+def stop(
+    run_id: str,
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+) -> None:
+    """Stop a run before its next round."""
+    stopped = _client(address, credentials, name, server_name, insecure).stop_run(run_id)
+    click.echo("stopping" if stopped else "not running")
+
+
+def _print_run(info: dict[str, Any]) -> None:
+    console = make_console()
+    console.print(
+        f"run {info['run_id']}: {info['app']} — {info['status']} "
+        f"({info['rounds_done']} rounds) {info.get('error', '')}"
+    )
+    table = Table(title="Per node")
+    for col in ("round", "node", "stage", "outcome", "seconds", "reason"):
+        table.add_column(col)
+    for r in info.get("rounds", []):
+        for n in r["nodes"]:
+            table.add_row(
+                str(r["round"]),
+                n["node"],
+                n["stage"],
+                n["outcome"],
+                f"{n['seconds']:.2f}",
+                n["reason"],
+            )
+    console.print(table)

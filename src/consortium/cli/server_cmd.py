@@ -1,0 +1,167 @@
+"""``consortium server``: the aggregation server of a deployed federation."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from consortium.cli.observers import configure_logging
+from consortium.cli.tls_options import (
+    credentials_option,
+    insecure_option,
+    name_option,
+    warn_insecure,
+)
+from consortium.core.errors import ConfigError
+
+log = logging.getLogger("consortium.server")
+
+
+def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]:
+    allowed = set(names)
+    if allow_file is not None:
+        for line in allow_file.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                allowed.add(line)
+    return allowed
+
+
+@click.command()
+@click.option(
+    "--address", default="127.0.0.1:9092", show_default=True, help="host:port to listen on."
+)
+@credentials_option
+@name_option
+@click.option(
+    "--ca-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder with ca.crt and crl.pem (revocations); default: --credentials.",
+)
+@click.option("--allow", "allow", multiple=True, metavar="NODE", help="A node allowed to join.")
+@click.option("--allow-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--admin", "admins", multiple=True, metavar="NAME", help="Restrict admins to these.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("server-data"),
+    show_default=True,
+)
+@click.option(
+    "--heartbeat",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds between node heartbeats.",
+)
+@click.option(
+    "--offline-after",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Silence before a node is offline.",
+)
+@click.option(
+    "--max-message-mb", type=int, default=16384, show_default=True, help="Largest message accepted."
+)
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the bound port here.",
+)
+@insecure_option
+def server(
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    ca_dir: Path | None,
+    allow: tuple[str, ...],
+    allow_file: Path | None,
+    admins: tuple[str, ...],
+    workdir: Path,
+    heartbeat: float,
+    offline_after: float,
+    max_message_mb: int,
+    port_file: Path | None,
+    insecure: bool,
+) -> None:
+    """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
+    from consortium.server.fleet import Fleet
+    from consortium.server.runs import RunManager
+    from consortium.transport.auth import (
+        Authenticator,
+        CertificateAuthenticator,
+        InsecureAuthenticator,
+    )
+    from consortium.transport.grpc_server import (
+        ControlServicer,
+        FleetServicer,
+        TlsFiles,
+        start_server,
+    )
+
+    configure_logging(workdir, verbose=True, filename="server.log")
+    allowed = read_allow_list(allow, allow_file)
+    if not allowed:
+        raise ConfigError("no node may join: give --allow NODE (repeatable) or --allow-file FILE")
+    workdir.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(
+        heartbeat_interval=heartbeat,
+        offline_after=offline_after,
+        max_message_bytes=max_message_mb * 1024 * 1024,
+    )
+    runs = RunManager(fleet, workdir)
+    fleet.set_bundles(runs.run_bundle)
+    node_auth: Authenticator
+    admin_auth: Authenticator
+    if insecure:
+        warn_insecure()
+        node_auth = InsecureAuthenticator(allowed=lambda n: n in allowed)
+        admin_auth = InsecureAuthenticator()
+        tls = None
+    else:
+        if credentials is None:
+            raise ConfigError(
+                "give --credentials DIR with the server's certificate, key and ca.crt"
+            )
+        from consortium.transport.identity import PeerVerifier, Role, load_server_credentials
+
+        node_role: tuple[Role, ...] = ("node",)
+        admin_role: tuple[Role, ...] = ("admin",)
+
+        creds = load_server_credentials(credentials, name)
+        verifier = PeerVerifier.from_ca_directory(ca_dir or credentials)
+        node_auth = CertificateAuthenticator(
+            lambda pem: verifier.verify(pem, roles=node_role).name,
+            allowed=lambda n: n in allowed,
+        )
+        admin_auth = CertificateAuthenticator(
+            lambda pem: verifier.verify(pem, roles=admin_role).name,
+            allowed=(lambda n: n in admins) if admins else None,
+        )
+        tls = TlsFiles(creds.private_key, creds.certificate_chain, creds.root_certificates)
+    grpc_server, port = start_server(
+        address,
+        fleet=FleetServicer(fleet, node_auth),
+        control=ControlServicer(runs, admin_auth),
+        tls=tls,
+    )
+    host = address.rsplit(":", 1)[0]
+    mode = "plain text" if tls is None else "mutual TLS"
+    click.echo(
+        f"consortium server listening on {host}:{port} ({mode}), "
+        f"allowing {len(allowed)} node(s); data in {workdir}"
+    )
+    if port_file is not None:
+        port_file.write_text(str(port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    click.echo("shutting down")
+    grpc_server.stop(grace=2).wait()
+    fleet.close()
