@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -19,7 +19,9 @@ from consortium.cli.tls_options import (
     server_name_option,
     warn_insecure,
 )
-from consortium.transport.grpc_client import ControlClient
+
+if TYPE_CHECKING:  # gRPC loads only when a run command runs
+    from consortium.transport.grpc_client import ControlClient
 
 
 def _client(
@@ -29,6 +31,8 @@ def _client(
     server_name: str | None,
     insecure: bool,
 ) -> ControlClient:
+    from consortium.transport.grpc_client import ControlClient
+
     if insecure:
         warn_insecure()
         return ControlClient(address, tls=None, insecure_name=name or "admin")

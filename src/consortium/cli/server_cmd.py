@@ -73,6 +73,7 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
 )
+@click.option("--resume", "resume", metavar="RUN_ID", help="Continue a run after a crash.")
 @insecure_option
 def server(
     address: str,
@@ -87,6 +88,7 @@ def server(
     offline_after: float,
     max_message_mb: int,
     port_file: Path | None,
+    resume: str | None,
     insecure: bool,
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
@@ -158,6 +160,9 @@ def server(
     )
     if port_file is not None:
         port_file.write_text(str(port))
+    if resume:
+        runs.resume(resume)
+        click.echo(f"resuming run {resume}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from consortium.core.errors import ConfigError
-from consortium.transport.grpc_client import ClientTls
+
+if TYPE_CHECKING:  # gRPC loads only when a deployment command runs
+    from consortium.transport.grpc_client import ClientTls
 
 Role = Literal["node", "admin"]
 
@@ -35,6 +37,7 @@ def client_tls(
             "give --credentials DIR (a folder with your certificate, key and ca.crt), "
             "or --insecure for a plain-text test setup"
         )
+    from consortium.transport.grpc_client import ClientTls
     from consortium.transport.identity import load_client_credentials
 
     creds = load_client_credentials(credentials, name, role=role)

@@ -19,6 +19,7 @@ from consortium.core.message import CONFIG, EVALUATE, MODEL, QUERY, TRAIN, Conte
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.server.app import ServerConfig
+from consortium.server.checkpoint import Checkpoint, save_checkpoint
 from consortium.server.model_io import save_model
 from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
 from consortium.strategy.base import EvaluateReply, Instruction, TrainReply
@@ -57,9 +58,13 @@ class RoundLoop:
         params: Config | None = None,
         observers: Sequence[RunObserver] = (),
         stop: threading.Event | None = None,
+        checkpoint_dir: Path | None = None,
+        resume: Checkpoint | None = None,
     ) -> None:
         self.config = config
         self.stop = stop
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
         self.strategy = config.strategy
         self.grid = grid
         self.seed = seed
@@ -86,18 +91,43 @@ class RoundLoop:
         )
         self.observers.on_run_start(info)
         try:
-            arrays = self._initial_arrays()
-            initial = self.strategy.evaluate(0, arrays) or {}
-            for rnd in range(1, self.config.num_rounds + 1):
+            if self.resume is not None:
+                arrays, first, initial = self._restore(self.resume), self.resume.round + 1, {}
+            else:
+                arrays, first = self._initial_arrays(), 1
+                initial = self.strategy.evaluate(0, arrays) or {}
+            for rnd in range(first, self.config.num_rounds + 1):
                 if self.stop is not None and self.stop.is_set():
                     raise RunStopped(f"run {self.run_id} stopped before round {rnd}")
                 arrays = self._round(rnd, arrays)
+                self._checkpoint(rnd, arrays)
             files = self._save(arrays)
         except BaseException:
             self.observers.on_run_end(self.history, failed=True)
             raise
         self.observers.on_run_end(self.history, failed=False)
         return RunResult(self.run_id, arrays, self.history, initial, self.run_dir, files)
+
+    def _restore(self, ckpt: Checkpoint) -> Arrays:
+        """Continue after ``ckpt``: its model, strategy state and history."""
+        self.strategy.load_state_dict(ckpt.strategy_state)
+        self.history = ckpt.history
+        log.info("run %s resumes after round %d (%s)", self.run_id, ckpt.round, ckpt.path)
+        return ckpt.arrays
+
+    def _checkpoint(self, rnd: int, arrays: Arrays) -> None:
+        if self.checkpoint_dir is None:
+            return
+        save_checkpoint(
+            self.checkpoint_dir,
+            rnd,
+            arrays,
+            self.strategy.state_dict(),
+            self.history,
+            seed=self.seed,
+            run_id=self.run_id,
+            keep=2,
+        )
 
     def _initial_arrays(self) -> Arrays:
         arrays = self.strategy.initialize(derive_rng(self.seed, 0, SERVER_KEY, stream="init"))

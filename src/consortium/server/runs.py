@@ -20,6 +20,7 @@ from consortium.core.history import RoundRecord
 from consortium.core.message import SERVER_ID
 from consortium.core.records import Config
 from consortium.server.app import ServerApp, ServerConfig
+from consortium.server.checkpoint import Checkpoint, load_checkpoint
 from consortium.server.fleet import Fleet
 from consortium.server.loop import RoundLoop, RunStopped
 from consortium.tracking.base import RunObserver
@@ -114,8 +115,25 @@ class RunManager:
     # -- ControlBackend -------------------------------------------------------------
     def start_run(self, bundle: bytes, run_config_json: str, seed: int) -> str:
         run_id = uuid.uuid4().hex[:12]
+        return self._launch(run_id, bundle, run_config_json, seed, resume=False)
+
+    def resume(self, run_id: str) -> str:
+        """Continue a run after a server crash, from its newest valid checkpoint."""
         run_dir = self.root / "runs" / run_id
-        app_dir = extract_bundle(bundle, run_dir / "app")
+        record = run_dir / "run.json"
+        if not record.exists():
+            raise ConfigError(f"no run {run_id!r} under {self.root / 'runs'}")
+        meta = json.loads(record.read_text())
+        bundle = (run_dir / "bundle.zip").read_bytes()
+        return self._launch(run_id, bundle, meta["run_config_json"], int(meta["seed"]), resume=True)
+
+    def _launch(
+        self, run_id: str, bundle: bytes, run_config_json: str, seed: int, *, resume: bool
+    ) -> str:
+        run_dir = self.root / "runs" / run_id
+        app_dir = run_dir / "app"
+        if not (resume and (app_dir / "consortium.toml").exists()):
+            extract_bundle(bundle, app_dir)
         spec = load_app_spec(app_dir)
         try:
             overrides = json.loads(run_config_json or "{}")
@@ -140,11 +158,18 @@ class RunManager:
             ),
             run_dir,
         )
+        if not resume:
+            (run_dir / "bundle.zip").write_bytes(bundle)
+            record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json}
+            (run_dir / "run.json").write_text(json.dumps(record))
+        checkpoint = load_checkpoint(run_dir / "checkpoints") if resume else None
+        if resume and checkpoint is None:
+            log.warning("run %s has no valid checkpoint: starting it from round 1", run_id)
         with self._lock:
             self._runs[run_id] = run
         run.thread = threading.Thread(
             target=self._execute,
-            args=(run, config, run_config, seed),
+            args=(run, config, run_config, seed, checkpoint),
             name=f"run-{run_id}",
             daemon=True,
         )
@@ -178,7 +203,14 @@ class RunManager:
         return run
 
     # -- execution ------------------------------------------------------------------
-    def _execute(self, run: Run, config: ServerConfig, run_config: Config, seed: int) -> None:
+    def _execute(
+        self,
+        run: Run,
+        config: ServerConfig,
+        run_config: Config,
+        seed: int,
+        checkpoint: Checkpoint | None,
+    ) -> None:
         need = int(getattr(config.strategy, "min_available_nodes", 1) or 1)
         online = self.fleet.wait_for_nodes(need, self.node_wait)
         if len(online) < need:
@@ -194,7 +226,11 @@ class RunManager:
             params=run_config,
             observers=[LogObserver(max_node_warnings=0), _Recorder(run), *self.observers],
             stop=run.stop,
+            checkpoint_dir=run.run_dir / "checkpoints",
+            resume=checkpoint,
         )
+        if checkpoint is not None:
+            run.rounds = list(checkpoint.history.rounds)
         try:
             loop.run()
             run.status = "finished"

@@ -1,6 +1,6 @@
-"""Aggregation strategies: pure functions of replies, no I/O."""
+"""Aggregation strategies: pure functions of replies, no I/O (see docs/strategies.md)."""
 
-from consortium.strategy.aggregate import WeightedMean
+from consortium.strategy.aggregate import DifferenceSum, WeightedMean
 from consortium.strategy.base import (
     EvaluateReply,
     Instruction,
@@ -11,11 +11,43 @@ from consortium.strategy.base import (
     weighted_metrics,
 )
 from consortium.strategy.fedavg import FedAvg
+from consortium.strategy.fednova import LOCAL_STEPS_KEY, FedNova
+from consortium.strategy.fedopt import (
+    FedAdagrad,
+    FedAdam,
+    FedAvgM,
+    FedOpt,
+    FedYogi,
+    ServerAdagrad,
+    ServerAdam,
+    ServerMomentum,
+    ServerOptimizer,
+    ServerYogi,
+)
+from consortium.strategy.fedprox import PROX_MU_KEY, FedProx
+from consortium.strategy.qfedavg import INITIAL_LOSS_KEY, QFedAvg
 
 __all__ = [
+    "INITIAL_LOSS_KEY",
+    "LOCAL_STEPS_KEY",
+    "PROX_MU_KEY",
+    "DifferenceSum",
     "EvaluateReply",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedNova",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
     "Instruction",
+    "QFedAvg",
+    "ServerAdagrad",
+    "ServerAdam",
+    "ServerMomentum",
+    "ServerOptimizer",
+    "ServerYogi",
     "Strategy",
     "TrainReply",
     "WeightedMean",
