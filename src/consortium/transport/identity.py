@@ -1,0 +1,598 @@
+"""Who is on the other end of a TLS connection, and whether they may be there.
+
+Every certificate the federation CA issues names its holder twice: the subject
+common name and exactly one URI subject-alternative name
+``consortium://ROLE/NAME``, where ROLE is ``server``, ``node`` or ``admin``.
+:class:`PeerIdentity` trusts a certificate's identity only when the two agree.
+:func:`verify_peer` checks a peer's certificate (chain to this CA, validity,
+revocation, role and extended key usage, allow-list); :class:`PeerVerifier`
+does the same for a server and reloads the CRL when its file changes. The
+``load_*_credentials`` functions return the PEM bytes gRPC wants, after
+checking the holder's own certificate. Nothing here imports gRPC.
+
+Refusals raise subclasses of :class:`~consortium.core.errors.SecurityError`
+(``UntrustedCertificate``, ``CertificateExpired``, ``CertificateRevoked``,
+``WrongRole``, ``NotAllowed``); missing or mismatched files raise
+:class:`~consortium.core.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal, TypeAlias
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from consortium.core.errors import ConfigError, SecurityError
+
+Role = Literal["server", "node", "admin"]
+ROLES: tuple[Role, ...] = ("server", "node", "admin")
+CLIENT_ROLES: tuple[Role, ...] = ("node", "admin")
+URI_PREFIX = "consortium://"
+CA_CERT_FILE = "ca.crt"
+CRL_FILE = "crl.pem"
+EXPIRY_WARNING = timedelta(days=30)
+AUTH_CONTEXT_CERT_KEY = "x509_pem_cert"
+
+CertificateLike: TypeAlias = "x509.Certificate | bytes | str"
+CrlLike: TypeAlias = "x509.CertificateRevocationList | bytes | str"
+_REQUIRED_EKU = {
+    "server": (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
+    "node": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+    "admin": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_RESERVED = frozenset({"ca"})  # would collide with ca.crt / ca.key
+
+log = logging.getLogger(__name__)
+
+
+class UntrustedCertificate(SecurityError):
+    """Missing, malformed, or not issued by this federation's CA."""
+
+
+class CertificateExpired(SecurityError):
+    """Outside its validity window: expired or not yet valid."""
+
+
+class CertificateRevoked(SecurityError):
+    """Listed in the federation's certificate revocation list."""
+
+
+class WrongRole(SecurityError):
+    """A valid certificate used for a role it was not issued for."""
+
+
+class NotAllowed(SecurityError):
+    """A valid certificate whose name is not on the allow-list."""
+
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_name(role: Role, name: str) -> str:
+    """Check a node/admin name or a server host name; return its canonical form."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    canonical = _validate_host(name) if role == "server" else _validate_plain_name(role, name)
+    if canonical.lower() in _RESERVED:
+        raise ConfigError(f"{name!r} is reserved (it would overwrite the CA's files); pick another")
+    return canonical
+
+
+def _validate_plain_name(role: Role, name: str) -> str:
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"invalid {role} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no spaces or path separators)"
+        )
+    return name
+
+
+def _validate_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
+        raise ConfigError(
+            f"invalid server host {host!r}: give a DNS name (letters, digits, '-', dot-separated) "
+            "or an IP address"
+        )
+    return host.lower()
+
+
+def file_stem(name: str) -> str:
+    """The file name (without suffix) for a certificate holder; IPv6 colons become '_'."""
+    return name.replace(":", "_")
+
+
+def identity_uri(role: Role, name: str) -> str:
+    """The URI SAN that names a certificate's holder, e.g. ``consortium://node/hospital-a``."""
+    return f"{URI_PREFIX}{role}/{name}"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_certificate(data: CertificateLike) -> x509.Certificate:
+    """Parse a PEM or DER certificate (the first one of a PEM bundle)."""
+    if isinstance(data, x509.Certificate):
+        return data
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(raw)
+        return x509.load_der_x509_certificate(raw)
+    except ValueError as exc:
+        raise UntrustedCertificate(f"not a valid X.509 certificate: {exc}") from None
+
+
+def load_crl(data: CrlLike) -> x509.CertificateRevocationList:
+    """Parse a PEM or DER certificate revocation list."""
+    if isinstance(data, x509.CertificateRevocationList):
+        return data
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        if raw.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_crl(raw)
+        return x509.load_der_x509_crl(raw)
+    except ValueError as exc:
+        raise SecurityError(f"not a valid certificate revocation list: {exc}") from None
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = attrs[0].value if len(attrs) == 1 else None
+    return value if isinstance(value, str) else ""
+
+
+def _ext_value(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """The holder of a federation certificate: role, name, serial and validity."""
+
+    role: Role
+    name: str
+    serial: int
+    not_before: datetime
+    not_after: datetime
+
+    @property
+    def uri(self) -> str:
+        return identity_uri(self.role, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.name!r} (serial {self.serial:x})"
+
+    @classmethod
+    def from_certificate(cls, data: CertificateLike) -> PeerIdentity:
+        """Read the identity from the URI SAN, which must agree with the common name.
+
+        This does not verify the certificate: use :func:`verify_peer` for that.
+        """
+        cert = load_certificate(data)
+        san = _ext_value(cert, x509.SubjectAlternativeName)
+        uris = (
+            [u for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+            if isinstance(san, x509.SubjectAlternativeName)
+            else []
+        )
+        ours = [u for u in uris if u.startswith(URI_PREFIX)]
+        cn = _common_name(cert)
+        if len(ours) != 1:
+            raise UntrustedCertificate(
+                f"certificate {cn or '(no common name)'!r} is not a Consortium identity: "
+                f"expected one {URI_PREFIX}ROLE/NAME subject-alternative name, found {len(ours)}"
+            )
+        role, _, name = ours[0].removeprefix(URI_PREFIX).partition("/")
+        if role not in ROLES:
+            raise UntrustedCertificate(f"certificate {cn!r} names an unknown role {role!r}")
+        try:
+            canonical = validate_name(role, name)
+        except ConfigError as exc:
+            raise UntrustedCertificate(f"certificate {cn!r}: {exc}") from None
+        if canonical != name or cn != name:
+            raise UntrustedCertificate(
+                f"certificate identity {ours[0]!r} disagrees with its common name {cn!r}"
+            )
+        return cls(
+            role=role,
+            name=name,
+            serial=cert.serial_number,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
+    """Raise :class:`CertificateExpired` unless ``now`` lies in the validity window."""
+    if now < cert.not_valid_before_utc:
+        raise CertificateExpired(
+            f"{what} is not valid yet (valid from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+            "UTC); check the clocks"
+        )
+    if now > cert.not_valid_after_utc:
+        raise CertificateExpired(
+            f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "issue a new one with 'consortium ca issue'"
+        )
+
+
+def check_certificate_lifetime(
+    data: CertificateLike,
+    *,
+    now: datetime | None = None,
+    warn_within: timedelta = EXPIRY_WARNING,
+    what: str = "certificate",
+) -> timedelta:
+    """Refuse an expired (or not yet valid) certificate of one's own; warn when it ends soon.
+
+    Returns the time left. A server or node calls this for its own certificate
+    at startup (the ``load_*_credentials`` functions do).
+    """
+    cert = load_certificate(data)
+    now = now or _utcnow()
+    check_validity(cert, now, what)
+    left = cert.not_valid_after_utc - now
+    if left < warn_within:
+        log.warning(
+            "%s expires in %d days (%s UTC); renew it with 'consortium ca issue --force'",
+            what,
+            left.days,
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M}",
+        )
+    return left
+
+
+def check_crl(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> None:
+    """Raise :class:`SecurityError` unless this CA issued and signed the CRL."""
+    if crl.issuer != ca.subject or not crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        raise SecurityError("the revocation list is not signed by this federation's CA")
+
+
+def verify_peer(
+    cert: CertificateLike,
+    ca: CertificateLike,
+    crl: CrlLike | None = None,
+    now: datetime | None = None,
+    *,
+    roles: Collection[str] = CLIENT_ROLES,
+    allowed: Collection[str] | None = None,
+) -> PeerIdentity:
+    """Check a peer certificate against the federation CA and return who it is.
+
+    Checks, in order: signed by ``ca``; inside its validity window (and the CA
+    too); not on ``crl`` (which must be signed by ``ca``); a well-formed
+    identity whose role is in ``roles`` with the matching extended key usage;
+    full RFC 5280 path validation; name in ``allowed`` when given.
+    """
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ConfigError(f"unknown role(s) {sorted(unknown)}: expected {', '.join(ROLES)}")
+    peer = load_certificate(cert)
+    authority = load_certificate(ca)
+    now = now or _utcnow()
+    cn = _common_name(peer) or "(no common name)"
+    try:
+        peer.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature):
+        raise UntrustedCertificate(
+            f"certificate {cn!r} is not signed by this federation's CA "
+            f"(issuer {peer.issuer.rfc4514_string()!r})"
+        ) from None
+    check_validity(peer, now, f"certificate {cn!r}")
+    check_validity(authority, now, "the federation CA certificate")
+    if crl is not None:
+        _check_not_revoked(peer, authority, load_crl(crl), cn)
+    identity = PeerIdentity.from_certificate(peer)
+    _check_role(peer, identity, roles)
+    _path_validate(peer, authority, identity, now)
+    if allowed is not None and identity.name not in allowed:
+        raise NotAllowed(f"{identity.role} {identity.name!r} is not on this server's allow-list")
+    return identity
+
+
+def _check_not_revoked(
+    peer: x509.Certificate,
+    ca: x509.Certificate,
+    crl: x509.CertificateRevocationList,
+    cn: str,
+) -> None:
+    check_crl(crl, ca)
+    entry = crl.get_revoked_certificate_by_serial_number(peer.serial_number)
+    if entry is not None:
+        raise CertificateRevoked(
+            f"certificate {cn!r} (serial {peer.serial_number:x}) was revoked on "
+            f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def _check_role(peer: x509.Certificate, identity: PeerIdentity, roles: Collection[str]) -> None:
+    if identity.role not in roles:
+        raise WrongRole(
+            f"{identity.role} certificate {identity.name!r} is not accepted here "
+            f"(expected {' or '.join(roles)})"
+        )
+    eku = _ext_value(peer, x509.ExtendedKeyUsage)
+    needed, label = _REQUIRED_EKU[identity.role]
+    if not isinstance(eku, x509.ExtendedKeyUsage) or needed not in eku:
+        raise WrongRole(
+            f"{identity.role} certificate {identity.name!r} lacks the {label} extended key usage"
+        )
+
+
+def _path_validate(
+    peer: x509.Certificate, ca: x509.Certificate, identity: PeerIdentity, now: datetime
+) -> None:
+    """RFC 5280 path validation by the cryptography library (constraints, key usage...)."""
+    builder = verification.PolicyBuilder().store(verification.Store([ca])).time(now)
+    try:
+        if identity.role == "server":
+            try:
+                subject: x509.DNSName | x509.IPAddress = x509.IPAddress(
+                    ipaddress.ip_address(identity.name)
+                )
+            except ValueError:
+                subject = x509.DNSName(identity.name)
+            builder.build_server_verifier(subject).verify(peer, [])
+        else:
+            builder.build_client_verifier().verify(peer, [])
+    except verification.VerificationError as exc:
+        raise UntrustedCertificate(
+            f"certificate {identity.name!r} failed validation: {exc}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def peer_certificate(auth_context: Mapping[str, Sequence[bytes]]) -> bytes:
+    """The client's PEM certificate from a gRPC ``context.auth_context()``."""
+    values = auth_context.get(AUTH_CONTEXT_CERT_KEY) or []
+    if not values:
+        raise UntrustedCertificate("the peer presented no client certificate")
+    return bytes(values[0])
+
+
+class PeerVerifier:
+    """A server's view of the federation: CA, CRL (reloaded when the file changes), roles.
+
+    ``ca`` is a path (``Path`` or ``str``) or the certificate itself (bytes or object).
+
+    Fails closed: a CRL file that disappears, or is not signed by the CA, refuses
+    every peer until fixed.
+    """
+
+    def __init__(
+        self,
+        ca: Path | str | x509.Certificate | bytes,
+        crl: Path | str | None = None,
+        *,
+        roles: Collection[str] = CLIENT_ROLES,
+        allowed: Collection[str] | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.ca = load_certificate(_read(ca) if isinstance(ca, Path | str) else ca)
+        self.crl_path = Path(crl) if crl is not None else None
+        self.roles = tuple(roles)
+        self.allowed = allowed
+        self._clock = clock
+        self._lock = threading.Lock()  # gRPC calls this from many threads
+        self._crl: x509.CertificateRevocationList | None = None
+        self._crl_stamp: tuple[int, int, int] | None = None
+        self._stale_warned: tuple[int, int, int] | None = None
+        self.current_crl()
+
+    @classmethod
+    def from_ca_directory(
+        cls,
+        directory: Path | str,
+        *,
+        roles: Collection[str] = CLIENT_ROLES,
+        allowed: Collection[str] | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> PeerVerifier:
+        """Use ``ca.crt`` and ``crl.pem`` of a CA folder (or of a copy of the two files)."""
+        directory = Path(directory)
+        return cls(
+            directory / CA_CERT_FILE,
+            directory / CRL_FILE,
+            roles=roles,
+            allowed=allowed,
+            clock=clock,
+        )
+
+    def current_crl(self) -> x509.CertificateRevocationList | None:
+        """The CRL to check against, re-read if its file changed; raises if it is unusable."""
+        if self.crl_path is None:
+            return None
+        with self._lock:
+            try:
+                st = self.crl_path.stat()
+            except OSError:
+                raise SecurityError(f"revocation list {self.crl_path} is missing") from None
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self._crl_stamp or self._crl is None:
+                crl = load_crl(_read(self.crl_path))
+                check_crl(crl, self.ca)
+                self._crl, self._crl_stamp = crl, stamp
+            next_update = self._crl.next_update_utc
+            if next_update and next_update < self._clock() and self._stale_warned != stamp:
+                self._stale_warned = stamp  # once per file, not once per call
+                log.warning("revocation list %s is stale: run 'consortium ca crl'", self.crl_path)
+            return self._crl
+
+    def verify(
+        self,
+        cert: CertificateLike,
+        *,
+        roles: Collection[str] | None = None,
+        allowed: Collection[str] | None = None,
+    ) -> PeerIdentity:
+        """Check one peer certificate; ``roles``/``allowed`` override the defaults."""
+        return verify_peer(
+            cert,
+            self.ca,
+            self.current_crl(),
+            self._clock(),
+            roles=self.roles if roles is None else roles,
+            allowed=self.allowed if allowed is None else allowed,
+        )
+
+    def verify_auth_context(
+        self,
+        auth_context: Mapping[str, Sequence[bytes]],
+        *,
+        roles: Collection[str] | None = None,
+        allowed: Collection[str] | None = None,
+    ) -> PeerIdentity:
+        """Check the client certificate of a gRPC call (``context.auth_context()``)."""
+        return self.verify(peer_certificate(auth_context), roles=roles, allowed=allowed)
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """PEM bytes for gRPC, and the identity of the certificate they hold.
+
+    Server: ``grpc.ssl_server_credentials([(c.private_key, c.certificate_chain)],
+    root_certificates=c.root_certificates, require_client_auth=True)``.
+    Client: ``grpc.ssl_channel_credentials(c.root_certificates, c.private_key,
+    c.certificate_chain)``.
+    """
+
+    certificate_chain: bytes
+    private_key: bytes = field(repr=False)
+    root_certificates: bytes
+    identity: PeerIdentity
+    cert_path: Path | None = None
+
+
+def load_server_credentials(
+    directory: Path | str | None = None,
+    name: str | None = None,
+    *,
+    cert: Path | str | None = None,
+    key: Path | str | None = None,
+    ca: Path | str | None = None,
+    now: datetime | None = None,
+) -> Credentials:
+    """Load a server's certificate, key and CA certificate (a folder, or explicit paths)."""
+    return load_credentials(("server",), directory, name, cert=cert, key=key, ca=ca, now=now)
+
+
+def load_client_credentials(
+    directory: Path | str | None = None,
+    name: str | None = None,
+    *,
+    role: Role | None = None,
+    cert: Path | str | None = None,
+    key: Path | str | None = None,
+    ca: Path | str | None = None,
+    now: datetime | None = None,
+) -> Credentials:
+    """Load a node's or admin's credentials; ``role`` pins which of the two it must be."""
+    return load_credentials(
+        (role,) if role else CLIENT_ROLES, directory, name, cert=cert, key=key, ca=ca, now=now
+    )
+
+
+def load_credentials(
+    roles: Collection[str],
+    directory: Path | str | None = None,
+    name: str | None = None,
+    *,
+    cert: Path | str | None = None,
+    key: Path | str | None = None,
+    ca: Path | str | None = None,
+    now: datetime | None = None,
+) -> Credentials:
+    """Load, match and check credentials: key fits certificate, CA issued it, role, expiry."""
+    cert_path, key_path, ca_path = _resolve_paths(directory, name, cert, key, ca)
+    cert_pem, key_pem, ca_pem = _read(cert_path), _read(key_path), _read(ca_path)
+    own = load_certificate(cert_pem)
+    authority = load_certificate(ca_pem)
+    try:
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read private key {key_path}: {exc}") from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if private.public_key().public_bytes(enc, pub) != own.public_key().public_bytes(enc, pub):
+        raise ConfigError(f"private key {key_path} does not belong to certificate {cert_path}")
+    now = now or _utcnow()
+    identity = verify_peer(own, authority, None, now, roles=roles)
+    check_certificate_lifetime(authority, now=now, what="the federation CA certificate")
+    check_certificate_lifetime(own, now=now, what=f"this {identity.role}'s certificate {cert_path}")
+    return Credentials(cert_pem, key_pem, ca_pem, identity, cert_path)
+
+
+def _resolve_paths(
+    directory: Path | str | None,
+    name: str | None,
+    cert: Path | str | None,
+    key: Path | str | None,
+    ca: Path | str | None,
+) -> tuple[Path, Path, Path]:
+    if directory is None:
+        if cert is None or key is None or ca is None:
+            raise ConfigError("give a credentials folder, or all of cert, key and ca paths")
+        return Path(cert), Path(key), Path(ca)
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ConfigError(f"credentials folder {folder} does not exist")
+    if name is not None:
+        stem = file_stem(name)
+    elif cert is not None:
+        stem = Path(cert).stem
+    else:
+        found = sorted(p.stem for p in folder.glob("*.crt") if p.name != CA_CERT_FILE)
+        if len(found) != 1:
+            listed = ", ".join(found) or "none"
+            raise ConfigError(
+                f"expected one certificate besides {CA_CERT_FILE} in {folder} (found: {listed}); "
+                "name the one to use"
+            )
+        stem = found[0]
+    return (
+        Path(cert) if cert is not None else folder / f"{stem}.crt",
+        Path(key) if key is not None else folder / f"{stem}.key",
+        Path(ca) if ca is not None else folder / CA_CERT_FILE,
+    )
+
+
+def _read(path: Path | str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
