@@ -40,7 +40,7 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
 @click.option(
     "--ca-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder with ca.crt and crl.pem (revocations); default: --credentials.",
+    help="Folder with the CA's ca.crt and crl.pem (revocations); required with TLS.",
 )
 @click.option("--allow", "allow", multiple=True, metavar="NODE", help="A node allowed to join.")
 @click.option("--allow-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -130,13 +130,18 @@ def server(
             raise ConfigError(
                 "give --credentials DIR with the server's certificate, key and ca.crt"
             )
+        if ca_dir is None:
+            raise ConfigError(
+                "give --ca-dir DIR: the folder with the CA's ca.crt and crl.pem "
+                "(revocations are checked on every call)"
+            )
         from consortium.transport.identity import PeerVerifier, Role, load_server_credentials
 
         node_role: tuple[Role, ...] = ("node",)
         admin_role: tuple[Role, ...] = ("admin",)
 
         creds = load_server_credentials(credentials, name)
-        verifier = PeerVerifier.from_ca_directory(ca_dir or credentials)
+        verifier = PeerVerifier.from_ca_directory(ca_dir)
         node_auth = CertificateAuthenticator(
             lambda pem: verifier.verify(pem, roles=node_role).name,
             allowed=lambda n: n in allowed,
