@@ -29,3 +29,32 @@ class Grid(Protocol):
         message was answered or the timeout passed.
         """
         ...
+
+
+class AsyncGrid(Protocol):
+    """Hands tasks to nodes one at a time and returns replies as they finish.
+
+    The asynchronous loop (FedBuff) sees only this. ``now`` is the grid's own
+    clock in seconds: simulated time in simulation, wall-clock time in
+    deployment; deadlines and timeouts are measured on it.
+    """
+
+    def node_ids(self) -> list[str]:
+        """The nodes that can receive tasks now."""
+        ...
+
+    def submit(self, message: Message) -> None:
+        """Start ``message``'s task on its destination node; returns at once."""
+        ...
+
+    def next_reply(self, timeout: float | None) -> Message | None:
+        """The next reply to finish (a failed node gives an error reply).
+
+        Returns None when nothing finished within ``timeout`` seconds of
+        :meth:`now`, or at once when no task is in flight.
+        """
+        ...
+
+    def now(self) -> float:
+        """The grid clock, in seconds."""
+        ...

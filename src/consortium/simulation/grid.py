@@ -200,8 +200,13 @@ class SimulationGrid:
             try:
                 reply = head.result(timeout=remaining)
             except TimeoutError:
+                # the deadline passed: replies that already finished behind the straggler
+                # still count (in send order); only the unfinished tasks are given up
                 for f in queue:
-                    f.cancel()
+                    if f.done() and not f.cancelled():
+                        yield f.result()
+                    else:
+                        f.cancel()
                 return
             yield reply
             nxt = next(todo, None)

@@ -11,6 +11,7 @@ from consortium.strategy.base import (
     weighted_metrics,
 )
 from consortium.strategy.fedavg import FedAvg
+from consortium.strategy.fedbuff import AsyncStrategy, AsyncUpdate, FedBuff, polynomial_staleness
 from consortium.strategy.fednova import LOCAL_STEPS_KEY, FedNova
 from consortium.strategy.fedopt import (
     FedAdagrad,
@@ -31,12 +32,15 @@ __all__ = [
     "INITIAL_LOSS_KEY",
     "LOCAL_STEPS_KEY",
     "PROX_MU_KEY",
+    "AsyncStrategy",
+    "AsyncUpdate",
     "DifferenceSum",
     "EvaluateReply",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedBuff",
     "FedNova",
     "FedOpt",
     "FedProx",
@@ -52,6 +56,7 @@ __all__ = [
     "TrainReply",
     "WeightedMean",
     "mean_metrics",
+    "polynomial_staleness",
     "sample_nodes",
     "weighted_metrics",
 ]
