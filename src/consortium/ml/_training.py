@@ -8,7 +8,9 @@ for ``steps`` cycles such passes until that many batches were used (FLamby's
 
 The optimizers work in place on one flat float64 parameter vector and follow
 ``torch.optim.SGD`` / ``torch.optim.Adam``: ``weight_decay`` is L2 added to the
-gradient of every parameter, and FedProx's ``prox_mu`` adds ``mu * (w - w0)``.
+gradient of every parameter, FedProx's ``prox_mu`` adds ``mu * (w - w0)``, and
+SCAFFOLD's ``correction`` (Karimireddy et al., 2020: ``c - c_i``) is a constant
+vector added to every minibatch gradient.
 """
 
 from __future__ import annotations
@@ -83,6 +85,17 @@ def passes(
         left -= take
 
 
+def _check_correction(correction: F64 | None, size: int) -> F64 | None:
+    if correction is None:
+        return None
+    flat = np.asarray(correction, dtype=np.float64)
+    if flat.shape != (size,):
+        raise ValueError(f"correction must have shape ({size},), got {flat.shape}")
+    if not np.isfinite(flat).all():
+        raise ValueError("correction must be finite")
+    return flat
+
+
 def check_lr(lr: float) -> float:
     lr = float(lr)
     if not math.isfinite(lr) or lr <= 0.0:
@@ -93,8 +106,9 @@ def check_lr(lr: float) -> float:
 class FlatOptimizer:
     """SGD (with optional momentum) or Adam over one flat float64 vector.
 
-    ``step(theta, grad, scale)`` takes the gradient ``scale * grad``, updates
-    ``theta`` in place and may overwrite ``grad``. State (momentum buffer,
+    ``step(theta, grad, scale)`` takes the gradient ``scale * grad`` (plus the
+    regularisation terms and ``correction``, if any), updates ``theta`` in
+    place and may overwrite ``grad``. State (momentum buffer,
     Adam moments) lives only as long as this object: each call to a model's
     ``train`` starts with fresh state.
     """
@@ -112,6 +126,7 @@ class FlatOptimizer:
         momentum: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        correction: F64 | None = None,
     ) -> None:
         self.lr = check_lr(lr)
         for name, value in (("weight_decay", weight_decay), ("prox_mu", prox_mu)):
@@ -122,6 +137,7 @@ class FlatOptimizer:
         # weight decay and the proximal term add (wd + mu) * w - mu * w0 to the gradient
         self._coef = float(weight_decay) + float(prox_mu)
         self._mu_w0: F64 | None = theta0 * float(prox_mu) if prox_mu else None
+        self._correction = _check_correction(correction, size)
         if optimizer == "sgd":
             if not 0.0 <= momentum < math.inf:
                 raise ValueError(f"momentum must be non-negative, got {momentum!r}")
@@ -129,7 +145,7 @@ class FlatOptimizer:
             self._buf: F64 | None = None
             if momentum:
                 self.step = self._sgd_momentum
-            elif self._coef:
+            elif self._coef or self._correction is not None:
                 self.step = self._sgd_regularized
             else:
                 self.step = self._sgd
@@ -156,6 +172,8 @@ class FlatOptimizer:
             np.add(grad, self._tmp, out=grad)
             if self._mu_w0 is not None:
                 np.subtract(grad, self._mu_w0, out=grad)
+        if self._correction is not None:
+            np.add(grad, self._correction, out=grad)
 
     def _sgd(self, theta: F64, grad: F64, scale: float) -> None:
         np.multiply(grad, self.lr * scale, out=grad)

@@ -80,6 +80,13 @@ def _theta(params: Mapping[str, Any], num_features: int) -> F64:
     return theta
 
 
+def _correction(correction: Mapping[str, Any], num_features: int) -> F64:
+    try:
+        return _theta(correction, num_features)
+    except ValueError as exc:
+        raise ValueError(f"correction: {exc}") from None
+
+
 def _as_params(theta: F64) -> Arrays:
     d = theta.shape[0] - 1
     return Arrays({"weight": theta[:d].reshape(1, d), "bias": theta[d:]})
@@ -108,14 +115,17 @@ def train(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.0,
+    correction: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Minimise mean binary cross-entropy from ``params`` on local data ``(x, y)``.
 
     Give exactly one of ``steps`` (minibatch updates, cycling shuffled passes)
     or ``epochs``. ``prox_mu`` adds FedProx's ``mu/2 * ||w - w_global||^2``
-    with ``params`` as ``w_global``. Optimizer state (momentum, Adam moments)
-    starts fresh on every call. ``params`` is never modified; the same inputs
-    and generator state give bit-identical results.
+    with ``params`` as ``w_global``. ``correction`` (named like ``params``) is
+    added to every minibatch gradient: SCAFFOLD's ``c - c_i`` (Karimireddy et
+    al., 2020), i.e. the loss ``f(w) + <correction, w>``. Optimizer state
+    (momentum, Adam moments) starts fresh on every call. ``params`` is never
+    modified; the same inputs and generator state give bit-identical results.
     """
     xf = _features(x)
     n, d = xf.shape
@@ -131,6 +141,7 @@ def train(
         momentum=momentum,
         betas=betas,
         eps=eps,
+        correction=None if correction is None else _correction(correction, d),
     )
     step = opt.step
 

@@ -159,12 +159,14 @@ def train(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.0,
+    correction: Mapping[str, Any] | None = None,
 ) -> TrainResult:
     """Minimise mean softmax cross-entropy from ``params`` on local data.
 
     Same semantics as :func:`consortium.ml.logistic.train`: exactly one of
     ``steps``/``epochs``, shuffled torch-like minibatches from ``rng``,
-    FedProx pull towards ``params`` with ``prox_mu``, fresh optimizer state
+    FedProx pull towards ``params`` with ``prox_mu``, SCAFFOLD's gradient
+    ``correction`` (named and shaped like ``params``), fresh optimizer state
     per call, ``params`` never modified.
     """
     xf = _features(x)
@@ -182,6 +184,7 @@ def train(
         momentum=momentum,
         betas=betas,
         eps=eps,
+        correction=None if correction is None else _correction(correction, params, shapes),
     )
     weights, biases = _views(theta, shapes)
     grad = np.empty_like(theta)
@@ -214,6 +217,22 @@ def train(
     for name, view in zip(params, _interleave(*_views(theta, shapes)), strict=True):
         out[name] = view
     return TrainResult(params=out, loss=loss, num_examples=n, steps=total)
+
+
+def _correction(
+    correction: Mapping[str, Any], params: Mapping[str, Any], shapes: list[tuple[int, int]]
+) -> F64:
+    """``correction`` as one flat vector laid out like the flattened ``params``."""
+    names, expected = list(correction), list(params)
+    if names != expected:
+        raise ValueError(f"correction must be named like the params {expected}, got {names}")
+    for name in names:
+        if np.shape(correction[name]) != np.shape(params[name]):
+            raise ValueError(
+                f"correction {name!r} has shape {np.shape(correction[name])}, "
+                f"expected {np.shape(params[name])}"
+            )
+    return _flatten(correction, shapes)
 
 
 def _interleave(weights: list[F64], biases: list[F64]) -> list[F64]:

@@ -10,6 +10,7 @@ from consortium.strategy.base import (
     sample_nodes,
     weighted_metrics,
 )
+from consortium.strategy.cyclic import Cyclic
 from consortium.strategy.fedavg import FedAvg
 from consortium.strategy.fedbuff import AsyncStrategy, AsyncUpdate, FedBuff, polynomial_staleness
 from consortium.strategy.fednova import LOCAL_STEPS_KEY, FedNova
@@ -27,6 +28,7 @@ from consortium.strategy.fedopt import (
 )
 from consortium.strategy.fedprox import PROX_MU_KEY, FedProx
 from consortium.strategy.qfedavg import INITIAL_LOSS_KEY, QFedAvg
+from consortium.strategy.scaffold import Scaffold
 
 __all__ = [
     "INITIAL_LOSS_KEY",
@@ -34,6 +36,7 @@ __all__ = [
     "PROX_MU_KEY",
     "AsyncStrategy",
     "AsyncUpdate",
+    "Cyclic",
     "DifferenceSum",
     "EvaluateReply",
     "FedAdagrad",
@@ -47,6 +50,7 @@ __all__ = [
     "FedYogi",
     "Instruction",
     "QFedAvg",
+    "Scaffold",
     "ServerAdagrad",
     "ServerAdam",
     "ServerMomentum",
