@@ -1,0 +1,129 @@
+"""Real deployments for tests: a CA, a `consortium server` process, `consortium node` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from consortium.transport.ca import CertificateAuthority
+from consortium.transport.grpc_client import ClientTls, ControlClient
+
+EXE = str(Path(sys.executable).parent / "consortium")
+HERE = Path(__file__).parent
+SLOW_APP = HERE / "slowapp"
+NODES = ("cleveland", "hungarian", "switzerland", "va")
+
+
+@dataclass
+class Federation:
+    root: Path
+    credentials: Path
+    ca_dir: Path
+
+    def creds(self, name: str) -> Path:
+        return self.credentials / name
+
+    def admin(self, port: int) -> ControlClient:
+        folder = self.creds("alice")
+        tls = ClientTls(
+            key=(folder / "alice.key").read_bytes(),
+            certificate=(folder / "alice.crt").read_bytes(),
+            ca=(folder / "ca.crt").read_bytes(),
+        )
+        return ControlClient(f"127.0.0.1:{port}", tls=tls)
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    root = tmp_path_factory.mktemp("federation")
+    ca = CertificateAuthority.init(root / "ca")
+    creds = root / "credentials"
+    ca.issue("server", "localhost", creds / "localhost", ips=["127.0.0.1"])
+    for name in NODES:
+        ca.issue("node", name, creds / name)
+    ca.issue("admin", "alice", creds / "alice")
+    return Federation(root, creds, root / "ca")
+
+
+@dataclass
+class Deployment:
+    """Processes of one test; everything is killed at teardown."""
+
+    fed: Federation
+    workdir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    port: int = 0
+
+    def start_server(self, *extra: str, offline_after: float = 2.0) -> int:
+        port_file = self.workdir / "port"
+        port_file.unlink(missing_ok=True)
+        address = f"127.0.0.1:{self.port}"  # reuse the port after a restart
+        args = [
+            EXE, "server", "--address", address,
+            "--credentials", str(self.fed.creds("localhost")), "--ca-dir", str(self.fed.ca_dir),
+            "--workdir", str(self.workdir / "server"), "--port-file", str(port_file),
+            "--heartbeat", "0.3", "--offline-after", str(offline_after),
+            *[a for n in NODES for a in ("--allow", n)], *extra,
+        ]  # fmt: skip
+        self.procs["server"] = self._spawn("server", args)
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text():
+            if self.procs["server"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("server did not start:\n" + self.log("server"))
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self.port
+
+    def start_node(self, name: str, app: Path = SLOW_APP) -> None:
+        args = [
+            EXE, "node", "--server", f"127.0.0.1:{self.port}",
+            "--credentials", str(self.fed.creds(name)), "--app", str(app),
+            "--config", f"center={name}", "--work-dir", str(self.workdir / "nodes" / name),
+        ]  # fmt: skip
+        self.procs[name] = self._spawn(name, args)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            proc = self.procs.pop(name)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def deployment(federation: Federation, tmp_path: Path) -> Iterator[Deployment]:
+    dep = Deployment(federation, tmp_path)
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
