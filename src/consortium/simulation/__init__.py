@@ -5,13 +5,39 @@ from consortium.simulation.async_grid import (
     lognormal_speeds,
     run_async_simulation,
 )
+from consortium.simulation.attacks import (
+    MALICIOUS,
+    AttackedGrid,
+    GaussianNoise,
+    InnerProductManipulation,
+    LittleIsEnough,
+    ModelPoisoning,
+    RoundView,
+    SignFlip,
+    alie_z,
+    flip_labels,
+    is_malicious,
+    mark_malicious,
+)
 from consortium.simulation.engine import run_simulation
 from consortium.simulation.grid import SimulationGrid
 
 __all__ = [
+    "MALICIOUS",
     "AsyncSimulationGrid",
+    "AttackedGrid",
+    "GaussianNoise",
+    "InnerProductManipulation",
+    "LittleIsEnough",
+    "ModelPoisoning",
+    "RoundView",
+    "SignFlip",
     "SimulationGrid",
+    "alie_z",
+    "flip_labels",
+    "is_malicious",
     "lognormal_speeds",
+    "mark_malicious",
     "run_async_simulation",
     "run_simulation",
 ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from consortium.client.app import ClientApp
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
+from consortium.core.grid import Grid
 from consortium.core.message import SERVER_ID
 from consortium.core.records import Config
 from consortium.server.app import ServerApp
@@ -31,6 +32,7 @@ def run_simulation(
     run_id: str | None = None,
     observers: Sequence[RunObserver] = (),
     app_path: Sequence[str] = (),
+    grid_wrapper: Callable[[Grid], Grid] | None = None,
 ) -> RunResult:
     """Run ``server_app`` against virtual nodes running ``client_app``.
 
@@ -39,7 +41,8 @@ def run_simulation(
     config (default: ``partition-id`` and ``num-partitions``). ``client_app``
     may be a ``"module:attribute"`` reference, which the processes backend
     requires. The same ``seed`` gives a bit-identical model for any backend
-    and number of ``workers``.
+    and number of ``workers``. ``grid_wrapper`` decorates the grid the round
+    loop talks to (e.g. ``AttackedGrid``); the engine still closes its own.
     """
     if node_ids is None:
         if num_nodes is None or num_nodes < 1:
@@ -63,7 +66,7 @@ def run_simulation(
     try:
         loop = RoundLoop(
             config,
-            grid,
+            grid_wrapper(grid) if grid_wrapper is not None else grid,
             seed=seed,
             run_id=run_id,
             run_dir=run_dir,

@@ -10,6 +10,7 @@ from consortium.strategy.base import (
     sample_nodes,
     weighted_metrics,
 )
+from consortium.strategy.clipping import ClippedUpdates, clip_update
 from consortium.strategy.cyclic import Cyclic
 from consortium.strategy.fedavg import FedAvg
 from consortium.strategy.fedbuff import AsyncStrategy, AsyncUpdate, FedBuff, polynomial_staleness
@@ -28,6 +29,15 @@ from consortium.strategy.fedopt import (
 )
 from consortium.strategy.fedprox import PROX_MU_KEY, FedProx
 from consortium.strategy.qfedavg import INITIAL_LOSS_KEY, QFedAvg
+from consortium.strategy.robust import (
+    Bulyan,
+    CoordinateMedian,
+    Krum,
+    MultiKrum,
+    RobustFedAvg,
+    RobustRule,
+    TrimmedMean,
+)
 from consortium.strategy.scaffold import Scaffold
 
 __all__ = [
@@ -36,6 +46,9 @@ __all__ = [
     "PROX_MU_KEY",
     "AsyncStrategy",
     "AsyncUpdate",
+    "Bulyan",
+    "ClippedUpdates",
+    "CoordinateMedian",
     "Cyclic",
     "DifferenceSum",
     "EvaluateReply",
@@ -49,7 +62,11 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "Instruction",
+    "Krum",
+    "MultiKrum",
     "QFedAvg",
+    "RobustFedAvg",
+    "RobustRule",
     "Scaffold",
     "ServerAdagrad",
     "ServerAdam",
@@ -58,7 +75,9 @@ __all__ = [
     "ServerYogi",
     "Strategy",
     "TrainReply",
+    "TrimmedMean",
     "WeightedMean",
+    "clip_update",
     "mean_metrics",
     "polynomial_staleness",
     "sample_nodes",

@@ -1,0 +1,110 @@
+"""Norm-bounded updates (Sun et al., 2019, "Can you really backdoor federated learning?").
+
+:class:`ClippedUpdates` wraps any strategy: each node's update ``y_i - x`` is
+scaled down to an L2 norm of at most ``max_norm`` (the whole model, all
+parameters together) before the base strategy sees it. Clipping happens one
+reply at a time as the base pulls them, so a folding base (FedAvg) still holds
+O(model) memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import StrategyError
+from consortium.core.records import Config, Metrics
+from consortium.strategy.base import EvaluateReply, Instruction, Strategy, TrainReply
+
+__all__ = ["ClippedUpdates", "clip_update"]
+
+
+def clip_update(current: Arrays, update: Arrays, max_norm: float) -> Arrays:
+    """``update`` with its delta from ``current`` scaled to L2 norm <= ``max_norm``.
+
+    Returns ``update`` itself (not a copy) when the norm is already within the
+    bound. The norm is taken in float64; the result keeps each array's dtype.
+    """
+    deltas = [np.subtract(update[name], ref, dtype=np.float64) for name, ref in current.items()]
+    norm = math.sqrt(sum(float(np.vdot(d, d)) for d in deltas))
+    if norm <= max_norm:
+        return update
+    scale = max_norm / norm
+    out = Arrays()
+    for (name, ref), delta in zip(current.items(), deltas, strict=True):
+        delta *= scale
+        delta += ref
+        out[name] = delta.astype(update[name].dtype)
+    return out
+
+
+class ClippedUpdates(Strategy):
+    """Any strategy with each update's delta clipped to L2 norm ``max_norm`` first.
+
+    Train metrics gain ``clipped_updates``: how many replies were scaled down.
+    Everything else (sampling, evaluation, state) is the base strategy's.
+    """
+
+    def __init__(self, base: Strategy, max_norm: float) -> None:
+        if not isinstance(base, Strategy):
+            raise StrategyError(f"base must be a Strategy, got {type(base).__name__}")
+        if not (math.isfinite(max_norm) and max_norm > 0):
+            raise StrategyError(f"ClippedUpdates: max_norm must be finite and > 0, got {max_norm}")
+        self.base = base
+        self.max_norm = float(max_norm)
+        self.needs_all_updates = base.needs_all_updates
+
+    def aggregate_train(
+        self, round: int, current: Arrays, replies: Iterable[TrainReply]
+    ) -> tuple[Arrays, Metrics]:
+        clipped = 0
+
+        def bounded() -> Iterator[TrainReply]:
+            nonlocal clipped
+            for reply in replies:
+                arrays = clip_update(current, reply.arrays, self.max_norm)
+                if arrays is reply.arrays:
+                    yield reply
+                    continue
+                clipped += 1
+                yield TrainReply(
+                    reply.node_id, arrays, reply.num_examples, reply.metrics, reply.records
+                )
+
+        arrays, metrics = self.base.aggregate_train(round, current, bounded())
+        return arrays, {**metrics, "clipped_updates": clipped}
+
+    # -- everything else is the base strategy's ------------------------------------------
+    def initialize(self, rng: np.random.Generator) -> Arrays | None:
+        return self.base.initialize(rng)
+
+    def configure_train(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        return self.base.configure_train(round, arrays, nodes, rng)
+
+    def configure_evaluate(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        return self.base.configure_evaluate(round, arrays, nodes, rng)
+
+    def aggregate_evaluate(self, round: int, replies: Iterable[EvaluateReply]) -> Metrics:
+        return self.base.aggregate_evaluate(round, replies)
+
+    def evaluate(self, round: int, arrays: Arrays) -> Metrics | None:
+        return self.base.evaluate(round, arrays)
+
+    def settings(self) -> Config:
+        inner = self.base.settings()
+        name = f"ClippedUpdates({inner.get('strategy', type(self.base).__name__)})"
+        return {**inner, "strategy": name, "max_norm": self.max_norm}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
