@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("sklearn", "mlflow", "torch", "ray", "matplotlib", "joblib", "imblearn", "grpc", "pandas")
+HEAVY = (
+    "sklearn", "mlflow", "torch", "ray", "matplotlib", "joblib", "imblearn", "grpc", "pandas",
+    "sqlalchemy", "psycopg", "cryptography",
+)  # fmt: skip
 
 
 def test_import_linter_contracts_hold() -> None:

@@ -112,7 +112,7 @@ def test_server_killed_then_resumed_equals_uninterrupted(
     if moment == "writing-checkpoint":
         # fault injection: the server pauses inside its 3rd checkpoint write (temp file
         # written, not yet renamed) and says so; we kill it right there
-        monkeypatch.setenv("CONSORTIUM_FAULT_CHECKPOINT_PAUSE", "3:5")
+        monkeypatch.setenv("CONSORTIUM_FAULT_CHECKPOINT_PAUSE", "3:30")
     port = deployment.start_server(*extra)
     monkeypatch.delenv("CONSORTIUM_FAULT_CHECKPOINT_PAUSE", raising=False)
     for name in NODES:
@@ -122,12 +122,12 @@ def test_server_killed_then_resumed_equals_uninterrupted(
     run_id = _start(deployment, SLOW_APP, config, seed=seed)
     ckpts = _checkpoint(deployment, run_id, 2).parent
     if moment == "between-rounds":
-        wait_for(lambda: _checkpoint(deployment, run_id, 2).exists(), 60, "checkpoint 2")
+        wait_for(lambda: _checkpoint(deployment, run_id, 2).exists(), 120, "checkpoint 2")
     elif moment == "mid-round":
-        wait_for(lambda: _checkpoint(deployment, run_id, 2).exists(), 60, "checkpoint 2")
+        wait_for(lambda: _checkpoint(deployment, run_id, 2).exists(), 120, "checkpoint 2")
         time.sleep(0.3)  # round 3's training is under way
     else:
-        wait_for(lambda: any(ckpts.glob(".round-000003*.tmp")), 60, "checkpoint 3 being written")
+        wait_for(lambda: any(ckpts.glob(".round-000003*.tmp")), 120, "checkpoint 3 being written")
     deployment.kill("server")
     assert not _checkpoint(deployment, run_id, 3).exists() or moment != "writing-checkpoint"
     assert deployment.start_server("--resume", run_id) == port

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import StrategyError, WireFormatError
-from consortium.core.history import History, NodeResult, Outcome, RoundRecord
+from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
 from consortium.core.message import Message
 from consortium.core.records import Metrics
 from consortium.server import RoundLoop, ServerConfig
@@ -30,6 +31,7 @@ from consortium.server.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from consortium.server.loop import RunStopped
 from consortium.simulation import SimulationGrid
 from consortium.strategy import FedAvg
 from consortium.strategy.base import TrainReply
@@ -251,64 +253,59 @@ def noisy_client() -> ClientApp:
     return app
 
 
-def make_loop(seed: int) -> RoundLoop:
+def make_loop(seed: int, **kw: Any) -> RoundLoop:
     init = Arrays({"w": np.zeros(6), "b": np.zeros(2)})
     strategy = MomentumAvg(fraction_train=0.5, fraction_evaluate=0.0, initial_arrays=init)
     grid = SimulationGrid(noisy_client(), [f"n{i}" for i in range(6)], seed=seed)
-    return RoundLoop(ServerConfig(strategy, num_rounds=5), grid, seed=seed, run_id="resume")
+    return RoundLoop(ServerConfig(strategy, num_rounds=5), grid, seed=seed, run_id="r", **kw)
+
+
+class StopAfter:
+    """An observer that stops the run once ``round`` is done (a crash, as far as state goes)."""
+
+    def __init__(self, round: int, stop: threading.Event) -> None:
+        self.round, self.stop = round, stop
+
+    def on_run_start(self, info: RunInfo) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.round == self.round:
+            self.stop.set()
+
+    def on_run_end(self, history: History, *, failed: bool) -> None:
+        pass
 
 
 def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
-    # Until RoundLoop grows resume support (docs/operations.md) this drives it round by round.
     full = make_loop(seed=5).run()
 
-    first = make_loop(seed=5)
-    arrays = first._initial_arrays()
-    for rnd in (1, 2, 3):
-        arrays = first._round(rnd, arrays)
-        save_checkpoint(tmp_path, rnd, arrays, first.strategy.state_dict(), first.history, seed=5)
-    del first  # the server "crashes" here
+    stop = threading.Event()
+    first = make_loop(seed=5, checkpoint_dir=tmp_path, stop=stop, observers=[StopAfter(3, stop)])
+    with pytest.raises(RunStopped):
+        first.run()
+    del first  # nothing of the first server survives but its checkpoints
 
-    second = make_loop(seed=5)
     ck = load_checkpoint(tmp_path)
     assert ck is not None and ck.round == 3 and ck.seed == 5
-    second.strategy.load_state_dict(ck.strategy_state)
-    second.history = ck.history
-    arrays = ck.arrays
-    for rnd in range(ck.round + 1, 6):
-        arrays = second._round(rnd, arrays)
-    assert arrays.equals(full.arrays)
-    assert [r.train_metrics for r in second.history.rounds] == [
-        r.train_metrics for r in full.history.rounds
-    ]
+    resumed = make_loop(seed=5, checkpoint_dir=tmp_path, resume=ck).run()
+    assert resumed.arrays.equals(full.arrays)
+    assert _same_history(resumed.history, full.history, timings=False)
 
 
-def _same_history(a: History, b: History) -> bool:
+def _same_history(a: History, b: History, *, timings: bool = True) -> bool:
+    """Equal histories; repr makes NaN equal NaN; wall-clock seconds compared if ``timings``."""
+
     def norm(h: History) -> str:
-        return repr(
-            [
-                (
-                    r.round,
-                    r.train_metrics,
-                    r.evaluate_metrics,
-                    r.central_metrics,
-                    r.seconds,
-                    [
-                        (
-                            n.node_id,
-                            n.stage,
-                            n.outcome,
-                            n.metrics,
-                            n.num_examples,
-                            n.reason,
-                            n.traceback,
-                            n.seconds,
-                        )
-                        for n in r.nodes
-                    ],
-                )
-                for r in h.rounds
+        rounds = []
+        for r in h.rounds:
+            nodes = [
+                (n.node_id, n.stage, n.outcome, n.metrics, n.num_examples, n.reason, n.traceback)
+                + ((n.seconds,) if timings else ())
+                for n in r.nodes
             ]
-        )  # repr makes NaN equal NaN
+            metrics = (r.train_metrics, r.evaluate_metrics, r.central_metrics)
+            rounds.append((r.round, metrics, nodes) + ((r.seconds,) if timings else ()))
+        return repr(rounds)
 
     return norm(a) == norm(b)

@@ -261,9 +261,10 @@ def test_validity_window_overrides(shared: CertificateAuthority, tmp_path: Path)
 def test_default_window_starts_just_before_now_and_lasts_days(
     shared: CertificateAuthority, tmp_path: Path
 ) -> None:
+    now = datetime.now(UTC)
     cert = shared.issue("node", "short", tmp_path, days=7).certificate
-    assert timedelta(0) < NOW - cert.not_valid_before_utc < timedelta(minutes=6)
-    assert abs(cert.not_valid_after_utc - NOW - timedelta(days=7)) < timedelta(minutes=1)
+    assert timedelta(0) < now - cert.not_valid_before_utc < timedelta(minutes=6)
+    assert abs(cert.not_valid_after_utc - now - timedelta(days=7)) < timedelta(minutes=1)
 
 
 def test_certificates_never_outlive_the_ca(fresh: CertificateAuthority, tmp_path: Path) -> None:

@@ -73,6 +73,12 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
 )
+@click.option(
+    "--state",
+    "state_url",
+    metavar="URL",
+    help="State database (default sqlite:///WORKDIR/state.db; postgresql+psycopg://...).",
+)
 @click.option("--resume", "resume", metavar="RUN_ID", help="Continue a run after a crash.")
 @insecure_option
 def server(
@@ -88,6 +94,7 @@ def server(
     offline_after: float,
     max_message_mb: int,
     port_file: Path | None,
+    state_url: str | None,
     resume: str | None,
     insecure: bool,
 ) -> None:
@@ -111,12 +118,19 @@ def server(
     if not allowed:
         raise ConfigError("no node may join: give --allow NODE (repeatable) or --allow-file FILE")
     workdir.mkdir(parents=True, exist_ok=True)
+    from consortium.server.records import fleet_event_sink
+    from consortium.server.store import StateStore, default_url
+
+    store = StateStore(state_url or default_url(workdir))
+    for node_name in sorted(allowed):
+        store.upsert_node(node_name, allow_listed=True)
     fleet = Fleet(
         heartbeat_interval=heartbeat,
         offline_after=offline_after,
         max_message_bytes=max_message_mb * 1024 * 1024,
+        events=fleet_event_sink(store),
     )
-    runs = RunManager(fleet, workdir)
+    runs = RunManager(fleet, workdir, store=store)
     fleet.set_bundles(runs.run_bundle)
     node_auth: Authenticator
     admin_auth: Authenticator
@@ -168,6 +182,7 @@ def server(
     if resume:
         runs.resume(resume)
         click.echo(f"resuming run {resume}")
+    runs.fail_interrupted()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -175,3 +190,4 @@ def server(
     click.echo("shutting down")
     grpc_server.stop(grace=2).wait()
     fleet.close()
+    store.close()

@@ -267,8 +267,7 @@ class Message:
         try:
             header = json.loads(bytes(view[_PREFIX.size : head_end]))
             meta = Metadata(**header["meta"])
-            if not isinstance(meta.round, int) or not isinstance(meta.kind, str):
-                raise TypeError("round/kind have the wrong type")
+            _check_metadata(meta)
         except (ValueError, KeyError, TypeError) as exc:
             raise WireFormatError(f"message header is malformed: {exc}") from exc
         if "error" in header:
@@ -296,3 +295,23 @@ class Message:
                 raise WireFormatError(f"arrays record {name!r} runs past the end of the message")
             content.arrays[name] = Arrays.from_bytes(view[start + off : start + off + size])
         return cls(meta, content=content)
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,),
+    "message_id": (str,),
+    "src": (str,),
+    "dst": (str,),
+    "round": (int,),
+    "kind": (str,),
+    "reply_to": (str, type(None)),
+    "deadline": (int, float, type(None)),
+    "created_at": (int, float),
+}
+
+
+def _check_metadata(meta: Metadata) -> None:
+    for name, types in _META_TYPES.items():
+        value = getattr(meta, name)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise TypeError(f"metadata field {name!r} has the wrong type ({type(value).__name__})")

@@ -134,7 +134,15 @@ class NodeRunner:
     def _flush_outbox(self) -> None:
         while self._outbox:
             message_id, reply = self._outbox[0]
-            accepted, detail = self.client.push_result(reply.to_parts(), message_id)
+            try:
+                accepted, detail = self.client.push_result(reply.to_parts(), message_id)
+            except TransportError as exc:
+                if is_unavailable(exc):
+                    raise  # keep it: delivered after reconnecting
+                # refused for what it is (too large, malformed): retrying cannot help
+                self._outbox.popleft()
+                log.error("server refused result %s for good: %s", message_id, exc)
+                continue
             self._outbox.popleft()  # delivered (accepted or judged late by the server)
             if not accepted:
                 log.warning("server did not accept result %s: %s", message_id, detail)

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,20 +60,28 @@ class RoundLoop:
         stop: threading.Event | None = None,
         checkpoint_dir: Path | None = None,
         resume: Checkpoint | None = None,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
     ) -> None:
         self.config = config
         self.stop = stop
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
+        self.on_checkpoint = on_checkpoint
         self.strategy = config.strategy
         self.grid = grid
         self.seed = seed
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.run_dir = run_dir
+        # the strategy's own settings are namespaced so an app's run config (which may
+        # have its own "strategy" key) never hides them
+        settings = {
+            ("strategy.name" if key == "strategy" else f"strategy.{key}"): value
+            for key, value in self.strategy.settings().items()
+        }
         self.params: Config = {
             "num_rounds": config.num_rounds,
             "seed": seed,
-            **self.strategy.settings(),
+            **settings,
             **(params or {}),
         }
         self.observers = Observers(observers)
@@ -118,7 +126,7 @@ class RoundLoop:
     def _checkpoint(self, rnd: int, arrays: Arrays) -> None:
         if self.checkpoint_dir is None:
             return
-        save_checkpoint(
+        path = save_checkpoint(
             self.checkpoint_dir,
             rnd,
             arrays,
@@ -128,6 +136,8 @@ class RoundLoop:
             run_id=self.run_id,
             keep=2,
         )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(rnd, path)
 
     def _initial_arrays(self) -> Arrays:
         arrays = self.strategy.initialize(derive_rng(self.seed, 0, SERVER_KEY, stream="init"))

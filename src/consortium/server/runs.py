@@ -7,9 +7,10 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.loader import load_object
@@ -26,6 +27,9 @@ from consortium.server.loop import RoundLoop, RunStopped
 from consortium.tracking.base import RunObserver
 from consortium.tracking.log import LogObserver
 from consortium.transport.fleet_api import RunBundle
+
+if TYPE_CHECKING:
+    from consortium.server.store import StateStore
 
 log = logging.getLogger("consortium.server")
 
@@ -104,8 +108,10 @@ class RunManager:
         *,
         observers: list[RunObserver] | None = None,
         node_wait: float = 300.0,
+        store: StateStore | None = None,
     ) -> None:
         self.fleet = fleet
+        self.store = store
         self.root = root
         self.observers = observers or []
         self.node_wait = node_wait
@@ -158,6 +164,18 @@ class RunManager:
             ),
             run_dir,
         )
+        if self.store is not None:
+            if resume:
+                self.store.set_run_status(run_id, "running")
+            else:
+                self.store.create_run(
+                    run_id=run_id,
+                    app_name=spec.name,
+                    app_version=spec.manifest.app.version,
+                    config=run_config,
+                    seed=seed,
+                    num_rounds=config.num_rounds,
+                )
         if not resume:
             (run_dir / "bundle.zip").write_bytes(bundle)
             record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json}
@@ -224,10 +242,11 @@ class RunManager:
             run_id=run.run_id,
             run_dir=run.run_dir,
             params=run_config,
-            observers=[LogObserver(max_node_warnings=0), _Recorder(run), *self.observers],
+            observers=[LogObserver(max_node_warnings=0), _Recorder(run), *self._observers()],
             stop=run.stop,
             checkpoint_dir=run.run_dir / "checkpoints",
             resume=checkpoint,
+            on_checkpoint=self._checkpointed(run.run_id),
         )
         if checkpoint is not None:
             run.rounds = list(checkpoint.history.rounds)
@@ -243,3 +262,37 @@ class RunManager:
             run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("run %s crashed", run.run_id)
         run.finished = time.time()
+        if self.store is not None:
+            try:
+                self.store.set_run_status(run.run_id, run.status, error=run.error or None)
+            except Exception as exc:
+                log.warning("state store: could not record the end of run %s: %s", run.run_id, exc)
+
+    def _observers(self) -> list[RunObserver]:
+        extra: list[RunObserver] = list(self.observers)
+        if self.store is not None:
+            extra.append(self.store.observer())
+        return extra
+
+    def _checkpointed(self, run_id: str) -> Callable[[int, Path], None] | None:
+        store = self.store
+        if store is None:
+            return None
+
+        def record(rnd: int, path: Path) -> None:
+            from consortium.server.checkpoint import checkpoint_digest
+
+            try:
+                store.record_checkpoint(run_id, rnd, str(path), checkpoint_digest(path))
+            except Exception as exc:
+                log.warning("state store: could not record checkpoint %s: %s", path, exc)
+
+        return record
+
+    def fail_interrupted(self) -> None:
+        """Runs a crashed server left 'running' are failed, unless resumed."""
+        if self.store is None:
+            return
+        for view in self.store.list_runs(status="running"):
+            if view.id not in self._runs:
+                self.store.set_run_status(view.id, "failed", error="server restarted")

@@ -4,7 +4,9 @@ Each RPC authenticates the caller from its certificate, then delegates to a
 :class:`~consortium.transport.fleet_api.FleetBackend` or ``ControlBackend``.
 Bad input (a corrupt chunk stream, a message over the limit, bytes that are
 not a Message) ends that one call with a clear status; the server goes on
-serving everyone else.
+serving everyone else. Requests are parsed leniently (see :func:`_lenient`) so
+that bytes which are not even a protobuf are refused by the handler, after it
+authenticated the caller, with INVALID_ARGUMENT and the peer in the log.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from consortium.core.errors import WireFormatError
+from consortium.core.message import Message
 from consortium.transport.auth import Authenticator, Unauthenticated
 from consortium.transport.chunks import MAX_GRPC_MESSAGE, PayloadTooLarge, Reassembler, iter_chunks
 from consortium.transport.fleet_api import ControlBackend, FleetBackend
@@ -47,6 +50,61 @@ def _guard(context: grpc.ServicerContext, auth: Authenticator) -> str:
         raise  # abort raises; this line satisfies type checkers
 
 
+@dataclass(frozen=True, slots=True)
+class _Unparsable:
+    """A request whose bytes are not the protobuf its method expects."""
+
+    type_name: str
+    error: str
+
+
+def _lenient(kind: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that never fails, so the handler can refuse the bytes.
+
+    When gRPC's own deserializer fails it answers INTERNAL "Exception
+    deserializing request!" and logs a traceback that names neither the peer
+    nor the method; the handler instead authenticates the caller first, then
+    answers INVALID_ARGUMENT naming the cause (see :func:`_parsed`).
+    """
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return kind.FromString(raw)
+        except Exception as exc:  # DecodeError; invalid UTF-8 in a string field
+            return _Unparsable(kind.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _parsed(context: grpc.ServicerContext, node: str, request: T | _Unparsable) -> T:
+    """The request, or abort the call if its bytes did not parse."""
+    if isinstance(request, _Unparsable):
+        reason = f"request is not a valid {request.type_name} protobuf: {request.error}"
+        log.warning("refused a request from %s: %s", node, reason)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        raise AssertionError("unreachable: abort raises")
+    return request
+
+
+_ENDED_BY_GRPC = (
+    "gRPC ended the call (the node cancelled it, or sent one gRPC message over "
+    f"the {MAX_GRPC_MESSAGE}-byte limit)"
+)
+
+
+def _check_reply(payload: bytearray, max_bytes: int) -> None:
+    """Raise :class:`WireFormatError` unless ``payload`` is an encoded reply Message."""
+    try:
+        reply = Message.from_bytes(payload, max_bytes=max_bytes)
+    except WireFormatError as exc:
+        raise WireFormatError(f"not a Consortium message: {exc}") from exc
+    task = reply.metadata.reply_to
+    if not isinstance(task, str) or not task:
+        raise WireFormatError(
+            f"not a reply: a result must name the task it answers in reply_to (got {task!r})"
+        )
+
+
 class FleetServicer(rpc.FleetServicer):
     """Node-facing RPCs."""
 
@@ -56,6 +114,7 @@ class FleetServicer(rpc.FleetServicer):
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         node = _guard(context, self.auth)
+        request = _parsed(context, node, request)
         self.backend.hello(node, request.instance_id)
         return pb.HelloReply(
             node_id=node,
@@ -67,12 +126,14 @@ class FleetServicer(rpc.FleetServicer):
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
         node = _guard(context, self.auth)
+        _parsed(context, node, request)
         return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
     def PullTask(
         self, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
         node = _guard(context, self.auth)
+        request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
         task = self.backend.next_task(node, wait)
         if task is None:
@@ -87,15 +148,29 @@ class FleetServicer(rpc.FleetServicer):
         rebuild = Reassembler(self.backend.max_message_bytes)
         try:
             for chunk in request_iterator:
-                rebuild.feed(chunk)
+                rebuild.feed(_parsed(context, node, chunk))
             payload = rebuild.result()
+        except grpc.RpcError:
+            # gRPC ended the call under us and has already told the node why
+            log.warning("reply from %s broke off: %s", node, _ENDED_BY_GRPC)
+            raise
         except PayloadTooLarge as exc:
             log.warning("refused a reply from %s: %s", node, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
         except WireFormatError as exc:
+            if not context.is_active():  # the stream "ended" because gRPC ended the call
+                log.warning("reply from %s broke off: %s", node, _ENDED_BY_GRPC)
+                # abort, not raise: raising here would make gRPC log a traceback
+                context.abort(grpc.StatusCode.CANCELLED, _ENDED_BY_GRPC)
             log.warning("refused a reply from %s: %s", node, exc)
             context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            raise
+        try:
+            _check_reply(payload, self.backend.max_message_bytes)
+        except WireFormatError as exc:
+            log.warning("refused a reply from %s: %s", node, exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         accepted, detail = self.backend.deliver(node, payload)
         if not accepted:
@@ -104,6 +179,7 @@ class FleetServicer(rpc.FleetServicer):
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
         node = _guard(context, self.auth)
+        request = _parsed(context, node, request)
         bundle = self.backend.run_bundle(node, request.run_id)
         if bundle is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
@@ -162,6 +238,31 @@ class ControlServicer(rpc.ControlServicer):
         return pb.StopRunReply(stopped=stopped)
 
 
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _add_fleet_service(servicer: FleetServicer, server: grpc.Server) -> None:
+    """``add_FleetServicer_to_server``, but parsing requests with :func:`_lenient`."""
+    service = pb.DESCRIPTOR.services_by_name["Fleet"]
+    handlers = {
+        method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
+            getattr(servicer, method.name),
+            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     """PEM material for a TLS server: its key/certificate and the CA that signs clients."""
@@ -184,7 +285,7 @@ def start_server(
     ``tls=None`` is plain text: only for ``--insecure``.
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-    rpc.add_FleetServicer_to_server(fleet, server)  # type: ignore[no-untyped-call]
+    _add_fleet_service(fleet, server)
     if control is not None:
         rpc.add_ControlServicer_to_server(control, server)  # type: ignore[no-untyped-call]
     if tls is None:

@@ -1,0 +1,424 @@
+"""The StateStore contract, run against a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from consortium.client import ClientApp
+from consortium.core.arrays import Arrays
+from consortium.core.context import Context
+from consortium.core.errors import ConfigError, RoundFailed
+from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.message import Message
+from consortium.server import ServerApp, ServerConfig
+from consortium.server.store import (
+    NodeEventKind,
+    NodeStatus,
+    NodeTiming,
+    RunStatus,
+    StateStore,
+    default_url,
+)
+from consortium.server.store.engine import parse_url
+from consortium.simulation import run_simulation
+from consortium.strategy import FedAvg
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+class FakeClock:
+    """A clock the test moves by hand (thread-safe enough: reads and advances only)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return default_url(tmp_path / "state")
+    return str(request.getfixturevalue("postgres_db_url"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(url: str, clock: FakeClock) -> Iterator[StateStore]:
+    with StateStore(url, clock=clock) as s:
+        yield s
+
+
+def round_record(rnd: int) -> RoundRecord:
+    return RoundRecord(
+        round=rnd,
+        train_metrics={"loss": 0.5 / rnd, "num_updates": 2},
+        evaluate_metrics={"accuracy": 0.75, "weird": math.nan},
+        central_metrics={"auc": math.inf, "floor": -math.inf},
+        nodes=[
+            NodeResult("hôpital-b", "train", Outcome.OK, {"loss": 0.4}, 120, seconds=1.25),
+            NodeResult("a", "train", Outcome.FAILED, reason="CUDA OOM", traceback="Traceback…\n"),
+            NodeResult("c", "train", Outcome.TIMEOUT, reason="no reply before the deadline"),
+            NodeResult("a", "evaluate", Outcome.REJECTED, {"accuracy": 2.0}, reason="bad"),
+        ],
+        seconds=3.5,
+    )
+
+
+class TestStateStoreContract:
+    """One behaviour, two backends: every test runs on SQLite and on PostgreSQL."""
+
+    # -- runs -------------------------------------------------------------------------
+    def test_run_lifecycle(self, store: StateStore, clock: FakeClock) -> None:
+        run_id = store.create_run(
+            app_name="heart", app_version="1.2.0", config={"lr": 0.1, "tags": ["a", "b"]}, seed=7
+        )
+        run = store.get_run(run_id)
+        assert run is not None and run.status is RunStatus.PENDING
+        assert (run.app_name, run.app_version, run.seed) == ("heart", "1.2.0", 7)
+        assert run.config == {"lr": 0.1, "tags": ["a", "b"]}
+        assert run.created_at == T0 and run.created_at.tzinfo is not None
+        assert run.started_at is None and run.current_round == 0
+
+        clock.advance(5)
+        store.set_run_status(run_id, "running", num_rounds=10)
+        clock.advance(60)
+        store.set_run_status(run_id, RunStatus.FAILED, error="round 3: 0 of 4 replied")
+        run = store.get_run(run_id)
+        assert run is not None and run.status is RunStatus.FAILED
+        assert run.started_at == T0 + timedelta(seconds=5)
+        assert run.finished_at == T0 + timedelta(seconds=65)
+        assert (run.error, run.num_rounds) == ("round 3: 0 of 4 replied", 10)
+
+        store.set_run_status(run_id, RunStatus.RUNNING)  # resumed: error and end cleared
+        run = store.get_run(run_id)
+        assert run is not None and run.error is None and run.finished_at is None
+        store.set_run_status(run_id, RunStatus.FINISHED)
+        run = store.get_run(run_id)
+        assert run is not None and run.started_at == T0 + timedelta(seconds=5)
+        with pytest.raises(ConfigError, match="finished"):
+            store.set_run_status(run_id, RunStatus.RUNNING)
+
+    def test_list_runs_newest_first_and_by_status(
+        self, store: StateStore, clock: FakeClock
+    ) -> None:
+        for name in ("r1", "r2", "r3"):
+            store.create_run(run_id=name)
+            clock.advance(1)
+        store.set_run_status("r2", RunStatus.RUNNING)
+        assert [r.id for r in store.list_runs()] == ["r3", "r2", "r1"]
+        assert [r.id for r in store.list_runs(limit=2)] == ["r3", "r2"]
+        assert [r.id for r in store.list_runs(status="running")] == ["r2"]
+
+    def test_bad_runs_are_refused(self, store: StateStore) -> None:
+        store.create_run(run_id="dup")
+        with pytest.raises(ConfigError, match="already exists"):
+            store.create_run(run_id="dup")
+        assert store.get_run("nope") is None
+        with pytest.raises(ConfigError, match="no run"):
+            store.set_run_status("nope", RunStatus.RUNNING)
+        with pytest.raises(ConfigError, match="no run"):
+            store.record_round("nope", round_record(1))
+        with pytest.raises(ConfigError, match="NaN"):
+            store.create_run(config={"lr": math.nan})
+        with pytest.raises(ConfigError, match="must be a str"):
+            store.create_run(config={"nested": {"a": 1}})
+        with pytest.raises(ConfigError, match="64 bits"):
+            store.create_run(seed=2**64)
+        with pytest.raises(ValueError):
+            store.set_run_status("dup", "exploded")
+
+    # -- rounds -----------------------------------------------------------------------
+    def test_rounds_and_node_results_round_trip(self, store: StateStore, clock: FakeClock) -> None:
+        store.create_run(run_id="r")
+        timing = NodeTiming(train_seconds=0.75, upload_seconds=0.25, wait_seconds=0.125)
+        store.record_round("r", round_record(1), timings={("hôpital-b", "train"): timing})
+        clock.advance(10)
+        store.record_round("r", round_record(2))
+
+        rounds = store.list_rounds("r")
+        assert [r.round for r in rounds] == [1, 2]
+        assert rounds[0].finished_at == T0 and rounds[0].started_at == T0 - timedelta(seconds=3.5)
+        assert rounds[0].train_metrics == {"loss": 0.5, "num_updates": 2}
+        assert isinstance(rounds[0].train_metrics["num_updates"], int)
+        assert math.isnan(rounds[0].evaluate_metrics["weird"])
+        assert rounds[0].central_metrics == {"auc": math.inf, "floor": -math.inf}
+
+        results = store.node_results("r", round=1)
+        assert [(n.node, n.stage, n.outcome) for n in results] == [
+            ("hôpital-b", "train", Outcome.OK),
+            ("a", "train", Outcome.FAILED),
+            ("c", "train", Outcome.TIMEOUT),
+            ("a", "evaluate", Outcome.REJECTED),
+        ]
+        assert results[0].timing == timing and results[0].num_examples == 120
+        assert results[1].traceback == "Traceback…\n" and results[1].timing == NodeTiming()
+        assert [n.round for n in store.node_results("r", node="a")] == [1, 1, 2, 2]
+        run = store.get_run("r")
+        assert run is not None and run.current_round == 2
+
+    def test_history_round_trips(self, store: StateStore) -> None:
+        store.create_run(run_id="r")
+        records = [round_record(1), round_record(2)]
+        for rec in records:
+            store.record_round("r", rec)
+        assert repr(store.run_history("r").rounds) == repr(records)  # repr: NaN equals NaN
+
+    def test_recording_a_round_again_replaces_it(self, store: StateStore) -> None:
+        store.create_run(run_id="r")
+        for rnd in (1, 2, 3):
+            store.record_round("r", round_record(rnd))
+        again = RoundRecord(round=3, train_metrics={"loss": 0.01}, nodes=[round_record(3).nodes[0]])
+        store.record_round("r", again)  # a resumed run re-runs round 3
+        assert store.list_rounds("r")[-1].train_metrics == {"loss": 0.01}
+        assert len(store.node_results("r", round=3)) == 1
+        run = store.get_run("r")
+        assert run is not None and run.current_round == 3
+
+    # -- nodes ------------------------------------------------------------------------
+    def test_node_liveness(self, store: StateStore, clock: FakeClock) -> None:
+        node = store.upsert_node("h1", allow_listed=True, cert_serial="0a:1b")
+        assert node.status is NodeStatus.OFFLINE and node.allowed and node.last_seen is None
+        assert store.heartbeat("h1") is True  # came online
+        clock.advance(5)
+        assert store.heartbeat("h1") is False
+        assert store.heartbeat("h2") is True  # unknown nodes are registered, not allowed
+        h2 = store.get_node("h2")
+        assert h2 is not None and not h2.allowed and h2.first_seen == T0 + timedelta(seconds=5)
+
+        clock.advance(20)
+        store.heartbeat("h2")
+        clock.advance(20)
+        assert store.mark_offline(timeout=30) == ["h1"]
+        assert store.mark_offline(timeout=30) == []  # only once
+        assert [n.name for n in store.list_nodes(status="online")] == ["h2"]
+        h1 = store.get_node("h1")
+        assert h1 is not None and h1.last_seen == T0 + timedelta(seconds=5)
+        assert h1.cert_serial == "0a:1b" and h1.first_seen == T0
+
+        assert store.heartbeat("h1") is True  # back
+        store.disconnect("h2", "node shut down")
+        assert [(n.name, n.status) for n in store.list_nodes()] == [
+            ("h1", NodeStatus.ONLINE),
+            ("h2", NodeStatus.OFFLINE),
+        ]
+        kinds = [e.kind for e in reversed(store.list_node_events("h1"))]
+        assert kinds == [
+            NodeEventKind.ALLOW_LISTED,
+            NodeEventKind.CONNECTED,
+            NodeEventKind.HEARTBEAT_MISSED,
+            NodeEventKind.CONNECTED,
+        ]
+        missed = store.list_node_events("h1")[1]
+        assert missed.detail == "no heartbeat for 40.0s (timeout 30s)"
+        assert store.list_node_events("h2")[0].detail == "node shut down"
+
+    def test_access_changes_are_logged(self, store: StateStore) -> None:
+        store.upsert_node("h1", allow_listed=True)
+        store.upsert_node("h1", allow_listed=True)  # no change, no event
+        view = store.upsert_node("h1", revoked=True)
+        assert view.allow_listed and view.revoked and not view.allowed
+        store.upsert_node("h1", allow_listed=False, revoked=False)
+        events = [(e.kind, e.detail) for e in reversed(store.list_node_events("h1"))]
+        assert events == [
+            (NodeEventKind.ALLOW_LISTED, "added"),
+            (NodeEventKind.REVOKED, "revoked"),
+            (NodeEventKind.ALLOW_LISTED, "removed"),
+            (NodeEventKind.REVOKED, "reinstated"),
+        ]
+
+    def test_refusing_a_stranger_logs_without_registering_it(
+        self, store: StateStore, clock: FakeClock
+    ) -> None:
+        store.record_node_event("mallory", "refused", "certificate not issued by our CA")
+        clock.advance(1)
+        store.record_node_event("mallory", NodeEventKind.REFUSED, "again")
+        assert store.get_node("mallory") is None
+        events = store.list_node_events()
+        assert [(e.node, e.detail) for e in events] == [
+            ("mallory", "again"),
+            ("mallory", events[1].detail),
+        ]
+        assert events[1].at == T0 and events[0].at == T0 + timedelta(seconds=1)
+        assert store.list_node_events(limit=1)[0].detail == "again"
+
+    # -- checkpoints ------------------------------------------------------------------
+    def test_checkpoints(self, store: StateStore, clock: FakeClock) -> None:
+        store.create_run(run_id="r")
+        assert store.latest_checkpoint("r") is None
+        for rnd in (1, 2):
+            store.record_checkpoint("r", rnd, f"/ckpt/round-{rnd}.ckpt", f"{rnd:064x}")
+            clock.advance(1)
+        store.record_checkpoint("r", 2, "/ckpt/round-2b.ckpt", "f" * 64)  # rewritten on resume
+        latest = store.latest_checkpoint("r")
+        assert latest is not None and (latest.round, latest.path) == (2, "/ckpt/round-2b.ckpt")
+        assert latest.sha256 == "f" * 64 and latest.created_at == T0 + timedelta(seconds=2)
+        assert [c.round for c in store.list_checkpoints("r")] == [1, 2]
+        with pytest.raises(ConfigError, match="SHA-256"):
+            store.record_checkpoint("r", 3, "/x", "not-a-digest")
+        with pytest.raises(ConfigError, match="no run"):
+            store.record_checkpoint("other", 1, "/x", "0" * 64)
+
+    # -- concurrency, reopening, observing a real run ---------------------------------
+    def test_threads_share_one_store(self, url: str) -> None:
+        with StateStore(url) as store:
+            store.create_run(run_id="r")
+
+            def work(i: int) -> bool:
+                name = f"n{i % 4}"
+                came_online = store.heartbeat(name)
+                store.record_node_event(name, NodeEventKind.REFUSED, f"probe {i}")
+                store.record_round("r", RoundRecord(round=i % 5 + 1))
+                return came_online
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                came_online = list(pool.map(work, range(32)))
+            assert sum(came_online) == 4  # exactly one thread saw each node come online
+            assert len(store.list_node_events(limit=1000)) == 32 + 4
+            assert [r.round for r in store.list_rounds("r")] == [1, 2, 3, 4, 5]
+
+    def test_concurrent_creates_of_one_run_let_exactly_one_win(self, url: str) -> None:
+        with StateStore(url) as store:
+            barrier = threading.Barrier(4)
+
+            def create(_: int) -> bool:
+                barrier.wait()
+                try:
+                    store.create_run(run_id="same")
+                except ConfigError:
+                    return False
+                return True
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                assert sorted(pool.map(create, range(4))) == [False, False, False, True]
+
+    def test_state_survives_reopening(self, url: str) -> None:
+        with StateStore(url) as store:
+            store.create_run(run_id="r", seed=3)
+            store.upsert_node("h1", allow_listed=True)
+        with StateStore(url) as store:
+            run = store.get_run("r")
+            assert run is not None and run.seed == 3
+            assert [n.name for n in store.list_nodes()] == ["h1"]
+
+    def test_a_newer_schema_is_refused(self, url: str) -> None:
+        StateStore(url).close()
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE consortium_meta SET value = '999' WHERE key = 'schema_version'")
+            )
+        engine.dispose()
+        with pytest.raises(ConfigError, match="schema version 999"):
+            StateStore(url)
+
+    def test_observes_a_real_run(self, store: StateStore) -> None:
+        store.create_run(run_id="sim", app_name="toy", seed=4)  # as a deployment server would
+        result = run_simulation(
+            toy_server(rounds=3),
+            toy_client(),
+            num_nodes=3,
+            seed=4,
+            run_id="sim",
+            observers=[store.observer(strict=True)],
+        )
+        run = store.get_run("sim")
+        assert run is not None and run.status is RunStatus.FINISHED
+        assert (run.app_name, run.num_rounds, run.current_round) == ("toy", 3, 3)
+        assert repr(store.run_history("sim").rounds) == repr(result.history.rounds)
+        failed = [n for n in store.node_results("sim") if n.outcome is not Outcome.OK]
+        assert {(n.round, n.node, n.stage) for n in failed} == {
+            (r, "2", "train") for r in (1, 2, 3)
+        }
+
+    def test_observer_marks_a_failed_run(self, store: StateStore) -> None:
+        with pytest.raises(RoundFailed):
+            run_simulation(
+                toy_server(rounds=2),
+                toy_client(),
+                node_ids=["2"],  # the node that always fails
+                run_id="bad",
+                observers=[store.observer(strict=True)],
+            )
+        run = store.get_run("bad")
+        assert run is not None and run.status is RunStatus.FAILED and run.error
+        assert run.finished_at is not None and store.list_rounds("bad") == []
+
+
+def toy_server(rounds: int) -> ServerApp:
+    init = Arrays({"w": np.zeros(3)})
+    return ServerApp(lambda ctx: ServerConfig(FedAvg(initial_arrays=init), num_rounds=rounds))
+
+
+def toy_client() -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        assert msg.content is not None and msg.content.model is not None
+        if ctx.node_id == "2":
+            raise RuntimeError("disk full")
+        update = Arrays((k, v + 1.0) for k, v in msg.content.model.items())
+        return msg.reply(arrays=update, metrics={"num_examples": 10, "loss": 0.5})
+
+    @app.evaluate()
+    def evaluate(msg: Message, ctx: Context) -> Message:
+        return msg.reply(metrics={"num_examples": 5, "accuracy": 0.5})
+
+    return app
+
+
+# -- outside the contract: URLs and observer robustness -------------------------------
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("sqlite://", "needs a file"),
+        ("sqlite:///:memory:", "needs a file"),
+        ("mysql://u@h/db", "unsupported"),
+        ("not a url", "invalid state store URL"),
+    ],
+)
+def test_bad_urls_are_refused(url: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        StateStore(url)
+
+
+def test_an_unreachable_server_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="cannot open the state store postgresql") as err:
+        StateStore("postgresql://u:secret@127.0.0.1:1/db?connect_timeout=2")
+    assert "secret" not in str(err.value) and "u:***@127.0.0.1:1/db" in str(err.value)
+
+
+def test_postgresql_urls_use_psycopg_3() -> None:
+    assert parse_url("postgresql://u@h/db").get_driver_name() == "psycopg"
+
+
+def test_a_failing_store_does_not_stop_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = StateStore(default_url(tmp_path))
+    store.create_run(run_id="sim")
+    store.set_run_status("sim", RunStatus.FINISHED)  # so on_run_start's RUNNING is refused
+    result = run_simulation(
+        toy_server(rounds=1), toy_client(), num_nodes=2, run_id="sim", observers=[store.observer()]
+    )
+    assert len(result.history.rounds) == 1
+    assert "could not record the run start" in caplog.text
+    store.close()
