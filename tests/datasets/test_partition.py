@@ -196,3 +196,17 @@ def test_natural_numeric_and_empty() -> None:
     assert natural(np.array([], dtype=np.int64)) == {}
     with pytest.raises(ConfigError, match="1-D"):
         natural(np.zeros((2, 2)))
+
+
+def test_dirichlet_does_not_favour_the_last_partition() -> None:
+    """No partition is systematically richer in classes (a rounding-residue bias)."""
+    labels = np.repeat(np.arange(10), 180)
+    classes = np.zeros(20)
+    seeds = 20
+    for seed in range(seeds):
+        parts = dirichlet(
+            labels, 20, 0.1, np.random.default_rng(seed), min_partition_size=1
+        )
+        classes += [len(np.unique(labels[p])) for p in parts]
+    mean = classes / seeds
+    assert mean[-1] < mean[:-1].mean() + 1.5, mean

@@ -75,7 +75,9 @@ def dirichlet(
         for members in class_members:
             shuffled = rng.permutation(members)
             shares = rng.dirichlet(np.full(num_partitions, float(alpha)))
-            cuts = (np.cumsum(shares)[:-1] * shuffled.size).astype(np.int64)
+            # draw each partition's count of this class; flooring a cumulative sum
+            # instead would hand the rounding residue of every class to the last one
+            cuts = np.cumsum(rng.multinomial(shuffled.size, shares))[:-1]
             for part, chunk in zip(parts, np.split(shuffled, cuts), strict=True):
                 part.append(chunk)
         result = [np.sort(np.concatenate(chunks)) for chunks in parts]
