@@ -75,6 +75,11 @@ def test_heart_disease_deployment_equals_simulation(deployment: Deployment) -> N
     # the per-node "system" view: every node, every round, with timing
     nodes = {(r["round"], n["node"], n["stage"]) for r in info["rounds"] for n in r["nodes"]}
     assert len(nodes) == 5 * 4 * 2
+    for r in info["rounds"]:
+        for n in r["nodes"]:
+            assert n["outcome"] == "ok"
+            assert set(n["timing"]) == {"train", "upload", "wait"}, n
+            assert 0 <= n["timing"]["train"] <= n["seconds"] + 1e-3
 
 
 def test_node_killed_mid_round_round_completes_then_node_rejoins(deployment: Deployment) -> None:

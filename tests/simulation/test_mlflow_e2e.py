@@ -33,7 +33,8 @@ def test_three_round_simulation_is_tracked(tmp_path: Path) -> None:
     assert params["lr"] == str(app.TUNED_RUN_CONFIG["lr"])
     assert params["batch-size"] == "4" and params["optimizer"] == "sgd"
     assert params["local-steps"] == str(app.TUNED_RUN_CONFIG["local-steps"])
-    assert params["strategy"] == "FedAvg" and params["fraction_train"] == "1.0"
+    assert params["strategy.name"] == "FedAvg" and params["strategy.fraction_train"] == "1.0"
+    assert params["strategy"] == "fedavg"  # the app's own run-config key, kept as given
     assert parent.info.status == "FINISHED"
     # three rounds of global metrics, equal to what the history says
     for key in ("train_loss", "eval_loss", "eval_accuracy", "eval_auc"):

@@ -150,17 +150,16 @@ def _print_run(info: dict[str, Any]) -> None:
         f"run {info['run_id']}: {info['app']} — {info['status']} "
         f"({info['rounds_done']} rounds) {info.get('error', '')}"
     )
-    table = Table(title="Per node")
-    for col in ("round", "node", "stage", "outcome", "seconds", "reason"):
+    table = Table(title="Per node: outcome and where the time went (seconds)")
+    for col in ("round", "node", "stage", "outcome", "total", "training", "upload", "waiting",
+                "reason"):  # fmt: skip
         table.add_column(col)
     for r in info.get("rounds", []):
         for n in r["nodes"]:
+            timing = n.get("timing") or {}
+            cells = [f"{timing[k]:.2f}" if k in timing else "" for k in ("train", "upload", "wait")]
             table.add_row(
-                str(r["round"]),
-                n["node"],
-                n["stage"],
-                n["outcome"],
-                f"{n['seconds']:.2f}",
-                n["reason"],
-            )
+                str(r["round"]), n["node"], n["stage"], n["outcome"], f"{n['seconds']:.2f}",
+                *cells, n["reason"],
+            )  # fmt: skip
     console.print(table)

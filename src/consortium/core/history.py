@@ -29,7 +29,10 @@ class NodeResult:
     num_examples: int = 0
     reason: str = ""
     traceback: str = ""
+    #: task sent -> reply received, as the server saw it
     seconds: float = 0.0
+    #: where that time went, when the transport knows: "train", "upload", "wait" (seconds)
+    timing: Metrics = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -25,6 +25,9 @@ MODEL = "model"
 CONFIG = "config"
 METRICS = "metrics"
 
+#: Metrics record in which the transport reports where a task's time went.
+TIMING_RECORD = "consortium.timing"
+
 #: Message kinds the default round loop uses; apps may define their own.
 TRAIN = "train"
 EVALUATE = "evaluate"

@@ -27,7 +27,7 @@ from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
 from consortium.core.context import Context, NodeState
 from consortium.core.errors import SecurityError, TransportError
-from consortium.core.message import Message
+from consortium.core.message import TIMING_RECORD, Message
 from consortium.core.records import Config
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.transport.fleet_api import RunBundle
@@ -170,13 +170,12 @@ class NodeRunner:
             )
             started = time.perf_counter()
             reply = app(task, context)
+            elapsed = time.perf_counter() - started
             log.info(
-                "run %s round %d: %s done in %.2f s",
-                meta.run_id,
-                meta.round,
-                meta.kind,
-                time.perf_counter() - started,
+                "run %s round %d: %s done in %.2f s", meta.run_id, meta.round, meta.kind, elapsed
             )
+            if reply.content is not None:
+                reply.content.metrics[TIMING_RECORD] = {"train": elapsed}
             self._save_state(meta.run_id, context.state)
             self.tasks_done += 1
             return reply

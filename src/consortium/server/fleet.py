@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from consortium.core.errors import WireFormatError
-from consortium.core.message import Message
+from consortium.core.message import TIMING_RECORD, Message
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
@@ -43,6 +43,8 @@ class _Waiter:
     node: str
     task: Message
     replies: queue.Queue[Message]
+    queued_at: float = 0.0
+    pulled_at: float | None = None
 
 
 class Fleet:
@@ -121,6 +123,9 @@ class Fleet:
                     if session.tasks:
                         message_id, parts = session.tasks.popleft()
                         session.in_flight.add(message_id)
+                        waiter = self._pending.get(message_id)
+                        if waiter is not None:
+                            waiter.pulled_at = self._clock()
                         return message_id, parts
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._stop.is_set():
@@ -145,6 +150,7 @@ class Fleet:
             del self._pending[task_id]
             if session is not None:
                 session.in_flight.discard(task_id)
+        _add_timing(reply, waiter, self._clock())
         waiter.replies.put(reply)
         return True, "ok"
 
@@ -180,7 +186,9 @@ class Fleet:
                 if session is None or not session.online:
                     replies.put(msg.error_reply("node-offline", f"node {node!r} is offline"))
                     continue
-                self._pending[msg.metadata.message_id] = _Waiter(node, msg, replies)
+                self._pending[msg.metadata.message_id] = _Waiter(
+                    node, msg, replies, queued_at=self._clock()
+                )
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
             self._cond.notify_all()
         del cache  # the queued parts keep what they need alive, no longer
@@ -277,3 +285,14 @@ def _payload_bytes(message: Message) -> int:
     if message.content is None:
         return 0
     return sum(a.nbytes for a in message.content.arrays.values())
+
+
+def _add_timing(reply: Message, waiter: _Waiter, now: float) -> None:
+    """Split the task's time into waiting (queued, not yet pulled), training and upload."""
+    if reply.content is None or waiter.pulled_at is None:
+        return
+    timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
+    train = float(timing.get("train", 0.0))
+    timing["wait"] = waiter.pulled_at - waiter.queued_at
+    timing["upload"] = max(0.0, now - waiter.pulled_at - train)  # includes the download
+    reply.content.metrics[TIMING_RECORD] = timing

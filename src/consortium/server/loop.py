@@ -15,7 +15,16 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import ConsortiumError, RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
-from consortium.core.message import CONFIG, EVALUATE, MODEL, QUERY, TRAIN, Content, Message
+from consortium.core.message import (
+    CONFIG,
+    EVALUATE,
+    MODEL,
+    QUERY,
+    TIMING_RECORD,
+    TRAIN,
+    Content,
+    Message,
+)
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.server.app import ServerConfig
@@ -300,6 +309,8 @@ class RoundLoop:
         """A NodeResult for a reply: OK, or FAILED with the node's reason and traceback."""
         result = self._judge_reply(rnd, stage, reply)
         result.seconds = time.perf_counter() - self._sent_at  # task sent -> reply received
+        if reply.content is not None:
+            result.timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
         return result
 
     def _judge_reply(self, rnd: int, stage: str, reply: Message) -> NodeResult:

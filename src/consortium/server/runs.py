@@ -72,6 +72,7 @@ class Run:
                             "stage": n.stage,
                             "outcome": n.outcome.value,
                             "seconds": n.seconds,
+                            "timing": n.timing,
                             "reason": n.reason,
                         }
                         for n in r.nodes

@@ -17,8 +17,8 @@ from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.records import Config
-from consortium.simulation import worker
 from consortium.core.state_codec import decode_state, encode_state
+from consortium.simulation import worker
 
 Backend = Literal["threads", "processes"]
 NodeConfigFn = Callable[[int, str], Config]

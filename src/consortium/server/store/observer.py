@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from consortium.core.history import History, RoundRecord, RunInfo
 from consortium.server.store.models import RunStatus
+from consortium.server.store.views import NodeTiming
 
 if TYPE_CHECKING:
     from consortium.server.store.store import StateStore
@@ -36,7 +37,19 @@ class StoreObserver:
 
     def on_round_end(self, record: RoundRecord) -> None:
         run_id = self._run_id()
-        self._guard(f"round {record.round}", lambda: self.store.record_round(run_id, record))
+        timings = {
+            (n.node_id, n.stage): NodeTiming(
+                train_seconds=n.timing.get("train"),
+                upload_seconds=n.timing.get("upload"),
+                wait_seconds=n.timing.get("wait"),
+            )
+            for n in record.nodes
+            if n.timing
+        }
+        self._guard(
+            f"round {record.round}",
+            lambda: self.store.record_round(run_id, record, timings=timings),
+        )
 
     def on_run_end(self, history: History, *, failed: bool) -> None:
         run_id = self._run_id()
