@@ -113,6 +113,42 @@ class Strategy(ABC):
             )
 
 
+class StrategyWrapper(Strategy):
+    """A strategy that changes one part of ``base`` and hands it everything else.
+
+    Subclasses override what they change (typically ``aggregate_train``);
+    selection, configuration, evaluation and the initial model stay the base's.
+    """
+
+    def __init__(self, base: Strategy) -> None:
+        self.base = base
+        self.needs_all_updates = base.needs_all_updates
+
+    def initialize(self, rng: np.random.Generator) -> Arrays | None:
+        return self.base.initialize(rng)
+
+    def configure_train(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        return self.base.configure_train(round, arrays, nodes, rng)
+
+    def aggregate_train(
+        self, round: int, current: Arrays, replies: Iterable[TrainReply]
+    ) -> tuple[Arrays, Metrics]:
+        return self.base.aggregate_train(round, current, replies)
+
+    def configure_evaluate(
+        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
+    ) -> list[Instruction]:
+        return self.base.configure_evaluate(round, arrays, nodes, rng)
+
+    def aggregate_evaluate(self, round: int, replies: Iterable[EvaluateReply]) -> Metrics:
+        return self.base.aggregate_evaluate(round, replies)
+
+    def evaluate(self, round: int, arrays: Arrays) -> Metrics | None:
+        return self.base.evaluate(round, arrays)
+
+
 def sample_nodes(
     nodes: Sequence[str],
     fraction: float,

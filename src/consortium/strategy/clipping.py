@@ -10,7 +10,7 @@ O(model) memory.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.errors import StrategyError
 from consortium.core.records import Config, Metrics
-from consortium.strategy.base import EvaluateReply, Instruction, Strategy, TrainReply
+from consortium.strategy.base import Strategy, StrategyWrapper, TrainReply
 
 __all__ = ["ClippedUpdates", "clip_update"]
 
@@ -42,7 +42,7 @@ def clip_update(current: Arrays, update: Arrays, max_norm: float) -> Arrays:
     return out
 
 
-class ClippedUpdates(Strategy):
+class ClippedUpdates(StrategyWrapper):
     """Any strategy with each update's delta clipped to L2 norm ``max_norm`` first.
 
     Train metrics gain ``clipped_updates``: how many replies were scaled down.
@@ -54,9 +54,8 @@ class ClippedUpdates(Strategy):
             raise StrategyError(f"base must be a Strategy, got {type(base).__name__}")
         if not (math.isfinite(max_norm) and max_norm > 0):
             raise StrategyError(f"ClippedUpdates: max_norm must be finite and > 0, got {max_norm}")
-        self.base = base
+        super().__init__(base)
         self.max_norm = float(max_norm)
-        self.needs_all_updates = base.needs_all_updates
 
     def aggregate_train(
         self, round: int, current: Arrays, replies: Iterable[TrainReply]
@@ -78,25 +77,7 @@ class ClippedUpdates(Strategy):
         arrays, metrics = self.base.aggregate_train(round, current, bounded())
         return arrays, {**metrics, "clipped_updates": clipped}
 
-    # -- everything else is the base strategy's ------------------------------------------
-    def initialize(self, rng: np.random.Generator) -> Arrays | None:
-        return self.base.initialize(rng)
-
-    def configure_train(
-        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
-    ) -> list[Instruction]:
-        return self.base.configure_train(round, arrays, nodes, rng)
-
-    def configure_evaluate(
-        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
-    ) -> list[Instruction]:
-        return self.base.configure_evaluate(round, arrays, nodes, rng)
-
-    def aggregate_evaluate(self, round: int, replies: Iterable[EvaluateReply]) -> Metrics:
-        return self.base.aggregate_evaluate(round, replies)
-
-    def evaluate(self, round: int, arrays: Arrays) -> Metrics | None:
-        return self.base.evaluate(round, arrays)
+    # -- everything else is the base strategy's (StrategyWrapper) -------------------------
 
     def settings(self) -> Config:
         inner = self.base.settings()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from consortium.core.arrays import Arrays
 from consortium.core.errors import StrategyError
 from consortium.core.records import Config, Metrics
-from consortium.strategy.base import EvaluateReply, Instruction, Strategy, TrainReply
+from consortium.strategy.base import Strategy, StrategyWrapper, TrainReply
 from consortium.strategy.fedavg import FedAvg
 
 F64 = NDArray[np.float64]
@@ -252,7 +252,7 @@ class ServerYogi(ServerAdam):
 
 
 # -- the wrapper --------------------------------------------------------------------------
-class FedOpt(Strategy):
+class FedOpt(StrategyWrapper):
     """Any strategy's aggregate, taken as a pseudo-gradient by a server optimiser.
 
     Everything but the server step (node selection, configs, evaluation,
@@ -265,29 +265,8 @@ class FedOpt(Strategy):
             raise StrategyError(
                 f"optimizer must be a ServerOptimizer, got {type(optimizer).__name__}"
             )
-        self.base: Strategy = base if base is not None else FedAvg()
+        super().__init__(base if base is not None else FedAvg())
         self.optimizer = optimizer
-        self.needs_all_updates = self.base.needs_all_updates
-
-    # -- delegated hooks ---------------------------------------------------------------
-    def initialize(self, rng: np.random.Generator) -> Arrays | None:
-        return self.base.initialize(rng)
-
-    def configure_train(
-        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
-    ) -> list[Instruction]:
-        return self.base.configure_train(round, arrays, nodes, rng)
-
-    def configure_evaluate(
-        self, round: int, arrays: Arrays, nodes: Sequence[str], rng: np.random.Generator
-    ) -> list[Instruction]:
-        return self.base.configure_evaluate(round, arrays, nodes, rng)
-
-    def aggregate_evaluate(self, round: int, replies: Iterable[EvaluateReply]) -> Metrics:
-        return self.base.aggregate_evaluate(round, replies)
-
-    def evaluate(self, round: int, arrays: Arrays) -> Metrics | None:
-        return self.base.evaluate(round, arrays)
 
     # -- the server step ---------------------------------------------------------------
     def aggregate_train(
