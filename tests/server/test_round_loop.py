@@ -206,3 +206,34 @@ def test_extra_records_travel_both_ways_and_are_validated() -> None:
     assert seen == {"0": {"delta": 4.0}}
     rejected = next(n for n in result.history.rounds[0].nodes if n.node_id == "1")
     assert rejected.outcome is Outcome.REJECTED and "record 'delta'" in rejected.reason
+
+
+def test_a_failed_round_is_retried_as_configured() -> None:
+    """Node 0 fails its first attempt at round 1 only; one retry lets the run finish."""
+    attempts: dict[str, int] = {}
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        attempts[ctx.node_id] = attempts.get(ctx.node_id, 0) + 1
+        if ctx.node_id == "0" and attempts["0"] == 1:
+            raise RuntimeError("transient failure")
+        assert msg.content is not None
+        return msg.reply(arrays=msg.content.model, metrics={"num_examples": 1})
+
+    def server(retries: int) -> ServerApp:
+        return ServerApp(
+            lambda ctx: ServerConfig(
+                FedAvg(initial_arrays=INIT, fraction_evaluate=0.0),
+                num_rounds=2,
+                min_replies=2,
+                round_retries=retries,
+            )
+        )
+
+    with pytest.raises(RoundFailed):
+        run_simulation(server(0), app, num_nodes=2)
+    attempts.clear()
+    result = run_simulation(server(1), app, num_nodes=2)
+    assert [r.round for r in result.history.rounds] == [1, 2]
+    assert attempts == {"0": 3, "1": 3}  # round 1 twice, round 2 once

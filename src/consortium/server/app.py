@@ -33,6 +33,8 @@ class ServerConfig:
     exporter: ModelExporter | None = None
     #: deployment: seconds a round waits for the strategy's min_available_nodes to be online
     node_wait: float = 300.0
+    #: a round that fails (too few valid replies) is retried this many times, then the run fails
+    round_retries: int = 0
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0:
@@ -45,6 +47,8 @@ class ServerConfig:
             raise ConfigError(
                 f"min_reply_fraction must be within [0, 1], got {self.min_reply_fraction}"
             )
+        if self.round_retries < 0:
+            raise ConfigError(f"round_retries must be >= 0, got {self.round_retries}")
         if self.evaluate_every < 0:
             raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
 

@@ -116,7 +116,7 @@ class RoundLoop:
             for rnd in range(first, self.config.num_rounds + 1):
                 if self.stop is not None and self.stop.is_set():
                     raise RunStopped(f"run {self.run_id} stopped before round {rnd}")
-                arrays = self._round(rnd, arrays)
+                arrays = self._round_with_retries(rnd, arrays)
                 self._checkpoint(rnd, arrays)
             files = self._save(arrays)
         except BaseException:
@@ -124,6 +124,21 @@ class RoundLoop:
             raise
         self.observers.on_run_end(self.history, failed=False)
         return RunResult(self.run_id, arrays, self.history, initial, self.run_dir, files)
+
+    def _round_with_retries(self, rnd: int, arrays: Arrays) -> Arrays:
+        """Run round ``rnd``; if too few nodes replied, retry it as configured, then fail."""
+        attempts = self.config.round_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._round(rnd, arrays)
+            except RoundFailed as exc:
+                if attempt == attempts:
+                    raise
+                log.warning(
+                    "run %s round %d failed (attempt %d of %d), retrying: %s",
+                    self.run_id, rnd, attempt, attempts, exc,
+                )  # fmt: skip
+        raise AssertionError("unreachable")
 
     def _restore(self, ckpt: Checkpoint) -> Arrays:
         """Continue after ``ckpt``: its model, strategy state and history."""

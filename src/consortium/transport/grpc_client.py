@@ -57,7 +57,14 @@ def _call(fn: Callable[[], T], what: str) -> T:
         code = exc.code() if hasattr(exc, "code") else None
         detail = exc.details() if hasattr(exc, "details") else str(exc)
         name = code.name if code is not None else "ERROR"
-        raise TransportError(f"{what} failed ({name}): {detail}") from exc
+        hint = ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            # TLS refusals (wrong CA, expired certificate) look like a closed socket here
+            hint = (
+                " — the server is unreachable, or refused this certificate during the TLS "
+                "handshake (check the address, and the certificate's CA and expiry)"
+            )
+        raise TransportError(f"{what} failed ({name}): {detail}{hint}") from exc
 
 
 def is_unavailable(exc: TransportError) -> bool:
