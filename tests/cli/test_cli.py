@@ -135,3 +135,12 @@ def test_console_script_entry_point() -> None:
     exe = Path(sys.executable).parent / "consortium"
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, check=True)
     assert "consortium" in out.stdout
+
+
+def test_deployment_commands_name_the_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "grpc", None)  # as if the deploy extra were absent
+    code = main(["node", "--server", "127.0.0.1:1", "--insecure", "--name", "n"])
+    assert code == 9
+    assert "consortium[deploy]" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from consortium.cli.tls_options import (
     credentials_option,
     insecure_option,
     name_option,
+    require_deploy,
     server_name_option,
     warn_insecure,
 )
@@ -59,6 +60,7 @@ def node(
     insecure: bool,
 ) -> None:
     """Join a federation: dial out to the server and run the tasks it sends."""
+    require_deploy()
     from consortium.node.runner import NodePolicy, NodeRunner
     from consortium.transport.grpc_client import FleetClient
 

@@ -16,6 +16,7 @@ from consortium.cli.tls_options import (
     credentials_option,
     insecure_option,
     name_option,
+    require_deploy,
     server_name_option,
     warn_insecure,
 )
@@ -31,6 +32,7 @@ def _client(
     server_name: str | None,
     insecure: bool,
 ) -> ControlClient:
+    require_deploy()
     from consortium.transport.grpc_client import ControlClient
 
     if insecure:

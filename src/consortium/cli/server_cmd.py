@@ -14,6 +14,7 @@ from consortium.cli.tls_options import (
     credentials_option,
     insecure_option,
     name_option,
+    require_deploy,
     warn_insecure,
 )
 from consortium.core.errors import ConfigError
@@ -99,6 +100,7 @@ def server(
     insecure: bool,
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
+    require_deploy()
     from consortium.server.fleet import Fleet
     from consortium.server.runs import RunManager
     from consortium.transport.auth import (

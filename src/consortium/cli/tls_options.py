@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from consortium.core.errors import ConfigError
+from consortium.core.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:  # gRPC loads only when a deployment command runs
     from consortium.transport.grpc_client import ClientTls
@@ -21,6 +21,16 @@ INSECURE_WARNING = (
     "WARNING: --insecure: plain text, no authentication. Anyone who can reach this port can "
     "impersonate a node and read every model. Use only on a private test machine."
 )
+
+
+def require_deploy() -> None:
+    """Deployment commands need the ``deploy`` extra; say so instead of a traceback."""
+    import importlib.util
+
+    for module, package in (("grpc", "grpcio"), ("cryptography", "cryptography"),
+                            ("sqlalchemy", "sqlalchemy")):  # fmt: skip
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError.for_extra(package, "deploy")
 
 
 def warn_insecure() -> None:
