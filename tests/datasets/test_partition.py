@@ -204,9 +204,7 @@ def test_dirichlet_does_not_favour_the_last_partition() -> None:
     classes = np.zeros(20)
     seeds = 20
     for seed in range(seeds):
-        parts = dirichlet(
-            labels, 20, 0.1, np.random.default_rng(seed), min_partition_size=1
-        )
+        parts = dirichlet(labels, 20, 0.1, np.random.default_rng(seed), min_partition_size=1)
         classes += [len(np.unique(labels[p])) for p in parts]
     mean = classes / seeds
     assert mean[-1] < mean[:-1].mean() + 1.5, mean

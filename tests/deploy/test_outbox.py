@@ -45,9 +45,7 @@ def test_result_survives_a_server_outage(tmp_path: Path) -> None:
         config = '{"num-rounds": 1, "delay": 1.5, "min-replies": 1, "min-nodes": 1}'
         run_id = runs.start_run(make_bundle(SLOW_APP), config, seed=1)
         # the node has pulled its task and is training: take the server off the network
-        wait_for(
-            lambda: any(w.pulled_at is not None for w in fleet._pending.values()), 30, "pull"
-        )
+        wait_for(lambda: any(w.pulled_at is not None for w in fleet._pending.values()), 30, "pull")
         server.stop(0).wait()  # type: ignore[attr-defined]
         time.sleep(2.5)  # training ends meanwhile; the push fails; the result waits
         assert node.tasks_done == 1 and fleet._pending  # done, not delivered
