@@ -1,0 +1,1 @@
+"""Flower side of the transport benchmark (see ``benchmarks/transport.py``)."""

@@ -1,0 +1,1 @@
+"""The transport benchmark's app (see ``benchmarks/transport.py``)."""
