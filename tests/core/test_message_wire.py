@@ -82,13 +82,14 @@ def test_size_limit() -> None:
 
 def test_parts_concatenate_to_the_encoding_and_share_blobs() -> None:
     task = _task()
-    cache: dict[int, bytearray] = {}
+    cache: dict[int, list[bytes | memoryview]] = {}
     parts = task.to_parts(cache)
     assert b"".join(bytes(p) for p in parts) == bytes(task.to_bytes())
     assert task.content is not None
     other = Message.create(run_id="r1", dst="node-b", round=3, kind="train", content=task.content)
     other_parts = other.to_parts(cache)
-    shared = [p for p in other_parts if any(p is q for q in parts)]
-    assert len(shared) == len(task.content.arrays)  # model blobs encoded once
+    views = [p for p in parts if isinstance(p, memoryview)]  # the arrays' own memory
+    assert len(views) == sum(len(a) for a in task.content.arrays.values())
+    assert all(any(v is q for q in other_parts) for v in views)  # laid out once, shared
     back = Message.from_bytes(b"".join(bytes(p) for p in other_parts))
     assert back.metadata.dst == "node-b"

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
 from consortium.core.errors import WireFormatError
-from consortium.transport.chunks import PayloadTooLarge, iter_chunks, reassemble
+from consortium.transport.chunks import (
+    Chunk,
+    PayloadTooLarge,
+    decode_chunk,
+    encode_chunk,
+    iter_chunks,
+    reassemble,
+)
 from consortium.transport.proto import fleet_pb2 as pb
 
 
@@ -26,7 +34,7 @@ def test_parts_are_streamed_back_to_back() -> None:
     assert result is not None and bytes(result[1]) == b"".join(parts)
 
 
-def _stream() -> list[pb.Chunk]:
+def _stream() -> list[Chunk]:
     return list(iter_chunks(os.urandom(5000), "m", chunk_size=1000))
 
 
@@ -36,10 +44,8 @@ def test_empty_stream_means_no_message() -> None:
 
 def test_corrupted_chunk_refused() -> None:
     chunks = _stream()
-    bad = pb.Chunk()
-    bad.CopyFrom(chunks[2])
-    bad.data = bytes([bad.data[0] ^ 1]) + bad.data[1:]
-    chunks[2] = bad
+    data = bytes(chunks[2].data)
+    chunks[2] = replace(chunks[2], data=bytes([data[0] ^ 1]) + data[1:])
     with pytest.raises(WireFormatError, match="checksum mismatch in chunk 2"):
         reassemble(iter(chunks), max_bytes=10**6)
 
@@ -57,16 +63,40 @@ def test_reordered_stream_refused() -> None:
 
 
 def test_oversized_announcement_refused_before_allocating() -> None:
-    first = pb.Chunk(message_id="m", total_size=10**15, index=0, data=b"", crc32=0)
+    first = Chunk(message_id="m", total_size=10**15, index=0, data=b"", crc32=0)
     with pytest.raises(PayloadTooLarge, match="exceeds the limit"):
         reassemble(iter([first]), max_bytes=10**6)
 
 
 def test_more_data_than_announced_refused() -> None:
     chunks = _stream()
-    lying = pb.Chunk()
-    lying.CopyFrom(chunks[0])
-    lying.total_size = 1500
-    chunks[0] = lying
+    chunks[0] = replace(chunks[0], total_size=1500)
     with pytest.raises(WireFormatError, match="more than the announced"):
         reassemble(iter(chunks), max_bytes=10**6)
+
+
+def test_chunk_codec_is_the_protobuf_wire_format() -> None:
+    for chunk in [*iter_chunks(os.urandom(2500), "m1", chunk_size=1000), Chunk()]:
+        ours = encode_chunk(chunk)
+        theirs = pb.Chunk(
+            message_id=chunk.message_id,
+            total_size=chunk.total_size,
+            index=chunk.index,
+            data=bytes(chunk.data),
+            crc32=chunk.crc32,
+            last=chunk.last,
+            total_crc32=chunk.total_crc32,
+        )
+        assert ours == theirs.SerializeToString()
+        back = decode_chunk(ours)
+        assert replace(back, data=bytes(back.data)) == replace(chunk, data=bytes(chunk.data))
+        parsed = pb.Chunk.FromString(ours)
+        assert (parsed.index, parsed.crc32, parsed.last) == (chunk.index, chunk.crc32, chunk.last)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\x22\x05ab", b"\x10", b"\x0f", b"\x22\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]
+)
+def test_bad_chunk_bytes_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_chunk(raw)

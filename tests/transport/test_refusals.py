@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -97,9 +97,24 @@ def hello(channel: grpc.Channel, **kwargs: object) -> pb.HelloReply:
     return stub.Hello(request, timeout=10, **kwargs)
 
 
-def push(channel: grpc.Channel, chunks: Iterator[pb.Chunk] | list[pb.Chunk]) -> pb.PushReply:
+def push(channel: grpc.Channel, chunks: Iterator[Any] | list[Any]) -> pb.PushReply:
     stub = rpc.FleetStub(channel)  # type: ignore[no-untyped-call]
-    return stub.PushResult(iter(chunks), timeout=10)
+    return stub.PushResult((_pb(c) for c in chunks), timeout=10)
+
+
+def _pb(chunk: Any) -> pb.Chunk:
+    """The generated class the stub sends, from a chunks.Chunk (or one already)."""
+    if isinstance(chunk, pb.Chunk):
+        return chunk
+    return pb.Chunk(
+        message_id=chunk.message_id,
+        total_size=chunk.total_size,
+        index=chunk.index,
+        data=bytes(chunk.data),
+        crc32=chunk.crc32,
+        last=chunk.last,
+        total_crc32=chunk.total_crc32,
+    )
 
 
 def forged_reply(task: Message, src: str) -> Message:
@@ -313,11 +328,10 @@ def _reply_to(task: object) -> Message:
     return Message(replace(honest.metadata, reply_to=task), content=honest.content)  # type: ignore[arg-type]
 
 
-def _corrupt(chunks: list[pb.Chunk]) -> list[pb.Chunk]:
-    bad = pb.Chunk()
-    bad.CopyFrom(chunks[1])
+def _corrupt(chunks: list[Any]) -> list[pb.Chunk]:
+    bad = _pb(chunks[1])
     bad.data = bytes([bad.data[0] ^ 0x01]) + bad.data[1:]
-    return [chunks[0], bad, *chunks[2:]]
+    return [_pb(chunks[0]), bad, *map(_pb, chunks[2:])]
 
 
 def _announce(total: int) -> list[pb.Chunk]:

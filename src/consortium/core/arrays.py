@@ -137,6 +137,26 @@ class Arrays(MutableMapping[str, Array]):
         self.write_into(memoryview(out))
         return bytes(out)
 
+    def wire_parts(self) -> list[bytes | memoryview]:
+        """The wire format as buffers to send back to back: the header, then the arrays' memory.
+
+        Their concatenation is :meth:`to_bytes`, but nothing is copied: the parts
+        are views of the arrays (a non-contiguous array is made contiguous first),
+        which must not change until the parts have been sent.
+        """
+        header, buffers, _ = self._layout()
+        start = _align(_PREFIX.size + len(header))
+        parts: list[bytes | memoryview] = [
+            _PREFIX.pack(MAGIC, len(header)) + header + bytes(start - _PREFIX.size - len(header))
+        ]
+        position = 0
+        for arr, offset in buffers:
+            if offset > position:
+                parts.append(bytes(offset - position))
+            parts.append(arr.reshape(-1).view(np.uint8).data)
+            position = offset + int(arr.nbytes)
+        return parts
+
     def write_into(self, out: memoryview) -> int:
         """Encode into a caller-owned writable buffer; returns the bytes written."""
         header, buffers, data_len = self._layout()
@@ -148,10 +168,14 @@ class Arrays(MutableMapping[str, Array]):
         out[_PREFIX.size : _PREFIX.size + len(header)] = header
         out[_PREFIX.size + len(header) : start] = bytes(start - _PREFIX.size - len(header))
         target = np.frombuffer(out, dtype=np.uint8)
+        position = 0
         for arr, offset in buffers:
+            # ``out`` may be uninitialised: zero the alignment padding, never leak old bytes
+            target[start + position : start + offset] = 0
             n = int(arr.nbytes)
             if n:
                 target[start + offset : start + offset + n] = arr.reshape(-1).view(np.uint8)
+            position = offset + n
         return total
 
     @classmethod

@@ -225,29 +225,31 @@ class Message:
             arrays.write_into(view[start + off : start + off + size])
         return out
 
-    def to_parts(self, blob_cache: dict[int, bytearray] | None = None) -> list[bytes | bytearray]:
-        """The encoding as a list of buffers whose concatenation is :meth:`to_bytes`.
+    def to_parts(
+        self, blob_cache: dict[int, list[bytes | memoryview]] | None = None
+    ) -> list[bytes | bytearray | memoryview]:
+        """The encoding as buffers whose concatenation is :meth:`to_bytes`, without copying.
 
-        Arrays records are encoded once per distinct object when ``blob_cache``
-        is shared between messages: a server sending one model to many nodes
-        holds one encoded copy, not one per node.
+        Arrays records are sent from the arrays' own memory (:meth:`Arrays.wire_parts`):
+        a server sending one model to many nodes holds no encoded copy of it, and a
+        node replying with arrays it computed (or received and changed in place)
+        sends them as they are. ``blob_cache``, shared between messages, saves
+        recomputing the layout of a record sent to many nodes.
         """
         cache = blob_cache if blob_cache is not None else {}
         encoded = []
         for arrays in self._blobs():
             blob = cache.get(id(arrays))
             if blob is None:
-                blob = bytearray(arrays.encoded_size())
-                arrays.write_into(memoryview(blob))
-                cache[id(arrays)] = blob
+                blob = cache[id(arrays)] = arrays.wire_parts()
             encoded.append(blob)
-        head, layout, _ = self._head([len(b) for b in encoded])
-        parts: list[bytes | bytearray] = [head]
+        head, layout, _ = self._head([sum(len(memoryview(p)) for p in b) for b in encoded])
+        parts: list[bytes | bytearray | memoryview] = [head]
         position = 0
         for blob, (_, off, size) in zip(encoded, layout, strict=True):
             if off > position:
                 parts.append(bytes(off - position))
-            parts.append(blob)
+            parts.extend(blob)
             position = off + size
         return parts
 

@@ -123,13 +123,18 @@ class NodeRunner:
             self._flush_outbox()
             if self._rehello.is_set():
                 self._connect()
-            payload = self.client.pull_task(self.poll_wait)
-            if payload is None:
-                continue
-            task = Message.from_bytes(payload)
-            reply = self._handle(task)
-            self._outbox.append((reply.metadata.message_id, reply))
-            self._flush_outbox()
+            self._serve_one()
+
+    def _serve_one(self) -> None:
+        """Pull, run and answer one task. Its own frame, so that the task's buffers
+        (model-sized) are let go before the next task is received, not after."""
+        payload = self.client.pull_task(self.poll_wait)
+        if payload is None:
+            return
+        task = Message.from_bytes(payload)
+        reply = self._handle(task)
+        self._outbox.append((reply.metadata.message_id, reply))
+        self._flush_outbox()
 
     def _flush_outbox(self) -> None:
         while self._outbox:

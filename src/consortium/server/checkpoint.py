@@ -141,10 +141,11 @@ def _write(fh: Any, header: bytes, model: Arrays, state: Arrays) -> None:
     put(_PREFIX.pack(MAGIC, VERSION, len(header)) + header)
     put(bytes(_pad(_PREFIX.size + len(header))))
     for blob in (model, state):
-        buf = bytearray(blob.encoded_size())
-        blob.write_into(memoryview(buf))  # one copy of the model, not two
-        put(buf)
-        put(bytes(_pad(len(buf))))
+        size = 0
+        for part in blob.wire_parts():  # straight from the arrays: no model-sized copy
+            put(part)
+            size += len(memoryview(part))
+        put(bytes(_pad(size)))
     fh.write(digest.digest())
     fh.flush()
     os.fsync(fh.fileno())

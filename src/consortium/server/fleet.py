@@ -34,7 +34,7 @@ class NodeSession:
     instance_id: str = ""
     online: bool = True
     last_seen: float = 0.0
-    tasks: deque[tuple[str, list[bytes | bytearray]]] = field(default_factory=deque)
+    tasks: deque[tuple[str, list[bytes | bytearray | memoryview]]] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)
 
 
@@ -113,7 +113,9 @@ class Fleet:
                 log.info("node %s is back online", node)
             return True
 
-    def next_task(self, node: str, wait: float) -> tuple[str, list[bytes | bytearray]] | None:
+    def next_task(
+        self, node: str, wait: float
+    ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         deadline = self._clock() + wait
         with self._cond:
             while True:
@@ -132,7 +134,7 @@ class Fleet:
                     return None
                 self._cond.wait(min(remaining, 1.0))
 
-    def deliver(self, node: str, payload: bytearray) -> tuple[bool, str]:
+    def deliver(self, node: str, payload: bytearray | memoryview) -> tuple[bool, str]:
         try:
             reply = Message.from_bytes(payload, max_bytes=self.max_message_bytes)
         except WireFormatError as exc:
@@ -176,7 +178,7 @@ class Fleet:
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
         replies: queue.Queue[Message] = queue.Queue()
-        cache: dict[int, bytearray] = {}
+        cache: dict[int, list[bytes | memoryview]] = {}
         ids = []
         with self._cond:
             for msg in messages:

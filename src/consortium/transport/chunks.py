@@ -11,11 +11,13 @@ and corruption between the two ends of the application.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
+from consortium.core.buffers import empty_buffer
 from consortium.core.errors import WireFormatError
-from consortium.transport.proto import fleet_pb2 as pb
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
 #: small enough to stay well inside gRPC's per-message limit (see MAX_GRPC_MESSAGE).
@@ -31,9 +33,131 @@ class PayloadTooLarge(WireFormatError):
 Buffer = bytes | bytearray | memoryview
 
 
+@dataclass(slots=True)
+class Chunk:
+    """One ``consortium.v1.Chunk``; ``data`` may be a view (of the payload, or of the gRPC message).
+
+    Encoded and decoded by :func:`encode_chunk`/:func:`decode_chunk` in the
+    protobuf wire format, without the generated class: that one copies
+    ``data`` three times to send a chunk and twice to read one.
+    """
+
+    message_id: str = ""
+    total_size: int = 0
+    index: int = 0
+    data: Buffer = b""
+    crc32: int = 0
+    last: bool = False
+    total_crc32: int = 0
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(raw) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = raw[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+#: field number -> name of Chunk's varint fields (fleet.proto)
+_VARINTS = {2: "total_size", 3: "index", 5: "crc32", 6: "last", 7: "total_crc32"}
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """The protobuf encoding of ``chunk``, with a single copy of its data."""
+    head = bytearray()
+    if chunk.message_id:
+        ident = chunk.message_id.encode()
+        head += b"\x0a" + _varint(len(ident)) + ident
+    if chunk.total_size:
+        head += b"\x10" + _varint(chunk.total_size)
+    if chunk.index:
+        head += b"\x18" + _varint(chunk.index)
+    data = memoryview(chunk.data).cast("B")
+    if len(data):
+        head += b"\x22" + _varint(len(data))
+    tail = bytearray()
+    for tag, value in ((0x28, chunk.crc32), (0x30, int(chunk.last)), (0x38, chunk.total_crc32)):
+        if value:
+            tail += bytes((tag,)) + _varint(value)
+    return b"".join((head, data, tail))
+
+
+def decode_chunk(raw: bytes) -> Chunk:
+    """Parse a Chunk; ``data`` is a view of ``raw``. Raises ValueError on bad bytes."""
+    view = memoryview(raw)
+    chunk = Chunk()
+    pos, end = 0, len(raw)
+    while pos < end:
+        key, pos = _read_varint(raw, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(raw, pos)
+            name = _VARINTS.get(number)
+            if name == "last":
+                chunk.last = bool(value)
+            elif name is not None:
+                setattr(chunk, name, value)
+        elif wire == 2:
+            size, pos = _read_varint(raw, pos)
+            if pos + size > end:
+                raise ValueError("a length-delimited field runs past the end")
+            if number == 1:
+                chunk.message_id = bytes(view[pos : pos + size]).decode()
+            elif number == 4:
+                chunk.data = view[pos : pos + size]
+            pos += size
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return chunk
+
+
+class ReceiveBudget:
+    """Bytes of incoming payloads being reassembled at once, at most ``limit``.
+
+    A payload that does not fit waits (before anything is allocated; gRPC flow
+    control holds the sender meanwhile) until others finish; one is always
+    admitted when none is in progress, whatever its size.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> None:
+        with self._cond:
+            while self._in_flight and self._in_flight + nbytes > self.limit:
+                self._cond.wait()
+            self._in_flight += nbytes
+
+    def release(self, nbytes: int) -> None:
+        with self._cond:
+            self._in_flight -= nbytes
+            self._cond.notify_all()
+
+
 def iter_chunks(
     payload: Buffer | Sequence[Buffer], message_id: str, *, chunk_size: int = CHUNK_SIZE
-) -> Iterator[pb.Chunk]:
+) -> Iterator[Chunk]:
     """Cut a payload (one buffer, or parts to send back to back) into chunks."""
     parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
     views = [memoryview(p).cast("B") for p in parts]
@@ -45,11 +169,11 @@ def iter_chunks(
     for index, piece in enumerate(pieces):
         crc = zlib.crc32(piece, crc)
         last = index == len(pieces) - 1
-        yield pb.Chunk(
+        yield Chunk(
             message_id=message_id if index == 0 else "",
             total_size=total if index == 0 else 0,
             index=index,
-            data=bytes(piece),
+            data=piece,
             crc32=crc,
             last=last,
             total_crc32=crc if last else 0,
@@ -59,16 +183,18 @@ def iter_chunks(
 class Reassembler:
     """Rebuilds one payload from its chunks, refusing anything inconsistent."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, budget: ReceiveBudget | None = None) -> None:
         self.max_bytes = max_bytes
+        self.budget = budget
+        self.reserved = 0
         self.message_id = ""
-        self._buffer: bytearray | None = None
+        self._buffer: memoryview | None = None
         self._offset = 0
         self._index = 0
         self._crc = 0
         self._done = False
 
-    def feed(self, chunk: pb.Chunk) -> None:
+    def feed(self, chunk: Chunk) -> None:
         if self._done:
             raise WireFormatError("chunk received after the last one")
         if chunk.index != self._index:
@@ -80,7 +206,10 @@ class Reassembler:
                     f"message of {total} bytes exceeds the limit of {self.max_bytes} bytes"
                 )
             self.message_id = chunk.message_id
-            self._buffer = bytearray(total)
+            if self.budget is not None:
+                self.budget.acquire(total)
+                self.reserved = total
+            self._buffer = empty_buffer(total)
         data = chunk.data
         end = self._offset + len(data)
         if end > len(self._buffer):
@@ -100,7 +229,13 @@ class Reassembler:
                 raise WireFormatError("checksum of the whole message does not match")
             self._done = True
 
-    def result(self) -> bytearray:
+    def close(self) -> None:
+        """Give the budget back (the payload itself lives on while referenced)."""
+        if self.budget is not None and self.reserved:
+            self.budget.release(self.reserved)
+            self.reserved = 0
+
+    def result(self) -> memoryview:
         """The payload; raises if the stream ended before its last chunk."""
         if not self._done or self._buffer is None:
             got = self._offset
@@ -109,7 +244,7 @@ class Reassembler:
         return self._buffer
 
 
-def reassemble(chunks: Iterable[pb.Chunk], max_bytes: int) -> tuple[str, bytearray] | None:
+def reassemble(chunks: Iterable[Chunk], max_bytes: int) -> tuple[str, memoryview] | None:
     """Consume a chunk stream; None if it was empty (e.g. a long-poll with no task)."""
     rebuilder = Reassembler(max_bytes)
     seen = False

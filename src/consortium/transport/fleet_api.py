@@ -36,10 +36,12 @@ class FleetBackend(Protocol):
     def heartbeat(self, node: str) -> bool:
         """Record a heartbeat; False if the node must say hello again."""
 
-    def next_task(self, node: str, wait: float) -> tuple[str, list[bytes | bytearray]] | None:
+    def next_task(
+        self, node: str, wait: float
+    ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
 
-    def deliver(self, node: str, payload: bytearray) -> tuple[bool, str]:
+    def deliver(self, node: str, payload: bytearray | memoryview) -> tuple[bool, str]:
         """A reply (encoded Message) from ``node``; returns (accepted, detail)."""
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:

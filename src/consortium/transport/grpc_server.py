@@ -23,7 +23,16 @@ import grpc
 from consortium.core.errors import WireFormatError
 from consortium.core.message import Message
 from consortium.transport.auth import Authenticator, Unauthenticated
-from consortium.transport.chunks import MAX_GRPC_MESSAGE, PayloadTooLarge, Reassembler, iter_chunks
+from consortium.transport.chunks import (
+    MAX_GRPC_MESSAGE,
+    Chunk,
+    PayloadTooLarge,
+    Reassembler,
+    ReceiveBudget,
+    decode_chunk,
+    encode_chunk,
+    iter_chunks,
+)
 from consortium.transport.fleet_api import ControlBackend, FleetBackend
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
@@ -58,7 +67,7 @@ class _Unparsable:
     error: str
 
 
-def _lenient(kind: Any) -> Callable[[bytes], Any]:
+def _lenient(kind: Any, parse_raw: Callable[[bytes], Any] | None = None) -> Callable[[bytes], Any]:
     """A request deserializer that never fails, so the handler can refuse the bytes.
 
     When gRPC's own deserializer fails it answers INTERNAL "Exception
@@ -67,9 +76,11 @@ def _lenient(kind: Any) -> Callable[[bytes], Any]:
     answers INVALID_ARGUMENT naming the cause (see :func:`_parsed`).
     """
 
+    decode = parse_raw or kind.FromString
+
     def parse(raw: bytes) -> Any:
         try:
-            return kind.FromString(raw)
+            return decode(raw)
         except Exception as exc:  # DecodeError; invalid UTF-8 in a string field
             return _Unparsable(kind.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
 
@@ -92,7 +103,7 @@ _ENDED_BY_GRPC = (
 )
 
 
-def _check_reply(payload: bytearray, max_bytes: int) -> None:
+def _check_reply(payload: memoryview, max_bytes: int) -> None:
     """Raise :class:`WireFormatError` unless ``payload`` is an encoded reply Message."""
     try:
         reply = Message.from_bytes(payload, max_bytes=max_bytes)
@@ -108,9 +119,18 @@ def _check_reply(payload: bytearray, max_bytes: int) -> None:
 class FleetServicer(rpc.FleetServicer):
     """Node-facing RPCs."""
 
-    def __init__(self, backend: FleetBackend, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        backend: FleetBackend,
+        auth: Authenticator,
+        *,
+        receive_budget: int = 512 * 1024 * 1024,
+    ) -> None:
         self.backend = backend
         self.auth = auth
+        #: replies being reassembled at once, in bytes (one is always let in):
+        #: with many nodes replying together the server holds a few, not all
+        self.budget = ReceiveBudget(receive_budget)
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         node = _guard(context, self.auth)
@@ -129,9 +149,7 @@ class FleetServicer(rpc.FleetServicer):
         _parsed(context, node, request)
         return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
-    def PullTask(
-        self, request: pb.PullRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.Chunk]:
+    def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
         node = _guard(context, self.auth)
         request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
@@ -142,10 +160,26 @@ class FleetServicer(rpc.FleetServicer):
         yield from iter_chunks(parts, message_id)
 
     def PushResult(
-        self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
         node = _guard(context, self.auth)
-        rebuild = Reassembler(self.backend.max_message_bytes)
+        rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
+        try:
+            payload = self._receive(node, rebuild, request_iterator, context)
+        finally:
+            rebuild.close()  # the budget is for reassembly; folding is the round loop's
+        accepted, detail = self.backend.deliver(node, payload)
+        if not accepted:
+            log.warning("reply from %s not accepted: %s", node, detail)
+        return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
+
+    def _receive(
+        self,
+        node: str,
+        rebuild: Reassembler,
+        request_iterator: Iterator[Chunk],
+        context: grpc.ServicerContext,
+    ) -> memoryview:
         try:
             for chunk in request_iterator:
                 rebuild.feed(_parsed(context, node, chunk))
@@ -172,10 +206,7 @@ class FleetServicer(rpc.FleetServicer):
             log.warning("refused a reply from %s: %s", node, exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        accepted, detail = self.backend.deliver(node, payload)
-        if not accepted:
-            log.warning("reply from %s not accepted: %s", node, detail)
-        return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
+        return payload
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
         node = _guard(context, self.auth)
@@ -249,11 +280,18 @@ _HANDLER_KINDS = {
 def _add_fleet_service(servicer: FleetServicer, server: grpc.Server) -> None:
     """``add_FleetServicer_to_server``, but parsing requests with :func:`_lenient`."""
     service = pb.DESCRIPTOR.services_by_name["Fleet"]
+
+    def serializer(name: str) -> Callable[[Any], bytes]:
+        return encode_chunk if name == "Chunk" else getattr(pb, name).SerializeToString
+
     handlers = {
         method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
             getattr(servicer, method.name),
-            request_deserializer=_lenient(getattr(pb, method.input_type.name)),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            request_deserializer=_lenient(
+                getattr(pb, method.input_type.name),
+                decode_chunk if method.input_type.name == "Chunk" else None,
+            ),
+            response_serializer=serializer(method.output_type.name),
         )
         for method in service.methods
     }

@@ -1,0 +1,79 @@
+"""Message-sized buffers: uninitialised, and reused from round to round.
+
+``bytearray(n)`` zero-fills n fresh bytes, faulting them in 4 KiB pages. On
+the 2-core CI machine kind (a VM), the first touch of memory the guest has not
+used recently costs about 3.5 s of system time per GB (the host backs it page
+by page); memory this process freed a moment ago costs ~20x less. A round
+needs the same few model-sized buffers every time (a node's task, the
+server's replies), so they are kept and handed out again.
+
+A buffer handed out is a view of a pooled numpy array (numpy asks for
+transparent huge pages on large allocations); when the last reference to it
+and to everything built on it (``memoryview``, ``np.frombuffer`` arrays, the
+decoded Message) is gone, the array goes back to the pool.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+#: Below this, a buffer is allocated normally and never pooled.
+POOL_MIN_BYTES = 16 * 1024 * 1024
+
+
+class BufferPool:
+    """Idle buffers by exact size, at most ``max_idle`` bytes of them."""
+
+    def __init__(self, *, min_bytes: int = POOL_MIN_BYTES, max_idle: int = 2 * 1024**3) -> None:
+        self.min_bytes = min_bytes
+        self.max_idle = max_idle
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def empty(self, nbytes: int) -> memoryview:
+        """A writable, uninitialised buffer of ``nbytes`` bytes."""
+        if nbytes < self.min_bytes:
+            return np.empty(nbytes, dtype=np.uint8).data
+        with self._lock:
+            stack = self._free.get(nbytes)
+            base = stack.pop() if stack else None
+            if base is not None:
+                self._idle -= nbytes
+        if base is None:
+            base = np.empty(nbytes, dtype=np.uint8)
+        view = base[:]  # a new object over the same memory: its death returns ``base``
+        weakref.finalize(view, self._release, base)
+        return view.data
+
+    def clear(self) -> None:
+        """Give every idle buffer back to the operating system."""
+        with self._lock:
+            self._free.clear()
+            self._idle = 0
+
+    @property
+    def idle_bytes(self) -> int:
+        return self._idle
+
+    def _release(self, base: np.ndarray) -> None:
+        with self._lock:
+            if self._idle + base.nbytes <= self.max_idle:
+                self._free.setdefault(base.nbytes, []).append(base)
+                self._idle += base.nbytes
+
+
+_POOL = BufferPool()
+
+
+def empty_buffer(nbytes: int) -> memoryview:
+    """A writable, uninitialised ``nbytes`` buffer (from the process-wide pool when large)."""
+    return _POOL.empty(nbytes)
+
+
+def clear_pool() -> None:
+    """Return idle pooled buffers to the operating system (e.g. after a run)."""
+    _POOL.clear()
