@@ -3,7 +3,6 @@
     python benchmarks/transport.py                          # 1M, 10M, 100M params x 2, 8 nodes
     python benchmarks/transport.py --sizes 1M,10M --nodes 2 --json out.json
     python benchmarks/transport.py --vs-flower              # + Flower 1.42 (SuperLink/SuperNodes)
-    python benchmarks/transport.py --sizes 100M --nodes 2 --patch recommended
 
 Each configuration starts real processes on loopback with the CLI, exactly as
 an operator would: ``consortium ca init/issue`` once, then ``consortium server``
@@ -23,10 +22,6 @@ every 50 ms, and the peak of the sum is reported.
 Flower runs the same workload (``peers/flower_transport``): flower-superlink +
 N flower-supernodes on loopback (Flower's deployment has no TLS here: insecure
 mode, which flatters it), FedAvg from ``flwr.serverapp.strategy``.
-
-``--patch NAME`` runs the server and nodes with an experimental change applied
-in memory (see ``PATCHES``): how the proposals in docs/benchmarks.md were
-measured before they were applied to the code.
 """
 
 from __future__ import annotations
@@ -43,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,14 +174,9 @@ class Sampler:
             self.sample()
 
 
-def _consortium_cmd(patches: list[str]) -> list[str]:
-    if not patches:
-        exe = Path(sys.executable).with_name("consortium")
-        return [str(exe)] if exe.exists() else [sys.executable, "-m", "consortium.cli.main"]
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--as-cli"]
-    for p in patches:
-        cmd += ["--patch", p]
-    return [*cmd, "--"]
+def _consortium_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("consortium")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "consortium.cli.main"]
 
 
 def _spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
@@ -212,7 +201,7 @@ def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
 
 def make_pki(root: Path, nodes: int) -> Path:
     """A CA and credentials for the server, ``nodes`` nodes and one admin (via the CLI)."""
-    cli = _consortium_cmd([])
+    cli = _consortium_cmd()
     steps = [
         ["ca", "init", "--dir", "ca"],
         ["ca", "issue", "--server", "localhost", "--ip", "127.0.0.1"],
@@ -231,7 +220,6 @@ def run_consortium(
     rounds: int,
     pki: Path,
     *,
-    patches: list[str],
     timeout: float,
     keep: bool,
     py_spy: str | None = None,
@@ -239,7 +227,7 @@ def run_consortium(
 ) -> Row:
     row = Row("consortium", params, nodes, rounds)
     work = Path(tempfile.mkdtemp(prefix=f"tb-{size_label(params)}-{nodes}-", dir=pki))
-    cli = _consortium_cmd(patches)
+    cli = _consortium_cmd()
     port_file = work / "port"
     sampler = Sampler()
     procs: list[subprocess.Popen[bytes]] = []
@@ -274,7 +262,7 @@ def run_consortium(
         overrides: dict[str, Any] = {"params": params, "min-nodes": nodes, "num-rounds": rounds}
         overrides.update(app_config or {})
         started = subprocess.run(
-            [*_consortium_cmd([]), "run", "start", str(APP_DIR), "--server", address,
+            [*_consortium_cmd(), "run", "start", str(APP_DIR), "--server", address,
              "--credentials", str(pki / "credentials" / ADMIN),
              *(a for k, v in overrides.items() for a in ("--run-config", f"{k}={v}"))],
             capture_output=True, text=True, timeout=120, cwd=work,
@@ -478,12 +466,6 @@ def main(argv: list[str] | None = None) -> int:
         default=parse_size("200M"),
         help="skip Flower where params x nodes exceeds this (100M x 8 needs > 20 GB there)",
     )
-    ap.add_argument(
-        "--patch",
-        action="append",
-        default=[],
-        help="experimental change (see PATCHES; 'recommended' = the proposed set)",
-    )
     ap.add_argument("--timeout", type=float, default=900.0, help="per configuration, seconds")
     ap.add_argument("--keep", action="store_true", help="keep the work folders (logs)")
     ap.add_argument(
@@ -502,10 +484,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     node_counts = [int(n) for n in args.nodes.split(",") if n]
-    args.patch = [q for p in args.patch for q in (RECOMMENDED if p == "recommended" else [p])]
-    unknown = [p for p in args.patch if p not in PATCHES]
-    if unknown:
-        ap.error(f"unknown --patch {unknown}; known: recommended, {', '.join(PATCHES)}")
 
     flower_python = ensure_flower_venv(args.flower_venv) if args.vs_flower else None
     rows: list[Row] = []
@@ -515,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             for nodes in node_counts:
                 row = run_consortium(
                     params, nodes, args.rounds, pki,
-                    patches=args.patch, timeout=args.timeout, keep=args.keep, py_spy=args.py_spy,
+                    timeout=args.timeout, keep=args.keep, py_spy=args.py_spy,
                     app_config=dict(kv.split("=", 1) for kv in args.app_config),
                 )  # fmt: skip
                 rows.append(row)
@@ -535,19 +513,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(tmp, kept, dirs_exist_ok=True)
             print(f"work folders kept in {kept}", file=sys.stderr)
 
-    patched = f", patches: {', '.join(args.patch)}" if args.patch else ""
     print(
         f"\n### Deployment transport: {args.rounds} rounds, TLS on, loopback, "
-        f"{os.cpu_count()} cores{patched}\n"
+        f"{os.cpu_count()} cores\n"
     )
     print(table(rows, args.vs_flower))
     for r in rows:
         if r.note:
             print(f"\n{r.system} {size_label(r.params)} x {r.nodes}: {r.note}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"patches": args.patch, "rows": [r.as_dict() for r in rows]}, indent=2)
-        )
+        args.json.write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=2))
     return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
 
 
@@ -564,599 +539,5 @@ def _progress(row: Row) -> None:
     )
 
 
-# -- experimental patches (measured here before being proposed for the code) ------------------
-# Each one applies, in memory and in the server/node processes only, a change
-# proposed in docs/benchmarks.md ("Deployment transport"), so its effect can be
-# measured against the code as it is: `--patch numpy-buffers --patch raw-chunks`.
-
-
-def _alloc(n: int) -> Any:
-    """n bytes (uint8 ndarray) for the patches; ``buffer-pool`` replaces it."""
-    import numpy as np
-
-    return np.empty(n, dtype=np.uint8)
-
-
-def _alloc_like(shape: Any, dtype: Any) -> Any:
-    import numpy as np
-
-    dt = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    return _alloc(count * dt.itemsize).view(dt).reshape(shape)
-
-
-class BufferPool:
-    """Reuses model-sized buffers instead of asking the OS for fresh memory each round.
-
-    On this machine kind (a VM) the first touch of memory the guest has not
-    used recently costs ~3.5 s per GB of system time (the host backs it page
-    by page); memory the process just freed is ~20x cheaper. A buffer handed
-    out is an ndarray view of a pooled base; when the last reference to the
-    view (and so to anything built on it) goes, the base returns to the pool.
-    Idle buffers are kept up to ``max_idle`` bytes.
-    """
-
-    def __init__(self, min_bytes: int = 16 * MB, max_idle: int = 2048 * MB) -> None:
-        self.min_bytes, self.max_idle = min_bytes, max_idle
-        self._free: dict[int, list[Any]] = {}
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def empty(self, n: int) -> Any:
-        import weakref
-
-        import numpy as np
-
-        if n < self.min_bytes:
-            return np.empty(n, dtype=np.uint8)
-        with self._lock:
-            stack = self._free.get(n)
-            base = stack.pop() if stack else None
-            if base is not None:
-                self._idle -= n
-        if base is None:
-            base = np.empty(n, dtype=np.uint8)
-        view = base[:]
-        weakref.finalize(view, self._release, base)
-        return view
-
-    def _release(self, base: Any) -> None:
-        with self._lock:
-            if self._idle + base.nbytes <= self.max_idle:
-                self._free.setdefault(base.nbytes, []).append(base)
-                self._idle += base.nbytes
-
-
-def _patch_buffer_pool() -> None:
-    """Model-sized buffers of the other patches come from a :class:`BufferPool`."""
-    global _alloc
-    _alloc = BufferPool().empty  # type: ignore[assignment]
-
-
-def _patch_numpy_buffers() -> None:
-    """Large buffers from numpy (no zero fill, transparent huge pages) instead of bytearray.
-
-    ``bytearray(n)`` zero-fills n fresh bytes in 4 KiB page faults (~1.2 GB/s
-    here); ``np.empty`` is madvise(MADV_HUGEPAGE)d by numpy (~6 GB/s, filled).
-    Shadows the builtin in the two modules that allocate message-sized buffers.
-    """
-    import builtins
-
-    from consortium.core import message
-    from consortium.transport import chunks
-
-    class _IsBytearray(type):
-        def __instancecheck__(cls, obj: object) -> bool:  # isinstance(x, bytearray) unchanged
-            return isinstance(obj, builtins.bytearray)
-
-    class empty(metaclass=_IsBytearray):  # noqa: N801 - stands in for the builtin
-        def __new__(cls, n: int) -> memoryview:  # type: ignore[misc]
-            return memoryview(_alloc(n))
-
-    chunks.bytearray = empty  # type: ignore[attr-defined]
-    message.bytearray = empty  # type: ignore[attr-defined]
-
-
-class _RawChunk:
-    """A Chunk whose ``data`` is a view of the received gRPC message (no copy)."""
-
-    __slots__ = ("crc32", "data", "index", "last", "message_id", "total_crc32", "total_size")
-    DESCRIPTOR: Any = None
-
-    def __init__(self, message_id: str = "", total_size: int = 0, index: int = 0,
-                 data: Any = b"", crc32: int = 0, last: bool = False,
-                 total_crc32: int = 0) -> None:  # fmt: skip
-        self.message_id, self.total_size, self.index = message_id, total_size, index
-        self.data, self.crc32, self.last, self.total_crc32 = data, crc32, last, total_crc32
-
-    @staticmethod
-    def SerializeToString(chunk: Any) -> bytes:  # noqa: N802 - protobuf's name
-        """Protobuf wire format of a Chunk, built with one copy of ``data``."""
-        head = bytearray()
-        if chunk.message_id:
-            ident = chunk.message_id.encode()
-            head += b"\x0a" + _varint(len(ident)) + ident
-        for tag, value in ((0x10, chunk.total_size), (0x18, chunk.index)):
-            if value:
-                head += bytes((tag,)) + _varint(int(value))
-        data = memoryview(chunk.data).cast("B")
-        if len(data):
-            head += b"\x22" + _varint(len(data))
-        tail = bytearray()
-        for tag, value in ((0x28, chunk.crc32), (0x30, int(chunk.last)), (0x38, chunk.total_crc32)):
-            if value:
-                tail += bytes((tag,)) + _varint(int(value))
-        return b"".join((head, data, tail))
-
-    @classmethod
-    def FromString(cls, raw: bytes) -> _RawChunk:  # noqa: N802 - protobuf's name
-        view = memoryview(raw)
-        out = cls()
-        pos, end = 0, len(raw)
-        while pos < end:
-            key, pos = _read_varint(raw, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                value, pos = _read_varint(raw, pos)
-                name = _VARINT_FIELDS.get(number)
-                if name is not None:
-                    setattr(out, name, bool(value) if name == "last" else value)
-            elif wire == 2:
-                size, pos = _read_varint(raw, pos)
-                if pos + size > end:
-                    raise ValueError("truncated length-delimited field")
-                if number == 1:
-                    out.message_id = bytes(view[pos : pos + size]).decode()
-                elif number == 4:
-                    out.data = view[pos : pos + size]
-                pos += size
-            else:
-                raise ValueError(f"unexpected wire type {wire}")
-        return out
-
-
-_VARINT_FIELDS = {2: "total_size", 3: "index", 5: "crc32", 6: "last", 7: "total_crc32"}
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(raw):
-            raise ValueError("truncated varint")
-        byte = raw[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _patch_raw_chunks() -> None:
-    """Chunks (de)serialized by hand: one copy to send a chunk, none to parse one.
-
-    Today a 4 MiB piece is copied by ``bytes(piece)``, again into the protobuf
-    object and again by SerializeToString; parsing copies it into the protobuf
-    and again into a bytes object on ``.data``. Same wire format.
-    """
-    import types
-
-    from consortium.transport import chunks, grpc_server
-    from consortium.transport.proto import fleet_pb2, fleet_pb2_grpc
-
-    _RawChunk.DESCRIPTOR = fleet_pb2.Chunk.DESCRIPTOR
-    shim = types.ModuleType("fleet_pb2_raw_chunks")
-    shim.__dict__.update(fleet_pb2.__dict__)
-    shim.Chunk = _RawChunk  # type: ignore[attr-defined]
-    chunks.pb = shim  # type: ignore[attr-defined]
-    grpc_server.pb = shim  # type: ignore[attr-defined]
-    fleet_pb2_grpc.consortium_dot_v1_dot_fleet__pb2 = shim  # type: ignore[attr-defined]
-
-
-def _patch_fold_blocked() -> None:
-    """WeightedMean without a model-sized float64 scratch, mean computed in place.
-
-    Folds in blocks of 1 Mi elements through one small scratch buffer and
-    divides the float64 sums in place: 2 x model (the float64 sums) instead of
-    4 x (+ 2 x more while computing the mean). Same arithmetic, same bits.
-    """
-    import numpy as np
-
-    from consortium.core.arrays import Arrays
-    from consortium.core.errors import UpdateRejected
-    from consortium.strategy import aggregate
-
-    block = 1 << 20
-
-    def add(self: Any, arrays: Arrays, weight: float) -> None:
-        if weight < 0 or not np.isfinite(weight):
-            raise UpdateRejected(f"aggregation weight must be finite and >= 0, got {weight}")
-        first = self._sums is None
-        if first:
-            self._sums = {}
-        scratch = self._scratch.get("")
-        if scratch is None:
-            scratch = self._scratch[""] = np.empty(block, dtype=np.float64)
-        for name, value in arrays.items():
-            if first:
-                self._dtypes[name] = value.dtype
-                self._sums[name] = _alloc_like(value.shape, np.float64)
-            acc = self._sums[name].reshape(-1)
-            flat = value.reshape(-1)
-            for i in range(0, flat.size, block):
-                part = scratch[: min(block, flat.size - i)]
-                np.multiply(flat[i : i + block], weight, out=part, casting="unsafe")
-                if first:
-                    acc[i : i + block] = part
-                else:
-                    acc[i : i + block] += part
-        self.total_weight += weight
-        self.count += 1
-
-    def result(self: Any) -> Arrays | None:
-        if self._sums is None or self.total_weight <= 0:
-            return None
-        out = Arrays()
-        for name, acc in self._sums.items():
-            np.divide(acc, self.total_weight, out=acc)
-            out[name] = acc.astype(self._dtypes[name], copy=False)
-        self._sums = None  # the sums were consumed in place
-        return out
-
-    aggregate.WeightedMean.add = add  # type: ignore[method-assign]
-    aggregate.WeightedMean.result = result  # type: ignore[method-assign]
-
-
-def _patch_fold_f32() -> None:
-    """WeightedMean accumulating float32 parameters in float32, in place (1 x model).
-
-    What Flower does. Relative rounding error grows with the number of nodes
-    (about n x 6e-8); the float64 path stays for every other dtype.
-    """
-    import numpy as np
-
-    from consortium.core.arrays import Arrays
-    from consortium.core.errors import UpdateRejected
-    from consortium.strategy import aggregate
-
-    _patch_fold_blocked()
-    blocked_add, blocked_result = aggregate.WeightedMean.add, aggregate.WeightedMean.result
-
-    def add(self: Any, arrays: Arrays, weight: float) -> None:
-        if any(v.dtype != np.float32 for v in arrays.values()):
-            return blocked_add(self, arrays, weight)  # type: ignore[no-any-return]
-        if weight < 0 or not np.isfinite(weight):
-            raise UpdateRejected(f"aggregation weight must be finite and >= 0, got {weight}")
-        w = np.float32(weight)
-        if self._sums is None:
-            self._sums = {}
-            for name, value in arrays.items():
-                self._dtypes[name] = value.dtype
-                acc = self._sums[name] = _alloc_like(value.shape, np.float32)
-                np.multiply(value, w, out=acc)
-        else:
-            for name, value in arrays.items():
-                acc, flat = self._sums[name].reshape(-1), value.reshape(-1)
-                for i in range(0, flat.size, 1 << 20):  # block-sized temporaries only
-                    acc[i : i + (1 << 20)] += flat[i : i + (1 << 20)] * w
-        self.total_weight += weight
-        self.count += 1
-        return None
-
-    aggregate.WeightedMean.add = add  # type: ignore[method-assign]
-    aggregate.WeightedMean.result = blocked_result  # type: ignore[method-assign]
-
-
-def arrays_wire_parts(arrays: Any) -> list[Any]:
-    """The wire form of an Arrays record as buffers: its header, then views of the arrays.
-
-    Concatenated they equal ``arrays.to_bytes()``; nothing is copied (a
-    non-contiguous array is made contiguous first).
-    """
-    import numpy as np
-
-    from consortium.core import arrays as arrays_mod
-
-    header, buffers, _ = arrays._layout()
-    start = arrays_mod._align(arrays_mod._PREFIX.size + len(header))
-    parts: list[Any] = [
-        arrays_mod._PREFIX.pack(arrays_mod.MAGIC, len(header))
-        + header
-        + bytes(start - arrays_mod._PREFIX.size - len(header))
-    ]
-    position = 0
-    for arr, offset in buffers:
-        if offset > position:
-            parts.append(bytes(offset - position))
-        flat = np.ascontiguousarray(arr).reshape(-1)
-        parts.append(memoryview(flat.view(np.uint8)))
-        position = offset + int(arr.nbytes)
-    return parts
-
-
-def _patch_zero_copy_parts() -> None:
-    """Message.to_parts sends views of the arrays instead of encoding them into a new buffer.
-
-    The server then holds no encoded copy of the model it sends (1 x model
-    less, one 400 MB copy less per round at 100M); a node replying with
-    arrays it received (or computed) sends them without copying either.
-    """
-    from consortium.core import message
-
-    def to_parts(self: Any, blob_cache: dict[int, Any] | None = None) -> list[Any]:
-        cache = blob_cache if blob_cache is not None else {}
-        encoded = []
-        for arrays in self._blobs():
-            blob = cache.get(id(arrays))
-            if blob is None:
-                blob = cache[id(arrays)] = arrays_wire_parts(arrays)
-            encoded.append(blob)
-        head, layout, _ = self._head([sum(len(memoryview(p)) for p in b) for b in encoded])
-        parts: list[Any] = [head]
-        position = 0
-        for blob, (_, off, size) in zip(encoded, layout, strict=True):
-            if off > position:
-                parts.append(bytes(off - position))
-            parts.extend(blob)
-            position = off + size
-        return parts
-
-    message.Message.to_parts = to_parts  # type: ignore[method-assign]
-
-
-def _patch_no_crc() -> None:
-    """No CRC-32 over the payload (TLS already authenticates every byte): measures its cost."""
-    from consortium.transport import chunks
-
-    class _NoCrc:
-        @staticmethod
-        def crc32(data: Any, value: int = 0) -> int:
-            return 0
-
-    chunks.zlib = _NoCrc  # type: ignore[attr-defined]
-
-
-def _patch_receive_budget() -> None:
-    """At most ``CONSORTIUM_RECEIVE_BUDGET`` bytes (default 512 MiB) of replies being received.
-
-    A PushResult whose announced size does not fit waits, before allocating
-    anything, until another reception ends (gRPC flow control holds the node
-    meanwhile); one is always admitted when none is in progress. Replies
-    received but not yet folded are not counted: folding (~0.1 s per 400 MB)
-    is much faster than receiving, so few wait. Needs numpy-buffers.
-    """
-    from consortium.transport import chunks, grpc_server
-
-    budget = int(os.environ.get("CONSORTIUM_RECEIVE_BUDGET", str(512 * MB)))
-    small = 16 * MB
-    cond = threading.Condition()
-    state = {"in_flight": 0}
-    mine = threading.local()
-    factory = chunks.bytearray  # type: ignore[attr-defined]
-    if factory is bytearray:
-        raise RuntimeError("receive-budget needs --patch numpy-buffers first")
-
-    class budgeted(metaclass=type(factory)):  # noqa: N801 - stands in for the builtin
-        def __new__(cls, n: int) -> memoryview:  # type: ignore[misc]
-            if n >= small and getattr(mine, "receiving", False):
-                with cond:
-                    while state["in_flight"] and state["in_flight"] + n > budget:
-                        cond.wait()
-                    state["in_flight"] += n
-                mine.taken = getattr(mine, "taken", 0) + n
-            return memoryview(_alloc(n))
-
-    original = grpc_server.FleetServicer.PushResult
-
-    def push_result(self: Any, request_iterator: Any, context: Any) -> Any:
-        mine.receiving, mine.taken = True, 0
-        try:
-            return original(self, request_iterator, context)
-        finally:
-            mine.receiving = False
-            if mine.taken:
-                with cond:
-                    state["in_flight"] -= mine.taken
-                    cond.notify_all()
-                mine.taken = 0
-
-    chunks.bytearray = budgeted  # type: ignore[attr-defined]
-    grpc_server.FleetServicer.PushResult = push_result  # type: ignore[method-assign]
-
-
-def _patch_node_drop_buffers() -> None:
-    """The node lets go of a task's buffers before pulling the next task.
-
-    ``NodeRunner._serve`` keeps ``payload``, ``task`` and ``reply`` bound
-    while it waits for and receives the next task: two model-sized buffers
-    alive at once. Handling one task in its own method drops them on return.
-    """
-    from consortium.core.message import Message
-    from consortium.node import runner
-
-    def _serve(self: Any) -> None:
-        while not self.stop.is_set():
-            self._flush_outbox()
-            if self._rehello.is_set():
-                self._connect()
-            _one_task(self)
-
-    def _one_task(self: Any) -> None:
-        payload = self.client.pull_task(self.poll_wait)
-        if payload is None:
-            return
-        task = Message.from_bytes(payload)
-        reply = self._handle(task)
-        self._outbox.append((reply.metadata.message_id, reply))
-        self._flush_outbox()
-
-    runner.NodeRunner._serve = _serve  # type: ignore[method-assign]
-
-
-def _patch_checkpoint_direct() -> None:
-    """Checkpoints written from the arrays' own memory: no model-sized buffer, one pass."""
-    from consortium.server import checkpoint
-
-    def _write(fh: Any, header: bytes, model: Any, state: Any) -> None:
-        import hashlib
-
-        digest = hashlib.sha256()
-
-        def put(data: Any) -> None:
-            digest.update(data)
-            fh.write(data)
-
-        put(checkpoint._PREFIX.pack(checkpoint.MAGIC, checkpoint.VERSION, len(header)) + header)
-        put(bytes(checkpoint._pad(checkpoint._PREFIX.size + len(header))))
-        for blob in (model, state):
-            size = 0
-            for part in arrays_wire_parts(blob):
-                put(part)
-                size += len(memoryview(part))
-            put(bytes(checkpoint._pad(size)))
-        fh.write(digest.digest())
-        fh.flush()
-        os.fsync(fh.fileno())
-
-    checkpoint._write = _write  # type: ignore[attr-defined]
-
-
-def _patch_trace_receive() -> None:
-    """Logs, per reply received by the server: wall and handler-thread CPU seconds, and
-    the share of each spent copying chunks into the buffer (diagnostics only)."""
-    import logging
-
-    from consortium.transport import chunks, grpc_server
-
-    log = logging.getLogger("consortium.server")
-    stats = threading.local()
-    feed = chunks.Reassembler.feed
-
-    def timed_feed(self: Any, chunk: Any) -> None:
-        if getattr(stats, "wall", None) is None:  # a node receiving a task
-            return feed(self, chunk)
-        t, c = time.perf_counter(), time.thread_time()
-        feed(self, chunk)
-        stats.wall += time.perf_counter() - t
-        stats.cpu += time.thread_time() - c
-        return None
-
-    original = grpc_server.FleetServicer.PushResult
-
-    def push_result(self: Any, request_iterator: Any, context: Any) -> Any:
-        import resource
-
-        stats.wall = stats.cpu = 0.0
-        t, c = time.perf_counter(), time.thread_time()
-        r0 = resource.getrusage(resource.RUSAGE_THREAD)
-        try:
-            return original(self, request_iterator, context)
-        finally:
-            wall, cpu = stats.wall, stats.cpu
-            stats.wall = None
-            r1 = resource.getrusage(resource.RUSAGE_THREAD)
-            log.info(
-                "trace-receive: %.3f s wall, %.3f s thread CPU (%.3f user %.3f sys, %d minor "
-                "faults, %d inv. switches); in feed %.3f s wall, %.3f s CPU",
-                time.perf_counter() - t,
-                time.thread_time() - c,
-                r1.ru_utime - r0.ru_utime,
-                r1.ru_stime - r0.ru_stime,
-                r1.ru_minflt - r0.ru_minflt,
-                r1.ru_nivcsw - r0.ru_nivcsw,
-                wall,
-                cpu,
-            )
-
-    chunks.Reassembler.feed = timed_feed  # type: ignore[method-assign]
-    grpc_server.FleetServicer.PushResult = push_result  # type: ignore[method-assign]
-
-
-def _patch_malloc_tuning() -> None:
-    """glibc malloc keeps chunk-sized (4 MiB) buffers in its heap instead of mmap/munmap.
-
-    gRPC and protobuf allocate a fresh ~4 MiB object for every chunk sent or
-    received. Above glibc's mmap threshold each one is a fresh mmap (page
-    faults on first touch) and a munmap on free (TLB shootdowns across the
-    process's threads, and mmap_lock contention with the page faults of the
-    big receive buffers). ``mallopt(M_MMAP_THRESHOLD, 64 MiB)`` and a high
-    ``M_TRIM_THRESHOLD`` make glibc reuse them; model-sized buffers (>= 64
-    MiB) are still mmapped and returned to the OS when freed.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 * MB)
-    libc.mallopt(m_trim_threshold, 256 * MB)
-
-
-def _patch_no_checkpoint() -> None:
-    """No per-round checkpoint (RoundLoop._checkpoint does nothing): measures its cost."""
-    from consortium.server import loop
-
-    loop.RoundLoop._checkpoint = lambda self, rnd, arrays: None  # type: ignore[method-assign]
-
-
-PATCHES: dict[str, Callable[[], None]] = {
-    "numpy-buffers": _patch_numpy_buffers,
-    "raw-chunks": _patch_raw_chunks,
-    "fold-blocked": _patch_fold_blocked,
-    "fold-f32": _patch_fold_f32,
-    "zero-copy-parts": _patch_zero_copy_parts,
-    "no-crc": _patch_no_crc,
-    "receive-budget": _patch_receive_budget,
-    "node-drop-buffers": _patch_node_drop_buffers,
-    "trace-receive": _patch_trace_receive,
-    "buffer-pool": _patch_buffer_pool,
-    "no-checkpoint": _patch_no_checkpoint,
-    "malloc-tuning": _patch_malloc_tuning,
-    "checkpoint-direct": _patch_checkpoint_direct,
-}
-
-
-#: The changes proposed in docs/benchmarks.md, in an order that works (receive-budget
-#: wraps numpy-buffers' allocator).
-RECOMMENDED = [
-    "numpy-buffers",
-    "buffer-pool",
-    "raw-chunks",
-    "zero-copy-parts",
-    "node-drop-buffers",
-    "fold-f32",
-    "receive-budget",
-    "checkpoint-direct",
-]
-
-
-def _as_cli(argv: list[str]) -> None:
-    """``transport.py --as-cli --patch A -- server ...``: the consortium CLI with patches."""
-    patches: list[str] = []
-    while argv and argv[0] == "--patch":
-        patches.append(argv[1])
-        argv = argv[2:]
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    for name in patches:
-        PATCHES[name]()
-    from consortium.cli.main import main as cli_main
-
-    sys.exit(cli_main(argv))
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--as-cli":
-        _as_cli(sys.argv[2:])
-    else:
-        sys.exit(main())
+    sys.exit(main())
