@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from consortium.core.errors import WireFormatError
 from consortium.core.message import TIMING_RECORD, Message
 from consortium.transport.fleet_api import RunBundle
 
@@ -134,11 +133,7 @@ class Fleet:
                     return None
                 self._cond.wait(min(remaining, 1.0))
 
-    def deliver(self, node: str, payload: bytearray | memoryview) -> tuple[bool, str]:
-        try:
-            reply = Message.from_bytes(payload, max_bytes=self.max_message_bytes)
-        except WireFormatError as exc:
-            return False, f"not a valid message: {exc}"
+    def deliver(self, node: str, reply: Message) -> tuple[bool, str]:
         with self._cond:
             session = self._nodes.get(node)
             if session is not None:

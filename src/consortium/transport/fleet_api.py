@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from consortium.core.message import Message
+
 
 @dataclass(frozen=True, slots=True)
 class RunBundle:
@@ -41,8 +43,8 @@ class FleetBackend(Protocol):
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
 
-    def deliver(self, node: str, payload: bytearray | memoryview) -> tuple[bool, str]:
-        """A reply (encoded Message) from ``node``; returns (accepted, detail)."""
+    def deliver(self, node: str, reply: Message) -> tuple[bool, str]:
+        """A reply from ``node`` (decoded and checked to be a reply); (accepted, detail)."""
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
         """The app bundle and config of ``run_id``, if ``node`` takes part in it."""

@@ -103,8 +103,8 @@ _ENDED_BY_GRPC = (
 )
 
 
-def _check_reply(payload: memoryview, max_bytes: int) -> None:
-    """Raise :class:`WireFormatError` unless ``payload`` is an encoded reply Message."""
+def _decode_reply(payload: memoryview, max_bytes: int) -> Message:
+    """The reply Message in ``payload``; :class:`WireFormatError` if it is not one."""
     try:
         reply = Message.from_bytes(payload, max_bytes=max_bytes)
     except WireFormatError as exc:
@@ -114,6 +114,7 @@ def _check_reply(payload: memoryview, max_bytes: int) -> None:
         raise WireFormatError(
             f"not a reply: a result must name the task it answers in reply_to (got {task!r})"
         )
+    return reply
 
 
 class FleetServicer(rpc.FleetServicer):
@@ -165,10 +166,10 @@ class FleetServicer(rpc.FleetServicer):
         node = _guard(context, self.auth)
         rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
         try:
-            payload = self._receive(node, rebuild, request_iterator, context)
+            reply = self._receive(node, rebuild, request_iterator, context)
         finally:
             rebuild.close()  # the budget is for reassembly; folding is the round loop's
-        accepted, detail = self.backend.deliver(node, payload)
+        accepted, detail = self.backend.deliver(node, reply)
         if not accepted:
             log.warning("reply from %s not accepted: %s", node, detail)
         return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
@@ -179,7 +180,7 @@ class FleetServicer(rpc.FleetServicer):
         rebuild: Reassembler,
         request_iterator: Iterator[Chunk],
         context: grpc.ServicerContext,
-    ) -> memoryview:
+    ) -> Message:
         try:
             for chunk in request_iterator:
                 rebuild.feed(_parsed(context, node, chunk))
@@ -201,12 +202,11 @@ class FleetServicer(rpc.FleetServicer):
             context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
             raise
         try:
-            _check_reply(payload, self.backend.max_message_bytes)
+            return _decode_reply(payload, self.backend.max_message_bytes)
         except WireFormatError as exc:
             log.warning("refused a reply from %s: %s", node, exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        return payload
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
         node = _guard(context, self.auth)
