@@ -85,6 +85,8 @@ class NodeRunner:
         self.name = ""
         self.stop = threading.Event()
         self._outbox: deque[tuple[str, Message]] = deque()
+        #: a pulled task whose app could not be fetched yet (server unreachable)
+        self._held: Message | None = None
         self._runs: dict[str, tuple[RunBundle, ClientApp]] = {}
         self._rehello = threading.Event()
         self._heartbeat_interval = 2.0
@@ -128,10 +130,15 @@ class NodeRunner:
     def _serve_one(self) -> None:
         """Pull, run and answer one task. Its own frame, so that the task's buffers
         (model-sized) are let go before the next task is received, not after."""
-        payload = self.client.pull_task(self.poll_wait)
-        if payload is None:
-            return
-        task = Message.from_bytes(payload)
+        task = self._held
+        if task is None:
+            payload = self.client.pull_task(self.poll_wait)
+            if payload is None:
+                return
+            task = Message.from_bytes(payload)
+        self._held = task
+        self._fetch_app(task.metadata.run_id)  # an outage here keeps the task held
+        self._held = None
         reply = self._handle(task)
         self._outbox.append((reply.metadata.message_id, reply))
         self._flush_outbox()
@@ -189,6 +196,18 @@ class NodeRunner:
             return task.error_reply(
                 type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
             )
+
+    def _fetch_app(self, run_id: str) -> None:
+        """Load the run's app before running a task. If the server is unreachable the
+        error propagates (the task stays held and runs after reconnecting); any other
+        failure is left for ``_handle`` to report to the server as the task's error."""
+        try:
+            self._app_for(run_id)
+        except TransportError as exc:
+            if is_unavailable(exc):
+                raise
+        except Exception:  # reported by _handle, which tries again
+            pass
 
     def _app_for(self, run_id: str) -> tuple[RunBundle, ClientApp]:
         cached = self._runs.get(run_id)
