@@ -22,6 +22,9 @@ import numpy as np
 
 #: Below this, a buffer is allocated normally and never pooled.
 POOL_MIN_BYTES = 16 * 1024 * 1024
+#: Pooled sizes are rounded up to this (a huge page), so that messages whose
+#: size varies by a few bytes from round to round (their metrics) share buffers.
+POOL_GRANULE = 2 * 1024 * 1024
 
 
 class BufferPool:
@@ -38,14 +41,15 @@ class BufferPool:
         """A writable, uninitialised buffer of ``nbytes`` bytes."""
         if nbytes < self.min_bytes:
             return np.empty(nbytes, dtype=np.uint8).data
+        size = -(-nbytes // POOL_GRANULE) * POOL_GRANULE
         with self._lock:
-            stack = self._free.get(nbytes)
+            stack = self._free.get(size)
             base = stack.pop() if stack else None
             if base is not None:
-                self._idle -= nbytes
+                self._idle -= size
         if base is None:
-            base = np.empty(nbytes, dtype=np.uint8)
-        view = base[:]  # a new object over the same memory: its death returns ``base``
+            base = np.empty(size, dtype=np.uint8)
+        view = base[:nbytes]  # a new object over the memory: its death returns ``base``
         weakref.finalize(view, self._release, base)
         return view.data
 
