@@ -309,3 +309,66 @@ def _same_history(a: History, b: History, *, timings: bool = True) -> bool:
         return repr(rounds)
 
     return norm(a) == norm(b)
+
+
+# -- recycled files and background writes -----------------------------------------------
+def test_the_dropped_checkpoint_file_is_recycled_and_verifies(tmp_path: Path) -> None:
+    big = Arrays({"w": np.arange(50_000, dtype="f4")})
+    save_checkpoint(tmp_path, 1, big, {}, history(1), keep=2)
+    save_checkpoint(tmp_path, 2, big, {}, history(2), keep=2)
+    inode = os.stat(tmp_path / "round-000001.ckpt").st_ino
+    small = Arrays({"w": np.arange(10, dtype="f4")})
+    path = save_checkpoint(tmp_path, 3, small, {"t": np.int64(3)}, history(3), keep=2)
+    assert os.stat(path).st_ino == inode  # round 1's file, overwritten in place
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "round-000002.ckpt",
+        "round-000003.ckpt",
+    ]
+    ck = read_checkpoint(path)  # verified: the longer old content was cut off
+    assert ck.round == 3 and ck.arrays.equals(small) and ck.strategy_state == {"t": 3}
+    assert checkpoint_digest(path) == ck.sha256
+
+
+def test_the_checkpoint_a_run_resumed_from_is_never_recycled(tmp_path: Path) -> None:
+    save(tmp_path, 5, keep=2)
+    (tmp_path / "round-000006.ckpt").write_bytes(b"CSCK torn")  # the crash tore round 6
+    inode = os.stat(tmp_path / "round-000005.ckpt").st_ino
+    path = save(tmp_path, 6, keep=2)  # the resumed run writes round 6 again
+    assert os.stat(path).st_ino != inode
+    assert read_checkpoint(tmp_path / "round-000005.ckpt").round == 5
+    assert read_checkpoint(path).round == 6
+
+
+def _loop_with(tmp_path: Path, written: list[int], **config: Any) -> RoundLoop:
+    init = Arrays({"w": np.zeros(6), "b": np.zeros(2)})
+    strategy = MomentumAvg(fraction_train=0.5, fraction_evaluate=0.0, initial_arrays=init)
+    grid = SimulationGrid(noisy_client(), [f"n{i}" for i in range(6)], seed=1)
+    return RoundLoop(
+        ServerConfig(strategy, num_rounds=5, **config),
+        grid,
+        seed=1,
+        checkpoint_dir=tmp_path,
+        on_checkpoint=lambda rnd, path: written.append(rnd),
+    )
+
+
+def test_checkpoint_every_n_rounds_and_always_the_last(tmp_path: Path) -> None:
+    written: list[int] = []
+    result = _loop_with(tmp_path, written, checkpoint_every=2).run()
+    assert written == [2, 4, 5]  # all landed before run() returned
+    ck = load_checkpoint(tmp_path)
+    assert ck is not None and ck.round == 5 and ck.arrays.equals(result.arrays)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_failing_checkpoint_write_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
+) -> None:
+    def boom(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("consortium.server.checkpoint.os.fsync", boom)
+    loop = _loop_with(tmp_path, [], checkpoint_in_background=background)
+    with pytest.raises(OSError, match="No space"):
+        loop.run()
+    assert len(loop.history.rounds) <= 2  # noticed at the next checkpoint at the latest

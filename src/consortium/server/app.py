@@ -35,6 +35,10 @@ class ServerConfig:
     node_wait: float = 300.0
     #: a round that fails (too few valid replies) is retried this many times, then the run fails
     round_retries: int = 0
+    #: deployment: checkpoint after every this many rounds (and after the last); 0: never
+    checkpoint_every: int = 1
+    #: write checkpoints on a background thread while the next round runs
+    checkpoint_in_background: bool = True
 
     def __post_init__(self) -> None:
         if self.num_rounds < 0:
@@ -49,6 +53,8 @@ class ServerConfig:
             )
         if self.round_retries < 0:
             raise ConfigError(f"round_retries must be >= 0, got {self.round_retries}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.evaluate_every < 0:
             raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
 

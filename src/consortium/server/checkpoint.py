@@ -84,6 +84,86 @@ def checkpoint_path(directory: Path, round: int) -> Path:
     return directory / f"round-{round:06d}.ckpt"
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedCheckpoint:
+    """A checkpoint ready to be written: everything mutable already serialised.
+
+    ``arrays`` and ``state_arrays`` are referenced, not copied: the round loop
+    never changes a global model in place, and ``Strategy.state_dict`` returns
+    a snapshot, so the write may run while the next round does.
+    """
+
+    directory: Path
+    round: int
+    header: bytes
+    arrays: Arrays
+    state_arrays: Arrays
+    keep: int | None
+
+
+def prepare_checkpoint(
+    directory: Path,
+    round: int,
+    arrays: Arrays,
+    strategy_state: dict[str, Any],
+    history: History,
+    *,
+    seed: int | None = None,
+    run_id: str | None = None,
+    keep: int | None = None,
+) -> PreparedCheckpoint:
+    """Serialise the header (history, strategy state) now; the bulk is written later."""
+    if round < 0:
+        raise ValueError(f"round must be >= 0, got {round}")
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    state_json, state_arrays = encode_state(strategy_state)
+    header = {
+        "round": round,
+        "seed": seed,
+        "run_id": run_id,
+        "created": datetime.now(UTC).isoformat(),
+        "history": _history_json(history),
+        "state": state_json,
+        "model_bytes": arrays.encoded_size(),
+        "state_bytes": state_arrays.encoded_size(),
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return PreparedCheckpoint(directory, round, encoded, arrays, state_arrays, keep)
+
+
+def write_checkpoint(prepared: PreparedCheckpoint) -> Path:
+    """Atomically write a prepared checkpoint; keep only the newest ``keep`` files.
+
+    The file is written under a temporary name, fsynced, renamed into place and
+    the folder fsynced. When an old checkpoint is about to be dropped anyway
+    (``keep`` >= 2 and that many older rounds exist), its file is renamed to the
+    temporary name and overwritten in place: its pages are still in the page
+    cache, which makes the write several times cheaper for large models than
+    filling fresh pages, and the newer checkpoints stay valid throughout.
+    One writer per folder.
+    """
+    directory, round, keep = prepared.directory, prepared.round, prepared.keep
+    directory.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(directory, round)
+    tmp = directory / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    older = [p for p in list_checkpoints(directory) if _round_of(p) < round]
+    recycled = older[0] if keep is not None and keep >= 2 and len(older) >= keep else None
+    try:
+        if recycled is not None:
+            os.replace(recycled, tmp)
+        with open(tmp, "r+b" if recycled is not None else "xb") as fh:
+            _write(fh, prepared.header, prepared.arrays, prepared.state_arrays)
+        _fault_pause(round)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    _remove_stale(directory, keep)
+    return final
+
+
 def save_checkpoint(
     directory: Path,
     round: int,
@@ -100,35 +180,10 @@ def save_checkpoint(
     The content digest (for the state store) is :func:`checkpoint_digest` of the path.
     One writer per folder.
     """
-    if round < 0:
-        raise ValueError(f"round must be >= 0, got {round}")
-    if keep is not None and keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    directory.mkdir(parents=True, exist_ok=True)
-    state_json, state_arrays = encode_state(strategy_state)
-    header = {
-        "round": round,
-        "seed": seed,
-        "run_id": run_id,
-        "created": datetime.now(UTC).isoformat(),
-        "history": _history_json(history),
-        "state": state_json,
-        "model_bytes": arrays.encoded_size(),
-        "state_bytes": state_arrays.encoded_size(),
-    }
-    final = checkpoint_path(directory, round)
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as fh:
-            _write(fh, json.dumps(header, separators=(",", ":")).encode(), arrays, state_arrays)
-        _fault_pause(round)
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-    _remove_stale(directory, keep)
-    return final
+    prepared = prepare_checkpoint(
+        directory, round, arrays, strategy_state, history, seed=seed, run_id=run_id, keep=keep
+    )
+    return write_checkpoint(prepared)
 
 
 def _write(fh: Any, header: bytes, model: Arrays, state: Arrays) -> None:
@@ -147,6 +202,7 @@ def _write(fh: Any, header: bytes, model: Arrays, state: Arrays) -> None:
             size += len(memoryview(part))
         put(bytes(_pad(size)))
     fh.write(digest.digest())
+    fh.truncate()  # a recycled file may have been longer
     fh.flush()
     os.fsync(fh.fileno())
 
@@ -159,6 +215,11 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
         except (OSError, WireFormatError) as exc:
             log.warning("skipping checkpoint %s: %s", path, exc)
     return None
+
+
+def _round_of(path: Path) -> int:
+    match = _NAME.fullmatch(path.name)
+    return int(match[1]) if match else -1
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

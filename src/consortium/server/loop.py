@@ -28,7 +28,8 @@ from consortium.core.message import (
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.server.app import ServerConfig
-from consortium.server.checkpoint import Checkpoint, save_checkpoint
+from consortium.server.checkpoint import Checkpoint, prepare_checkpoint
+from consortium.server.checkpoint_writer import CheckpointWriter
 from consortium.server.model_io import save_model
 from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
 from consortium.strategy.base import EvaluateReply, Instruction, TrainReply
@@ -76,6 +77,7 @@ class RoundLoop:
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
         self.on_checkpoint = on_checkpoint
+        self._writer = CheckpointWriter(on_checkpoint, background=config.checkpoint_in_background)
         self.strategy = config.strategy
         self.grid = grid
         self.seed = seed
@@ -118,8 +120,10 @@ class RoundLoop:
                     raise RunStopped(f"run {self.run_id} stopped before round {rnd}")
                 arrays = self._round_with_retries(rnd, arrays)
                 self._checkpoint(rnd, arrays)
+            self._writer.wait()
             files = self._save(arrays)
         except BaseException:
+            self._finish_writes()
             self.observers.on_run_end(self.history, failed=True)
             raise
         self.observers.on_run_end(self.history, failed=False)
@@ -148,9 +152,13 @@ class RoundLoop:
         return ckpt.arrays
 
     def _checkpoint(self, rnd: int, arrays: Arrays) -> None:
+        """Checkpoint after round ``rnd`` (every ``checkpoint_every`` rounds, and the last)."""
         if self.checkpoint_dir is None:
             return
-        path = save_checkpoint(
+        every = self.config.checkpoint_every
+        if not every or (rnd % every and rnd != self.config.num_rounds):
+            return
+        prepared = prepare_checkpoint(
             self.checkpoint_dir,
             rnd,
             arrays,
@@ -160,8 +168,14 @@ class RoundLoop:
             run_id=self.run_id,
             keep=2,
         )
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(rnd, path)
+        self._writer.submit(prepared)
+
+    def _finish_writes(self) -> None:
+        """The run is failing: let a checkpoint in flight land (it is valid), report errors."""
+        try:
+            self._writer.wait()
+        except Exception as exc:
+            log.error("run %s: checkpoint write failed: %s", self.run_id, exc)
 
     def _initial_arrays(self) -> Arrays:
         arrays = self.strategy.initialize(derive_rng(self.seed, 0, SERVER_KEY, stream="init"))

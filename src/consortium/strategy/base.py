@@ -102,7 +102,12 @@ class Strategy(ABC):
         return {"strategy": type(self).__name__}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume after a crash (stateless strategies: empty)."""
+        """Everything needed to resume after a crash (stateless strategies: empty).
+
+        A snapshot: later rounds must not change what it returned (return copies
+        of buffers the strategy updates in place), because the server writes the
+        checkpoint in the background while the next round runs.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
