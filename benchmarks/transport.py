@@ -69,6 +69,9 @@ class Row:
     loop_seconds: list[float] = field(default_factory=list)
     #: CPU seconds of server + nodes in rounds 2, 3, ... (round 1 has no baseline)
     cpu_seconds: list[float] = field(default_factory=list)
+    #: per steady round, (user, system) CPU seconds of the server and of one node (mean)
+    server_cpu_split: list[tuple[float, float]] = field(default_factory=list)
+    node_cpu_split: list[tuple[float, float]] = field(default_factory=list)
     server_peak_rss_mb: float | None = None
     total_peak_rss_mb: float | None = None
     #: ru_maxrss of the server and (mean over nodes) of a node, as the app reported them
@@ -368,6 +371,12 @@ def _read_rounds(row: Row, rounds: list[dict[str, Any]]) -> None:
         for r in rounds
     ]
     row.cpu_seconds = [b - a for a, b in itertools.pairwise(cpu)]
+    for key, out in (("central", row.server_cpu_split), ("train", row.node_cpu_split)):
+        user_sys = [
+            (m.get(f"{key}_cpu_s", 0.0) - m.get(f"{key}_sys_s", 0.0), m.get(f"{key}_sys_s", 0.0))
+            for m in (r["metrics"] for r in rounds)
+        ]
+        out.extend((u1 - u0, s1 - s0) for (u0, s0), (u1, s1) in itertools.pairwise(user_sys))
     if rounds:
         last = rounds[-1]["metrics"]
         row.server_exact_peak_mb = last.get("central_maxrss_mb")
@@ -532,6 +541,8 @@ def _progress(row: Row) -> None:
         f"{[round(s, 3) for s in row.round_seconds]} "
         f"(loop {[round(s, 3) for s in row.loop_seconds]}) "
         f"cpu {[round(s, 2) for s in row.cpu_seconds]} "
+        f"server user/sys {[(round(u, 2), round(s, 2)) for u, s in row.server_cpu_split]} "
+        f"node user/sys {[(round(u, 2), round(s, 2)) for u, s in row.node_cpu_split]} "
         f"server {fmt(row.server_peak_rss_mb, '.0f')} MB "
         f"total {fmt(row.total_peak_rss_mb, '.0f')} MB" + (f" ({row.note})" if row.note else ""),
         file=sys.stderr,

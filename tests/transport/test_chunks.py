@@ -100,3 +100,18 @@ def test_chunk_codec_is_the_protobuf_wire_format() -> None:
 def test_bad_chunk_bytes_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         decode_chunk(raw)
+
+
+def test_the_fast_crc_is_zlibs_crc32() -> None:
+    """Peers may fall back to zlib: the accelerated CRC must be the same checksum."""
+    import zlib
+
+    import numpy as np
+
+    from consortium.transport import chunks
+
+    data = np.random.default_rng(3).integers(0, 256, 5_000_003, dtype=np.uint8)
+    view = memoryview(data)
+    for start in (0, 1, 0xDEADBEEF):
+        assert chunks.crc32(view, start) == zlib.crc32(view, start)
+        assert chunks.crc32(view[7:1001], start) == zlib.crc32(bytes(view[7:1001]), start)

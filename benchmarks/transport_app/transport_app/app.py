@@ -47,8 +47,12 @@ def node_delta(context: Context, round_: int) -> np.float32:
 
 def process_stats() -> dict[str, float]:
     """This process's CPU seconds (all threads) and peak RSS in MiB so far."""
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"cpu_s": time.process_time(), "maxrss_mb": peak_kib / 1024}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "cpu_s": time.process_time(),
+        "sys_s": usage.ru_stime,
+        "maxrss_mb": usage.ru_maxrss / 1024,
+    }
 
 
 client_app = ClientApp()
