@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -48,12 +49,11 @@ def test_streaming_holds_one_update_at_a_time() -> None:
             refs.append(weakref.ref(w))
             yield TrainReply(str(i), Arrays({"w": w}), 1, {})
             del w
-            # back here, FedAvg asks for reply i+1: reply i-1 must already be gone
-            if i >= 1:
-                dropped_in_time.append(refs[i - 1]() is None)
+            # back here, FedAvg asks for reply i+1: reply i (folded) must already be gone
+            dropped_in_time.append(refs[i]() is None)
 
     result, _ = FedAvg().aggregate_train(1, Arrays(), replies())
-    assert len(dropped_in_time) == 49 and all(dropped_in_time)
+    assert len(dropped_in_time) == 50 and all(dropped_in_time)
     np.testing.assert_allclose(result["w"], np.full(3, 24.5))
 
 
@@ -103,3 +103,49 @@ def test_state_dict_round_trip() -> None:
     s.load_state_dict(s.state_dict())
     with pytest.raises(StrategyError):
         s.load_state_dict({"unexpected": 1})
+
+
+@pytest.mark.parametrize("accumulate", ["float64", "input"])
+def test_an_exclusive_first_update_becomes_the_sum_with_identical_results(
+    accumulate: Literal["float64", "input"],
+) -> None:
+    from consortium.core.message import Content, Message
+
+    rng = np.random.default_rng(7)
+    updates = [
+        Arrays({"w": rng.normal(size=(300, 7)).astype("f4"), "b": rng.normal(size=5)})
+        for _ in range(3)
+    ]
+    weights = [3.0, 11.0, 0.5]
+
+    def received(arrays: Arrays) -> Arrays:
+        task = Message.create(run_id="r", dst="s", round=1, kind="train", content=Content())
+        wire = task.reply(arrays=arrays)
+        buffer = bytearray(wire.to_bytes())  # writable, and nobody else's
+        model = Message.from_bytes(buffer, exclusive=True).content.model  # type: ignore[union-attr]
+        assert model is not None and model.exclusive
+        return model
+
+    plain, reused = WeightedMean(accumulate=accumulate), WeightedMean(accumulate=accumulate)
+    first = received(updates[0])
+    address = first["b"].ctypes.data
+    for i, (update, weight) in enumerate(zip(updates, weights, strict=True)):
+        plain.add(update, weight)
+        reused.add(first if i == 0 else received(update), weight)
+    expected, got = plain.result(), reused.result()
+    assert expected is not None and got is not None and got.equals(expected)
+    assert got["b"].ctypes.data == address  # float64 "b" lives on in the first message
+    assert updates[0]["w"][0, 0] != 0 and not first.exclusive
+
+
+def test_arrays_that_are_not_exclusive_are_never_written() -> None:
+    update = Arrays({"w": np.arange(4.0)})
+    mean = WeightedMean()
+    mean.add(update, 2.0)
+    assert update["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    from consortium.core.message import Content, Message
+
+    task = Message.create(run_id="r", dst="s", round=1, kind="train", content=Content())
+    wire = task.reply(arrays=update)
+    readonly = Message.from_bytes(bytes(wire.to_bytes()), exclusive=True)
+    assert readonly.content is not None and not readonly.content.model.exclusive  # type: ignore[union-attr]

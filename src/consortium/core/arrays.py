@@ -44,10 +44,14 @@ class Arrays(MutableMapping[str, Array]):
     with the same shapes and dtypes.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "exclusive")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
         self._data: dict[str, Array] = {}
+        #: True when these arrays are writable views of a buffer nothing else uses (a
+        #: message just received): a consumer such as an aggregator may then reuse
+        #: their memory instead of allocating its own. Cleared by any assignment.
+        self.exclusive = False
         if items is not None:
             pairs = items.items() if isinstance(items, Mapping) else items
             for name, value in pairs:
@@ -61,6 +65,7 @@ class Arrays(MutableMapping[str, Array]):
         if not isinstance(name, str):
             raise TypeError(f"array names must be str, got {type(name).__name__}")
         self._data[name] = np.asarray(value)
+        self.exclusive = False
 
     def __delitem__(self, name: str) -> None:
         del self._data[name]

@@ -255,9 +255,17 @@ class Message:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes | bytearray | memoryview, *, max_bytes: int | None = None
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        max_bytes: int | None = None,
+        exclusive: bool = False,
     ) -> Message:
-        """Decode a message; raises :class:`WireFormatError` on any bad input."""
+        """Decode a message; raises :class:`WireFormatError` on any bad input.
+
+        ``exclusive=True`` says the caller hands over a writable buffer nobody
+        else uses: its arrays are then marked :attr:`Arrays.exclusive`.
+        """
         view = memoryview(data).cast("B")
         if max_bytes is not None and len(view) > max_bytes:
             raise WireFormatError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
@@ -298,7 +306,9 @@ class Message:
                 raise WireFormatError(f"arrays layout entry {entry!r} is malformed") from exc
             if off < 0 or size < 0 or start + off + size > len(view):
                 raise WireFormatError(f"arrays record {name!r} runs past the end of the message")
-            content.arrays[name] = Arrays.from_bytes(view[start + off : start + off + size])
+            arrays = Arrays.from_bytes(view[start + off : start + off + size])
+            arrays.exclusive = exclusive and not view.readonly
+            content.arrays[name] = arrays
         return cls(meta, content=content)
 
 

@@ -52,6 +52,8 @@ class WeightedMean:
         for name, value in arrays.items():
             if first:
                 self._dtypes[name] = value.dtype
+                if self._adopt(arrays, name, value, weight):
+                    continue
                 self._sums[name] = _empty(value.shape, self._sum_dtype(value.dtype))
             acc = self._sums[name].reshape(-1)
             flat = value.reshape(-1)
@@ -65,8 +67,29 @@ class WeightedMean:
                     acc[i : i + BLOCK] = part
                 else:
                     acc[i : i + BLOCK] += part
+        if first:
+            arrays.exclusive = False  # adopted memory now belongs to the sums
         self.total_weight += weight
         self.count += 1
+
+    def _adopt(self, arrays: Arrays, name: str, value: np.ndarray, weight: float) -> bool:
+        """First update, from an exclusive message: scale the array in place and make it
+        the sum, saving a model-sized buffer (and its first-touch cost). The values
+        are those of folding into a new buffer: ``weight * x`` in the sum's dtype."""
+        if not (
+            arrays.exclusive
+            and value.dtype == self._sum_dtype(value.dtype)
+            and value.flags.writeable
+            and value.flags.c_contiguous
+        ):
+            return False
+        assert self._sums is not None
+        flat = value.reshape(-1)
+        for i in range(0, flat.size, BLOCK):
+            part = flat[i : i + BLOCK]
+            np.multiply(part, weight, out=part, casting="unsafe")
+        self._sums[name] = value
+        return True
 
     def result(self) -> Arrays | None:
         """The mean; None if nothing (or only zero weight) was added. Ends the fold."""

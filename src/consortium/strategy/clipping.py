@@ -66,13 +66,14 @@ class ClippedUpdates(StrategyWrapper):
             nonlocal clipped
             for reply in replies:
                 arrays = clip_update(current, reply.arrays, self.max_norm)
-                if arrays is reply.arrays:
-                    yield reply
-                    continue
-                clipped += 1
-                yield TrainReply(
-                    reply.node_id, arrays, reply.num_examples, reply.metrics, reply.records
-                )
+                if arrays is not reply.arrays:
+                    clipped += 1
+                    reply = TrainReply(
+                        reply.node_id, arrays, reply.num_examples, reply.metrics, reply.records
+                    )
+                del arrays
+                yield reply
+                del reply  # folded by the base: not kept alive while the next one arrives
 
         arrays, metrics = self.base.aggregate_train(round, current, bounded())
         return arrays, {**metrics, "clipped_updates": clipped}

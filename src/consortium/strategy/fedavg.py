@@ -112,6 +112,7 @@ class FedAvg(Strategy):
             weight = float(reply.num_examples) if self.weighting == "examples" else 1.0
             mean.add(reply.arrays, weight)
             metrics.append((reply.num_examples, reply.metrics))
+            del reply  # folded: do not keep a model-sized update alive while the next arrives
         result = mean.result()
         if result is None:
             raise RoundFailed(f"round {round}: no update with a positive number of examples")

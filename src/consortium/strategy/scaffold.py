@@ -138,6 +138,7 @@ class Scaffold(FedAvg):
             models.add(reply.arrays, weight)
             deltas.add(delta, weight)
             metrics.append((reply.num_examples, reply.metrics))
+            del reply, delta  # folded: let the update go before the next one arrives
         mean_model, mean_delta = models.result(), deltas.result()
         if mean_model is None or mean_delta is None:
             raise RoundFailed(

@@ -106,7 +106,8 @@ _ENDED_BY_GRPC = (
 def _decode_reply(payload: memoryview, max_bytes: int) -> Message:
     """The reply Message in ``payload``; :class:`WireFormatError` if it is not one."""
     try:
-        reply = Message.from_bytes(payload, max_bytes=max_bytes)
+        # the reassembled buffer belongs to this message alone: a fold may reuse it
+        reply = Message.from_bytes(payload, max_bytes=max_bytes, exclusive=True)
     except WireFormatError as exc:
         raise WireFormatError(f"not a Consortium message: {exc}") from exc
     task = reply.metadata.reply_to
@@ -165,11 +166,16 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.PushReply:
         node = _guard(context, self.auth)
         rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
+        accepted = False
         try:
             reply = self._receive(node, rebuild, request_iterator, context)
+            # the budget stays taken until the round loop has folded the reply, so
+            # replies waiting to be folded count too: with many nodes replying at
+            # once the server holds what the budget allows, not one per node
+            accepted, detail = self.backend.deliver(node, reply, rebuild.close)
         finally:
-            rebuild.close()  # the budget is for reassembly; folding is the round loop's
-        accepted, detail = self.backend.deliver(node, reply)
+            if not accepted:
+                rebuild.close()
         if not accepted:
             log.warning("reply from %s not accepted: %s", node, detail)
         return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
