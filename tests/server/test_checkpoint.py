@@ -355,7 +355,7 @@ def _loop_with(tmp_path: Path, written: list[int], **config: Any) -> RoundLoop:
 def test_checkpoint_every_n_rounds_and_always_the_last(tmp_path: Path) -> None:
     written: list[int] = []
     result = _loop_with(tmp_path, written, checkpoint_every=2).run()
-    assert written == [2, 4, 5]  # all landed before run() returned
+    assert written == [0, 2, 4, 5]  # the initial model, then every 2nd and the last
     ck = load_checkpoint(tmp_path)
     assert ck is not None and ck.round == 5 and ck.arrays.equals(result.arrays)
 

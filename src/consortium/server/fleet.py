@@ -15,16 +15,20 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from consortium.core.message import TIMING_RECORD, Message
+from consortium.core.message import TIMING_RECORD, Content, Message
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
 
 #: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
 EventSink = Callable[[str, str, str], None]
+#: Called once the round loop is done with an accepted reply (see :meth:`Fleet.deliver`).
+Release = Callable[[], None]
+#: A reply waiting for the round loop, with what to call once it is consumed.
+_Queued = tuple[Message, Release | None]
 
 
 @dataclass(slots=True)
@@ -40,8 +44,9 @@ class NodeSession:
 @dataclass(slots=True)
 class _Waiter:
     node: str
+    #: the task's metadata only: its model lives in the queued parts while they are sent
     task: Message
-    replies: queue.Queue[Message]
+    replies: queue.Queue[_Queued]
     queued_at: float = 0.0
     pulled_at: float | None = None
 
@@ -133,7 +138,16 @@ class Fleet:
                     return None
                 self._cond.wait(min(remaining, 1.0))
 
-    def deliver(self, node: str, reply: Message) -> tuple[bool, str]:
+    def deliver(
+        self, node: str, reply: Message, on_consumed: Release | None = None
+    ) -> tuple[bool, str]:
+        """Hand a node's reply to the round waiting for it.
+
+        If it is accepted, ``on_consumed`` is called exactly once, when the round
+        loop is done with the reply (folded it, or the round ended without it):
+        the transport keeps its receive budget until then, so replies that wait
+        for the fold count against it. If not accepted, it is not called.
+        """
         with self._cond:
             session = self._nodes.get(node)
             if session is not None:
@@ -148,7 +162,7 @@ class Fleet:
             if session is not None:
                 session.in_flight.discard(task_id)
         _add_timing(reply, waiter, self._clock())
-        waiter.replies.put(reply)
+        waiter.replies.put((reply, on_consumed))
         return True, "ok"
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
@@ -172,7 +186,13 @@ class Fleet:
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
-        replies: queue.Queue[Message] = queue.Queue()
+        """Queue the tasks now; the returned iterator yields the replies.
+
+        Each task's model is encoded once into parts shared by all nodes and held
+        only by the queued parts: once every node has been sent its task, the
+        fleet holds no reference to the model.
+        """
+        replies: queue.Queue[_Queued] = queue.Queue()
         cache: dict[int, list[bytes | memoryview]] = {}
         ids = []
         with self._cond:
@@ -181,64 +201,77 @@ class Fleet:
                 session = self._nodes.get(node)
                 ids.append(msg.metadata.message_id)
                 if session is None or not session.online:
-                    replies.put(msg.error_reply("node-offline", f"node {node!r} is offline"))
+                    error = msg.error_reply("node-offline", f"node {node!r} is offline")
+                    replies.put((error, None))
                     continue
+                stub = Message(msg.metadata, content=Content())  # for error replies; no model
                 self._pending[msg.metadata.message_id] = _Waiter(
-                    node, msg, replies, queued_at=self._clock()
+                    node, stub, replies, queued_at=self._clock()
                 )
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
             self._cond.notify_all()
-        del cache  # the queued parts keep what they need alive, no longer
         deadline = None if timeout is None else self._clock() + timeout
-        try:
-            yield from self._in_task_order(ids, replies, deadline)
-        finally:
-            self._cancel(ids)
+        return _RoundReplies(self, ids, replies, deadline)
 
     def _in_task_order(
-        self, ids: list[str], replies: queue.Queue[Message], deadline: float | None
-    ) -> Iterator[Message]:
+        self, ids: list[str], replies: queue.Queue[_Queued], deadline: float | None
+    ) -> Generator[Message, None, None]:
         """Yield replies in the order the tasks were sent, so folding is deterministic.
 
         Early replies wait for their predecessors while they fit in
         ``reorder_budget`` bytes; past it they are released in arrival order
         (memory stays O(model) for huge models, at the cost of bit-identity).
+        A reply's release callback runs once the consumer asks for the next one.
         """
         position = {mid: i for i, mid in enumerate(ids)}
-        held: dict[int, Message] = {}
+        held: dict[int, _Queued] = {}
         held_bytes = 0
         next_index = 0
         received = 0
-        while received < len(ids):
-            remaining = None if deadline is None else max(0.0, deadline - self._clock())
-            try:
-                reply = replies.get(timeout=remaining)
-            except queue.Empty:
-                break
-            received += 1
-            index = position.get(reply.metadata.reply_to or "", -1)
-            if index == next_index:
-                yield reply
-                next_index += 1
-            else:
-                size = _payload_bytes(reply)
-                if held_bytes + size > self.reorder_budget:
+        try:
+            while received < len(ids):
+                remaining = None if deadline is None else max(0.0, deadline - self._clock())
+                try:
+                    got, release = replies.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                received += 1
+                index = position.get(got.metadata.reply_to or "", -1)
+                now = index == next_index
+                if now:
+                    next_index += 1
+                elif held_bytes + _payload_bytes(got) <= self.reorder_budget:
+                    held[index] = (got, release)
+                    held_bytes += _payload_bytes(got)
+                else:
+                    now = True
                     if not self._warned_order:
                         log.info("replies too large to reorder; folding in arrival order")
                         self._warned_order = True
-                    yield reply
-                    continue
-                held[index] = reply
-                held_bytes += size
-            while next_index in held:
-                released = held.pop(next_index)
-                held_bytes -= _payload_bytes(released)
-                yield released
-                next_index += 1
-        for index in sorted(held):  # deadline passed or all in: flush what arrived
-            yield held[index]
+                if now:
+                    yield from _consume((got, release))
+                del got  # consumed: not kept alive while waiting for the next one
+                while next_index in held:
+                    held_bytes -= _payload_bytes(held[next_index][0])
+                    next_index += 1
+                    yield from _consume(held.pop(next_index - 1))
+            for index in sorted(held):  # deadline passed or all in: flush what arrived
+                yield from _consume(held.pop(index))
+        finally:
+            for _, release in held.values():  # the consumer stopped early
+                _call(release)
 
     # -- internals ----------------------------------------------------------------
+    def _end_round(self, message_ids: list[str], replies: queue.Queue[_Queued]) -> None:
+        """The round is over: forget its tasks; release replies nobody will consume."""
+        self._cancel(message_ids)
+        while True:
+            try:
+                _, release = replies.get_nowait()
+            except queue.Empty:
+                return
+            _call(release)
+
     def _cancel(self, message_ids: list[str]) -> None:
         """Forget tasks whose round is over (answered, failed or past the deadline)."""
         wanted = set(message_ids)
@@ -255,7 +288,7 @@ class Fleet:
         doomed = [mid for mid, w in self._pending.items() if w.node == session.name]
         for mid in doomed:
             waiter = self._pending.pop(mid)
-            waiter.replies.put(waiter.task.error_reply("node-lost", reason))
+            waiter.replies.put((waiter.task.error_reply("node-lost", reason), None))
         session.tasks.clear()
         session.in_flight.clear()
 
@@ -276,6 +309,50 @@ class Fleet:
                     "node %s is offline (no heartbeat for %.1f s)", node, self.offline_after
                 )
                 self._events(node, "offline", "heartbeat timeout")
+
+
+class _RoundReplies(Iterator[Message]):
+    """The replies of one round's tasks. Closing it, exhausting it or dropping it
+    ends the round: unanswered tasks are withdrawn, unconsumed replies released."""
+
+    def __init__(
+        self, fleet: Fleet, ids: list[str], replies: queue.Queue[_Queued], deadline: float | None
+    ) -> None:
+        self._fleet, self._ids, self._replies = fleet, ids, replies
+        self._gen: Generator[Message, None, None] = fleet._in_task_order(ids, replies, deadline)
+        self._closed = False
+
+    def __next__(self) -> Message:
+        try:
+            return next(self._gen)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._gen.close()
+            self._fleet._end_round(self._ids, self._replies)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _consume(item: _Queued) -> Iterator[Message]:
+    """Yield the reply; release it once the consumer is back (or gone)."""
+    message, release = item
+    del item
+    try:
+        yield message
+    finally:
+        del message
+        _call(release)
+
+
+def _call(release: Release | None) -> None:
+    if release is not None:
+        release()
 
 
 def _payload_bytes(message: Message) -> int:

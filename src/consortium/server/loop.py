@@ -28,8 +28,9 @@ from consortium.core.message import (
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.server.app import ServerConfig
-from consortium.server.checkpoint import Checkpoint, prepare_checkpoint
+from consortium.server.checkpoint import Checkpoint, checkpoint_path, prepare_checkpoint
 from consortium.server.checkpoint_writer import CheckpointWriter
+from consortium.server.global_model import GlobalModel
 from consortium.server.model_io import save_model
 from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
 from consortium.strategy.base import EvaluateReply, Instruction, TrainReply
@@ -111,16 +112,20 @@ class RoundLoop:
         self.observers.on_run_start(info)
         try:
             if self.resume is not None:
-                arrays, first, initial = self._restore(self.resume), self.resume.round + 1, {}
+                model = GlobalModel(self._restore(self.resume))
+                model.on_disk(self.resume.path, lambda: None)
+                first, initial = self.resume.round + 1, {}
             else:
-                arrays, first = self._initial_arrays(), 1
-                initial = self.strategy.evaluate(0, arrays) or {}
+                model, first = GlobalModel(self._initial_arrays()), 1
+                initial = self.strategy.evaluate(0, model.arrays) or {}
+                self._checkpoint(0, model)  # so round 1 can let go of it too
             for rnd in range(first, self.config.num_rounds + 1):
                 if self.stop is not None and self.stop.is_set():
                     raise RunStopped(f"run {self.run_id} stopped before round {rnd}")
-                arrays = self._round_with_retries(rnd, arrays)
-                self._checkpoint(rnd, arrays)
+                model = GlobalModel(self._round_with_retries(rnd, model))
+                self._checkpoint(rnd, model)
             self._writer.wait()
+            arrays = model.arrays
             files = self._save(arrays)
         except BaseException:
             self._finish_writes()
@@ -129,12 +134,12 @@ class RoundLoop:
         self.observers.on_run_end(self.history, failed=False)
         return RunResult(self.run_id, arrays, self.history, initial, self.run_dir, files)
 
-    def _round_with_retries(self, rnd: int, arrays: Arrays) -> Arrays:
+    def _round_with_retries(self, rnd: int, model: GlobalModel) -> Arrays:
         """Run round ``rnd``; if too few nodes replied, retry it as configured, then fail."""
         attempts = self.config.round_retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                return self._round(rnd, arrays)
+                return self._round(rnd, model)
             except RoundFailed as exc:
                 if attempt == attempts:
                     raise
@@ -151,8 +156,9 @@ class RoundLoop:
         log.info("run %s resumes after round %d (%s)", self.run_id, ckpt.round, ckpt.path)
         return ckpt.arrays
 
-    def _checkpoint(self, rnd: int, arrays: Arrays) -> None:
-        """Checkpoint after round ``rnd`` (every ``checkpoint_every`` rounds, and the last)."""
+    def _checkpoint(self, rnd: int, model: GlobalModel) -> None:
+        """Checkpoint after round ``rnd`` (every ``checkpoint_every`` rounds, and the last;
+        round 0 is the initial model)."""
         if self.checkpoint_dir is None:
             return
         every = self.config.checkpoint_every
@@ -161,7 +167,7 @@ class RoundLoop:
         prepared = prepare_checkpoint(
             self.checkpoint_dir,
             rnd,
-            arrays,
+            model.arrays,
             self.strategy.state_dict(),
             self.history,
             seed=self.seed,
@@ -169,6 +175,7 @@ class RoundLoop:
             keep=2,
         )
         self._writer.submit(prepared)
+        model.on_disk(checkpoint_path(self.checkpoint_dir, rnd), self._writer.wait)
 
     def _finish_writes(self) -> None:
         """The run is failing: let a checkpoint in flight land (it is valid), report errors."""
@@ -197,17 +204,24 @@ class RoundLoop:
                 return reply.content.model
         raise RoundFailed(f"node {nodes[0]} sent no initial parameters")
 
-    def _round(self, rnd: int, arrays: Arrays) -> Arrays:
+    def _round(self, rnd: int, model: GlobalModel) -> Arrays:
         started = time.perf_counter()
         record = RoundRecord(round=rnd)
         nodes = self._available_nodes()
         rng = derive_rng(self.seed, rnd, SERVER_KEY, stream="train")
-        instructions = self.strategy.configure_train(rnd, arrays, nodes, rng)
+        instructions = self.strategy.configure_train(rnd, model.arrays, nodes, rng)
         if not instructions:
             raise RoundFailed(f"round {rnd}: the strategy selected no node to train")
+        sampled = [i.node_id for i in instructions]
         replies = self._exchange(rnd, TRAIN, instructions)
-        stream = self._train_replies(rnd, arrays, instructions, replies, record)
-        new_arrays, record.train_metrics = self.strategy.aggregate_train(rnd, arrays, stream)
+        del instructions
+        # the transport holds the model until every node has its copy; if it is also
+        # in a checkpoint, nothing else needs it in memory during the fold
+        model.release()
+        stream = self._train_replies(rnd, model.skeleton(), sampled, replies, record)
+        new_arrays, record.train_metrics = self.strategy.aggregate_train(
+            rnd, model.current(), stream
+        )
         every = self.config.evaluate_every
         if every and rnd % every == 0:
             rng = derive_rng(self.seed, rnd, SERVER_KEY, stream="evaluate")
@@ -261,12 +275,12 @@ class RoundLoop:
         self,
         rnd: int,
         template: Arrays,
-        instructions: list[Instruction],
+        sampled: list[str],
         replies: Iterator[Message],
         record: RoundRecord,
     ) -> Iterator[TrainReply]:
         """Validate replies lazily; raise RoundFailed at the end if too few were good."""
-        pending = {i.node_id for i in instructions}
+        pending = set(sampled)
         ok = 0
         for reply in replies:
             node = reply.metadata.src
@@ -294,18 +308,21 @@ class RoundLoop:
                 continue
             ok += 1
             assert reply.content is not None and reply.content.model is not None
-            yield TrainReply(
+            update = TrainReply(
                 node, reply.content.model, result.num_examples, result.metrics, records
             )
+            del reply, records
+            yield update
+            del update  # folded: not kept alive while the next reply arrives
         for node in sorted(pending):
             record.nodes.append(
                 NodeResult(node, TRAIN, Outcome.TIMEOUT, reason="no reply before the deadline")
             )
             log.warning("run %s round %d: node %s did not reply in time", self.run_id, rnd, node)
-        need = self._required(len(instructions))
+        need = self._required(len(sampled))
         if ok < need:
             raise RoundFailed(
-                f"round {rnd}: only {ok} of {len(instructions)} nodes returned a valid update, "
+                f"round {rnd}: only {ok} of {len(sampled)} nodes returned a valid update, "
                 f"{need} required. Failures: "
                 + "; ".join(
                     f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in record.failures()

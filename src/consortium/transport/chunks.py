@@ -234,10 +234,12 @@ class Reassembler:
             self._done = True
 
     def close(self) -> None:
-        """Give the budget back (the payload itself lives on while referenced)."""
+        """Give the budget back and let go of the payload (which lives on while the
+        decoded message uses it)."""
         if self.budget is not None and self.reserved:
             self.budget.release(self.reserved)
             self.reserved = 0
+        self._buffer = None
 
     def result(self) -> memoryview:
         """The payload; raises if the stream ended before its last chunk."""

@@ -6,6 +6,7 @@ protocols and never sees rounds, strategies or databases.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,8 +44,13 @@ class FleetBackend(Protocol):
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
 
-    def deliver(self, node: str, reply: Message) -> tuple[bool, str]:
-        """A reply from ``node`` (decoded and checked to be a reply); (accepted, detail)."""
+    def deliver(
+        self, node: str, reply: Message, on_consumed: Callable[[], None] | None = None
+    ) -> tuple[bool, str]:
+        """A reply from ``node`` (decoded and checked to be a reply); (accepted, detail).
+
+        If accepted, ``on_consumed`` is called once when the server is done with it.
+        """
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
         """The app bundle and config of ``run_id``, if ``node`` takes part in it."""

@@ -1,0 +1,80 @@
+"""The fleet hands replies to the round loop one at a time and keeps none it handed over."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.message import Content, Message
+from consortium.server.fleet import Fleet
+
+
+def test_a_consumed_reply_is_not_kept_while_the_next_one_is_awaited() -> None:
+    fleet = Fleet(offline_after=60.0)
+    nodes = ["a", "b", "c"]
+    for node in nodes:
+        fleet.hello(node, "instance")
+    tasks = [
+        Message.create(run_id="r", dst=n, round=1, kind="train", content=Content()) for n in nodes
+    ]
+    refs: list[weakref.ref[np.ndarray]] = []
+    alive_when_next_arrived: list[bool] = []
+
+    def deliver(i: int) -> None:
+        if refs:
+            alive_when_next_arrived.append(refs[-1]() is not None)
+        reply = tasks[i].reply(arrays=Arrays({"w": np.full(10, float(i))}), metrics={})
+        assert reply.content is not None and reply.content.model is not None
+        refs.append(weakref.ref(reply.content.model["w"]))
+        accepted, detail = fleet.deliver(nodes[i], reply)
+        assert accepted, detail
+
+    try:
+        stream = fleet.send_and_receive(tasks, timeout=30)
+        seen = []
+        for i in range(len(nodes)):
+            timer = threading.Timer(0.1, deliver, (i,))
+            timer.start()
+            got = next(stream)
+            assert got.content is not None and got.content.model is not None
+            seen.append(float(got.content.model["w"][0]))
+            del got  # the round loop folds it and lets go of it
+            timer.join()
+        assert seen == [0.0, 1.0, 2.0]
+        assert alive_when_next_arrived == [False, False]
+    finally:
+        fleet.close()
+
+
+def test_every_accepted_reply_is_released_once_even_if_the_round_stops_early() -> None:
+    fleet = Fleet(offline_after=60.0)
+    nodes = ["a", "b", "c"]
+    for node in nodes:
+        fleet.hello(node, "instance")
+    tasks = [
+        Message.create(run_id="r", dst=n, round=1, kind="train", content=Content()) for n in nodes
+    ]
+    released: list[str] = []
+    try:
+        stream = fleet.send_and_receive(tasks, timeout=30)
+        for task, node in zip(tasks, nodes, strict=True):
+            reply = task.reply(arrays=Arrays({"w": np.zeros(3)}), metrics={})
+            ok, _ = fleet.deliver(node, reply, lambda node=node: released.append(node))
+            assert ok
+        first = next(stream)
+        assert first.metadata.src == "a" and released == []  # in use: not released yet
+        next(stream)
+        assert released == ["a"]  # asked for the next: the first is done
+        stream.close()  # e.g. the round failed: what was not consumed is released too
+        assert sorted(released) == ["a", "b", "c"]
+        late = tasks[0].reply(arrays=Arrays({"w": np.zeros(3)}), metrics={})
+        assert fleet.deliver("a", late, lambda: released.append("late")) == (
+            False,
+            "no task is waiting for this reply (late, duplicate or unknown)",
+        )
+        assert "late" not in released  # refused: the caller keeps responsibility
+    finally:
+        fleet.close()
