@@ -50,3 +50,13 @@ def test_idle_memory_is_capped_and_small_buffers_are_not_pooled() -> None:
     assert pool.idle_bytes == 4 * MB  # one kept; two more would exceed 6 MB
     pool.clear()
     assert pool.idle_bytes == 0
+
+
+def test_tune_malloc_applies_on_glibc_linux() -> None:
+    import platform
+    import sys
+
+    from consortium.core.buffers import tune_malloc
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert tune_malloc() is glibc

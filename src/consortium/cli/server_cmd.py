@@ -101,6 +101,9 @@ def server(
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
     require_deploy()
+    from consortium.core.buffers import tune_malloc
+
+    tune_malloc()
     from consortium.server.fleet import Fleet
     from consortium.server.runs import RunManager
     from consortium.transport.auth import (
