@@ -77,6 +77,8 @@ class Row:
     #: ru_maxrss of the server and (mean over nodes) of a node, as the app reported them
     server_exact_peak_mb: float | None = None
     node_exact_peak_mb: float | None = None
+    #: the most the server's buffer pool held at once (buffers in use + idle)
+    server_pool_peak_mb: float | None = None
     note: str = ""
 
     @property
@@ -381,6 +383,7 @@ def _read_rounds(row: Row, rounds: list[dict[str, Any]]) -> None:
         last = rounds[-1]["metrics"]
         row.server_exact_peak_mb = last.get("central_maxrss_mb")
         row.node_exact_peak_mb = last.get("train_maxrss_mb")
+        row.server_pool_peak_mb = last.get("central_pool_high_water_mb")
 
 
 # -- Flower -----------------------------------------------------------------------------------
@@ -544,6 +547,9 @@ def _progress(row: Row) -> None:
         f"server user/sys {[(round(u, 2), round(s, 2)) for u, s in row.server_cpu_split]} "
         f"node user/sys {[(round(u, 2), round(s, 2)) for u, s in row.node_cpu_split]} "
         f"server {fmt(row.server_peak_rss_mb, '.0f')} MB "
+        f"(ru_maxrss server {fmt(row.server_exact_peak_mb, '.0f')}, "
+        f"node {fmt(row.node_exact_peak_mb, '.0f')}, "
+        f"server pool {fmt(row.server_pool_peak_mb, '.0f')}) "
         f"total {fmt(row.total_peak_rss_mb, '.0f')} MB" + (f" ({row.note})" if row.note else ""),
         file=sys.stderr,
         flush=True,

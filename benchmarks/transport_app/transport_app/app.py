@@ -17,6 +17,7 @@ import numpy as np
 
 from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
+from consortium.core.buffers import pool_stats
 from consortium.core.context import Context
 from consortium.core.message import Message
 from consortium.server import ServerApp, ServerConfig
@@ -52,6 +53,7 @@ def process_stats() -> dict[str, float]:
         "cpu_s": time.process_time(),
         "sys_s": usage.ru_stime,
         "maxrss_mb": usage.ru_maxrss / 1024,
+        "pool_high_water_mb": pool_stats()["high_water_mb"],
     }
 
 
@@ -76,8 +78,8 @@ def server_fn(context: Context) -> ServerConfig:
     run = context.run_config
     params, num_arrays = int(str(run["params"])), int(str(run["num-arrays"]))
     nodes = int(str(run["min-nodes"]))
-    accumulate = str(run.get("accumulate", "float64"))
-    extra: dict[str, Any] = {} if accumulate == "float64" else {"accumulate": accumulate}
+    accumulate = str(run.get("accumulate", "input"))  # see consortium.toml
+    extra: dict[str, Any] = {"accumulate": accumulate}
     strategy = FedAvg(
         init_fn=lambda rng: init_model(params, num_arrays),
         fraction_evaluate=0.0,
