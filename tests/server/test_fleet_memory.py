@@ -78,3 +78,27 @@ def test_every_accepted_reply_is_released_once_even_if_the_round_stops_early() -
         assert "late" not in released  # refused: the caller keeps responsibility
     finally:
         fleet.close()
+
+
+def test_the_model_counts_as_outgoing_until_every_task_is_sent_or_withdrawn() -> None:
+    fleet = Fleet(offline_after=60.0)
+    for node in ("a", "b"):
+        fleet.hello(node, "instance")
+    model = Arrays({"w": np.zeros(1000, dtype="f4")})
+    tasks = [
+        Message.create(run_id="r", dst=n, round=1, kind="train", content=Content.of(model, {}))
+        for n in ("a", "b")
+    ]
+    try:
+        stream = fleet.send_and_receive(tasks, timeout=30)
+        assert fleet.transfer_budget.held_bytes == 4000  # once, although two tasks share it
+        pulled = fleet.next_task("a", 0.0)
+        assert pulled is not None
+        fleet.task_sent(pulled[0])  # a has it; b has not pulled yet
+        assert fleet.transfer_budget.held_bytes == 4000
+        assert fleet.task_wanted(tasks[1].metadata.message_id)
+        stream.close()  # the round ends: b's task is withdrawn, never sent
+        assert fleet.transfer_budget.held_bytes == 0
+        assert not fleet.task_wanted(tasks[1].metadata.message_id)
+    finally:
+        fleet.close()

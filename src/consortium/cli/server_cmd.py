@@ -70,6 +70,14 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     "--max-message-mb", type=int, default=16384, show_default=True, help="Largest message accepted."
 )
 @click.option(
+    "--transfer-budget-mb",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Memory for models in transit: the model being sent, replies being received or "
+    "waiting to be folded. Replies beyond it wait (the nodes are held by flow control).",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
@@ -94,6 +102,7 @@ def server(
     heartbeat: float,
     offline_after: float,
     max_message_mb: int,
+    transfer_budget_mb: int,
     port_file: Path | None,
     state_url: str | None,
     resume: str | None,
@@ -133,6 +142,7 @@ def server(
         heartbeat_interval=heartbeat,
         offline_after=offline_after,
         max_message_bytes=max_message_mb * 1024 * 1024,
+        transfer_budget=transfer_budget_mb * 1024 * 1024,
         events=fleet_event_sink(store),
     )
     runs = RunManager(fleet, workdir, store=store)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from consortium.core.message import TIMING_RECORD, Content, Message
+from consortium.transport.chunks import ReceiveBudget
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
@@ -64,6 +65,7 @@ class Fleet:
         bundles: Callable[[str, str], RunBundle | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reorder_budget: int = 256 * 1024**2,
+        transfer_budget: int = 512 * 1024**2,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.offline_after = offline_after
@@ -72,6 +74,9 @@ class Fleet:
         self._bundles = bundles
         self._clock = clock
         self.reorder_budget = reorder_budget
+        self.transfer_budget = ReceiveBudget(transfer_budget)
+        #: task id -> the payload it shares with the other tasks of its round
+        self._outgoing: dict[str, _Outgoing] = {}
         self._warned_order = False
         self._cond = threading.Condition()
         self._nodes: dict[str, NodeSession] = {}
@@ -138,6 +143,14 @@ class Fleet:
                     return None
                 self._cond.wait(min(remaining, 1.0))
 
+    def task_sent(self, message_id: str) -> None:
+        with self._cond:
+            self._done_sending(message_id)
+
+    def task_wanted(self, message_id: str) -> bool:
+        with self._cond:
+            return message_id in self._pending
+
     def deliver(
         self, node: str, reply: Message, on_consumed: Release | None = None
     ) -> tuple[bool, str]:
@@ -195,6 +208,7 @@ class Fleet:
         replies: queue.Queue[_Queued] = queue.Queue()
         cache: dict[int, list[bytes | memoryview]] = {}
         ids = []
+        shared = _Outgoing(self.transfer_budget)
         with self._cond:
             for msg in messages:
                 node = msg.metadata.dst
@@ -209,6 +223,9 @@ class Fleet:
                     node, stub, replies, queued_at=self._clock()
                 )
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
+                shared.add(msg.metadata.message_id, msg)
+                self._outgoing[msg.metadata.message_id] = shared
+            shared.hold()
             self._cond.notify_all()
         deadline = None if timeout is None else self._clock() + timeout
         return _RoundReplies(self, ids, replies, deadline)
@@ -273,15 +290,25 @@ class Fleet:
             _call(release)
 
     def _cancel(self, message_ids: list[str]) -> None:
-        """Forget tasks whose round is over (answered, failed or past the deadline)."""
+        """Forget tasks whose round is over (answered, failed or past the deadline).
+        Streams still sending one of them stop at their next chunk."""
         wanted = set(message_ids)
         with self._cond:
             for mid in message_ids:
                 self._pending.pop(mid, None)
             for session in self._nodes.values():
                 if session.tasks:
+                    for mid, _ in session.tasks:
+                        if mid in wanted:
+                            self._done_sending(mid)  # never pulled: never sent
                     session.tasks = deque(t for t in session.tasks if t[0] not in wanted)
                 session.in_flight -= wanted
+
+    def _done_sending(self, message_id: str) -> None:
+        """(Lock held.) One task fewer is holding its round's payload."""
+        shared = self._outgoing.pop(message_id, None)
+        if shared is not None:
+            shared.done(message_id)
 
     def _fail_node_tasks(self, session: NodeSession, reason: str) -> None:
         """(Lock held.) Fail every task queued for or running on ``session``."""
@@ -289,6 +316,8 @@ class Fleet:
         for mid in doomed:
             waiter = self._pending.pop(mid)
             waiter.replies.put((waiter.task.error_reply("node-lost", reason), None))
+        for mid, _ in session.tasks:
+            self._done_sending(mid)
         session.tasks.clear()
         session.in_flight.clear()
 
@@ -309,6 +338,32 @@ class Fleet:
                     "node %s is offline (no heartbeat for %.1f s)", node, self.offline_after
                 )
                 self._events(node, "offline", "heartbeat timeout")
+
+
+class _Outgoing:
+    """The payload that a round's tasks share (the model), counted once in the
+    transfer budget while any of them is still to be sent."""
+
+    def __init__(self, budget: ReceiveBudget) -> None:
+        self._budget = budget
+        self._tasks: set[str] = set()
+        self.nbytes = 0
+        self._held = False
+
+    def add(self, message_id: str, message: Message) -> None:
+        self._tasks.add(message_id)
+        self.nbytes = max(self.nbytes, _payload_bytes(message))
+
+    def hold(self) -> None:
+        if self._tasks and self.nbytes:
+            self._budget.hold_outgoing(self.nbytes)
+            self._held = True
+
+    def done(self, message_id: str) -> None:
+        self._tasks.discard(message_id)
+        if not self._tasks and self._held:
+            self._held = False
+            self._budget.release_outgoing(self.nbytes)
 
 
 class _RoundReplies(Iterator[Message]):

@@ -12,7 +12,8 @@ and corruption between the two ends of the application.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from consortium.core.buffers import empty_buffer
@@ -135,33 +136,82 @@ def decode_chunk(raw: bytes) -> Chunk:
 
 
 class ReceiveBudget:
-    """Bytes of incoming payloads being reassembled at once, at most ``limit``.
+    """Bytes of messages the server holds because of the transport, at most ``limit``.
 
-    A payload that does not fit waits (before anything is allocated; gRPC flow
-    control holds the sender meanwhile) until others finish; one is always
-    admitted when none is in progress, whatever its size.
+    Three kinds count:
+
+    * *outgoing*: a round's task payload while it is still being sent (a model
+      shared by every node's task counts once), and a model a checkpoint is
+      still being written from (:meth:`hold_outgoing`);
+    * *in flight*: replies being received, or received and waiting for the
+      round loop (:meth:`acquire` ... :meth:`consumed`);
+    * *retained*: replies the round loop is done with whose memory lives on
+      (FedAvg keeps the first one as its running sum), until that memory is
+      freed.
+
+    A reply that does not fit waits before anything is allocated (gRPC flow
+    control holds the sender meanwhile). Outgoing and in-flight bytes always
+    end on their own, so a reply is admitted whenever none is in flight and
+    nothing is outgoing, whatever its size and whatever is retained: nothing
+    waits forever. With a model larger than a third of the limit this keeps
+    the server at about two models during the fold (the running sum and one
+    reply), however many nodes reply at once.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._in_flight = 0
+        self._outgoing = 0
+        self._retained = 0
         self._cond = threading.Condition()
 
     def acquire(self, nbytes: int) -> None:
         with self._cond:
-            while self._in_flight and self._in_flight + nbytes > self.limit:
+            while (self._in_flight or self._outgoing) and self._held() + nbytes > self.limit:
                 self._cond.wait()
             self._in_flight += nbytes
 
     def release(self, nbytes: int) -> None:
+        """An acquired reply was refused or dropped before the round loop had it."""
         with self._cond:
             self._in_flight -= nbytes
             self._cond.notify_all()
 
+    def consumed(self, nbytes: int, owner: object) -> None:
+        """The round loop is done with a reply; its bytes count until ``owner`` (the
+        object whose death frees the reply's memory) is gone."""
+        with self._cond:
+            self._in_flight -= nbytes
+            self._retained += nbytes
+            self._cond.notify_all()
+        weakref.finalize(owner, self._unretain, nbytes)
+
+    def hold_outgoing(self, nbytes: int) -> None:
+        with self._cond:
+            self._outgoing += nbytes
+
+    def release_outgoing(self, nbytes: int) -> None:
+        with self._cond:
+            self._outgoing -= nbytes
+            self._cond.notify_all()
+
+    @property
+    def held_bytes(self) -> int:
+        with self._cond:
+            return self._held()
+
+    def _unretain(self, nbytes: int) -> None:
+        with self._cond:
+            self._retained -= nbytes
+            self._cond.notify_all()
+
+    def _held(self) -> int:
+        return self._in_flight + self._outgoing + self._retained
+
 
 def iter_chunks(
     payload: Buffer | Sequence[Buffer], message_id: str, *, chunk_size: int = CHUNK_SIZE
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """Cut a payload (one buffer, or parts to send back to back) into chunks."""
     parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
     views = [memoryview(p).cast("B") for p in parts]
@@ -240,6 +290,18 @@ class Reassembler:
             self.budget.release(self.reserved)
             self.reserved = 0
         self._buffer = None
+
+    def consumed(self) -> None:
+        """The server is done with the message: its bytes count in the budget until
+        its memory is freed (see :meth:`ReceiveBudget.consumed`)."""
+        buffer, self._buffer = self._buffer, None
+        if self.budget is not None and self.reserved:
+            owner = buffer.obj if buffer is not None else None
+            if owner is not None:
+                self.budget.consumed(self.reserved, owner)
+            else:
+                self.budget.release(self.reserved)
+            self.reserved = 0
 
     def result(self) -> memoryview:
         """The payload; raises if the stream ended before its last chunk."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consortium.core.message import Message
+from consortium.transport.chunks import ReceiveBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,8 @@ class FleetBackend(Protocol):
 
     heartbeat_interval: float
     max_message_bytes: int
+    #: what the transport may hold in transit (tasks being sent, replies not yet folded)
+    transfer_budget: ReceiveBudget
 
     def hello(self, node: str, instance_id: str) -> None:
         """``node`` (authenticated) connected; a new ``instance_id`` means it restarted."""
@@ -43,6 +46,12 @@ class FleetBackend(Protocol):
         self, node: str, wait: float
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
+
+    def task_sent(self, message_id: str) -> None:
+        """The task's stream to its node ended (sent, failed or abandoned)."""
+
+    def task_wanted(self, message_id: str) -> bool:
+        """False once the task was withdrawn (round over, node lost): stop sending it."""
 
     def deliver(
         self, node: str, reply: Message, on_consumed: Callable[[], None] | None = None

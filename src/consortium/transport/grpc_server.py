@@ -28,7 +28,6 @@ from consortium.transport.chunks import (
     Chunk,
     PayloadTooLarge,
     Reassembler,
-    ReceiveBudget,
     decode_chunk,
     encode_chunk,
     iter_chunks,
@@ -47,6 +46,8 @@ GRPC_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
 ]
 
 
@@ -125,14 +126,12 @@ class FleetServicer(rpc.FleetServicer):
         self,
         backend: FleetBackend,
         auth: Authenticator,
-        *,
-        receive_budget: int = 512 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         self.auth = auth
-        #: replies being reassembled at once, in bytes (one is always let in):
-        #: with many nodes replying together the server holds a few, not all
-        self.budget = ReceiveBudget(receive_budget)
+        #: bytes in transit (see ReceiveBudget): with many nodes replying together
+        #: the server holds what the budget allows, not one model per node
+        self.budget = backend.transfer_budget
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         node = _guard(context, self.auth)
@@ -151,7 +150,7 @@ class FleetServicer(rpc.FleetServicer):
         _parsed(context, node, request)
         return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
-    def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[Chunk]:
+    def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         node = _guard(context, self.auth)
         request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
@@ -159,7 +158,23 @@ class FleetServicer(rpc.FleetServicer):
         if task is None:
             return
         message_id, parts = task
-        yield from iter_chunks(parts, message_id)
+        del task
+        chunks = iter_chunks(parts, message_id)
+        del parts
+        try:
+            for chunk in chunks:
+                if not self.backend.task_wanted(message_id):
+                    context.abort(grpc.StatusCode.CANCELLED, "the task was withdrawn")
+                # encoded here (a copy of 4 MiB): gRPC then holds no view of the model,
+                # which can go the moment the last node has been sent its last chunk
+                encoded = encode_chunk(chunk)
+                del chunk
+                yield encoded
+                del encoded
+        finally:
+            chunks.close()
+            del chunks
+            self.backend.task_sent(message_id)
 
     def PushResult(
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
@@ -172,7 +187,7 @@ class FleetServicer(rpc.FleetServicer):
             # the budget stays taken until the round loop has folded the reply, so
             # replies waiting to be folded count too: with many nodes replying at
             # once the server holds what the budget allows, not one per node
-            accepted, detail = self.backend.deliver(node, reply, rebuild.close)
+            accepted, detail = self.backend.deliver(node, reply, rebuild.consumed)
         finally:
             if not accepted:
                 rebuild.close()
@@ -283,12 +298,16 @@ _HANDLER_KINDS = {
 }
 
 
+def _encoded_chunk(chunk: Chunk | bytes) -> bytes:
+    return chunk if isinstance(chunk, bytes) else encode_chunk(chunk)
+
+
 def _add_fleet_service(servicer: FleetServicer, server: grpc.Server) -> None:
     """``add_FleetServicer_to_server``, but parsing requests with :func:`_lenient`."""
     service = pb.DESCRIPTOR.services_by_name["Fleet"]
 
     def serializer(name: str) -> Callable[[Any], bytes]:
-        return encode_chunk if name == "Chunk" else getattr(pb, name).SerializeToString
+        return _encoded_chunk if name == "Chunk" else getattr(pb, name).SerializeToString
 
     handlers = {
         method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
