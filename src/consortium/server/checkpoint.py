@@ -29,7 +29,7 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,13 +84,15 @@ def checkpoint_path(directory: Path, round: int) -> Path:
     return directory / f"round-{round:06d}.ckpt"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedCheckpoint:
     """A checkpoint ready to be written: everything mutable already serialised.
 
     ``arrays`` and ``state_arrays`` are referenced, not copied: the round loop
     never changes a global model in place, and ``Strategy.state_dict`` returns
-    a snapshot, so the write may run while the next round does.
+    a snapshot, so the write may run while the next round does. Once their
+    bytes are in the file (before the fsync) they are let go and
+    ``on_data_written`` is called.
     """
 
     directory: Path
@@ -99,6 +101,13 @@ class PreparedCheckpoint:
     arrays: Arrays
     state_arrays: Arrays
     keep: int | None
+    on_data_written: Callable[[], None] | None = None
+
+    def data_written(self) -> None:
+        self.arrays = self.state_arrays = Arrays()
+        callback, self.on_data_written = self.on_data_written, None
+        if callback is not None:
+            callback()
 
 
 def prepare_checkpoint(
@@ -153,7 +162,7 @@ def write_checkpoint(prepared: PreparedCheckpoint) -> Path:
         if recycled is not None:
             os.replace(recycled, tmp)
         with open(tmp, "r+b" if recycled is not None else "xb") as fh:
-            _write(fh, prepared.header, prepared.arrays, prepared.state_arrays)
+            _write(fh, prepared)
         _fault_pause(round)
         os.replace(tmp, final)
     except BaseException:
@@ -186,24 +195,31 @@ def save_checkpoint(
     return write_checkpoint(prepared)
 
 
-def _write(fh: Any, header: bytes, model: Arrays, state: Arrays) -> None:
+def _put_blob(blob: Arrays, put: Callable[[bytes | bytearray | memoryview], None]) -> int:
+    """Write ``blob`` straight from its arrays (no model-sized copy); its size."""
+    size = 0
+    for part in blob.wire_parts():
+        put(part)
+        size += len(memoryview(part))
+    return size
+
+
+def _write(fh: Any, prepared: PreparedCheckpoint) -> None:
     digest = hashlib.sha256()
 
     def put(data: bytes | bytearray | memoryview) -> None:
         digest.update(data)
         fh.write(data)
 
+    header = prepared.header
     put(_PREFIX.pack(MAGIC, VERSION, len(header)) + header)
     put(bytes(_pad(_PREFIX.size + len(header))))
-    for blob in (model, state):
-        size = 0
-        for part in blob.wire_parts():  # straight from the arrays: no model-sized copy
-            put(part)
-            size += len(memoryview(part))
+    for size in map(_put_blob, (prepared.arrays, prepared.state_arrays), (put, put)):
         put(bytes(_pad(size)))
     fh.write(digest.digest())
     fh.truncate()  # a recycled file may have been longer
     fh.flush()
+    prepared.data_written()  # in the page cache now: the model is not needed for the fsync
     os.fsync(fh.fileno())
 
 

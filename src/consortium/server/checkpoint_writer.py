@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from consortium.server.checkpoint import PreparedCheckpoint, write_checkpoint
 
@@ -25,13 +26,34 @@ from consortium.server.checkpoint import PreparedCheckpoint, write_checkpoint
 OnCheckpoint = Callable[[int, Path], None]
 
 
-class CheckpointWriter:
-    """One background thread at a time writing a :class:`PreparedCheckpoint`."""
+class TransferBudget(Protocol):
+    """The transport's budget of bytes in transit (``ReceiveBudget``)."""
 
-    def __init__(self, on_written: OnCheckpoint | None = None, *, background: bool = True) -> None:
+    def hold_outgoing(self, nbytes: int) -> None: ...
+
+    def release_outgoing(self, nbytes: int) -> None: ...
+
+
+class CheckpointWriter:
+    """One background thread at a time writing a :class:`PreparedCheckpoint`.
+
+    While it writes, the model counts against the transport's budget (if one
+    is given): the next round's replies then wait for the write rather than
+    pile up beside a model that only the writer still holds.
+    """
+
+    def __init__(
+        self,
+        on_written: OnCheckpoint | None = None,
+        *,
+        background: bool = True,
+        budget: TransferBudget | None = None,
+    ) -> None:
         self.on_written = on_written
         self.background = background
+        self.budget = budget
         self._thread: threading.Thread | None = None
+        self._job: PreparedCheckpoint | None = None
         self._error: BaseException | None = None
 
     def submit(self, prepared: PreparedCheckpoint) -> None:
@@ -41,10 +63,21 @@ class CheckpointWriter:
             self._write(prepared)
             self._raise_error()
             return
-        self._thread = threading.Thread(
-            target=self._write, args=(prepared,), name=f"checkpoint-{prepared.round}"
-        )
+        if self.budget is not None:
+            held, budget = prepared.arrays.nbytes, self.budget
+            budget.hold_outgoing(held)
+            prepared.on_data_written = lambda: budget.release_outgoing(held)
+        # handed over through an attribute, not the thread's args: the write drops
+        # its only reference before giving the budget back
+        self._job = prepared
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint-{prepared.round}")
+        del prepared
         self._thread.start()
+
+    def _run(self) -> None:
+        prepared, self._job = self._job, None
+        assert prepared is not None
+        self._write(prepared)
 
     def wait(self) -> None:
         """Block until the write in flight (if any) is done; raise its error, if any."""
@@ -65,3 +98,5 @@ class CheckpointWriter:
                 self.on_written(prepared.round, path)
         except BaseException as exc:  # handed to the round loop's thread
             self._error = exc
+        finally:
+            prepared.data_written()  # no-op if done; gives the budget back on failure

@@ -78,7 +78,11 @@ class RoundLoop:
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
         self.on_checkpoint = on_checkpoint
-        self._writer = CheckpointWriter(on_checkpoint, background=config.checkpoint_in_background)
+        self._writer = CheckpointWriter(
+            on_checkpoint,
+            background=config.checkpoint_in_background,
+            budget=getattr(grid, "transfer_budget", None),
+        )
         self.strategy = config.strategy
         self.grid = grid
         self.seed = seed
