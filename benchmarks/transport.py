@@ -13,7 +13,9 @@ no evaluation). Seconds per round: round 1 is the round loop's own record (it
 also pays for importing the app and opening the streams); rounds 2, 3, ... are
 the wall time between two round ends, as the app's central evaluation stamps
 them (the server's per-round checkpoint included); the table shows their
-median. The loop's own records (no checkpoint) are kept in the JSON. The app
+median (with the default 6 rounds, the median of rounds 2-6: rounds 2 and 3
+still pay for first-touching the server's reused buffers and checkpoint
+files). The loop's own records (no checkpoint) are kept in the JSON. The app
 reports each process's CPU seconds and ``ru_maxrss``: CPU s per steady round
 (server + nodes; unlike wall time it hardly moves when other programs share
 the machine) and the server's exact peak. Server + nodes RSS is also sampled
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1M,10M,100M", help="parameter counts, e.g. 1M,10M,100M")
     ap.add_argument("--nodes", default="2,8", help="node counts, e.g. 2,8")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds per run (first reported apart)")
+    ap.add_argument("--rounds", type=int, default=6, help="rounds per run (first reported apart)")
     ap.add_argument("--vs-flower", action="store_true", help="also run Flower 1.42 (installs it)")
     ap.add_argument("--flower-venv", type=Path, default=Path(".bench/flower-venv"))
     ap.add_argument(

@@ -61,6 +61,9 @@ def node(
 ) -> None:
     """Join a federation: dial out to the server and run the tasks it sends."""
     require_deploy()
+    from consortium.core.buffers import tune_malloc
+
+    tune_malloc()
     from consortium.node.runner import NodePolicy, NodeRunner
     from consortium.transport.grpc_client import FleetClient
 
