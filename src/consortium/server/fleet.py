@@ -134,6 +134,9 @@ class Fleet:
                     if session.tasks:
                         message_id, parts = session.tasks.popleft()
                         session.in_flight.add(message_id)
+                        shared = self._outgoing.get(message_id)
+                        if shared is not None:
+                            shared.started(message_id)
                         waiter = self._pending.get(message_id)
                         if waiter is not None:
                             waiter.pulled_at = self._clock()
@@ -223,9 +226,8 @@ class Fleet:
                     node, stub, replies, queued_at=self._clock()
                 )
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
-                shared.add(msg.metadata.message_id, msg)
+                shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared
-            shared.hold()
             self._cond.notify_all()
         deadline = None if timeout is None else self._clock() + timeout
         return _RoundReplies(self, ids, replies, deadline)
@@ -341,29 +343,29 @@ class Fleet:
 
 
 class _Outgoing:
-    """The payload that a round's tasks share (the model), counted once in the
-    transfer budget while any of them is still to be sent."""
+    """The payload a round's tasks share (the model), counted once in the transfer
+    budget while at least one node is being sent it. Tasks queued but not pulled
+    yet do not count: a node slow to ask for its task must not hold up the
+    replies of the others."""
 
     def __init__(self, budget: ReceiveBudget) -> None:
         self._budget = budget
-        self._tasks: set[str] = set()
+        self._sending: set[str] = set()
         self.nbytes = 0
-        self._held = False
 
-    def add(self, message_id: str, message: Message) -> None:
-        self._tasks.add(message_id)
+    def add(self, message: Message) -> None:
         self.nbytes = max(self.nbytes, _payload_bytes(message))
 
-    def hold(self) -> None:
-        if self._tasks and self.nbytes:
+    def started(self, message_id: str) -> None:
+        if not self._sending and self.nbytes:
             self._budget.hold_outgoing(self.nbytes)
-            self._held = True
+        self._sending.add(message_id)
 
     def done(self, message_id: str) -> None:
-        self._tasks.discard(message_id)
-        if not self._tasks and self._held:
-            self._held = False
-            self._budget.release_outgoing(self.nbytes)
+        if message_id in self._sending:
+            self._sending.discard(message_id)
+            if not self._sending and self.nbytes:
+                self._budget.release_outgoing(self.nbytes)
 
 
 class _RoundReplies(Iterator[Message]):
