@@ -256,12 +256,13 @@ class Fleet:
                     break
                 received += 1
                 index = position.get(got.metadata.reply_to or "", -1)
+                size = _payload_bytes(got)
                 now = index == next_index
                 if now:
                     next_index += 1
-                elif held_bytes + _payload_bytes(got) <= self.reorder_budget:
+                elif held_bytes + size <= self.reorder_budget:
                     held[index] = (got, release)
-                    held_bytes += _payload_bytes(got)
+                    held_bytes += size
                 else:
                     now = True
                     if not self._warned_order:
