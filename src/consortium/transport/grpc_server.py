@@ -298,16 +298,13 @@ _HANDLER_KINDS = {
 }
 
 
-def _encoded_chunk(chunk: Chunk | bytes) -> bytes:
-    return chunk if isinstance(chunk, bytes) else encode_chunk(chunk)
-
-
 def _add_fleet_service(servicer: FleetServicer, server: grpc.Server) -> None:
     """``add_FleetServicer_to_server``, but parsing requests with :func:`_lenient`."""
     service = pb.DESCRIPTOR.services_by_name["Fleet"]
 
     def serializer(name: str) -> Callable[[Any], bytes]:
-        return _encoded_chunk if name == "Chunk" else getattr(pb, name).SerializeToString
+        # PullTask yields chunks it encoded itself (see there): pass them through
+        return bytes if name == "Chunk" else getattr(pb, name).SerializeToString
 
     handlers = {
         method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
