@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,40 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert set(got["by_round"]) == {1, 2} and got["by_round"][2] == "two"
     assert got["$"] == state["$"] and got["blob"] == state["blob"] and got["big"] == 2**70
     assert _same_history(ck.history, history(3))
-    assert (
-        ck.sha256 == checkpoint_digest(path) == hashlib.sha256(path.read_bytes()[:-32]).hexdigest()
-    )
+    crc = zlib.crc32(path.read_bytes()[:-4])
+    assert ck.digest == checkpoint_digest(path) == f"crc32:{crc:08x}"
+
+
+def _as_version_1(path: Path) -> None:
+    """Rewrite a checkpoint in format version 1: same layout, SHA-256 trailer."""
+    body = bytearray(path.read_bytes()[:-4])
+    struct.pack_into("<I", body, 4, 1)
+    path.write_bytes(bytes(body) + hashlib.sha256(body).digest())
+
+
+def test_a_version_1_checkpoint_still_loads_and_is_still_verified(tmp_path: Path) -> None:
+    path = save(tmp_path, 4)
+    _as_version_1(path)
+    ck = read_checkpoint(path)
+    assert ck.round == 4 and ck.arrays.equals(MODEL) and ck.strategy_state["step"] == 4
+    sha = hashlib.sha256(path.read_bytes()[:-32]).hexdigest()
+    assert ck.digest == checkpoint_digest(path) == f"sha256:{sha}"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(WireFormatError, match="SHA-256"):
+        read_checkpoint(path)
+
+
+def test_an_unknown_format_version_is_named(tmp_path: Path) -> None:
+    path = save(tmp_path, 1)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 4, 99)
+    path.write_bytes(bytes(data))
+    with pytest.raises(WireFormatError, match="known version"):
+        read_checkpoint(path)
+    with pytest.raises(WireFormatError, match="known version"):
+        checkpoint_digest(path)
 
 
 def test_newest_wins_and_empty_folders_give_none(tmp_path: Path) -> None:
@@ -121,7 +154,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(
     save(tmp_path, 1)
     newest = save(tmp_path, 2)
     size = newest.stat().st_size
-    keep = {"empty": 0, "prefix-only": 16, "half": size // 2, "no-digest": size - 32}
+    keep = {"empty": 0, "prefix-only": 16, "half": size // 2, "no-digest": size - 4}
     os.truncate(newest, keep.get(damage, size - 1))
     with pytest.raises(WireFormatError):
         read_checkpoint(newest)
@@ -326,7 +359,7 @@ def test_the_dropped_checkpoint_file_is_recycled_and_verifies(tmp_path: Path) ->
     ]
     ck = read_checkpoint(path)  # verified: the longer old content was cut off
     assert ck.round == 3 and ck.arrays.equals(small) and ck.strategy_state == {"t": 3}
-    assert checkpoint_digest(path) == ck.sha256
+    assert checkpoint_digest(path) == ck.digest
 
 
 def test_the_checkpoint_a_run_resumed_from_is_never_recycled(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from consortium.server.store import (
     default_url,
 )
 from consortium.server.store.engine import parse_url
+from consortium.server.store.models import SCHEMA_VERSION
 from consortium.simulation import run_simulation
 from consortium.strategy import FedAvg
 
@@ -264,17 +265,20 @@ class TestStateStoreContract:
         store.create_run(run_id="r")
         assert store.latest_checkpoint("r") is None
         for rnd in (1, 2):
-            store.record_checkpoint("r", rnd, f"/ckpt/round-{rnd}.ckpt", f"{rnd:064x}")
+            store.record_checkpoint("r", rnd, f"/ckpt/round-{rnd}.ckpt", f"crc32:{rnd:08x}")
             clock.advance(1)
-        store.record_checkpoint("r", 2, "/ckpt/round-2b.ckpt", "f" * 64)  # rewritten on resume
+        # rewritten on resume; a version-1 checkpoint carries a SHA-256
+        store.record_checkpoint("r", 2, "/ckpt/round-2b.ckpt", "sha256:" + "f" * 64)
         latest = store.latest_checkpoint("r")
         assert latest is not None and (latest.round, latest.path) == (2, "/ckpt/round-2b.ckpt")
-        assert latest.sha256 == "f" * 64 and latest.created_at == T0 + timedelta(seconds=2)
-        assert [c.round for c in store.list_checkpoints("r")] == [1, 2]
-        with pytest.raises(ConfigError, match="SHA-256"):
-            store.record_checkpoint("r", 3, "/x", "not-a-digest")
+        assert latest.digest == "sha256:" + "f" * 64
+        assert latest.created_at == T0 + timedelta(seconds=2)
+        assert [c.digest for c in store.list_checkpoints("r")] == ["crc32:00000001", latest.digest]
+        for bad in ("not-a-digest", "f" * 64, "crc32:123", "crc32:ABCDEF01"):
+            with pytest.raises(ConfigError, match="not a checkpoint digest"):
+                store.record_checkpoint("r", 3, "/x", bad)
         with pytest.raises(ConfigError, match="no run"):
-            store.record_checkpoint("other", 1, "/x", "0" * 64)
+            store.record_checkpoint("other", 1, "/x", "crc32:00000000")
 
     # -- concurrency, reopening, observing a real run ---------------------------------
     def test_threads_share_one_store(self, url: str) -> None:
@@ -328,6 +332,36 @@ class TestStateStoreContract:
         engine.dispose()
         with pytest.raises(ConfigError, match="schema version 999"):
             StateStore(url)
+
+    def test_a_version_1_database_is_upgraded_in_place(self, url: str) -> None:
+        with StateStore(url) as store:
+            store.create_run(run_id="old")
+        engine = create_engine(url)
+        with engine.begin() as conn:  # back to version 1's schema, with one checkpoint row
+            conn.execute(text("ALTER TABLE checkpoints RENAME COLUMN digest TO sha256"))
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("ALTER TABLE checkpoints ALTER COLUMN sha256 TYPE VARCHAR(64)"))
+            conn.execute(
+                text(
+                    "INSERT INTO checkpoints (run_id, round, path, sha256, created_at) "
+                    "VALUES ('old', 1, '/c/round-000001.ckpt', :sha, :at)"
+                ),
+                {"sha": "ab" * 32, "at": T0},
+            )
+            conn.execute(
+                text("UPDATE consortium_meta SET value = '1' WHERE key = 'schema_version'")
+            )
+        with StateStore(url) as store:
+            old = store.latest_checkpoint("old")
+            assert old is not None and old.digest == "sha256:" + "ab" * 32
+            store.record_checkpoint("old", 2, "/c/round-000002.ckpt", "crc32:0badcafe")
+            assert [c.digest for c in store.list_checkpoints("old")][-1] == "crc32:0badcafe"
+        with engine.connect() as conn:
+            version = conn.execute(
+                text("SELECT value FROM consortium_meta WHERE key = 'schema_version'")
+            ).scalar_one()
+        engine.dispose()
+        assert version == str(SCHEMA_VERSION)
 
     def test_observes_a_real_run(self, store: StateStore) -> None:
         store.create_run(run_id="sim", app_name="toy", seed=4)  # as a deployment server would

@@ -17,12 +17,8 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from consortium.core.buffers import empty_buffer
+from consortium.core.checksum import crc32
 from consortium.core.errors import WireFormatError
-
-try:  # ISA-L's CRC-32 (carry-less multiply): the same checksum as zlib's, ~3x faster
-    from isal.isal_zlib import crc32
-except ImportError:  # pragma: no cover - isal ships with the deploy extra
-    from zlib import crc32
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
 #: small enough to stay well inside gRPC's per-message limit (see MAX_GRPC_MESSAGE).

@@ -153,5 +153,5 @@ def node_event_view(e: NodeEventModel) -> NodeEventView:
 
 def checkpoint_view(c: CheckpointModel) -> CheckpointView:
     return CheckpointView(
-        run_id=c.run_id, round=c.round, path=c.path, sha256=c.sha256, created_at=c.created_at
+        run_id=c.run_id, round=c.round, path=c.path, digest=c.digest, created_at=c.created_at
     )

@@ -1,8 +1,8 @@
 """The state store's tables, as typed SQLAlchemy 2.0 ORM models.
 
 The schema is created with ``metadata.create_all``; ``consortium_meta`` holds
-its version so that a future migration tool (Alembic) can take over from
-version 1. Statuses are plain strings with CHECK constraints, not native
+its version, and :mod:`consortium.server.store.migrate` upgrades an older
+database when a store opens it. Statuses are plain strings with CHECK constraints, not native
 PostgreSQL enums, so adding a value later needs no type migration.
 """
 
@@ -32,7 +32,7 @@ from consortium.core.records import Config, Metrics
 from consortium.server.store.types import MetricsJSON, UTCDateTime
 
 #: Bumped by every schema change; a store refuses a database newer than it knows.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # an autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY)
 _BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -183,5 +183,6 @@ class CheckpointModel(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     round: Mapped[int]
     path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
+    #: "crc32:<8 hex>", or "sha256:<64 hex>" for a checkpoint of format version 1
+    digest: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[datetime]

@@ -8,6 +8,7 @@ never live ORM objects. Times come from an injected clock (aware UTC).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import uuid
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from consortium.core.errors import ConfigError, WireFormatError
 from consortium.core.history import History, RoundRecord
 from consortium.core.records import Config, check_config
-from consortium.server.store import convert
+from consortium.server.store import convert, migrate
 from consortium.server.store.engine import READ_ONLY, create_store_engine, insert_new, parse_url
 from consortium.server.store.models import (
     SCHEMA_VERSION,
@@ -50,9 +51,11 @@ from consortium.server.store.views import (
     RunView,
 )
 
+log = logging.getLogger("consortium.server.store")
+
 Clock = Callable[[], datetime]
 _TERMINAL = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED)
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DIGEST = re.compile(r"crc32:[0-9a-f]{8}|sha256:[0-9a-f]{64}")
 _INT64 = 2**63
 
 
@@ -336,10 +339,13 @@ class StateStore:
             return [convert.node_event_view(e) for e in s.scalars(query.limit(limit))]
 
     # -- checkpoints --------------------------------------------------------------
-    def record_checkpoint(self, run_id: str, round: int, path: str, sha256: str) -> None:
-        """Remember the checkpoint written after ``round`` (replacing an earlier one)."""
-        if not _SHA256.fullmatch(sha256):
-            raise ConfigError(f"not a lowercase hex SHA-256 digest: {sha256!r}")
+    def record_checkpoint(self, run_id: str, round: int, path: str, digest: str) -> None:
+        """Remember the checkpoint written after ``round`` (replacing an earlier one);
+        ``digest`` is its :func:`~consortium.server.checkpoint.checkpoint_digest`."""
+        if not _DIGEST.fullmatch(digest):
+            raise ConfigError(
+                f"not a checkpoint digest (crc32:<8 hex> or sha256:<64 hex>): {digest!r}"
+            )
         now = self._now()
         with self._write() as s:
             _locked_run(s, run_id)
@@ -350,7 +356,7 @@ class StateStore:
             )
             s.add(
                 CheckpointModel(
-                    run_id=run_id, round=round, path=path, sha256=sha256, created_at=now
+                    run_id=run_id, round=round, path=path, digest=digest, created_at=now
                 )
             )
 
@@ -399,12 +405,22 @@ class StateStore:
         Base.metadata.create_all(self._engine)
         with self._write() as s:
             insert_new(s, MetaModel, key="schema_version", value=str(SCHEMA_VERSION))
-            row = s.get_one(MetaModel, "schema_version")
-            if int(row.value) > SCHEMA_VERSION:
+            row = s.scalars(
+                select(MetaModel).where(MetaModel.key == "schema_version").with_for_update()
+            ).one()
+            version = int(row.value)
+            if version > SCHEMA_VERSION:
                 raise ConfigError(
                     f"the state store {self.safe_url} has schema version {row.value}; this "
                     f"Consortium knows up to {SCHEMA_VERSION}: upgrade Consortium"
                 )
+            if version < SCHEMA_VERSION:
+                log.info(
+                    "upgrading the state store %s from schema version %d to %d",
+                    self.safe_url, version, SCHEMA_VERSION,
+                )  # fmt: skip
+                migrate.upgrade(s, version, SCHEMA_VERSION)
+                row.value = str(SCHEMA_VERSION)
 
 
 def _locked_run(s: Session, run_id: str) -> RunModel:

@@ -96,10 +96,11 @@ class NodeEventView:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointView:
-    """A checkpoint file written after a round, and the SHA-256 of its content."""
+    """A checkpoint file written after a round, and the checksum it carries
+    (``"crc32:<8 hex>"``; ``"sha256:<64 hex>"`` for a version-1 file)."""
 
     run_id: str
     round: int
     path: str
-    sha256: str
+    digest: str
     created_at: datetime
