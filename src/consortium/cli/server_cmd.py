@@ -72,7 +72,7 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
 @click.option(
     "--transfer-budget-mb",
     type=click.IntRange(min=1),
-    default=512,
+    default=1024,
     show_default=True,
     help="Memory for models in transit: the model being sent, replies being received or "
     "waiting to be folded. Replies beyond it wait (the nodes are held by flow control).",

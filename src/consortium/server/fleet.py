@@ -65,7 +65,7 @@ class Fleet:
         bundles: Callable[[str, str], RunBundle | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reorder_budget: int = 256 * 1024**2,
-        transfer_budget: int = 512 * 1024**2,
+        transfer_budget: int = 1024**3,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.offline_after = offline_after
