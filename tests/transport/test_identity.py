@@ -187,8 +187,24 @@ def test_revoked_is_refused(tmp_path: Path) -> None:
     before = ca.crl_path.read_bytes()
     assert verify_peer(pem(node), ca.cert_path.read_bytes(), before).name == "leaky"
     ca.revoke("leaky", reason="key-compromise")
-    with pytest.raises(CertificateRevoked, match=r"'leaky' .* was revoked on"):
+    with pytest.raises(CertificateRevoked, match=r"'leaky' .* was revoked on") as refused:
         verify_peer(pem(node), ca.cert_path.read_bytes(), ca.crl_path.read_bytes())
+    assert refused.value.node == "leaky"  # the server stops waiting for that node at once
+
+
+def test_a_refusal_names_the_node_only_for_our_own_node_certificates(fed: Federation) -> None:
+    with pytest.raises(CertificateExpired) as expired:
+        verify_peer(pem(fed.expired), fed.ca_pem)
+    assert expired.value.node == "old"
+    with pytest.raises(NotAllowed) as not_allowed:
+        verify_peer(pem(fed.node), fed.ca_pem, allowed={"hospital-b"})
+    assert not_allowed.value.node == "hospital-a"
+    with pytest.raises(NotAllowed) as admin:  # an admin is not a node: nothing to take offline
+        verify_peer(pem(fed.admin), fed.ca_pem, roles=("admin",), allowed=set())
+    assert admin.value.node is None
+    with pytest.raises(UntrustedCertificate) as impostor:  # not ours: its name means nothing
+        verify_peer(pem(fed.impostor), fed.ca_pem)
+    assert getattr(impostor.value, "node", None) is None
 
 
 def test_a_crl_from_another_ca_is_refused(fed: Federation) -> None:

@@ -221,16 +221,27 @@ def test_a_certificate_revoked_while_the_server_runs(
     pki = federation.pki
     node = federation.channel(pki.doomed)
     assert hello(node).node_id == "hospital-r"
+    assert "hospital-r" in federation.fleet.node_ids()
     with good_node.keeps_serving():
+        waiting = federation.round(federation.make_task("hospital-r"))  # never to be answered
         pki.ca.revoke("hospital-r", reason="key-compromise")
         # the open connection is refused at its next call...
+        started = time.monotonic()
         refused(lambda: hello(node), grpc.StatusCode.UNAUTHENTICATED, "'hospital-r'", "revoked")
+        # ...which takes the node offline and fails its task now, not at its heartbeat
+        # timeout (60 s here) or the round's deadline (20 s)
+        [lost] = waiting.replies()
+        assert time.monotonic() - started < 5
+        assert lost.error is not None and lost.error.code == "node-lost"
+        assert "refused" in lost.error.reason and "revoked" in lost.error.reason
+        assert "hospital-r" not in federation.fleet.node_ids()
         # ...and so is a new connection
         again = federation.channel(pki.doomed)
         refused(lambda: hello(again), grpc.StatusCode.UNAUTHENTICATED, "revoked")
         again.close()
     node.close()
     assert_logged(caplog, "127.0.0.1", "'hospital-r'", "revoked")
+    assert "node hospital-r is offline: refused" in caplog.text
 
 
 def test_a_certificate_that_expires_during_a_connection(

@@ -78,6 +78,8 @@ class Fleet:
         #: task id -> the payload it shares with the other tasks of its round
         self._outgoing: dict[str, _Outgoing] = {}
         self._warned_order = False
+        #: caller -> (reason, when) of its last recorded refusal (see refused)
+        self._refusals: dict[str, tuple[str, float]] = {}
         self._cond = threading.Condition()
         self._nodes: dict[str, NodeSession] = {}
         self._pending: dict[str, _Waiter] = {}
@@ -180,6 +182,31 @@ class Fleet:
         _add_timing(reply, waiter, self._clock())
         waiter.replies.put((reply, on_consumed))
         return True, "ok"
+
+    def refused(self, node: str | None, peer: str, reason: str) -> None:
+        """A call was refused. A node of ours refused now (revoked, expired, taken off
+        the allow-list) cannot answer its tasks: it goes offline and they fail at
+        once, so the round goes on with the others instead of waiting for its
+        heartbeat timeout. Recorded as a ``refused`` event (the same caller and
+        reason at most once a minute: a refused node keeps retrying)."""
+        lost = False
+        who = node or peer
+        with self._cond:
+            session = self._nodes.get(node) if node is not None else None
+            if session is not None and session.online:
+                session.online = False
+                self._fail_node_tasks(session, f"node refused: {reason}")
+                self._cond.notify_all()
+                lost = True
+            now = self._clock()
+            last = self._refusals.get(who)
+            record = lost or last is None or last[0] != reason or now - last[1] >= 60.0
+            if record:
+                self._refusals[who] = (reason, now)
+        if lost:
+            log.warning("node %s is offline: refused (%s); its tasks fail now", node, reason)
+        if record:
+            self._events(who, "refused", reason)
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
         return self._bundles(node, run_id) if self._bundles is not None else None

@@ -14,7 +14,8 @@ log = logging.getLogger("consortium.server")
 
 
 def fleet_event_sink(store: StateStore) -> EventSink:
-    """Record node connections, restarts and losses (never let the store stop the fleet)."""
+    """Record node connections, restarts, losses and refusals (never let the store stop
+    the fleet)."""
 
     def sink(node: str, kind: str, detail: str) -> None:
         try:
@@ -25,6 +26,11 @@ def fleet_event_sink(store: StateStore) -> EventSink:
             elif kind == "offline":
                 store.record_node_event(node, "heartbeat-missed", detail)
                 store.disconnect(node, detail)
+            elif kind == "refused":
+                store.record_node_event(node, "refused", detail)
+                known = store.get_node(node)
+                if known is not None and known.status == "online":
+                    store.disconnect(node, "refused")
         except Exception as exc:  # the database is a record, not the federation's lifeline
             log.warning("state store: could not record %s for %s: %s", kind, node, exc)
 

@@ -15,7 +15,16 @@ INSECURE_NODE_HEADER = "consortium-insecure-node-id"
 
 
 class Unauthenticated(Exception):
-    """The caller may not use this API; the message says why."""
+    """The caller may not use this API; the message says why.
+
+    ``node`` is set when the caller is a node of this federation that is refused
+    now (revoked, expired, taken off the allow-list): the server stops waiting
+    for it at once instead of at its heartbeat timeout.
+    """
+
+    def __init__(self, reason: str, *, node: str | None = None) -> None:
+        super().__init__(reason)
+        self.node = node
 
 
 class Authenticator(Protocol):
@@ -53,9 +62,9 @@ class CertificateAuthenticator:
         try:
             name = self._verify(pem)
         except Exception as exc:  # a SecurityError from the identity checks
-            raise Unauthenticated(str(exc)) from exc
+            raise Unauthenticated(str(exc), node=getattr(exc, "node", None)) from exc
         if self._allowed is not None and not self._allowed(name):
-            raise Unauthenticated(f"{name!r} is not on this server's allow-list")
+            raise Unauthenticated(f"{name!r} is not on this server's allow-list", node=name)
         return name
 
 

@@ -64,6 +64,11 @@ class FleetBackend(Protocol):
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
         """The app bundle and config of ``run_id``, if ``node`` takes part in it."""
 
+    def refused(self, node: str | None, peer: str, reason: str) -> None:
+        """A call was refused; ``node`` names the federation's node that made it, when
+        its certificate is ours but no longer accepted (revoked, expired, off the
+        allow-list); ``peer`` is the caller's address."""
+
 
 class ControlBackend(Protocol):
     """The server's side of the coordinator's API."""

@@ -51,11 +51,17 @@ GRPC_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-def _guard(context: grpc.ServicerContext, auth: Authenticator) -> str:
+def _guard(
+    context: grpc.ServicerContext,
+    auth: Authenticator,
+    on_refused: Callable[[str | None, str, str], None] | None = None,
+) -> str:
     try:
         return auth(context)
     except Unauthenticated as exc:
         log.warning("refused %s: %s", context.peer(), exc)
+        if on_refused is not None:
+            on_refused(exc.node, context.peer(), str(exc))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         raise  # abort raises; this line satisfies type checkers
 
@@ -134,7 +140,7 @@ class FleetServicer(rpc.FleetServicer):
         self.budget = backend.transfer_budget
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        node = _guard(context, self.auth)
+        node = _guard(context, self.auth, self.backend.refused)
         request = _parsed(context, node, request)
         self.backend.hello(node, request.instance_id)
         return pb.HelloReply(
@@ -146,12 +152,12 @@ class FleetServicer(rpc.FleetServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
-        node = _guard(context, self.auth)
+        node = _guard(context, self.auth, self.backend.refused)
         _parsed(context, node, request)
         return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
     def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        node = _guard(context, self.auth)
+        node = _guard(context, self.auth, self.backend.refused)
         request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
         task = self.backend.next_task(node, wait)
@@ -179,7 +185,7 @@ class FleetServicer(rpc.FleetServicer):
     def PushResult(
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
-        node = _guard(context, self.auth)
+        node = _guard(context, self.auth, self.backend.refused)
         rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
         accepted = False
         try:
@@ -230,7 +236,7 @@ class FleetServicer(rpc.FleetServicer):
             raise
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
-        node = _guard(context, self.auth)
+        node = _guard(context, self.auth, self.backend.refused)
         request = _parsed(context, node, request)
         bundle = self.backend.run_bundle(node, request.run_id)
         if bundle is None:

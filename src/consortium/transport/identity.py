@@ -63,11 +63,19 @@ class UntrustedCertificate(SecurityError):
     """Missing, malformed, or not issued by this federation's CA."""
 
 
-class CertificateExpired(SecurityError):
+class RefusedMember(SecurityError):
+    """A certificate signed by this federation's CA that is not accepted (expired,
+    revoked, off the allow-list). When a peer presented it, ``node`` is the node
+    it was issued to (None for other roles)."""
+
+    node: str | None = None
+
+
+class CertificateExpired(RefusedMember):
     """Outside its validity window: expired or not yet valid."""
 
 
-class CertificateRevoked(SecurityError):
+class CertificateRevoked(RefusedMember):
     """Listed in the federation's certificate revocation list."""
 
 
@@ -75,7 +83,7 @@ class WrongRole(SecurityError):
     """A valid certificate used for a role it was not issued for."""
 
 
-class NotAllowed(SecurityError):
+class NotAllowed(RefusedMember):
     """A valid certificate whose name is not on the allow-list."""
 
 
@@ -306,16 +314,31 @@ def verify_peer(
             f"certificate {cn!r} is not signed by this federation's CA "
             f"(issuer {peer.issuer.rfc4514_string()!r})"
         ) from None
-    check_validity(peer, now, f"certificate {cn!r}")
-    check_validity(authority, now, "the federation CA certificate")
-    if crl is not None:
-        _check_not_revoked(peer, authority, load_crl(crl), cn)
-    identity = PeerIdentity.from_certificate(peer)
-    _check_role(peer, identity, roles)
-    _path_validate(peer, authority, identity, now)
-    if allowed is not None and identity.name not in allowed:
-        raise NotAllowed(f"{identity.role} {identity.name!r} is not on this server's allow-list")
+    try:
+        check_validity(peer, now, f"certificate {cn!r}")
+        check_validity(authority, now, "the federation CA certificate")
+        if crl is not None:
+            _check_not_revoked(peer, authority, load_crl(crl), cn)
+        identity = PeerIdentity.from_certificate(peer)
+        _check_role(peer, identity, roles)
+        _path_validate(peer, authority, identity, now)
+        if allowed is not None and identity.name not in allowed:
+            raise NotAllowed(
+                f"{identity.role} {identity.name!r} is not on this server's allow-list"
+            )
+    except RefusedMember as exc:
+        exc.node = _node_named_by(peer)  # signed by our CA: the name is the CA's
+        raise
     return identity
+
+
+def _node_named_by(peer: x509.Certificate) -> str | None:
+    """The node a CA-signed certificate names, or None (another role, a malformed one)."""
+    try:
+        identity = PeerIdentity.from_certificate(peer)
+    except SecurityError:
+        return None
+    return identity.name if identity.role == "node" else None
 
 
 def _check_not_revoked(
