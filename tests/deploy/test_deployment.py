@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,10 @@ import pytest
 from consortium.apps.bundle import make_bundle
 from consortium.core.arrays import Arrays
 from consortium.server import load_model
+from consortium.server.checkpoint import checkpoint_digest, read_checkpoint
 from consortium.simulation import run_simulation
 
-from .conftest import NODES, SLOW_APP, Deployment, wait_for
+from .conftest import EXE, NODES, SLOW_APP, Deployment, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HEART = ROOT / "examples" / "heart_disease"
@@ -72,6 +75,22 @@ def test_heart_disease_deployment_equals_simulation(deployment: Deployment) -> N
         run_config={**app.TUNED_RUN_CONFIG, "num-rounds": 5}, seed=11,
     )  # fmt: skip
     assert model.equals(sim.arrays)
+    # the newest checkpoint, as `run show` prints it (what --resume would restart from)
+    checkpoint = info["checkpoint"]
+    assert checkpoint["round"] == 5 and checkpoint["digest"].startswith("crc32:")
+    assert checkpoint_digest(Path(checkpoint["path"])) == checkpoint["digest"]
+    assert read_checkpoint(Path(checkpoint["path"])).arrays.equals(sim.arrays)
+    # ...and the operator's command line shows it all
+    shown = subprocess.run(
+        [EXE, "run", "show", run_id, "--server", f"127.0.0.1:{deployment.port}",
+         "--credentials", str(deployment.fed.creds("alice"))],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert f"run {run_id}" in shown.stdout and "finished (5 rounds)" in shown.stdout
+    assert f"latest checkpoint: round 5, {checkpoint['path']}" in shown.stdout
+    assert checkpoint["digest"] in shown.stdout
+    assert all(name in shown.stdout for name in NODES)
     # the per-node "system" view: every node, every round, with timing
     nodes = {(r["round"], n["node"], n["stage"]) for r in info["rounds"] for n in r["nodes"]}
     assert len(nodes) == 5 * 4 * 2

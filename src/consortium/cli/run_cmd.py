@@ -152,6 +152,12 @@ def _print_run(info: dict[str, Any]) -> None:
         f"run {info['run_id']}: {info['app']} — {info['status']} "
         f"({info['rounds_done']} rounds) {info.get('error', '')}"
     )
+    checkpoint = info.get("checkpoint")
+    if checkpoint:
+        console.print(
+            f"latest checkpoint: round {checkpoint['round']}, {checkpoint['path']} "
+            f"({checkpoint['digest']})"
+        )
     table = Table(title="Per node: outcome and where the time went (seconds)")
     for col in ("round", "node", "stage", "outcome", "total", "training", "upload", "waiting",
                 "reason"):  # fmt: skip

@@ -48,6 +48,8 @@ class Run:
     rounds: list[RoundRecord] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    #: the newest checkpoint written: {"round", "path", "digest"} (what --resume restarts from)
+    checkpoint: dict[str, Any] | None = None
 
     def summary(self, *, detail: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -60,6 +62,7 @@ class Run:
             "error": self.error,
         }
         if detail:
+            out["checkpoint"] = self.checkpoint
             out["run_config"] = json.loads(self.bundle.run_config_json)
             out["rounds"] = [
                 {
@@ -247,7 +250,7 @@ class RunManager:
             stop=run.stop,
             checkpoint_dir=run.run_dir / "checkpoints",
             resume=checkpoint,
-            on_checkpoint=self._checkpointed(run.run_id),
+            on_checkpoint=self._checkpointed(run),
         )
         if checkpoint is not None:
             run.rounds = list(checkpoint.history.rounds)
@@ -275,16 +278,23 @@ class RunManager:
             extra.append(self.store.observer())
         return extra
 
-    def _checkpointed(self, run_id: str) -> Callable[[int, Path], None] | None:
+    def _checkpointed(self, run: Run) -> Callable[[int, Path], None]:
+        """Called once each checkpoint is on disk: shown by ``run show``, kept in the store."""
         store = self.store
-        if store is None:
-            return None
 
         def record(rnd: int, path: Path) -> None:
             from consortium.server.checkpoint import checkpoint_digest
 
             try:
-                store.record_checkpoint(run_id, rnd, str(path), checkpoint_digest(path))
+                digest = checkpoint_digest(path)
+            except Exception as exc:  # it was just written and verified by its writer
+                log.warning("run %s: could not read checkpoint %s: %s", run.run_id, path, exc)
+                return
+            run.checkpoint = {"round": rnd, "path": str(path), "digest": digest}
+            if store is None:
+                return
+            try:
+                store.record_checkpoint(run.run_id, rnd, str(path), digest)
             except Exception as exc:
                 log.warning("state store: could not record checkpoint %s: %s", path, exc)
 
