@@ -5,7 +5,9 @@ pull tasks and push results through it) and the :class:`~consortium.core.grid.Gr
 the round loop drives. Tasks to one model are encoded once and shared by all
 nodes. A node silent for longer than ``offline_after`` seconds is marked
 offline: it gets no new tasks and its unanswered tasks fail at once, so a
-round does not wait for a dead node when enough others replied.
+round does not wait for a dead node when enough others replied; so is a node
+whose call was just refused (revoked, expired, off the allow-list). Per-node
+and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
 
-from consortium.core.message import TIMING_RECORD, Content, Message
+from consortium.core.message import Content, Message
+from consortium.server.fleet_state import (
+    NodeSession,
+    Outgoing,
+    Queued,
+    Release,
+    RoundReplies,
+    Waiter,
+    add_timing,
+    call_release,
+    consume,
+    payload_bytes,
+)
 from consortium.transport.chunks import ReceiveBudget
 from consortium.transport.fleet_api import RunBundle
 
@@ -26,30 +39,6 @@ log = logging.getLogger("consortium.server")
 
 #: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
 EventSink = Callable[[str, str, str], None]
-#: Called once the round loop is done with an accepted reply (see :meth:`Fleet.deliver`).
-Release = Callable[[], None]
-#: A reply waiting for the round loop, with what to call once it is consumed.
-_Queued = tuple[Message, Release | None]
-
-
-@dataclass(slots=True)
-class NodeSession:
-    name: str
-    instance_id: str = ""
-    online: bool = True
-    last_seen: float = 0.0
-    tasks: deque[tuple[str, list[bytes | bytearray | memoryview]]] = field(default_factory=deque)
-    in_flight: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
-class _Waiter:
-    node: str
-    #: the task's metadata only: its model lives in the queued parts while they are sent
-    task: Message
-    replies: queue.Queue[_Queued]
-    queued_at: float = 0.0
-    pulled_at: float | None = None
 
 
 class Fleet:
@@ -76,13 +65,13 @@ class Fleet:
         self.reorder_budget = reorder_budget
         self.transfer_budget = ReceiveBudget(transfer_budget)
         #: task id -> the payload it shares with the other tasks of its round
-        self._outgoing: dict[str, _Outgoing] = {}
+        self._outgoing: dict[str, Outgoing] = {}
         self._warned_order = False
         #: caller -> (reason, when) of its last recorded refusal (see refused)
         self._refusals: dict[str, tuple[str, float]] = {}
         self._cond = threading.Condition()
         self._nodes: dict[str, NodeSession] = {}
-        self._pending: dict[str, _Waiter] = {}
+        self._pending: dict[str, Waiter] = {}
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="fleet-liveness", daemon=True)
         self._monitor.start()
@@ -179,7 +168,7 @@ class Fleet:
             del self._pending[task_id]
             if session is not None:
                 session.in_flight.discard(task_id)
-        _add_timing(reply, waiter, self._clock())
+        add_timing(reply, waiter, self._clock())
         waiter.replies.put((reply, on_consumed))
         return True, "ok"
 
@@ -235,10 +224,10 @@ class Fleet:
         only by the queued parts: once every node has been sent its task, the
         fleet holds no reference to the model.
         """
-        replies: queue.Queue[_Queued] = queue.Queue()
+        replies: queue.Queue[Queued] = queue.Queue()
         cache: dict[int, list[bytes | memoryview]] = {}
         ids = []
-        shared = _Outgoing(self.transfer_budget)
+        shared = Outgoing(self.transfer_budget)
         with self._cond:
             for msg in messages:
                 node = msg.metadata.dst
@@ -249,7 +238,7 @@ class Fleet:
                     replies.put((error, None))
                     continue
                 stub = Message(msg.metadata, content=Content())  # for error replies; no model
-                self._pending[msg.metadata.message_id] = _Waiter(
+                self._pending[msg.metadata.message_id] = Waiter(
                     node, stub, replies, queued_at=self._clock()
                 )
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
@@ -257,10 +246,12 @@ class Fleet:
                 self._outgoing[msg.metadata.message_id] = shared
             self._cond.notify_all()
         deadline = None if timeout is None else self._clock() + timeout
-        return _RoundReplies(self, ids, replies, deadline)
+        return RoundReplies(
+            self._in_task_order(ids, replies, deadline), lambda: self._end_round(ids, replies)
+        )
 
     def _in_task_order(
-        self, ids: list[str], replies: queue.Queue[_Queued], deadline: float | None
+        self, ids: list[str], replies: queue.Queue[Queued], deadline: float | None
     ) -> Generator[Message, None, None]:
         """Yield replies in the order the tasks were sent, so folding is deterministic.
 
@@ -270,7 +261,7 @@ class Fleet:
         A reply's release callback runs once the consumer asks for the next one.
         """
         position = {mid: i for i, mid in enumerate(ids)}
-        held: dict[int, _Queued] = {}
+        held: dict[int, Queued] = {}
         held_bytes = 0
         next_index = 0
         received = 0
@@ -283,7 +274,7 @@ class Fleet:
                     break
                 received += 1
                 index = position.get(got.metadata.reply_to or "", -1)
-                size = _payload_bytes(got)
+                size = payload_bytes(got)
                 now = index == next_index
                 if now:
                     next_index += 1
@@ -296,20 +287,20 @@ class Fleet:
                         log.info("replies too large to reorder; folding in arrival order")
                         self._warned_order = True
                 if now:
-                    yield from _consume((got, release))
+                    yield from consume((got, release))
                 del got  # consumed: not kept alive while waiting for the next one
                 while next_index in held:
-                    held_bytes -= _payload_bytes(held[next_index][0])
+                    held_bytes -= payload_bytes(held[next_index][0])
                     next_index += 1
-                    yield from _consume(held.pop(next_index - 1))
+                    yield from consume(held.pop(next_index - 1))
             for index in sorted(held):  # deadline passed or all in: flush what arrived
-                yield from _consume(held.pop(index))
+                yield from consume(held.pop(index))
         finally:
             for _, release in held.values():  # the consumer stopped early
-                _call(release)
+                call_release(release)
 
     # -- internals ----------------------------------------------------------------
-    def _end_round(self, message_ids: list[str], replies: queue.Queue[_Queued]) -> None:
+    def _end_round(self, message_ids: list[str], replies: queue.Queue[Queued]) -> None:
         """The round is over: forget its tasks; release replies nobody will consume."""
         self._cancel(message_ids)
         while True:
@@ -317,7 +308,7 @@ class Fleet:
                 _, release = replies.get_nowait()
             except queue.Empty:
                 return
-            _call(release)
+            call_release(release)
 
     def _cancel(self, message_ids: list[str]) -> None:
         """Forget tasks whose round is over (answered, failed or past the deadline).
@@ -368,90 +359,3 @@ class Fleet:
                     "node %s is offline (no heartbeat for %.1f s)", node, self.offline_after
                 )
                 self._events(node, "offline", "heartbeat timeout")
-
-
-class _Outgoing:
-    """The payload a round's tasks share (the model), counted once in the transfer
-    budget while at least one node is being sent it. Tasks queued but not pulled
-    yet do not count: a node slow to ask for its task must not hold up the
-    replies of the others."""
-
-    def __init__(self, budget: ReceiveBudget) -> None:
-        self._budget = budget
-        self._sending: set[str] = set()
-        self.nbytes = 0
-
-    def add(self, message: Message) -> None:
-        self.nbytes = max(self.nbytes, _payload_bytes(message))
-
-    def started(self, message_id: str) -> None:
-        if not self._sending and self.nbytes:
-            self._budget.hold_outgoing(self.nbytes)
-        self._sending.add(message_id)
-
-    def done(self, message_id: str) -> None:
-        if message_id in self._sending:
-            self._sending.discard(message_id)
-            if not self._sending and self.nbytes:
-                self._budget.release_outgoing(self.nbytes)
-
-
-class _RoundReplies(Iterator[Message]):
-    """The replies of one round's tasks. Closing it, exhausting it or dropping it
-    ends the round: unanswered tasks are withdrawn, unconsumed replies released."""
-
-    def __init__(
-        self, fleet: Fleet, ids: list[str], replies: queue.Queue[_Queued], deadline: float | None
-    ) -> None:
-        self._fleet, self._ids, self._replies = fleet, ids, replies
-        self._gen: Generator[Message, None, None] = fleet._in_task_order(ids, replies, deadline)
-        self._closed = False
-
-    def __next__(self) -> Message:
-        try:
-            return next(self._gen)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._gen.close()
-            self._fleet._end_round(self._ids, self._replies)
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _consume(item: _Queued) -> Iterator[Message]:
-    """Yield the reply; release it once the consumer is back (or gone)."""
-    message, release = item
-    del item
-    try:
-        yield message
-    finally:
-        del message
-        _call(release)
-
-
-def _call(release: Release | None) -> None:
-    if release is not None:
-        release()
-
-
-def _payload_bytes(message: Message) -> int:
-    if message.content is None:
-        return 0
-    return sum(a.nbytes for a in message.content.arrays.values())
-
-
-def _add_timing(reply: Message, waiter: _Waiter, now: float) -> None:
-    """Split the task's time into waiting (queued, not yet pulled), training and upload."""
-    if reply.content is None or waiter.pulled_at is None:
-        return
-    timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
-    train = float(timing.get("train", 0.0))
-    timing["wait"] = waiter.pulled_at - waiter.queued_at
-    timing["upload"] = max(0.0, now - waiter.pulled_at - train)  # includes the download
-    reply.content.metrics[TIMING_RECORD] = timing
