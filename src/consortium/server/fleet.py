@@ -183,9 +183,7 @@ class Fleet:
         with self._cond:
             session = self._nodes.get(node) if node is not None else None
             if session is not None and session.online:
-                session.online = False
-                self._fail_node_tasks(session, f"node refused: {reason}")
-                self._cond.notify_all()
+                self._go_offline(session, f"node refused: {reason}")
                 lost = True
             now = self._clock()
             last = self._refusals.get(who)
@@ -331,6 +329,12 @@ class Fleet:
         if shared is not None:
             shared.done(message_id)
 
+    def _go_offline(self, session: NodeSession, reason: str) -> None:
+        """(Lock held.) The node gets no new tasks; the ones it has fail with ``reason``."""
+        session.online = False
+        self._fail_node_tasks(session, reason)
+        self._cond.notify_all()
+
     def _fail_node_tasks(self, session: NodeSession, reason: str) -> None:
         """(Lock held.) Fail every task queued for or running on ``session``."""
         doomed = [mid for mid, w in self._pending.items() if w.node == session.name]
@@ -349,8 +353,7 @@ class Fleet:
             with self._cond:
                 for session in self._nodes.values():
                     if session.online and now - session.last_seen > self.offline_after:
-                        session.online = False
-                        self._fail_node_tasks(
+                        self._go_offline(
                             session, f"no heartbeat for {self.offline_after:.0f} s: node offline"
                         )
                         lost.append(session.name)

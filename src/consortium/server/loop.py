@@ -77,7 +77,6 @@ class RoundLoop:
         self.stop = stop
         self.checkpoint_dir = checkpoint_dir
         self.resume = resume
-        self.on_checkpoint = on_checkpoint
         self._writer = CheckpointWriter(
             on_checkpoint,
             background=config.checkpoint_in_background,

@@ -287,7 +287,7 @@ class RunManager:
 
             try:
                 digest = checkpoint_digest(path)
-            except Exception as exc:  # it was just written and verified by its writer
+            except Exception as exc:  # just written: only a file removed meanwhile fails
                 log.warning("run %s: could not read checkpoint %s: %s", run.run_id, path, exc)
                 return
             run.checkpoint = {"round": rnd, "path": str(path), "digest": digest}

@@ -139,8 +139,12 @@ class FleetServicer(rpc.FleetServicer):
         #: the server holds what the budget allows, not one model per node
         self.budget = backend.transfer_budget
 
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        """The calling node's name; a refusal is also reported to the backend."""
+        return _guard(context, self.auth, self.backend.refused)
+
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
-        node = _guard(context, self.auth, self.backend.refused)
+        node = self._caller(context)
         request = _parsed(context, node, request)
         self.backend.hello(node, request.instance_id)
         return pb.HelloReply(
@@ -152,12 +156,12 @@ class FleetServicer(rpc.FleetServicer):
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
-        node = _guard(context, self.auth, self.backend.refused)
+        node = self._caller(context)
         _parsed(context, node, request)
         return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
     def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
-        node = _guard(context, self.auth, self.backend.refused)
+        node = self._caller(context)
         request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
         task = self.backend.next_task(node, wait)
@@ -185,7 +189,7 @@ class FleetServicer(rpc.FleetServicer):
     def PushResult(
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
-        node = _guard(context, self.auth, self.backend.refused)
+        node = self._caller(context)
         rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
         accepted = False
         try:
@@ -236,7 +240,7 @@ class FleetServicer(rpc.FleetServicer):
             raise
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
-        node = _guard(context, self.auth, self.backend.refused)
+        node = self._caller(context)
         request = _parsed(context, node, request)
         bundle = self.backend.run_bundle(node, request.run_id)
         if bundle is None:
