@@ -97,7 +97,9 @@ def test_wrapper_delegates_and_mirrors_the_base() -> None:
     b = base.configure_train(1, Arrays(), nodes, np.random.default_rng(3))
     assert [i.node_id for i in a] == [i.node_id for i in b]
     settings = wrapped.settings()
-    assert settings["strategy"] == "ClippedUpdates(RobustFedAvg)" and settings["max_norm"] == 2.0
+    assert settings["strategy"] == "ClippedUpdates" and settings["max_norm"] == 2.0
+    assert settings["base"] == "RobustFedAvg" and settings["base.rule"] == "median"
+    assert settings["base.fraction_train"] == 0.5
 
 
 def test_records_travel_with_clipped_replies() -> None:

@@ -225,7 +225,7 @@ def test_wraps_any_strategy_through_its_public_interface() -> None:
     assert new["w"][0] == pytest.approx(0.5, rel=1e-14)
     assert metrics == {"median_calls": 1}
     settings = strategy.settings()
-    assert settings["strategy"] == "FedAdam" and settings["base_strategy"] == "_MedianOfThree"
+    assert settings["strategy"] == "FedAdam" and settings["base"] == "_MedianOfThree"
     assert settings["server_lr"] == 1.0 and settings["beta2"] == 0.75
     assert strategy.state_dict()["base"] == {"calls": 1}
 
@@ -274,12 +274,16 @@ def test_state_dict_is_a_snapshot_and_is_checked() -> None:
     _round(strategy, x, [_scalar(3.0)], [1])
     np.testing.assert_array_equal(state["optimizer"]["m"]["w"], saved_m)  # not aliased
 
+    with pytest.raises(StrategyError, match="no 'base' part"):
+        FedAdam().load_state_dict({"optimizer": state["optimizer"]})
+    with pytest.raises(StrategyError, match="must hold 'base' and 'optimizer'"):
+        FedAdam().load_state_dict({"base": {}, "optimiser": {}})
+    with pytest.raises(StrategyError, match="must hold 'base' and 'optimizer'"):
+        FedAdam().load_state_dict({"base": {}})
     with pytest.raises(StrategyError, match="unknown keys"):
-        FedAdam().load_state_dict({"optimiser": {}})
-    with pytest.raises(StrategyError, match="unknown keys"):
-        FedAdam().load_state_dict({"optimizer": {"momentum": {}}})
+        FedAdam().load_state_dict({"base": {}, "optimizer": {"momentum": {}}})
     with pytest.raises(StrategyError, match="disagree"):
-        FedAdam().load_state_dict({"optimizer": {"m": {"w": np.zeros(1)}, "v": {}}})
+        FedAdam().load_state_dict({"base": {}, "optimizer": {"m": {"w": np.zeros(1)}, "v": {}}})
     resumed = FedAdam()
     resumed.load_state_dict(state)
     with pytest.raises(StrategyError, match="state is for parameters"):

@@ -12,6 +12,7 @@ from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.message import Message
+from consortium.core.protocol import LOSS, NUM_EXAMPLES, NUM_PARTITIONS, PARTITION_ID
 from consortium.core.records import Metrics
 from consortium.datasets.partition import dirichlet
 from consortium.ml import mlp
@@ -35,9 +36,9 @@ def _partitions(num: int, alpha: float, seed: int) -> list[np.ndarray]:
 def node_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
     run = context.run_config
     seed = int(run["data-seed"])
-    parts = _partitions(int(context.node_config["num-partitions"]), float(run["alpha"]), seed)
+    parts = _partitions(int(context.node_config[NUM_PARTITIONS]), float(run["alpha"]), seed)
     x_train, _, y_train, _ = _split(seed)
-    idx = parts[int(context.node_config["partition-id"])]
+    idx = parts[int(context.node_config[PARTITION_ID])]
     return x_train[idx], y_train[idx]
 
 
@@ -59,7 +60,7 @@ def train(msg: Message, context: Context) -> Message:
         epochs=int(run["local-epochs"]),
     )
     return msg.reply(
-        arrays=result.params, metrics={"num_examples": result.num_examples, "loss": result.loss}
+        arrays=result.params, metrics={NUM_EXAMPLES: result.num_examples, LOSS: result.loss}
     )
 
 

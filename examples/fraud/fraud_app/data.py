@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from consortium.core.context import Context
+from consortium.core.protocol import NUM_PARTITIONS, PARTITION_ID
 from consortium.datasets.fraud import make_provider_fraud
 
 
@@ -43,12 +44,12 @@ def load(context: Context) -> Split:
         y = table["fraud"].astype(np.int64)
     else:
         providers = _federation(
-            int(cfg["num-partitions"]),
+            int(cfg[NUM_PARTITIONS]),
             int(run["rows-per-provider"]),
             float(run["positive-rate"]),
             int(run["data-seed"]),
         )
-        provider = providers[int(cfg["partition-id"])]
+        provider = providers[int(cfg[PARTITION_ID])]
         x, y = provider.x, provider.y
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, stratify=y, random_state=int(context.rng(0).integers(2**31))

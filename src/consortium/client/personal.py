@@ -43,12 +43,19 @@ from consortium.client.app import ClientApp, Handler
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
-from consortium.core.message import EVALUATE, MODEL, QUERY, TRAIN, Content, Message
+from consortium.core.message import Content, Message
+from consortium.core.protocol import (
+    DITTO_STATE,
+    EVALUATE,
+    GLOBAL_SUFFIX,
+    LOCAL_LAYERS_STATE,
+    MODEL,
+    NUM_EXAMPLES,
+    PERSONAL_SUFFIX,
+    QUERY,
+    TRAIN,
+)
 from consortium.core.records import Metrics
-
-#: NodeState.arrays / .configs keys the wrappers keep their models under
-LOCAL_STATE = "personal.local-layers"
-DITTO_STATE = "personal.ditto"
 
 #: (personal start v, global anchor w, λ, task message, context) -> trained personal model
 PersonalTrainFn = Callable[[Arrays, Arrays, float, Message, Context], Arrays]
@@ -73,7 +80,7 @@ def _model(message: Message, what: str) -> Arrays:
 
 def suffixed(metrics: Metrics, suffix: str) -> Metrics:
     """Every metric but ``num_examples`` renamed ``<name><suffix>``."""
-    return {f"{k}{suffix}": v for k, v in metrics.items() if k != "num_examples"}
+    return {f"{k}{suffix}": v for k, v in metrics.items() if k != NUM_EXAMPLES}
 
 
 def _metrics(reply: Message) -> Metrics:
@@ -121,8 +128,8 @@ class LocalLayers:
 
     def full_model(self, shared: Arrays, context: Context) -> Arrays:
         """The node's full model: the received shared parameters and its own local ones."""
-        local = context.state.arrays.get(LOCAL_STATE)
-        kept = context.state.configs.get(LOCAL_STATE, {}).get("order")
+        local = context.state.arrays.get(LOCAL_LAYERS_STATE)
+        kept = context.state.configs.get(LOCAL_LAYERS_STATE, {}).get("order")
         if local is not None and isinstance(kept, list):
             order = [str(n) for n in kept]
         else:
@@ -147,14 +154,14 @@ class LocalLayers:
     def _keep(self, full: Arrays, context: Context) -> Arrays:
         """Store the local part of a trained full model; return its shared part."""
         shared, local = self.split(full)
-        stored = context.state.arrays.get(LOCAL_STATE)
+        stored = context.state.arrays.get(LOCAL_LAYERS_STATE)
         if stored is not None and list(local) != list(stored):
             raise ConfigError(
                 f"the train handler returned local parameters {list(local)}, "
                 f"expected {list(stored)}"
             )
-        context.state.arrays[LOCAL_STATE] = local
-        context.state.configs[LOCAL_STATE] = {"order": list(full)}
+        context.state.arrays[LOCAL_LAYERS_STATE] = local
+        context.state.configs[LOCAL_LAYERS_STATE] = {"order": list(full)}
         return shared
 
     def wrap(self, app: ClientApp) -> ClientApp:
@@ -173,7 +180,7 @@ class LocalLayers:
             if reply.error is not None:
                 return reply
             metrics = _metrics(reply)
-            return message.reply(metrics={**metrics, **suffixed(metrics, "_personal")})
+            return message.reply(metrics={**metrics, **suffixed(metrics, PERSONAL_SUFFIX)})
 
         def query(message: Message, context: Context) -> Message:
             reply = app(message, context)
@@ -251,8 +258,8 @@ class Ditto:
             return message.reply(
                 metrics={
                     **metrics,
-                    **suffixed(metrics, "_global"),
-                    **suffixed(personal, "_personal"),
+                    **suffixed(metrics, GLOBAL_SUFFIX),
+                    **suffixed(personal, PERSONAL_SUFFIX),
                 }
             )
 

@@ -35,17 +35,25 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import StrategyError
-from consortium.core.message import METRICS, MODEL, Content, Message
+from consortium.core.message import Content, Message
+from consortium.core.protocol import (
+    METRICS,
+    MODEL,
+    NUM_EXAMPLES,
+    SCAFFOLD_CONTROL_RECORD,
+    SCAFFOLD_DELTA_RECORD,
+    SCAFFOLD_STATE_KEY,
+)
 from consortium.core.records import Metrics, check_metrics
 
-# The record names the server side (consortium.strategy.scaffold) uses; the two
-# packages are layer siblings and may not import each other (a test pins them equal).
+# The record names are the protocol's (consortium.core.protocol), shared with the
+# server side (consortium.strategy.scaffold).
 #: Task record carrying the server control variate ``c``.
-CONTROL_RECORD = "scaffold.c"
+CONTROL_RECORD = SCAFFOLD_CONTROL_RECORD
 #: Reply record carrying ``c_i+ - c_i``.
-DELTA_RECORD = "scaffold.delta_c"
+DELTA_RECORD = SCAFFOLD_DELTA_RECORD
 #: Where a node keeps its control variate ``c_i`` in ``context.state.arrays``.
-STATE_KEY = "scaffold.c_i"
+STATE_KEY = SCAFFOLD_STATE_KEY
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +133,7 @@ def scaffold_train(message: Message, context: Context, train: LocalTrainFn) -> M
     context.state.arrays[STATE_KEY] = new_own
 
     metrics = check_metrics(result.metrics)
-    metrics["num_examples"] = int(result.num_examples)
+    metrics[NUM_EXAMPLES] = int(result.num_examples)
     return message.reply(
         Content(arrays={MODEL: result.params, DELTA_RECORD: delta}, metrics={METRICS: metrics})
     )

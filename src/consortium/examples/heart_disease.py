@@ -28,6 +28,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
+from consortium.core.protocol import LOSS, NUM_EXAMPLES, PARTITION_ID, PROX_MU_KEY
 from consortium.core.records import Config, Metrics
 from consortium.core.rng import SERVER_KEY, derive_rng
 from consortium.datasets import heart_disease as hd
@@ -51,7 +52,7 @@ FLAMBY_RUN_CONFIG: Config = {
     "lr-decay": 1.0,
     "optimizer": "sgd",
     "weight-decay": 0.0,
-    "prox-mu": 0.0,
+    PROX_MU_KEY: 0.0,  # the run-config default of the key FedProx sets in train configs
     "weighting": "examples",
     "min-nodes": 4,
     "split-seed": hd.DEFAULT_SPLIT_SEED,
@@ -69,7 +70,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadagrad", "fedadam", "scaffold
 #: each over FLAMBY_RUN_CONFIG: client SGD lr, server lr, FedProx mu.
 FLAMBY_STRATEGY_CONFIGS: dict[str, Config] = {
     "fedavg": {"strategy": "fedavg", "lr": 0.001},
-    "fedprox": {"strategy": "fedprox", "lr": 0.001, "prox-mu": 0.01},
+    "fedprox": {"strategy": "fedprox", "lr": 0.001, PROX_MU_KEY: 0.01},
     "fedyogi": {"strategy": "fedyogi", "lr": 0.003162, "server-lr": 0.01},
     "fedadagrad": {"strategy": "fedadagrad", "lr": 0.003162, "server-lr": 0.316228},
     "fedadam": {"strategy": "fedadam", "lr": 0.01, "server-lr": 0.01},
@@ -123,7 +124,7 @@ def initial_params_for_seed(seed: int) -> Arrays:
 def _center(context: Context) -> hd.CenterData:
     """The node's own hospital: ``center`` in its node config (name or index)."""
     cfg = context.node_config
-    center = cfg.get("center", cfg.get("partition-id"))
+    center = cfg.get("center", cfg.get(PARTITION_ID))
     if center is None or isinstance(center, (list, bool, float)):
         raise ConfigError(
             "heart-disease nodes need 'center' (cleveland, hungarian, switzerland, va or 0-3) "
@@ -165,7 +166,7 @@ def train(msg: Message, context: Context) -> Message:
             steps=int(_number(cfg, "local-steps")),
             optimizer=optimizer,  # type: ignore[arg-type]
             weight_decay=_number(cfg, "weight-decay"),
-            prox_mu=_number(cfg, "prox-mu"),
+            prox_mu=_number(cfg, PROX_MU_KEY),
             correction=correction,
         )
 
@@ -175,12 +176,12 @@ def train(msg: Message, context: Context) -> Message:
 
         def corrected(x: Arrays, correction: Arrays) -> ScaffoldUpdate:
             r = local(x, correction)
-            return ScaffoldUpdate(r.params, r.num_examples, r.steps, lr, {"loss": r.loss})
+            return ScaffoldUpdate(r.params, r.num_examples, r.steps, lr, {LOSS: r.loss})
 
         return scaffold_train(msg, context, corrected)
     result = local(msg.content.model)
     return msg.reply(
-        arrays=result.params, metrics={"num_examples": result.num_examples, "loss": result.loss}
+        arrays=result.params, metrics={NUM_EXAMPLES: result.num_examples, LOSS: result.loss}
     )
 
 
@@ -244,7 +245,7 @@ def _strategy(cfg: Config) -> Strategy:
         )
     if name == "fedprox":
         return FedProx(
-            _number(cfg, "prox-mu"),
+            _number(cfg, PROX_MU_KEY),
             init_fn=initial_params,
             min_available_nodes=min_nodes,
             train_config=train_config,

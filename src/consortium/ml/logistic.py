@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from consortium.core.arrays import Arrays
+from consortium.core.protocol import LOSS, NUM_EXAMPLES
 from consortium.core.records import Metrics
 from consortium.ml._training import (
     F64,
@@ -197,7 +198,7 @@ def evaluate(params: Mapping[str, Any], x: ArrayLike, y: ArrayLike) -> Metrics:
     z = _logits(params, xf)
     if n == 0:
         nan = float("nan")
-        return {"loss": nan, "accuracy": nan, "auc": nan, "num_examples": 0}
+        return {LOSS: nan, "accuracy": nan, "auc": nan, NUM_EXAMPLES: 0}
     loss = float(np.mean(np.logaddexp(0.0, z) - yf * z))
     acc = float(np.mean((z > 0.0) == (yf == 1.0)))
-    return {"loss": loss, "accuracy": acc, "auc": roc_auc(yf, z), "num_examples": n}
+    return {LOSS: loss, "accuracy": acc, "auc": roc_auc(yf, z), NUM_EXAMPLES: n}

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from consortium.core.arrays import Arrays
+from consortium.core.protocol import LOSS, NUM_EXAMPLES
 from consortium.core.records import Metrics
 from consortium.ml._training import (
     F64,
@@ -254,8 +255,8 @@ def evaluate(params: Mapping[str, Any], x: ArrayLike, y: ArrayLike) -> Metrics:
     shapes = _layer_shapes(params, xf.shape[1])
     yi = _labels(y, n, shapes[-1][0])
     if n == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "num_examples": 0}
+        return {LOSS: float("nan"), "accuracy": float("nan"), NUM_EXAMPLES: 0}
     logits = predict_logits(params, xf)
     acc = float(np.mean(np.argmax(logits, axis=1) == yi))
     loss, _ = _softmax_ce(logits, yi)
-    return {"loss": loss / n, "accuracy": acc, "num_examples": n}
+    return {LOSS: loss / n, "accuracy": acc, NUM_EXAMPLES: n}

@@ -27,7 +27,11 @@ _NAMES = ("coef", "intercept")
 
 
 def _require_initialized(model: Any) -> None:
-    if getattr(model, "coef_", None) is None or getattr(model, "intercept_", None) is None:
+    try:
+        params = (model.coef_, model.intercept_)
+    except AttributeError:  # scikit-learn sets fitted attributes only once fitted
+        params = (None, None)
+    if params[0] is None or params[1] is None:
         raise ValueError(
             f"{type(model).__name__} has no coef_/intercept_ yet: call "
             "consortium.ml.sklearn.init_params(model, num_features=..., classes=...) or fit it"

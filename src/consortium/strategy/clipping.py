@@ -11,42 +11,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import StrategyError
+from consortium.core.norms import clip_update
+from consortium.core.protocol import CLIPPED_UPDATES
 from consortium.core.records import Config, Metrics
 from consortium.strategy.base import Strategy, StrategyWrapper, TrainReply
 
 __all__ = ["ClippedUpdates", "clip_update"]
 
 
-def clip_update(current: Arrays, update: Arrays, max_norm: float) -> Arrays:
-    """``update`` with its delta from ``current`` scaled to L2 norm <= ``max_norm``.
-
-    Returns ``update`` itself (not a copy) when the norm is already within the
-    bound. The norm is taken in float64; the result keeps each array's dtype.
-    """
-    deltas = [np.subtract(update[name], ref, dtype=np.float64) for name, ref in current.items()]
-    norm = math.sqrt(sum(float(np.vdot(d, d)) for d in deltas))
-    if norm <= max_norm:
-        return update
-    scale = max_norm / norm
-    out = Arrays()
-    for (name, ref), delta in zip(current.items(), deltas, strict=True):
-        delta *= scale
-        delta += ref
-        out[name] = delta.astype(update[name].dtype)
-    return out
-
-
 class ClippedUpdates(StrategyWrapper):
     """Any strategy with each update's delta clipped to L2 norm ``max_norm`` first.
 
     Train metrics gain ``clipped_updates``: how many replies were scaled down.
-    Everything else (sampling, evaluation, state) is the base strategy's.
+    Everything else (sampling, evaluation, ``min_available_nodes``, state) is
+    the base strategy's; the state is ``{"base": base.state_dict()}``.
     """
 
     def __init__(self, base: Strategy, max_norm: float) -> None:
@@ -76,17 +57,9 @@ class ClippedUpdates(StrategyWrapper):
                 del reply  # folded by the base: not kept alive while the next one arrives
 
         arrays, metrics = self.base.aggregate_train(round, current, bounded())
-        return arrays, {**metrics, "clipped_updates": clipped}
+        return arrays, {**metrics, CLIPPED_UPDATES: clipped}
 
     # -- everything else is the base strategy's (StrategyWrapper) -------------------------
 
-    def settings(self) -> Config:
-        inner = self.base.settings()
-        name = f"ClippedUpdates({inner.get('strategy', type(self.base).__name__)})"
-        return {**inner, "strategy": name, "max_norm": self.max_norm}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.base.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state)
+    def wrapper_settings(self) -> Config:
+        return {"max_norm": self.max_norm}

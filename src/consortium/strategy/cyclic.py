@@ -25,6 +25,7 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError
+from consortium.core.protocol import STRATEGY_SETTING
 from consortium.core.records import Config, Metrics
 from consortium.strategy.base import Instruction, TrainReply, weighted_metrics
 from consortium.strategy.fedavg import (
@@ -84,7 +85,7 @@ class Cyclic(FedAvg):
         if not available or len(available) < self.min_available_nodes:
             raise StrategyError(
                 f"{len(available)} nodes available, Cyclic needs at least "
-                f"{max(1, self.min_available_nodes)}"
+                f"{self.min_available_nodes}"
             )
         present = set(available)
         while True:
@@ -117,7 +118,7 @@ class Cyclic(FedAvg):
 
     def settings(self) -> Config:
         return {
-            "strategy": type(self).__name__,
+            STRATEGY_SETTING: type(self).__name__,
             "deterministic_cycle": self.deterministic_cycle,
             "fraction_evaluate": self.fraction_evaluate,
             "min_available_nodes": self.min_available_nodes,

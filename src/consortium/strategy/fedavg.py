@@ -9,6 +9,7 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError
+from consortium.core.protocol import STRATEGY_SETTING
 from consortium.core.records import Config, Metrics
 from consortium.strategy.aggregate import WeightedMean
 from consortium.strategy.base import (
@@ -16,6 +17,7 @@ from consortium.strategy.base import (
     Instruction,
     Strategy,
     TrainReply,
+    check_min_available_nodes,
     sample_nodes,
     weighted_metrics,
 )
@@ -66,7 +68,6 @@ class FedAvg(Strategy):
         for name, count in (
             ("min_train_nodes", min_train_nodes),
             ("min_evaluate_nodes", min_evaluate_nodes),
-            ("min_available_nodes", min_available_nodes),
         ):
             if count < 0:
                 raise StrategyError(f"{name} must be >= 0, got {count}")
@@ -74,7 +75,7 @@ class FedAvg(Strategy):
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
         self.min_evaluate_nodes = min_evaluate_nodes
-        self.min_available_nodes = min_available_nodes
+        self._min_available_nodes = check_min_available_nodes(min_available_nodes)
         self.initial_arrays = initial_arrays
         self.init_fn = init_fn
         self.train_config = train_config
@@ -85,6 +86,11 @@ class FedAvg(Strategy):
         #: how replies are summed (:class:`WeightedMean`): "input" halves the server's
         #: memory for float32 models (1 x model instead of 2 x) at float32 rounding
         self.accumulate = accumulate
+
+    @property
+    def min_available_nodes(self) -> int:
+        """The ``min_available_nodes`` given: nodes online before a round starts (>= 1)."""
+        return self._min_available_nodes
 
     # -- hooks ------------------------------------------------------------------
     def initialize(self, rng: np.random.Generator) -> Arrays | None:
@@ -139,7 +145,7 @@ class FedAvg(Strategy):
 
     def settings(self) -> Config:
         return {
-            "strategy": type(self).__name__,
+            STRATEGY_SETTING: type(self).__name__,
             "fraction_train": self.fraction_train,
             "fraction_evaluate": self.fraction_evaluate,
             "min_train_nodes": self.min_train_nodes,

@@ -36,8 +36,14 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import StrategyError, UpdateRejected
+from consortium.core.protocol import (
+    FEDBUFF_BUFFERED,
+    FEDBUFF_STALENESS_MAX,
+    FEDBUFF_STALENESS_MEAN,
+    STRATEGY_SETTING,
+)
 from consortium.core.records import Config, Metrics
-from consortium.strategy.base import Instruction, weighted_metrics
+from consortium.strategy.base import Instruction, check_min_available_nodes, weighted_metrics
 
 #: staleness τ (server steps since the node's model) -> weight s(τ) > 0
 StalenessFn = Callable[[int], float]
@@ -88,6 +94,11 @@ class AsyncStrategy(ABC):
     #: the most tasks the loop keeps in flight at once
     concurrency: int = 1
 
+    @property
+    def min_available_nodes(self) -> int:
+        """How many nodes must be online before the loop hands out tasks (an int >= 1; here 1)."""
+        return 1
+
     def initialize(self, rng: np.random.Generator) -> Arrays | None:
         """Initial global model, or None to ask one node for its parameters."""
         return None
@@ -115,12 +126,15 @@ class AsyncStrategy(ABC):
         return None
 
     def settings(self) -> Config:
-        return {"strategy": type(self).__name__}
+        """Hyperparameters worth recording with the run, the name under ``"strategy"`` first."""
+        return {STRATEGY_SETTING: type(self).__name__}
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after a crash, a snapshot (stateless: empty)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         if state:
             raise StrategyError(
                 f"{type(self).__name__} keeps no state but was given {sorted(state)}"
@@ -138,7 +152,8 @@ class FedBuff(AsyncStrategy):
     without the staleness factor (``normalize="buffer"``: ``K`` for uniform
     weighting, as in the paper) or with it (``"staleness"``). Arrivals staler
     than ``max_staleness`` are rejected. Idle nodes are chosen uniformly at
-    random from the server's generator.
+    random from the server's generator. The loop waits for
+    ``min_available_nodes`` nodes before it hands out the first task.
     """
 
     def __init__(
@@ -151,6 +166,7 @@ class FedBuff(AsyncStrategy):
         weighting: Literal["uniform", "examples"] = "uniform",
         normalize: Literal["buffer", "staleness"] = "buffer",
         max_staleness: int | None = None,
+        min_available_nodes: int = 1,
         initial_arrays: Arrays | None = None,
         init_fn: Callable[[np.random.Generator], Arrays] | None = None,
         train_config: Config | VersionConfigFn | None = None,
@@ -178,12 +194,18 @@ class FedBuff(AsyncStrategy):
         self.weighting = weighting
         self.normalize = normalize
         self.max_staleness = max_staleness
+        self._min_available_nodes = check_min_available_nodes(min_available_nodes)
         self.initial_arrays = initial_arrays
         self.init_fn = init_fn
         self.train_config = train_config
         self.central_evaluate = central_evaluate
         self._scratch: dict[str, np.ndarray] = {}
         self._reset()
+
+    @property
+    def min_available_nodes(self) -> int:
+        """The ``min_available_nodes`` given (>= 1)."""
+        return self._min_available_nodes
 
     def _reset(self) -> None:
         self._sums: dict[str, np.ndarray] | None = None
@@ -259,9 +281,9 @@ class FedBuff(AsyncStrategy):
         metrics = weighted_metrics(self._metrics)
         metrics.update(
             {
-                "buffered": self._count,
-                "staleness_mean": float(np.mean(self._staleness)),
-                "staleness_max": int(max(self._staleness)),
+                FEDBUFF_BUFFERED: self._count,
+                FEDBUFF_STALENESS_MEAN: float(np.mean(self._staleness)),
+                FEDBUFF_STALENESS_MAX: int(max(self._staleness)),
             }
         )
         self._reset()
@@ -272,9 +294,10 @@ class FedBuff(AsyncStrategy):
 
     def settings(self) -> Config:
         return {
-            "strategy": type(self).__name__,
+            STRATEGY_SETTING: type(self).__name__,
             "buffer_size": self.buffer_size,
             "concurrency": self.concurrency,
+            "min_available_nodes": self.min_available_nodes,
             "server_lr": self.server_lr,
             "weighting": self.weighting,
             "normalize": self.normalize,
@@ -283,7 +306,11 @@ class FedBuff(AsyncStrategy):
 
     # -- resume -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The buffer: partial sums, weights, staleness and metrics of its arrivals."""
+        """The buffer (a snapshot): partial sums, weights, staleness and metrics of its arrivals.
+
+        Restored into a FedBuff with the same settings, the next :meth:`step`
+        gives the bit-identical model (the sums are float64 and copied exactly).
+        """
         return {
             "sums": None if self._sums is None else Arrays(self._sums).copy(),
             "count": self._count,
@@ -294,19 +321,33 @@ class FedBuff(AsyncStrategy):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the buffer :meth:`state_dict` saved; an inconsistent one is refused."""
         expected = {"sums", "count", "base_weight", "stale_weight", "staleness", "metrics"}
         if set(state) != expected:
             raise StrategyError(
                 f"FedBuff state must have keys {sorted(expected)}, got {sorted(state)}"
             )
         sums = state["sums"]
+        count = int(state["count"])
+        staleness = [int(t) for t in state["staleness"]]
+        metrics = [(int(n), dict(m)) for n, m in state["metrics"]]
+        if count < 0 or len(staleness) != count or len(metrics) != count:
+            raise StrategyError(
+                f"FedBuff state is inconsistent: count {count}, {len(staleness)} staleness "
+                f"values, {len(metrics)} metrics"
+            )
+        if (sums is None) != (count == 0):
+            raise StrategyError(
+                f"FedBuff state is inconsistent: count {count} but "
+                f"{'no' if sums is None else 'some'} buffered sums"
+            )
         self._sums = (
             None
             if sums is None
             else {k: np.array(v, dtype=np.float64, copy=True) for k, v in sums.items()}
         )
-        self._count = int(state["count"])
+        self._count = count
         self._base_weight = float(state["base_weight"])
         self._stale_weight = float(state["stale_weight"])
-        self._staleness = [int(t) for t in state["staleness"]]
-        self._metrics = [(int(n), dict(m)) for n, m in state["metrics"]]
+        self._staleness = staleness
+        self._metrics = metrics

@@ -22,13 +22,11 @@ from collections.abc import Iterable
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed
+from consortium.core.protocol import LOCAL_STEPS_KEY
 from consortium.core.records import Metrics
 from consortium.strategy.aggregate import DifferenceSum
 from consortium.strategy.base import TrainReply, weighted_metrics
 from consortium.strategy.fedavg import FedAvg
-
-#: The train metric in which a node reports how many local steps it ran.
-LOCAL_STEPS_KEY = "local_steps"
 
 __all__ = ["LOCAL_STEPS_KEY", "FedNova"]
 

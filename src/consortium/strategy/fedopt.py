@@ -256,8 +256,10 @@ class FedOpt(StrategyWrapper):
     """Any strategy's aggregate, taken as a pseudo-gradient by a server optimiser.
 
     Everything but the server step (node selection, configs, evaluation,
-    initial model) is delegated to ``base`` through its public interface, so
-    ``FedOpt`` composes with any aggregation rule.
+    initial model, ``min_available_nodes``) is delegated to ``base`` through
+    its public interface, so ``FedOpt`` composes with any aggregation rule.
+    Its state is ``{"base": ..., "optimizer": ...}``; its settings are the
+    optimiser's, then the base's under ``base.``.
     """
 
     def __init__(self, base: Strategy | None = None, *, optimizer: ServerOptimizer) -> None:
@@ -292,29 +294,26 @@ class FedOpt(StrategyWrapper):
                 out[name] = value
         return out, metrics
 
-    # -- bookkeeping -------------------------------------------------------------------
-    def settings(self) -> Config:
-        base = self.base.settings()
-        return {
-            **base,
-            "strategy": type(self).__name__,
-            "base_strategy": str(base.get("strategy", type(self.base).__name__)),
-            "server_optimizer": type(self.optimizer).__name__,
-            **self.optimizer.settings(),
-        }
+    # -- bookkeeping (the base's part is StrategyWrapper's) ------------------------------
+    def wrapper_settings(self) -> Config:
+        return {"server_optimizer": type(self.optimizer).__name__, **self.optimizer.settings()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict(), "optimizer": self.optimizer.state_dict()}
+    def wrapper_state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        unknown = set(state) - {"base", "optimizer"}
-        if unknown:
+    def load_wrapper_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"optimizer"}:
             raise StrategyError(
-                f"{type(self).__name__} state has unknown keys {sorted(unknown)}; "
-                "expected 'base' and 'optimizer'"
+                f"{type(self).__name__} state must hold 'base' and 'optimizer', "
+                f"got {sorted({'base', *state})}"
             )
-        self.base.load_state_dict(dict(state.get("base", {})))
-        self.optimizer.load_state_dict(dict(state.get("optimizer", {})))
+        optimizer = state["optimizer"]
+        if not isinstance(optimizer, dict):
+            raise StrategyError(
+                f"{type(self).__name__} state 'optimizer' must be a dict, "
+                f"got {type(optimizer).__name__}"
+            )
+        self.optimizer.load_state_dict(optimizer)
 
 
 class FedAvgM(FedOpt):

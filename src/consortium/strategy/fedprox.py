@@ -20,12 +20,10 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import StrategyError
+from consortium.core.protocol import PROX_MU_KEY
 from consortium.core.records import Config
 from consortium.strategy.base import Instruction
 from consortium.strategy.fedavg import FedAvg
-
-#: The train-config key that carries the proximal coefficient to the nodes.
-PROX_MU_KEY = "prox-mu"
 
 __all__ = ["PROX_MU_KEY", "FedProx"]
 

@@ -26,13 +26,11 @@ from typing import Any
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError
+from consortium.core.protocol import INITIAL_LOSS_KEY
 from consortium.core.records import Config, Metrics
 from consortium.strategy.aggregate import DifferenceSum
 from consortium.strategy.base import TrainReply, weighted_metrics
 from consortium.strategy.fedavg import FedAvg
-
-#: The train metric with a node's loss at the received global model, before training.
-INITIAL_LOSS_KEY = "initial_loss"
 
 __all__ = ["INITIAL_LOSS_KEY", "QFedAvg"]
 

@@ -34,15 +34,16 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError
+from consortium.core.protocol import SCAFFOLD_CONTROL_RECORD, SCAFFOLD_DELTA_RECORD
 from consortium.core.records import Config, Metrics
 from consortium.strategy.aggregate import WeightedMean
 from consortium.strategy.base import Instruction, TrainReply, weighted_metrics
 from consortium.strategy.fedavg import CentralEvalFn, ConfigFn, FedAvg, MetricsAggregation
 
-#: Instruction record carrying the server control variate ``c``.
-CONTROL_RECORD = "scaffold.c"
+#: Instruction record carrying the server control variate ``c`` (:mod:`consortium.core.protocol`).
+CONTROL_RECORD = SCAFFOLD_CONTROL_RECORD
 #: Reply record carrying a node's control-variate update ``c_i+ - c_i``.
-DELTA_RECORD = "scaffold.delta_c"
+DELTA_RECORD = SCAFFOLD_DELTA_RECORD
 
 log = logging.getLogger("consortium.strategy")
 
