@@ -27,6 +27,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
 from consortium.server.fleet import Fleet
 from consortium.server.runs import RunManager
+from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority, IssuedCertificate
 from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClient, open_channel
@@ -37,6 +38,7 @@ from consortium.transport.grpc_server import (
     start_server,
 )
 from consortium.transport.identity import PeerVerifier, Role, load_server_credentials
+from honest import answer, check_answer
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
@@ -110,25 +112,6 @@ def make_task(node: str, value: float = 1.0) -> Message:
     )
 
 
-def answer(task: Message) -> Message:
-    """The reply an honest node sends: the model plus one, and a metric."""
-    assert task.content is not None and task.content.model is not None
-    return task.reply(arrays=Arrays({"w": task.content.model["w"] + 1}), metrics={"n": 3})
-
-
-def check_answer(task: Message, replies: list[Message]) -> None:
-    """``replies`` is exactly the honest answer to ``task``."""
-    assert len(replies) == 1, replies
-    (reply,) = replies
-    assert reply.error is None, reply.error
-    assert reply.metadata.reply_to == task.metadata.message_id
-    assert reply.metadata.src == task.metadata.dst
-    assert reply.content is not None and reply.content.model is not None
-    assert task.content is not None and task.content.model is not None
-    np.testing.assert_array_equal(reply.content.model["w"], task.content.model["w"] + 1)
-    assert reply.content.metric_values == {"n": 3}
-
-
 class Round:
     """One task sent through the Fleet's Grid API (``send_and_receive``) on a thread."""
 
@@ -183,7 +166,7 @@ class Federation:
 def build_server(pki: Pki, workdir: Path) -> Federation:
     """What ``consortium server --credentials S --ca-dir CA --allow ... --admin alice`` does."""
     fleet = Fleet(heartbeat_interval=1.0, offline_after=60.0, max_message_bytes=MAX_MESSAGE_BYTES)
-    runs = RunManager(fleet, workdir)
+    runs = RunManager(fleet, workdir, store=StateStore(default_url(workdir)))
     fleet.set_bundles(runs.run_bundle)
     node_role: tuple[Role, ...] = ("node",)
     admin_role: tuple[Role, ...] = ("admin",)

@@ -1,6 +1,7 @@
-"""Client side: the ClientApp a silo runs and the NumPyClient adapter."""
+"""Client side: the ClientApp a silo runs, its mods, the task runner, the NumPyClient adapter."""
 
-from consortium.client.app import ClientApp, ClientFn, Handler
+from consortium.client.app import ClientApp, ClientFn, Handler, Mod
+from consortium.client.mods import clip_update_mod, update_norm_mod
 from consortium.client.numpy_client import EvaluateResult, FitResult, NumPyClient
 from consortium.client.personal import Ditto, LocalLayers, PersonalTrainFn, ditto_correction
 from consortium.client.scaffold import (
@@ -10,6 +11,7 @@ from consortium.client.scaffold import (
     is_scaffold_task,
     scaffold_train,
 )
+from consortium.client.task import TaskResult, failure_reply, run_task
 
 __all__ = [
     "ClientApp",
@@ -20,11 +22,17 @@ __all__ = [
     "Handler",
     "LocalLayers",
     "LocalTrainFn",
+    "Mod",
     "NumPyClient",
     "PersonalTrainFn",
     "ScaffoldUpdate",
+    "TaskResult",
+    "clip_update_mod",
     "control_variate",
     "ditto_correction",
+    "failure_reply",
     "is_scaffold_task",
+    "run_task",
     "scaffold_train",
+    "update_norm_mod",
 ]

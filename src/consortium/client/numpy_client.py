@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.message import EVALUATE, QUERY, TRAIN, Message
+from consortium.core.protocol import LOSS, NUM_EXAMPLES
 from consortium.core.records import Config, Metrics, check_metrics
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def numpy_client_handlers(client_fn: Callable[[Context], NumPyClient]) -> dict[s
         if not isinstance(result, FitResult):
             result = FitResult(*result)
         metrics = check_metrics(result.metrics)
-        metrics["num_examples"] = int(result.num_examples)
+        metrics[NUM_EXAMPLES] = int(result.num_examples)
         return message.reply(arrays=result.arrays, metrics=metrics)
 
     def evaluate(message: Message, context: Context) -> Message:
@@ -75,8 +76,8 @@ def numpy_client_handlers(client_fn: Callable[[Context], NumPyClient]) -> dict[s
         if not isinstance(result, EvaluateResult):
             result = EvaluateResult(*result)
         metrics = check_metrics(result.metrics)
-        metrics["loss"] = float(result.loss)
-        metrics["num_examples"] = int(result.num_examples)
+        metrics[LOSS] = float(result.loss)
+        metrics[NUM_EXAMPLES] = int(result.num_examples)
         return message.reply(metrics=metrics)
 
     def query(message: Message, context: Context) -> Message:

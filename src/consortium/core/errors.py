@@ -13,6 +13,7 @@ message written for that user, and an ``exit_code`` the CLI returns::
     ├── DatasetError                8  a data set is missing or malformed
     ├── MissingDependencyError      9  an optional extra is not installed
     ├── TransportError             10  the server or a node could not be reached or refused
+    │   └── ServerUnavailable      10  the server could not be reached; worth retrying
     └── SecurityError              11  a certificate, key or identity check failed
 """
 
@@ -86,6 +87,14 @@ class TransportError(ConsortiumError):
     """A remote party could not be reached, or refused the call (the message says why)."""
 
     exit_code = 10
+
+
+class ServerUnavailable(TransportError):
+    """The server could not be reached (down, unreachable, too slow); worth retrying.
+
+    Any other :class:`TransportError` is the server refusing the call for what it
+    is: retrying the same call cannot help.
+    """
 
 
 class SecurityError(ConsortiumError):

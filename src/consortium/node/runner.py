@@ -14,8 +14,6 @@ import logging
 import random
 import sys
 import threading
-import time
-import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,13 +23,15 @@ from consortium._version import __version__
 from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
+from consortium.client.task import failure_reply, run_task
 from consortium.core.context import Context, NodeState
-from consortium.core.errors import SecurityError, TransportError
+from consortium.core.errors import SecurityError, ServerUnavailable, TransportError
+from consortium.core.fleet_info import RunBundle
 from consortium.core.message import TIMING_RECORD, Message
+from consortium.core.protocol import TIMING_TRAIN
 from consortium.core.records import Config
 from consortium.core.state_codec import decode_state, encode_state
-from consortium.transport.fleet_api import RunBundle
-from consortium.transport.grpc_client import FleetClient, is_unavailable
+from consortium.node.connection import NodeConnection
 
 log = logging.getLogger("consortium.node")
 
@@ -69,14 +69,15 @@ class NodeRunner:
 
     def __init__(
         self,
-        client: FleetClient,
+        connection: NodeConnection,
         *,
         node_config: Config,
         work_dir: Path,
         policy: NodePolicy,
         poll_wait: float = 5.0,
     ) -> None:
-        self.client = client
+        #: the link to the server (gRPC in deployment, in memory in tests)
+        self.connection = connection
         self.node_config = node_config
         self.work_dir = work_dir
         self.policy = policy
@@ -106,19 +107,21 @@ class NodeRunner:
                     heart_started = True
                 self._serve()
             except TransportError as exc:
-                if not is_unavailable(exc):
-                    log.error("%s", exc)
                 delay = backoff.next_delay()
-                log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
+                if isinstance(exc, ServerUnavailable):
+                    log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
+                else:
+                    log.error("server refused the call (%s); retrying in %.1f s", exc, delay)
                 self.stop.wait(delay)
 
     def _connect(self) -> None:
-        welcome = self.client.hello(__version__, self.instance_id)
+        conn = self.connection
+        welcome = conn.hello(__version__, self.instance_id)
         self.name = welcome.node_id
         self._heartbeat_interval = welcome.heartbeat_interval or 2.0
-        self.client.max_message_bytes = welcome.max_message_bytes or self.client.max_message_bytes
+        conn.max_message_bytes = welcome.max_message_bytes or conn.max_message_bytes
         self._rehello.clear()
-        log.info("connected to %s as %s", self.client.address, self.name)
+        log.info("connected to %s as %s", conn.address, self.name)
 
     def _serve(self) -> None:
         while not self.stop.is_set():
@@ -132,7 +135,7 @@ class NodeRunner:
         (model-sized) are let go before the next task is received, not after."""
         task = self._held
         if task is None:
-            payload = self.client.pull_task(self.poll_wait)
+            payload = self.connection.pull_task(self.poll_wait)
             if payload is None:
                 return
             task = Message.from_bytes(payload)
@@ -147,10 +150,10 @@ class NodeRunner:
         while self._outbox:
             message_id, reply = self._outbox[0]
             try:
-                accepted, detail = self.client.push_result(reply.to_parts(), message_id)
+                accepted, detail = self.connection.push_result(reply.to_parts(), message_id)
+            except ServerUnavailable:
+                raise  # keep it: delivered after reconnecting
             except TransportError as exc:
-                if is_unavailable(exc):
-                    raise  # keep it: delivered after reconnecting
                 # refused for what it is (too large, malformed): retrying cannot help
                 self._outbox.popleft()
                 log.error("server refused result %s for good: %s", message_id, exc)
@@ -162,7 +165,7 @@ class NodeRunner:
     def _heartbeats(self) -> None:
         while not self.stop.wait(self._heartbeat_interval):
             try:
-                if not self.client.heartbeat():
+                if not self.connection.heartbeat():
                     self._rehello.set()
             except TransportError:
                 pass  # the main loop notices and reconnects
@@ -172,30 +175,41 @@ class NodeRunner:
         meta = task.metadata
         try:
             bundle, app = self._app_for(meta.run_id)
-            state = self._load_state(meta.run_id)
             context = Context(
                 node_id=self.name,
                 node_config=self.node_config,
                 run_config=json.loads(bundle.run_config_json),
-                state=state,
+                state=self._load_state(meta.run_id),
                 seed=int(bundle.seed),
             )
-            started = time.perf_counter()
-            reply = app(task, context)
-            elapsed = time.perf_counter() - started
+            result = run_task(app, task, context)
+            reply = result.reply
+            if result.raised:  # reported with its traceback; the half-changed state is dropped
+                assert reply.error is not None
+                log.error(
+                    "run %s round %d: %s failed: %s\n%s",
+                    meta.run_id,
+                    meta.round,
+                    meta.kind,
+                    reply.error.reason,
+                    reply.error.traceback,
+                )
+                return reply
             log.info(
-                "run %s round %d: %s done in %.2f s", meta.run_id, meta.round, meta.kind, elapsed
+                "run %s round %d: %s done in %.2f s",
+                meta.run_id,
+                meta.round,
+                meta.kind,
+                result.seconds,
             )
-            if reply.content is not None:
-                reply.content.metrics[TIMING_RECORD] = {"train": elapsed}
+            if reply.content is not None:  # the server splits the task's time with it
+                reply.content.metrics[TIMING_RECORD] = {TIMING_TRAIN: result.seconds}
             self._save_state(meta.run_id, context.state)
             self.tasks_done += 1
             return reply
-        except Exception as exc:  # report to the server with the traceback; keep serving
+        except Exception as exc:  # no app or state to run with: report it; keep serving
             log.exception("run %s round %d: %s failed", meta.run_id, meta.round, meta.kind)
-            return task.error_reply(
-                type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
-            )
+            return failure_reply(task, exc)
 
     def _fetch_app(self, run_id: str) -> None:
         """Load the run's app before running a task. If the server is unreachable the
@@ -203,9 +217,8 @@ class NodeRunner:
         failure is left for ``_handle`` to report to the server as the task's error."""
         try:
             self._app_for(run_id)
-        except TransportError as exc:
-            if is_unavailable(exc):
-                raise
+        except ServerUnavailable:
+            raise
         except Exception:  # reported by _handle, which tries again
             pass
 
@@ -213,7 +226,7 @@ class NodeRunner:
         cached = self._runs.get(run_id)
         if cached is not None:
             return cached
-        bundle = self.client.get_run(run_id)
+        bundle = self.connection.get_run(run_id)
         if bundle_digest(bundle.bundle) != bundle.bundle_sha256:
             raise SecurityError(f"run {run_id}: app bundle does not match its digest")
         local = self.policy.local_apps.get(bundle.app_name)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Sequence
 
 from consortium.apps.loader import load_app
+from consortium.client import task
 from consortium.client.app import ClientApp
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Message
@@ -27,8 +27,9 @@ def run_task(
     run_config: Config,
     seed: int,
     state: bytes | None,
-) -> tuple[bytes, bytes | None]:
-    """Run one task; returns the encoded reply and the node's encoded state."""
+) -> tuple[bytes, bytes | None, bool]:
+    """Run one task; returns the encoded reply, the node's encoded state, and whether the
+    app raised (its state changes are then dropped, as a deployed node drops them)."""
     assert _APP is not None, "init_worker was not called"
     msg = Message.from_bytes(message)
     context = Context(
@@ -38,9 +39,6 @@ def run_task(
         state=decode_state(state) if state else NodeState(),
         seed=seed,
     )
-    try:
-        reply = _APP(msg, context)
-    except Exception as exc:
-        reply = msg.error_reply(type(exc).__name__, str(exc) or repr(exc), traceback.format_exc())
+    result = task.run_task(_APP, msg, context)
     new_state = None if context.state.is_empty() else encode_state(context.state)
-    return bytes(reply.to_bytes()), new_state
+    return bytes(result.reply.to_bytes()), new_state, result.raised

@@ -7,25 +7,14 @@ protocols and never sees rounds, strategies or databases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from consortium.core.errors import WireFormatError
+from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Message
 from consortium.transport.chunks import ReceiveBudget
 
-
-@dataclass(frozen=True, slots=True)
-class RunBundle:
-    """What a node needs to run the tasks of one run."""
-
-    run_id: str
-    app_name: str
-    app_version: str
-    client_entry: str
-    bundle: bytes
-    bundle_sha256: str
-    run_config_json: str
-    seed: int
+__all__ = ["ControlBackend", "FleetBackend", "RunBundle"]
 
 
 class FleetBackend(Protocol):
@@ -80,3 +69,19 @@ class ControlBackend(Protocol):
     def show_run(self, run_id: str) -> dict[str, Any] | None: ...
 
     def stop_run(self, run_id: str) -> bool: ...
+
+
+def decode_reply(payload: memoryview, max_bytes: int) -> Message:
+    """The reply Message a node pushed in ``payload``; :class:`WireFormatError` if it is
+    not one (every transport checks a pushed result with this)."""
+    try:
+        # the reassembled buffer belongs to this message alone: a fold may reuse it
+        reply = Message.from_bytes(payload, max_bytes=max_bytes, exclusive=True)
+    except WireFormatError as exc:
+        raise WireFormatError(f"not a Consortium message: {exc}") from exc
+    task = reply.metadata.reply_to
+    if not isinstance(task, str) or not task:
+        raise WireFormatError(
+            f"not a reply: a result must name the task it answers in reply_to (got {task!r})"
+        )
+    return reply

@@ -1,4 +1,9 @@
-"""Clients of the Fleet (node) and Control (coordinator) services."""
+"""Clients of the Fleet (node) and Control (coordinator) services.
+
+A failed call raises :class:`~consortium.core.errors.ServerUnavailable` when the
+server could not be reached in time (worth retrying), and a plain
+:class:`~consortium.core.errors.TransportError` when it refused the call.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from consortium.core.errors import TransportError
+from consortium.core.errors import ServerUnavailable, TransportError
+from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import Buffer, Reassembler, decode_chunk, encode_chunk, iter_chunks
-from consortium.transport.fleet_api import RunBundle
 from consortium.transport.grpc_server import GRPC_OPTIONS
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
@@ -31,13 +36,6 @@ class ClientTls:
     server_name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    node_id: str
-    heartbeat_interval: float
-    max_message_bytes: int
-
-
 def open_channel(address: str, tls: ClientTls | None) -> grpc.Channel:
     if tls is None:
         return grpc.insecure_channel(address, options=GRPC_OPTIONS)
@@ -50,13 +48,22 @@ def open_channel(address: str, tls: ClientTls | None) -> grpc.Channel:
     return grpc.secure_channel(address, creds, options=options)
 
 
+#: Statuses that mean the server was not reached in time: the call is worth retrying.
+_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def _call(fn: Callable[[], T], what: str) -> T:
+    """``fn()``, its gRPC failure raised as ServerUnavailable or TransportError."""
     try:
         return fn()
     except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        # what a call raises is also a grpc.Call (status and details); other RpcErrors
+        # (none known) are reported as they are, and taken as refusals
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         name = code.name if code is not None else "ERROR"
+        if code not in _UNREACHABLE:
+            raise TransportError(f"{what} failed ({name}): {detail}") from exc
         hint = ""
         if code == grpc.StatusCode.UNAVAILABLE:
             # TLS refusals (wrong CA, expired certificate) look like a closed socket here
@@ -64,19 +71,11 @@ def _call(fn: Callable[[], T], what: str) -> T:
                 " — the server is unreachable, or refused this certificate during the TLS "
                 "handshake (check the address, and the certificate's CA and expiry)"
             )
-        raise TransportError(f"{what} failed ({name}): {detail}{hint}") from exc
-
-
-def is_unavailable(exc: TransportError) -> bool:
-    """True when the failure was the server being unreachable (worth retrying)."""
-    cause = exc.__cause__
-    if isinstance(cause, grpc.RpcError) and hasattr(cause, "code"):
-        return cause.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    return False
+        raise ServerUnavailable(f"{what} failed ({name}): {detail}{hint}") from exc
 
 
 class FleetClient:
-    """A node's connection to the server."""
+    """A node's connection to the server over gRPC (a node ``NodeConnection``)."""
 
     def __init__(
         self,

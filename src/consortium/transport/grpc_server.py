@@ -32,7 +32,7 @@ from consortium.transport.chunks import (
     encode_chunk,
     iter_chunks,
 )
-from consortium.transport.fleet_api import ControlBackend, FleetBackend
+from consortium.transport.fleet_api import ControlBackend, FleetBackend, decode_reply
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 
@@ -108,21 +108,6 @@ _ENDED_BY_GRPC = (
     "gRPC ended the call (the node cancelled it, or sent one gRPC message over "
     f"the {MAX_GRPC_MESSAGE}-byte limit)"
 )
-
-
-def _decode_reply(payload: memoryview, max_bytes: int) -> Message:
-    """The reply Message in ``payload``; :class:`WireFormatError` if it is not one."""
-    try:
-        # the reassembled buffer belongs to this message alone: a fold may reuse it
-        reply = Message.from_bytes(payload, max_bytes=max_bytes, exclusive=True)
-    except WireFormatError as exc:
-        raise WireFormatError(f"not a Consortium message: {exc}") from exc
-    task = reply.metadata.reply_to
-    if not isinstance(task, str) or not task:
-        raise WireFormatError(
-            f"not a reply: a result must name the task it answers in reply_to (got {task!r})"
-        )
-    return reply
 
 
 class FleetServicer(rpc.FleetServicer):
@@ -233,7 +218,7 @@ class FleetServicer(rpc.FleetServicer):
             context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
             raise
         try:
-            return _decode_reply(payload, self.backend.max_message_bytes)
+            return decode_reply(payload, self.backend.max_message_bytes)
         except WireFormatError as exc:
             log.warning("refused a reply from %s: %s", node, exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
