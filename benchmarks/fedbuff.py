@@ -45,8 +45,7 @@ from consortium.core.message import Message
 from consortium.core.records import Metrics
 from consortium.datasets.partition import dirichlet
 from consortium.ml import mlp
-from consortium.server import RoundLoop, ServerConfig
-from consortium.server.async_loop import AsyncLoop, AsyncServerConfig
+from consortium.server import AsyncServerConfig, ServerApp, ServerConfig, run_server_app
 from consortium.simulation.async_grid import AsyncSimulationGrid, lognormal_speeds
 from consortium.strategy import FedAvg
 from consortium.strategy.fedbuff import FedBuff
@@ -159,7 +158,7 @@ def run_fedavg(args: argparse.Namespace, seed: int) -> Outcome:
     log = ClockLog(grid)
     started = time.perf_counter()
     config = ServerConfig(strategy, num_rounds=args.max_rounds)
-    result = RoundLoop(config, grid, seed=seed, observers=[log]).run()
+    result = run_server_app(ServerApp(lambda _: config), grid, seed=seed, observers=[log])
     grid.close()
     wall = time.perf_counter() - started
     stop = reached(args.target)
@@ -184,7 +183,7 @@ def run_fedbuff(args: argparse.Namespace, seed: int) -> Outcome:
     )
     config = AsyncServerConfig(strategy, num_steps=args.max_steps, stop_when=reached(args.target))
     started = time.perf_counter()
-    result = AsyncLoop(config, grid, seed=seed).run()
+    result = run_server_app(ServerApp(lambda _: config), grid, seed=seed)
     grid.close()
     last = result.history.rounds[-1]
     tasks = sum(1 for r in result.history.rounds for n in r.nodes)

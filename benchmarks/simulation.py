@@ -3,6 +3,7 @@
     python benchmarks/simulation.py                      # Consortium, N = 10, 100, 1000, 10000
     python benchmarks/simulation.py --vs-flower          # + Flower 1.42 in its own virtualenv
     python benchmarks/simulation.py --sizes 1000 --json out.json
+    python benchmarks/simulation.py --vs-revision HEAD~3 --repeat 3   # this tree vs an older one
 
 Workload "logreg-20" (see sim_consortium.py and peers/flower_sim.py): logistic
 regression on 20 synthetic features, 100 rows per node, every node every
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +68,28 @@ def run_one(
     )
 
 
+def revision_tree(revision: str, root: Path) -> tuple[Path, str]:
+    """A checkout of ``revision`` under .bench/ (made once), and its short commit id."""
+    sha = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", revision],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    tree = root / ".bench" / f"rev-{sha}"
+    if not (tree / "src").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", sha], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree, sha
+
+
+def best(rows: list[Row]) -> Row:
+    """Of repeated runs, the fastest (the least disturbed by the rest of the machine)."""
+    ok = [r for r in rows if r.wall_s is not None and not r.note]
+    return min(ok, key=lambda r: r.wall_s or 0.0) if ok else rows[0]
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
@@ -84,8 +109,17 @@ def main() -> int:
     ap.add_argument("--flower-venv", type=Path, default=Path(".bench/flower-venv"))
     ap.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     ap.add_argument("--json", type=Path, help="write the table as JSON")
+    ap.add_argument(
+        "--vs-revision",
+        metavar="REV",
+        help="also run the same workload with Consortium as of git revision REV "
+        "(checked out under .bench/), alternating with this tree",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="runs per size and system (best kept)")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.vs_revision:
+        return compare_revision(args, sizes)
 
     flower_python = None
     if args.vs_flower:
@@ -152,6 +186,48 @@ def main() -> int:
             )
         )
     return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
+
+
+def compare_revision(args: argparse.Namespace, sizes: list[int]) -> int:
+    """This tree against an older revision on the same workload, runs interleaved."""
+    root = HERE.parent
+    tree, sha = revision_tree(args.vs_revision, root)
+    old_env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    table = []
+    for n in sizes:
+        common = ["--nodes", str(n), "--rounds", str(args.rounds), "--seed", str(args.seed)]
+        now: list[Row] = []
+        then: list[Row] = []
+        for _ in range(args.repeat):
+            cmd = [sys.executable, str(HERE / "sim_consortium.py"), *common]
+            now.append(run_one("consortium", cmd, None, n, args.timeout))
+            old = [sys.executable, str(tree / "benchmarks" / "sim_consortium.py"), *common]
+            then.append(run_one(f"consortium@{sha}", old, old_env, n, args.timeout))
+            print(f"N={n}: now {now[-1]}\n       {sha} {then[-1]}", file=sys.stderr, flush=True)
+        table.append((n, best(now), best(then)))
+    print(f"\n### Simulation, logreg-20, {args.rounds} rounds: this tree vs {sha} "
+          f"(best of {args.repeat})\n")  # fmt: skip
+    print(f"| N | wall s | s/round | peak RSS MB | {sha} wall s | {sha} s/round | "
+          f"{sha} RSS MB | time now/{sha} | memory now/{sha} |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios = []
+    for n, c, o in table:
+        speed = c.wall_s / o.wall_s if c.wall_s and o.wall_s else None
+        mem = c.peak_rss_mb / o.peak_rss_mb if c.peak_rss_mb and o.peak_rss_mb else None
+        ratios.append({"nodes": n, "time_ratio": speed, "memory_ratio": mem})
+        print(
+            f"| {n} | {fmt(c.wall_s, '.2f')} | {fmt(c.s_per_round, '.3f')} | "
+            f"{fmt(c.peak_rss_mb, '.0f')} | {fmt(o.wall_s, '.2f')} | {fmt(o.s_per_round, '.3f')} | "
+            f"{fmt(o.peak_rss_mb, '.0f')} | {fmt(speed, '.2f')} | {fmt(mem, '.2f')} |"
+        )
+    if args.json:
+        rows = [asdict(r) for _, c, o in table for r in (c, o)]
+        args.json.write_text(
+            json.dumps(
+                {"rounds": args.rounds, "baseline": sha, "rows": rows, "ratios": ratios}, indent=2
+            )
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from consortium.apps.bundle import make_bundle
 from consortium.transport.ca import CertificateAuthority
 from consortium.transport.grpc_client import ClientTls, ControlClient
 
@@ -82,13 +84,41 @@ class Deployment:
         self.port = int(port_file.read_text())
         return self.port
 
-    def start_node(self, name: str, app: Path = SLOW_APP) -> None:
+    def start_node(self, name: str, app: Path = SLOW_APP, **config: object) -> None:
+        """A node process for ``name``; ``config`` adds node-config entries (KEY=VALUE)."""
+        extra = [a for key, value in config.items() for a in ("--config", f"{key}={value}")]
         args = [
             EXE, "node", "--server", f"127.0.0.1:{self.port}",
             "--credentials", str(self.fed.creds(name)), "--app", str(app),
-            "--config", f"center={name}", "--work-dir", str(self.workdir / "nodes" / name),
+            "--config", f"center={name}", *extra,
+            "--work-dir", str(self.workdir / "nodes" / name),
         ]  # fmt: skip
         self.procs[name] = self._spawn(name, args)
+
+    def start_run(self, app: Path, config: dict[str, Any], seed: int) -> str:
+        """Start a run of the app folder ``app`` as the admin ``alice``; its run id."""
+        admin = self.fed.admin(self.port)
+        try:
+            return admin.start_run(make_bundle(app), config, seed)
+        finally:
+            admin.close()
+
+    def wait_run(self, run_id: str, timeout: float = 180) -> dict[str, Any]:
+        """``run show`` of ``run_id`` once it is no longer pending or running."""
+        admin = self.fed.admin(self.port)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                info = admin.show_run(run_id)
+                if info["status"] not in ("pending", "running"):
+                    return info
+                time.sleep(0.2)
+        finally:
+            admin.close()
+        raise AssertionError(f"run {run_id} did not finish:\n{self.log('server')}")
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.workdir / "server" / "runs" / run_id
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - closed with the process

@@ -6,11 +6,9 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from consortium.apps.bundle import make_bundle
 from consortium.core.arrays import Arrays
 from consortium.server import load_model
 from consortium.server.checkpoint import checkpoint_digest, read_checkpoint
@@ -36,28 +34,6 @@ def _simulate_slow_app(rounds: int, seed: int) -> Arrays:
     ).arrays  # fmt: skip
 
 
-def _wait_run(dep: Deployment, run_id: str, timeout: float = 120) -> dict[str, Any]:
-    admin = dep.fed.admin(dep.port)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = admin.show_run(run_id)
-            if info["status"] not in ("pending", "running"):
-                return info
-            time.sleep(0.2)
-    finally:
-        admin.close()
-    raise AssertionError(f"run {run_id} did not finish:\n{dep.log('server')}")
-
-
-def _start(dep: Deployment, app: Path, config: dict[str, Any], seed: int) -> str:
-    admin = dep.fed.admin(dep.port)
-    try:
-        return admin.start_run(make_bundle(app), config, seed)
-    finally:
-        admin.close()
-
-
 def test_heart_disease_deployment_equals_simulation(deployment: Deployment) -> None:
     """4 hospital processes, each with only its own data: bit-identical to simulation."""
     from consortium.datasets import heart_disease as hd
@@ -66,8 +42,8 @@ def test_heart_disease_deployment_equals_simulation(deployment: Deployment) -> N
     deployment.start_server()
     for name in NODES:
         deployment.start_node(name, app=HEART)
-    run_id = _start(deployment, HEART, {"num-rounds": 5}, seed=11)
-    info = _wait_run(deployment, run_id)
+    run_id = deployment.start_run(HEART, {"num-rounds": 5}, seed=11)
+    info = deployment.wait_run(run_id)
     assert info["status"] == "finished", info
     model = load_model(deployment.workdir / "server" / "runs" / run_id / "model.npz")
     sim = run_simulation(
@@ -107,14 +83,14 @@ def test_node_killed_mid_round_round_completes_then_node_rejoins(deployment: Dep
         deployment.start_node(name)
     # a round needs 3 replies; each round starts once all 4 nodes are online
     config = {"num-rounds": 4, "delay": 1.0, "min-replies": 3, "min-nodes": 4}
-    run_id = _start(deployment, SLOW_APP, config, seed=5)
+    run_id = deployment.start_run(SLOW_APP, config, seed=5)
     log = deployment.workdir / "nodes" / "va" / "node.log"
     wait_for(lambda: log.exists() and "round 1: train done" in log.read_text(), 60, "round 1")
     time.sleep(0.3)  # va is now inside round 2's training sleep
     deployment.kill("va")
     time.sleep(2.5)  # offline, round 2 goes on with three nodes
     deployment.start_node("va")
-    info = _wait_run(deployment, run_id)
+    info = deployment.wait_run(run_id)
     assert info["status"] == "finished", info
     outcome = {(r["round"], n["node"]): n["outcome"] for r in info["rounds"] for n in r["nodes"]}
     assert outcome[(2, "va")] != "ok"  # lost mid-round, reported
@@ -143,7 +119,7 @@ def test_server_killed_then_resumed_equals_uninterrupted(
         deployment.start_node(name)
     rounds, seed = 5, 21
     config = {"num-rounds": rounds, "delay": 0.6}
-    run_id = _start(deployment, SLOW_APP, config, seed=seed)
+    run_id = deployment.start_run(SLOW_APP, config, seed=seed)
     ckpts = _checkpoint(deployment, run_id, 2).parent
     if moment == "between-rounds":
         wait_for(lambda: _checkpoint(deployment, run_id, 2).exists(), 120, "checkpoint 2")
@@ -155,7 +131,7 @@ def test_server_killed_then_resumed_equals_uninterrupted(
     deployment.kill("server")
     assert not _checkpoint(deployment, run_id, 3).exists() or moment != "writing-checkpoint"
     assert deployment.start_server("--resume", run_id) == port
-    info = _wait_run(deployment, run_id)
+    info = deployment.wait_run(run_id)
     assert info["status"] == "finished", info
     model = load_model(deployment.workdir / "server" / "runs" / run_id / "model.npz")
     assert model.equals(_simulate_slow_app(rounds, seed))

@@ -14,7 +14,7 @@ from consortium.core.context import Context
 from consortium.core.errors import ConfigError, RoundFailed
 from consortium.core.history import Outcome
 from consortium.core.message import TRAIN, Content, Message
-from consortium.server.async_loop import AsyncServerConfig
+from consortium.server import AsyncServerConfig
 from consortium.simulation.async_grid import (
     AsyncSimulationGrid,
     lognormal_speeds,
@@ -190,9 +190,9 @@ def test_simulated_grid_orders_by_completion_and_nodes_work_serially() -> None:
     grid = AsyncSimulationGrid(shift_client(), ["a", "b"], durations={"a": 3.0, "b": 1.0})
     first_a, b, second_a = _task("a"), _task("b"), _task("a")
     for m in (first_a, b, second_a):
-        grid.submit(m)
-    assert grid.next_reply(0.5) is None and grid.now() == 0.5  # nothing finishes by 0.5
-    got = [grid.next_reply(None) for _ in range(3)]
+        grid.push([m])
+    assert grid.pull(0.5) is None and grid.now() == 0.5  # nothing finishes by 0.5
+    got = [grid.pull(None) for _ in range(3)]
     # b at 1; a's first task at 3; its second waits for the node: 3 + 3 = 6
     assert [g.metadata.reply_to for g in got if g] == [
         b.metadata.message_id,
@@ -200,10 +200,10 @@ def test_simulated_grid_orders_by_completion_and_nodes_work_serially() -> None:
         second_a.metadata.message_id,
     ]
     assert grid.now() == 6.0
-    assert grid.next_reply(None) is None and grid.now() == 6.0  # nothing in flight
+    assert grid.pull(None) is None and grid.now() == 6.0  # nothing in flight
     unknown = _task("zz")
-    grid.submit(unknown)
-    reply = grid.next_reply(None)
+    grid.push([unknown])
+    reply = grid.pull(None)
     assert reply is not None and reply.error is not None and reply.error.code == "unknown-node"
     grid.close()
     with pytest.raises(ConfigError, match="no task time for nodes"):
@@ -221,7 +221,7 @@ def test_server_fn_gets_the_run_config_and_must_return_an_async_config() -> None
         server_fn, shift_client(), node_ids=["a"], durations={"a": 1.0}, run_config={"steps": 3}
     )
     np.testing.assert_allclose(result.arrays["w"], [3.0, 3.0])
-    with pytest.raises(ConfigError, match="must return an AsyncServerConfig"):
+    with pytest.raises(ConfigError, match="must return a ServerConfig or an AsyncServerConfig"):
         run_async_simulation(
             lambda ctx: object(),  # type: ignore[arg-type, return-value]
             shift_client(),

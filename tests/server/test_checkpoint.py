@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from consortium.core.errors import StrategyError, WireFormatError
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
 from consortium.core.message import Message
 from consortium.core.records import Metrics
-from consortium.server import RoundLoop, ServerConfig
+from consortium.server import RunResult, ServerApp, ServerConfig, run_server_app
 from consortium.server.checkpoint import (
     checkpoint_digest,
     list_checkpoints,
@@ -33,7 +34,7 @@ from consortium.server.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from consortium.server.loop import RunStopped
+from consortium.server.context import CheckpointSettings, RunStopped
 from consortium.simulation import SimulationGrid
 from consortium.strategy import FedAvg
 from consortium.strategy.base import TrainReply
@@ -90,7 +91,7 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     ck = read_checkpoint(path)
     assert ck.round == 3 and ck.seed == 2**40 and ck.run_id == "abc"
     assert ck.arrays.equals(MODEL)
-    got = ck.strategy_state
+    got = ck.state
     np.testing.assert_array_equal(got["momentum"], state["momentum"])
     assert got["momentum"].flags.writeable, "the strategy may update restored state in place"
     assert type(got["server_lr"]) is np.float32 and got["server_lr"] == np.float32(0.125)
@@ -116,7 +117,7 @@ def test_a_version_1_checkpoint_still_loads_and_is_still_verified(tmp_path: Path
     path = save(tmp_path, 4)
     _as_version_1(path)
     ck = read_checkpoint(path)
-    assert ck.round == 4 and ck.arrays.equals(MODEL) and ck.strategy_state["step"] == 4
+    assert ck.round == 4 and ck.arrays.equals(MODEL) and ck.state["step"] == 4
     sha = hashlib.sha256(path.read_bytes()[:-32]).hexdigest()
     assert ck.digest == checkpoint_digest(path) == f"sha256:{sha}"
     data = bytearray(path.read_bytes())
@@ -144,7 +145,7 @@ def test_newest_wins_and_empty_folders_give_none(tmp_path: Path) -> None:
         save(tmp_path, rnd)
     ck = load_checkpoint(tmp_path)
     assert ck is not None and ck.round == 10  # numeric order, not just names
-    assert ck.strategy_state["step"] == 10
+    assert ck.state["step"] == 10
 
 
 @pytest.mark.parametrize("damage", ["empty", "prefix-only", "half", "no-digest", "one-byte-short"])
@@ -286,11 +287,19 @@ def noisy_client() -> ClientApp:
     return app
 
 
-def make_loop(seed: int, **kw: Any) -> RoundLoop:
+def make_loop(
+    seed: int, *, checkpoint_dir: Path | None = None, **kw: Any
+) -> Callable[[], RunResult]:
+    """A run of the round workflow, ready to start."""
     init = Arrays({"w": np.zeros(6), "b": np.zeros(2)})
     strategy = MomentumAvg(fraction_train=0.5, fraction_evaluate=0.0, initial_arrays=init)
     grid = SimulationGrid(noisy_client(), [f"n{i}" for i in range(6)], seed=seed)
-    return RoundLoop(ServerConfig(strategy, num_rounds=5), grid, seed=seed, run_id="r", **kw)
+    config = ServerConfig(strategy, num_rounds=5)
+    checkpoints = CheckpointSettings(checkpoint_dir) if checkpoint_dir is not None else None
+    return functools.partial(
+        run_server_app, ServerApp(lambda _: config), grid, seed=seed, run_id="r",
+        checkpoints=checkpoints, **kw,
+    )  # fmt: skip
 
 
 class StopAfter:
@@ -311,17 +320,17 @@ class StopAfter:
 
 
 def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
-    full = make_loop(seed=5).run()
+    full = make_loop(seed=5)()
 
     stop = threading.Event()
     first = make_loop(seed=5, checkpoint_dir=tmp_path, stop=stop, observers=[StopAfter(3, stop)])
     with pytest.raises(RunStopped):
-        first.run()
+        first()
     del first  # nothing of the first server survives but its checkpoints
 
     ck = load_checkpoint(tmp_path)
     assert ck is not None and ck.round == 3 and ck.seed == 5
-    resumed = make_loop(seed=5, checkpoint_dir=tmp_path, resume=ck).run()
+    resumed = make_loop(seed=5, checkpoint_dir=tmp_path, resume=ck)()
     assert resumed.arrays.equals(full.arrays)
     assert _same_history(resumed.history, full.history, timings=False)
 
@@ -358,7 +367,7 @@ def test_the_dropped_checkpoint_file_is_recycled_and_verifies(tmp_path: Path) ->
         "round-000003.ckpt",
     ]
     ck = read_checkpoint(path)  # verified: the longer old content was cut off
-    assert ck.round == 3 and ck.arrays.equals(small) and ck.strategy_state == {"t": 3}
+    assert ck.round == 3 and ck.arrays.equals(small) and ck.state == {"t": 3}
     assert checkpoint_digest(path) == ck.digest
 
 
@@ -372,22 +381,42 @@ def test_the_checkpoint_a_run_resumed_from_is_never_recycled(tmp_path: Path) -> 
     assert read_checkpoint(path).round == 6
 
 
-def _loop_with(tmp_path: Path, written: list[int], **config: Any) -> RoundLoop:
+def _loop_with(
+    tmp_path: Path, written: list[int], rounds: list[int] | None = None, **config: Any
+) -> Callable[[], RunResult]:
     init = Arrays({"w": np.zeros(6), "b": np.zeros(2)})
     strategy = MomentumAvg(fraction_train=0.5, fraction_evaluate=0.0, initial_arrays=init)
     grid = SimulationGrid(noisy_client(), [f"n{i}" for i in range(6)], seed=1)
-    return RoundLoop(
-        ServerConfig(strategy, num_rounds=5, **config),
+    server_config = ServerConfig(strategy, num_rounds=5, **config)
+    return functools.partial(
+        run_server_app,
+        ServerApp(lambda _: server_config),
         grid,
         seed=1,
-        checkpoint_dir=tmp_path,
-        on_checkpoint=lambda rnd, path: written.append(rnd),
+        checkpoints=CheckpointSettings(tmp_path, on_written=lambda rnd, path: written.append(rnd)),
+        observers=[RoundCounter(rounds if rounds is not None else [])],
     )
+
+
+class RoundCounter:
+    """Notes each finished round."""
+
+    def __init__(self, rounds: list[int]) -> None:
+        self.rounds = rounds
+
+    def on_run_start(self, info: RunInfo) -> None:
+        pass
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.rounds.append(record.round)
+
+    def on_run_end(self, history: History, *, failed: bool) -> None:
+        pass
 
 
 def test_checkpoint_every_n_rounds_and_always_the_last(tmp_path: Path) -> None:
     written: list[int] = []
-    result = _loop_with(tmp_path, written, checkpoint_every=2).run()
+    result = _loop_with(tmp_path, written, checkpoint_every=2)()
     assert written == [0, 2, 4, 5]  # the initial model, then every 2nd and the last
     ck = load_checkpoint(tmp_path)
     assert ck is not None and ck.round == 5 and ck.arrays.equals(result.arrays)
@@ -401,7 +430,8 @@ def test_a_failing_checkpoint_write_fails_the_run(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("consortium.server.checkpoint.os.fsync", boom)
-    loop = _loop_with(tmp_path, [], checkpoint_in_background=background)
+    rounds: list[int] = []
+    loop = _loop_with(tmp_path, [], rounds, checkpoint_in_background=background)
     with pytest.raises(OSError, match="No space"):
-        loop.run()
-    assert len(loop.history.rounds) <= 2  # noticed at the next checkpoint at the latest
+        loop()
+    assert len(rounds) <= 2  # noticed at the next checkpoint at the latest

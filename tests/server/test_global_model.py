@@ -16,8 +16,9 @@ from consortium.core.context import Context
 from consortium.core.history import History
 from consortium.core.message import Message
 from consortium.core.records import Metrics
-from consortium.server import RoundLoop, ServerConfig
+from consortium.server import ServerApp, ServerConfig, run_server_app
 from consortium.server.checkpoint import save_checkpoint
+from consortium.server.context import CheckpointSettings
 from consortium.server.global_model import GlobalModel
 from consortium.simulation import SimulationGrid
 from consortium.strategy import FedAdam, FedAvg, Strategy
@@ -87,10 +88,10 @@ class Spy(FedAvg):
 
 def _run(strategy: Strategy, checkpoints: Path | None, **config: Any) -> Arrays:
     grid = SimulationGrid(_client(), [f"n{i}" for i in range(4)], seed=3)
-    loop = RoundLoop(
-        ServerConfig(strategy, num_rounds=4, **config), grid, seed=3, checkpoint_dir=checkpoints
-    )
-    return loop.run().arrays
+    server_config = ServerConfig(strategy, num_rounds=4, **config)
+    settings = CheckpointSettings(checkpoints) if checkpoints is not None else None
+    result = run_server_app(ServerApp(lambda _: server_config), grid, seed=3, checkpoints=settings)
+    return result.arrays
 
 
 def test_the_fold_runs_without_the_model_in_memory_and_gives_the_same_result(

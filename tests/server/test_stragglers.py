@@ -17,7 +17,7 @@ from consortium.core.context import Context
 from consortium.core.errors import RoundFailed
 from consortium.core.history import Outcome
 from consortium.core.message import Message
-from consortium.server import RoundLoop, ServerApp, ServerConfig
+from consortium.server import ServerApp, ServerConfig, run_server_app
 from consortium.simulation import run_simulation
 from consortium.simulation.async_grid import AsyncSimulationGrid
 from consortium.strategy import FedAvg, Strategy
@@ -125,7 +125,7 @@ def test_simulated_time_round_lasts_as_long_as_its_slowest_on_time_node() -> Non
 
         def on_run_end(self, history: object, *, failed: bool) -> None: ...
 
-    result = RoundLoop(config, grid, observers=[Clock()]).run()
+    result = run_server_app(ServerApp(lambda _: config), grid, observers=[Clock()])
     grid.close()
     per_round = np.average([value(k) for k in (1, 2, 3)], axis=0, weights=[2, 3, 4])
     np.testing.assert_allclose(result.arrays["w"], 2 * per_round)

@@ -7,7 +7,7 @@ Slow and memory-hungry (about 12-15 GB at peak): not in CI. Run it alone::
 600 M float32 parameters (2.4 GB) in one array, plus a small second array
 (float64) that lies past the 2**31-byte mark, travel from the server to two nodes and
 back: the server, both nodes and the gRPC services run in this process as
-threads (Fleet + start_server + RoundLoop, NodeRunner + FleetClient), over
+threads (Fleet + start_server + the round workflow, NodeRunner + FleetClient), over
 TLS on loopback. What is checked is the transport (chunking, reassembly,
 decoding at offsets over 2 GiB), so two things keep memory within one
 24 GB machine:
@@ -34,9 +34,10 @@ from consortium.apps.bundle import bundle_digest, make_bundle
 from consortium.core.arrays import Arrays
 from consortium.core.records import Metrics
 from consortium.node.runner import NodePolicy, NodeRunner
+from consortium.server import ServerApp, run_server_app
 from consortium.server.app import ServerConfig
 from consortium.server.fleet import Fleet
-from consortium.server.loop import RoundLoop
+from consortium.server.fleet_grid import FleetGrid
 from consortium.strategy.base import TrainReply
 from consortium.strategy.fedavg import FedAvg
 from consortium.transport.auth import CertificateAuthenticator
@@ -228,13 +229,9 @@ def test_a_model_over_2gb_completes_a_round(tmp_path: Path) -> None:
             min_available_nodes=len(NODES),
         )
         del model, big
-        loop = RoundLoop(
-            ServerConfig(strategy, num_rounds=1, evaluate_every=0, node_wait=120.0),
-            fleet,
-            run_id=RUN_ID,
-        )
+        config = ServerConfig(strategy, num_rounds=1, evaluate_every=0, node_wait=120.0)
         started = time.perf_counter()
-        result = loop.run()
+        result = run_server_app(ServerApp(lambda _: config), FleetGrid(fleet), run_id=RUN_ID)
         seconds = time.perf_counter() - started
     finally:
         for runner in runners:

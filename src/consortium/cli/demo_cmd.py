@@ -15,7 +15,7 @@ from consortium.cli.simulate_cmd import default_run_dir
 from consortium.core.records import Config
 from consortium.datasets import heart_disease as hd
 from consortium.examples import heart_disease as app
-from consortium.server.loop import RunResult
+from consortium.server.host import RunResult
 from consortium.simulation.engine import run_simulation
 from consortium.tracking.base import RunObserver
 

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consortium.core.history import History
+from consortium.core.protocol import NUM_EXAMPLES
 from consortium.tracking.base import RunObserver
 
 
@@ -24,7 +25,7 @@ def print_history(console: Console, history: History, *, title: str = "Rounds") 
     keys: list[str] = []
     for record in history.rounds:
         for key in record.global_metrics():
-            if key not in keys and not key.endswith("num_examples"):
+            if key not in keys and not key.endswith(NUM_EXAMPLES):
                 keys.append(key)
     table = Table(title=title)
     table.add_column("round", justify="right")

@@ -1,18 +1,25 @@
-"""The aggregation server: the ServerApp contract and the default round loop."""
+"""The aggregation server: ServerApp (a main over the Grid, or a workflow config), workflows."""
 
-from consortium.server.app import ModelExporter, ServerApp, ServerConfig
-from consortium.server.async_loop import AsyncLoop, AsyncServerConfig
-from consortium.server.loop import RoundLoop, RunResult
+from consortium.server.app import MainFn, ServerApp, ServerFn
+from consortium.server.config import AsyncServerConfig, ServerConfig
+from consortium.server.context import ModelExporter, RunStopped, ServerContext
+from consortium.server.host import RunResult, run_server_app
 from consortium.server.model_io import load_model, save_model
+from consortium.server.workflow import FedBuffWorkflow, RoundWorkflow
 
 __all__ = [
-    "AsyncLoop",
     "AsyncServerConfig",
+    "FedBuffWorkflow",
+    "MainFn",
     "ModelExporter",
-    "RoundLoop",
+    "RoundWorkflow",
     "RunResult",
+    "RunStopped",
     "ServerApp",
     "ServerConfig",
+    "ServerContext",
+    "ServerFn",
     "load_model",
+    "run_server_app",
     "save_model",
 ]

@@ -1,72 +1,79 @@
-"""ServerApp: the server side of an app, turned into a ServerConfig per run."""
+"""ServerApp: the server side of an app — a main over the Grid, or a config for a workflow.
+
+Two ways to write one:
+
+* ``app = ServerApp()`` and ``@app.main()`` on ``def main(grid, context)``:
+  the function owns the run. It reaches nodes only through the
+  :class:`~consortium.core.grid.Grid` and reports, checkpoints and saves its
+  model through the :class:`~consortium.server.context.ServerContext`.
+* ``ServerApp(server_fn)`` where ``server_fn(context)`` returns a
+  :class:`ServerConfig` (the synchronous round loop) or an
+  :class:`AsyncServerConfig` (FedBuff): the one-line shortcut onto a built-in
+  workflow, which is itself a main like any other.
+
+The same app runs unchanged in ``run_simulation``, ``consortium simulate``
+and on a deployed server (``consortium run start``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
-from consortium.strategy.base import Strategy
+from consortium.core.grid import Grid
+from consortium.server.config import AsyncServerConfig, ServerConfig
+from consortium.server.context import ModelExporter, ServerContext
+from consortium.server.workflow import run_config
 
-#: Writes extra model files (e.g. a joblib'd scikit-learn estimator) into a folder.
-ModelExporter = Callable[[Arrays, Path], list[Path]]
+__all__ = ["AsyncServerConfig", "MainFn", "ModelExporter", "ServerApp", "ServerConfig", "ServerFn"]
 
-
-@dataclass(slots=True)
-class ServerConfig:
-    """How the default round loop drives a strategy.
-
-    A round counts when at least ``max(min_replies, ceil(min_reply_fraction *
-    sampled))`` nodes returned a valid update; otherwise it fails with
-    :class:`~consortium.core.errors.RoundFailed`.
-    """
-
-    strategy: Strategy
-    num_rounds: int = 3
-    round_timeout: float | None = None
-    min_replies: int = 1
-    min_reply_fraction: float = 0.0
-    evaluate_every: int = 1
-    exporter: ModelExporter | None = None
-    #: deployment: seconds a round waits for the strategy's min_available_nodes to be online
-    node_wait: float = 300.0
-    #: a round that fails (too few valid replies) is retried this many times, then the run fails
-    round_retries: int = 0
-    #: deployment: checkpoint after every this many rounds (and after the last); 0: never
-    checkpoint_every: int = 1
-    #: write checkpoints on a background thread while the next round runs
-    checkpoint_in_background: bool = True
-
-    def __post_init__(self) -> None:
-        if self.num_rounds < 0:
-            raise ConfigError(f"num_rounds must be >= 0, got {self.num_rounds}")
-        if self.round_timeout is not None and self.round_timeout <= 0:
-            raise ConfigError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
-        if self.min_replies < 0:
-            raise ConfigError(f"min_replies must be >= 0, got {self.min_replies}")
-        if not 0.0 <= self.min_reply_fraction <= 1.0:
-            raise ConfigError(
-                f"min_reply_fraction must be within [0, 1], got {self.min_reply_fraction}"
-            )
-        if self.round_retries < 0:
-            raise ConfigError(f"round_retries must be >= 0, got {self.round_retries}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if self.evaluate_every < 0:
-            raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
+#: A server program: owns the run, talks to nodes through the grid.
+MainFn = Callable[[Grid, ServerContext], None]
+#: The shortcut: the run config in, a built-in workflow's config out.
+ServerFn = Callable[[Context], ServerConfig | AsyncServerConfig]
 
 
 class ServerApp:
-    """Wraps ``server_fn(context) -> ServerConfig``; the context carries the run config."""
+    """The server side of an app (see the module docstring)."""
 
-    def __init__(self, server_fn: Callable[[Context], ServerConfig]) -> None:
+    def __init__(self, server_fn: ServerFn | None = None) -> None:
         self.server_fn = server_fn
+        self._main: MainFn | None = None
 
-    def __call__(self, context: Context) -> ServerConfig:
+    def main(self) -> Callable[[MainFn], MainFn]:
+        """Register ``main(grid, context)`` as the program of every run of this app."""
+
+        def register(fn: MainFn) -> MainFn:
+            if self.server_fn is not None:
+                raise ConfigError("this ServerApp already has a server_fn; give it a main or not")
+            if self._main is not None:
+                raise ConfigError("this ServerApp already has a main function")
+            self._main = fn
+            return fn
+
+        return register
+
+    def config(self, context: Context) -> ServerConfig | AsyncServerConfig:
+        """``server_fn(context)``, checked to be a workflow config."""
+        if self.server_fn is None:
+            raise ConfigError("this ServerApp has a main function, not a server_fn")
         config = self.server_fn(context)
-        if not isinstance(config, ServerConfig):
-            raise ConfigError(f"server_fn must return a ServerConfig, got {type(config).__name__}")
+        if not isinstance(config, ServerConfig | AsyncServerConfig):
+            raise ConfigError(
+                "server_fn must return a ServerConfig or an AsyncServerConfig, "
+                f"got {type(config).__name__}"
+            )
         return config
+
+    def __call__(self, grid: Grid, context: ServerContext) -> None:
+        """Run one run of this app: its main, or the workflow its server_fn configures."""
+        if self._main is not None:
+            self._main(grid, context)
+        elif self.server_fn is not None:
+            run_config(self.config(context), grid, context)
+        else:
+            raise ConfigError(
+                "this ServerApp has nothing to run: pass server_fn=... or decorate a "
+                "function with @app.main()"
+            )

@@ -65,7 +65,7 @@ class Checkpoint:
 
     round: int
     arrays: Arrays
-    strategy_state: dict[str, Any]
+    state: dict[str, Any]
     history: History
     seed: int | None
     run_id: str | None
@@ -124,7 +124,7 @@ def prepare_checkpoint(
     directory: Path,
     round: int,
     arrays: Arrays,
-    strategy_state: dict[str, Any],
+    state: dict[str, Any],
     history: History,
     *,
     seed: int | None = None,
@@ -136,7 +136,7 @@ def prepare_checkpoint(
         raise ValueError(f"round must be >= 0, got {round}")
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    state_json, state_arrays = encode_state(strategy_state)
+    state_json, state_arrays = encode_state(state)
     header = {
         "round": round,
         "seed": seed,
@@ -187,7 +187,7 @@ def save_checkpoint(
     directory: Path,
     round: int,
     arrays: Arrays,
-    strategy_state: dict[str, Any],
+    state: dict[str, Any],
     history: History,
     *,
     seed: int | None = None,
@@ -200,7 +200,7 @@ def save_checkpoint(
     One writer per folder.
     """
     prepared = prepare_checkpoint(
-        directory, round, arrays, strategy_state, history, seed=seed, run_id=run_id, keep=keep
+        directory, round, arrays, state, history, seed=seed, run_id=run_id, keep=keep
     )
     return write_checkpoint(prepared)
 
@@ -288,7 +288,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         return Checkpoint(
             round=int(header["round"]),
             arrays=arrays,
-            strategy_state=decode_state(header["state"], state_arrays),
+            state=decode_state(header["state"], state_arrays),
             history=_history_from_json(header["history"]),
             seed=header["seed"],
             run_id=header["run_id"],

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 
 from consortium.core.message import Content, Message
+from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE
 from consortium.server.fleet_state import (
     NodeSession,
     Outgoing,
@@ -36,6 +37,9 @@ from consortium.transport.chunks import ReceiveBudget
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
+
+#: seconds between "waiting for nodes" log lines
+WAIT_LOG_EVERY = 10.0
 
 #: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
 EventSink = Callable[[str, str, str], None]
@@ -204,25 +208,45 @@ class Fleet:
             return sorted(n for n, s in self._nodes.items() if s.online)
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        """Block until at least ``count`` nodes are online (or ``timeout``)."""
-        deadline = self._clock() + timeout
+        """Block until at least ``count`` nodes are online (or ``timeout``); while it
+        waits, log every ``WAIT_LOG_EVERY`` seconds who is online."""
+        start = self._clock()
+        deadline = start + timeout
+        next_log = start + WAIT_LOG_EVERY
         with self._cond:
             while True:
                 online = sorted(n for n, s in self._nodes.items() if s.online)
-                if len(online) >= count or self._clock() >= deadline or self._stop.is_set():
+                now = self._clock()
+                if len(online) >= count or now >= deadline or self._stop.is_set():
                     return online
-                self._cond.wait(min(1.0, max(0.0, deadline - self._clock())))
+                if now >= next_log:
+                    next_log = now + WAIT_LOG_EVERY
+                    log.info(
+                        "waiting for %d node(s): %d online (%s) after %.0f s, giving up in %.0f s",
+                        count, len(online), ", ".join(online) or "none", now - start,
+                        deadline - now,
+                    )  # fmt: skip
+                self._cond.wait(min(1.0, max(0.0, deadline - now)))
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
-        """Queue the tasks now; the returned iterator yields the replies.
+        """Queue the tasks now; the returned iterator yields the replies in task order."""
+        replies: queue.Queue[Queued] = queue.Queue()
+        ids = self.enqueue(messages, replies)
+        deadline = None if timeout is None else self._clock() + timeout
+        return RoundReplies(
+            self._in_task_order(ids, replies, deadline), lambda: self._end_round(ids, replies)
+        )
+
+    def enqueue(self, messages: Sequence[Message], replies: queue.Queue[Queued]) -> list[str]:
+        """Queue each message for its node; replies (or error replies for nodes that are
+        offline or lost) go to ``replies`` as they arrive. Returns the task ids.
 
         Each task's model is encoded once into parts shared by all nodes and held
         only by the queued parts: once every node has been sent its task, the
         fleet holds no reference to the model.
         """
-        replies: queue.Queue[Queued] = queue.Queue()
         cache: dict[int, list[bytes | memoryview]] = {}
         ids = []
         shared = Outgoing(self.transfer_budget)
@@ -232,7 +256,7 @@ class Fleet:
                 session = self._nodes.get(node)
                 ids.append(msg.metadata.message_id)
                 if session is None or not session.online:
-                    error = msg.error_reply("node-offline", f"node {node!r} is offline")
+                    error = msg.error_reply(ERROR_NODE_OFFLINE, f"node {node!r} is offline")
                     replies.put((error, None))
                     continue
                 stub = Message(msg.metadata, content=Content())  # for error replies; no model
@@ -243,10 +267,10 @@ class Fleet:
                 shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared
             self._cond.notify_all()
-        deadline = None if timeout is None else self._clock() + timeout
-        return RoundReplies(
-            self._in_task_order(ids, replies, deadline), lambda: self._end_round(ids, replies)
-        )
+        return ids
+
+    def now(self) -> float:
+        return self._clock()
 
     def _in_task_order(
         self, ids: list[str], replies: queue.Queue[Queued], deadline: float | None
@@ -300,7 +324,7 @@ class Fleet:
     # -- internals ----------------------------------------------------------------
     def _end_round(self, message_ids: list[str], replies: queue.Queue[Queued]) -> None:
         """The round is over: forget its tasks; release replies nobody will consume."""
-        self._cancel(message_ids)
+        self.cancel(message_ids)
         while True:
             try:
                 _, release = replies.get_nowait()
@@ -308,7 +332,7 @@ class Fleet:
                 return
             call_release(release)
 
-    def _cancel(self, message_ids: list[str]) -> None:
+    def cancel(self, message_ids: list[str]) -> None:
         """Forget tasks whose round is over (answered, failed or past the deadline).
         Streams still sending one of them stop at their next chunk."""
         wanted = set(message_ids)
@@ -340,7 +364,7 @@ class Fleet:
         doomed = [mid for mid, w in self._pending.items() if w.node == session.name]
         for mid in doomed:
             waiter = self._pending.pop(mid)
-            waiter.replies.put((waiter.task.error_reply("node-lost", reason), None))
+            waiter.replies.put((waiter.task.error_reply(ERROR_NODE_LOST, reason), None))
         for mid, _ in session.tasks:
             self._done_sending(mid)
         session.tasks.clear()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 from consortium.core.message import TIMING_RECORD, Message
+from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 from consortium.transport.chunks import ReceiveBudget
 
 #: Called once the round loop is done with an accepted reply (see :meth:`Fleet.deliver`).
@@ -121,7 +122,7 @@ def add_timing(reply: Message, waiter: Waiter, now: float) -> None:
     if reply.content is None or waiter.pulled_at is None:
         return
     timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
-    train = float(timing.get("train", 0.0))
-    timing["wait"] = waiter.pulled_at - waiter.queued_at
-    timing["upload"] = max(0.0, now - waiter.pulled_at - train)  # includes the download
+    train = float(timing.get(TIMING_TRAIN, 0.0))
+    timing[TIMING_WAIT] = waiter.pulled_at - waiter.queued_at
+    timing[TIMING_UPLOAD] = max(0.0, now - waiter.pulled_at - train)  # includes the download
     reply.content.metrics[TIMING_RECORD] = timing

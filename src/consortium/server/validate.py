@@ -7,6 +7,7 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.errors import UpdateRejected
 from consortium.core.message import Message
+from consortium.core.protocol import NUM_EXAMPLES
 from consortium.core.records import Metrics
 
 
@@ -62,7 +63,7 @@ def _mismatch(
 
 def num_examples(metrics: Metrics) -> int:
     """The ``num_examples`` a reply reports, validated."""
-    value = metrics.get("num_examples")
+    value = metrics.get(NUM_EXAMPLES)
     if value is None:
         raise UpdateRejected("the reply does not report num_examples")
     if isinstance(value, float) and not value.is_integer():

@@ -21,6 +21,7 @@ from consortium.simulation.attacks import (
 )
 from consortium.simulation.engine import run_simulation
 from consortium.simulation.grid import SimulationGrid
+from consortium.simulation.replay import ReplayGrid, completion_order
 
 __all__ = [
     "MALICIOUS",
@@ -30,10 +31,12 @@ __all__ = [
     "InnerProductManipulation",
     "LittleIsEnough",
     "ModelPoisoning",
+    "ReplayGrid",
     "RoundView",
     "SignFlip",
     "SimulationGrid",
     "alie_z",
+    "completion_order",
     "flip_labels",
     "is_malicious",
     "lognormal_speeds",

@@ -14,12 +14,10 @@ computation runs as soon as a task is submitted (in a thread pool when
 ``workers > 1``); since durations do not depend on how long the computation
 really took, the run, and so the model, are the same for any ``workers``.
 
-The grid implements both protocols: :class:`~consortium.core.grid.AsyncGrid`
-for :class:`~consortium.server.async_loop.AsyncLoop` (FedBuff) and
-:class:`~consortium.core.grid.Grid` for the synchronous
-:class:`~consortium.server.loop.RoundLoop`, where a round then lasts as long
-as its slowest node in simulated time and ``round_timeout`` is simulated
-seconds. One loop drives one grid.
+The grid implements the whole :class:`~consortium.core.grid.Grid`: push and
+pull for the FedBuff workflow, and ``send_and_receive`` for the synchronous
+round loop, where a round then lasts as long as its slowest node in simulated
+time and ``round_timeout`` is simulated seconds. One program drives one grid.
 """
 
 from __future__ import annotations
@@ -34,11 +32,13 @@ from pathlib import Path
 from consortium.client.app import ClientApp
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
-from consortium.core.message import SERVER_ID, Message
+from consortium.core.message import Message
+from consortium.core.protocol import PARAM_BACKEND, PARAM_NUM_NODES
 from consortium.core.records import Config
 from consortium.core.rng import derive_rng
-from consortium.server.async_loop import AsyncLoop, AsyncServerConfig
-from consortium.server.loop import RunResult
+from consortium.server.app import ServerApp
+from consortium.server.config import AsyncServerConfig
+from consortium.server.host import RunResult, run_server_app
 from consortium.simulation.grid import NodeConfigFn, SimulationGrid
 from consortium.tracking.base import RunObserver
 
@@ -107,14 +107,22 @@ class AsyncSimulationGrid:
         # (simulated completion time, submission number, message id, reply)
         self._events: list[tuple[float, int, str, Future[Message]]] = []
 
-    # -- AsyncGrid ----------------------------------------------------------------------
+    # -- Grid: push and pull ------------------------------------------------------------
     def node_ids(self) -> list[str]:
         return self._inner.node_ids()
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        """Virtual nodes are always online: returns them all at once."""
+        return self.node_ids()
 
     def now(self) -> float:
         return self._clock
 
-    def submit(self, message: Message) -> None:
+    def push(self, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self._submit(message)
+
+    def _submit(self, message: Message) -> None:
         node = message.metadata.dst
         duration = self._duration(node, message)
         start = max(self._clock, self._free_at.get(node, 0.0))
@@ -123,7 +131,7 @@ class AsyncSimulationGrid:
         entry = (start + duration, next(self._seq), message.metadata.message_id, future)
         heapq.heappush(self._events, entry)
 
-    def next_reply(self, timeout: float | None) -> Message | None:
+    def pull(self, timeout: float | None) -> Message | None:
         if timeout is not None and (not math.isfinite(timeout) or timeout < 0):
             raise ConfigError(f"timeout must be a finite number >= 0 seconds, got {timeout}")
         if not self._events or (timeout is not None and self._events[0][0] > self._clock + timeout):
@@ -134,7 +142,7 @@ class AsyncSimulationGrid:
         self._clock = max(self._clock, end)
         return future.result()
 
-    # -- Grid ---------------------------------------------------------------------------
+    # -- Grid: batches ------------------------------------------------------------------
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
@@ -144,8 +152,7 @@ class AsyncSimulationGrid:
         stay busy until they would have finished); replies to earlier batches
         that arrive meanwhile are dropped too.
         """
-        for message in messages:
-            self.submit(message)
+        self.push(messages)
         wanted = {m.metadata.message_id for m in messages}
         deadline = None if timeout is None else self._clock + timeout
         return self._collect(wanted, deadline)
@@ -153,7 +160,7 @@ class AsyncSimulationGrid:
     def _collect(self, wanted: set[str], deadline: float | None) -> Iterator[Message]:
         while wanted:
             remaining = None if deadline is None else max(0.0, deadline - self._clock)
-            reply = self.next_reply(remaining)
+            reply = self.pull(remaining)
             if reply is None:
                 break
             if reply.metadata.reply_to in wanted:
@@ -236,14 +243,7 @@ def run_async_simulation(
     elif num_nodes is not None and num_nodes != len(node_ids):
         raise ConfigError(f"num_nodes={num_nodes} but {len(node_ids)} node ids were given")
     run_config = dict(run_config or {})
-    if isinstance(server, AsyncServerConfig):
-        config = server
-    else:
-        config = server(Context(node_id=SERVER_ID, run_config=run_config, seed=seed))
-        if not isinstance(config, AsyncServerConfig):
-            raise ConfigError(
-                f"server_fn must return an AsyncServerConfig, got {type(config).__name__}"
-            )
+    server_fn = server if not isinstance(server, AsyncServerConfig) else (lambda _: server)
     grid = AsyncSimulationGrid(
         client_app,
         node_ids,
@@ -254,17 +254,17 @@ def run_async_simulation(
         workers=workers,
         app_path=app_path,
     )
-    params: Config = {**run_config, "num_nodes": len(node_ids), "backend": "async-sim"}
+    params: Config = {**run_config, PARAM_NUM_NODES: len(node_ids), PARAM_BACKEND: "async-sim"}
     try:
-        loop = AsyncLoop(
-            config,
+        return run_server_app(
+            ServerApp(server_fn),
             grid,
+            run_config=run_config,
             seed=seed,
             run_id=run_id,
             run_dir=run_dir,
             params=params,
             observers=observers,
         )
-        return loop.run()
     finally:
         grid.close()

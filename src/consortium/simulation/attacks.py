@@ -30,15 +30,13 @@ from consortium.core.context import Context
 from consortium.core.errors import ConfigError
 from consortium.core.grid import Grid
 from consortium.core.message import MODEL, TRAIN, Content, Message
+from consortium.core.protocol import MALICIOUS
 from consortium.core.records import Config
 from consortium.core.rng import derive_rng
 from consortium.simulation.grid import NodeConfigFn, default_node_config
 from consortium.strategy.robust import flatten_arrays, unflatten_arrays
 
 F64 = NDArray[np.float64]
-
-#: Node-config key that tells a simulated node it is an attacker.
-MALICIOUS = "malicious"
 
 __all__ = [
     "MALICIOUS",
@@ -240,6 +238,19 @@ class AttackedGrid:
 
     def node_ids(self) -> list[str]:
         return self.inner.node_ids()
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        return self.inner.wait_for_nodes(count, timeout)
+
+    def push(self, messages: Sequence[Message]) -> None:
+        """Asynchronous tasks pass through unpoisoned: the attacks need a whole round."""
+        self.inner.push(messages)
+
+    def pull(self, timeout: float | None) -> Message | None:
+        return self.inner.pull(timeout)
+
+    def now(self) -> float:
+        return self.inner.now()
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None

@@ -6,13 +6,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from consortium.client.app import ClientApp
-from consortium.core.context import Context
 from consortium.core.errors import ConfigError
 from consortium.core.grid import Grid
-from consortium.core.message import SERVER_ID
+from consortium.core.protocol import PARAM_BACKEND, PARAM_NUM_NODES
 from consortium.core.records import Config
 from consortium.server.app import ServerApp
-from consortium.server.loop import RoundLoop, RunResult
+from consortium.server.checkpoint import load_checkpoint
+from consortium.server.context import CheckpointSettings
+from consortium.server.host import RunResult, run_server_app
 from consortium.simulation.grid import Backend, NodeConfigFn, SimulationGrid
 from consortium.tracking.base import RunObserver
 
@@ -33,6 +34,8 @@ def run_simulation(
     observers: Sequence[RunObserver] = (),
     app_path: Sequence[str] = (),
     grid_wrapper: Callable[[Grid], Grid] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run ``server_app`` against virtual nodes running ``client_app``.
 
@@ -43,6 +46,9 @@ def run_simulation(
     requires. The same ``seed`` gives a bit-identical model for any backend
     and number of ``workers``. ``grid_wrapper`` decorates the grid the round
     loop talks to (e.g. ``AttackedGrid``); the engine still closes its own.
+    With ``checkpoint_dir`` the run keeps checkpoints there, as a deployed
+    server does; ``resume=True`` continues from the newest valid one (the
+    app's main is re-entered with ``context.restored`` set).
     """
     if node_ids is None:
         if num_nodes is None or num_nodes < 1:
@@ -51,7 +57,12 @@ def run_simulation(
     elif num_nodes is not None and num_nodes != len(node_ids):
         raise ConfigError(f"num_nodes={num_nodes} but {len(node_ids)} node ids were given")
     run_config = dict(run_config or {})
-    config = server_app(Context(node_id=SERVER_ID, run_config=run_config, seed=seed))
+    restored = None
+    if resume:
+        if checkpoint_dir is None:
+            raise ConfigError("resume=True needs the checkpoint_dir to resume from")
+        restored = load_checkpoint(checkpoint_dir)
+    checkpoints = CheckpointSettings(checkpoint_dir) if checkpoint_dir is not None else None
     grid = SimulationGrid(
         client_app,
         node_ids,
@@ -62,17 +73,19 @@ def run_simulation(
         workers=workers,
         app_path=app_path,
     )
-    params: Config = {**run_config, "num_nodes": len(node_ids), "backend": backend}
+    params: Config = {**run_config, PARAM_NUM_NODES: len(node_ids), PARAM_BACKEND: backend}
     try:
-        loop = RoundLoop(
-            config,
+        return run_server_app(
+            server_app,
             grid_wrapper(grid) if grid_wrapper is not None else grid,
+            run_config=run_config,
             seed=seed,
             run_id=run_id,
             run_dir=run_dir,
             params=params,
             observers=observers,
+            checkpoints=checkpoints,
+            resume=restored,
         )
-        return loop.run()
     finally:
         grid.close()

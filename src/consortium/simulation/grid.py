@@ -5,17 +5,25 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Literal
 
 from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
+from consortium.client.task import failure_reply, run_task
 from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
+from consortium.core.protocol import ERROR_UNKNOWN_NODE, NUM_PARTITIONS, PARTITION_ID
 from consortium.core.records import Config
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.simulation import worker
@@ -25,7 +33,7 @@ NodeConfigFn = Callable[[int, str], Config]
 
 
 def default_node_config(index: int, node_id: str, num_nodes: int) -> Config:
-    return {"partition-id": index, "num-partitions": num_nodes}
+    return {PARTITION_ID: index, NUM_PARTITIONS: num_nodes}
 
 
 class SimulationGrid:
@@ -66,6 +74,7 @@ class SimulationGrid:
         self._backend = backend
         self._workers = workers
         self._executor: Executor | None = None
+        self._pushed: list[Future[Message]] = []  # pushed tasks not pulled yet, in push order
         if backend == "processes":
             if not isinstance(client_app, str):
                 raise ConfigError(
@@ -98,6 +107,33 @@ class SimulationGrid:
             return
         yield from self._run_pooled(messages, deadline)
 
+    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        """Virtual nodes are always online: returns them all at once."""
+        return self.node_ids()
+
+    def push(self, messages: Sequence[Message]) -> None:
+        for msg in messages:
+            if self._backend == "threads" and self._workers == 1:
+                done: Future[Message] = Future()
+                done.set_result(self._run_local(msg))
+                self._pushed.append(done)
+            else:
+                self._pushed.append(self._submit(self._pool(), msg))
+
+    def pull(self, timeout: float | None) -> Message | None:
+        """The next pushed task to finish (of those finished, the one pushed first)."""
+        if not self._pushed:
+            return None
+        finished, _ = wait(self._pushed, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in self._pushed:
+            if future in finished:
+                self._pushed.remove(future)
+                return future.result()
+        return None
+
+    def now(self) -> float:
+        return time.monotonic()
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
@@ -106,7 +142,13 @@ class SimulationGrid:
     # -- execution --------------------------------------------------------------
     def _context(self, node_id: str) -> Context:
         index = self._index[node_id]
-        state = self._states.get(node_id) or NodeState()
+        kept = self._states.get(node_id)
+        # the task works on its own copy of the records: a task that fails leaves none behind
+        state = (
+            NodeState(dict(kept.arrays), dict(kept.configs), dict(kept.metrics))
+            if kept is not None
+            else NodeState()
+        )
         return Context(
             node_id=node_id,
             node_config=self._node_config(index, node_id),
@@ -125,16 +167,12 @@ class SimulationGrid:
         assert self._app is not None
         node = msg.metadata.dst
         if node not in self._index:
-            return msg.error_reply("unknown-node", f"no simulated node {node!r}")
+            return msg.error_reply(ERROR_UNKNOWN_NODE, f"no simulated node {node!r}")
         context = self._context(node)
-        try:
-            reply = self._app(msg, context)
-        except Exception as exc:  # the node failed; report it, the round goes on
-            reply = msg.error_reply(
-                type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
-            )
-        self._keep_state(node, context.state)
-        return reply
+        result = run_task(self._app, msg, context)  # a failed node: an error reply
+        if not result.raised:  # a failed task's state changes are dropped, as on a node
+            self._keep_state(node, context.state)
+        return result.reply
 
     def _pool(self) -> Executor:
         if self._executor is None:
@@ -156,7 +194,7 @@ class SimulationGrid:
         node = msg.metadata.dst
         if node not in self._index:
             done: Future[Message] = Future()
-            done.set_result(msg.error_reply("unknown-node", f"no simulated node {node!r}"))
+            done.set_result(msg.error_reply(ERROR_UNKNOWN_NODE, f"no simulated node {node!r}"))
             return done
         state = self._states.get(node)
         inner = pool.submit(
@@ -170,17 +208,15 @@ class SimulationGrid:
         )
         outer: Future[Message] = Future()
 
-        def unpack(f: Future[tuple[bytes, bytes | None]]) -> None:
+        def unpack(f: Future[tuple[bytes, bytes | None, bool]]) -> None:
             try:
-                reply_bytes, state_bytes = f.result()
-                self._keep_state(node, decode_state(state_bytes) if state_bytes else NodeState())
+                reply_bytes, state_bytes, raised = f.result()
+                if not raised:  # a failed task's state changes are dropped, as on a node
+                    state = decode_state(state_bytes) if state_bytes else NodeState()
+                    self._keep_state(node, state)
                 outer.set_result(Message.from_bytes(reply_bytes))
             except Exception as exc:  # a worker died or could not load the app
-                outer.set_result(
-                    msg.error_reply(
-                        type(exc).__name__, str(exc) or repr(exc), traceback.format_exc()
-                    )
-                )
+                outer.set_result(failure_reply(msg, exc))
 
         inner.add_done_callback(unpack)
         return outer

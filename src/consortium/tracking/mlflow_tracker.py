@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from consortium._version import __version__
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
+from consortium.core.protocol import EVALUATE, NUM_EXAMPLES, TRAIN
 from consortium.tracking.log import node_counts
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_KEY_LENGTH = 250
 _MAX_PARAM_LENGTH = 6000
-_STAGE_PREFIX = {"train": "train", "evaluate": "eval"}
+_STAGE_PREFIX = {TRAIN: "train", EVALUATE: "eval"}
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
 
 
@@ -77,7 +78,7 @@ def summarize(results: Iterable[NodeResult]) -> dict[str, float]:
         if r.outcome is not Outcome.OK:
             continue
         p = stage_prefix(r.stage)
-        metrics: dict[str, float | int] = {"num_examples": r.num_examples, **r.metrics}
+        metrics: dict[str, float | int] = {NUM_EXAMPLES: r.num_examples, **r.metrics}
         for k, v in metrics.items():
             x = float(v)
             if math.isfinite(x):

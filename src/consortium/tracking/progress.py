@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from consortium.core.history import History, RoundRecord, RunInfo
+from consortium.core.protocol import NUM_EXAMPLES
 from consortium.tracking.log import format_value, node_counts
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _pick_metrics(metrics: dict[str, float | int], limit: int) -> list[str]:
     """The metric names worth a glance: everything but example counts, in order."""
-    keys = [k for k in metrics if not k.endswith("num_examples")]
+    keys = [k for k in metrics if not k.endswith(NUM_EXAMPLES)]
     return keys[:limit]
 
 

@@ -1,0 +1,168 @@
+"""Collecting and validating replies: every reply is judged before it can touch a model.
+
+A reply is OK (with its metrics and ``num_examples``), FAILED (the node
+reported an error, with its traceback) or REJECTED (it fails validation: no
+or bad ``num_examples``, an update with NaN/inf, a wrong name, shape or
+dtype). Workflows turn a reply stream into a stream of validated updates here,
+recording each node's outcome in the round's record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import RoundFailed, UpdateRejected
+from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.message import EVALUATE, MODEL, TIMING_RECORD, TRAIN, Message
+from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
+from consortium.strategy.base import EvaluateReply, TrainReply
+
+log = logging.getLogger("consortium.server")
+
+
+def judge_reply(reply: Message, stage: str) -> NodeResult:
+    """OK with the reply's metrics and ``num_examples``, or FAILED/REJECTED with the reason.
+
+    An error reply is FAILED (with the node's traceback); a missing or invalid
+    ``num_examples`` is REJECTED. The model itself is checked by the caller,
+    which knows what it should look like.
+    """
+    node = reply.metadata.src
+    if reply.error is not None:
+        err = reply.error
+        return NodeResult(node, stage, Outcome.FAILED, reason=err.reason, traceback=err.traceback)
+    metrics = reply_metrics(reply)
+    try:
+        n = num_examples(metrics)
+    except UpdateRejected as exc:
+        return NodeResult(node, stage, Outcome.REJECTED, metrics=metrics, reason=str(exc))
+    return NodeResult(node, stage, Outcome.OK, metrics=metrics, num_examples=n)
+
+
+def validated_update(template: Arrays, reply: Message) -> tuple[Arrays, dict[str, Arrays]]:
+    """The reply's model and further records, checked against ``template``.
+
+    Raises :class:`UpdateRejected` for a missing model, a wrong layout, or
+    NaN/inf in the model or any other record.
+    """
+    assert reply.content is not None
+    records = {k: v for k, v in reply.content.arrays.items() if k != MODEL}
+    check_update(template, reply.content.model)
+    for name, extra in records.items():
+        check_finite(extra, what=f"record {name!r}")
+    assert reply.content.model is not None
+    return reply.content.model, records
+
+
+def required_replies(sampled: int, min_replies: int, min_fraction: float) -> int:
+    """How many valid replies a round of ``sampled`` nodes needs (never more than sampled)."""
+    return min(max(min_replies, math.ceil(min_fraction * sampled)), sampled)
+
+
+class ReplyCollector:
+    """Judges one stage's replies for one round and records each node's outcome.
+
+    ``sent_at`` (``time.perf_counter()`` when the tasks went out) times each
+    reply; the transport's own split (train, upload, wait) is kept if present.
+    """
+
+    def __init__(self, run_id: str, rnd: int, record: RoundRecord, sent_at: float) -> None:
+        self.run_id = run_id
+        self.rnd = rnd
+        self.record = record
+        self.sent_at = sent_at
+
+    def judge(self, stage: str, reply: Message) -> NodeResult:
+        """Judge ``reply``, log a failure, time it and add it to the round's record."""
+        result = judge_reply(reply, stage)
+        if result.outcome is Outcome.FAILED:
+            log.warning(
+                "run %s round %d: node %s failed to %s: %s\n%s",
+                self.run_id, self.rnd, result.node_id, stage, result.reason, result.traceback,
+            )  # fmt: skip
+        elif result.outcome is Outcome.REJECTED:
+            log.warning(
+                "run %s round %d: reply from node %s rejected: %s",
+                self.run_id, self.rnd, result.node_id, result.reason,
+            )  # fmt: skip
+        result.seconds = time.perf_counter() - self.sent_at  # task sent -> reply received
+        if reply.content is not None:
+            result.timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
+        self.record.nodes.append(result)
+        return result
+
+    def missing(self, stage: str, nodes: Iterable[str]) -> None:
+        """Record the nodes that did not answer before the deadline."""
+        for node in sorted(nodes):
+            self.record.nodes.append(
+                NodeResult(node, stage, Outcome.TIMEOUT, reason="no reply before the deadline")
+            )
+            if stage == TRAIN:
+                log.warning(
+                    "run %s round %d: node %s did not reply in time", self.run_id, self.rnd, node
+                )
+
+    def train_replies(
+        self, template: Arrays, sampled: list[str], replies: Iterator[Message], need: int
+    ) -> Iterator[TrainReply]:
+        """Validate training replies lazily, for a fold; raise RoundFailed at the end if
+        fewer than ``need`` were valid. Each update is let go once the fold asks for the
+        next one, so the server holds one reply at a time."""
+        pending = set(sampled)
+        ok = 0
+        for reply in replies:
+            node = reply.metadata.src
+            if node not in pending:
+                log.warning(
+                    "run %s round %d: ignoring unexpected reply from %s",
+                    self.run_id,
+                    self.rnd,
+                    node,
+                )
+                continue
+            pending.discard(node)
+            result = self.judge(TRAIN, reply)
+            if result.outcome is not Outcome.OK:
+                continue
+            try:
+                model, records = validated_update(template, reply)
+            except UpdateRejected as exc:
+                result.outcome, result.reason = Outcome.REJECTED, str(exc)
+                log.warning(
+                    "run %s round %d: update from node %s rejected: %s",
+                    self.run_id, self.rnd, node, exc,
+                )  # fmt: skip
+                continue
+            ok += 1
+            update = TrainReply(node, model, result.num_examples, result.metrics, records)
+            del reply, model, records
+            yield update
+            del update  # folded: not kept alive while the next reply arrives
+        self.missing(TRAIN, pending)
+        if ok < need:
+            raise RoundFailed(
+                f"round {self.rnd}: only {ok} of {len(sampled)} nodes returned a valid update, "
+                f"{need} required. Failures: "
+                + "; ".join(
+                    f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in self.record.failures()
+                )
+            )
+
+    def evaluate_replies(
+        self, nodes: list[str], replies: Iterator[Message]
+    ) -> Iterator[EvaluateReply]:
+        """The valid federated-evaluation replies of ``nodes``."""
+        pending = set(nodes)
+        for reply in replies:
+            node = reply.metadata.src
+            if node not in pending:
+                continue
+            pending.discard(node)
+            result = self.judge(EVALUATE, reply)
+            if result.outcome is Outcome.OK:
+                yield EvaluateReply(node, result.num_examples, result.metrics)
+        self.missing(EVALUATE, pending)
