@@ -15,6 +15,7 @@ from consortium.apps.bundle import make_bundle
 from consortium.node.runner import NodePolicy, NodeRunner
 from consortium.server.fleet import Fleet
 from consortium.server.runs import RunManager
+from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import InsecureAuthenticator
 from consortium.transport.fleet_api import RunBundle
 from consortium.transport.grpc_client import FleetClient
@@ -60,7 +61,7 @@ class _OutageOnFetch(FleetClient):
 @pytest.fixture
 def outage(tmp_path: Path) -> Iterator[Outage]:
     fleet = Fleet(heartbeat_interval=0.2, offline_after=30.0)
-    runs = RunManager(fleet, tmp_path / "server")
+    runs = RunManager(fleet, tmp_path / "server", store=StateStore(default_url(tmp_path)))
     fleet.set_bundles(runs.run_bundle)
     env = Outage(fleet, runs, 0)
     env.serve()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.exc import IntegrityError
 
 from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
@@ -178,9 +179,35 @@ class TestStateStoreContract:
     def test_history_round_trips(self, store: StateStore) -> None:
         store.create_run(run_id="r")
         records = [round_record(1), round_record(2)]
+        records[1].nodes[0].timing = {"train": 0.75, "wait": 0.125, "upload": 0.25}
+        records[1].nodes[1].timing = {"wait": 0.5}  # failed before training: no "train"
         for rec in records:
             store.record_round("r", rec)
         assert repr(store.run_history("r").rounds) == repr(records)  # repr: NaN equals NaN
+
+    def test_a_node_may_appear_twice_in_one_stage(self, store: StateStore) -> None:
+        store.create_run(run_id="r")
+        step = RoundRecord(  # a FedBuff step that folded two updates of fast node "a"
+            round=1,
+            nodes=[
+                NodeResult("a", "train", Outcome.OK, {"task": 1}, 10, timing={"train": 0.1}),
+                NodeResult("b", "train", Outcome.OK, {"task": 2}, 10, timing={"train": 0.9}),
+                NodeResult("a", "train", Outcome.OK, {"task": 3}, 10, timing={"train": 0.2}),
+            ],
+        )
+        store.record_round("r", step)
+        store.record_round("r", step)  # and recording it again still replaces it
+        assert repr(store.run_history("r").rounds) == repr([step])
+
+    def test_runs_count_their_recorded_rounds(self, store: StateStore, clock: FakeClock) -> None:
+        store.create_run(run_id="old")
+        clock.advance(1)
+        store.create_run(run_id="new")
+        for rnd in (1, 2, 3, 3):  # a round recorded again (a resume) counts once
+            store.record_round("new", round_record(rnd))
+        assert [(r.id, r.rounds_done) for r in store.list_runs()] == [("new", 3), ("old", 0)]
+        new = store.get_run("new")
+        assert new is not None and new.rounds_done == 3
 
     def test_recording_a_round_again_replaces_it(self, store: StateStore) -> None:
         store.create_run(run_id="r")
@@ -363,6 +390,35 @@ class TestStateStoreContract:
         engine.dispose()
         assert version == str(SCHEMA_VERSION)
 
+    def test_a_version_2_database_is_upgraded_in_place(self, url: str) -> None:
+        with StateStore(url) as store:
+            store.create_run(run_id="old")
+            store.record_round("old", round_record(1))
+        engine = create_engine(url)
+        with engine.begin() as conn:  # back to version 2: one result per (run, round, node, stage)
+            _restore_version_2_node_results(conn)
+            conn.execute(
+                text("UPDATE consortium_meta SET value = '2' WHERE key = 'schema_version'")
+            )
+        columns = "run_id, round, node, stage, outcome, metrics, num_examples, reason, traceback"
+        again = (
+            f"INSERT INTO node_results ({columns}, seconds) SELECT {columns}, 0 FROM node_results"
+        )
+        with engine.connect() as conn, pytest.raises(IntegrityError):  # v2 refused a node twice
+            conn.execute(text(again))
+        with StateStore(url) as store:
+            assert repr(store.run_history("old").rounds) == repr([round_record(1)])
+            twice = round_record(2)
+            twice.nodes.append(twice.nodes[0])
+            store.record_round("old", twice)
+            assert len(store.node_results("old", round=2)) == 5
+        with engine.connect() as conn:
+            version = conn.execute(
+                text("SELECT value FROM consortium_meta WHERE key = 'schema_version'")
+            ).scalar_one()
+        engine.dispose()
+        assert version == str(SCHEMA_VERSION)
+
     def test_observes_a_real_run(self, store: StateStore) -> None:
         store.create_run(run_id="sim", app_name="toy", seed=4)  # as a deployment server would
         result = run_simulation(
@@ -382,6 +438,15 @@ class TestStateStoreContract:
             (r, "2", "train") for r in (1, 2, 3)
         }
 
+    def test_observer_can_leave_the_end_to_its_caller(self, store: StateStore) -> None:
+        store.create_run(run_id="sim")
+        observer = store.observer(strict=True, record_end=False)
+        run_simulation(
+            toy_server(rounds=2), toy_client(), num_nodes=2, run_id="sim", observers=[observer]
+        )
+        run = store.get_run("sim")
+        assert run is not None and run.status is RunStatus.RUNNING and run.rounds_done == 2
+
     def test_observer_marks_a_failed_run(self, store: StateStore) -> None:
         with pytest.raises(RoundFailed):
             run_simulation(
@@ -394,6 +459,30 @@ class TestStateStoreContract:
         run = store.get_run("bad")
         assert run is not None and run.status is RunStatus.FAILED and run.error
         assert run.finished_at is not None and store.list_rounds("bad") == []
+
+
+def _restore_version_2_node_results(conn: Connection) -> None:
+    """Put back version 2's unique (run_id, round, node, stage) on node_results."""
+    conn.execute(text("DROP INDEX ix_node_results_run_round"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "ALTER TABLE node_results ADD CONSTRAINT node_results_run_id_round_node_stage_key "
+                "UNIQUE (run_id, round, node, stage)"
+            )
+        )
+        return
+    ddl = conn.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'node_results'")
+    ).scalar_one()
+    cascade = "ON DELETE CASCADE, "
+    assert cascade in ddl
+    conn.execute(text("ALTER TABLE node_results RENAME TO node_results_v3"))
+    conn.execute(text("DROP INDEX ix_node_results_node"))
+    conn.execute(text(ddl.replace(cascade, cascade + "UNIQUE (run_id, round, node, stage), ")))
+    conn.execute(text("INSERT INTO node_results SELECT * FROM node_results_v3"))
+    conn.execute(text("DROP TABLE node_results_v3"))
+    conn.execute(text("CREATE INDEX ix_node_results_node ON node_results (node, run_id)"))
 
 
 def toy_server(rounds: int) -> ServerApp:

@@ -105,9 +105,9 @@ def list_runs(
     server_name: str | None,
     insecure: bool,
 ) -> None:
-    """List the server's runs."""
+    """List the server's runs, newest first (runs from before a server restart included)."""
     runs = _client(address, credentials, name, server_name, insecure).list_runs()
-    table = Table(title="Runs")
+    table = Table(title="Runs, newest first")
     for col in ("run", "app", "status", "rounds", "error"):
         table.add_column(col)
     for r in runs:

@@ -1,70 +1,90 @@
-"""Runs on a deployment server: start from an uploaded app bundle, list, show, stop."""
+"""Runs on a deployment server: start from an uploaded app bundle, list, show, stop.
+
+The state store is the one record of every run (status, error, rounds,
+per-node results and timings, checkpoints): ``run list`` and ``run show``
+read it, so a run's history outlives the server process. What stays in
+memory is what is not state: a running run's thread, its stop event and the
+bundle its nodes fetch.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.loader import load_object
 from consortium.apps.manifest import load_app_spec
-from consortium.core.context import Context
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.core.history import RoundRecord
-from consortium.core.message import SERVER_ID
 from consortium.core.records import Config
-from consortium.server.app import ServerApp, ServerConfig
-from consortium.server.checkpoint import Checkpoint, load_checkpoint
+from consortium.server.app import ServerApp
+from consortium.server.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint
+from consortium.server.config import ServerConfig
+from consortium.server.context import CheckpointSettings, RunStopped, ServerContext
 from consortium.server.fleet import Fleet
-from consortium.server.loop import RoundLoop, RunStopped
+from consortium.server.fleet_grid import FleetGrid
+from consortium.server.host import run_server_app
+from consortium.server.store import CheckpointView, RunStatus, RunView, StateStore
 from consortium.tracking.base import RunObserver
 from consortium.tracking.log import LogObserver
 from consortium.transport.fleet_api import RunBundle
 
-if TYPE_CHECKING:
-    from consortium.server.store import StateStore
-
 log = logging.getLogger("consortium.server")
+
+#: ``run list`` shows this many runs, newest first.
+LIST_LIMIT = 1000
+_ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 
 
 @dataclass
 class Run:
-    """One run's record on this server."""
+    """What this server holds in memory while it executes a run (its state is in the store)."""
 
-    run_id: str
+    #: what nodes fetch to run it (``run_bundle``)
     bundle: RunBundle
     run_dir: Path
-    status: str = "pending"
-    error: str = ""
-    created: float = field(default_factory=time.time)
-    finished: float | None = None
-    rounds: list[RoundRecord] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-    #: the newest checkpoint written: {"round", "path", "digest"} (what --resume restarts from)
-    checkpoint: dict[str, Any] | None = None
 
-    def summary(self, *, detail: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "app": f"{self.bundle.app_name} {self.bundle.app_version}",
-            "status": self.status,
-            "rounds_done": len(self.rounds),
-            "created": self.created,
-            "finished": self.finished,
-            "error": self.error,
-        }
-        if detail:
-            out["checkpoint"] = self.checkpoint
-            out["run_config"] = json.loads(self.bundle.run_config_json)
-            out["rounds"] = [
+    @property
+    def run_id(self) -> str:
+        return self.bundle.run_id
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the state store holds it: what ``run show`` prints, after a restart too."""
+
+    view: RunView
+    rounds: list[RoundRecord]
+    checkpoint: CheckpointView | None
+
+    @property
+    def status(self) -> RunStatus:
+        return self.view.status
+
+    @property
+    def error(self) -> str:
+        return self.view.error or ""
+
+    def detail(self) -> dict[str, Any]:
+        """``run show``'s JSON: the summary, the newest checkpoint, the run config, the rounds."""
+        ckpt = self.checkpoint
+        checkpoint = None
+        if ckpt is not None:
+            checkpoint = {"round": ckpt.round, "path": ckpt.path, "digest": ckpt.digest}
+        return {
+            **summary(self.view, rounds_done=len(self.rounds)),
+            "checkpoint": checkpoint,
+            "run_config": dict(self.view.config),
+            "rounds": [
                 {
                     "round": r.round,
                     "seconds": r.seconds,
@@ -82,43 +102,43 @@ class Run:
                     ],
                 }
                 for r in self.rounds
-            ]
-        return out
+            ],
+        }
 
 
-class _Recorder:
-    """Keeps each finished round on the Run for `consortium run show`."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-
-    def on_run_start(self, info: Any) -> None:
-        self.run.status = "running"
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        self.run.rounds.append(record)
-
-    def on_run_end(self, history: Any, *, failed: bool) -> None:
-        self.run.finished = time.time()
+def summary(view: RunView, *, rounds_done: int) -> dict[str, Any]:
+    """``run list``'s JSON for one run (times in seconds since the epoch)."""
+    finished = view.finished_at
+    return {
+        "run_id": view.id,
+        "app": f"{view.app_name} {view.app_version}",
+        "status": view.status.value,
+        "rounds_done": rounds_done,
+        "created": view.created_at.timestamp(),
+        "finished": None if finished is None else finished.timestamp(),
+        "error": view.error or "",
+    }
 
 
 class RunManager:
-    """Starts runs in background threads against the fleet; the Control API's backend."""
+    """Starts runs in background threads against the fleet; the Control API's backend.
+
+    ``store`` is where every run's state lives: a new RunManager on the same
+    store (a restarted server) lists and shows the runs of the previous one.
+    """
 
     def __init__(
         self,
         fleet: Fleet,
         root: Path,
         *,
+        store: StateStore,
         observers: list[RunObserver] | None = None,
-        node_wait: float = 300.0,
-        store: StateStore | None = None,
     ) -> None:
         self.fleet = fleet
         self.store = store
         self.root = root
         self.observers = observers or []
-        self.node_wait = node_wait
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
 
@@ -153,9 +173,8 @@ class RunManager:
         server_app = load_object(spec.manifest.app.server, [str(app_dir)])
         if not isinstance(server_app, ServerApp):
             raise ConfigError(f"{spec.manifest.app.server!r} is not a ServerApp")
-        config = server_app(Context(node_id=SERVER_ID, run_config=run_config, seed=seed))
+        program, num_rounds = _prepare(server_app, run_config, seed)
         run = Run(
-            run_id,
             RunBundle(
                 run_id=run_id,
                 app_name=spec.name,
@@ -168,30 +187,31 @@ class RunManager:
             ),
             run_dir,
         )
-        if self.store is not None:
-            if resume:
-                self.store.set_run_status(run_id, "running")
-            else:
-                self.store.create_run(
-                    run_id=run_id,
-                    app_name=spec.name,
-                    app_version=spec.manifest.app.version,
-                    config=run_config,
-                    seed=seed,
-                    num_rounds=config.num_rounds,
-                )
+        checkpoint = load_checkpoint(run_dir / "checkpoints") if resume else None
+        if resume and checkpoint is None:
+            log.warning("run %s has no valid checkpoint: starting it from round 1", run_id)
+        if resume and self.store.get_run(run_id) is not None:
+            self.store.set_run_status(run_id, RunStatus.RUNNING)  # refused if it had finished
+            self._restore_rounds(run_id, checkpoint)
+        else:  # a new run, or one resumed onto a database that never saw it
+            self.store.create_run(
+                run_id=run_id,
+                app_name=spec.name,
+                app_version=spec.manifest.app.version,
+                config=run_config,
+                seed=seed,
+                num_rounds=num_rounds,
+            )
+            self._restore_rounds(run_id, checkpoint)
         if not resume:
             (run_dir / "bundle.zip").write_bytes(bundle)
             record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json}
             (run_dir / "run.json").write_text(json.dumps(record))
-        checkpoint = load_checkpoint(run_dir / "checkpoints") if resume else None
-        if resume and checkpoint is None:
-            log.warning("run %s has no valid checkpoint: starting it from round 1", run_id)
         with self._lock:
             self._runs[run_id] = run
         run.thread = threading.Thread(
             target=self._execute,
-            args=(run, config, run_config, seed, checkpoint),
+            args=(run, program, run_config, seed, checkpoint),
             name=f"run-{run_id}",
             daemon=True,
         )
@@ -200,16 +220,19 @@ class RunManager:
         return run_id
 
     def list_runs(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [r.summary() for r in self._runs.values()]
+        """The newest :data:`LIST_LIMIT` runs in the store, newest first."""
+        views = self.store.list_runs(limit=LIST_LIMIT)
+        return [summary(v, rounds_done=v.rounds_done) for v in views]
 
     def show_run(self, run_id: str) -> dict[str, Any] | None:
-        run = self._runs.get(run_id)
-        return run.summary(detail=True) if run is not None else None
+        record = self.record(run_id)
+        return None if record is None else record.detail()
 
     def stop_run(self, run_id: str) -> bool:
+        """Ask a run this server executes to stop; False if it is not pending or running."""
         run = self._runs.get(run_id)
-        if run is None or run.status not in ("pending", "running"):
+        view = self.store.get_run(run_id)
+        if run is None or view is None or view.status not in _ACTIVE:
             return False
         run.stop.set()
         return True
@@ -218,80 +241,81 @@ class RunManager:
         run = self._runs.get(run_id)
         return run.bundle if run is not None else None
 
-    def wait(self, run_id: str, timeout: float | None = None) -> Run:
-        run = self._runs[run_id]
-        if run.thread is not None:
+    def record(self, run_id: str) -> RunRecord | None:
+        """The run as the store holds it (None for a run it has never seen)."""
+        view = self.store.get_run(run_id)
+        if view is None:
+            return None
+        history = self.store.run_history(run_id)
+        return RunRecord(view, history.rounds, self.store.latest_checkpoint(run_id))
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        """Wait for the run's thread to end (at most ``timeout`` seconds), then read it."""
+        run = self._runs.get(run_id)
+        if run is not None and run.thread is not None:
             run.thread.join(timeout)
-        return run
+        record = self.record(run_id)
+        if record is None:
+            raise ConfigError(f"no run {run_id!r} in the state store")
+        return record
 
     # -- execution ------------------------------------------------------------------
     def _execute(
         self,
         run: Run,
-        config: ServerConfig,
+        program: ServerApp,
         run_config: Config,
         seed: int,
         checkpoint: Checkpoint | None,
     ) -> None:
-        need = int(getattr(config.strategy, "min_available_nodes", 1) or 1)
-        online = self.fleet.wait_for_nodes(need, self.node_wait)
-        if len(online) < need:
-            run.status, run.error = "failed", f"only {len(online)} of {need} nodes connected"
-            log.error("run %s: %s", run.run_id, run.error)
-            return
-        loop = RoundLoop(
-            config,
-            self.fleet,
-            seed=seed,
-            run_id=run.run_id,
-            run_dir=run.run_dir,
-            params=run_config,
-            observers=[LogObserver(max_node_warnings=0), _Recorder(run), *self._observers()],
-            stop=run.stop,
-            checkpoint_dir=run.run_dir / "checkpoints",
-            resume=checkpoint,
-            on_checkpoint=self._checkpointed(run),
-        )
-        if checkpoint is not None:
-            run.rounds = list(checkpoint.history.rounds)
+        error: str | None = None
+        grid = FleetGrid(self.fleet)
         try:
-            loop.run()
-            run.status = "finished"
+            run_server_app(
+                program,
+                grid,
+                run_config=run_config,
+                seed=seed,
+                run_id=run.run_id,
+                run_dir=run.run_dir,
+                observers=[LogObserver(max_node_warnings=0), *self._observers()],
+                stop=run.stop,
+                checkpoints=CheckpointSettings(
+                    run.run_dir / "checkpoints",
+                    on_written=self._checkpointed(run),
+                    budget=self.fleet.transfer_budget,
+                ),
+                resume=checkpoint,
+            )
+            status = RunStatus.FINISHED
         except RunStopped:
-            run.status = "stopped"
+            status = RunStatus.STOPPED
         except ConsortiumError as exc:
-            run.status, run.error = "failed", str(exc)
+            status, error = RunStatus.FAILED, str(exc)
             log.error("run %s failed: %s", run.run_id, exc)
         except Exception as exc:  # a bug in the app's server code: report, keep serving
-            run.status, run.error = "failed", f"{type(exc).__name__}: {exc}"
+            status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
             log.exception("run %s crashed", run.run_id)
-        run.finished = time.time()
-        if self.store is not None:
-            try:
-                self.store.set_run_status(run.run_id, run.status, error=run.error or None)
-            except Exception as exc:
-                log.warning("state store: could not record the end of run %s: %s", run.run_id, exc)
+        finally:
+            grid.close()
+        try:
+            self.store.set_run_status(run.run_id, status, error=error)
+        except Exception as exc:
+            log.warning("state store: could not record the end of run %s: %s", run.run_id, exc)
 
     def _observers(self) -> list[RunObserver]:
-        extra: list[RunObserver] = list(self.observers)
-        if self.store is not None:
-            extra.append(self.store.observer())
-        return extra
+        # the run's end is recorded by _execute, which knows the error and a stop from a failure
+        return [*self.observers, self.store.observer(record_end=False)]
 
     def _checkpointed(self, run: Run) -> Callable[[int, Path], None]:
-        """Called once each checkpoint is on disk: shown by ``run show``, kept in the store."""
+        """Called once each checkpoint is on disk: kept in the store, shown by ``run show``."""
         store = self.store
 
         def record(rnd: int, path: Path) -> None:
-            from consortium.server.checkpoint import checkpoint_digest
-
             try:
                 digest = checkpoint_digest(path)
             except Exception as exc:  # just written: only a file removed meanwhile fails
                 log.warning("run %s: could not read checkpoint %s: %s", run.run_id, path, exc)
-                return
-            run.checkpoint = {"round": rnd, "path": str(path), "digest": digest}
-            if store is None:
                 return
             try:
                 store.record_checkpoint(run.run_id, rnd, str(path), digest)
@@ -300,10 +324,36 @@ class RunManager:
 
         return record
 
+    def _restore_rounds(self, run_id: str, checkpoint: Checkpoint | None) -> None:
+        """Record the rounds a resumed run's checkpoint holds that the store lacks (a
+        write that failed before the crash, or a database that never saw the run)."""
+        if checkpoint is None:
+            return
+        recorded = {r.round for r in self.store.list_rounds(run_id)}
+        for rnd in checkpoint.history.rounds:
+            if rnd.round in recorded:
+                continue
+            try:
+                self.store.record_round(run_id, rnd)
+            except Exception as exc:  # the checkpoint, not this record, is what resumes
+                log.warning("state store: could not restore round %d of run %s: %s",
+                            rnd.round, run_id, exc)  # fmt: skip
+
     def fail_interrupted(self) -> None:
         """Runs a crashed server left 'running' are failed, unless resumed."""
-        if self.store is None:
-            return
-        for view in self.store.list_runs(status="running"):
+        for view in self.store.list_runs(status=RunStatus.RUNNING, limit=None):
             if view.id not in self._runs:
-                self.store.set_run_status(view.id, "failed", error="server restarted")
+                self.store.set_run_status(view.id, RunStatus.FAILED, error="server restarted")
+
+
+def _prepare(app: ServerApp, run_config: Config, seed: int) -> tuple[ServerApp, int]:
+    """The program to run and its number of rounds (0 when a main decides).
+
+    An app with a ``server_fn`` is configured now, so that a bad config fails
+    the start request instead of the run; the run then uses that config.
+    """
+    if app.server_fn is None:
+        return app, 0
+    config = app.config(ServerContext(run_config=run_config, seed=seed))
+    rounds = config.num_rounds if isinstance(config, ServerConfig) else config.num_steps
+    return ServerApp(lambda _: config), rounds

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from consortium.core.history import History, NodeResult, RoundRecord
+from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
+from consortium.core.records import Metrics
 from consortium.server.store.models import (
     CheckpointModel,
     NodeEventModel,
@@ -40,7 +42,7 @@ def round_row(run_id: str, record: RoundRecord, finished: datetime) -> RoundMode
 def node_result_row(
     run_id: str, round: int, result: NodeResult, timing: NodeTiming | None
 ) -> NodeResultModel:
-    timing = timing or NodeTiming()
+    timing = timing or node_timing(result) or NodeTiming()
     return NodeResultModel(
         run_id=run_id,
         round=round,
@@ -58,7 +60,7 @@ def node_result_row(
     )
 
 
-def run_view(r: RunModel) -> RunView:
+def run_view(r: RunModel, rounds_done: int = 0) -> RunView:
     return RunView(
         id=r.id,
         app_name=r.app_name,
@@ -72,6 +74,7 @@ def run_view(r: RunModel) -> RunView:
         started_at=r.started_at,
         finished_at=r.finished_at,
         error=r.error,
+        rounds_done=rounds_done,
     )
 
 
@@ -132,7 +135,30 @@ def node_result(v: NodeResultView) -> NodeResult:
         reason=v.reason,
         traceback=v.traceback,
         seconds=v.seconds,
+        timing=timing_metrics(v.timing),
     )
+
+
+def node_timing(result: NodeResult) -> NodeTiming | None:
+    """Where a node's time went, from the timing its reply carried (None if it carried none)."""
+    if not result.timing:
+        return None
+    return NodeTiming(
+        train_seconds=result.timing.get(TIMING_TRAIN),
+        upload_seconds=result.timing.get(TIMING_UPLOAD),
+        wait_seconds=result.timing.get(TIMING_WAIT),
+    )
+
+
+def timing_metrics(timing: NodeTiming) -> Metrics:
+    """The inverse of :func:`node_timing`: the keys the transport knew, in seconds (in the
+    order the fleet adds them to a reply, so a record reads back as it was made)."""
+    known = (
+        (TIMING_TRAIN, timing.train_seconds),
+        (TIMING_WAIT, timing.wait_seconds),
+        (TIMING_UPLOAD, timing.upload_seconds),
+    )
+    return {key: seconds for key, seconds in known if seconds is not None}
 
 
 def node_view(n: NodeModel) -> NodeView:

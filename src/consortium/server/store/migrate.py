@@ -2,15 +2,21 @@
 
 Each step is a few statements run in the caller's write transaction (both
 SQLite and PostgreSQL have transactional DDL), so an interrupted upgrade
-leaves the old schema intact.
+leaves the old schema intact. A step spells out its version's change itself,
+never through today's models, which a later version may have changed again.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.orm import Session
+
+#: version 2's one-result-per-node rule in node_results, as SQLite stores the table
+_SQLITE_UNIQUE = re.compile(r",\s*UNIQUE \(run_id, round, node, stage\)")
+_UNIQUE_COLUMNS = {"run_id", "round", "node", "stage"}
 
 
 def _checkpoint_digest_column(s: Session) -> None:
@@ -21,8 +27,43 @@ def _checkpoint_digest_column(s: Session) -> None:
     s.execute(text("UPDATE checkpoints SET digest = 'sha256:' || digest"))
 
 
+def _node_results_may_repeat(s: Session) -> None:
+    """3: a node may appear twice in one stage of a round (a FedBuff step can fold two
+    updates of a fast node): node_results drops unique (run_id, round, node, stage).
+
+    A table already without it is left as it is."""
+    if s.get_bind().dialect.name == "sqlite":
+        _rebuild_sqlite_node_results(s)
+    else:
+        for constraint in inspect(s.connection()).get_unique_constraints("node_results"):
+            if set(constraint["column_names"]) == _UNIQUE_COLUMNS:
+                s.execute(text(f'ALTER TABLE node_results DROP CONSTRAINT "{constraint["name"]}"'))
+    s.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_node_results_run_round ON node_results (run_id, round)")
+    )
+
+
+def _rebuild_sqlite_node_results(s: Session) -> None:
+    """SQLite cannot drop a constraint: copy the table into one created without it."""
+    ddl = s.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'node_results'")
+    ).scalar_one()
+    without, found = _SQLITE_UNIQUE.subn("", ddl)
+    if not found:
+        return
+    s.execute(text("ALTER TABLE node_results RENAME TO node_results_v2"))
+    s.execute(text("DROP INDEX IF EXISTS ix_node_results_node"))  # it moved with the rename
+    s.execute(text(without))
+    s.execute(text("INSERT INTO node_results SELECT * FROM node_results_v2"))
+    s.execute(text("DROP TABLE node_results_v2"))
+    s.execute(text("CREATE INDEX ix_node_results_node ON node_results (node, run_id)"))
+
+
 #: the step that brings version N - 1 to version N
-STEPS: dict[int, Callable[[Session], None]] = {2: _checkpoint_digest_column}
+STEPS: dict[int, Callable[[Session], None]] = {
+    2: _checkpoint_digest_column,
+    3: _node_results_may_repeat,
+}
 
 
 def upgrade(s: Session, version: int, target: int) -> None:

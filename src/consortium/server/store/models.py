@@ -32,7 +32,7 @@ from consortium.core.records import Config, Metrics
 from consortium.server.store.types import MetricsJSON, UTCDateTime
 
 #: Bumped by every schema change; a store refuses a database newer than it knows.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # an autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY)
 _BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -134,14 +134,18 @@ class RoundModel(Base):
 
 
 class NodeResultModel(Base):
-    """One node's part in one stage of one round; ``id`` keeps the order it was recorded in."""
+    """One node's part in one stage of one round; ``id`` keeps the order it was recorded in.
+
+    A node may appear twice in one stage: a FedBuff step can fold two updates
+    of a fast node (schema version 3 dropped a unique constraint that said no).
+    """
 
     __tablename__ = "node_results"
     __table_args__ = (
         ForeignKeyConstraint(
             ["run_id", "round"], ["rounds.run_id", "rounds.round"], ondelete="CASCADE"
         ),
-        UniqueConstraint("run_id", "round", "node", "stage"),
+        Index("ix_node_results_run_round", "run_id", "round"),
         Index("ix_node_results_node", "node", "run_id"),
     )
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from consortium.core.history import History, RoundRecord, RunInfo
 from consortium.server.store.models import RunStatus
-from consortium.server.store.views import NodeTiming
 
 if TYPE_CHECKING:
     from consortium.server.store.store import StateStore
@@ -23,12 +22,15 @@ class StoreObserver:
     ``running``; otherwise the run is created from :class:`RunInfo` (``app_name``
     and ``app_version`` may come in ``info.extra``). Like every observer it logs
     database errors and carries on, unless ``strict``: the checkpoint on disk,
-    not this record, is what a resume needs.
+    not this record, is what a resume needs. With ``record_end=False`` the run's
+    end is left to the caller: the deployment server records it itself, with the
+    error that ended the run and whether it was stopped.
     """
 
-    def __init__(self, store: StateStore, *, strict: bool = False) -> None:
+    def __init__(self, store: StateStore, *, strict: bool = False, record_end: bool = True) -> None:
         self.store = store
         self.strict = strict
+        self.record_end = record_end
         self.run_id: str | None = None
 
     def on_run_start(self, info: RunInfo) -> None:
@@ -37,21 +39,14 @@ class StoreObserver:
 
     def on_round_end(self, record: RoundRecord) -> None:
         run_id = self._run_id()
-        timings = {
-            (n.node_id, n.stage): NodeTiming(
-                train_seconds=n.timing.get("train"),
-                upload_seconds=n.timing.get("upload"),
-                wait_seconds=n.timing.get("wait"),
-            )
-            for n in record.nodes
-            if n.timing
-        }
         self._guard(
             f"round {record.round}",
-            lambda: self.store.record_round(run_id, record, timings=timings),
+            lambda: self.store.record_round(run_id, record),
         )
 
     def on_run_end(self, history: History, *, failed: bool) -> None:
+        if not self.record_end:
+            return
         run_id = self._run_id()
         status = RunStatus.FAILED if failed else RunStatus.FINISHED
         error = "the round loop stopped with an error; see the server log" if failed else None

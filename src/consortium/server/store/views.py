@@ -26,6 +26,8 @@ class RunView:
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    #: how many rounds (or steps) the run has recorded
+    rounds_done: int = 0
 
 
 @dataclass(frozen=True, slots=True)
