@@ -22,6 +22,7 @@ from consortium.server import (
     run_server_app,
 )
 from consortium.server.checkpoint import load_checkpoint
+from consortium.server.context import CheckpointSettings
 from consortium.simulation import SimulationGrid, run_simulation
 from consortium.strategy import FedAdam, FedAvg
 from consortium.strategy.fedbuff import FedBuff
@@ -132,9 +133,14 @@ def test_a_wrapped_strategy_waits_for_its_base_min_available_nodes(tmp_path: Pat
     grid = CountingGrid(_client(), ["a", "b", "c", "d"])
     grid.asked = []
     config = ServerConfig(strategy, num_rounds=3, node_wait=5.0)
-    result = run_server_app(ServerApp(lambda _: config), grid, seed=1)
+    checkpoints = CheckpointSettings(tmp_path)
+    result = run_server_app(ServerApp(lambda _: config), grid, seed=1, checkpoints=checkpoints)
     assert grid.asked and set(grid.asked) == {4}
     assert len(result.history.rounds) == 3
+    # the checkpoint holds both layers: FedAdam's moments and its FedAvg base's state
+    ck = load_checkpoint(tmp_path)
+    assert ck is not None and ck.round == 3
+    assert set(ck.state) == {"base", "optimizer"} and ck.state["optimizer"]["steps"] == 3
     # with three nodes the wrapped FedAvg refuses to sample, as the base alone would
     small = CountingGrid(_client(), ["a", "b", "c"])
     small.asked = []

@@ -20,6 +20,7 @@ from consortium.cli.tls_options import (
     server_name_option,
     warn_insecure,
 )
+from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 
 if TYPE_CHECKING:  # gRPC loads only when a run command runs
     from consortium.transport.grpc_client import ControlClient
@@ -165,7 +166,10 @@ def _print_run(info: dict[str, Any]) -> None:
     for r in info.get("rounds", []):
         for n in r["nodes"]:
             timing = n.get("timing") or {}
-            cells = [f"{timing[k]:.2f}" if k in timing else "" for k in ("train", "upload", "wait")]
+            cells = [
+                f"{timing[k]:.2f}" if k in timing else ""
+                for k in (TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT)
+            ]
             table.add_row(
                 str(r["round"]), n["node"], n["stage"], n["outcome"], f"{n['seconds']:.2f}",
                 *cells, n["reason"],

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from consortium.core.history import History, RoundRecord, RunInfo
+from consortium.core.protocol import PARAM_SEED
 from consortium.server.store.models import RunStatus
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class StoreObserver:
 
     def _start(self, info: RunInfo) -> None:
         if self.store.get_run(info.run_id) is None:
-            seed = info.params.get("seed", 0)
+            seed = info.params.get(PARAM_SEED, 0)
             self.store.create_run(
                 run_id=info.run_id,
                 app_name=str(info.extra.get("app_name", "")),
