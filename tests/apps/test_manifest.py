@@ -84,3 +84,19 @@ def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
         spec.run_config({"proximal": 1})
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("lr")
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file_and_byte(tmp_path: Path) -> None:
+    (tmp_path / "consortium.toml").write_bytes(GOOD.replace("sgd", "sgd\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"consortium.toml: not UTF-8 text \(byte \d+ is"):
+        load_app_spec(tmp_path)
+
+
+@pytest.mark.parametrize("literal", ["nan", "-nan", "[1.0, nan]"])
+def test_nan_in_the_run_config_is_refused_by_name(tmp_path: Path, literal: str) -> None:
+    write(tmp_path, GOOD.replace("lr = 0.1", f"lr = {literal}"))
+    with pytest.raises(ConfigError, match="run-config 'lr' is NaN"):
+        load_app_spec(tmp_path)
+    spec = load_app_spec(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match="run-config 'lr' is NaN"):
+        spec.run_config(dict([parse_override(f"lr={literal}")]))

@@ -179,3 +179,19 @@ def test_fedbuff_runs_through_run_simulation_on_push_and_pull(backend: str, work
     assert len(folded) == 8
     assert all(FEDBUFF_UPDATE_STALENESS in n.metrics for n in folded)
     assert not result.arrays.equals(Arrays({"w": np.zeros(8)}))
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("round_timeout", float("nan")), ("round_timeout", float("inf")), ("node_wait", float("nan")),
+     ("min_reply_fraction", float("nan"))],
+)  # fmt: skip
+def test_workflow_configs_refuse_nan_and_infinite_times(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ServerConfig(FedAvg(), **{field: value})
+
+
+@pytest.mark.parametrize("field", ["task_timeout", "node_wait", "max_clock"])
+def test_async_config_refuses_nan(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        AsyncServerConfig(FedBuff(), **{field: float("nan")})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -68,6 +69,7 @@ class AppSpec:
                 raise ConfigError(
                     f"unknown run-config key {key!r} for app {self.name!r} (known: {known})"
                 )
+            _check_number(f"run-config {key!r}", value)
             config[key] = _coerce(key, value, config.get(key))
         return config
 
@@ -80,13 +82,27 @@ def load_app_spec(path: Path | str) -> AppSpec:
         raise ConfigError(f"no {MANIFEST} found at {path}")
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start} is "
+            f"{exc.object[exc.start : exc.start + 1]!r}); save it as UTF-8"
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(f"{file}: {_describe(exc)}") from exc
+    for key, value in manifest.run_config.items():
+        _check_number(f"{file}: run-config {key!r}", value)
     return AppSpec(file.parent.resolve(), manifest)
+
+
+def _check_number(what: str, value: ConfigValue) -> None:
+    """NaN is never a meaningful setting (every comparison with it is false): refuse it."""
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, float) and math.isnan(v) for v in values):
+        raise ConfigError(f"{what} is NaN; give a number")
 
 
 def _describe(exc: ValidationError) -> str:

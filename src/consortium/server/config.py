@@ -6,6 +6,7 @@ the app then runs the matching workflow (:mod:`consortium.server.workflow`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,11 +47,17 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.num_rounds < 0:
             raise ConfigError(f"num_rounds must be >= 0, got {self.num_rounds}")
-        if self.round_timeout is not None and self.round_timeout <= 0:
-            raise ConfigError(f"round_timeout must be > 0 seconds, got {self.round_timeout}")
+        if self.round_timeout is not None and not (0 < self.round_timeout < math.inf):
+            raise ConfigError(
+                f"round_timeout must be a finite number > 0 seconds, got {self.round_timeout}"
+            )
+        if not 0 <= self.node_wait < math.inf:
+            raise ConfigError(
+                f"node_wait must be a finite number >= 0 seconds, got {self.node_wait}"
+            )
         if self.min_replies < 0:
             raise ConfigError(f"min_replies must be >= 0, got {self.min_replies}")
-        if not 0.0 <= self.min_reply_fraction <= 1.0:
+        if not 0.0 <= self.min_reply_fraction <= 1.0:  # NaN fails this too
             raise ConfigError(
                 f"min_reply_fraction must be within [0, 1], got {self.min_reply_fraction}"
             )
@@ -96,15 +103,21 @@ class AsyncServerConfig:
             raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.num_steps < 0:
             raise ConfigError(f"num_steps must be >= 0, got {self.num_steps}")
-        if self.task_timeout is not None and self.task_timeout <= 0:
-            raise ConfigError(f"task_timeout must be > 0 seconds, got {self.task_timeout}")
+        if self.task_timeout is not None and not (0 < self.task_timeout < math.inf):
+            raise ConfigError(
+                f"task_timeout must be a finite number > 0 seconds, got {self.task_timeout}"
+            )
+        if not 0 <= self.node_wait < math.inf:
+            raise ConfigError(
+                f"node_wait must be a finite number >= 0 seconds, got {self.node_wait}"
+            )
         if self.evaluate_every < 0:
             raise ConfigError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
         if self.max_failures_per_step < 1:
             raise ConfigError(
                 f"max_failures_per_step must be >= 1, got {self.max_failures_per_step}"
             )
-        if self.max_clock is not None and self.max_clock <= 0:
+        if self.max_clock is not None and not self.max_clock > 0:  # NaN too
             raise ConfigError(f"max_clock must be > 0 seconds, got {self.max_clock}")
 
 
