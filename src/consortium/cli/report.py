@@ -10,6 +10,7 @@ from rich.table import Table
 from consortium.core.history import History
 from consortium.core.protocol import NUM_EXAMPLES
 from consortium.tracking.base import RunObserver
+from consortium.tracking.mlflow_tracker import MLflowObserver
 
 
 def make_console() -> Console:
@@ -44,7 +45,6 @@ def print_history(console: Console, history: History, *, title: str = "Rounds") 
 
 def tracking_hint(observers: Sequence[RunObserver]) -> str | None:
     for o in observers:
-        uri = getattr(o, "tracking_uri", None)
-        if uri:
-            return f"see the run in MLflow: mlflow ui --backend-store-uri {uri}"
+        if isinstance(o, MLflowObserver) and o.tracking_uri:
+            return f"see the run in MLflow: mlflow ui --backend-store-uri {o.tracking_uri}"
     return None

@@ -162,9 +162,8 @@ class ServerContext(Context):
         if settings is None:
             return None
         if self._writer is None:
-            self._writer = CheckpointWriter(
-                settings.on_written, background=background, budget=settings.budget
-            )
+            self._writer = CheckpointWriter(settings.on_written, budget=settings.budget)
+        self._writer.background = background
         prepared = prepare_checkpoint(
             settings.directory,
             step,
