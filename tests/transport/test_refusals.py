@@ -35,6 +35,7 @@ import pytest
 
 from consortium._version import __version__
 from consortium.core.arrays import Arrays
+from consortium.core.errors import TransportError
 from consortium.core.message import Content, Message
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import MAX_GRPC_MESSAGE, iter_chunks
@@ -345,8 +346,7 @@ def _corrupt(chunks: list[Any]) -> list[pb.Chunk]:
     return [_pb(chunks[0]), bad, *map(_pb, chunks[2:])]
 
 
-def _announce(total: int) -> list[pb.Chunk]:
-    data = b"\0" * 64
+def _announce(total: int, data: bytes = b"\0" * 64) -> list[pb.Chunk]:
     return [pb.Chunk(message_id="m", total_size=total, index=0, data=data, crc32=zlib.crc32(data))]
 
 
@@ -360,8 +360,8 @@ BAD_STREAMS: dict[str, tuple[Callable[[], list[pb.Chunk]], grpc.StatusCode, str]
         grpc.StatusCode.DATA_LOSS,
         "checksum mismatch in chunk 1",
     ),
-    "truncated": (
-        lambda: stream(_payload())[:-1],
+    "truncated": (  # before the header is whole: past it, the unknown task is refused first
+        lambda: stream(_payload(), chunk_size=64)[:2],
         grpc.StatusCode.DATA_LOSS,
         "truncated stream",
     ),
@@ -372,7 +372,10 @@ BAD_STREAMS: dict[str, tuple[Callable[[], list[pb.Chunk]], grpc.StatusCode, str]
         "chunk 2 arrived where 1 was expected",
     ),
     "more-than-announced": (
-        lambda: [*_announce(64)[:1], *_raw_stream(os.urandom(512))[1:]],
+        lambda: [
+            *_announce(64, bytes(_payload().to_bytes()[:64])),
+            *_raw_stream(os.urandom(512))[1:],
+        ],
         grpc.StatusCode.DATA_LOSS,
         "chunks carry more than the announced 64 bytes",
     ),
@@ -527,17 +530,22 @@ def test_a_reply_to_another_nodes_task_is_not_accepted(
     caplog: pytest.LogCaptureFixture,
     claimed: str,
 ) -> None:
-    """hospital-b answers hospital-a's task, claiming to be hospital-a or honestly itself."""
+    """hospital-b answers hospital-a's task, claiming to be hospital-a or honestly itself.
+
+    Refused with FAILED_PRECONDITION as soon as the header arrived, and counted
+    (issue 10: every refusal is a clear status, logged and counted)."""
     intruder = federation.node(federation.pki.peer)
     assert intruder.hello(__version__, "b").node_id == "hospital-b"
+    before = federation.fleet.refusal_counts().get("hospital-b", {}).get("another-node", 0)
     with good_node.keeps_serving() as in_flight:
         forged = forged_reply(in_flight, claimed)
-        accepted, detail = intruder.push_result(forged.to_parts(), forged.metadata.message_id)
-        assert not accepted
-        assert "hospital-a" in detail and "hospital-b" in detail, detail
+        with pytest.raises(TransportError, match="FAILED_PRECONDITION") as info:
+            intruder.push_result(forged.to_parts(), forged.metadata.message_id)
+        assert "'hospital-a'" in str(info.value) and "'hospital-b'" in str(info.value)
     # keeps_serving checked that the round received hospital-a's own answer, not the forgery
     intruder.close()
-    assert_logged(caplog, "hospital-b", "not accepted", "'hospital-a'")
+    assert_logged(caplog, "hospital-b", "refused", "'hospital-a'")
+    assert federation.fleet.refusal_counts()["hospital-b"]["another-node"] == before + 1
 
 
 def test_a_reply_claiming_another_source_for_ones_own_task(
@@ -546,6 +554,7 @@ def test_a_reply_claiming_another_source_for_ones_own_task(
     """hospital-b answers its own task but says the answer comes from hospital-a."""
     node_b = federation.node(federation.pki.peer)
     assert node_b.hello(__version__, "b").node_id == "hospital-b"
+    before = federation.fleet.refusal_counts().get("hospital-b", {}).get("wrong-source", 0)
     with good_node.keeps_serving():
         task = federation.make_task("hospital-b")
         round_ = federation.round(task)
@@ -553,10 +562,11 @@ def test_a_reply_claiming_another_source_for_ones_own_task(
         assert payload is not None
         pulled = Message.from_bytes(payload)
         forged = forged_reply(pulled, "hospital-a")
-        accepted, detail = node_b.push_result(forged.to_parts(), forged.metadata.message_id)
-        assert not accepted and "refused" in detail, detail
+        with pytest.raises(TransportError, match=r"INVALID_ARGUMENT.*has src 'hospital-a'"):
+            node_b.push_result(forged.to_parts(), forged.metadata.message_id)
         honest = federation.answer(pulled)  # the forgery did not use up the task
         assert node_b.push_result(honest.to_parts(), honest.metadata.message_id) == (True, "ok")
         federation.check_answer(task, round_.replies())
     node_b.close()
-    assert_logged(caplog, "hospital-b", "not accepted")
+    assert_logged(caplog, "hospital-b", "refused", "src")
+    assert federation.fleet.refusal_counts()["hospital-b"]["wrong-source"] == before + 1

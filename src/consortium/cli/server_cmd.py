@@ -21,6 +21,9 @@ from consortium.core.errors import ConfigError
 
 log = logging.getLogger("consortium.server")
 
+#: On SIGTERM/SIGINT, how long the server waits for its runs to reach the end of a round.
+SHUTDOWN_GRACE = 60.0
+
 
 def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]:
     allowed = set(names)
@@ -78,6 +81,14 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     "waiting to be folded. Replies beyond it wait (the nodes are held by flow control).",
 )
 @click.option(
+    "--reply-factor",
+    type=click.FloatRange(min=1.0),
+    default=4.0,
+    show_default=True,
+    help="Largest reply a node may send: this many times the model its task carries, "
+    "plus 16 MiB; a larger reply is refused when it starts.",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
@@ -89,6 +100,21 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     help="State database (default sqlite:///WORKDIR/state.db; postgresql+psycopg://...).",
 )
 @click.option("--resume", "resume", metavar="RUN_ID", help="Continue a run after a crash.")
+@click.option(
+    "--resume-interrupted",
+    is_flag=True,
+    help="Resume every run a previous server left interrupted (shut down or crashed). "
+    "Without it they stay interrupted and the log says how to resume each.",
+)
+@click.option(
+    "--state-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a run's write to the state database is retried (locked, gone, read-only) "
+    "before the run fails.",
+)
 @insecure_option
 def server(
     address: str,
@@ -103,9 +129,12 @@ def server(
     offline_after: float,
     max_message_mb: int,
     transfer_budget_mb: int,
+    reply_factor: float,
     port_file: Path | None,
     state_url: str | None,
     resume: str | None,
+    resume_interrupted: bool,
+    state_timeout: float,
     insecure: bool,
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
@@ -114,7 +143,9 @@ def server(
 
     tune_malloc()
     from consortium.server.fleet import Fleet
+    from consortium.server.fleet_state import ReplyLimits
     from consortium.server.runs import RunManager
+    from consortium.server.store.lock import StateDirLock
     from consortium.transport.auth import (
         Authenticator,
         CertificateAuthenticator,
@@ -127,6 +158,8 @@ def server(
         start_server,
     )
 
+    # before anything is written there (the log included): one server per state directory
+    workdir_lock = StateDirLock(workdir)
     configure_logging(workdir, verbose=True, filename="server.log")
     allowed = read_allow_list(allow, allow_file)
     if not allowed:
@@ -135,7 +168,7 @@ def server(
     from consortium.server.records import fleet_event_sink
     from consortium.server.store import StateStore, default_url
 
-    store = StateStore(state_url or default_url(workdir))
+    store = StateStore(state_url or default_url(workdir), write_timeout=state_timeout)
     for node_name in sorted(allowed):
         store.upsert_node(node_name, allow_listed=True)
     fleet = Fleet(
@@ -143,6 +176,7 @@ def server(
         offline_after=offline_after,
         max_message_bytes=max_message_mb * 1024 * 1024,
         transfer_budget=transfer_budget_mb * 1024 * 1024,
+        reply_limits=ReplyLimits(factor=reply_factor),
         events=fleet_event_sink(store),
     )
     runs = RunManager(fleet, workdir, store=store)
@@ -197,12 +231,15 @@ def server(
     if resume:
         runs.resume(resume)
         click.echo(f"resuming run {resume}")
-    runs.fail_interrupted()
+    runs.recover_interrupted(resume=resume_interrupted)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
-    click.echo("shutting down")
+    click.echo("shutting down: stopping runs at the end of their round")
+    for run_id in runs.interrupt(SHUTDOWN_GRACE):
+        click.echo(f"run {run_id} interrupted: resume it with --resume {run_id}")
     grpc_server.stop(grace=2).wait()
     fleet.close()
     store.close()
+    workdir_lock.release()

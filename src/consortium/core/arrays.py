@@ -14,6 +14,7 @@ nothing is unpickled.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
@@ -28,6 +29,11 @@ ALIGN = 64
 _PREFIX = struct.Struct("<4sI")
 #: dtype kinds allowed on the wire: bool, signed/unsigned int, float, complex.
 WIRE_KINDS = frozenset("biufc")
+#: Most dimensions an array on the wire may have (numpy's own limit is 64).
+MAX_DIMS = 32
+#: Elements times item size, over the non-zero dimensions, must stay below this:
+#: numpy refuses larger arrays (even empty ones) with its own errors.
+_MAX_EXTENT = 2**62
 
 Array = NDArray[Any]
 
@@ -219,10 +225,14 @@ class Arrays(MutableMapping[str, Array]):
             if begin + nbytes > len(view) or offset < 0:
                 raise WireFormatError(f"array {name!r} runs past the end of the payload")
             count = nbytes // dtype.itemsize if dtype.itemsize else 0
-            if nbytes == 0:
-                arr = np.empty(shape, dtype=dtype)
-            else:
-                arr = np.frombuffer(view, dtype=dtype, count=count, offset=begin).reshape(shape)
+            try:
+                if nbytes == 0:
+                    arr = np.empty(shape, dtype=dtype)
+                else:
+                    arr = np.frombuffer(view, dtype=dtype, count=count, offset=begin)
+                    arr = arr.reshape(shape)
+            except (ValueError, MemoryError, OverflowError) as exc:  # a last guard
+                raise WireFormatError(f"array {name!r} cannot be decoded: {exc}") from exc
             out._data[name] = arr
         return out
 
@@ -238,18 +248,29 @@ def _check_entry(entry: Any) -> tuple[str, np.dtype[Any], tuple[int, ...], int, 
         dtype = np.dtype(dtype_str)
         shape_t = tuple(int(s) for s in shape)
         offset, nbytes = int(offset), int(nbytes)
-    except (ValueError, TypeError) as exc:
-        raise WireFormatError(f"arrays header entry {entry!r} is malformed") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise WireFormatError(f"arrays header entry {_brief(entry)} is malformed") from exc
     if not isinstance(name, str) or not isinstance(dtype_str, str):
-        raise WireFormatError(f"arrays header entry {entry!r} is malformed")
-    if dtype.kind not in WIRE_KINDS or dtype.hasobject:
+        raise WireFormatError(f"arrays header entry {_brief(entry)} is malformed")
+    if dtype.kind not in WIRE_KINDS or dtype.hasobject or dtype.shape or dtype.itemsize == 0:
         raise WireFormatError(f"array {name!r} has a dtype that cannot be sent: {dtype_str}")
+    if len(shape_t) > MAX_DIMS:
+        raise WireFormatError(f"array {name!r} has {len(shape_t)} dimensions, more than {MAX_DIMS}")
     if any(s < 0 for s in shape_t):
         raise WireFormatError(f"array {name!r} has a negative dimension")
-    expected = int(np.prod(shape_t, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a product that would overflow int64 is caught, not wrapped around
+    if math.prod(max(s, 1) for s in shape_t) * dtype.itemsize >= _MAX_EXTENT:
+        raise WireFormatError(f"array {name!r}: shape {_brief(shape_t)} is too large for any array")
+    expected = math.prod(shape_t) * dtype.itemsize
     if expected != nbytes:
         raise WireFormatError(
             f"array {name!r}: shape {shape_t} of {dtype} needs {expected} bytes, "
             f"header says {nbytes}"
         )
     return name, dtype, shape_t, offset, nbytes
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, cut short: a refusal message must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -14,7 +14,15 @@ message written for that user, and an ``exit_code`` the CLI returns::
     ├── MissingDependencyError      9  an optional extra is not installed
     ├── TransportError             10  the server or a node could not be reached or refused
     │   └── ServerUnavailable      10  the server could not be reached; worth retrying
-    └── SecurityError              11  a certificate, key or identity check failed
+    ├── SecurityError              11  a certificate, key or identity check failed
+    │   └── NodeRefused            11  the server refused this caller for who it is
+    │                                  (revoked, expired, not allow-listed, wrong role):
+    │                                  a node stops instead of retrying
+    └── StateStoreError            12  the state database or directory cannot be used
+
+A TLS handshake the server refused (another CA, an expired certificate) cannot
+be told apart from a server that is down: it is a :class:`ServerUnavailable`,
+retried with backoff.
 """
 
 from __future__ import annotations
@@ -101,3 +109,18 @@ class SecurityError(ConsortiumError):
     """A certificate, key or identity failed a check (wrong CA, expired, revoked, role)."""
 
     exit_code = 11
+
+
+class StateStoreError(ConsortiumError):
+    """The server's state database could not be written (deleted, read-only, locked past
+    the bound) or its state directory is in use by another server; the message names which."""
+
+    exit_code = 12
+
+
+class NodeRefused(SecurityError):
+    """The server refused this caller's identity (gRPC UNAUTHENTICATED or PERMISSION_DENIED).
+
+    Its certificate was revoked or has expired, it is not on the server's
+    allow-list, or it has the wrong role. Retrying cannot help: a node stops.
+    """

@@ -18,7 +18,15 @@ from typing import Any
 
 from consortium.core.arrays import ALIGN, Arrays
 from consortium.core.errors import WireFormatError
-from consortium.core.records import Config, Metrics, check_config, check_metrics
+from consortium.core.records import (
+    Config,
+    Metrics,
+    RecordLimits,
+    UnacceptableRecord,
+    check_config,
+    check_metrics,
+    record_budget,
+)
 
 #: Conventional record names.
 MODEL = "model"
@@ -260,49 +268,29 @@ class Message:
         *,
         max_bytes: int | None = None,
         exclusive: bool = False,
+        limits: RecordLimits | None = None,
     ) -> Message:
         """Decode a message; raises :class:`WireFormatError` on any bad input.
 
         ``exclusive=True`` says the caller hands over a writable buffer nobody
         else uses: its arrays are then marked :attr:`Arrays.exclusive`.
+        ``limits`` bounds the header and its records (a message from a node).
         """
         view = memoryview(data).cast("B")
         if max_bytes is not None and len(view) > max_bytes:
             raise WireFormatError(f"message of {len(view)} bytes exceeds the limit of {max_bytes}")
-        if len(view) < _PREFIX.size:
-            raise WireFormatError("message is shorter than its prefix")
-        magic, head_len = _PREFIX.unpack_from(view, 0)
-        if magic != _MAGIC:
-            raise WireFormatError(f"not a message (magic {bytes(magic)!r})")
-        head_end = _PREFIX.size + head_len
-        if head_end > len(view):
+        head = _read_header(view, limits)
+        if head is None:
             raise WireFormatError("message header runs past the end")
-        try:
-            header = json.loads(bytes(view[_PREFIX.size : head_end]))
-            meta = Metadata(**header["meta"])
-            _check_metadata(meta)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise WireFormatError(f"message header is malformed: {exc}") from exc
+        meta, header, head_end = head
         if "error" in header:
-            try:
-                code, reason, tb = header["error"]
-            except (ValueError, TypeError) as exc:
-                raise WireFormatError("message error record is malformed") from exc
-            return cls(meta, error=Error(str(code), str(reason), str(tb)))
+            return cls(meta, error=_read_error(header))
         start = _align(head_end)
-        content = Content()
-        try:
-            for name, cfg in dict(header.get("configs", {})).items():
-                content.configs[str(name)] = check_config(cfg, what=f"config record {name!r}")
-            for name, met in dict(header.get("metrics", {})).items():
-                content.metrics[str(name)] = check_metrics(met, what=f"metrics record {name!r}")
-            layout = list(header.get("arrays", []))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise WireFormatError(f"message records are malformed: {exc}") from exc
+        content, layout = _read_records(header, limits)
         for entry in layout:
             try:
                 name, off, size = str(entry[0]), int(entry[1]), int(entry[2])
-            except (ValueError, TypeError, IndexError) as exc:
+            except (ValueError, TypeError, IndexError, OverflowError) as exc:
                 raise WireFormatError(f"arrays layout entry {entry!r} is malformed") from exc
             if off < 0 or size < 0 or start + off + size > len(view):
                 raise WireFormatError(f"arrays record {name!r} runs past the end of the message")
@@ -310,6 +298,87 @@ class Message:
             arrays.exclusive = exclusive and not view.readonly
             content.arrays[name] = arrays
         return cls(meta, content=content)
+
+
+def peek_metadata(data: memoryview, limits: RecordLimits) -> Metadata | None:
+    """The metadata of an encoded message from its first bytes (None until its whole
+    header is there), checking the header and its records against ``limits``.
+
+    A receiver calls it as the bytes arrive, to judge a message before taking the rest.
+    Raises :class:`WireFormatError` on anything :meth:`Message.from_bytes` would refuse
+    in the header.
+    """
+    head = _read_header(memoryview(data).cast("B"), limits)
+    if head is None:
+        return None
+    meta, header, _ = head
+    if "error" in header:
+        _read_error(header)
+    else:
+        _read_records(header, limits)
+    return meta
+
+
+def _read_header(
+    view: memoryview, limits: RecordLimits | None
+) -> tuple[Metadata, dict[str, Any], int] | None:
+    """(metadata, header, end of header) of an encoded message; None if ``view`` ends first."""
+    if len(view) < _PREFIX.size:
+        return None
+    magic, head_len = _PREFIX.unpack_from(view, 0)
+    if magic != _MAGIC:
+        raise WireFormatError(f"not a message (magic {bytes(magic)!r})")
+    if limits is not None and head_len > limits.max_header_bytes:
+        raise UnacceptableRecord(
+            f"message header of {head_len} bytes exceeds the limit of "
+            f"{limits.max_header_bytes} bytes"
+        )
+    head_end = _PREFIX.size + head_len
+    if head_end > len(view):
+        return None
+    try:
+        header = json.loads(bytes(view[_PREFIX.size : head_end]))
+        meta = Metadata(**header["meta"])
+        _check_metadata(meta)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"message header is malformed: {exc}") from exc
+    return meta, header, head_end
+
+
+def _read_error(header: dict[str, Any]) -> Error:
+    try:
+        code, reason, tb = header["error"]
+    except (ValueError, TypeError) as exc:
+        raise WireFormatError("message error record is malformed") from exc
+    return Error(str(code), str(reason), str(tb))
+
+
+def _read_records(header: dict[str, Any], limits: RecordLimits | None) -> tuple[Content, list[Any]]:
+    """The Config and Metrics records of a header, checked, and its arrays layout."""
+    content = Content()
+    budget = record_budget(limits)
+    try:
+        records = len(header.get("configs", {})) + len(header.get("metrics", {}))
+        if limits is not None and records > limits.max_entries:
+            raise UnacceptableRecord(f"the message carries {records} records")
+        for name, cfg in dict(header.get("configs", {})).items():
+            content.configs[str(name)] = check_config(
+                cfg, what=f"config record {_short(name)}", budget=budget
+            )
+        for name, met in dict(header.get("metrics", {})).items():
+            content.metrics[str(name)] = check_metrics(
+                met, what=f"metrics record {_short(name)}", budget=budget
+            )
+        layout = list(header.get("arrays", []))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise WireFormatError(f"message records are malformed: {exc}") from exc
+    return content, layout
+
+
+def _short(name: object) -> str:
+    """A record's name for a message, cut short."""
+    text = repr(name)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 _META_TYPES: dict[str, tuple[type, ...]] = {

@@ -16,21 +16,25 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 
-from consortium.core.message import Content, Message
+from consortium.core.message import Content, Message, Metadata
 from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE
+from consortium.core.records import RecordLimits
 from consortium.server.fleet_state import (
+    LATE,
     NodeSession,
     Outgoing,
     Queued,
     Release,
+    ReplyLimits,
     RoundReplies,
     Waiter,
     add_timing,
     call_release,
     consume,
+    judge_reply,
     payload_bytes,
 )
 from consortium.transport.chunks import ReceiveBudget
@@ -59,6 +63,8 @@ class Fleet:
         clock: Callable[[], float] = time.monotonic,
         reorder_budget: int = 256 * 1024**2,
         transfer_budget: int = 1024**3,
+        reply_limits: ReplyLimits | None = None,
+        record_limits: RecordLimits | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.offline_after = offline_after
@@ -68,6 +74,12 @@ class Fleet:
         self._clock = clock
         self.reorder_budget = reorder_budget
         self.transfer_budget = ReceiveBudget(transfer_budget)
+        #: how large a reply may be, from its task
+        self.reply_limits = reply_limits or ReplyLimits()
+        #: what the Config and Metrics records of a node's message may hold
+        self.record_limits = record_limits or RecordLimits()
+        #: node -> reason -> replies refused (see count_refusal)
+        self._reply_refusals: dict[str, Counter[str]] = {}
         #: task id -> the payload it shares with the other tasks of its round
         self._outgoing: dict[str, Outgoing] = {}
         self._warned_order = False
@@ -163,18 +175,42 @@ class Fleet:
             session = self._nodes.get(node)
             if session is not None:
                 session.last_seen = self._clock()
-            task_id = reply.metadata.reply_to or ""
-            waiter = self._pending.get(task_id)
+            waiter = self._judge(node, reply.metadata, payload_bytes(reply))
             if waiter is None:
-                return False, "no task is waiting for this reply (late, duplicate or unknown)"
-            if waiter.node != node or reply.metadata.src != node:
-                return False, f"reply to a task of {waiter.node!r} sent by {node!r}: refused"
-            del self._pending[task_id]
+                return False, LATE
+            del self._pending[reply.metadata.reply_to or ""]
             if session is not None:
-                session.in_flight.discard(task_id)
+                session.in_flight.discard(reply.metadata.reply_to or "")
         add_timing(reply, waiter, self._clock())
         waiter.replies.put((reply, on_consumed))
         return True, "ok"
+
+    def admit_reply(self, node: str, meta: Metadata, size: int) -> str | None:
+        """Judge a reply of ``size`` bytes from its metadata, before it is received.
+
+        None: take it. A reason: it answers a task of the node's that is over (late
+        or duplicate; the node may go on). Raises :class:`Refused` (and counts it)
+        for a reply to a task never sent to this node, one whose run, round, kind
+        or source differ from its task's, and one larger than its task allows.
+        """
+        with self._cond:
+            return LATE if self._judge(node, meta, size) is None else None
+
+    def count_refusal(self, node: str, reason: str) -> None:
+        """Count a refused reply of ``node`` (``reason``: a short key, e.g. ``wrong-run``)."""
+        with self._cond:
+            self._reply_refusals.setdefault(node, Counter())[reason] += 1
+
+    def refusal_counts(self) -> dict[str, dict[str, int]]:
+        """Replies refused so far: node -> reason -> how many (late ones as ``late``)."""
+        with self._cond:
+            return {n: dict(reasons) for n, reasons in self._reply_refusals.items() if reasons}
+
+    def _judge(self, node: str, meta: Metadata, size: int) -> Waiter | None:
+        """(Lock held.) See :func:`judge_reply`; counts what it refuses."""
+        counts = self._reply_refusals.setdefault(node, Counter())
+        waiter = self._pending.get(meta.reply_to or "")
+        return judge_reply(node, meta, size, waiter, self._nodes.get(node), counts)
 
     def refused(self, node: str | None, peer: str, reason: str) -> None:
         """A call was refused. A node of ours refused now (revoked, expired, taken off
@@ -261,8 +297,13 @@ class Fleet:
                     continue
                 stub = Message(msg.metadata, content=Content())  # for error replies; no model
                 self._pending[msg.metadata.message_id] = Waiter(
-                    node, stub, replies, queued_at=self._clock()
+                    node,
+                    stub,
+                    replies,
+                    queued_at=self._clock(),
+                    max_reply_bytes=self.reply_limits.max_reply_bytes(msg, self.max_message_bytes),
                 )
+                session.remember(msg.metadata.message_id)
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
                 shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared

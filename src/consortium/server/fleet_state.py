@@ -1,21 +1,43 @@
 """What the fleet keeps per node and per round: sessions, tasks awaiting replies,
-the payload a round's tasks share, and the iterator a round's replies come from."""
+the payload a round's tasks share, the iterator a round's replies come from, and
+the checks a node's reply must pass against the task it answers."""
 
 from __future__ import annotations
 
 import queue
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
-from consortium.core.message import TIMING_RECORD, Message
+from consortium.core.message import QUERY, TIMING_RECORD, Message, Metadata
 from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
-from consortium.transport.chunks import ReceiveBudget
+from consortium.transport.chunks import ReceiveBudget, Refused
 
 #: Called once the round loop is done with an accepted reply (see :meth:`Fleet.deliver`).
 Release = Callable[[], None]
 #: A reply waiting for the round loop, with what to call once it is consumed.
 Queued = tuple[Message, Release | None]
+
+#: Task ids remembered per node, to tell a late reply from one to a task never sent.
+RECENT_TASKS = 1024
+#: Why a reply to a task that is over (answered, failed, past its deadline) is not taken.
+LATE = "no task is waiting for this reply (late, duplicate or unknown)"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    """How large a reply may be, from the task it answers: ``factor`` times the bytes
+    of the task's arrays (its model) plus ``slack`` (the header, metrics, a little
+    growth). A ``query`` task (one asking a node for a model) is bounded only by the
+    server's message limit."""
+
+    factor: float = 4.0
+    slack: int = 16 * 1024 * 1024
+
+    def max_reply_bytes(self, task: Message, message_limit: int) -> int:
+        if task.metadata.kind == QUERY and payload_bytes(task) == 0:
+            return message_limit
+        return min(message_limit, int(self.factor * payload_bytes(task)) + self.slack)
 
 
 @dataclass(slots=True)
@@ -28,6 +50,14 @@ class NodeSession:
     last_seen: float = 0.0
     tasks: deque[tuple[str, list[bytes | bytearray | memoryview]]] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)
+    #: ids of the last RECENT_TASKS tasks sent to it (a dict keeps their order)
+    sent: dict[str, None] = field(default_factory=dict)
+
+    def remember(self, task_id: str) -> None:
+        """Note a task sent to this node."""
+        self.sent[task_id] = None
+        if len(self.sent) > RECENT_TASKS:
+            del self.sent[next(iter(self.sent))]
 
 
 @dataclass(slots=True)
@@ -40,6 +70,8 @@ class Waiter:
     replies: queue.Queue[Queued]
     queued_at: float = 0.0
     pulled_at: float | None = None
+    #: the largest encoded reply accepted (see ReplyLimits)
+    max_reply_bytes: int = 0
 
 
 class Outgoing:
@@ -91,6 +123,73 @@ class RoundReplies(Iterator[Message]):
 
     def __del__(self) -> None:
         self.close()
+
+
+def judge_reply(
+    node: str,
+    meta: Metadata,
+    size: int,
+    waiter: Waiter | None,
+    session: NodeSession | None,
+    counts: Counter[str],
+) -> Waiter | None:
+    """``waiter`` (the open task ``meta`` answers) if ``node`` may answer it with a reply
+    of ``size`` bytes; None if that task of the node's is over (counted ``late``);
+    else raise :class:`Refused`, counted under its reason."""
+    try:
+        if waiter is None:
+            task_id = meta.reply_to or ""
+            if session is not None and task_id in session.sent:
+                counts["late"] += 1
+                return None
+            raise Refused(
+                f"no task {task_id[:80]!r} was sent to {node!r}: refused",
+                status="FAILED_PRECONDITION",
+                reason="unknown-task",
+            )
+        check_reply(node, meta, waiter, size)
+    except Refused as exc:
+        counts[exc.reason] += 1
+        raise
+    return waiter
+
+
+def check_reply(node: str, meta: Metadata, waiter: Waiter, size: int) -> None:
+    """Raise :class:`Refused` unless ``meta`` (of a reply of ``size`` bytes from ``node``)
+    answers ``waiter``'s task: sent to that node, same run, round and kind."""
+    task = waiter.task.metadata
+    if waiter.node != node:
+        raise Refused(
+            f"reply to a task of {waiter.node!r} sent by {node!r}: refused",
+            status="FAILED_PRECONDITION",
+            reason="another-node",
+        )
+    checks = (
+        ("src", meta.src, node, "wrong-source"),
+        ("run id", meta.run_id, task.run_id, "wrong-run"),
+        ("round", meta.round, task.round, "wrong-round"),
+        ("kind", meta.kind, task.kind, "wrong-kind"),
+    )
+    for what, got, expected, reason in checks:
+        if got != expected:
+            raise Refused(
+                f"reply to task {task.message_id} has {what} {_short(got)}, the task "
+                f"has {expected!r}: refused",
+                status="INVALID_ARGUMENT",
+                reason=reason,
+            )
+    if size > waiter.max_reply_bytes:
+        raise Refused(
+            f"reply of {size} bytes to task {task.message_id} exceeds the {waiter.max_reply_bytes} "
+            "bytes its task allows (see --reply-factor)",
+            status="RESOURCE_EXHAUSTED",
+            reason="too-large",
+        )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def consume(item: Queued) -> Iterator[Message]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from consortium.core.buffers import empty_buffer
@@ -31,7 +31,29 @@ class PayloadTooLarge(WireFormatError):
     """The announced payload is larger than this receiver accepts."""
 
 
+class Refused(WireFormatError):
+    """A payload the receiver will not take for what it claims to be (a reply no task
+    of its sender's asked for, or larger than its task allows).
+
+    ``status`` is the name of the gRPC status to answer with (``FAILED_PRECONDITION``,
+    ``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED``); ``reason`` a
+    short key the server counts refusals by (``unknown-task``, ``wrong-run``, ...).
+    """
+
+    def __init__(self, message: str, *, status: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 Buffer = bytes | bytearray | memoryview
+
+#: Judges a payload from its first bytes and its announced size, before the rest is
+#: received: True to take it, False to see more bytes first; raises to refuse it.
+Admit = Callable[[memoryview, int], bool]
+
+#: Most bytes a Reassembler keeps while its ``admit`` has not decided yet.
+STAGE_LIMIT = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -231,14 +253,24 @@ def iter_chunks(
 
 
 class Reassembler:
-    """Rebuilds one payload from its chunks, refusing anything inconsistent."""
+    """Rebuilds one payload from its chunks, refusing anything inconsistent.
 
-    def __init__(self, max_bytes: int, budget: ReceiveBudget | None = None) -> None:
+    With ``admit`` (see :data:`Admit`), the first bytes are kept aside until it
+    took the payload: nothing of the announced size is reserved or allocated
+    before, so a payload it refuses costs what was received of it, no more.
+    """
+
+    def __init__(
+        self, max_bytes: int, budget: ReceiveBudget | None = None, admit: Admit | None = None
+    ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget
         self.reserved = 0
         self.message_id = ""
+        self._admit = admit
+        self._staged: bytearray | None = None
         self._buffer: memoryview | None = None
+        self._total = 0
         self._offset = 0
         self._index = 0
         self._crc = 0
@@ -249,35 +281,60 @@ class Reassembler:
             raise WireFormatError("chunk received after the last one")
         if chunk.index != self._index:
             raise WireFormatError(f"chunk {chunk.index} arrived where {self._index} was expected")
-        if self._buffer is None:
+        if self._index == 0:
             total = int(chunk.total_size)
             if total > self.max_bytes:
                 raise PayloadTooLarge(
                     f"message of {total} bytes exceeds the limit of {self.max_bytes} bytes"
                 )
             self.message_id = chunk.message_id
-            if self.budget is not None:
-                self.budget.acquire(total)
-                self.reserved = total
-            self._buffer = empty_buffer(total)
+            self._total = total
+            if self._admit is None:
+                self._allocate()
+            else:
+                self._staged = bytearray()
         data = chunk.data
         end = self._offset + len(data)
-        if end > len(self._buffer):
-            raise WireFormatError(f"chunks carry more than the announced {len(self._buffer)} bytes")
-        self._buffer[self._offset : end] = data
+        if end > self._total:
+            raise WireFormatError(f"chunks carry more than the announced {self._total} bytes")
         self._crc = crc32(data, self._crc)
         if self._crc != chunk.crc32:
             raise WireFormatError(f"checksum mismatch in chunk {chunk.index}: data corrupted")
+        self._store(data, chunk.last)
         self._offset = end
         self._index += 1
         if chunk.last:
-            if self._offset != len(self._buffer):
+            if self._offset != self._total:
                 raise WireFormatError(
-                    f"stream ended after {self._offset} of {len(self._buffer)} announced bytes"
+                    f"stream ended after {self._offset} of {self._total} announced bytes"
                 )
             if chunk.total_crc32 != self._crc:
                 raise WireFormatError("checksum of the whole message does not match")
             self._done = True
+
+    def _store(self, data: Buffer, last: bool) -> None:
+        """Write ``data`` at the current offset, or keep it aside until admitted."""
+        if self._buffer is not None:
+            self._buffer[self._offset : self._offset + len(data)] = data
+            return
+        staged = self._staged
+        assert staged is not None and self._admit is not None
+        staged += data
+        if not self._admit(memoryview(staged), self._total) and not last:
+            if len(staged) > STAGE_LIMIT:
+                raise WireFormatError(f"the first {len(staged)} bytes were not enough to judge")
+            return
+        self._staged = None
+        self._allocate()
+        assert self._buffer is not None
+        self._buffer[: len(staged)] = staged
+
+    def _allocate(self) -> None:
+        """Reserve the announced size in the budget and allocate it."""
+        if self.budget is not None:
+            self.budget.acquire(self._total)
+            self.reserved = self._total
+        self._buffer = empty_buffer(self._total)
 
     def close(self) -> None:
         """Give the budget back and let go of the payload (which lives on while the
@@ -286,6 +343,7 @@ class Reassembler:
             self.budget.release(self.reserved)
             self.reserved = 0
         self._buffer = None
+        self._staged = None
 
     def consumed(self) -> None:
         """The server is done with the message: its bytes count in the budget until
@@ -303,7 +361,7 @@ class Reassembler:
         """The payload; raises if the stream ended before its last chunk."""
         if not self._done or self._buffer is None:
             got = self._offset
-            expected = len(self._buffer) if self._buffer is not None else "?"
+            expected = self._total if self._index else "?"
             raise WireFormatError(f"truncated stream: {got} of {expected} bytes, no last chunk")
         return self._buffer
 

@@ -20,21 +20,24 @@ from typing import Any, TypeVar
 
 import grpc
 
-from consortium.core.errors import WireFormatError
+from consortium.core.errors import TransportError, WireFormatError
 from consortium.core.message import Message
+from consortium.core.records import UnacceptableRecord
 from consortium.transport.auth import Authenticator, Unauthenticated
 from consortium.transport.chunks import (
     MAX_GRPC_MESSAGE,
     Chunk,
     PayloadTooLarge,
     Reassembler,
+    Refused,
     decode_chunk,
     encode_chunk,
     iter_chunks,
 )
-from consortium.transport.fleet_api import ControlBackend, FleetBackend, decode_reply
+from consortium.transport.fleet_api import ControlBackend, decode_reply
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
+from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
 
 log = logging.getLogger("consortium.transport")
 
@@ -110,12 +113,16 @@ _ENDED_BY_GRPC = (
 )
 
 
+class _Stop(Exception):
+    """Raised by the admission check to end a reply's stream early: it is not wanted."""
+
+
 class FleetServicer(rpc.FleetServicer):
     """Node-facing RPCs."""
 
     def __init__(
         self,
-        backend: FleetBackend,
+        backend: CheckedFleetBackend,
         auth: Authenticator,
     ) -> None:
         self.backend = backend
@@ -175,14 +182,30 @@ class FleetServicer(rpc.FleetServicer):
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
         node = self._caller(context)
-        rebuild = Reassembler(self.backend.max_message_bytes, self.budget)
+        late: list[str] = []
+
+        def admit(head: memoryview, size: int) -> bool:
+            """Judge the reply from its header, before the rest of it is received."""
+            meta = peek_reply(head, self.backend.record_limits)
+            if meta is None:
+                return False
+            why = self.backend.admit_reply(node, meta, size)
+            if why is not None:
+                late.append(why)
+                raise _Stop
+            return True
+
+        rebuild = Reassembler(self.backend.max_message_bytes, self.budget, admit)
         accepted = False
         try:
             reply = self._receive(node, rebuild, request_iterator, context)
-            # the budget stays taken until the round loop has folded the reply, so
-            # replies waiting to be folded count too: with many nodes replying at
-            # once the server holds what the budget allows, not one per node
-            accepted, detail = self.backend.deliver(node, reply, rebuild.consumed)
+            if reply is None:
+                detail = late[0]
+            else:
+                # the budget stays taken until the round loop has folded the reply, so
+                # replies waiting to be folded count too: with many nodes replying at
+                # once the server holds what the budget allows, not one per node
+                accepted, detail = self._deliver(node, reply, rebuild, context)
         finally:
             if not accepted:
                 rebuild.close()
@@ -190,38 +213,71 @@ class FleetServicer(rpc.FleetServicer):
             log.warning("reply from %s not accepted: %s", node, detail)
         return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
 
+    def _deliver(
+        self, node: str, reply: Message, rebuild: Reassembler, context: grpc.ServicerContext
+    ) -> tuple[bool, str]:
+        try:
+            return self.backend.deliver(node, reply, rebuild.consumed)
+        except Refused as exc:  # counted by the backend
+            self._refuse(context, node, grpc.StatusCode[exc.status], exc, None)
+            raise
+
+    def _refuse(
+        self,
+        context: grpc.ServicerContext,
+        node: str,
+        code: grpc.StatusCode,
+        error: Exception,
+        reason: str | None,
+    ) -> None:
+        """End the call with ``code`` and ``error``'s message; log it, and count it under
+        ``reason`` (None: the backend counted it already)."""
+        log.warning("refused a reply from %s: %s", node, error)
+        if reason is not None:
+            self.backend.count_refusal(node, reason)
+        context.abort(code, str(error))
+
     def _receive(
         self,
         node: str,
         rebuild: Reassembler,
         request_iterator: Iterator[Chunk],
         context: grpc.ServicerContext,
-    ) -> Message:
+    ) -> Message | None:
+        """The reply, or None if it was found unwanted (late) before it all arrived."""
         try:
             for chunk in request_iterator:
                 rebuild.feed(_parsed(context, node, chunk))
             payload = rebuild.result()
+        except _Stop:
+            return None
         except grpc.RpcError:
             # gRPC ended the call under us and has already told the node why
             log.warning("reply from %s broke off: %s", node, _ENDED_BY_GRPC)
             raise
+        except Refused as exc:  # judged by the backend from the header, which counted it
+            self._refuse(context, node, grpc.StatusCode[exc.status], exc, None)
+            raise
         except PayloadTooLarge as exc:
-            log.warning("refused a reply from %s: %s", node, exc)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            self._refuse(context, node, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "too-large")
+            raise
+        except UnacceptableRecord as exc:  # over the record limits, seen in the header
+            self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "records")
+            raise
+        except NotAReply as exc:
+            self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "malformed")
             raise
         except WireFormatError as exc:
             if not context.is_active():  # the stream "ended" because gRPC ended the call
                 log.warning("reply from %s broke off: %s", node, _ENDED_BY_GRPC)
                 # abort, not raise: raising here would make gRPC log a traceback
                 context.abort(grpc.StatusCode.CANCELLED, _ENDED_BY_GRPC)
-            log.warning("refused a reply from %s: %s", node, exc)
-            context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+            self._refuse(context, node, grpc.StatusCode.DATA_LOSS, exc, "bad-stream")
             raise
         try:
             return decode_reply(payload, self.backend.max_message_bytes)
         except WireFormatError as exc:
-            log.warning("refused a reply from %s: %s", node, exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "malformed")
             raise
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
@@ -337,21 +393,32 @@ def start_server(
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``address`` ("host:port", port 0 picks one); returns (server, port).
 
-    ``tls=None`` is plain text: only for ``--insecure``.
+    ``tls=None`` is plain text: only for ``--insecure``. The port is this server's
+    alone (no ``SO_REUSEPORT``): a second server on it gets a :class:`TransportError`.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
+    # and take half the connections
+    options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     _add_fleet_service(fleet, server)
     if control is not None:
         rpc.add_ControlServicer_to_server(control, server)  # type: ignore[no-untyped-call]
-    if tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        creds = grpc.ssl_server_credentials(
-            [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
-        )
-        port = server.add_secure_port(address, creds)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            creds = grpc.ssl_server_credentials(
+                [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
+            )
+            port = server.add_secure_port(address, creds)
+    except RuntimeError:  # recent gRPC raises where older ones returned port 0
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {address}")
+        server.stop(None)
+        raise TransportError(
+            f"could not listen on {address}: the address is in use (another server?) "
+            "or not one of this machine's"
+        )
     server.start()
     return server, port
 
