@@ -8,6 +8,7 @@ Runs go over a real :class:`Fleet` to in-process :class:`NodeRunner` nodes
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from consortium.node.memory import InMemoryConnection
 from consortium.node.runner import NodePolicy, NodeRunner
 from consortium.server.checkpoint import checkpoint_digest
 from consortium.server.fleet import Fleet
-from consortium.server.runs import RunManager
+from consortium.server.runs import CRASHED, SHUT_DOWN, RunManager
 from consortium.server.store import RunStatus, StateStore, default_url
 
 APP_NAME = "state-toy"
@@ -190,15 +191,15 @@ def test_a_new_run_manager_serves_the_history_of_the_old_one(
         assert set(outcomes) == {(node, stage) for node in NODES for stage in ("train", "evaluate")}
         for (node, stage), n in outcomes.items():
             if r["round"] == 2 and (node, stage) == ("b", "train"):
-                assert n["outcome"] == "failed" and "disk full" in n["reason"]
+                assert n["outcome"] == "failed" and "RuntimeError" in n["reason"]
                 continue
             assert n["outcome"] == "ok" and n["reason"] == ""
             assert set(n["timing"]) == {"train", "upload", "wait"}, n
             assert 0 <= n["timing"]["train"] <= n["seconds"] + 1e-3
 
 
-def test_a_run_left_running_by_a_crash_keeps_its_history_once_failed(
-    url: str, servers: Callable[[str], Server]
+def test_a_run_left_running_by_a_crash_is_interrupted_and_keeps_its_history(
+    url: str, servers: Callable[[str], Server], caplog: pytest.LogCaptureFixture
 ) -> None:
     crashed = servers(url)
     run_id = crashed.store.create_run(app_name="toy", app_version="2.0", seed=1, num_rounds=5)
@@ -210,17 +211,37 @@ def test_a_run_left_running_by_a_crash_keeps_its_history_once_failed(
     before = restarted.runs.show_run(run_id)
     assert before is not None and before["status"] == "running"
     assert restarted.runs.stop_run(run_id) is False  # no thread here to stop
-    restarted.runs.fail_interrupted()
+    with caplog.at_level(logging.WARNING, logger="consortium.server"):
+        assert restarted.runs.recover_interrupted(resume=False) == [run_id]
+    assert f"--resume {run_id}" in caplog.text  # says how to resume it
     shown: dict[str, Any] | None = restarted.runs.show_run(run_id)
     assert shown is not None
-    assert (shown["status"], shown["error"]) == ("failed", "server restarted")
+    assert (shown["status"], shown["error"]) == ("interrupted", CRASHED)
     assert shown["checkpoint"] == {
         "round": 0,
         "path": "/ckpt/round-000000.ckpt",
         "digest": "crc32:0000abcd",
     }
     assert shown["rounds"] == [] and shown["rounds_done"] == 0
-    assert restarted.runs.wait(run_id).status == "failed"
+    assert restarted.runs.wait(run_id).status == "interrupted"
+    # resuming a run whose files this server never had fails clearly; the run stays interrupted
+    assert restarted.runs.recover_interrupted(resume=True) == [run_id]
+    assert restarted.runs.wait(run_id).status == "interrupted"
+
+
+def test_a_shutdown_interrupts_a_run_and_a_restart_resumes_it(
+    url: str, app_dir: Path, tmp_path: Path, servers: Callable[[str], Server]
+) -> None:
+    server = servers(url)
+    server.add_nodes(app_dir, tmp_path / "nodes")
+    config = json.dumps({"num-rounds": 4, "delay": 0.05})
+    run_id = server.runs.start_run(make_bundle(app_dir), config, seed=3)
+    _wait_for(lambda: bool(server.store.list_rounds(run_id)), 60, "round 1")
+    assert server.runs.interrupt(timeout=60) == [run_id]
+    record = server.runs.wait(run_id, timeout=60)
+    assert (record.status, record.error) == ("interrupted", SHUT_DOWN)
+    assert 1 <= len(record.rounds) < 4
+    assert server.runs.stop_run(run_id) is False
 
 
 def test_a_stopped_run_is_recorded_as_stopped(

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.errors import ConfigError, RoundFailed
+from consortium.core.errors import ConfigError, RoundFailed, StateStoreError
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import Message
 from consortium.server import ServerApp, ServerConfig
@@ -460,6 +460,83 @@ class TestStateStoreContract:
         assert run is not None and run.status is RunStatus.FAILED and run.error
         assert run.finished_at is not None and store.list_rounds("bad") == []
 
+    # -- interrupted runs, locks ---------------------------------------------------------
+    def test_an_interrupted_run_can_run_again(self, store: StateStore, clock: FakeClock) -> None:
+        store.create_run(run_id="r")
+        store.set_run_status("r", RunStatus.RUNNING)
+        clock.advance(5)
+        store.set_run_status("r", RunStatus.INTERRUPTED, error="server shut down")
+        run = store.get_run("r")
+        assert run is not None and run.status is RunStatus.INTERRUPTED
+        assert (run.error, run.finished_at) == ("server shut down", T0 + timedelta(seconds=5))
+        assert [v.id for v in store.list_runs(status="interrupted")] == ["r"]
+        store.set_run_status("r", RunStatus.RUNNING)  # resumed
+        run = store.get_run("r")
+        assert run is not None and (run.status, run.error, run.finished_at) == (
+            RunStatus.RUNNING,
+            None,
+            None,
+        )
+
+    def test_a_version_3_database_learns_the_interrupted_status(self, url: str) -> None:
+        with StateStore(url) as store:
+            store.create_run(run_id="old")
+            store.record_round("old", round_record(1))
+        engine = create_engine(url)
+        with engine.begin() as conn:  # back to version 3's CHECK on runs.status
+            _restore_version_3_run_status(conn)
+            conn.execute(
+                text("UPDATE consortium_meta SET value = '3' WHERE key = 'schema_version'")
+            )
+        with engine.connect() as conn, pytest.raises(IntegrityError):
+            conn.execute(text("UPDATE runs SET status = 'interrupted'"))
+        with StateStore(url) as store:
+            store.set_run_status("old", RunStatus.INTERRUPTED)
+            assert repr(store.run_history("old").rounds) == repr([round_record(1)])
+        with engine.connect() as conn:
+            version = conn.execute(
+                text("SELECT value FROM consortium_meta WHERE key = 'schema_version'")
+            ).scalar_one()
+            with pytest.raises(IntegrityError):  # the constraint is still there, widened
+                conn.execute(text("UPDATE runs SET status = 'bogus'"))
+        engine.dispose()
+        assert version == str(SCHEMA_VERSION)
+
+    @pytest.mark.parametrize("held", [0.4, 4.0])
+    def test_a_locked_database_is_waited_for_within_the_bound(self, url: str, held: float) -> None:
+        with StateStore(url, write_timeout=1.5) as store:
+            store.create_run(run_id="r")
+            locked, release = threading.Event(), threading.Event()
+
+            def hold_lock() -> None:
+                engine = create_engine(url)
+                with engine.connect() as conn:
+                    if engine.dialect.name == "sqlite":
+                        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+                    else:
+                        conn.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+                    locked.set()
+                    release.wait(held)
+                    conn.rollback()
+                engine.dispose()
+
+            holder = threading.Thread(target=hold_lock)
+            holder.start()
+            assert locked.wait(10)
+            record = lambda: store.record_round("r", round_record(1))  # noqa: E731
+            try:
+                if held < store.write_timeout:
+                    store.persist("round 1", record)
+                    assert store.list_rounds("r")
+                else:
+                    with pytest.raises(StateStoreError, match="could not record round 1") as err:
+                        store.persist("round 1", record)
+                    assert store.safe_url in str(err.value)
+                    assert "lock" in str(err.value)  # "database is locked", "lock timeout"
+            finally:
+                release.set()
+                holder.join()
+
 
 def _restore_version_2_node_results(conn: Connection) -> None:
     """Put back version 2's unique (run_id, round, node, stage) on node_results."""
@@ -483,6 +560,24 @@ def _restore_version_2_node_results(conn: Connection) -> None:
     conn.execute(text("INSERT INTO node_results SELECT * FROM node_results_v3"))
     conn.execute(text("DROP TABLE node_results_v3"))
     conn.execute(text("CREATE INDEX ix_node_results_node ON node_results (node, run_id)"))
+
+
+def _restore_version_3_run_status(conn: Connection) -> None:
+    """Version 3's runs.status CHECK, without 'interrupted'."""
+    old = "'pending', 'running', 'finished', 'failed', 'stopped'"
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE runs DROP CONSTRAINT run_status"))
+        conn.execute(text(f"ALTER TABLE runs ADD CONSTRAINT run_status CHECK (status IN ({old}))"))
+        return
+    ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = 'runs'")).scalar_one()
+    version = conn.execute(text("PRAGMA schema_version")).scalar_one()
+    conn.execute(text("PRAGMA writable_schema = ON"))
+    conn.execute(
+        text("UPDATE sqlite_master SET sql = :sql WHERE name = 'runs'"),
+        {"sql": ddl.replace(", 'interrupted'", "")},
+    )
+    conn.execute(text(f"PRAGMA schema_version = {version + 1}"))
+    conn.execute(text("PRAGMA writable_schema = OFF"))
 
 
 def toy_server(rounds: int) -> ServerApp:
@@ -544,4 +639,28 @@ def test_a_failing_store_does_not_stop_the_run(
     )
     assert len(result.history.rounds) == 1
     assert "could not record the run start" in caplog.text
+    store.close()
+
+
+def test_a_deleted_or_read_only_database_fails_writes_clearly(tmp_path: Path) -> None:
+    """SQLite: a deleted file would take writes into a file nobody reads again (the open
+    connection keeps it); a read-only one would refuse the next server. Both are refused."""
+    url = default_url(tmp_path / "state")
+    store = StateStore(url, write_timeout=0.3)
+    store.create_run(run_id="r")
+    observer = store.observer(strict=True, record_end=False)
+    path = tmp_path / "state" / "state.db"
+    path.chmod(0o444)
+    with pytest.raises(StateStoreError, match=f"state database {path} is read-only"):
+        store.persist("round 1", lambda: store.record_round("r", round_record(1)))
+    path.chmod(0o644)
+    store.record_round("r", round_record(1))  # writable again: the store goes on
+    for leftover in (tmp_path / "state").iterdir():
+        leftover.unlink()
+    (tmp_path / "state").rmdir()
+    with pytest.raises(
+        StateStoreError, match=f"could not record round 2 of run r .*{path} is gone"
+    ):
+        observer.run_id = "r"
+        observer.on_round_end(round_record(2))
     store.close()

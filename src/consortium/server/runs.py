@@ -5,6 +5,13 @@ per-node results and timings, checkpoints): ``run list`` and ``run show``
 read it, so a run's history outlives the server process. What stays in
 memory is what is not state: a running run's thread, its stop event and the
 bundle its nodes fetch.
+
+A run the server stops under way is ``interrupted``: on SIGTERM it stops its
+runs between rounds (:meth:`RunManager.interrupt`), and at start it finds the
+runs a crashed or stopped server left under way and resumes them or says how
+(:meth:`RunManager.recover_interrupted`). A run whose record cannot be written
+(the state database gone, read-only, or locked past the store's bound) fails
+with a :class:`~consortium.core.errors.StateStoreError` instead of going on.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +49,10 @@ log = logging.getLogger("consortium.server")
 #: ``run list`` shows this many runs, newest first.
 LIST_LIMIT = 1000
 _ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
+#: what a run left under way by a crashed server (not shut down cleanly) is told
+CRASHED = "the server stopped while the run was under way (crash, kill or outage)"
+#: what a run stopped by a server shutdown (SIGTERM/SIGINT) is told
+SHUT_DOWN = "the server was shut down while the run was under way"
 
 
 @dataclass
@@ -52,6 +64,8 @@ class Run:
     run_dir: Path
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    #: set with ``stop`` when the server shuts down: the run ends ``interrupted``, not stopped
+    interrupted: bool = False
 
     @property
     def run_id(self) -> str:
@@ -289,7 +303,8 @@ class RunManager:
             )
             status = RunStatus.FINISHED
         except RunStopped:
-            status = RunStatus.STOPPED
+            status = RunStatus.INTERRUPTED if run.interrupted else RunStatus.STOPPED
+            error = SHUT_DOWN if run.interrupted else None
         except ConsortiumError as exc:
             status, error = RunStatus.FAILED, str(exc)
             log.error("run %s failed: %s", run.run_id, exc)
@@ -298,14 +313,27 @@ class RunManager:
             log.exception("run %s crashed", run.run_id)
         finally:
             grid.close()
+        self._record_end(run.run_id, status, error)
+
+    def _record_end(
+        self, run_id: str, status: RunStatus, error: str | None, *, retry: bool = True
+    ) -> None:
+        """Record how a run ended (retried like a round), or log why that failed."""
         try:
-            self.store.set_run_status(run.run_id, status, error=error)
+            if retry:
+                self.store.persist(
+                    f"the end of run {run_id}",
+                    lambda: self.store.set_run_status(run_id, status, error=error),
+                )
+            else:
+                self.store.set_run_status(run_id, status, error=error)
         except Exception as exc:
-            log.warning("state store: could not record the end of run %s: %s", run.run_id, exc)
+            log.error("state store: could not record run %s as %s: %s", run_id, status, exc)
 
     def _observers(self) -> list[RunObserver]:
-        # the run's end is recorded by _execute, which knows the error and a stop from a failure
-        return [*self.observers, self.store.observer(record_end=False)]
+        # the run's end is recorded by _execute, which knows the error and a stop from a
+        # failure; strict: a round that cannot be recorded fails the run (StateStoreError)
+        return [*self.observers, self.store.observer(strict=True, record_end=False)]
 
     def _checkpointed(self, run: Run) -> Callable[[int, Path], None]:
         """Called once each checkpoint is on disk: kept in the store, shown by ``run show``."""
@@ -339,11 +367,53 @@ class RunManager:
                 log.warning("state store: could not restore round %d of run %s: %s",
                             rnd.round, run_id, exc)  # fmt: skip
 
-    def fail_interrupted(self) -> None:
-        """Runs a crashed server left 'running' are failed, unless resumed."""
-        for view in self.store.list_runs(status=RunStatus.RUNNING, limit=None):
-            if view.id not in self._runs:
-                self.store.set_run_status(view.id, RunStatus.FAILED, error="server restarted")
+    # -- shutdown and restart ---------------------------------------------------------
+    def interrupt(self, timeout: float) -> list[str]:
+        """Stop every run this server executes between rounds and record it ``interrupted``
+        (a server shutdown); waits up to ``timeout`` seconds in all. Returns their ids."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if r.thread is not None and r.thread.is_alive()]
+        for run in runs:
+            run.interrupted = True
+            run.stop.set()
+        deadline = time.monotonic() + timeout
+        for run in runs:
+            assert run.thread is not None
+            run.thread.join(max(0.0, deadline - time.monotonic()))
+            if run.thread.is_alive():  # still inside a round: the process goes anyway
+                log.warning("run %s did not reach the end of its round in %g s", run.run_id,
+                            timeout)  # fmt: skip
+                self._record_end(run.run_id, RunStatus.INTERRUPTED, SHUT_DOWN, retry=False)
+        return [r.run_id for r in runs]
+
+    def recover_interrupted(self, *, resume: bool) -> list[str]:
+        """Runs a previous server left under way: ``running`` or ``pending`` (it crashed)
+        or ``interrupted`` (it was shut down). With ``resume`` each is resumed from its
+        checkpoint; otherwise a crashed one is marked ``interrupted`` and, for each, one
+        line of the log says how to resume it. Runs this server executes are left alone.
+        Returns the ids found."""
+        found: list[RunView] = []
+        for status in (*_ACTIVE, RunStatus.INTERRUPTED):
+            found += self.store.list_runs(status=status, limit=None)
+        found = [v for v in found if v.id not in self._runs]
+        for view in sorted(found, key=lambda v: v.created_at):
+            if view.status is not RunStatus.INTERRUPTED:
+                self.store.set_run_status(view.id, RunStatus.INTERRUPTED, error=CRASHED)
+            if not resume:
+                log.warning(
+                    "run %s was interrupted after %d round(s) (%s); resume it with "
+                    "`consortium server <the same options> --resume %s`, or start the server "
+                    "with --resume-interrupted to resume every interrupted run",
+                    view.id, view.rounds_done, view.error or CRASHED, view.id,
+                )  # fmt: skip
+                continue
+            try:
+                self.resume(view.id)
+            except ConsortiumError as exc:
+                log.error("run %s could not be resumed and stays interrupted: %s", view.id, exc)
+            else:
+                log.info("run %s was interrupted: resumed (--resume-interrupted)", view.id)
+        return [v.id for v in found]
 
 
 def _prepare(app: ServerApp, run_config: Config, seed: int) -> tuple[ServerApp, int]:

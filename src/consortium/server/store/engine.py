@@ -3,7 +3,9 @@
 SQLite runs in WAL mode with a busy timeout, foreign keys on, and writes in
 ``BEGIN IMMEDIATE`` transactions: a writer takes the lock up front, so two
 threads that read then write never deadlock on a lock upgrade; readers use a
-plain ``BEGIN`` and never block. PostgreSQL needs nothing special.
+plain ``BEGIN`` and never block. PostgreSQL gets the same bound as a
+``lock_timeout``. The busy timeout bounds one attempt; the store retries a
+write that must not be lost (:meth:`StoreBase.persist`) up to its own bound.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from consortium.core.errors import ConfigError, MissingDependencyError
 
 #: Execution option marking a read-only session (SQLite: deferred BEGIN).
 READ_ONLY = "consortium_read_only"
-_BUSY_TIMEOUT_MS = 30_000
 
 
 def parse_url(url: str) -> URL:
@@ -47,20 +48,31 @@ def parse_url(url: str) -> URL:
     )
 
 
-def create_store_engine(url: URL) -> Engine:
-    """An engine for ``url`` (from :func:`parse_url`), safe to share between threads."""
+def create_store_engine(url: URL, *, busy_timeout: float = 30.0) -> Engine:
+    """An engine for ``url`` (from :func:`parse_url`), safe to share between threads;
+    a statement waits at most ``busy_timeout`` seconds for another connection's lock."""
     serializer = _strict_json
+    busy_ms = max(1, round(busy_timeout * 1000))
     if url.get_backend_name() == "sqlite":
         assert url.database is not None
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, json_serializer=serializer)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_ms)
         return engine
     try:
         import psycopg  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError.for_extra("psycopg", "deploy") from exc
-    return create_engine(url, json_serializer=serializer, pool_pre_ping=True)
+    engine = create_engine(url, json_serializer=serializer, pool_pre_ping=True)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"SET lock_timeout = {busy_ms}")
+        cursor.close()
+        dbapi_connection.commit()  # a session setting, kept past this transaction
+
+    return engine
 
 
 def _strict_json(value: Any) -> str:
@@ -68,7 +80,7 @@ def _strict_json(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
@@ -76,7 +88,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -59,10 +59,46 @@ def _rebuild_sqlite_node_results(s: Session) -> None:
     s.execute(text("CREATE INDEX ix_node_results_node ON node_results (node, run_id)"))
 
 
+#: version 4's run statuses, spelled out here: a later version may change the model's list
+_RUN_STATUSES_V4 = "'pending', 'running', 'finished', 'failed', 'stopped', 'interrupted'"
+_SQLITE_RUN_STATUS = re.compile(r"(CONSTRAINT run_status CHECK \(status IN \()[^)]*\)")
+
+
+def _run_status_interrupted(s: Session) -> None:
+    """4: a run the server stopped under way (SIGTERM, crash) is ``interrupted``; the CHECK
+    constraint on ``runs.status`` allows it."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("ALTER TABLE runs DROP CONSTRAINT IF EXISTS run_status"))
+        s.execute(
+            text(
+                f"ALTER TABLE runs ADD CONSTRAINT run_status CHECK (status IN ({_RUN_STATUSES_V4}))"
+            )
+        )
+        return
+    # SQLite cannot alter a CHECK; loosening one by editing the schema text is the documented
+    # way (sqlite.org/lang_altertable.html, section 7). Rebuilding the table instead would
+    # cascade-delete every round: foreign keys cannot be switched off inside a transaction.
+    ddl = s.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'")
+    ).scalar_one()
+    widened, found = _SQLITE_RUN_STATUS.subn(rf"\g<1>{_RUN_STATUSES_V4})", ddl)
+    if not found or widened == ddl:
+        return
+    version = int(s.execute(text("PRAGMA schema_version")).scalar_one())
+    s.execute(text("PRAGMA writable_schema = ON"))
+    s.execute(
+        text("UPDATE sqlite_master SET sql = :sql WHERE type = 'table' AND name = 'runs'"),
+        {"sql": widened},
+    )
+    s.execute(text(f"PRAGMA schema_version = {version + 1}"))
+    s.execute(text("PRAGMA writable_schema = OFF"))
+
+
 #: the step that brings version N - 1 to version N
 STEPS: dict[int, Callable[[Session], None]] = {
     2: _checkpoint_digest_column,
     3: _node_results_may_repeat,
+    4: _run_status_interrupted,
 }
 
 

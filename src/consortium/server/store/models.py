@@ -32,7 +32,7 @@ from consortium.core.records import Config, Metrics
 from consortium.server.store.types import MetricsJSON, UTCDateTime
 
 #: Bumped by every schema change; a store refuses a database newer than it knows.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # an autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY)
 _BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -46,6 +46,8 @@ class RunStatus(StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     STOPPED = "stopped"
+    #: the server stopped (SIGTERM, crash, outage) while the run was under way: resumable
+    INTERRUPTED = "interrupted"
 
 
 class NodeStatus(StrEnum):

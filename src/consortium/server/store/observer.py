@@ -22,10 +22,13 @@ class StoreObserver:
     A run created beforehand (``pending``, by the deployment server) is moved to
     ``running``; otherwise the run is created from :class:`RunInfo` (``app_name``
     and ``app_version`` may come in ``info.extra``). Like every observer it logs
-    database errors and carries on, unless ``strict``: the checkpoint on disk,
-    not this record, is what a resume needs. With ``record_end=False`` the run's
-    end is left to the caller: the deployment server records it itself, with the
-    error that ended the run and whether it was stopped.
+    database errors and carries on, unless ``strict``: then a write is retried
+    for the store's ``write_timeout`` and a write that still fails raises
+    :class:`~consortium.core.errors.StateStoreError`, which ends the run (the
+    deployment server's choice: a run must not go on without its record). With
+    ``record_end=False`` the run's end is left to the caller: the deployment
+    server records it itself, with the error that ended the run and whether it
+    was stopped or interrupted.
     """
 
     def __init__(self, store: StateStore, *, strict: bool = False, record_end: bool = True) -> None:
@@ -41,7 +44,7 @@ class StoreObserver:
     def on_round_end(self, record: RoundRecord) -> None:
         run_id = self._run_id()
         self._guard(
-            f"round {record.round}",
+            f"round {record.round} of run {run_id}",
             lambda: self.store.record_round(run_id, record),
         )
 
@@ -72,9 +75,10 @@ class StoreObserver:
         return self.run_id
 
     def _guard(self, what: str, action: Callable[[], None]) -> None:
+        if self.strict:
+            self.store.persist(what, action)
+            return
         try:
             action()
         except Exception:
-            if self.strict:
-                raise
             log.exception("state store %s: could not record %s", self.store.safe_url, what)

@@ -40,7 +40,7 @@ from consortium.server.store.views import (
     RunView,
 )
 
-_TERMINAL = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED)
+_TERMINAL = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.INTERRUPTED)
 _DIGEST = re.compile(r"crc32:[0-9a-f]{8}|sha256:[0-9a-f]{64}")
 _INT64 = 2**63
 #: How many rounds a run has recorded, next to each run row read.
