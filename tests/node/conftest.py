@@ -4,7 +4,9 @@
 implementation: ``memory`` (:class:`InMemoryConnection`, an outage is every
 connection going down) or ``grpc`` (:class:`FleetClient` against a real gRPC
 server on loopback with mutual TLS from a throwaway CA; an outage is the
-server stopped, and started again on the same port). ``start_node`` runs a
+server stopped, and started again on the same port). A refusal is the server
+refusing the node for good: in memory as :meth:`InMemoryConnection.refuse`,
+over gRPC by taking it off the server's allow-list. ``start_node`` runs a
 :class:`NodeRunner` over a :class:`Spy` of such a connection, with a toy app
 that trains for ``TRAIN_SECONDS``.
 """
@@ -22,7 +24,7 @@ import grpc
 import pytest
 
 from consortium.apps.bundle import bundle_digest, make_bundle
-from consortium.core.errors import ServerUnavailable, TransportError
+from consortium.core.errors import NodeRefused, ServerUnavailable, TransportError
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.node.connection import Buffer, NodeConnection
 from consortium.node.memory import InMemoryConnection
@@ -93,6 +95,10 @@ class Link(Protocol):
         """The server is reachable again."""
         ...
 
+    def refuse(self, reason: str) -> None:
+        """The server refuses node ``NODE`` from now on (as for a revoked certificate)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -103,13 +109,21 @@ class MemoryLink:
     fleet: Fleet
     conns: list[InMemoryConnection] = field(default_factory=list)
     is_down: bool = False
+    refusal: str | None = None
 
     def connect(self) -> NodeConnection:
         conn = InMemoryConnection(self.fleet, NODE)
         if self.is_down:
             conn.down()
+        if self.refusal is not None:
+            conn.refuse(self.refusal)
         self.conns.append(conn)
         return conn
+
+    def refuse(self, reason: str) -> None:
+        self.refusal = reason
+        for conn in self.conns:
+            conn.refuse(reason)
 
     def outage(self) -> None:
         self.is_down = True
@@ -145,6 +159,8 @@ class GrpcLink:
     port: int = 0
     server: grpc.Server | None = None
     conns: list[FleetClient] = field(default_factory=list)
+    #: whether NODE is on the server's allow-list (consulted on every call)
+    allowed: bool = True
 
     def __post_init__(self) -> None:
         self.restore()
@@ -162,7 +178,8 @@ class GrpcLink:
     def restore(self) -> None:
         verifier = self.pki.verifier
         auth = CertificateAuthenticator(
-            lambda pem: verifier.verify(pem, roles=("node",)).name, allowed=lambda n: n == NODE
+            lambda pem: verifier.verify(pem, roles=("node",)).name,
+            allowed=lambda n: n == NODE and self.allowed,
         )
         self.server, port = start_server(
             f"127.0.0.1:{self.port}",
@@ -172,6 +189,9 @@ class GrpcLink:
         )
         assert self.port in (0, port)
         self.port = port
+
+    def refuse(self, reason: str) -> None:
+        self.allowed = False  # the server says why: not on its allow-list
 
     def close(self) -> None:
         for conn in self.conns:
@@ -262,7 +282,8 @@ class Spy:
     def __init__(self, inner: NodeConnection) -> None:
         self.inner = inner
         self.address = inner.address
-        #: (method, outcome): outcome is "ok", "not accepted", "unavailable" or "refused"
+        #: (method, outcome): outcome is "ok", "not accepted", "unavailable", "refused"
+        #: (this call) or "refused for good" (this node)
         self.events: list[tuple[str, str]] = []
 
     @property
@@ -281,6 +302,9 @@ class Spy:
             result = call()
         except ServerUnavailable:
             self.events.append((method, "unavailable"))
+            raise
+        except NodeRefused:
+            self.events.append((method, "refused for good"))
             raise
         except TransportError:
             self.events.append((method, "refused"))
@@ -318,7 +342,18 @@ class RunningNode:
 
     runner: NodeRunner
     spy: Spy
-    thread: threading.Thread
+    thread: threading.Thread = field(init=False)
+    #: what ``runner.run`` raised (a refusal), if it did
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="node", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        except BaseException as exc:  # kept for the test to look at
+            self.error = exc
 
     def stop(self) -> None:
         self.runner.stop.set()
@@ -339,10 +374,9 @@ def start_node(link: Link, app_dir: Path, tmp_path: Path) -> Iterator[Callable[[
             policy=NodePolicy(local_apps={APP_NAME: app_dir}),
             poll_wait=0.3,
         )
-        thread = threading.Thread(target=runner.run, name="node", daemon=True)
-        node = RunningNode(runner, spy, thread)
+        node = RunningNode(runner, spy)
         started.append(node)
-        thread.start()
+        node.thread.start()
         wait_for(lambda: NODE in link.fleet.node_ids(), "the node to connect")
         return node
 

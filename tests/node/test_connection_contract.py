@@ -3,9 +3,11 @@
 Each test gets a fresh Fleet whose node-facing side is reached only through
 the connection under test, and drives the server side through the Fleet's
 Grid API, as the round loop does: register, pull, push, a 40 MB model both
-ways, refusals that retrying cannot mend, an outage (ServerUnavailable, then
-business as usual), and a reply after its round ended. The reconnect and
-round-over cases also run a whole :class:`NodeRunner` over the connection.
+ways, refusals that retrying cannot mend, the node itself refused for good
+(NodeRefused, its task failed at once), an outage (ServerUnavailable, then
+business as usual), and a reply after its round ended. The reconnect,
+round-over and refusal cases also run a whole :class:`NodeRunner` over the
+connection.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 
 from consortium._version import __version__
 from consortium.core.arrays import Arrays
-from consortium.core.errors import ServerUnavailable, TransportError
+from consortium.core.errors import NodeRefused, SecurityError, ServerUnavailable, TransportError
 from consortium.core.fleet_info import Welcome
 from consortium.core.message import Content, Message
 from consortium.node.connection import NodeConnection
@@ -161,6 +163,29 @@ class TestNodeConnection:
             conn.get_run("no-such-run")
         assert not isinstance(refused.value, ServerUnavailable)
 
+    def test_a_refused_node_gets_node_refused_and_its_task_fails_at_once(self, link: Link) -> None:
+        conn = link.connect()
+        hello(conn)
+        task = make_task(small_model())
+        round_ = Round(link.fleet, task, timeout=60)
+        pulled = pull(conn, task)
+        link.refuse("certificate 'hospital-a' was revoked")
+        calls: list[Callable[[], object]] = [
+            lambda: hello(conn),
+            conn.heartbeat,
+            lambda: conn.pull_task(0.1),
+            lambda: push(conn, answer(pulled)),
+            lambda: conn.get_run(RUN_ID),
+        ]
+        for call in calls:
+            with pytest.raises(NodeRefused) as refused:
+                call()
+            assert isinstance(refused.value, SecurityError)  # exit code 11, not retried
+            assert refused.value.exit_code == 11
+            assert "UNAUTHENTICATED" in str(refused.value), refused.value
+        (lost,) = round_.replies()  # the round does not wait for the refused node
+        assert lost.error is not None and "refused" in lost.error.reason, lost.error
+
     def test_an_outage_raises_server_unavailable_until_it_ends(self, link: Link) -> None:
         conn = link.connect()
         hello(conn)
@@ -231,3 +256,17 @@ class TestNodeConnection:
         round_ = Round(link.fleet, task)
         check_answer(task, round_.replies(), metrics=TOY_METRICS)
         assert node.runner.tasks_done == 2
+
+    def test_a_refused_node_stops_without_retrying(
+        self, link: Link, start_node: Callable[[], RunningNode]
+    ) -> None:
+        node = start_node()
+        wait_for(lambda: node.spy.saw("pull_task", "ok"), "the node to poll")
+        link.refuse("certificate 'hospital-a' was revoked")
+        node.thread.join(15)  # its pending poll ends; the next call is refused
+        assert not node.thread.is_alive(), "the refused node did not stop"
+        assert isinstance(node.error, NodeRefused), node.error
+        assert node.runner.stop.is_set()
+        refusals = [e for e in node.spy.events if e[1] == "refused for good"]
+        assert len(refusals) <= 2, node.spy.events  # the main loop's and a heartbeat's
+        assert not node.spy.saw("hello", "refused for good")  # no reconnect attempt

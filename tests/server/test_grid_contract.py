@@ -117,7 +117,9 @@ class TestGrid:
         by_node = {r.metadata.src: r for r in replies}
         assert set(by_node) == set(NODES)
         error = by_node["b"].error
-        assert error is not None and "told to fail" in error.reason
+        # the exception's type always; its text only where the node sends it (simulation
+        # does; a deployed node by default keeps it in its own log)
+        assert error is not None and error.code == "RuntimeError"
         assert by_node["a"].error is None and by_node["c"].error is None
 
     def test_push_then_pull_returns_each_reply_once(self, grid: Grid) -> None:

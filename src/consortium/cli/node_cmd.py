@@ -1,4 +1,8 @@
-"""``consortium node``: the process a silo runs beside its data."""
+"""``consortium node``: the process a silo runs beside its data.
+
+It exits 11 (a one-line message saying why and what to do) when the server refuses
+the node for who it is; it retries, with capped backoff, while the server is unreachable.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from consortium.cli.tls_options import (
     server_name_option,
     warn_insecure,
 )
-from consortium.core.errors import ConfigError
+from consortium.client.task import ERROR_DETAILS, ErrorDetail
+from consortium.core.errors import ConfigError, NodeRefused
 
 
 @click.command()
@@ -47,6 +52,15 @@ from consortium.core.errors import ConfigError
     default=Path("node-data"),
     show_default=True,
 )
+@click.option(
+    "--send-errors",
+    type=click.Choice(ERROR_DETAILS),
+    default="type",
+    show_default=True,
+    help="How much of an app's exception the server is told: its type and a fixed message, "
+    "also its message, or the whole traceback. Exception text can quote private data; "
+    "the full traceback is always in this node's own log.",
+)
 @insecure_option
 def node(
     address: str,
@@ -57,6 +71,7 @@ def node(
     apps: tuple[Path, ...],
     trust_server_apps: bool,
     work_dir: Path,
+    send_errors: ErrorDetail,
     insecure: bool,
 ) -> None:
     """Join a federation: dial out to the server and run the tasks it sends."""
@@ -82,9 +97,18 @@ def node(
         node_config=config,
         work_dir=work_dir,
         policy=NodePolicy(local_apps=local, trust_server_apps=trust_server_apps),
+        send_errors=send_errors,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
     click.echo(f"consortium node: dialling {address}")
-    runner.run()
-    client.close()
+    try:
+        runner.run()
+    except NodeRefused as exc:
+        raise NodeRefused(
+            f"the server refused this node, which stopped instead of retrying: {exc}. "
+            "Ask the federation's operator to issue it a valid certificate or to allow it "
+            "on the server (consortium server --allow NAME), then start it again."
+        ) from exc
+    finally:
+        client.close()

@@ -1,8 +1,15 @@
-"""``consortium run``: the coordinator starts, lists, shows and stops runs on a server."""
+"""``consortium run``: the coordinator starts, lists, shows and stops runs on a server.
+
+``run start --wait`` reports progress on stderr while the run goes on (each round
+done, and the status every :data:`PROGRESS_EVERY` seconds) and exits with the code of
+how the run ended: 0 finished, 5 failed (:class:`~consortium.core.errors.RoundFailed`),
+1 stopped or interrupted.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,10 +27,16 @@ from consortium.cli.tls_options import (
     server_name_option,
     warn_insecure,
 )
+from consortium.core.errors import ConsortiumError, RoundFailed
 from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 
 if TYPE_CHECKING:  # gRPC loads only when a run command runs
     from consortium.transport.grpc_client import ControlClient
+
+#: seconds between two "still running" lines of ``run start --wait``
+PROGRESS_EVERY = 10.0
+#: seconds between two polls of the run's state by ``run start --wait``
+POLL_EVERY = 1.0
 
 
 def _client(
@@ -66,7 +79,12 @@ def run() -> None:
 @_common
 @click.option("--run-config", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--wait", is_flag=True, help="Wait for the run to end and print its rounds.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the run to end, reporting progress, and print its rounds; exit 0 if it "
+    "finished, 5 if it failed, 1 if it was stopped or interrupted.",
+)
 def start(
     app_dir: Path,
     address: str,
@@ -87,14 +105,9 @@ def start(
     run_id = client.start_run(make_bundle(app_dir), dict(config), seed)
     click.echo(run_id)
     if wait:
-        while True:
-            info = client.show_run(run_id)
-            if info["status"] not in ("pending", "running"):
-                break
-            time.sleep(1.0)
+        info = wait_for_run(lambda: client.show_run(run_id), _progress)
         _print_run(info)
-        if info["status"] != "finished":
-            raise click.ClickException(f"run {run_id} {info['status']}: {info.get('error', '')}")
+        raise_for_outcome(info)
 
 
 @run.command("list")
@@ -145,6 +158,66 @@ def stop(
     """Stop a run before its next round."""
     stopped = _client(address, credentials, name, server_name, insecure).stop_run(run_id)
     click.echo("stopping" if stopped else "not running")
+
+
+def wait_for_run(
+    show: Callable[[], dict[str, Any]],
+    report: Callable[[str], None],
+    *,
+    poll_every: float = POLL_EVERY,
+    progress_every: float = PROGRESS_EVERY,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll ``show()`` (a ``run show``) until the run ends; its last answer.
+
+    ``report`` gets one line per change of status and per round done, and a
+    "still <status>" line every ``progress_every`` s while nothing changes.
+    """
+    started = last_line = clock()
+    status, rounds_seen = "", 0
+    while True:
+        info = show()
+        now = clock()
+        for r in info.get("rounds", [])[rounds_seen:]:
+            report(f"round {r['round']} done in {r['seconds']:.1f} s{_metrics_text(r)}")
+            rounds_seen += 1
+            last_line = now
+        if info["status"] != status:
+            status = info["status"]
+            report(f"run {info['run_id']}: {status}")
+            last_line = now
+        if status not in ("pending", "running"):
+            return info
+        if now - last_line >= progress_every:
+            report(
+                f"run {info['run_id']}: still {status}, {info['rounds_done']} round(s) done, "
+                f"{now - started:.0f} s since start"
+            )
+            last_line = now
+        sleep(poll_every)
+
+
+def raise_for_outcome(info: dict[str, Any]) -> None:
+    """Nothing for a finished run; the error (with its exit code) for any other end."""
+    status = info["status"]
+    if status == "finished":
+        return
+    error = info.get("error") or "no error recorded"
+    message = f"run {info['run_id']} {status}: {error}"
+    if status == "failed":
+        raise RoundFailed(message)
+    raise ConsortiumError(message)
+
+
+def _progress(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _metrics_text(round_info: dict[str, Any]) -> str:
+    metrics = round_info.get("metrics") or {}
+    shown = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
+    return f" ({', '.join(shown[:4])})" if shown else ""
 
 
 def _print_run(info: dict[str, Any]) -> None:

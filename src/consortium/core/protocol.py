@@ -203,5 +203,8 @@ PARAM_BACKEND = "backend"
 ERROR_NODE_OFFLINE = "node-offline"
 #: A task's node went offline while the task was in flight (written by the server's fleet).
 ERROR_NODE_LOST = "node-lost"
+#: The server refused a node's result for good (too large, malformed, out of limits); the
+#: node answers the task with this error instead (written by the node runner).
+ERROR_RESULT_REFUSED = "result-refused"
 #: A task addressed a node the simulation does not run (written by the simulation grid).
 ERROR_UNKNOWN_NODE = "unknown-node"

@@ -7,9 +7,11 @@ it imports nothing from here) and
 :class:`~consortium.node.memory.InMemoryConnection` (tests, one process).
 
 Every method raises :class:`~consortium.core.errors.ServerUnavailable` when the
-server could not be reached (worth retrying after a pause), and another
-:class:`~consortium.core.errors.TransportError` when the server refused the call
-for what it is (retrying the same call cannot help).
+server could not be reached (worth retrying after a pause),
+:class:`~consortium.core.errors.NodeRefused` when the server refused this node
+for who it is (revoked, expired, not allow-listed, wrong role: the node stops),
+and another :class:`~consortium.core.errors.TransportError` when the server
+refused the call for what it is (retrying the same call cannot help).
 """
 
 from __future__ import annotations

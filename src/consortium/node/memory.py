@@ -8,7 +8,10 @@ checked to be a reply before the backend sees it, and the server's transfer
 budget is held as it would be. :meth:`InMemoryConnection.down` and
 :meth:`~InMemoryConnection.up` simulate an outage: meanwhile every call raises
 :class:`~consortium.core.errors.ServerUnavailable`, and so does a transfer
-that is under way when the server goes down.
+that is under way when the server goes down. :meth:`InMemoryConnection.refuse`
+makes the server refuse the node as the gRPC server does a revoked certificate:
+the backend hears of it (``FleetBackend.refused``) and every call raises
+:class:`~consortium.core.errors.NodeRefused`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from consortium.core.errors import ServerUnavailable, TransportError, WireFormatError
+from consortium.core.errors import (
+    NodeRefused,
+    ServerUnavailable,
+    TransportError,
+    WireFormatError,
+)
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.core.message import Message
 from consortium.node.connection import Buffer
-from consortium.transport.chunks import PayloadTooLarge, Reassembler, iter_chunks
+from consortium.transport.chunks import PayloadTooLarge, Reassembler, Refused, iter_chunks
 from consortium.transport.fleet_api import FleetBackend, decode_reply
 
 #: The longest a pull waits for a task, as the gRPC service caps it.
@@ -43,6 +51,8 @@ class InMemoryConnection:
         self._reachable = threading.Event()
         self._reachable.set()
         self._closed = False
+        #: why the server refuses this node now (None: it does not)
+        self._refusal: str | None = None
 
     # -- outages ---------------------------------------------------------------------
     def down(self) -> None:
@@ -52,6 +62,11 @@ class InMemoryConnection:
     def up(self) -> None:
         """The server is reachable again (with whatever state it kept meanwhile)."""
         self._reachable.set()
+
+    def refuse(self, reason: str) -> None:
+        """The server refuses this node from now on, for ``reason`` (e.g. its certificate
+        was revoked): every call raises NodeRefused, as gRPC's UNAUTHENTICATED does."""
+        self._refusal = reason
 
     # -- NodeConnection --------------------------------------------------------------
     def close(self) -> None:
@@ -96,7 +111,10 @@ class InMemoryConnection:
         accepted = False
         try:
             reply = self._receive(rebuild, parts, message_id, what)
-            accepted, detail = self._backend.deliver(self._node, reply, rebuild.consumed)
+            try:
+                accepted, detail = self._backend.deliver(self._node, reply, rebuild.consumed)
+            except Refused as exc:  # the status the gRPC service would answer with
+                raise TransportError(f"{what} failed ({exc.status}): {exc}") from exc
         finally:
             if not accepted:
                 rebuild.close()
@@ -119,6 +137,9 @@ class InMemoryConnection:
             raise ServerUnavailable(
                 f"{what} failed (UNAVAILABLE): the server is unreachable (simulated outage)"
             )
+        if self._refusal is not None:
+            self._backend.refused(self._node, self.address, self._refusal)
+            raise NodeRefused(f"{what} failed (UNAUTHENTICATED): {self._refusal}")
 
     def _receive(
         self, rebuild: Reassembler, parts: Sequence[Buffer], message_id: str, what: str

@@ -1,10 +1,16 @@
 """The node process: dial out to the server, pull tasks, run the app, push results.
 
 A node never accepts inbound connections. It reconnects with exponential
-backoff and jitter, sends heartbeats from a background thread, and keeps every
-finished result in an outbox until the server acknowledged it, so a result
-computed while the server was unreachable is delivered after reconnecting.
-Its data location comes from its own node config, never from the server.
+backoff and full jitter (capped; logged once per backoff level, then a reminder
+a minute while at the cap), sends heartbeats from a background thread, and keeps
+every finished result in an outbox until the server acknowledged it, so a
+result computed while the server was unreachable is delivered after
+reconnecting. A server that refuses the node for who it is (revoked, expired,
+not allow-listed, wrong role) stops it: :meth:`NodeRunner.run` raises
+:class:`~consortium.core.errors.NodeRefused`. Its data location comes from its
+own node config, never from the server; how much of an app's exception leaves
+the silo is its own setting too (``send_errors``; the full traceback stays in
+its log).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import logging
 import random
 import sys
 import threading
+import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +31,23 @@ from consortium._version import __version__
 from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
-from consortium.client.task import failure_reply, run_task
+from consortium.client.task import ErrorDetail, failure_reply, run_task
 from consortium.core.context import Context, NodeState
-from consortium.core.errors import SecurityError, ServerUnavailable, TransportError
+from consortium.core.errors import NodeRefused, SecurityError, ServerUnavailable, TransportError
 from consortium.core.fleet_info import RunBundle
-from consortium.core.message import TIMING_RECORD, Message
-from consortium.core.protocol import TIMING_TRAIN
+from consortium.core.message import TIMING_RECORD, Error, Message
+from consortium.core.protocol import ERROR_RESULT_REFUSED, TIMING_TRAIN
 from consortium.core.records import Config
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.node.connection import NodeConnection
 
 log = logging.getLogger("consortium.node")
+
+#: failed attempts in a row, none reaching the server since the node started, after
+#: which the log says plainly that it may be refusing the certificate (TLS handshake)
+UNREACHED_AFTER = 5
+#: while the backoff is at its cap, seconds between two log lines about retrying
+REMIND_EVERY = 60.0
 
 
 @dataclass
@@ -42,16 +56,88 @@ class Backoff:
 
     base: float = 0.2
     cap: float = 10.0
+    #: the backoff level; it stops growing at the cap (so ``2**attempt`` stays small)
     attempt: int = 0
     rng: random.Random = field(default_factory=random.Random)
 
+    def __post_init__(self) -> None:
+        if not 0 < self.base <= self.cap:
+            raise ValueError(f"backoff needs 0 < base <= cap, got {self.base} and {self.cap}")
+
+    @property
+    def capped(self) -> bool:
+        """True once the delays are drawn from the whole [0, cap] range."""
+        return self.base * 2.0**self.attempt >= self.cap
+
+    @property
+    def ceiling(self) -> float:
+        """The longest the next delay can be."""
+        return min(self.cap, self.base * 2.0**self.attempt)
+
     def next_delay(self) -> float:
-        delay = self.rng.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
+        delay = self.rng.uniform(0, self.ceiling)
+        if not self.capped:
+            self.attempt += 1
         return delay
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class RetryLog:
+    """Says why a node is retrying without flooding its log: once per backoff level,
+    then once every ``remind_every`` s while the backoff stays at its cap."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        remind_every: float = REMIND_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.address = address
+        self.remind_every = remind_every
+        self._clock = clock
+        #: failed attempts since the last successful hello
+        self.failures = 0
+        #: whether a hello ever succeeded (else the server may refuse the TLS handshake)
+        self.reached = False
+        self._last_capped: float | None = None
+
+    def connected(self) -> None:
+        """A hello succeeded: the next failure starts a new count."""
+        self.failures = 0
+        self.reached = True
+        self._last_capped = None
+
+    def failed(self, exc: TransportError, backoff: Backoff) -> float:
+        """Note a failed attempt and log it if due; the seconds to wait before the next."""
+        capped = backoff.capped
+        delay = backoff.next_delay()
+        self.failures += 1
+        refused = not isinstance(exc, ServerUnavailable)
+        if not capped:  # a new level: each uncapped failure raises it
+            if refused:
+                log.error("server refused the call (%s); retrying in %.1f s", exc, delay)
+            else:
+                log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
+            return delay
+        now = self._clock()
+        if self._last_capped is not None and now - self._last_capped < self.remind_every:
+            return delay
+        self._last_capped = now
+        every = f"every {backoff.cap:.0f} s at most (next log line in {self.remind_every:.0f} s)"
+        if not self.reached and self.failures >= UNREACHED_AFTER:
+            log.error(
+                "%d attempts in a row have not reached the server at %s since this node "
+                "started: it is down or unreachable, or it refuses this node's certificate "
+                "in the TLS handshake (another CA, expired or revoked: the server's log says "
+                "which). Last error: %s. Retrying %s",
+                self.failures, self.address, exc, every,
+            )  # fmt: skip
+        else:
+            log.warning("%d attempts in a row failed (%s); retrying %s", self.failures, exc, every)
+        return delay
 
 
 @dataclass
@@ -75,6 +161,8 @@ class NodeRunner:
         work_dir: Path,
         policy: NodePolicy,
         poll_wait: float = 5.0,
+        send_errors: ErrorDetail = "type",
+        backoff: Backoff | None = None,
     ) -> None:
         #: the link to the server (gRPC in deployment, in memory in tests)
         self.connection = connection
@@ -82,6 +170,9 @@ class NodeRunner:
         self.work_dir = work_dir
         self.policy = policy
         self.poll_wait = poll_wait
+        #: how much of an app's exception the server is told (the traceback stays here)
+        self.send_errors: ErrorDetail = send_errors
+        self.backoff = backoff or Backoff()
         self.instance_id = uuid.uuid4().hex
         self.name = ""
         self.stop = threading.Event()
@@ -90,29 +181,38 @@ class NodeRunner:
         self._held: Message | None = None
         self._runs: dict[str, tuple[RunBundle, ClientApp]] = {}
         self._rehello = threading.Event()
+        #: the refusal the heartbeat thread met (the main loop raises it)
+        self._refused: NodeRefused | None = None
         self._heartbeat_interval = 2.0
         self.tasks_done = 0
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> None:
-        backoff = Backoff()
+        """Serve until ``stop`` is set. Raises NodeRefused (after setting ``stop``) when
+        the server refuses this node for who it is: retrying cannot help."""
+        backoff = self.backoff
+        retries = RetryLog(self.connection.address)
         heart = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
         heart_started = False
-        while not self.stop.is_set():
-            try:
-                self._connect()
-                backoff.reset()
-                if not heart_started:
-                    heart.start()
-                    heart_started = True
-                self._serve()
-            except TransportError as exc:
-                delay = backoff.next_delay()
-                if isinstance(exc, ServerUnavailable):
-                    log.warning("server unreachable (%s); retrying in %.1f s", exc, delay)
-                else:
-                    log.error("server refused the call (%s); retrying in %.1f s", exc, delay)
-                self.stop.wait(delay)
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._connect()
+                    backoff.reset()
+                    retries.connected()
+                    if not heart_started:
+                        heart.start()
+                        heart_started = True
+                    self._serve()
+                except TransportError as exc:
+                    self.stop.wait(retries.failed(exc, backoff))
+            if self._refused is not None:
+                raise self._refused
+        except NodeRefused as exc:
+            log.error("the server refused this node; stopping: %s", exc)
+            raise
+        finally:
+            self.stop.set()  # ends the heartbeats too
 
     def _connect(self) -> None:
         conn = self.connection
@@ -153,10 +253,16 @@ class NodeRunner:
                 accepted, detail = self.connection.push_result(reply.to_parts(), message_id)
             except ServerUnavailable:
                 raise  # keep it: delivered after reconnecting
-            except TransportError as exc:
+            except TransportError as exc:  # (NodeRefused is not one: the node stops)
                 # refused for what it is (too large, malformed): retrying cannot help
                 self._outbox.popleft()
                 log.error("server refused result %s for good: %s", message_id, exc)
+                if reply.error is None:
+                    # say the task failed instead, so its round need not wait for its deadline
+                    failed = Error(
+                        ERROR_RESULT_REFUSED, f"the server refused the node's result: {exc}"
+                    )
+                    self._outbox.appendleft((message_id, Message(reply.metadata, error=failed)))
                 continue
             self._outbox.popleft()  # delivered (accepted or judged late by the server)
             if not accepted:
@@ -167,6 +273,10 @@ class NodeRunner:
             try:
                 if not self.connection.heartbeat():
                     self._rehello.set()
+            except NodeRefused as exc:  # for good: stop the node (run raises it)
+                self._refused = exc
+                self.stop.set()
+                return
             except TransportError:
                 pass  # the main loop notices and reconnects
 
@@ -182,17 +292,16 @@ class NodeRunner:
                 state=self._load_state(meta.run_id),
                 seed=int(bundle.seed),
             )
-            result = run_task(app, task, context)
+            result = run_task(app, task, context, error_detail=self.send_errors)
             reply = result.reply
-            if result.raised:  # reported with its traceback; the half-changed state is dropped
-                assert reply.error is not None
+            if result.raised:  # reported as detailed as allowed; the half-changed state is dropped
                 log.error(
-                    "run %s round %d: %s failed: %s\n%s",
+                    "run %s round %d: %s failed (the server is told %s):\n%s",
                     meta.run_id,
                     meta.round,
                     meta.kind,
-                    reply.error.reason,
-                    reply.error.traceback,
+                    _TOLD[self.send_errors],
+                    result.traceback,
                 )
                 return reply
             log.info(
@@ -208,8 +317,14 @@ class NodeRunner:
             self.tasks_done += 1
             return reply
         except Exception as exc:  # no app or state to run with: report it; keep serving
-            log.exception("run %s round %d: %s failed", meta.run_id, meta.round, meta.kind)
-            return failure_reply(task, exc)
+            log.exception(
+                "run %s round %d: %s failed (the server is told %s)",
+                meta.run_id,
+                meta.round,
+                meta.kind,
+                _TOLD[self.send_errors],
+            )
+            return failure_reply(task, exc, self.send_errors)
 
     def _fetch_app(self, run_id: str) -> None:
         """Load the run's app before running a task. If the server is unreachable the
@@ -217,7 +332,7 @@ class NodeRunner:
         failure is left for ``_handle`` to report to the server as the task's error."""
         try:
             self._app_for(run_id)
-        except ServerUnavailable:
+        except (ServerUnavailable, NodeRefused):
             raise
         except Exception:  # reported by _handle, which tries again
             pass
@@ -261,6 +376,14 @@ class NodeRunner:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(encode_state(state))
         tmp.replace(path)
+
+
+#: what the server learns of a failed task, per ``send_errors`` setting, for the log
+_TOLD: dict[ErrorDetail, str] = {
+    "type": "only the exception type",
+    "message": "the exception type and message",
+    "traceback": "the whole traceback",
+}
 
 
 def _forget_other_apps(app_dir: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
-from consortium.client.task import failure_reply, run_task
+from consortium.client.task import SIMULATION_ERROR_DETAIL, failure_reply, run_task
 from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
@@ -169,7 +169,8 @@ class SimulationGrid:
         if node not in self._index:
             return msg.error_reply(ERROR_UNKNOWN_NODE, f"no simulated node {node!r}")
         context = self._context(node)
-        result = run_task(self._app, msg, context)  # a failed node: an error reply
+        # a failed node: an error reply with the whole traceback (one machine: nothing to hide)
+        result = run_task(self._app, msg, context, error_detail=SIMULATION_ERROR_DETAIL)
         if not result.raised:  # a failed task's state changes are dropped, as on a node
             self._keep_state(node, context.state)
         return result.reply
@@ -216,7 +217,7 @@ class SimulationGrid:
                     self._keep_state(node, state)
                 outer.set_result(Message.from_bytes(reply_bytes))
             except Exception as exc:  # a worker died or could not load the app
-                outer.set_result(failure_reply(msg, exc))
+                outer.set_result(failure_reply(msg, exc, SIMULATION_ERROR_DETAIL))
 
         inner.add_done_callback(unpack)
         return outer

@@ -39,6 +39,6 @@ def run_task(
         state=decode_state(state) if state else NodeState(),
         seed=seed,
     )
-    result = task.run_task(_APP, msg, context)
+    result = task.run_task(_APP, msg, context, error_detail=task.SIMULATION_ERROR_DETAIL)
     new_state = None if context.state.is_empty() else encode_state(context.state)
     return bytes(result.reply.to_bytes()), new_state, result.raised

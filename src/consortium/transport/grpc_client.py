@@ -1,7 +1,10 @@
 """Clients of the Fleet (node) and Control (coordinator) services.
 
 A failed call raises :class:`~consortium.core.errors.ServerUnavailable` when the
-server could not be reached in time (worth retrying), and a plain
+server could not be reached in time (worth retrying),
+:class:`~consortium.core.errors.NodeRefused` when it refused the caller for who
+it is (UNAUTHENTICATED, PERMISSION_DENIED: revoked, expired, not allow-listed,
+wrong role; retrying cannot help), and a plain
 :class:`~consortium.core.errors.TransportError` when it refused the call.
 """
 
@@ -14,7 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from consortium.core.errors import ServerUnavailable, TransportError
+from consortium.core.errors import NodeRefused, ServerUnavailable, TransportError
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import Buffer, Reassembler, decode_chunk, encode_chunk, iter_chunks
@@ -50,10 +53,12 @@ def open_channel(address: str, tls: ClientTls | None) -> grpc.Channel:
 
 #: Statuses that mean the server was not reached in time: the call is worth retrying.
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Statuses that refuse the caller's identity: retrying with it cannot help.
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def _call(fn: Callable[[], T], what: str) -> T:
-    """``fn()``, its gRPC failure raised as ServerUnavailable or TransportError."""
+    """``fn()``, its gRPC failure raised as ServerUnavailable, NodeRefused or TransportError."""
     try:
         return fn()
     except grpc.RpcError as exc:
@@ -62,6 +67,8 @@ def _call(fn: Callable[[], T], what: str) -> T:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         name = code.name if code is not None else "ERROR"
+        if code in _REFUSED:
+            raise NodeRefused(f"{what} failed ({name}): {detail}") from exc
         if code not in _UNREACHABLE:
             raise TransportError(f"{what} failed ({name}): {detail}") from exc
         hint = ""
