@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +47,29 @@ def test_mods_guide_complete_example_runs(tmp_path: Path) -> None:
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_apps_guide_walk_through_prints_what_it_shows(tmp_path: Path) -> None:
+    """docs/apps.md's commands, run in a fresh folder, print its expected output (``<…>``
+    stands for a hash or size that depends on the key)."""
+    doc = ROOT / "docs" / "apps.md"
+    (commands,) = [b for b in _blocks(doc, "bash") if "consortium app verify" in b]
+    (expected,) = [b for b in _blocks(doc, "text") if b.startswith("private key")]
+    shutil.copytree(ROOT / "examples" / "heart_disease", tmp_path / "examples" / "heart_disease")
+    env = {**os.environ, "PATH": f"{Path(EXE).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("CONSORTIUM_PUBLISHER_PASSPHRASE", None)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = expected.strip().splitlines()
+    printed = done.stdout.strip().splitlines()
+    assert len(printed) == len(shown), done.stdout
+    for want, got in zip(shown, printed, strict=True):
+        pattern = re.sub(r"<[^>]*>", r"\\S+", re.escape(want))  # re.escape leaves < and >
+        assert re.fullmatch(pattern, got), (want, got)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import click
 
 from consortium._version import __version__
+from consortium.cli.app_cmd import app
 from consortium.cli.ca_cmd import ca
 from consortium.cli.demo_cmd import demo
 from consortium.cli.node_cmd import node
@@ -44,6 +45,7 @@ cli.add_command(ca)
 cli.add_command(server)
 cli.add_command(node)
 cli.add_command(run)
+cli.add_command(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
