@@ -12,8 +12,8 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
