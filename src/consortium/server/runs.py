@@ -30,7 +30,6 @@ from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.loader import load_object
 from consortium.apps.manifest import load_app_spec
 from consortium.core.errors import ConfigError, ConsortiumError
-from consortium.core.history import RoundRecord
 from consortium.core.records import Config
 from consortium.server.app import ServerApp
 from consortium.server.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint
@@ -39,7 +38,8 @@ from consortium.server.context import CheckpointSettings, RunStopped, ServerCont
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import FleetGrid
 from consortium.server.host import run_server_app
-from consortium.server.store import CheckpointView, RunStatus, RunView, StateStore
+from consortium.server.run_record import RunRecord, summary
+from consortium.server.store import RunStatus, RunView, StateStore
 from consortium.tracking.base import RunObserver
 from consortium.tracking.log import LogObserver
 from consortium.transport.fleet_api import RunBundle
@@ -70,68 +70,6 @@ class Run:
     @property
     def run_id(self) -> str:
         return self.bundle.run_id
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One run as the state store holds it: what ``run show`` prints, after a restart too."""
-
-    view: RunView
-    rounds: list[RoundRecord]
-    checkpoint: CheckpointView | None
-
-    @property
-    def status(self) -> RunStatus:
-        return self.view.status
-
-    @property
-    def error(self) -> str:
-        return self.view.error or ""
-
-    def detail(self) -> dict[str, Any]:
-        """``run show``'s JSON: the summary, the newest checkpoint, the run config, the rounds."""
-        ckpt = self.checkpoint
-        checkpoint = None
-        if ckpt is not None:
-            checkpoint = {"round": ckpt.round, "path": ckpt.path, "digest": ckpt.digest}
-        return {
-            **summary(self.view, rounds_done=len(self.rounds)),
-            "checkpoint": checkpoint,
-            "run_config": dict(self.view.config),
-            "rounds": [
-                {
-                    "round": r.round,
-                    "seconds": r.seconds,
-                    "metrics": r.global_metrics(),
-                    "nodes": [
-                        {
-                            "node": n.node_id,
-                            "stage": n.stage,
-                            "outcome": n.outcome.value,
-                            "seconds": n.seconds,
-                            "timing": n.timing,
-                            "reason": n.reason,
-                        }
-                        for n in r.nodes
-                    ],
-                }
-                for r in self.rounds
-            ],
-        }
-
-
-def summary(view: RunView, *, rounds_done: int) -> dict[str, Any]:
-    """``run list``'s JSON for one run (times in seconds since the epoch)."""
-    finished = view.finished_at
-    return {
-        "run_id": view.id,
-        "app": f"{view.app_name} {view.app_version}",
-        "status": view.status.value,
-        "rounds_done": rounds_done,
-        "created": view.created_at.timestamp(),
-        "finished": None if finished is None else finished.timestamp(),
-        "error": view.error or "",
-    }
 
 
 class RunManager:
