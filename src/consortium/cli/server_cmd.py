@@ -151,6 +151,7 @@ def server(
         CertificateAuthenticator,
         InsecureAuthenticator,
     )
+    from consortium.transport.fairness import worker_threads
     from consortium.transport.grpc_server import (
         ControlServicer,
         FleetServicer,
@@ -219,6 +220,9 @@ def server(
         fleet=FleetServicer(fleet, node_auth),
         control=ControlServicer(runs, admin_auth),
         tls=tls,
+        # every allow-listed node can hold its share of calls, and the coordinator's
+        # calls still find threads (transport/fairness.py)
+        workers=worker_threads(len(allowed)),
     )
     host = address.rsplit(":", 1)[0]
     mode = "plain text" if tls is None else "mutual TLS"

@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from consortium.transport.chunks import (
     encode_chunk,
     iter_chunks,
 )
+from consortium.transport.fairness import CALLS_PER_NODE, CallLimiter
 from consortium.transport.fleet_api import ControlBackend, decode_reply
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
@@ -124,21 +126,42 @@ class FleetServicer(rpc.FleetServicer):
         self,
         backend: CheckedFleetBackend,
         auth: Authenticator,
+        *,
+        calls_per_node: int = CALLS_PER_NODE,
     ) -> None:
         self.backend = backend
         self.auth = auth
         #: bytes in transit (see ReceiveBudget): with many nodes replying together
         #: the server holds what the budget allows, not one model per node
         self.budget = backend.transfer_budget
+        #: each node's calls in progress: no node may take the threads others need
+        self.calls = CallLimiter(calls_per_node)
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name; a refusal is also reported to the backend."""
         return _guard(context, self.auth, self.backend.refused)
 
+    @contextmanager
+    def _slot(self, node: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold one of ``node``'s call slots for the call; refuse it if it has none left."""
+        if not self.calls.enter(node):
+            self.backend.count_refusal(node, "too-many-calls")
+            limit = self.calls.per_node
+            log.warning("refused a call from %s: over %d calls in progress", node, limit)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node {node!r} already has {limit} calls in progress, the most one node may",
+            )
+        try:
+            yield
+        finally:
+            self.calls.leave(node)
+
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         node = self._caller(context)
-        request = _parsed(context, node, request)
-        self.backend.hello(node, request.instance_id)
+        with self._slot(node, context):
+            request = _parsed(context, node, request)
+            self.backend.hello(node, request.instance_id)
         return pb.HelloReply(
             node_id=node,
             heartbeat_interval=self.backend.heartbeat_interval,
@@ -149,11 +172,18 @@ class FleetServicer(rpc.FleetServicer):
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
         node = self._caller(context)
-        _parsed(context, node, request)
-        return pb.HeartbeatReply(known=self.backend.heartbeat(node))
+        with self._slot(node, context):
+            _parsed(context, node, request)
+            return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
     def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
         node = self._caller(context)
+        with self._slot(node, context):
+            yield from self._pull(node, request, context)
+
+    def _pull(
+        self, node: str, request: pb.PullRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
         request = _parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
         task = self.backend.next_task(node, wait)
@@ -182,6 +212,12 @@ class FleetServicer(rpc.FleetServicer):
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
         node = self._caller(context)
+        with self._slot(node, context):
+            return self._push(node, request_iterator, context)
+
+    def _push(
+        self, node: str, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
+    ) -> pb.PushReply:
         late: list[str] = []
 
         def admit(head: memoryview, size: int) -> bool:
@@ -282,8 +318,9 @@ class FleetServicer(rpc.FleetServicer):
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
         node = self._caller(context)
-        request = _parsed(context, node, request)
-        bundle = self.backend.run_bundle(node, request.run_id)
+        with self._slot(node, context):
+            request = _parsed(context, node, request)
+            bundle = self.backend.run_bundle(node, request.run_id)
         if bundle is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
         assert bundle is not None
