@@ -18,6 +18,7 @@ from consortium.cli.tls_options import (
     warn_insecure,
 )
 from consortium.core.errors import ConfigError
+from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
 
@@ -89,6 +90,14 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     "plus 16 MiB; a larger reply is refused when it starts.",
 )
 @click.option(
+    "--stall-timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_STALL_TIMEOUT,
+    show_default=True,
+    help="Seconds a transfer (a task to a node, a node's reply) may make no progress "
+    "before it is cut off and only that node's task fails.",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
@@ -130,6 +139,7 @@ def server(
     max_message_mb: int,
     transfer_budget_mb: int,
     reply_factor: float,
+    stall_timeout: float,
     port_file: Path | None,
     state_url: str | None,
     resume: str | None,
@@ -217,7 +227,7 @@ def server(
         tls = TlsFiles(creds.private_key, creds.certificate_chain, creds.root_certificates)
     grpc_server, port = start_server(
         address,
-        fleet=FleetServicer(fleet, node_auth),
+        fleet=FleetServicer(fleet, node_auth, stall_timeout=stall_timeout),
         control=ControlServicer(runs, admin_auth),
         tls=tls,
         # every allow-listed node can hold its share of calls, and the coordinator's

@@ -206,5 +206,8 @@ ERROR_NODE_LOST = "node-lost"
 #: The server refused a node's result for good (too large, malformed, out of limits); the
 #: node answers the task with this error instead (written by the node runner).
 ERROR_RESULT_REFUSED = "result-refused"
+#: A task's transfer to its node, or the node's reply, stopped moving and was cut off
+#: (written by the server's fleet).
+ERROR_TRANSFER_STALLED = "transfer-stalled"
 #: A task addressed a node the simulation does not run (written by the simulation grid).
 ERROR_UNKNOWN_NODE = "unknown-node"

@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 
 from consortium.core.message import Content, Message, Metadata
-from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE
+from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE, ERROR_TRANSFER_STALLED
 from consortium.core.records import RecordLimits
 from consortium.server.fleet_state import (
     LATE,
@@ -200,6 +200,25 @@ class Fleet:
         """Count a refused reply of ``node`` (``reason``: a short key, e.g. ``wrong-run``)."""
         with self._cond:
             self._reply_refusals.setdefault(node, Counter())[reason] += 1
+
+    def transfer_stalled(self, node: str, task_id: str, reason: str) -> None:
+        """``node``'s task (sent to it, or its reply) stopped moving and was cut off: the
+        task fails now, so its round goes on with the others. An empty ``task_id`` (a
+        reply cut off before its header named its task) fails every task of the node."""
+        with self._cond:
+            self._reply_refusals.setdefault(node, Counter())["stalled"] += 1
+            doomed = [
+                mid
+                for mid, w in self._pending.items()
+                if w.node == node and (mid == task_id or not task_id)
+            ]
+            waiters = [self._pending.pop(mid) for mid in doomed]
+            session = self._nodes.get(node)
+            if session is not None:
+                session.in_flight.difference_update(doomed)
+        for mid, waiter in zip(doomed, waiters, strict=True):
+            log.warning("node %s: task %s failed: %s", node, mid, reason)
+            waiter.replies.put((waiter.task.error_reply(ERROR_TRANSFER_STALLED, reason), None))
 
     def refusal_counts(self) -> dict[str, dict[str, int]]:
         """Replies refused so far: node -> reason -> how many (late ones as ``late``)."""

@@ -40,6 +40,7 @@ from consortium.transport.fleet_api import ControlBackend, decode_reply
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
+from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transfer
 
 log = logging.getLogger("consortium.transport")
 
@@ -128,6 +129,7 @@ class FleetServicer(rpc.FleetServicer):
         auth: Authenticator,
         *,
         calls_per_node: int = CALLS_PER_NODE,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         self.backend = backend
         self.auth = auth
@@ -136,6 +138,8 @@ class FleetServicer(rpc.FleetServicer):
         self.budget = backend.transfer_budget
         #: each node's calls in progress: no node may take the threads others need
         self.calls = CallLimiter(calls_per_node)
+        #: transfers that stop moving are cut off, failing only their node's task
+        self.stalls = StallWatch(stall_timeout)
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name; a refusal is also reported to the backend."""
@@ -193,20 +197,25 @@ class FleetServicer(rpc.FleetServicer):
         del task
         chunks = iter_chunks(parts, message_id)
         del parts
-        try:
-            for chunk in chunks:
-                if not self.backend.task_wanted(message_id):
-                    context.abort(grpc.StatusCode.CANCELLED, "the task was withdrawn")
-                # encoded here (a copy of 4 MiB): gRPC then holds no view of the model,
-                # which can go the moment the last node has been sent its last chunk
-                encoded = encode_chunk(chunk)
-                del chunk
-                yield encoded
-                del encoded
-        finally:
-            chunks.close()
-            del chunks
-            self.backend.task_sent(message_id)
+        with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
+            try:
+                for chunk in chunks:
+                    if not self.backend.task_wanted(message_id):
+                        context.abort(grpc.StatusCode.CANCELLED, "the task was withdrawn")
+                    # encoded here (a copy of 4 MiB): gRPC then holds no view of the model,
+                    # which can go the moment the last node has been sent its last chunk
+                    encoded = encode_chunk(chunk)
+                    del chunk
+                    yield encoded  # back once gRPC took it: the node is reading
+                    transfer.moved()
+                    del encoded
+            finally:
+                chunks.close()
+                del chunks
+                self.backend.task_sent(message_id)
+                if transfer.stalled:
+                    why = f"the node stopped reading its task for {self.stalls.timeout:.0f} s"
+                    self.backend.transfer_stalled(node, message_id, why)
 
     def PushResult(
         self, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
@@ -219,12 +228,14 @@ class FleetServicer(rpc.FleetServicer):
         self, node: str, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
     ) -> pb.PushReply:
         late: list[str] = []
+        answers: list[str] = []  # the task the reply answers, once its header is in
 
         def admit(head: memoryview, size: int) -> bool:
             """Judge the reply from its header, before the rest of it is received."""
             meta = peek_reply(head, self.backend.record_limits)
             if meta is None:
                 return False
+            answers.append(meta.reply_to or "")
             why = self.backend.admit_reply(node, meta, size)
             if why is not None:
                 late.append(why)
@@ -234,7 +245,14 @@ class FleetServicer(rpc.FleetServicer):
         rebuild = Reassembler(self.backend.max_message_bytes, self.budget, admit)
         accepted = False
         try:
-            reply = self._receive(node, rebuild, request_iterator, context)
+            with self.stalls.watching(context, f"receiving a reply from {node}") as transfer:
+                try:
+                    reply = self._receive(node, rebuild, request_iterator, context, transfer)
+                except BaseException:  # gRPC ended the call, or a stream cut short
+                    if transfer.stalled:  # before its header: every task of the node
+                        why = f"its reply stopped arriving for {self.stalls.timeout:.0f} s"
+                        self.backend.transfer_stalled(node, answers[0] if answers else "", why)
+                    raise
             if reply is None:
                 detail = late[0]
             else:
@@ -279,10 +297,12 @@ class FleetServicer(rpc.FleetServicer):
         rebuild: Reassembler,
         request_iterator: Iterator[Chunk],
         context: grpc.ServicerContext,
+        transfer: Transfer,
     ) -> Message | None:
         """The reply, or None if it was found unwanted (late) before it all arrived."""
         try:
             for chunk in request_iterator:
+                transfer.moved()
                 rebuild.feed(_parsed(context, node, chunk))
             payload = rebuild.result()
         except _Stop:

@@ -25,6 +25,11 @@ class CheckedFleetBackend(FleetBackend, Protocol):
     def count_refusal(self, node: str, reason: str) -> None:
         """Count a reply of ``node`` refused for ``reason``."""
 
+    def transfer_stalled(self, node: str, task_id: str, reason: str) -> None:
+        """The transfer of ``node``'s task (or of its reply to it) stopped moving and
+        was cut off: the task fails for its round with ``reason`` (``task_id`` empty:
+        a reply cut off before its header named its task; every task of the node)."""
+
 
 class NotAReply(WireFormatError):
     """The first bytes of a pushed result are not those of a reply Message."""

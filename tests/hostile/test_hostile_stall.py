@@ -1,0 +1,159 @@
+"""A node that announces its reply and then goes silent is cut off; only it fails the round.
+
+Without a stall timeout, the silent transfer held a server thread and its share
+of the transfer budget until the round's deadline, and the round waited for
+it. Now a transfer that makes no progress for ``--stall-timeout`` seconds is
+cancelled, that node's task fails at once, and the round goes on with the
+others; the node's later rounds count again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from consortium._version import __version__
+from consortium.client.task import run_task
+from consortium.core.context import Context
+from consortium.core.message import Message
+from consortium.transport.chunks import encode_chunk, iter_chunks
+from consortium.transport.grpc_client import ClientTls, FleetClient, open_channel
+from consortium.transport.proto import fleet_pb2 as pb
+from deploy.conftest import NODES, SLOW_APP
+
+from .conftest import Deployment
+
+HOSTILE = "va"
+HONEST = [n for n in NODES if n != HOSTILE]
+STALL_S = 2.0
+CONFIG = {"num-rounds": 3, "delay": 0.0, "min-replies": 3, "min-nodes": 4, "round-timeout": 60.0}
+PUSH = "/consortium.v1.Fleet/PushResult"
+
+
+def _client_app() -> object:
+    import sys
+
+    sys.path.insert(0, str(SLOW_APP))
+    try:
+        import slow_toy
+    finally:
+        sys.path.remove(str(SLOW_APP))
+    return slow_toy.client_app
+
+
+@dataclass
+class SilentNode:
+    """``va``: announces its first reply, sends part of it, then goes silent."""
+
+    deployment: Deployment
+    #: bytes of the reply sent before the silence (its header is ~300 bytes)
+    keep: Callable[[int], int]
+    stop: threading.Event = field(default_factory=threading.Event)
+    cut_off: grpc.RpcError | None = None
+    cut_after: float = 0.0
+    answered: int = 0
+
+    def start(self) -> None:
+        folder = self.deployment.fed.creds(HOSTILE)
+        self.tls = ClientTls(
+            key=(folder / f"{HOSTILE}.key").read_bytes(),
+            certificate=(folder / f"{HOSTILE}.crt").read_bytes(),
+            ca=(folder / "ca.crt").read_bytes(),
+        )
+        self.address = f"127.0.0.1:{self.deployment.port}"
+        self.client = FleetClient(self.address, tls=self.tls, timeout=30)
+        self.client.hello(__version__, "silent-node")
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._serve, self._beat)]
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+        self.client.close()
+
+    def _beat(self) -> None:
+        while not self.stop.wait(0.2):
+            self.client.heartbeat()
+
+    def _serve(self) -> None:
+        app = _client_app()
+        while not self.stop.is_set():
+            payload = self.client.pull_task(0.5)
+            if payload is None:
+                continue
+            task = Message.from_bytes(bytes(payload))
+            context = Context(node_id=HOSTILE, run_config=dict(CONFIG), seed=2)
+            reply = run_task(app, task, context).reply  # type: ignore[arg-type]
+            if self.cut_off is None:
+                self._push_half(reply)
+                continue
+            accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
+            assert accepted, detail
+            self.answered += 1
+
+    def _push_half(self, reply: Message) -> None:
+        payload = b"".join(bytes(p) for p in reply.to_parts())
+        size = self.keep(len(payload))
+        first = next(iter_chunks(payload, reply.metadata.message_id, chunk_size=size))
+        silent = threading.Event()
+
+        def half_then_silence():  # type: ignore[no-untyped-def]
+            yield first
+            silent.wait(60)  # the rest never comes
+
+        channel = open_channel(self.address, self.tls)
+        push = channel.stream_unary(
+            PUSH, request_serializer=encode_chunk, response_deserializer=pb.PushReply.FromString
+        )
+        started = time.monotonic()
+        try:
+            push(half_then_silence(), timeout=60)
+        except grpc.RpcError as exc:
+            self.cut_off = exc
+        finally:
+            self.cut_after = time.monotonic() - started
+            silent.set()
+            channel.close()
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [lambda n: n // 2, lambda n: n - 16],
+    ids=["silent-before-its-header", "silent-after-its-header"],
+)
+def test_a_reply_that_stops_arriving_is_cut_off_and_only_its_node_fails(
+    deployment: Deployment, keep: Callable[[int], int]
+) -> None:
+    deployment.start_server("--stall-timeout", str(STALL_S))
+    for name in HONEST:
+        deployment.start_node(name)
+    bad = SilentNode(deployment, keep)
+    bad.start()
+    try:
+        started = time.monotonic()
+        run_id = deployment.start_run(SLOW_APP, CONFIG, seed=2)
+        info = deployment.wait_run(run_id, timeout=90)
+        took = time.monotonic() - started
+    finally:
+        bad.close()
+    assert info["status"] == "finished", (info, deployment.log("server"))
+    assert took < CONFIG["round-timeout"]  # nobody waited for the round's deadline
+    assert isinstance(bad.cut_off, grpc.Call) and bad.cut_off.code() == grpc.StatusCode.CANCELLED
+    assert STALL_S <= bad.cut_after < STALL_S + 10
+    outcomes = {(r["round"], n["node"]): n for r in info["rounds"] for n in r["nodes"]}
+    assert outcomes[(1, HOSTILE)]["outcome"] == "failed"
+    assert "stopped arriving" in outcomes[(1, HOSTILE)]["reason"]
+    assert all(outcomes[(1, n)]["outcome"] == "ok" for n in HONEST)
+    assert all(outcomes[(r, n)]["outcome"] == "ok" for r in (2, 3) for n in NODES)
+    assert bad.answered == 2
+    assert f"cut off receiving a reply from {HOSTILE}" in deployment.log("server") or (
+        f"cut off receiving a reply from {HOSTILE}"
+        in (deployment.workdir / "server" / "server.log").read_text()
+    )
