@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,21 @@ def test_the_state_store_records_refusals_and_the_node_going_offline(tmp_path: P
         [stranger] = store.list_node_events("ipv4:10.0.0.9:5555")
         assert (stranger.kind, stranger.detail) == ("refused", "no client certificate")
         assert store.get_node("ipv4:10.0.0.9:5555") is None  # a stranger is not registered
+
+
+def test_waiting_for_nodes_says_who_is_online_and_who_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fleet = Fleet(heartbeat_interval=1.0, offline_after=60.0, wait_log_every=0.1)
+    try:
+        fleet.hello("cleveland", "i1")
+        fleet.hello("va", "i2")
+        fleet.refused("va", "127.0.0.1:1", "certificate revoked")  # va goes offline
+        with caplog.at_level(logging.INFO, logger="consortium.server"):
+            online = fleet.wait_for_nodes(2, 0.5)
+        assert online == ["cleveland"]
+        lines = [r.getMessage() for r in caplog.records if "waiting for 2 node(s)" in r.message]
+        assert lines, caplog.text
+        assert "1 online (cleveland)" in lines[-1] and "offline: va (last seen" in lines[-1]
+    finally:
+        fleet.close()

@@ -42,7 +42,7 @@ from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
 
-#: seconds between "waiting for nodes" log lines
+#: seconds between "waiting for nodes" log lines (the default)
 WAIT_LOG_EVERY = 10.0
 
 #: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
@@ -65,8 +65,11 @@ class Fleet:
         transfer_budget: int = 1024**3,
         reply_limits: ReplyLimits | None = None,
         record_limits: RecordLimits | None = None,
+        wait_log_every: float = WAIT_LOG_EVERY,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        #: seconds between "waiting for nodes" log lines
+        self.wait_log_every = wait_log_every
         self.offline_after = offline_after
         self.max_message_bytes = max_message_bytes
         self._events = events or (lambda node, kind, detail: None)
@@ -264,10 +267,10 @@ class Fleet:
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
         """Block until at least ``count`` nodes are online (or ``timeout``); while it
-        waits, log every ``WAIT_LOG_EVERY`` seconds who is online."""
+        waits, log every ``wait_log_every`` seconds who is online and who is not."""
         start = self._clock()
         deadline = start + timeout
-        next_log = start + WAIT_LOG_EVERY
+        next_log = start + self.wait_log_every
         with self._cond:
             while True:
                 online = sorted(n for n, s in self._nodes.items() if s.online)
@@ -275,13 +278,19 @@ class Fleet:
                 if len(online) >= count or now >= deadline or self._stop.is_set():
                     return online
                 if now >= next_log:
-                    next_log = now + WAIT_LOG_EVERY
+                    next_log = now + self.wait_log_every
+                    offline = sorted(
+                        f"{n} (last seen {now - s.last_seen:.0f} s ago)"
+                        for n, s in self._nodes.items()
+                        if not s.online
+                    )
                     log.info(
-                        "waiting for %d node(s): %d online (%s) after %.0f s, giving up in %.0f s",
-                        count, len(online), ", ".join(online) or "none", now - start,
-                        deadline - now,
+                        "waiting for %d node(s): %d online (%s), offline: %s; waited %.0f s, "
+                        "giving up in %.0f s",
+                        count, len(online), ", ".join(online) or "none",
+                        ", ".join(offline) or "none known", now - start, deadline - now,
                     )  # fmt: skip
-                self._cond.wait(min(1.0, max(0.0, deadline - now)))
+                self._cond.wait(max(0.0, min(1.0, deadline - now, next_log - now)))
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
