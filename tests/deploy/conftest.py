@@ -84,22 +84,29 @@ class Deployment:
         self.port = int(port_file.read_text())
         return self.port
 
-    def start_node(self, name: str, app: Path = SLOW_APP, **config: object) -> None:
-        """A node process for ``name``; ``config`` adds node-config entries (KEY=VALUE)."""
+    def start_node(
+        self, name: str, app: Path = SLOW_APP, *, policy: Path | None = None, **config: object
+    ) -> None:
+        """A node process for ``name``, running the local app folder ``app``, or, given
+        ``policy``, the signed bundles that policy file allows; ``config`` adds node-config
+        entries (KEY=VALUE)."""
         extra = [a for key, value in config.items() for a in ("--config", f"{key}={value}")]
+        runs = ["--policy", str(policy)] if policy is not None else ["--app", str(app)]
         args = [
             EXE, "node", "--server", f"127.0.0.1:{self.port}",
-            "--credentials", str(self.fed.creds(name)), "--app", str(app),
+            "--credentials", str(self.fed.creds(name)), *runs,
             "--config", f"center={name}", *extra,
             "--work-dir", str(self.workdir / "nodes" / name),
         ]  # fmt: skip
         self.procs[name] = self._spawn(name, args)
 
     def start_run(self, app: Path, config: dict[str, Any], seed: int) -> str:
-        """Start a run of the app folder ``app`` as the admin ``alice``; its run id."""
+        """Start a run of ``app`` as the admin ``alice``; its run id. ``app`` is an app
+        folder (bundled unsigned) or a bundle file (``.cab``, sent as is)."""
+        bundle = app.read_bytes() if app.is_file() else make_bundle(app)
         admin = self.fed.admin(self.port)
         try:
-            return admin.start_run(make_bundle(app), config, seed)
+            return admin.start_run(bundle, config, seed)
         finally:
             admin.close()
 

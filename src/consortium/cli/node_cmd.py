@@ -2,12 +2,17 @@
 
 It exits 11 (a one-line message saying why and what to do) when the server refuses
 the node for who it is; it retries, with capped backoff, while the server is unreachable.
+What it runs: the signed bundles its ``--policy`` file allows; for development, its own
+``--app`` folders, or (warned, and refused with a certificate unless ``--insecure-dev``)
+whatever the server sends.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,6 +29,11 @@ from consortium.cli.tls_options import (
 )
 from consortium.client.task import ERROR_DETAILS, ErrorDetail
 from consortium.core.errors import ConfigError, NodeRefused
+
+if TYPE_CHECKING:
+    from consortium.node.policy import NodePolicy
+
+log = logging.getLogger("consortium.node")
 
 
 @click.command()
@@ -45,7 +55,24 @@ from consortium.core.errors import ConfigError, NodeRefused
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A local app folder this node runs (repeatable).",
 )
-@click.option("--trust-server-apps", is_flag=True, help="Run app code the server sends.")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="This node's policy file (TOML): the publishers it trusts, the signed apps it runs "
+    "and its limits. Excludes --app and --trust-server-apps.",
+)
+@click.option(
+    "--trust-server-apps",
+    is_flag=True,
+    help="DEVELOPMENT ONLY: run any app code the server sends, unverified. With a "
+    "certificate (not --insecure) it also needs --insecure-dev.",
+)
+@click.option(
+    "--insecure-dev",
+    is_flag=True,
+    help="Acknowledge that --trust-server-apps lets the server run any code on this machine.",
+)
 @click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -69,7 +96,9 @@ def node(
     server_name: str | None,
     node_config: tuple[str, ...],
     apps: tuple[Path, ...],
+    policy_file: Path | None,
     trust_server_apps: bool,
+    insecure_dev: bool,
     work_dir: Path,
     send_errors: ErrorDetail,
     insecure: bool,
@@ -79,12 +108,12 @@ def node(
     from consortium.core.buffers import tune_malloc
 
     tune_malloc()
-    from consortium.node.runner import NodePolicy, NodeRunner
+    from consortium.node.runner import NodeRunner
     from consortium.transport.grpc_client import FleetClient
 
+    policy = _policy(policy_file, apps, trust_server_apps, insecure_dev, insecure)
     configure_logging(work_dir, verbose=True, filename="node.log")
     config = dict(parse_override(c) for c in node_config)
-    local = {load_app_spec(a).name: a for a in apps}
     if insecure:
         warn_insecure()
         if not name:
@@ -96,11 +125,18 @@ def node(
         client,
         node_config=config,
         work_dir=work_dir,
-        policy=NodePolicy(local_apps=local, trust_server_apps=trust_server_apps),
+        policy=policy,
         send_errors=send_errors,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
+    if policy.approved is not None:
+        log.info(
+            "node policy %s: %d trusted publisher key(s), %d allowed app(s)",
+            policy.approved.source, len(policy.approved.publishers), len(policy.approved.allow),
+        )  # fmt: skip
+    elif trust_server_apps:
+        log.warning(_UNSAFE)
     click.echo(f"consortium node: dialling {address}")
     try:
         runner.run()
@@ -112,3 +148,38 @@ def node(
         ) from exc
     finally:
         client.close()
+
+
+_UNSAFE = (
+    "--trust-server-apps: this node runs ANY code the server sends, unverified, next to its "
+    "data. Development only: use --policy FILE with signed bundles in production."
+)
+
+
+def _policy(
+    policy_file: Path | None,
+    apps: tuple[Path, ...],
+    trust_server_apps: bool,
+    insecure_dev: bool,
+    insecure: bool,
+) -> NodePolicy:
+    """What the node agrees to run, from its options; refuses unsafe combinations."""
+    from consortium.node.policy import NodePolicy, load_policy
+
+    if policy_file is not None:
+        if apps or trust_server_apps:
+            raise ConfigError(
+                "--policy cannot be combined with --app or --trust-server-apps: with a policy "
+                "the node runs only signed bundles its policy allows"
+            )
+        return NodePolicy(approved=load_policy(policy_file))
+    if trust_server_apps:
+        if not insecure and not insecure_dev:
+            raise ConfigError(
+                "--trust-server-apps runs any code the server sends; a node with a CA-issued "
+                "certificate refuses it unless --insecure-dev is given too (development only). "
+                "In production, use --policy FILE with signed bundles"
+            )
+        click.secho(f"WARNING: {_UNSAFE}", fg="red", bold=True, err=True)
+    local = {load_app_spec(a).name: a for a in apps}
+    return NodePolicy(local_apps=local, trust_server_apps=trust_server_apps)

@@ -8,6 +8,7 @@ how the run ended: 0 finished, 5 failed (:class:`~consortium.core.errors.RoundFa
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.table import Table
 
-from consortium.apps.manifest import load_app_spec, parse_override
+from consortium.apps.manifest import MANIFEST, AppSpec, load_app_spec, parse_override
 from consortium.cli.report import make_console
 from consortium.cli.tls_options import (
     client_tls,
@@ -27,7 +28,7 @@ from consortium.cli.tls_options import (
     server_name_option,
     warn_insecure,
 )
-from consortium.core.errors import ConsortiumError, RoundFailed
+from consortium.core.errors import ConfigError, ConsortiumError, RoundFailed
 from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 
 if TYPE_CHECKING:  # gRPC loads only when a run command runs
@@ -75,7 +76,7 @@ def run() -> None:
 
 
 @run.command("start")
-@click.argument("app_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("app", type=click.Path(exists=True, path_type=Path))
 @_common
 @click.option("--run-config", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -86,7 +87,7 @@ def run() -> None:
     "finished, 5 if it failed, 1 if it was stopped or interrupted.",
 )
 def start(
-    app_dir: Path,
+    app: Path,
     address: str,
     credentials: Path | None,
     name: str | None,
@@ -96,18 +97,36 @@ def start(
     seed: int,
     wait: bool,
 ) -> None:
-    """Upload APP_DIR and start a run of it."""
-    from consortium.apps.bundle import make_bundle
-
-    spec = load_app_spec(app_dir)
+    """Upload APP (an app folder, bundled unsigned, or a signed APP.cab, sent as is) and
+    start a run of it."""
+    bundle, spec = _bundle_of(app)
     config = spec.run_config(dict(parse_override(o) for o in overrides))
     client = _client(address, credentials, name, server_name, insecure)
-    run_id = client.start_run(make_bundle(app_dir), dict(config), seed)
+    run_id = client.start_run(bundle, dict(config), seed)
     click.echo(run_id)
     if wait:
         info = wait_for_run(lambda: client.show_run(run_id), _progress)
         _print_run(info)
         raise_for_outcome(info)
+
+
+def _bundle_of(app: Path) -> tuple[bytes, AppSpec]:
+    """The bundle to upload and the app's manifest: a folder is bundled (unsigned), a
+    ``.cab`` file is read as is (its ``consortium.toml`` gives the default run config)."""
+    from consortium.apps.bundle import make_bundle, scan_bundle
+
+    if app.is_dir():
+        return make_bundle(app), load_app_spec(app)
+    bundle = app.read_bytes()
+    manifest = scan_bundle(bundle, keep=(MANIFEST,)).kept.get(MANIFEST)
+    if manifest is None:
+        raise ConfigError(f"{app}: no {MANIFEST} at the bundle's root; is it an app bundle?")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / MANIFEST).write_bytes(manifest)
+        try:
+            return bundle, load_app_spec(tmp)
+        except ConfigError as exc:
+            raise ConfigError(f"{app}: {str(exc).replace(tmp + '/', '')}") from exc
 
 
 @run.command("list")

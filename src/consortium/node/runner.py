@@ -10,7 +10,9 @@ not allow-listed, wrong role) stops it: :meth:`NodeRunner.run` raises
 :class:`~consortium.core.errors.NodeRefused`. Its data location comes from its
 own node config, never from the server; how much of an app's exception leaves
 the silo is its own setting too (``send_errors``; the full traceback stays in
-its log).
+its log). What it runs is its :class:`~consortium.node.policy.NodePolicy`'s call: a
+refusal (an unsigned or unapproved bundle, a task past its limits) is sent to the server
+in full, as the node's own words, and logged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import threading
 import time
 import uuid
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from consortium._version import __version__
-from consortium.apps.bundle import bundle_digest, extract_bundle
+from consortium.apps.bundle import bundle_digest
 from consortium.apps.loader import load_app
 from consortium.client.app import ClientApp
 from consortium.client.task import ErrorDetail, failure_reply, run_task
@@ -40,6 +41,9 @@ from consortium.core.protocol import ERROR_RESULT_REFUSED, TIMING_TRAIN
 from consortium.core.records import Config
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.node.connection import NodeConnection
+from consortium.node.policy import NodePolicy, PolicyRefused, forget_other_apps
+
+__all__ = ["Backoff", "NodePolicy", "NodeRunner", "RetryLog"]
 
 log = logging.getLogger("consortium.node")
 
@@ -140,16 +144,6 @@ class RetryLog:
         return delay
 
 
-@dataclass
-class NodePolicy:
-    """What this node agrees to run."""
-
-    #: app name -> local app folder; such apps run from the node's own copy
-    local_apps: dict[str, Path] = field(default_factory=dict)
-    #: run app code the server sends (only for federations that trust the server)
-    trust_server_apps: bool = False
-
-
 class NodeRunner:
     """One silo's node: a loop over tasks until ``stop`` is set."""
 
@@ -180,6 +174,7 @@ class NodeRunner:
         #: a pulled task whose app could not be fetched yet (server unreachable)
         self._held: Message | None = None
         self._runs: dict[str, tuple[RunBundle, ClientApp]] = {}
+        self._refused_runs: dict[str, PolicyRefused] = {}
         self._rehello = threading.Event()
         #: the refusal the heartbeat thread met (the main loop raises it)
         self._refused: NodeRefused | None = None
@@ -285,6 +280,7 @@ class NodeRunner:
         meta = task.metadata
         try:
             bundle, app = self._app_for(meta.run_id)
+            self.policy.check_task(task)
             context = Context(
                 node_id=self.name,
                 node_config=self.node_config,
@@ -316,6 +312,9 @@ class NodeRunner:
             self._save_state(meta.run_id, context.state)
             self.tasks_done += 1
             return reply
+        except PolicyRefused as exc:  # the node's own words, not app output: sent in full
+            log.error("run %s round %d: %s refused: %s", meta.run_id, meta.round, meta.kind, exc)
+            return failure_reply(task, exc, "message")
         except Exception as exc:  # no app or state to run with: report it; keep serving
             log.exception(
                 "run %s round %d: %s failed (the server is told %s)",
@@ -341,23 +340,20 @@ class NodeRunner:
         cached = self._runs.get(run_id)
         if cached is not None:
             return cached
+        refused = self._refused_runs.get(run_id)
+        if refused is not None:  # refused once: not fetched nor verified again
+            raise refused
         bundle = self.connection.get_run(run_id)
         if bundle_digest(bundle.bundle) != bundle.bundle_sha256:
             raise SecurityError(f"run {run_id}: app bundle does not match its digest")
-        local = self.policy.local_apps.get(bundle.app_name)
-        if local is not None:
-            app_dir = local.resolve()
-        elif self.policy.trust_server_apps:
-            app_dir = self.work_dir / "apps" / bundle.bundle_sha256[:16]
-            if not (app_dir / "consortium.toml").exists():
-                extract_bundle(bundle.bundle, app_dir)
-        else:
-            raise SecurityError(
-                f"run {run_id} needs app {bundle.app_name!r}, which this node has no local copy "
-                "of; start the node with --app DIR (or --trust-server-apps)"
-            )
-        _forget_other_apps(app_dir)
-        app = load_app(bundle.client_entry, [str(app_dir)])
+        apps_root = self.work_dir.resolve() / "apps"
+        try:
+            app_dir, entry = self.policy.app_dir(bundle, apps_root)
+        except PolicyRefused as exc:
+            self._refused_runs[run_id] = exc
+            raise
+        forget_other_apps(app_dir, [apps_root, *self.policy.local_apps.values()])
+        app = load_app(entry, [str(app_dir)])
         self._runs[run_id] = (bundle, app)
         return bundle, app
 
@@ -384,12 +380,3 @@ _TOLD: dict[ErrorDetail, str] = {
     "message": "the exception type and message",
     "traceback": "the whole traceback",
 }
-
-
-def _forget_other_apps(app_dir: Path) -> None:
-    """Drop modules imported from other app folders so two apps never share module names."""
-    keep = str(app_dir)
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None) or ""
-        if "/apps/" in origin and not origin.startswith(keep):
-            del sys.modules[name]
