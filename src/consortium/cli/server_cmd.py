@@ -240,15 +240,16 @@ def server(
         f"consortium server listening on {host}:{port} ({mode}), "
         f"allowing {len(allowed)} node(s); data in {workdir}"
     )
-    if port_file is not None:
-        port_file.write_text(str(port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     if resume:
         runs.resume(resume)
         click.echo(f"resuming run {resume}")
     runs.recover_interrupted(resume=resume_interrupted)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # written last: once the port file is there, runs to resume are running again
+    if port_file is not None:
+        port_file.write_text(str(port))
     stop.wait()
     click.echo("shutting down: stopping runs at the end of their round")
     for run_id in runs.interrupt(SHUTDOWN_GRACE):
