@@ -19,7 +19,8 @@ from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import InsecureAuthenticator
 from consortium.transport.fleet_api import RunBundle
 from consortium.transport.grpc_client import FleetClient
-from consortium.transport.grpc_server import ControlServicer, FleetServicer, start_server
+from consortium.transport.grpc_control import ControlServicer
+from consortium.transport.grpc_server import FleetServicer, start_server
 
 from .conftest import SLOW_APP, wait_for
 

@@ -31,8 +31,8 @@ from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority, IssuedCertificate
 from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClient, open_channel
+from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_server import (
-    ControlServicer,
     FleetServicer,
     TlsFiles,
     start_server,

@@ -162,8 +162,8 @@ def server(
         InsecureAuthenticator,
     )
     from consortium.transport.fairness import worker_threads
+    from consortium.transport.grpc_control import ControlServicer
     from consortium.transport.grpc_server import (
-        ControlServicer,
         FleetServicer,
         TlsFiles,
         start_server,

@@ -82,3 +82,20 @@ class InsecureAuthenticator:
         if self._allowed is not None and not self._allowed(str(name)):
             raise Unauthenticated(f"{name!r} is not on this server's allow-list")
         return str(name)
+
+
+def authenticate_call(
+    context: grpc.ServicerContext,
+    auth: Authenticator,
+    on_refused: Callable[[str | None, str, str], None] | None = None,
+) -> str:
+    """The caller's name, or the call ended with UNAUTHENTICATED (``on_refused`` told
+    who was refused, when the certificate names a node of ours)."""
+    try:
+        return auth(context)
+    except Unauthenticated as exc:
+        log.warning("refused %s: %s", context.peer(), exc)
+        if on_refused is not None:
+            on_refused(exc.node, context.peer(), str(exc))
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        raise  # abort raises; this line satisfies type checkers

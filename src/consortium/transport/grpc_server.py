@@ -11,7 +11,6 @@ authenticated the caller, with INVALID_ARGUMENT and the peer in the log.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -24,7 +23,7 @@ import grpc
 from consortium.core.errors import TransportError, WireFormatError
 from consortium.core.message import Message
 from consortium.core.records import UnacceptableRecord
-from consortium.transport.auth import Authenticator, Unauthenticated
+from consortium.transport.auth import Authenticator, authenticate_call
 from consortium.transport.chunks import (
     MAX_GRPC_MESSAGE,
     Chunk,
@@ -36,7 +35,8 @@ from consortium.transport.chunks import (
     iter_chunks,
 )
 from consortium.transport.fairness import CALLS_PER_NODE, CallLimiter
-from consortium.transport.fleet_api import ControlBackend, decode_reply
+from consortium.transport.fleet_api import decode_reply
+from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
@@ -55,21 +55,6 @@ GRPC_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
 ]
-
-
-def _guard(
-    context: grpc.ServicerContext,
-    auth: Authenticator,
-    on_refused: Callable[[str | None, str, str], None] | None = None,
-) -> str:
-    try:
-        return auth(context)
-    except Unauthenticated as exc:
-        log.warning("refused %s: %s", context.peer(), exc)
-        if on_refused is not None:
-            on_refused(exc.node, context.peer(), str(exc))
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        raise  # abort raises; this line satisfies type checkers
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +128,7 @@ class FleetServicer(rpc.FleetServicer):
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name; a refusal is also reported to the backend."""
-        return _guard(context, self.auth, self.backend.refused)
+        return authenticate_call(context, self.auth, self.backend.refused)
 
     @contextmanager
     def _slot(self, node: str, context: grpc.ServicerContext) -> Iterator[None]:
@@ -354,48 +339,6 @@ class FleetServicer(rpc.FleetServicer):
             run_config_json=bundle.run_config_json,
             seed=bundle.seed,
         )
-
-
-class ControlServicer(rpc.ControlServicer):
-    """Coordinator RPCs (admin certificates only)."""
-
-    def __init__(self, backend: ControlBackend, auth: Authenticator) -> None:
-        self.backend = backend
-        self.auth = auth
-
-    def _call(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
-        _guard(context, self.auth)
-        try:
-            return fn()
-        except Exception as exc:  # a user error (bad app, bad config): tell the caller
-            log.warning("control call failed: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
-            raise
-
-    def StartRun(
-        self, request: pb.StartRunRequest, context: grpc.ServicerContext
-    ) -> pb.StartRunReply:
-        run_id = self._call(
-            context,
-            lambda: self.backend.start_run(request.bundle, request.run_config_json, request.seed),
-        )
-        return pb.StartRunReply(run_id=run_id)
-
-    def ListRuns(
-        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
-    ) -> pb.ListRunsReply:
-        runs = self._call(context, self.backend.list_runs)
-        return pb.ListRunsReply(runs=[pb.RunSummary(json=json.dumps(r)) for r in runs])
-
-    def ShowRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunSummary:
-        run = self._call(context, lambda: self.backend.show_run(request.run_id))
-        if run is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
-        return pb.RunSummary(json=json.dumps(run))
-
-    def StopRun(self, request: pb.StopRunRequest, context: grpc.ServicerContext) -> pb.StopRunReply:
-        stopped = self._call(context, lambda: self.backend.stop_run(request.run_id))
-        return pb.StopRunReply(stopped=stopped)
 
 
 _HANDLER_KINDS = {
