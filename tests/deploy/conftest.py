@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -33,14 +34,26 @@ class Federation:
     def creds(self, name: str) -> Path:
         return self.credentials / name
 
-    def admin(self, port: int) -> ControlClient:
-        folder = self.creds("alice")
-        tls = ClientTls(
-            key=(folder / "alice.key").read_bytes(),
-            certificate=(folder / "alice.crt").read_bytes(),
+    def tls(self, name: str) -> ClientTls:
+        """The TLS material of certificate ``name``, for a client of the test's own."""
+        folder = self.creds(name)
+        return ClientTls(
+            key=(folder / f"{name}.key").read_bytes(),
+            certificate=(folder / f"{name}.crt").read_bytes(),
             ca=(folder / "ca.crt").read_bytes(),
         )
-        return ControlClient(f"127.0.0.1:{port}", tls=tls)
+
+    def admin(self, port: int) -> ControlClient:
+        return ControlClient(f"127.0.0.1:{port}", tls=self.tls("alice"))
+
+
+def import_app(folder: Path, module: str) -> Any:
+    """Import ``module`` from the app folder ``folder`` (as a node loads its app)."""
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(folder))
 
 
 @pytest.fixture(scope="session")

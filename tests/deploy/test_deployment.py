@@ -14,18 +14,14 @@ from consortium.server import load_model
 from consortium.server.checkpoint import checkpoint_digest, read_checkpoint
 from consortium.simulation import run_simulation
 
-from .conftest import EXE, NODES, SLOW_APP, Deployment, wait_for
+from .conftest import EXE, NODES, SLOW_APP, Deployment, import_app, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HEART = ROOT / "examples" / "heart_disease"
 
 
 def _simulate_slow_app(rounds: int, seed: int) -> Arrays:
-    import sys
-
-    sys.path.insert(0, str(SLOW_APP))
-    import slow_toy
-
+    slow_toy = import_app(SLOW_APP, "slow_toy")
     config = {"num-rounds": rounds, "delay": 0.0, "min-replies": 4, "min-nodes": 4,
               "round-timeout": 60.0}  # fmt: skip
     return run_simulation(

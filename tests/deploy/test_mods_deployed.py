@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from consortium.core.history import History
 from consortium.server import load_model
 from consortium.simulation import run_simulation
 
-from .conftest import NODES, Deployment
+from .conftest import NODES, Deployment, import_app
 
 MOD_APP = Path(__file__).resolve().parent / "modapp"
 CONFIG: dict[str, Any] = {
@@ -24,10 +23,7 @@ SEED = 17
 
 
 def _simulate() -> tuple[Arrays, History]:
-    if str(MOD_APP) not in sys.path:
-        sys.path.insert(0, str(MOD_APP))
-    import mod_app
-
+    mod_app = import_app(MOD_APP, "mod_app")
     result = run_simulation(
         mod_app.server_app, mod_app.client_app, node_ids=list(NODES), run_config=CONFIG, seed=SEED
     )

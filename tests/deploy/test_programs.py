@@ -7,7 +7,6 @@ it says so.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from consortium.server.checkpoint import load_checkpoint, read_checkpoint
 from consortium.simulation import ReplayGrid, SimulationGrid, completion_order, run_simulation
 from consortium.strategy.fedbuff import AsyncUpdate
 
-from .conftest import HERE, NODES, Deployment, wait_for
+from .conftest import HERE, NODES, Deployment, import_app, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BY_HAND = ROOT / "examples" / "fedavg_by_hand"
@@ -38,14 +37,6 @@ PHASES = HERE / "phasesapp"
 FEDBUFF = HERE / "fedbuffapp"
 #: seconds each hospital's node takes per FedBuff task: four different speeds
 SPEEDS = {"cleveland": 0.1, "hungarian": 0.2, "switzerland": 0.3, "va": 0.45}
-
-
-def _import(folder: Path, module: str) -> Any:
-    sys.path.insert(0, str(folder))
-    try:
-        return __import__(module)
-    finally:
-        sys.path.remove(str(folder))
 
 
 def test_fedavg_by_hand_deployed_equals_the_builtin_fedavg_simulated(
@@ -83,7 +74,7 @@ def test_custom_main_killed_and_resumed_equals_its_uninterrupted_simulation(
     assert deployment.start_server("--resume", run_id) == port
     info = deployment.wait_run(run_id)
     assert info["status"] == "finished", (info, deployment.log("server"))
-    phases = _import(PHASES, "phases")
+    phases = import_app(PHASES, "phases")
     simulated = run_simulation(
         phases.app, phases.client_app, node_ids=list(NODES), seed=8,
         run_config={**config, "delay": 0.0, "min-nodes": 4},
@@ -95,7 +86,7 @@ def test_custom_main_killed_and_resumed_equals_its_uninterrupted_simulation(
 def _replay(history: History, run_config: dict[str, Any], seed: int) -> Arrays:
     """Fold the recorded update sequence again: recompute each update with the app's
     client (a function of model, node and task number) and step like the server."""
-    toy = _import(FEDBUFF, "fedbuff_toy")
+    toy = import_app(FEDBUFF, "fedbuff_toy")
     strategy = toy.strategy(run_config)
     initial = strategy.initialize(derive_rng(seed, 0, SERVER_KEY, stream="init"))
     models = {0: initial}
@@ -171,7 +162,7 @@ def test_fedbuff_deployed_equals_its_simulation_replayed_in_the_same_completion_
     assert info["status"] == "finished", (info, deployment.log("server"))
     ckpts = deployment.run_dir(run_id) / "checkpoints"
     order = completion_order(read_checkpoint(ckpts / "round-000006.ckpt").history)
-    toy = _import(FEDBUFF, "fedbuff_toy")
+    toy = import_app(FEDBUFF, "fedbuff_toy")
     grid = ReplayGrid(SimulationGrid(toy.client_app, list(NODES), run_config=config, seed=9), order)
     simulated = run_server_app(toy.server_app, grid, run_config=config, seed=9)
     grid.close()

@@ -10,7 +10,6 @@ API answers promptly, and the honest nodes' run completes with the right model.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -20,8 +19,8 @@ import psutil
 from consortium.core.errors import TransportError
 from consortium.server import load_model
 from consortium.transport.fairness import CALLS_PER_NODE
-from consortium.transport.grpc_client import ClientTls, FleetClient
-from deploy.conftest import NODES, SLOW_APP
+from consortium.transport.grpc_client import FleetClient
+from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment
 
@@ -31,11 +30,7 @@ POLLS = 40
 
 
 def _simulated(rounds: int) -> object:
-    sys.path.insert(0, str(SLOW_APP))
-    try:
-        import slow_toy
-    finally:
-        sys.path.remove(str(SLOW_APP))
+    slow_toy = import_app(SLOW_APP, "slow_toy")
     from consortium.simulation import run_simulation
 
     config = {"num-rounds": rounds, "delay": 0.0, "min-replies": 3, "min-nodes": 3,
@@ -47,12 +42,7 @@ def _simulated(rounds: int) -> object:
 
 def test_forty_long_polls_from_one_node_cannot_starve_the_others(deployment: Deployment) -> None:
     deployment.start_server()
-    folder = deployment.fed.creds(HOSTILE)
-    tls = ClientTls(
-        key=(folder / f"{HOSTILE}.key").read_bytes(),
-        certificate=(folder / f"{HOSTILE}.crt").read_bytes(),
-        ca=(folder / "ca.crt").read_bytes(),
-    )
+    tls = deployment.fed.tls(HOSTILE)
     address = f"127.0.0.1:{deployment.port}"
     outcomes: list[str] = []
     lock = threading.Lock()

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -40,9 +40,9 @@ from consortium.core.checksum import crc32
 from consortium.core.context import Context
 from consortium.core.message import Message
 from consortium.transport.chunks import Chunk, encode_chunk, iter_chunks
-from consortium.transport.grpc_client import ClientTls, FleetClient, open_channel
+from consortium.transport.grpc_client import FleetClient, open_channel
 from consortium.transport.proto import fleet_pb2 as pb
-from deploy.conftest import NODES, SLOW_APP
+from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment, wait_for
 
@@ -58,11 +58,8 @@ DECLARED = int(1.4 * 1024**3)
 PUSH = "/consortium.v1.Fleet/PushResult"
 
 
-def _slow_toy() -> object:
-    sys.path.insert(0, str(SLOW_APP))
-    import slow_toy
-
-    return slow_toy
+def _slow_toy() -> Any:
+    return import_app(SLOW_APP, "slow_toy")
 
 
 def _simulated() -> Arrays:
@@ -191,12 +188,7 @@ class BadNode:
     error: BaseException | None = None
 
     def start(self) -> None:
-        folder = self.deployment.fed.creds(HOSTILE)
-        self.tls = ClientTls(
-            key=(folder / f"{HOSTILE}.key").read_bytes(),
-            certificate=(folder / f"{HOSTILE}.crt").read_bytes(),
-            ca=(folder / "ca.crt").read_bytes(),
-        )
+        self.tls = self.deployment.fed.tls(HOSTILE)
         self.address = f"127.0.0.1:{self.deployment.port}"
         self.client = FleetClient(self.address, tls=self.tls, timeout=10)
         self.client.hello(__version__, "bad-node")

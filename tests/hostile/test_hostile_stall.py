@@ -22,9 +22,9 @@ from consortium.client.task import run_task
 from consortium.core.context import Context
 from consortium.core.message import Message
 from consortium.transport.chunks import encode_chunk, iter_chunks
-from consortium.transport.grpc_client import ClientTls, FleetClient, open_channel
+from consortium.transport.grpc_client import FleetClient, open_channel
 from consortium.transport.proto import fleet_pb2 as pb
-from deploy.conftest import NODES, SLOW_APP
+from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment
 
@@ -36,14 +36,7 @@ PUSH = "/consortium.v1.Fleet/PushResult"
 
 
 def _client_app() -> object:
-    import sys
-
-    sys.path.insert(0, str(SLOW_APP))
-    try:
-        import slow_toy
-    finally:
-        sys.path.remove(str(SLOW_APP))
-    return slow_toy.client_app
+    return import_app(SLOW_APP, "slow_toy").client_app
 
 
 @dataclass
@@ -59,12 +52,7 @@ class SilentNode:
     answered: int = 0
 
     def start(self) -> None:
-        folder = self.deployment.fed.creds(HOSTILE)
-        self.tls = ClientTls(
-            key=(folder / f"{HOSTILE}.key").read_bytes(),
-            certificate=(folder / f"{HOSTILE}.crt").read_bytes(),
-            ca=(folder / "ca.crt").read_bytes(),
-        )
+        self.tls = self.deployment.fed.tls(HOSTILE)
         self.address = f"127.0.0.1:{self.deployment.port}"
         self.client = FleetClient(self.address, tls=self.tls, timeout=30)
         self.client.hello(__version__, "silent-node")
