@@ -118,16 +118,19 @@ class ServerContext(Context):
 
     def report(self, record: RoundRecord) -> None:
         """A round (or step) is over: keep it in the history and tell the observers."""
-        if not self._started:
-            self.start_run([], 0, {PARAM_SEED: self.seed, **self.run_config})
+        self._start_unannounced()
         self.history.rounds.append(record)
         self.observers.on_round_end(record)
 
     def end_run(self, *, failed: bool) -> None:
         """Tell the observers the run ended (the host calls this after the main)."""
+        self._start_unannounced()
+        self.observers.on_run_end(self.history, failed=failed)
+
+    def _start_unannounced(self) -> None:
+        """A main that never called :meth:`start_run`: start the run with what is known."""
         if not self._started:
             self.start_run([], 0, {PARAM_SEED: self.seed, **self.run_config})
-        self.observers.on_run_end(self.history, failed=failed)
 
     # -- stopping -------------------------------------------------------------------
     @property
