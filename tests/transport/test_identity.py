@@ -383,12 +383,15 @@ def test_verifier_fails_closed_without_a_good_crl(fed: Federation, tmp_path: Pat
 def test_verifier_warns_about_a_stale_crl(
     fed: Federation, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = [NOW]
+    # the certificate was issued when the fixture ran, minutes after NOW (set when the
+    # module was collected, which outgrows CLOCK_SKEW in a long suite): start from then
+    start = datetime.now(UTC)
+    clock = [start]
     verifier = PeerVerifier(fed.ca.cert_path, fed.ca.crl_path, clock=lambda: clock[0])
     with caplog.at_level(logging.WARNING, logger="consortium.transport.identity"):
         verifier.verify(pem(fed.node))
         assert "stale" not in caplog.text
-        clock[0] = NOW + timedelta(days=200)  # past the CRL's next update, in the CA's life
+        clock[0] = start + timedelta(days=200)  # past the CRL's next update, in the CA's life
         for _ in range(3):
             assert verifier.verify(pem(fed.node)).name == "hospital-a"  # still applied
     assert caplog.text.count("is stale") == 1
