@@ -263,3 +263,33 @@ def start_node(deployment: Deployment, name: str, app: Path, *extra: str) -> Non
     deployment.procs[name] = subprocess.Popen(
         args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+# -- 0, 11, 12: the audit log ------------------------------------------------------------
+def test_audit_verify_exits_0_11_on_a_broken_log_and_12_without_a_database(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from consortium.core.audit import RUN_START, AuditEvent
+    from consortium.server.store import StateStore, default_url
+    from consortium.server.store.append_only import trigger_names
+    from consortium.server.store.audit import AuditLog
+
+    workdir = tmp_path / "server-data"
+    with StateStore(default_url(workdir)) as store:
+        for actor in ("alice", "bob", "carol"):
+            AuditLog(store).append(AuditEvent(actor=actor, action=RUN_START))
+    done = consortium("audit", "verify", "--workdir", str(workdir))
+    assert done.returncode == 0 and "audit log ok: 3 entries" in done.stdout, done.stderr
+    engine = create_engine(default_url(workdir))
+    with engine.begin() as conn:  # a database admin rewrites who started a run
+        for trigger in trigger_names("audit_log"):
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {trigger}"))
+        conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2"))
+    engine.dispose()
+    done = consortium("audit", "verify", "--workdir", str(workdir))
+    assert done.returncode == 11, done.stdout + done.stderr
+    assert "audit log broken at entry 2" in done.stderr and "Traceback" not in done.stderr
+    done = consortium("audit", "verify", "--workdir", str(tmp_path / "nowhere"))
+    assert done.returncode == 12 and "no state database at" in done.stderr, done.stderr

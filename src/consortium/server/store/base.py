@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -163,7 +163,10 @@ class StoreBase:
         return now
 
     def _create_schema(self) -> None:
-        Base.metadata.create_all(self._engine)
+        # a new database gets today's schema; an existing one changes only through its
+        # migrations, in one transaction (create_all would add new tables outside it)
+        if not inspect(self._engine).has_table(MetaModel.__tablename__):
+            Base.metadata.create_all(self._engine)
         with self._write() as s:
             insert_new(s, MetaModel, key="schema_version", value=str(SCHEMA_VERSION))
             row = s.scalars(

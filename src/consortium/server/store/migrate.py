@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from sqlalchemy import inspect, text
+from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, Text, inspect, text
 from sqlalchemy.orm import Session
+
+from consortium.server.store.append_only import forbid_changes
 
 #: version 2's one-result-per-node rule in node_results, as SQLite stores the table
 _SQLITE_UNIQUE = re.compile(r",\s*UNIQUE \(run_id, round, node, stage\)")
@@ -94,11 +96,42 @@ def _run_status_interrupted(s: Session) -> None:
     s.execute(text("PRAGMA writable_schema = OFF"))
 
 
+#: version 5's audit_log, spelled out here: a later version may change the model
+_AUDIT_LOG_V5 = Table(
+    "audit_log",
+    MetaData(),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", String(32), nullable=False, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("role", String(64), nullable=False),
+    Column("organisation", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("run_id", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Index("ix_audit_log_run", "run_id", "seq"),
+    Index("ix_audit_log_actor", "actor", "seq"),
+    Index("ix_audit_log_action", "action", "seq"),
+)
+
+
+def _audit_log(s: Session) -> None:
+    """5: the hash-chained, append-only ``audit_log`` (empty: a log starts when it starts).
+
+    A table already there (a half-upgraded copy) is kept; its triggers are (re)made."""
+    _AUDIT_LOG_V5.create(s.connection(), checkfirst=True)
+    forbid_changes(_AUDIT_LOG_V5, s.connection())
+
+
 #: the step that brings version N - 1 to version N
 STEPS: dict[int, Callable[[Session], None]] = {
     2: _checkpoint_digest_column,
     3: _node_results_may_repeat,
     4: _run_status_interrupted,
+    5: _audit_log,
 }
 
 

@@ -24,15 +24,17 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from consortium.core.history import Outcome
 from consortium.core.records import Config, Metrics
+from consortium.server.store.append_only import forbid_changes
 from consortium.server.store.types import MetricsJSON, UTCDateTime
 
 #: Bumped by every schema change; a store refuses a database newer than it knows.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # an autoincrementing 64-bit key (SQLite only autoincrements INTEGER PRIMARY KEY)
 _BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -192,3 +194,39 @@ class CheckpointModel(Base):
     #: "crc32:<8 hex>", or "sha256:<64 hex>" for a checkpoint of format version 1
     digest: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[datetime]
+
+
+class AuditLogModel(Base):
+    """The hash-chained audit log (:mod:`consortium.server.store.audit`): append-only.
+
+    ``seq`` counts from 1 with no gaps; ``hash`` is the SHA-256 of the entry's
+    canonical encoding (every other column, ``prev_hash`` included), so an entry
+    edited, removed or moved breaks the chain. ``time`` is text (``…T…Z``) so the
+    hashed value is exactly the stored one on both backends. Triggers refuse
+    UPDATE and DELETE (:func:`~consortium.server.store.append_only.forbid_changes`).
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_run", "run_id", "seq"),
+        Index("ix_audit_log_actor", "actor", "seq"),
+        Index("ix_audit_log_action", "action", "seq"),
+    )
+
+    # assigned by the appender, never autoincremented: a gap must mean a removal
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(64))
+    organisation: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text)
+    #: canonical JSON (sorted keys, no spaces)
+    detail: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+event.listen(AuditLogModel.__table__, "after_create", forbid_changes)

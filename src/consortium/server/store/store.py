@@ -4,7 +4,8 @@ One store is shared by every thread of a server (a gRPC thread pool): each
 method opens its own short session and transaction, and returns frozen views,
 never live ORM objects. Times come from an injected clock (aware UTC). The
 plumbing is in :mod:`~consortium.server.store.base`, the nodes' half in
-:mod:`~consortium.server.store.nodes`; runs, rounds and checkpoints are here.
+:mod:`~consortium.server.store.nodes`, the audit log's rows in
+:mod:`~consortium.server.store.audit_records`; runs, rounds and checkpoints are here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from consortium.core.errors import ConfigError, WireFormatError
 from consortium.core.history import History, RoundRecord
 from consortium.core.records import Config, check_config
 from consortium.server.store import convert
+from consortium.server.store.audit_records import AuditRecords
 from consortium.server.store.models import (
     CheckpointModel,
     NodeResultModel,
@@ -53,7 +55,7 @@ _ROUNDS_DONE = (
 )
 
 
-class StateStore(NodeRecords):
+class StateStore(NodeRecords, AuditRecords):
     """The server's state in SQLite (``sqlite:///path/state.db``) or PostgreSQL (by URL).
 
     The schema is created on first use (``metadata.create_all``) and an older
