@@ -98,7 +98,7 @@ def test_issue_server_and_admin_with_out_and_days(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "exactly one of --server HOST, --node NAME or --admin NAME"),
+        ([], "exactly one of --server HOST, --node NAME, --admin NAME, --researcher NAME or"),
         (["--node", "a", "--admin", "b"], "exactly one of"),
         (["--node", "../evil"], "invalid node name '../evil'"),
         (["--node", "a/b"], "invalid node name"),

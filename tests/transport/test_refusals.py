@@ -301,7 +301,7 @@ def test_a_node_certificate_on_the_control_api(
             expected,
         )
         refused(
-            lambda: control.StartRun(pb.StartRunRequest(bundle=b"zip", seed=1), timeout=10),
+            lambda: control.StartRun(iter([pb.Chunk(data=b"zip", last=True)]), timeout=10),
             grpc.StatusCode.UNAUTHENTICATED,
             expected,
         )

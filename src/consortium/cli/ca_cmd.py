@@ -59,13 +59,15 @@ def _day(when: datetime) -> str:
 
 @click.group()
 def ca() -> None:
-    """The federation's certificate authority: who may join, as server, node or admin.
+    """The federation's certificate authority: who may join, and in which role.
 
     \b
       consortium ca init                                create ./ca (ca.crt, ca.key, crl.pem)
       consortium ca issue --server HOST --ip 10.0.0.5   the aggregation server's certificate
       consortium ca issue --node hospital-a             a silo's certificate
       consortium ca issue --admin alice                 the coordinator's certificate
+      consortium ca issue --researcher bob --org "St Mary"   starts runs, downloads models
+      consortium ca issue --observer carol              reads runs and metrics only
       consortium ca revoke hospital-a                   shut a silo out at its next connection
 
     Set CONSORTIUM_CA_PASSPHRASE to encrypt ca.key at init and to use it afterwards.
@@ -108,6 +110,14 @@ def init(
 @click.option("--server", "server", metavar="HOST", help="Issue the server certificate for HOST.")
 @click.option("--node", "node", metavar="NAME", help="Issue a node (silo) certificate.")
 @click.option("--admin", "admin", metavar="NAME", help="Issue an admin (coordinator) certificate.")
+@click.option("--researcher", "researcher", metavar="NAME", help="Issue a researcher certificate.")
+@click.option("--observer", "observer", metavar="NAME", help="Issue an observer certificate.")
+@click.option(
+    "--org",
+    "organisation",
+    metavar="ORGANISATION",
+    help='The holder\'s organisation (subject O=), e.g. "St Mary"; shown in the audit log.',
+)
 @click.option("--ip", "ips", multiple=True, metavar="ADDR", help="Extra server IP (repeatable).")
 @click.option("--dns", "dns", multiple=True, metavar="HOST", help="Extra server DNS name.")
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True)
@@ -123,6 +133,9 @@ def issue(
     server: str | None,
     node: str | None,
     admin: str | None,
+    researcher: str | None,
+    observer: str | None,
+    organisation: str | None,
     ips: tuple[str, ...],
     dns: tuple[str, ...],
     days: int,
@@ -130,10 +143,15 @@ def issue(
     key_type: Literal["ec", "rsa"],
     force: bool,
 ) -> None:
-    """Issue a key and certificate for one server, node or admin."""
-    chosen = [(r, n) for r, n in (("server", server), ("node", node), ("admin", admin)) if n]
+    """Issue a key and certificate for one server, node, admin, researcher or observer."""
+    given = (("server", server), ("node", node), ("admin", admin), ("researcher", researcher),
+             ("observer", observer))  # fmt: skip
+    chosen = [(r, n) for r, n in given if n]
     if len(chosen) != 1:
-        raise ConfigError("give exactly one of --server HOST, --node NAME or --admin NAME")
+        raise ConfigError(
+            "give exactly one of --server HOST, --node NAME, --admin NAME, --researcher NAME "
+            "or --observer NAME"
+        )
     role, name = chosen[0]
     authority = _open(ca_dir)
     from consortium.transport.identity import file_stem, validate_name
@@ -148,9 +166,11 @@ def issue(
         dns=dns,
         key_type=key_type,
         force=force,
+        organisation=organisation,
     )
     entry = issued.entry
-    click.echo(f"issued {entry.role} certificate {entry.name!r} (serial {entry.serial:x})")
+    of = f" of {organisation.strip()!r}" if organisation else ""
+    click.echo(f"issued {entry.role} certificate {entry.name!r}{of} (serial {entry.serial:x})")
     click.echo(f"  valid until {_day(entry.not_after)}")
     click.echo(f"  {issued.cert_path}  {issued.key_path} (secret, 0600)  {issued.ca_path}")
     click.echo(f"  hand the folder {target} to its holder over a secure channel")
@@ -159,7 +179,11 @@ def issue(
 @ca.command()
 @dir_option
 @click.argument("name")
-@click.option("--role", type=click.Choice(["server", "node", "admin"]), help="Which of NAME's.")
+@click.option(
+    "--role",
+    type=click.Choice(["server", "node", "admin", "researcher", "observer"]),
+    help="Which of NAME's.",
+)
 @click.option("--serial", metavar="HEX", help="Revoke only the certificate with this serial.")
 @click.option("--reason", type=click.Choice(REASONS), default="unspecified", show_default=True)
 def revoke(ca_dir: Path, name: str, role: str | None, serial: str | None, reason: str) -> None:
@@ -194,10 +218,10 @@ def list_(ca_dir: Path) -> None:
     statuses = [f"revoked ({e.reason})" if e.revoked_at else e.status() for e in entries]
     name_w = max(4, *(len(e.name) for e in entries))
     status_w = max(6, *(len(s) for s in statuses))
-    click.echo(f"{'ROLE':<6}  {'NAME':<{name_w}}  {'STATUS':<{status_w}}  {'EXPIRES':<20}  SERIAL")
+    click.echo(f"{'ROLE':<10}  {'NAME':<{name_w}}  {'STATUS':<{status_w}}  {'EXPIRES':<20}  SERIAL")
     for e, status in zip(entries, statuses, strict=True):
         click.echo(
-            f"{e.role:<6}  {e.name:<{name_w}}  {status:<{status_w}}  "
+            f"{e.role:<10}  {e.name:<{name_w}}  {status:<{status_w}}  "
             f"{_day(e.not_after):<20}  {e.serial:x}"
         )
 

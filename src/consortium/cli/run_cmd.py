@@ -1,9 +1,9 @@
-"""``consortium run``: the coordinator starts, lists, shows and stops runs on a server.
+"""``consortium run``: the coordinator starts, lists, shows, stops runs and downloads models.
 
 ``run start --wait`` reports progress on stderr while the run goes on (each round
-done, and the status every :data:`PROGRESS_EVERY` seconds) and exits with the code of
-how the run ended: 0 finished, 5 failed (:class:`~consortium.core.errors.RoundFailed`),
-1 stopped or interrupted.
+done, whom the run waits for, and the status every :data:`PROGRESS_EVERY` seconds)
+and exits with the code of how the run ended: 0 finished, 5 failed
+(:class:`~consortium.core.errors.RoundFailed`), 1 stopped or interrupted.
 """
 
 from __future__ import annotations
@@ -18,16 +18,8 @@ import click
 from rich.table import Table
 
 from consortium.apps.manifest import MANIFEST, AppSpec, load_app_spec, parse_override
+from consortium.cli.control_options import control_client, control_options
 from consortium.cli.report import make_console
-from consortium.cli.tls_options import (
-    client_tls,
-    credentials_option,
-    insecure_option,
-    name_option,
-    require_deploy,
-    server_name_option,
-    warn_insecure,
-)
 from consortium.core.errors import ConfigError, ConsortiumError, RoundFailed
 from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 
@@ -47,32 +39,19 @@ def _client(
     server_name: str | None,
     insecure: bool,
 ) -> ControlClient:
-    require_deploy()
-    from consortium.transport.grpc_client import ControlClient
-
-    if insecure:
-        warn_insecure()
-        return ControlClient(address, tls=None, insecure_name=name or "admin")
-    return ControlClient(address, tls=client_tls(credentials, name, "admin", server_name))
+    return control_client(address, credentials, name, server_name, insecure)
 
 
-def _common(fn: Any) -> Any:
-    for option in reversed(
-        [
-            click.option("--server", "address", required=True, help="The server's host:port."),
-            credentials_option,
-            name_option,
-            server_name_option,
-            insecure_option,
-        ]
-    ):
-        fn = option(fn)
-    return fn
+_common = control_options
 
 
 @click.group()
 def run() -> None:
-    """Start, list, show and stop runs on a deployed server (admin certificate)."""
+    """Start, list, show and stop runs on a deployed server, and download their models.
+
+    Needs an admin, researcher or observer certificate; the server's policy says what
+    each may do (by default observers only list and show).
+    """
 
 
 @run.command("start")
@@ -163,6 +142,40 @@ def show(
     _print_run(_client(address, credentials, name, server_name, insecure).show_run(run_id))
 
 
+@run.command("download")
+@click.argument("run_id")
+@_common
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the model (.npz: numpy.load(FILE, allow_pickle=False) reads it).",
+)
+def download(
+    run_id: str,
+    address: str,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+    out: Path,
+) -> None:
+    """Download the global model a run finished with (or, while it runs, its newest
+    checkpointed one) into an .npz file of named arrays (no pickle)."""
+    from consortium.core.arrays import Arrays
+    from consortium.server.model_io import save_model
+
+    client = _client(address, credentials, name, server_name, insecure)
+    try:
+        payload = client.download_model(run_id)
+    finally:
+        client.close()
+    model = Arrays.from_bytes(payload)
+    save_model(model, out)
+    click.echo(f"wrote {out}: {len(model)} array(s), {model.nbytes} bytes of parameters")
+
+
 @run.command("stop")
 @click.argument("run_id")
 @_common
@@ -190,14 +203,21 @@ def wait_for_run(
 ) -> dict[str, Any]:
     """Poll ``show()`` (a ``run show``) until the run ends; its last answer.
 
-    ``report`` gets one line per change of status and per round done, and a
-    "still <status>" line every ``progress_every`` s while nothing changes.
+    ``report`` gets one line per change of status and per round done, a "waiting
+    Ns for: ..." line at most every ``progress_every`` s while the run waits for
+    nodes (``run show``'s ``waiting``), and a "still <status>" line every
+    ``progress_every`` s while nothing changes.
     """
     started = last_line = clock()
+    last_waiting: float | None = None
     status, rounds_seen = "", 0
     while True:
         info = show()
         now = clock()
+        waiting = info.get("waiting")
+        if waiting and (last_waiting is None or now - last_waiting >= progress_every):
+            report(_waiting_text(waiting))
+            last_waiting = last_line = now
         for r in info.get("rounds", [])[rounds_seen:]:
             report(f"round {r['round']} done in {r['seconds']:.1f} s{_metrics_text(r)}")
             rounds_seen += 1
@@ -215,6 +235,13 @@ def wait_for_run(
             )
             last_line = now
         sleep(poll_every)
+
+
+def _waiting_text(waiting: dict[str, Any]) -> str:
+    """``waiting 12s for: a, b (online: c)`` from ``run show``'s ``waiting``."""
+    missing = ", ".join(str(n) for n in waiting.get("missing", [])) or "nobody"
+    online = ", ".join(str(n) for n in waiting.get("online", [])) or "none"
+    return f"waiting {float(waiting.get('waiting_s', 0)):.0f}s for: {missing} (online: {online})"
 
 
 def raise_for_outcome(info: dict[str, Any]) -> None:

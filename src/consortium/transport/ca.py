@@ -38,6 +38,7 @@ from consortium.transport.identity import (
     identity_uri,
     load_certificate,
     validate_name,
+    validate_organisation,
 )
 
 KeyType = Literal["ec", "rsa"]
@@ -252,13 +253,16 @@ class CertificateAuthority:
         not_after: datetime | None = None,
         force: bool = False,
         now: datetime | None = None,
+        organisation: str | None = None,
     ) -> IssuedCertificate:
         """Sign a new key for ``role``/``name``; write ``<name>.crt/.key`` and ``ca.crt`` to out.
 
         ``not_before``/``not_after`` override the window (tests use them for
         expired certificates); it never extends past the CA's own expiry.
+        ``organisation`` becomes the subject's ``O=`` (the holder's hospital or company).
         """
         name = validate_name(role, name)
+        org = None if organisation is None else validate_organisation(organisation)
         ips, dns = list(ips), list(dns)
         if role != "server" and (ips or dns):
             raise ConfigError("--ip and --dns apply to server certificates only")
@@ -276,7 +280,8 @@ class CertificateAuthority:
         self._check_free(cert_path, key_path, ca_copy, ca_pem, force)
 
         key = generate_key(key_type)
-        cert = self._sign_leaf(role, name, key, start, end, _san(role, name, ips, dns))
+        san = _san(role, name, ips, dns)
+        cert = self._sign_leaf(role, name, key, start, end, san, organisation=org)
         entry = IndexEntry(cert.serial_number, role, name, start, end, now)
         index = self._load_index()
         index["certificates"].append(entry.to_json())
@@ -305,6 +310,8 @@ class CertificateAuthority:
         start: datetime,
         end: datetime,
         san: Sequence[x509.GeneralName],
+        *,
+        organisation: str | None = None,
     ) -> x509.Certificate:
         is_ec = isinstance(key, ec.EllipticCurvePrivateKey)
         usage = _key_usage(digital_signature=True, key_agreement=is_ec, key_encipherment=not is_ec)
@@ -312,9 +319,12 @@ class CertificateAuthority:
             ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
         )
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+        if organisation:
+            subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation))
         return (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .subject_name(x509.Name(subject))
             .issuer_name(self.certificate.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

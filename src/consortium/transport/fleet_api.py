@@ -14,7 +14,7 @@ from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Message
 from consortium.transport.chunks import ReceiveBudget
 
-__all__ = ["ControlBackend", "FleetBackend", "RunBundle"]
+__all__ = ["BanList", "ControlBackend", "FleetBackend", "RunBundle"]
 
 
 class FleetBackend(Protocol):
@@ -69,6 +69,27 @@ class ControlBackend(Protocol):
     def show_run(self, run_id: str) -> dict[str, Any] | None: ...
 
     def stop_run(self, run_id: str) -> bool: ...
+
+    def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
+        """The app of a run this server executes (the audit log records its name,
+        version and digest when the run starts)."""
+
+    def global_model(self, run_id: str) -> bytes | None:
+        """The run's final global model, or before it ends its newest checkpointed one, in
+        the Arrays wire format; None for an unknown run or one with no model yet."""
+
+
+class BanList(Protocol):
+    """The nodes this server refuses (``consortium fleet ban``), whatever their certificate."""
+
+    def ban(self, name: str, reason: str, by: str) -> bool:
+        """Refuse ``name`` from its next call on; False if it was banned already."""
+
+    def unban(self, name: str) -> bool:
+        """Let ``name`` back in; False if it was not banned."""
+
+    def reason(self, name: str) -> str | None:
+        """Why ``name`` is banned, or None when it is not."""
 
 
 def decode_reply(payload: memoryview, max_bytes: int) -> Message:

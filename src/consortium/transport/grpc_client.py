@@ -4,8 +4,12 @@ A failed call raises :class:`~consortium.core.errors.ServerUnavailable` when the
 server could not be reached in time (worth retrying),
 :class:`~consortium.core.errors.NodeRefused` when it refused the caller for who
 it is (UNAUTHENTICATED, PERMISSION_DENIED: revoked, expired, not allow-listed,
-wrong role; retrying cannot help), and a plain
+banned, wrong role, an action the server's policy does not grant the role;
+retrying cannot help), and a plain
 :class:`~consortium.core.errors.TransportError` when it refused the call.
+
+App bundles and models travel as chunk streams (:mod:`consortium.transport.grpc_payloads`):
+a bundle over the receiver's limit is refused at its first chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from consortium.core.errors import NodeRefused, ServerUnavailable, TransportErro
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import Buffer, Reassembler, decode_chunk, encode_chunk, iter_chunks
+from consortium.transport.grpc_payloads import (
+    parse_run_info,
+    receive,
+    start_run_chunks,
+    stream_limit,
+)
 from consortium.transport.grpc_server import GRPC_OPTIONS
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
@@ -82,7 +92,11 @@ def _call(fn: Callable[[], T], what: str) -> T:
 
 
 class FleetClient:
-    """A node's connection to the server over gRPC (a node ``NodeConnection``)."""
+    """A node's connection to the server over gRPC (a node ``NodeConnection``).
+
+    ``max_bundle_bytes`` is the largest app bundle it fetches (the node's bundle
+    limit; None: protobuf's own); a larger one is refused at its first chunk.
+    """
 
     def __init__(
         self,
@@ -91,6 +105,7 @@ class FleetClient:
         tls: ClientTls | None,
         insecure_name: str | None = None,
         max_message_bytes: int = 16 * 1024**3,
+        max_bundle_bytes: int | None = None,
         timeout: float = 30.0,
     ) -> None:
         self.address = address
@@ -107,10 +122,16 @@ class FleetClient:
             request_serializer=encode_chunk,
             response_deserializer=pb.PushReply.FromString,
         )
+        self._get_run = self._channel.unary_stream(
+            "/consortium.v1.Fleet/GetRun",
+            request_serializer=pb.RunRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
         self._metadata = (
             [(INSECURE_NODE_HEADER, insecure_name)] if tls is None and insecure_name else []
         )
         self.max_message_bytes = max_message_bytes
+        self.max_bundle_bytes = max_bundle_bytes
         self.timeout = timeout
 
     def close(self) -> None:
@@ -160,46 +181,102 @@ class FleetClient:
         return _call(push, "sending a result")
 
     def get_run(self, run_id: str) -> RunBundle:
-        info = _call(
-            lambda: self._stub.GetRun(
-                pb.RunRequest(run_id=run_id), metadata=self._metadata, timeout=120
-            ),
-            f"fetching run {run_id}",
-        )
-        return RunBundle(
-            run_id=info.run_id,
-            app_name=info.app_name,
-            app_version=info.app_version,
-            client_entry=info.client_entry,
-            bundle=info.bundle,
-            bundle_sha256=info.bundle_sha256,
-            run_config_json=info.run_config_json,
-            seed=info.seed,
-        )
+        """The run's app bundle and config; a bundle over ``max_bundle_bytes`` is refused
+        (a :class:`~consortium.core.errors.WireFormatError`) at its first chunk."""
+        what = f"fetching run {run_id}"
+
+        def fetch() -> memoryview:
+            stream = self._get_run(
+                pb.RunRequest(run_id=run_id), metadata=self._metadata, timeout=600
+            )
+            try:
+                return receive(stream, stream_limit(self.max_bundle_bytes), what)
+            finally:
+                stream.cancel()  # a refused stream stops here, not after the whole bundle
+
+        return parse_run_info(_call(fetch, what), self.max_bundle_bytes)
 
 
 class ControlClient:
-    """The coordinator's connection to the server (admin certificate)."""
+    """The coordinator's connection to the server (admin, researcher or observer
+    certificate: the server's policy says which calls each may make).
 
-    def __init__(self, address: str, *, tls: ClientTls | None, insecure_name: str | None = None):
+    ``max_model_bytes`` is the largest model :meth:`download_model` takes.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: ClientTls | None,
+        insecure_name: str | None = None,
+        max_model_bytes: int = 16 * 1024**3,
+    ):
         self._channel = open_channel(address, tls)
         self._stub = rpc.ControlStub(self._channel)  # type: ignore[no-untyped-call]
+        # chunks skip the generated Chunk class: it copies the data 2-3 times (chunks.py)
+        self._start = self._channel.stream_unary(
+            "/consortium.v1.Control/StartRun",
+            request_serializer=encode_chunk,
+            response_deserializer=pb.StartRunReply.FromString,
+        )
+        self._download = self._channel.unary_stream(
+            "/consortium.v1.Control/DownloadModel",
+            request_serializer=pb.RunRequest.SerializeToString,
+            response_deserializer=decode_chunk,
+        )
         self._metadata = (
             [(INSECURE_NODE_HEADER, insecure_name)] if tls is None and insecure_name else []
         )
+        self.max_model_bytes = max_model_bytes
 
     def close(self) -> None:
         self._channel.close()
 
     def start_run(self, bundle: bytes, run_config: dict[str, Any], seed: int) -> str:
-        request = pb.StartRunRequest(
-            bundle=bundle, run_config_json=json.dumps(run_config), seed=seed
-        )
+        """Upload ``bundle`` (as a chunk stream: any size the server's limit allows) and
+        start a run of it; the run's id."""
+        chunks = start_run_chunks(bundle, json.dumps(run_config), seed)
         reply = _call(
-            lambda: self._stub.StartRun(request, metadata=self._metadata, timeout=120),
+            lambda: self._start(chunks, metadata=self._metadata, timeout=600),
             "starting the run",
         )
         return str(reply.run_id)
+
+    def download_model(self, run_id: str) -> memoryview:
+        """The run's final (or newest checkpointed) global model, in the Arrays wire format."""
+        what = f"downloading the model of run {run_id}"
+
+        def fetch() -> memoryview:
+            stream = self._download(
+                pb.RunRequest(run_id=run_id), metadata=self._metadata, timeout=600
+            )
+            try:
+                return receive(stream, self.max_model_bytes, what)
+            finally:
+                stream.cancel()
+
+        return _call(fetch, what)
+
+    def ban_node(self, name: str, reason: str) -> bool:
+        """Refuse node ``name`` from its next call on; False if it was banned already."""
+        reply = _call(
+            lambda: self._stub.BanNode(
+                pb.BanNodeRequest(name=name, reason=reason), metadata=self._metadata, timeout=30
+            ),
+            f"banning node {name}",
+        )
+        return bool(reply.changed)
+
+    def unban_node(self, name: str) -> bool:
+        """Let node ``name`` back in; False if it was not banned."""
+        reply = _call(
+            lambda: self._stub.UnbanNode(
+                pb.BanNodeRequest(name=name), metadata=self._metadata, timeout=30
+            ),
+            f"lifting the ban of node {name}",
+        )
+        return bool(reply.changed)
 
     def list_runs(self) -> list[dict[str, Any]]:
         reply = _call(

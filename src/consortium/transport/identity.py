@@ -2,8 +2,12 @@
 
 Every certificate the federation CA issues names its holder twice: the subject
 common name and exactly one URI subject-alternative name
-``consortium://ROLE/NAME``, where ROLE is ``server``, ``node`` or ``admin``.
-:class:`PeerIdentity` trusts a certificate's identity only when the two agree.
+``consortium://ROLE/NAME``, where ROLE is ``server``, ``node``, or one of the
+coordinator roles ``admin``, ``researcher`` and ``observer`` (what each may do is
+the server's authorization policy, :mod:`consortium.transport.authz`).
+:class:`PeerIdentity` trusts a certificate's identity only when the two agree. A
+certificate may also name its holder's organisation (subject ``O=``); one without
+(issued before organisations existed) has organisation ``""``.
 :func:`verify_peer` checks a peer's certificate (chain to this CA, validity,
 revocation, role and extended key usage, allow-list); :class:`PeerVerifier`
 does the same for a server and reloads the CRL when its file changes. The
@@ -36,9 +40,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError, SecurityError
 
-Role = Literal["server", "node", "admin"]
-ROLES: tuple[Role, ...] = ("server", "node", "admin")
-CLIENT_ROLES: tuple[Role, ...] = ("node", "admin")
+Role = Literal["server", "node", "admin", "researcher", "observer"]
+ROLES: tuple[Role, ...] = ("server", "node", "admin", "researcher", "observer")
+#: the roles of the coordinator's API (the Control service)
+CONTROL_ROLES: tuple[Role, ...] = ("admin", "researcher", "observer")
+CLIENT_ROLES: tuple[Role, ...] = ("node", *CONTROL_ROLES)
+#: the most characters of an organisation name (the X.509 upper bound for O=)
+MAX_ORGANISATION = 64
 URI_PREFIX = "consortium://"
 CA_CERT_FILE = "ca.crt"
 CRL_FILE = "crl.pem"
@@ -51,6 +59,8 @@ _REQUIRED_EKU = {
     "server": (ExtendedKeyUsageOID.SERVER_AUTH, "serverAuth"),
     "node": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
     "admin": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+    "researcher": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
+    "observer": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -122,6 +132,17 @@ def _validate_host(host: str) -> str:
     return host.lower()
 
 
+def validate_organisation(organisation: str) -> str:
+    """Check an organisation name for a certificate's ``O=``; return it stripped."""
+    value = organisation.strip()
+    if not value or len(value) > MAX_ORGANISATION or not value.isprintable():
+        raise ConfigError(
+            f"invalid organisation {organisation!r}: give 1-{MAX_ORGANISATION} printable "
+            'characters, e.g. --org "St Mary"'
+        )
+    return value
+
+
 def file_stem(name: str) -> str:
     """The file name (without suffix) for a certificate holder; IPv6 colons become '_'."""
     return name.replace(":", "_")
@@ -167,6 +188,13 @@ def _common_name(cert: x509.Certificate) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _organisation(cert: x509.Certificate) -> str:
+    """The subject's organisation (``O=``), or "" when it names none (older certificates)."""
+    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    value = attrs[0].value if len(attrs) == 1 else None
+    return value if isinstance(value, str) else ""
+
+
 def _ext_value(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object | None:
     try:
         return cert.extensions.get_extension_for_class(kind).value
@@ -176,13 +204,15 @@ def _ext_value(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> object
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    """The holder of a federation certificate: role, name, serial and validity."""
+    """The holder of a federation certificate: role, name, organisation, serial, validity."""
 
     role: Role
     name: str
     serial: int
     not_before: datetime
     not_after: datetime
+    #: the subject's ``O=`` ("" for a certificate that names no organisation)
+    organisation: str = ""
 
     @property
     def uri(self) -> str:
@@ -228,6 +258,7 @@ class PeerIdentity:
             serial=cert.serial_number,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
+            organisation=_organisation(cert),
         )
 
 
@@ -542,7 +573,7 @@ def load_client_credentials(
     ca: Path | str | None = None,
     now: datetime | None = None,
 ) -> Credentials:
-    """Load a node's or admin's credentials; ``role`` pins which of the two it must be."""
+    """Load a node's or coordinator's credentials; ``role`` pins which role it must hold."""
     return load_credentials(
         (role,) if role else CLIENT_ROLES, directory, name, cert=cert, key=key, ca=ca, now=now
     )

@@ -137,3 +137,17 @@ class StopRunReply(_message.Message):
     STOPPED_FIELD_NUMBER: _ClassVar[int]
     stopped: bool
     def __init__(self, stopped: _Optional[bool] = ...) -> None: ...
+
+class BanNodeRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class BanNodeReply(_message.Message):
+    __slots__ = ("changed",)
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    changed: bool
+    def __init__(self, changed: _Optional[bool] = ...) -> None: ...

@@ -54,10 +54,10 @@ class FleetStub:
                 request_serializer=consortium_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_fleet__pb2.PushReply.FromString,
                 _registered_method=True)
-        self.GetRun = channel.unary_unary(
+        self.GetRun = channel.unary_stream(
                 '/consortium.v1.Fleet/GetRun',
                 request_serializer=consortium_dot_v1_dot_fleet__pb2.RunRequest.SerializeToString,
-                response_deserializer=consortium_dot_v1_dot_fleet__pb2.RunInfo.FromString,
+                response_deserializer=consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
                 _registered_method=True)
 
 
@@ -92,7 +92,10 @@ class FleetServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Streams the run's RunInfo (its app bundle included), encoded and cut into
+        chunks: a bundle may be far above 4 MB. The node refuses a stream whose
+        first chunk announces more than its bundle limit, before reading on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -120,10 +123,10 @@ def add_FleetServicer_to_server(servicer, server):
                     request_deserializer=consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
                     response_serializer=consortium_dot_v1_dot_fleet__pb2.PushReply.SerializeToString,
             ),
-            'GetRun': grpc.unary_unary_rpc_method_handler(
+            'GetRun': grpc.unary_stream_rpc_method_handler(
                     servicer.GetRun,
                     request_deserializer=consortium_dot_v1_dot_fleet__pb2.RunRequest.FromString,
-                    response_serializer=consortium_dot_v1_dot_fleet__pb2.RunInfo.SerializeToString,
+                    response_serializer=consortium_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -255,12 +258,12 @@ class Fleet:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/consortium.v1.Fleet/GetRun',
             consortium_dot_v1_dot_fleet__pb2.RunRequest.SerializeToString,
-            consortium_dot_v1_dot_fleet__pb2.RunInfo.FromString,
+            consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -281,9 +284,9 @@ class ControlStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.StartRun = channel.unary_unary(
+        self.StartRun = channel.stream_unary(
                 '/consortium.v1.Control/StartRun',
-                request_serializer=consortium_dot_v1_dot_fleet__pb2.StartRunRequest.SerializeToString,
+                request_serializer=consortium_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_fleet__pb2.StartRunReply.FromString,
                 _registered_method=True)
         self.ListRuns = channel.unary_unary(
@@ -301,13 +304,31 @@ class ControlStub:
                 request_serializer=consortium_dot_v1_dot_fleet__pb2.StopRunRequest.SerializeToString,
                 response_deserializer=consortium_dot_v1_dot_fleet__pb2.StopRunReply.FromString,
                 _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/consortium.v1.Control/DownloadModel',
+                request_serializer=consortium_dot_v1_dot_fleet__pb2.RunRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
+                _registered_method=True)
+        self.BanNode = channel.unary_unary(
+                '/consortium.v1.Control/BanNode',
+                request_serializer=consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_fleet__pb2.BanNodeReply.FromString,
+                _registered_method=True)
+        self.UnbanNode = channel.unary_unary(
+                '/consortium.v1.Control/UnbanNode',
+                request_serializer=consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.SerializeToString,
+                response_deserializer=consortium_dot_v1_dot_fleet__pb2.BanNodeReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def StartRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def StartRun(self, request_iterator, context):
+        """The coordinator streams one StartRunRequest (an app bundle of up to the
+        server's bundle limit), encoded and cut into chunks; the server refuses a
+        stream whose first chunk announces more, before reading on.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -330,12 +351,33 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadModel(self, request, context):
+        """Streams the run's final global model (or, before it ends, its newest
+        checkpointed one) in the Arrays wire format (consortium.core.arrays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BanNode(self, request, context):
+        """Refuses the node's calls from its next one on, until UnbanNode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnbanNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'StartRun': grpc.unary_unary_rpc_method_handler(
+            'StartRun': grpc.stream_unary_rpc_method_handler(
                     servicer.StartRun,
-                    request_deserializer=consortium_dot_v1_dot_fleet__pb2.StartRunRequest.FromString,
+                    request_deserializer=consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
                     response_serializer=consortium_dot_v1_dot_fleet__pb2.StartRunReply.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
@@ -353,6 +395,21 @@ def add_ControlServicer_to_server(servicer, server):
                     request_deserializer=consortium_dot_v1_dot_fleet__pb2.StopRunRequest.FromString,
                     response_serializer=consortium_dot_v1_dot_fleet__pb2.StopRunReply.SerializeToString,
             ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=consortium_dot_v1_dot_fleet__pb2.RunRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
+            ),
+            'BanNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.BanNode,
+                    request_deserializer=consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_fleet__pb2.BanNodeReply.SerializeToString,
+            ),
+            'UnbanNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanNode,
+                    request_deserializer=consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.FromString,
+                    response_serializer=consortium_dot_v1_dot_fleet__pb2.BanNodeReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'consortium.v1.Control', rpc_method_handlers)
@@ -365,7 +422,7 @@ class Control:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def StartRun(request,
+    def StartRun(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -375,11 +432,11 @@ class Control:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/consortium.v1.Control/StartRun',
-            consortium_dot_v1_dot_fleet__pb2.StartRunRequest.SerializeToString,
+            consortium_dot_v1_dot_fleet__pb2.Chunk.SerializeToString,
             consortium_dot_v1_dot_fleet__pb2.StartRunReply.FromString,
             options,
             channel_credentials,
@@ -462,6 +519,87 @@ class Control:
             '/consortium.v1.Control/StopRun',
             consortium_dot_v1_dot_fleet__pb2.StopRunRequest.SerializeToString,
             consortium_dot_v1_dot_fleet__pb2.StopRunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/consortium.v1.Control/DownloadModel',
+            consortium_dot_v1_dot_fleet__pb2.RunRequest.SerializeToString,
+            consortium_dot_v1_dot_fleet__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BanNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Control/BanNode',
+            consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.SerializeToString,
+            consortium_dot_v1_dot_fleet__pb2.BanNodeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/consortium.v1.Control/UnbanNode',
+            consortium_dot_v1_dot_fleet__pb2.BanNodeRequest.SerializeToString,
+            consortium_dot_v1_dot_fleet__pb2.BanNodeReply.FromString,
             options,
             channel_credentials,
             insecure,
