@@ -17,6 +17,7 @@ from consortium.transport.ca import CertificateAuthority
 from deploy.conftest import EXE, NODES, SLOW_APP
 
 from .conftest import Deployment, wait_for
+from .test_hostile_replies import RSS_BOUND, PeakRss
 
 
 def test_a_revoked_node_stops_with_exit_11_and_the_run_completes(
@@ -26,6 +27,7 @@ def test_a_revoked_node_stops_with_exit_11_and_the_run_completes(
     ca = CertificateAuthority.load(deployment.fed.ca_dir)
     ca.issue("node", mallory, deployment.fed.creds(mallory))
     deployment.start_server("--allow", mallory)
+    rss = PeakRss(deployment.procs["server"].pid)
     for name in (*NODES, mallory):
         deployment.start_node(name)
     wait_for(lambda: "connected to" in deployment.log(mallory), 60, "mallory to connect")
@@ -51,6 +53,7 @@ def test_a_revoked_node_stops_with_exit_11_and_the_run_completes(
     assert "retrying in" not in log and "attempts in a row" not in log  # never retried
 
     info = deployment.wait_run(run_id)
+    assert rss.close() < RSS_BOUND
     assert info["status"] == "finished", info
     assert info["rounds_done"] == 3
     for r in info["rounds"][1:]:  # after the revocation: only the honest nodes take part

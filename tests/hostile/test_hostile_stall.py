@@ -27,6 +27,7 @@ from consortium.transport.proto import fleet_pb2 as pb
 from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment
+from .test_hostile_replies import RSS_BOUND, PeakRss
 
 HOSTILE = "va"
 HONEST = [n for n in NODES if n != HOSTILE]
@@ -120,6 +121,7 @@ def test_a_reply_that_stops_arriving_is_cut_off_and_only_its_node_fails(
     deployment: Deployment, keep: Callable[[int], int]
 ) -> None:
     deployment.start_server("--stall-timeout", str(STALL_S))
+    rss = PeakRss(deployment.procs["server"].pid)
     for name in HONEST:
         deployment.start_node(name)
     bad = SilentNode(deployment, keep)
@@ -131,7 +133,10 @@ def test_a_reply_that_stops_arriving_is_cut_off_and_only_its_node_fails(
         took = time.monotonic() - started
     finally:
         bad.close()
+        peak = rss.close()
     assert info["status"] == "finished", (info, deployment.log("server"))
+    # the 2 GB it announced were never reserved: the server stayed small
+    assert peak < RSS_BOUND, f"server RSS peaked at {peak / 2**20:.0f} MiB"
     assert took < CONFIG["round-timeout"]  # nobody waited for the round's deadline
     assert isinstance(bad.cut_off, grpc.Call) and bad.cut_off.code() == grpc.StatusCode.CANCELLED
     assert STALL_S <= bad.cut_after < STALL_S + 10

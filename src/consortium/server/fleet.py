@@ -6,8 +6,11 @@ the round loop drives. Tasks to one model are encoded once and shared by all
 nodes. A node silent for longer than ``offline_after`` seconds is marked
 offline: it gets no new tasks and its unanswered tasks fail at once, so a
 round does not wait for a dead node when enough others replied; so is a node
-whose call was just refused (revoked, expired, off the allow-list). Per-node
-and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`.
+whose call was just refused (revoked, expired, off the allow-list). Only
+``sends_at_once`` tasks are being sent at any time (every download holds a
+chunk and gRPC's copy of it); the other nodes' pulls wait, holding nothing.
+Per-node and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`,
+the order replies are folded in in :mod:`consortium.server.fleet_order`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from consortium.core.message import Content, Message, Metadata
 from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE, ERROR_TRANSFER_STALLED
 from consortium.core.records import RecordLimits
+from consortium.server.fleet_order import TaskOrder
 from consortium.server.fleet_state import (
     LATE,
     NodeSession,
@@ -33,11 +37,11 @@ from consortium.server.fleet_state import (
     Waiter,
     add_timing,
     call_release,
-    consume,
     judge_reply,
     payload_bytes,
 )
 from consortium.transport.chunks import ReceiveBudget
+from consortium.transport.fairness import SENDS_AT_ONCE
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
@@ -66,8 +70,12 @@ class Fleet:
         reply_limits: ReplyLimits | None = None,
         record_limits: RecordLimits | None = None,
         wait_log_every: float = WAIT_LOG_EVERY,
+        expected: Collection[str] = (),
+        sends_at_once: int = SENDS_AT_ONCE,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
+        #: nodes that may join (the allow-list): missing while not online, even if never seen
+        self.expected = frozenset(expected)
         #: seconds between "waiting for nodes" log lines
         self.wait_log_every = wait_log_every
         self.offline_after = offline_after
@@ -77,6 +85,12 @@ class Fleet:
         self._clock = clock
         self.reorder_budget = reorder_budget
         self.transfer_budget = ReceiveBudget(transfer_budget)
+        if sends_at_once < 1:
+            raise ValueError(f"sends_at_once must be >= 1, got {sends_at_once}")
+        #: tasks sent at once; other nodes' pulls wait (holding no memory) for a free slot
+        self.sends_at_once = sends_at_once
+        #: ids of the tasks being sent now (pulled, task_sent not called yet)
+        self._sending: set[str] = set()
         #: how large a reply may be, from its task
         self.reply_limits = reply_limits or ReplyLimits()
         #: what the Config and Metrics records of a node's message may hold
@@ -141,8 +155,11 @@ class Fleet:
                 session = self._nodes.get(node)
                 if session is not None:
                     session.last_seen = self._clock()
-                    if session.tasks:
+                    # every node's stream holds a copy of the chunk being sent: with
+                    # hundreds of nodes pulling at once, the rest wait for a free slot
+                    if session.tasks and len(self._sending) < self.sends_at_once:
                         message_id, parts = session.tasks.popleft()
+                        self._sending.add(message_id)
                         session.in_flight.add(message_id)
                         shared = self._outgoing.get(message_id)
                         if shared is not None:
@@ -159,6 +176,9 @@ class Fleet:
     def task_sent(self, message_id: str) -> None:
         with self._cond:
             self._done_sending(message_id)
+            if message_id in self._sending:
+                self._sending.discard(message_id)
+                self._cond.notify_all()  # a pull waiting for a send slot may go on
 
     def task_wanted(self, message_id: str) -> bool:
         with self._cond:
@@ -265,6 +285,19 @@ class Fleet:
         with self._cond:
             return sorted(n for n, s in self._nodes.items() if s.online)
 
+    def presence(self) -> tuple[list[str], list[str]]:
+        """(online, missing): the nodes online now, and the expected or known ones that
+        are not (offline, or never connected), each sorted."""
+        with self._cond:
+            online = {n for n, s in self._nodes.items() if s.online}
+            known = self.expected | self._nodes.keys()
+        return sorted(online), sorted(known - online)
+
+    def unanswered(self, message_ids: Collection[str]) -> list[str]:
+        """The nodes whose task among ``message_ids`` still awaits its reply, sorted."""
+        with self._cond:
+            return sorted({w.node for mid in message_ids if (w := self._pending.get(mid))})
+
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
         """Block until at least ``count`` nodes are online (or ``timeout``); while it
         waits, log every ``wait_log_every`` seconds who is online and who is not."""
@@ -284,6 +317,10 @@ class Fleet:
                         for n, s in self._nodes.items()
                         if not s.online
                     )
+                    never = sorted(self.expected - self._nodes.keys())
+                    if never:  # an allow-list of hundreds: name a few
+                        more = f" and {len(never) - 10} more" if len(never) > 10 else ""
+                        offline.append(f"never connected: {', '.join(never[:10])}{more}")
                     log.info(
                         "waiting for %d node(s): %d online (%s), offline: %s; waited %.0f s, "
                         "giving up in %.0f s",
@@ -299,9 +336,21 @@ class Fleet:
         replies: queue.Queue[Queued] = queue.Queue()
         ids = self.enqueue(messages, replies)
         deadline = None if timeout is None else self._clock() + timeout
-        return RoundReplies(
-            self._in_task_order(ids, replies, deadline), lambda: self._end_round(ids, replies)
-        )
+        model = max((payload_bytes(m) for m in messages), default=0)
+        order = TaskOrder(ids, self._reorder_bytes(model), self._clock, self._order_warning)
+        return RoundReplies(order.replies(replies, deadline), lambda: self._end_round(ids, replies))
+
+    def _reorder_bytes(self, model: int) -> int:
+        """Bytes of early replies a round may hold back to fold in task order. Held replies
+        count in the transfer budget, which must still admit the next reply beside them,
+        the model being sent and the running sum: else the reply the round waits for
+        could wait for budget held by the replies waiting for it."""
+        return max(0, min(self.reorder_budget, self.transfer_budget.limit - 3 * model))
+
+    def _order_warning(self) -> None:
+        if not self._warned_order:
+            log.info("replies too large to reorder; folding in arrival order")
+            self._warned_order = True
 
     def enqueue(self, messages: Sequence[Message], replies: queue.Queue[Queued]) -> list[str]:
         """Queue each message for its node; replies (or error replies for nodes that are
@@ -336,59 +385,12 @@ class Fleet:
                 shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared
             self._cond.notify_all()
+        if shared.nbytes:
+            self.transfer_budget.fit(shared.nbytes)
         return ids
 
     def now(self) -> float:
         return self._clock()
-
-    def _in_task_order(
-        self, ids: list[str], replies: queue.Queue[Queued], deadline: float | None
-    ) -> Generator[Message, None, None]:
-        """Yield replies in the order the tasks were sent, so folding is deterministic.
-
-        Early replies wait for their predecessors while they fit in
-        ``reorder_budget`` bytes; past it they are released in arrival order
-        (memory stays O(model) for huge models, at the cost of bit-identity).
-        A reply's release callback runs once the consumer asks for the next one.
-        """
-        position = {mid: i for i, mid in enumerate(ids)}
-        held: dict[int, Queued] = {}
-        held_bytes = 0
-        next_index = 0
-        received = 0
-        try:
-            while received < len(ids):
-                remaining = None if deadline is None else max(0.0, deadline - self._clock())
-                try:
-                    got, release = replies.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                received += 1
-                index = position.get(got.metadata.reply_to or "", -1)
-                size = payload_bytes(got)
-                now = index == next_index
-                if now:
-                    next_index += 1
-                elif held_bytes + size <= self.reorder_budget:
-                    held[index] = (got, release)
-                    held_bytes += size
-                else:
-                    now = True
-                    if not self._warned_order:
-                        log.info("replies too large to reorder; folding in arrival order")
-                        self._warned_order = True
-                if now:
-                    yield from consume((got, release))
-                del got  # consumed: not kept alive while waiting for the next one
-                while next_index in held:
-                    held_bytes -= payload_bytes(held[next_index][0])
-                    next_index += 1
-                    yield from consume(held.pop(next_index - 1))
-            for index in sorted(held):  # deadline passed or all in: flush what arrived
-                yield from consume(held.pop(index))
-        finally:
-            for _, release in held.values():  # the consumer stopped early
-                call_release(release)
 
     # -- internals ----------------------------------------------------------------
     def _end_round(self, message_ids: list[str], replies: queue.Queue[Queued]) -> None:

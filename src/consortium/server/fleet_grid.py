@@ -3,16 +3,51 @@
 The run manager opens a :class:`FleetGrid` per run and closes it when the
 run's program returns, which withdraws every task it pushed that is still
 queued or running, so a finished run leaves nothing behind in the fleet.
+While the run's program waits for nodes, :meth:`FleetGrid.waiting` says for
+whom and for how long (``run show`` reports it to the coordinator).
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from consortium.core.message import Message
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_state import Queued, Release, call_release
+
+#: Waiting.stage: the run waits for enough nodes to be online (``wait_for_nodes``)
+NODES = "nodes"
+#: Waiting.stage: the run waits for the replies of tasks it sent
+REPLIES = "replies"
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A run waiting for nodes: who is missing, who is online, since how long."""
+
+    #: NODES or REPLIES
+    stage: str
+    #: nodes the wait asks for (online ones for NODES; replies of the batch for REPLIES)
+    needed: int
+    #: for NODES, the allow-listed or known nodes not online (offline, or never
+    #: connected); for REPLIES, the nodes whose reply has not arrived
+    missing: tuple[str, ...]
+    online: tuple[str, ...]
+    #: seconds since the wait began
+    seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON shape (``run show``'s ``waiting``)."""
+        return {
+            "stage": self.stage,
+            "needed": self.needed,
+            "missing": list(self.missing),
+            "online": list(self.online),
+            "seconds": round(self.seconds, 1),
+        }
 
 
 class FleetGrid:
@@ -20,6 +55,12 @@ class FleetGrid:
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
+        #: (nodes needed, when the wait began) while wait_for_nodes blocks; read by
+        #: other threads (``run show``), hence the lock
+        self._wait: tuple[int, float] | None = None
+        #: (the task ids of the last batch sent, when it was sent)
+        self._batch: tuple[tuple[str, ...], float] | None = None
+        self._wait_lock = threading.Lock()
         self._inbox: queue.Queue[Queued] = queue.Queue()
         self._in_flight: set[str] = set()
         #: the transport's hold on the reply pulled last; let go at the next pull
@@ -29,15 +70,51 @@ class FleetGrid:
         return self.fleet.node_ids()
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.fleet.wait_for_nodes(count, timeout)
+        with self._wait_lock:
+            self._wait = (count, self.fleet.now())
+        try:
+            return self.fleet.wait_for_nodes(count, timeout)
+        finally:
+            with self._wait_lock:
+                self._wait = None
+
+    def waiting(self) -> Waiting | None:
+        """Who the run is waiting for, or None when it is not waiting for nodes.
+
+        Safe to call from any thread while the run's program runs.
+        """
+        with self._wait_lock:
+            wait, batch = self._wait, self._batch
+        online, absent = self.fleet.presence()
+        if wait is not None:
+            needed, since = wait
+            missing = absent
+            stage = NODES
+        elif batch is not None:
+            ids, since = batch
+            missing = self.fleet.unanswered(ids)  # empty once every task is answered or over
+            if not missing:
+                return None
+            needed, stage = len(ids), REPLIES
+        else:
+            return None
+        seconds = max(0.0, self.fleet.now() - since)
+        return Waiting(stage, needed, tuple(missing), tuple(online), seconds)
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
+        self._sent(messages)
         return self.fleet.send_and_receive(messages, timeout=timeout)
 
     def push(self, messages: Sequence[Message]) -> None:
+        self._sent(messages)
         self._in_flight.update(self.fleet.enqueue(messages, self._inbox))
+
+    def _sent(self, messages: Sequence[Message]) -> None:
+        with self._wait_lock:
+            ids = tuple(m.metadata.message_id for m in messages)
+            self._batch = (ids, self.fleet.now())
 
     def pull(self, timeout: float | None) -> Message | None:
         """The next pushed task's reply to arrive (the previous one's memory is let go)."""

@@ -54,6 +54,11 @@ Admit = Callable[[memoryview, int], bool]
 
 #: Most bytes a Reassembler keeps while its ``admit`` has not decided yet.
 STAGE_LIMIT = 64 * 1024 * 1024
+#: Models a ReceiveBudget fitted to a model holds (see :meth:`ReceiveBudget.fit`): the
+#: one being sent, the running sum, two replies received at once.
+MODELS_IN_BUDGET = 4
+#: ...but never less than this, so that small models still move several at once.
+MIN_FITTED_BUDGET = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -177,11 +182,21 @@ class ReceiveBudget:
     """
 
     def __init__(self, limit: int) -> None:
+        #: the most it may hold, whatever the model (``--transfer-budget-mb``)
+        self.ceiling = limit
         self.limit = limit
         self._in_flight = 0
         self._outgoing = 0
         self._retained = 0
         self._cond = threading.Condition()
+
+    def fit(self, model_bytes: int) -> None:
+        """Hold a few models of ``model_bytes``, not the whole ceiling: with a small model and
+        many nodes, a budget of a fixed size lets hundreds of replies be held at once."""
+        limit = min(self.ceiling, max(MIN_FITTED_BUDGET, MODELS_IN_BUDGET * model_bytes))
+        with self._cond:
+            self.limit = limit
+            self._cond.notify_all()
 
     def acquire(self, nbytes: int) -> None:
         with self._cond:

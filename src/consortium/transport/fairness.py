@@ -9,17 +9,39 @@ every other node and the coordinator need. :class:`CallLimiter` counts each
 node's calls in progress and refuses the ones over its limit, and
 :func:`worker_threads` sizes the pool so that every allow-listed node can
 hold its full share while calls of the coordinator still find free threads.
+
+Memory is shared the same way: every stream moving a model holds a chunk of
+it (and gRPC a copy), so with hundreds of nodes the server would hold a model
+per node. Only :data:`SENDS_AT_ONCE` tasks are sent at once (the other pulls
+wait in their long-poll) and only :data:`RECEIVES_AT_ONCE` replies are read at
+once (:class:`ReceiveSlots`: the other pushes wait before reading a byte,
+held back by HTTP/2 flow control), so the server holds a few models in
+transit, not one per node.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 #: calls one node may have in progress at once: pull or push, heartbeat, one stale call
 CALLS_PER_NODE = 3
 #: worker threads kept for everything else (the coordinator's calls, new nodes' hellos)
 SPARE_THREADS = 16
+#: tasks being sent at once (each stream holds a chunk and gRPC's copy of it). With 200
+#: nodes, 16 gave 11.3 s per round and 4 gave 13.5-14.5 s, at the same peak memory
+#: (docs/benchmarks.md, "Fitting what is in transit to the model")
+SENDS_AT_ONCE = 16
+#: replies being read at once (the first chunk of one waiting for the budget stays in
+#: memory); what was read of them counts in the transfer budget
+RECEIVES_AT_ONCE = 16
+#: What every node's unread streams may hold in the server together: a node may send
+#: this share of it on a stream before the server reads (HTTP/2 flow control)...
+UNREAD_BYTES = 64 * 1024 * 1024
+#: ...within these bounds: a window under ~256 KiB stalls a stream between messages; one
+#: of 8 MiB keeps a large model moving at full speed (benchmarks/transport.py)
+MIN_STREAM_WINDOW, MAX_STREAM_WINDOW = 256 * 1024, 8 * 1024 * 1024
 
 
 def worker_threads(nodes: int, per_node: int = CALLS_PER_NODE) -> int:
@@ -28,6 +50,17 @@ def worker_threads(nodes: int, per_node: int = CALLS_PER_NODE) -> int:
     Threads are started only when calls need them, so a large bound costs nothing idle.
     """
     return max(32, nodes * per_node + SPARE_THREADS)
+
+
+def stream_window(nodes: int) -> int:
+    """The HTTP/2 window for each stream of a server of ``nodes`` allow-listed nodes.
+
+    A push waiting for its receive slot holds what its node sent before the window
+    closed: with a window of 8 MiB, 200 nodes replying together put 200 replies in
+    the server's memory whatever its budget. A few nodes keep the full window.
+    """
+    share = UNREAD_BYTES // max(1, nodes)
+    return max(MIN_STREAM_WINDOW, min(MAX_STREAM_WINDOW, share))
 
 
 class CallLimiter:
@@ -59,3 +92,42 @@ class CallLimiter:
         """Calls of ``node`` in progress."""
         with self._lock:
             return self._active[node]
+
+
+class ReceiveSlots:
+    """At most ``slots`` replies read at once, at most one per node.
+
+    A push waits for a slot before its first byte is read: its bytes stay with
+    the node (HTTP/2 flow control), not in the server. One per node, so that a
+    node cannot hold several slots with pushes that go nowhere (the stall
+    timeout ends those); an honest node sends its results one at a time.
+    """
+
+    def __init__(self, slots: int = RECEIVES_AT_ONCE) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.slots = slots
+        self._holders: Counter[str] = Counter()
+        self._cond = threading.Condition()
+
+    def acquire(self, node: str, alive: Callable[[], bool], poll: float = 1.0) -> bool:
+        """Wait for a slot for ``node``; False (nothing taken) once ``alive()`` is false
+        (the call was cancelled meanwhile)."""
+        with self._cond:
+            while sum(self._holders.values()) >= self.slots or self._holders[node]:
+                if not alive():
+                    return False
+                self._cond.wait(poll)
+            self._holders[node] += 1
+            return True
+
+    def release(self, node: str) -> None:
+        with self._cond:
+            self._holders[node] -= 1
+            if self._holders[node] <= 0:
+                del self._holders[node]
+            self._cond.notify_all()
+
+    def in_use(self) -> int:
+        with self._cond:
+            return sum(self._holders.values())

@@ -34,9 +34,16 @@ from consortium.transport.chunks import (
     encode_chunk,
     iter_chunks,
 )
-from consortium.transport.fairness import CALLS_PER_NODE, CallLimiter
+from consortium.transport.fairness import (
+    CALLS_PER_NODE,
+    MAX_STREAM_WINDOW,
+    RECEIVES_AT_ONCE,
+    CallLimiter,
+    ReceiveSlots,
+)
 from consortium.transport.fleet_api import decode_reply
 from consortium.transport.grpc_control import ControlServicer
+from consortium.transport.grpc_payloads import run_info_chunks
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
@@ -115,6 +122,7 @@ class FleetServicer(rpc.FleetServicer):
         *,
         calls_per_node: int = CALLS_PER_NODE,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        receives_at_once: int = RECEIVES_AT_ONCE,
     ) -> None:
         self.backend = backend
         self.auth = auth
@@ -123,6 +131,8 @@ class FleetServicer(rpc.FleetServicer):
         self.budget = backend.transfer_budget
         #: each node's calls in progress: no node may take the threads others need
         self.calls = CallLimiter(calls_per_node)
+        #: replies read at once: the others wait, unread, holding no memory of the server's
+        self.receiving = ReceiveSlots(receives_at_once)
         #: transfers that stop moving are cut off, failing only their node's task
         self.stalls = StallWatch(stall_timeout)
 
@@ -207,7 +217,13 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.PushReply:
         node = self._caller(context)
         with self._slot(node, context):
-            return self._push(node, request_iterator, context)
+            # before the stall watch: waiting for a turn is not stalling
+            if not self.receiving.acquire(node, context.is_active):
+                context.abort(grpc.StatusCode.CANCELLED, "the call ended while its reply waited")
+            try:
+                return self._push(node, request_iterator, context)
+            finally:
+                self.receiving.release(node)
 
     def _push(
         self, node: str, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
@@ -321,24 +337,20 @@ class FleetServicer(rpc.FleetServicer):
             self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "malformed")
             raise
 
-    def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:
+    def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Streams the run's ``RunInfo`` as chunks (grpc_payloads.py): bundles above 4 MiB."""
         node = self._caller(context)
         with self._slot(node, context):
             request = _parsed(context, node, request)
             bundle = self.backend.run_bundle(node, request.run_id)
-        if bundle is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
-        assert bundle is not None
-        return pb.RunInfo(
-            run_id=bundle.run_id,
-            app_name=bundle.app_name,
-            app_version=bundle.app_version,
-            client_entry=bundle.client_entry,
-            bundle=bundle.bundle,
-            bundle_sha256=bundle.bundle_sha256,
-            run_config_json=bundle.run_config_json,
-            seed=bundle.seed,
-        )
+            if bundle is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
+            assert bundle is not None
+            what = f"sending run {bundle.run_id}'s app to {node}"
+            with self.stalls.watching(context, what) as transfer:
+                for chunk in run_info_chunks(bundle):
+                    yield encode_chunk(chunk)
+                    transfer.moved()
 
 
 _HANDLER_KINDS = {
@@ -390,15 +402,22 @@ def start_server(
     control: ControlServicer | None = None,
     tls: TlsFiles | None,
     workers: int = 32,
+    stream_window: int = MAX_STREAM_WINDOW,
 ) -> tuple[grpc.Server, int]:
     """Start serving on ``address`` ("host:port", port 0 picks one); returns (server, port).
 
     ``tls=None`` is plain text: only for ``--insecure``. The port is this server's
     alone (no ``SO_REUSEPORT``): a second server on it gets a :class:`TransportError`.
+    ``stream_window``: bytes a node may send on a stream before the server reads them
+    (see :func:`~consortium.transport.fairness.stream_window`).
     """
     # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
     # and take half the connections
-    options = [*GRPC_OPTIONS, ("grpc.so_reuseport", 0)]
+    options = [
+        *(o for o in GRPC_OPTIONS if o[0] != "grpc.http2.lookahead_bytes"),
+        ("grpc.http2.lookahead_bytes", stream_window),
+        ("grpc.so_reuseport", 0),
+    ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     _add_fleet_service(fleet, server)
     if control is not None:
