@@ -19,6 +19,7 @@ from consortium.core.history import History
 from consortium.core.records import Config, Metrics
 from consortium.server.app import ServerApp
 from consortium.server.checkpoint import Checkpoint
+from consortium.server.config import ServerConfig
 from consortium.server.context import CheckpointSettings, ServerContext
 from consortium.tracking.base import Observers, RunObserver
 
@@ -85,3 +86,16 @@ def run_server_app(
         run_dir,
         ctx.model_files,
     )
+
+
+def prepare_program(app: ServerApp, run_config: Config, seed: int) -> tuple[ServerApp, int]:
+    """The program to run and its number of rounds (0 when a main decides).
+
+    An app with a ``server_fn`` is configured now, so that a bad config fails
+    the start request instead of the run; the run then uses that config.
+    """
+    if app.server_fn is None:
+        return app, 0
+    config = app.config(ServerContext(run_config=run_config, seed=seed))
+    rounds = config.num_rounds if isinstance(config, ServerConfig) else config.num_steps
+    return ServerApp(lambda _: config), rounds

@@ -3,7 +3,7 @@
 The state store is the one record of every run (status, error, rounds,
 per-node results and timings, checkpoints): ``run list`` and ``run show``
 read it, so a run's history outlives the server process. What stays in
-memory is what is not state: a running run's thread, its stop event and the
+memory is what is not state: a running run's thread, its app process and the
 bundle its nodes fetch.
 
 A run the server stops under way is ``interrupted``: on SIGTERM it stops its
@@ -22,30 +22,36 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from consortium.apps.bundle import bundle_digest, extract_bundle
-from consortium.apps.loader import load_object
 from consortium.apps.manifest import load_app_spec
+from consortium.core.audit import RUN_END, SERVER_ACTOR, AuditEvent, AuditSink, discard
 from consortium.core.errors import ConfigError, ConsortiumError
-from consortium.core.records import Config
-from consortium.server.app import ServerApp
-from consortium.server.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint
-from consortium.server.config import ServerConfig
-from consortium.server.context import CheckpointSettings, RunStopped, ServerContext
+from consortium.core.records import RecordLimits
+from consortium.server.checkpoint import Checkpoint, load_checkpoint
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import FleetGrid
-from consortium.server.host import run_server_app
+from consortium.server.isolation.host import AppProcess, Isolation
+from consortium.server.run_files import (
+    checkpoint_recorder,
+    final_model_bytes,
+    publish_model_files,
+    restore_rounds,
+)
 from consortium.server.run_record import RunRecord, summary
+from consortium.server.run_tracking import Tracking
 from consortium.server.store import RunStatus, RunView, StateStore
-from consortium.tracking.base import RunObserver
+from consortium.tracking.base import Observers, RunObserver
 from consortium.tracking.log import LogObserver
 from consortium.transport.fleet_api import RunBundle
 
 log = logging.getLogger("consortium.server")
 
+#: room in a frame from an app process besides the largest message it may carry
+FRAME_OVERHEAD = 64 * 1024 * 1024
 #: ``run list`` shows this many runs, newest first.
 LIST_LIMIT = 1000
 _ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
@@ -62,9 +68,12 @@ class Run:
     #: what nodes fetch to run it (``run_bundle``)
     bundle: RunBundle
     run_dir: Path
-    stop: threading.Event = field(default_factory=threading.Event)
+    #: the sandboxed process that runs the coordinator's server app
+    process: AppProcess
+    #: the checkpoint a resumed run continues from
+    checkpoint: Checkpoint | None = None
     thread: threading.Thread | None = None
-    #: set with ``stop`` when the server shuts down: the run ends ``interrupted``, not stopped
+    #: set when the server shuts down: the run ends ``interrupted``, not stopped
     interrupted: bool = False
 
     @property
@@ -86,12 +95,26 @@ class RunManager:
         *,
         store: StateStore,
         observers: list[RunObserver] | None = None,
+        isolation: Isolation | None = None,
+        tracking: Tracking | None = None,
+        audit: AuditSink = discard,
+        run_observers: Callable[[str], list[RunObserver]] | None = None,
     ) -> None:
         self.fleet = fleet
+        #: observers of one run, by its id, besides ``observers`` (shared by every run, so
+        #: they cannot tell concurrent runs' rounds apart): the REST API's event streams
+        self.run_observers = run_observers or (lambda run_id: [])
+        self.isolation = isolation or Isolation()
+        #: the run log, plot and MLflow tracking of each run (None: only the server log)
+        self.tracking = tracking
+        #: where each run's end is recorded (who started and stopped it: the Control API's)
+        self.audit = audit
         self.store = store
         self.root = root
         self.observers = observers or []
         self._runs: dict[str, Run] = {}
+        #: each running run's grid (``run show`` reports whom it waits for)
+        self._grids: dict[str, FleetGrid] = {}
         self._lock = threading.Lock()
 
     # -- ControlBackend -------------------------------------------------------------
@@ -122,10 +145,18 @@ class RunManager:
         except ValueError as exc:
             raise ConfigError(f"run config is not JSON: {exc}") from exc
         run_config = spec.run_config(overrides)
-        server_app = load_object(spec.manifest.app.server, [str(app_dir)])
-        if not isinstance(server_app, ServerApp):
-            raise ConfigError(f"{spec.manifest.app.server!r} is not a ServerApp")
-        program, num_rounds = _prepare(server_app, run_config, seed)
+        process = AppProcess.start(
+            run_id=run_id,
+            app_dir=app_dir,
+            server_ref=spec.manifest.app.server,
+            run_config=run_config,
+            seed=seed,
+            run_dir=run_dir,
+            resume=resume,
+            isolation=self.isolation,
+            max_frame=self.fleet.max_message_bytes + FRAME_OVERHEAD,
+        )
+        num_rounds = process.num_rounds
         run = Run(
             RunBundle(
                 run_id=run_id,
@@ -138,13 +169,15 @@ class RunManager:
                 seed=seed,
             ),
             run_dir,
+            process,
         )
         checkpoint = load_checkpoint(run_dir / "checkpoints") if resume else None
+        run.checkpoint = checkpoint
         if resume and checkpoint is None:
             log.warning("run %s has no valid checkpoint: starting it from round 1", run_id)
         if resume and self.store.get_run(run_id) is not None:
             self.store.set_run_status(run_id, RunStatus.RUNNING)  # refused if it had finished
-            self._restore_rounds(run_id, checkpoint)
+            restore_rounds(self.store, run_id, checkpoint)
         else:  # a new run, or one resumed onto a database that never saw it
             self.store.create_run(
                 run_id=run_id,
@@ -154,7 +187,7 @@ class RunManager:
                 seed=seed,
                 num_rounds=num_rounds,
             )
-            self._restore_rounds(run_id, checkpoint)
+            restore_rounds(self.store, run_id, checkpoint)
         if not resume:
             (run_dir / "bundle.zip").write_bytes(bundle)
             record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json}
@@ -163,7 +196,7 @@ class RunManager:
             self._runs[run_id] = run
         run.thread = threading.Thread(
             target=self._execute,
-            args=(run, program, run_config, seed, checkpoint),
+            args=(run,),
             name=f"run-{run_id}",
             daemon=True,
         )
@@ -177,8 +210,16 @@ class RunManager:
         return [summary(v, rounds_done=v.rounds_done) for v in views]
 
     def show_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record; while it waits for nodes or replies, ``waiting`` says for whom."""
         record = self.record(run_id)
-        return None if record is None else record.detail()
+        if record is None:
+            return None
+        detail = record.detail()
+        grid = self._grids.get(run_id)
+        waiting = grid.waiting() if grid is not None else None
+        if waiting is not None:
+            detail["waiting"] = waiting.as_dict()
+        return detail
 
     def stop_run(self, run_id: str) -> bool:
         """Ask a run this server executes to stop; False if it is not pending or running."""
@@ -186,7 +227,7 @@ class RunManager:
         view = self.store.get_run(run_id)
         if run is None or view is None or view.status not in _ACTIVE:
             return False
-        run.stop.set()
+        run.process.request_stop()
         return True
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
@@ -212,45 +253,36 @@ class RunManager:
         return record
 
     # -- execution ------------------------------------------------------------------
-    def _execute(
-        self,
-        run: Run,
-        program: ServerApp,
-        run_config: Config,
-        seed: int,
-        checkpoint: Checkpoint | None,
-    ) -> None:
-        error: str | None = None
+    def _execute(self, run: Run) -> None:
         grid = FleetGrid(self.fleet)
+        self._grids[run.run_id] = grid
+        tracked, close_tracking = (
+            self.tracking.observers(run.run_id, run.run_dir)
+            if self.tracking is not None
+            else ([LogObserver(max_node_warnings=0)], lambda: None)
+        )
         try:
-            run_server_app(
-                program,
+            ended = run.process.serve(
                 grid,
-                run_config=run_config,
-                seed=seed,
-                run_id=run.run_id,
-                run_dir=run.run_dir,
-                observers=[LogObserver(max_node_warnings=0), *self._observers()],
-                stop=run.stop,
-                checkpoints=CheckpointSettings(
-                    run.run_dir / "checkpoints",
-                    on_written=self._checkpointed(run),
-                    budget=self.fleet.transfer_budget,
-                ),
-                resume=checkpoint,
+                Observers([*tracked, *self._observers(), *self.run_observers(run.run_id)]),
+                checkpoint_recorder(self.store, run.run_id),
+                RecordLimits(),
+                run.checkpoint.history if run.checkpoint is not None else None,
             )
-            status = RunStatus.FINISHED
-        except RunStopped:
-            status = RunStatus.INTERRUPTED if run.interrupted else RunStatus.STOPPED
-            error = SHUT_DOWN if run.interrupted else None
-        except ConsortiumError as exc:
-            status, error = RunStatus.FAILED, str(exc)
-            log.error("run %s failed: %s", run.run_id, exc)
-        except Exception as exc:  # a bug in the app's server code: report, keep serving
-            status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            log.exception("run %s crashed", run.run_id)
         finally:
             grid.close()
+            close_tracking()
+            self._grids.pop(run.run_id, None)
+        error: str | None = None
+        if ended.kind == "finished":
+            status = RunStatus.FINISHED
+            publish_model_files(ended.model_files, run.run_dir)
+        elif ended.kind == "stopped":
+            status = RunStatus.INTERRUPTED if run.interrupted else RunStatus.STOPPED
+            error = SHUT_DOWN if run.interrupted else None
+        else:
+            status, error = RunStatus.FAILED, ended.error
+            log.error("run %s failed: %s", run.run_id, error)
         self._record_end(run.run_id, status, error)
 
     def _record_end(
@@ -267,43 +299,16 @@ class RunManager:
                 self.store.set_run_status(run_id, status, error=error)
         except Exception as exc:
             log.error("state store: could not record run %s as %s: %s", run_id, status, exc)
+        try:
+            end = {"status": status.value, "error": error or ""}
+            self.audit(AuditEvent(SERVER_ACTOR, RUN_END, run_id=run_id, detail=end))
+        except Exception as exc:  # the run's end is in the store; the log says what failed
+            log.error("audit log: could not record the end of run %s: %s", run_id, exc)
 
     def _observers(self) -> list[RunObserver]:
         # the run's end is recorded by _execute, which knows the error and a stop from a
         # failure; strict: a round that cannot be recorded fails the run (StateStoreError)
         return [*self.observers, self.store.observer(strict=True, record_end=False)]
-
-    def _checkpointed(self, run: Run) -> Callable[[int, Path], None]:
-        """Called once each checkpoint is on disk: kept in the store, shown by ``run show``."""
-        store = self.store
-
-        def record(rnd: int, path: Path) -> None:
-            try:
-                digest = checkpoint_digest(path)
-            except Exception as exc:  # just written: only a file removed meanwhile fails
-                log.warning("run %s: could not read checkpoint %s: %s", run.run_id, path, exc)
-                return
-            try:
-                store.record_checkpoint(run.run_id, rnd, str(path), digest)
-            except Exception as exc:
-                log.warning("state store: could not record checkpoint %s: %s", path, exc)
-
-        return record
-
-    def _restore_rounds(self, run_id: str, checkpoint: Checkpoint | None) -> None:
-        """Record the rounds a resumed run's checkpoint holds that the store lacks (a
-        write that failed before the crash, or a database that never saw the run)."""
-        if checkpoint is None:
-            return
-        recorded = {r.round for r in self.store.list_rounds(run_id)}
-        for rnd in checkpoint.history.rounds:
-            if rnd.round in recorded:
-                continue
-            try:
-                self.store.record_round(run_id, rnd)
-            except Exception as exc:  # the checkpoint, not this record, is what resumes
-                log.warning("state store: could not restore round %d of run %s: %s",
-                            rnd.round, run_id, exc)  # fmt: skip
 
     # -- shutdown and restart ---------------------------------------------------------
     def interrupt(self, timeout: float) -> list[str]:
@@ -313,7 +318,7 @@ class RunManager:
             runs = [r for r in self._runs.values() if r.thread is not None and r.thread.is_alive()]
         for run in runs:
             run.interrupted = True
-            run.stop.set()
+            run.process.request_stop()
         deadline = time.monotonic() + timeout
         for run in runs:
             assert run.thread is not None
@@ -353,15 +358,11 @@ class RunManager:
                 log.info("run %s was interrupted: resumed (--resume-interrupted)", view.id)
         return [v.id for v in found]
 
-
-def _prepare(app: ServerApp, run_config: Config, seed: int) -> tuple[ServerApp, int]:
-    """The program to run and its number of rounds (0 when a main decides).
-
-    An app with a ``server_fn`` is configured now, so that a bad config fails
-    the start request instead of the run; the run then uses that config.
-    """
-    if app.server_fn is None:
-        return app, 0
-    config = app.config(ServerContext(run_config=run_config, seed=seed))
-    rounds = config.num_rounds if isinstance(config, ServerConfig) else config.num_steps
-    return ServerApp(lambda _: config), rounds
+    # -- the Control API's model download ---------------------------------------------
+    def global_model(self, run_id: str) -> bytes | None:
+        """The run's final global model, else its newest verified checkpoint's, in the
+        Arrays wire format (read without pickle); None for a run the store does not know,
+        or one with no model yet."""
+        if self.store.get_run(run_id) is None:  # and so run_id names no other folder
+            return None
+        return final_model_bytes(self.root / "runs" / run_id)

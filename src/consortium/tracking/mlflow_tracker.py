@@ -111,6 +111,7 @@ class MLflowObserver:
         tracking_uri: str | None = None,
         experiment_name: str = "consortium",
         *,
+        artifact_location: str | None = None,
         per_node: PerNode = "auto",
         max_child_runs: int = 50,
         artifacts: Sequence[str] = ("*",),
@@ -124,10 +125,13 @@ class MLflowObserver:
         ``max_child_runs`` nodes, else summary statistics. ``artifacts`` are glob
         patterns of files in the run directory logged at run end (the store's
         own files excepted). ``background`` False makes every call synchronous.
+        ``artifact_location`` is where a new experiment in a given store keeps
+        artifacts (None: the store's default).
         """
         if per_node not in ("auto", "children", "summary", "off"):
             raise ValueError(f"per_node must be auto, children, summary or off, not {per_node!r}")
         self._uri_arg = tracking_uri
+        self._artifact_arg = artifact_location
         self.experiment_name = experiment_name
         self.per_node: PerNode = per_node
         self.max_child_runs = max_child_runs
@@ -190,7 +194,7 @@ class MLflowObserver:
             self._store_files = {db.with_name(db.name + s) for s in suffixes}
         else:
             self.tracking_uri = self._uri_arg
-            self.artifact_location = None
+            self.artifact_location = self._artifact_arg
         if self.per_node == "auto":
             self.mode = "children" if len(info.node_ids) <= self.max_child_runs else "summary"
         else:

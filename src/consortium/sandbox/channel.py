@@ -1,0 +1,118 @@
+"""Framed messages between a parent and its sandboxed child over one socket.
+
+A frame is ``!IQ`` (header length, payload length), a JSON header (at most
+:data:`MAX_HEADER_BYTES`) and a binary payload (at most the channel's
+``max_payload``). Both lengths are checked before anything is allocated, so a
+child that sends garbage costs its parent an error, not its memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consortium.core.errors import ConsortiumError
+
+_PREFIX = struct.Struct("!IQ")
+#: the largest JSON header a frame may carry
+MAX_HEADER_BYTES = 1 << 20
+
+Buffer = bytes | bytearray | memoryview
+
+
+class ChannelError(ConsortiumError):
+    """The other side sent a malformed frame, or the channel broke."""
+
+
+class ChannelClosed(ChannelError):
+    """The other side closed the channel (its process ended)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: str
+    header: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | bytearray = b""
+
+
+class Channel:
+    """One end of a socket carrying :class:`Frame` s; ``send`` is thread-safe,
+    ``recv`` is for one reader at a time."""
+
+    def __init__(self, sock: socket.socket, *, max_payload: int) -> None:
+        self.sock = sock
+        self.max_payload = max_payload
+        self._send_lock = threading.Lock()
+
+    @classmethod
+    def from_fd(cls, fd: int, *, max_payload: int) -> Channel:
+        return cls(socket.socket(fileno=fd), max_payload=max_payload)
+
+    def send(self, kind: str, header: dict[str, Any] | None = None,
+             payload: Buffer | Sequence[Buffer] = b"") -> None:  # fmt: skip
+        parts = [payload] if isinstance(payload, bytes | bytearray | memoryview) else payload
+        size = sum(memoryview(p).nbytes for p in parts)
+        if size > self.max_payload:
+            raise ChannelError(f"a {kind!r} frame of {size} bytes exceeds {self.max_payload}")
+        head = json.dumps({**(header or {}), "kind": kind}, allow_nan=False).encode()
+        if len(head) > MAX_HEADER_BYTES:
+            raise ChannelError(f"a {kind!r} frame's header of {len(head)} bytes is too large")
+        with self._send_lock:
+            try:
+                self.sock.sendall(_PREFIX.pack(len(head), size) + head)
+                for part in parts:
+                    self.sock.sendall(part)
+            except OSError as exc:
+                raise ChannelClosed(f"the channel broke: {exc}") from exc
+
+    def recv(self, timeout: float | None = None) -> Frame:
+        """The next frame; ``timeout`` bounds the wait for its first byte."""
+        self.sock.settimeout(timeout)
+        try:
+            prefix = self._read(_PREFIX.size, first=True)
+        finally:
+            self.sock.settimeout(None)
+        head_len, size = _PREFIX.unpack(prefix)
+        if head_len > MAX_HEADER_BYTES:
+            raise ChannelError(f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})")
+        if size > self.max_payload:
+            raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
+        try:
+            header = json.loads(self._read(head_len))
+        except ValueError as exc:
+            raise ChannelError(f"a frame header is not JSON: {exc}") from exc
+        if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+            raise ChannelError("a frame header is not an object with a 'kind'")
+        kind = header.pop("kind")
+        return Frame(kind, header, self._read(size) if size else b"")
+
+    def _read(self, size: int, *, first: bool = False) -> bytearray:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            try:
+                n = self.sock.recv_into(view[got:])
+            except TimeoutError:
+                if first and got == 0:
+                    raise
+                raise ChannelError("the other side stopped in the middle of a frame") from None
+            except OSError as exc:
+                raise ChannelClosed(f"the channel broke: {exc}") from exc
+            if n == 0:
+                raise ChannelClosed("the other side closed the channel")
+            got += n
+            if first:
+                self.sock.settimeout(None)  # a frame under way is read to its end
+        return buf
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()

@@ -1,0 +1,27 @@
+"""The child's side: receive the spec, confine this process, say ``ready``.
+
+A sandboxed entry point (``python -m consortium.server.app_process`` and the
+node's) calls :func:`enter` first thing, before it imports user code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from consortium.sandbox.channel import Channel
+from consortium.sandbox.confine import SandboxSpec, confine
+
+
+def enter(max_payload: int) -> Channel:
+    """The channel to the parent (fd in ``argv[1]``), once this process is confined."""
+    channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload)
+    frame = channel.recv()
+    if frame.kind != "spec":
+        raise SystemExit(f"sandbox: expected the spec, got {frame.kind!r}")
+    try:
+        confine(SandboxSpec.from_json(frame.header["spec"]))
+    except Exception as exc:
+        channel.send("error", {"error": f"{type(exc).__name__}: {exc}"})
+        raise SystemExit(3) from exc
+    channel.send("ready")
+    return channel

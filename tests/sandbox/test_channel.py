@@ -1,0 +1,122 @@
+"""The channel between the server and a sandboxed app checks sizes before it allocates."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import WireFormatError
+from consortium.core.message import TRAIN, Content, Message
+from consortium.core.records import RecordLimits, UnacceptableRecord
+from consortium.sandbox.channel import MAX_HEADER_BYTES, Channel, ChannelClosed, ChannelError
+from consortium.server.isolation.wire import decode_batch, encode_batch, round_from_json
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Channel, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    channel = Channel(ours, max_payload=1024)
+    yield channel, theirs
+    channel.close()
+    theirs.close()
+
+
+def test_frames_round_trip_with_header_and_payload(pair: tuple[Channel, socket.socket]) -> None:
+    channel, theirs = pair
+    other = Channel(theirs, max_payload=1024)
+    other.send("hello", {"n": 1}, [b"ab", memoryview(b"cd")])
+    frame = channel.recv(timeout=5)
+    assert (frame.kind, frame.header, bytes(frame.payload)) == ("hello", {"n": 1}, b"abcd")
+
+
+@pytest.mark.parametrize(
+    ("head_len", "size", "match"),
+    [(MAX_HEADER_BYTES + 1, 0, "frame header"), (10, 1025, "frame payload of 1025")],
+)
+def test_oversized_frames_are_refused_from_their_prefix(
+    pair: tuple[Channel, socket.socket], head_len: int, size: int, match: str
+) -> None:
+    channel, theirs = pair
+    theirs.sendall(struct.pack("!IQ", head_len, size))
+    with pytest.raises(ChannelError, match=match):
+        channel.recv(timeout=5)
+
+
+@pytest.mark.parametrize("header", [b"not json", b"[1, 2]", b'{"no": "kind"}'])
+def test_malformed_headers_are_refused(pair: tuple[Channel, socket.socket], header: bytes) -> None:
+    channel, theirs = pair
+    theirs.sendall(struct.pack("!IQ", len(header), 0) + header)
+    with pytest.raises(ChannelError):
+        channel.recv(timeout=5)
+
+
+def test_a_closed_peer_and_a_frame_cut_short_are_told_apart(
+    pair: tuple[Channel, socket.socket],
+) -> None:
+    channel, theirs = pair
+    theirs.sendall(struct.pack("!IQ", 100, 0) + b'{"kind"')
+    theirs.close()
+    with pytest.raises(ChannelClosed):
+        channel.recv(timeout=5)
+
+
+def test_a_sender_refuses_to_send_past_the_limit(pair: tuple[Channel, socket.socket]) -> None:
+    channel, _ = pair
+    with pytest.raises(ChannelError, match="exceeds 1024"):
+        channel.send("big", {}, b"x" * 2000)
+
+
+def _task(arrays: Arrays, dst: str) -> Message:
+    return Message.create(run_id="r", dst=dst, round=1, kind=TRAIN, content=Content.of(arrays))
+
+
+def test_a_model_sent_to_many_nodes_crosses_once_and_arrives_shared() -> None:
+    model = Arrays({"w": np.arange(1000, dtype=np.float32)})
+    messages = [_task(model, f"n{i}") for i in range(50)]
+    header, parts = encode_batch(messages)
+    payload = b"".join(bytes(memoryview(p)) for p in parts)
+
+    assert len(header["blobs"]) == 1
+    assert len(payload) < 2 * model.encoded_size() + 50 * 2048
+    decoded = decode_batch(header, payload, RecordLimits())
+    assert [m.metadata.dst for m in decoded] == [f"n{i}" for i in range(50)]
+    assert decoded[0].content is not None and decoded[-1].content is not None
+    assert decoded[0].content.model is decoded[-1].content.model
+    np.testing.assert_array_equal(decoded[7].content.model["w"], model["w"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h.update(blobs=[10**12]),
+        lambda h: h["messages"][0].update(arrays=[["model", 5]]),
+        lambda h: h["messages"][0].update(arrays="nope"),
+        lambda h: h.pop("messages"),
+    ],
+)
+def test_a_malformed_batch_is_refused(edit) -> None:  # type: ignore[no-untyped-def]
+    header, parts = encode_batch([_task(Arrays({"w": np.zeros(3)}), "a")])
+    payload = b"".join(bytes(memoryview(p)) for p in parts)
+    edit(header)
+    with pytest.raises(WireFormatError):
+        decode_batch(header, payload, RecordLimits())
+
+
+def test_round_records_from_an_app_are_checked() -> None:
+    good = {"round": 1, "train": {"loss": 0.5}, "evaluate": {}, "central": {}, "seconds": 1.0,
+            "nodes": []}  # fmt: skip
+    assert round_from_json(good, RecordLimits()).train_metrics == {"loss": 0.5}
+    for bad in (
+        {**good, "train": {"loss": float("nan")}},
+        {**good, "train": {str(i): 1 for i in range(2000)}},
+        {**good, "round": -1},
+        {**good, "nodes": "x"},
+        {k: v for k, v in good.items() if k != "central"},
+    ):
+        with pytest.raises(UnacceptableRecord):
+            round_from_json(bad, RecordLimits())
