@@ -18,7 +18,8 @@ from consortium.apps.signing import build_bundle, generate_key, load_private_key
 from consortium.core.arrays import Arrays
 from consortium.core.errors import ConfigError
 from consortium.core.message import Content, Message
-from consortium.node.policy import MIB, AppPolicy, PolicyRefused, load_policy
+from consortium.node.policy import MIB, AppPolicy, PolicyRefused, load_policy, parse_size
+from consortium.sandbox.confine import SandboxLimits
 
 EXE = str(Path(sys.executable).parent / "consortium")
 APP = Path(__file__).resolve().parents[1] / "deploy" / "slowapp"
@@ -120,6 +121,54 @@ def test_a_bad_file_is_refused_naming_the_key_and_the_file(
     assert str(path) in str(caught.value)
 
 
+SANDBOX = """
+[sandbox]
+read = ["data", "/usr/share"]
+memory = "8GiB"
+cpu-seconds = 3600
+"""
+
+
+def test_the_sandbox_table(tmp_path: Path, keys: Path) -> None:
+    (tmp_path / "data").mkdir()
+    policy = load_policy(write(tmp_path / "policy.toml", GOOD + SANDBOX))
+    assert policy.sandbox_read == ((tmp_path / "data").resolve(), Path("/usr/share"))
+    assert policy.sandbox_limits == SandboxLimits(memory_bytes=8 * 1024**3, cpu_seconds=3600)
+    without = load_policy(write(tmp_path / "plain.toml", GOOD))
+    assert without.sandbox_read == () and without.sandbox_limits == SandboxLimits()
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [(4096, 4096), ("8GiB", 8 * 1024**3), ("512 MiB", 512 * 1024**2), ("2GB", 2 * 10**9),
+     ("1.5KiB", 1536), ("unlimited", None)],
+)  # fmt: skip
+def test_sizes(value: int | str, size: int | None) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (('memory = "8GiB"', 'memory = "8 gigs"'), r"key 'sandbox.memory': .*'8 gigs'"),
+        (('memory = "8GiB"', "memory = 0"), "key 'sandbox.memory'"),
+        (("cpu-seconds = 3600", "cpu-seconds = 0"), "key 'sandbox.cpu-seconds'"),
+        (('read = ["data", "/usr/share"]', 'read = ["absent"]'), "'absent' does not exist"),
+        (('read = ["data", "/usr/share"]', 'read = "data"'), "key 'sandbox.read'"),
+        (("cpu-seconds = 3600", "network = true"), "unknown key 'sandbox.network'"),
+    ],
+)
+def test_a_bad_sandbox_table_is_refused_naming_the_key(
+    tmp_path: Path, keys: Path, edit: tuple[str, str], message: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    assert edit[0] in SANDBOX
+    path = write(tmp_path / "policy.toml", GOOD + SANDBOX.replace(*edit))
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_policy(path)
+    assert str(path) in str(caught.value)
+
+
 def test_not_toml_or_no_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a valid TOML node policy"):
         load_policy(write(tmp_path / "p.toml", "[trust\n"))
@@ -155,6 +204,10 @@ def test_admit_and_task_limits(tmp_path: Path, keys: Path) -> None:
         (["--policy", "{policy}", "--app", "{app}"], "--policy cannot be combined with --app"),
         (["--policy", "{policy}", "--trust-server-apps"], "--policy cannot be combined"),
         (["--credentials", "{tmp}", "--trust-server-apps"], "unless --insecure-dev is given"),
+        (
+            ["--credentials", "{tmp}/keys", "--app", "{app}", "--app-read", "{tmp}"],
+            "which holds this node's credentials",
+        ),
     ],
 )
 def test_node_refuses_unsafe_option_combinations(

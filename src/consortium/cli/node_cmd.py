@@ -4,7 +4,9 @@ It exits 11 (a one-line message saying why and what to do) when the server refus
 the node for who it is; it retries, with capped backoff, while the server is unreachable.
 What it runs: the signed bundles its ``--policy`` file allows; for development, its own
 ``--app`` folders, or (warned, and refused with a certificate unless ``--insecure-dev``)
-whatever the server sends.
+whatever the server sends. Where: in a confined process per run, which cannot read the
+node's key (the policy's ``[sandbox]`` says what else it may read); without Landlock the
+node refuses to start unless ``--unconfined-apps`` (development only) is given.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from consortium.client.task import ERROR_DETAILS, ErrorDetail
 from consortium.core.errors import ConfigError, NodeRefused
 
 if TYPE_CHECKING:
+    from consortium.node.isolated import AppIsolation
     from consortium.node.policy import NodePolicy
 
 log = logging.getLogger("consortium.node")
@@ -74,6 +77,20 @@ log = logging.getLogger("consortium.node")
     help="Acknowledge that --trust-server-apps lets the server run any code on this machine.",
 )
 @click.option(
+    "--app-read",
+    "app_read",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A file or folder the app process may read, besides its own code and the policy's "
+    "[sandbox] read list, e.g. this node's data (repeatable).",
+)
+@click.option(
+    "--unconfined-apps",
+    is_flag=True,
+    help="DEVELOPMENT ONLY: run apps without Landlock (kernels without it). An app could "
+    "then read this node's private key and reach the network.",
+)
+@click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("node-data"),
@@ -99,6 +116,8 @@ def node(
     policy_file: Path | None,
     trust_server_apps: bool,
     insecure_dev: bool,
+    app_read: tuple[Path, ...],
+    unconfined_apps: bool,
     work_dir: Path,
     send_errors: ErrorDetail,
     insecure: bool,
@@ -108,25 +127,32 @@ def node(
     from consortium.core.buffers import tune_malloc
 
     tune_malloc()
+    from consortium.apps.bundle import DEFAULT_LIMITS
     from consortium.node.runner import NodeRunner
     from consortium.transport.grpc_client import FleetClient
 
+    # a server sending a larger app bundle is refused at its first chunk
+    max_bundle = DEFAULT_LIMITS.max_bundle_bytes
+
     policy = _policy(policy_file, apps, trust_server_apps, insecure_dev, insecure)
+    isolation = _isolation(policy, app_read, unconfined_apps, credentials)
     configure_logging(work_dir, verbose=True, filename="node.log")
     config = dict(parse_override(c) for c in node_config)
     if insecure:
         warn_insecure()
         if not name:
             raise ConfigError("--insecure needs --name NODE")
-        client = FleetClient(address, tls=None, insecure_name=name)
+        client = FleetClient(address, tls=None, insecure_name=name, max_bundle_bytes=max_bundle)
     else:
-        client = FleetClient(address, tls=client_tls(credentials, name, "node", server_name))
+        tls = client_tls(credentials, name, "node", server_name)
+        client = FleetClient(address, tls=tls, max_bundle_bytes=max_bundle)
     runner = NodeRunner(
         client,
         node_config=config,
         work_dir=work_dir,
         policy=policy,
         send_errors=send_errors,
+        isolation=isolation,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
@@ -137,6 +163,8 @@ def node(
         )  # fmt: skip
     elif trust_server_apps:
         log.warning(_UNSAFE)
+    if unconfined_apps:
+        log.warning(_UNCONFINED)
     click.echo(f"consortium node: dialling {address}")
     try:
         runner.run()
@@ -154,6 +182,46 @@ _UNSAFE = (
     "--trust-server-apps: this node runs ANY code the server sends, unverified, next to its "
     "data. Development only: use --policy FILE with signed bundles in production."
 )
+
+
+_UNCONFINED = (
+    "--unconfined-apps: apps run WITHOUT Landlock: an app can read every file this node "
+    "can, its private key included, and reach the network. Never use it with real data."
+)
+
+
+def _isolation(
+    policy: NodePolicy, app_read: tuple[Path, ...], unconfined: bool, credentials: Path | None
+) -> AppIsolation:
+    """How the app processes are confined: the policy's ``[sandbox]``, ``--app-read`` and
+    ``--unconfined-apps``; the node's credentials folder is what no app may read."""
+    from consortium.node.isolated import AppIsolation
+    from consortium.sandbox.confine import SandboxLimits, landlock_available
+
+    if unconfined:
+        click.secho(f"WARNING: {_UNCONFINED}", fg="red", bold=True, err=True)
+    elif not landlock_available():
+        raise ConfigError(
+            "this kernel cannot confine apps (no Landlock: Linux 5.13+ with landlock in the "
+            "LSM list), so an app would run beside this node's private key. Use a newer "
+            "kernel, or --unconfined-apps on a development machine only"
+        )
+    approved = policy.approved
+    read = (*(approved.sandbox_read if approved else ()), *(p.resolve() for p in app_read))
+    secrets = () if credentials is None else (credentials.resolve(),)
+    for secret in secrets:
+        for tree in read:
+            if secret == tree or tree in secret.parents:
+                raise ConfigError(
+                    f"the app process may read {tree}, which holds this node's credentials "
+                    f"({secret}): grant only the data folders, never the key's"
+                )
+    return AppIsolation(
+        limits=approved.sandbox_limits if approved else SandboxLimits(),
+        read_paths=read,
+        confined=not unconfined,
+        secrets=secrets,
+    )
 
 
 def _policy(

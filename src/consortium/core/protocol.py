@@ -29,6 +29,7 @@ __all__ = [
     "CLIPPED_UPDATES",
     "CONFIG",
     "DITTO_STATE",
+    "ERROR_APP_PROCESS",
     "ERROR_NODE_LOST",
     "ERROR_NODE_OFFLINE",
     "ERROR_UNKNOWN_NODE",
@@ -206,6 +207,10 @@ ERROR_NODE_LOST = "node-lost"
 #: The server refused a node's result for good (too large, malformed, out of limits); the
 #: node answers the task with this error instead (written by the node runner).
 ERROR_RESULT_REFUSED = "result-refused"
+#: A node's app process for the task's run could not start, died, broke a limit of the
+#: node's ``[sandbox]`` or sent what the node refuses; the reason says which, in the
+#: node's own words (written by the node runner).
+ERROR_APP_PROCESS = "app-process-failed"
 #: A task's transfer to its node, or the node's reply, stopped moving and was cut off
 #: (written by the server's fleet).
 ERROR_TRANSFER_STALLED = "transfer-stalled"

@@ -4,7 +4,9 @@ A hospital's security officer writes the policy; the node enforces it on every r
 
 * ``[trust] publishers``: the publisher keys (``*.pub``) whose signatures it accepts;
 * ``[[allow]]``: the apps it runs, by name and version or by an exact bundle SHA-256;
-* ``[limits]``: the most rounds, the largest model, the task kinds it answers.
+* ``[limits]``: the most rounds, the largest model, the task kinds it answers;
+* ``[sandbox]``: what the app process may read besides its own code (``read``: the
+  data the node grants it), and its ``memory`` and ``cpu-seconds`` limits.
 
 :meth:`AppPolicy.admit` verifies a run's bundle in memory before anything of it is
 written or imported; :meth:`AppPolicy.check_task` checks each task before the app runs.
@@ -15,11 +17,8 @@ loudly-warned flag, whatever the server sends (:class:`NodePolicy`).
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
 import shutil
-import sys
 import tomllib
 import uuid
 from dataclasses import dataclass, field
@@ -33,9 +32,13 @@ from consortium.apps.signing import PublicKey, VerifiedBundle, load_trusted_keys
 from consortium.core.errors import ConfigError, SecurityError
 from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Message
+from consortium.sandbox.confine import SandboxLimits
 
 MIB = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}  # fmt: skip
 
 
 class PolicyRefused(SecurityError):
@@ -112,12 +115,25 @@ class LimitsSection(_Strict):
     kinds: list[str] | None = None
 
 
+class SandboxSection(_Strict):
+    """``[sandbox]``: what the app process may read beyond its own code, and its limits.
+
+    ``memory`` is bytes or a size such as ``"8GiB"`` (``"unlimited"``: the operating
+    system's own; a GPU app may need it); unset, it is 16 GiB.
+    """
+
+    read: list[str] = Field(default_factory=list)
+    memory: int | str | None = None
+    cpu_seconds: int | None = Field(default=None, gt=0, alias="cpu-seconds")
+
+
 class PolicyFile(_Strict):
     """The policy file as written."""
 
     trust: TrustSection
     allow: list[AllowEntry] = Field(min_length=1)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    sandbox: SandboxSection = Field(default_factory=SandboxSection)
 
 
 # -- the loaded policy ----------------------------------------------------------------
@@ -134,6 +150,10 @@ class AppPolicy:
     max_model_bytes: int | None = None
     #: the task kinds this node answers (None: every kind)
     kinds: frozenset[str] | None = None
+    #: ``[sandbox] read``: trees the app process may read (resolved, existing)
+    sandbox_read: tuple[Path, ...] = ()
+    #: ``[sandbox]`` memory and cpu-seconds
+    sandbox_limits: SandboxLimits = field(default_factory=SandboxLimits)
 
     def admit(self, bundle: bytes) -> VerifiedBundle:
         """Verify ``bundle`` (in memory) and check it against ``[[allow]]``, or refuse it."""
@@ -197,6 +217,7 @@ def load_policy(path: Path | str) -> AppPolicy:
     if not keys:
         raise ConfigError(f"{file}: [trust] publishers names no key")
     limits = parsed.limits
+    read, sandbox_limits = _sandbox(file, folder, parsed.sandbox)
     return AppPolicy(
         source=file.resolve(),
         publishers=tuple(keys),
@@ -204,7 +225,46 @@ def load_policy(path: Path | str) -> AppPolicy:
         max_rounds=limits.max_rounds,
         max_model_bytes=None if limits.max_model_mb is None else int(limits.max_model_mb * MIB),
         kinds=None if limits.kinds is None else frozenset(limits.kinds),
+        sandbox_read=read,
+        sandbox_limits=sandbox_limits,
     )
+
+
+def _sandbox(
+    file: Path, folder: Path, section: SandboxSection
+) -> tuple[tuple[Path, ...], SandboxLimits]:
+    """The ``[sandbox]`` table's read paths (resolved against the policy's folder; each
+    must exist) and limits."""
+    read = []
+    for entry in section.read:
+        path = (folder / Path(entry).expanduser()).resolve()
+        if not path.exists():
+            raise ConfigError(f"{file}: key 'sandbox.read': {entry!r} does not exist")
+        read.append(path)
+    memory = SandboxLimits().memory_bytes
+    if section.memory is not None:
+        try:
+            memory = parse_size(section.memory)
+        except ValueError as exc:
+            raise ConfigError(f"{file}: key 'sandbox.memory': {exc}") from exc
+    return tuple(read), SandboxLimits(memory_bytes=memory, cpu_seconds=section.cpu_seconds)
+
+
+def parse_size(value: int | str) -> int | None:
+    """Bytes from ``8589934592``, ``"8GiB"``, ``"512 MiB"`` or ``"8GB"``; None for
+    ``"unlimited"``. Raises ValueError naming what it got."""
+    if isinstance(value, str) and value.strip().lower() == "unlimited":
+        return None
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    size = value if isinstance(value, int) else None
+    if match is not None:
+        size = int(float(match[1]) * _UNITS[(match[2] or "").lower()])
+    if size is None or size <= 0:
+        raise ValueError(
+            f"expected a positive number of bytes, a size such as '8GiB', or 'unlimited'; "
+            f"got {value!r}"
+        )
+    return size
 
 
 def _describe(exc: ValidationError) -> str:
@@ -272,20 +332,3 @@ def _extract_fresh(bundle: bytes, target: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target.resolve()
-
-
-def forget_other_apps(app_dir: Path, roots: list[Path]) -> None:
-    """Drop the modules and ``sys.path`` entries of other app folders (under ``roots``), so
-    two apps, or two versions of one, never share module names."""
-    keep = str(app_dir)
-    others = [str(root.resolve()) for root in roots]
-
-    def other(path: str) -> bool:
-        inside = any(path == r or path.startswith(r + os.sep) for r in others)
-        return inside and path != keep and not path.startswith(keep + os.sep)
-
-    for name, module in list(sys.modules.items()):
-        if other(getattr(module, "__file__", None) or ""):
-            del sys.modules[name]
-    sys.path[:] = [p for p in sys.path if not other(p)]
-    importlib.invalidate_caches()

@@ -12,7 +12,9 @@ own node config, never from the server; how much of an app's exception leaves
 the silo is its own setting too (``send_errors``; the full traceback stays in
 its log). What it runs is its :class:`~consortium.node.policy.NodePolicy`'s call: a
 refusal (an unsigned or unapproved bundle, a task past its limits) is sent to the server
-in full, as the node's own words, and logged.
+in full, as the node's own words, and logged. How it runs it: never in this process,
+which holds the node's key, but in a confined app process per run
+(:mod:`consortium.node.isolated`).
 """
 
 from __future__ import annotations
@@ -30,18 +32,20 @@ from pathlib import Path
 
 from consortium._version import __version__
 from consortium.apps.bundle import bundle_digest
-from consortium.apps.loader import load_app
-from consortium.client.app import ClientApp
-from consortium.client.task import ErrorDetail, failure_reply, run_task
-from consortium.core.context import Context, NodeState
+from consortium.client.task import ErrorDetail, failure_reply
 from consortium.core.errors import NodeRefused, SecurityError, ServerUnavailable, TransportError
-from consortium.core.fleet_info import RunBundle
 from consortium.core.message import TIMING_RECORD, Error, Message
-from consortium.core.protocol import ERROR_RESULT_REFUSED, TIMING_TRAIN
+from consortium.core.protocol import ERROR_APP_PROCESS, ERROR_RESULT_REFUSED, TIMING_TRAIN
 from consortium.core.records import Config
-from consortium.core.state_codec import decode_state, encode_state
 from consortium.node.connection import NodeConnection
-from consortium.node.policy import NodePolicy, PolicyRefused, forget_other_apps
+from consortium.node.isolated import (
+    AppIsolation,
+    AppProcessFailed,
+    RunApp,
+    RunProcess,
+    RunProcesses,
+)
+from consortium.node.policy import NodePolicy, PolicyRefused
 
 __all__ = ["Backoff", "NodePolicy", "NodeRunner", "RetryLog"]
 
@@ -157,6 +161,7 @@ class NodeRunner:
         poll_wait: float = 5.0,
         send_errors: ErrorDetail = "type",
         backoff: Backoff | None = None,
+        isolation: AppIsolation | None = None,
     ) -> None:
         #: the link to the server (gRPC in deployment, in memory in tests)
         self.connection = connection
@@ -173,7 +178,10 @@ class NodeRunner:
         self._outbox: deque[tuple[str, Message]] = deque()
         #: a pulled task whose app could not be fetched yet (server unreachable)
         self._held: Message | None = None
-        self._runs: dict[str, tuple[RunBundle, ClientApp]] = {}
+        #: how the app processes are confined (the policy's [sandbox] and the node's options)
+        self.isolation = isolation or AppIsolation()
+        self._runs: dict[str, RunApp] = {}
+        self._processes = RunProcesses(self._start_process)
         self._refused_runs: dict[str, PolicyRefused] = {}
         self._rehello = threading.Event()
         #: the refusal the heartbeat thread met (the main loop raises it)
@@ -208,6 +216,7 @@ class NodeRunner:
             raise
         finally:
             self.stop.set()  # ends the heartbeats too
+            self._processes.close()
 
     def _connect(self) -> None:
         conn = self.connection
@@ -224,6 +233,7 @@ class NodeRunner:
             if self._rehello.is_set():
                 self._connect()
             self._serve_one()
+            self._processes.end_idle()
 
     def _serve_one(self) -> None:
         """Pull, run and answer one task. Its own frame, so that the task's buffers
@@ -279,43 +289,16 @@ class NodeRunner:
     def _handle(self, task: Message) -> Message:
         meta = task.metadata
         try:
-            bundle, app = self._app_for(meta.run_id)
+            app = self._app_for(meta.run_id)
             self.policy.check_task(task)
-            context = Context(
-                node_id=self.name,
-                node_config=self.node_config,
-                run_config=json.loads(bundle.run_config_json),
-                state=self._load_state(meta.run_id),
-                seed=int(bundle.seed),
-            )
-            result = run_task(app, task, context, error_detail=self.send_errors)
-            reply = result.reply
-            if result.raised:  # reported as detailed as allowed; the half-changed state is dropped
-                log.error(
-                    "run %s round %d: %s failed (the server is told %s):\n%s",
-                    meta.run_id,
-                    meta.round,
-                    meta.kind,
-                    _TOLD[self.send_errors],
-                    result.traceback,
-                )
-                return reply
-            log.info(
-                "run %s round %d: %s done in %.2f s",
-                meta.run_id,
-                meta.round,
-                meta.kind,
-                result.seconds,
-            )
-            if reply.content is not None:  # the server splits the task's time with it
-                reply.content.metrics[TIMING_RECORD] = {TIMING_TRAIN: result.seconds}
-            self._save_state(meta.run_id, context.state)
-            self.tasks_done += 1
-            return reply
+            result = self._processes.run(app, task, self.stop)
         except PolicyRefused as exc:  # the node's own words, not app output: sent in full
             log.error("run %s round %d: %s refused: %s", meta.run_id, meta.round, meta.kind, exc)
             return failure_reply(task, exc, "message")
-        except Exception as exc:  # no app or state to run with: report it; keep serving
+        except AppProcessFailed as exc:  # the node's own words too
+            log.error("run %s round %d: %s failed: %s", meta.run_id, meta.round, meta.kind, exc)
+            return task.error_reply(ERROR_APP_PROCESS, str(exc))
+        except Exception as exc:  # no app to run with: report it; keep serving
             log.exception(
                 "run %s round %d: %s failed (the server is told %s)",
                 meta.run_id,
@@ -324,9 +307,38 @@ class NodeRunner:
                 _TOLD[self.send_errors],
             )
             return failure_reply(task, exc, self.send_errors)
+        reply = result.reply
+        if result.raised:  # reported by the app process as detailed as allowed
+            log.error(
+                "run %s round %d: %s failed (the server is told %s):\n%s",
+                meta.run_id,
+                meta.round,
+                meta.kind,
+                _TOLD[self.send_errors],
+                result.traceback,
+            )
+            return reply
+        log.info(
+            "run %s round %d: %s done in %.2f s", meta.run_id, meta.round, meta.kind, result.seconds
+        )
+        if reply.content is not None:  # the server splits the task's time with it
+            reply.content.metrics[TIMING_RECORD] = {TIMING_TRAIN: result.seconds}
+        self.tasks_done += 1
+        return reply
+
+    def _start_process(self, app: RunApp) -> RunProcess:
+        return RunProcess.start(
+            app,
+            node_id=self.name,
+            node_config=self.node_config,
+            send_errors=self.send_errors,
+            runs_dir=self.work_dir / "runs",
+            isolation=self.isolation,
+            max_bytes=self.connection.max_message_bytes,
+        )
 
     def _fetch_app(self, run_id: str) -> None:
-        """Load the run's app before running a task. If the server is unreachable the
+        """Fetch and verify the run's app before running a task. If the server is unreachable the
         error propagates (the task stays held and runs after reconnecting); any other
         failure is left for ``_handle`` to report to the server as the task's error."""
         try:
@@ -336,7 +348,9 @@ class NodeRunner:
         except Exception:  # reported by _handle, which tries again
             pass
 
-    def _app_for(self, run_id: str) -> tuple[RunBundle, ClientApp]:
+    def _app_for(self, run_id: str) -> RunApp:
+        """The run's verified app folder and settings (fetched, verified and extracted
+        once per run; its code is imported only in the run's app process)."""
         cached = self._runs.get(run_id)
         if cached is not None:
             return cached
@@ -352,26 +366,9 @@ class NodeRunner:
         except PolicyRefused as exc:
             self._refused_runs[run_id] = exc
             raise
-        forget_other_apps(app_dir, [apps_root, *self.policy.local_apps.values()])
-        app = load_app(entry, [str(app_dir)])
-        self._runs[run_id] = (bundle, app)
-        return bundle, app
-
-    def _state_path(self, run_id: str) -> Path:
-        return self.work_dir / "state" / f"{run_id}.bin"
-
-    def _load_state(self, run_id: str) -> NodeState:
-        path = self._state_path(run_id)
-        return decode_state(path.read_bytes()) if path.exists() else NodeState()
-
-    def _save_state(self, run_id: str, state: NodeState) -> None:
-        if state.is_empty():
-            return
-        path = self._state_path(run_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_state(state))
-        tmp.replace(path)
+        app = RunApp(run_id, app_dir, entry, json.loads(bundle.run_config_json), int(bundle.seed))
+        self._runs[run_id] = app
+        return app
 
 
 #: what the server learns of a failed task, per ``send_errors`` setting, for the log
