@@ -6,6 +6,7 @@ The names below are the public API; everything else lives in subpackages
 
 from consortium._version import __version__
 from consortium.client import ClientApp, EvaluateResult, FitResult, NumPyClient
+from consortium.control import ControlClient
 from consortium.core import (
     Arrays,
     Config,
@@ -27,6 +28,7 @@ __all__ = [
     "ConsortiumError",
     "Content",
     "Context",
+    "ControlClient",
     "EvaluateResult",
     "FedAvg",
     "FitResult",

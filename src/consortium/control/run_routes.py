@@ -1,0 +1,241 @@
+"""The REST API's run endpoints: start, list, show, stop, metrics, model, events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from consortium.control.guard import ApiError
+from consortium.control.registry import RunEntry
+from consortium.control.views import (
+    MEDIA_TYPES,
+    ModelFormat,
+    export_model,
+    failed_nodes,
+    round_json,
+    sse,
+)
+from consortium.core import audit
+from consortium.core.arrays import Arrays
+from consortium.core.errors import ConsortiumError, MissingDependencyError
+from consortium.transport.authz import DOWNLOAD_MODEL, READ_RUNS, START_RUN, STOP_RUN
+
+if TYPE_CHECKING:
+    from consortium.control.api import ApiContext
+
+log = logging.getLogger("consortium.control")
+
+#: run states after which nothing more happens to a run
+TERMINAL = ("finished", "failed", "stopped", "interrupted")
+ScalarValue = bool | int | float | str
+
+
+class StartRun(BaseModel):
+    """``POST /api/v1/runs``: which uploaded app, and how to run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str = Field(min_length=1, description="The app's name (see GET /api/v1/apps).")
+    version: str | None = Field(default=None, description="Default: the newest upload.")
+    run_config: dict[str, ScalarValue | list[ScalarValue]] = Field(
+        default_factory=dict, description="Overrides of the app's [run-config]."
+    )
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="Default: random.")
+    nodes: list[str] | None = Field(
+        default=None, description="Not supported yet: every online node takes part."
+    )
+
+
+def run_router(ctx: ApiContext) -> APIRouter:
+    router = APIRouter(tags=["runs"])
+    guard, runs = ctx.guard, ctx.runs
+
+    @router.post("/runs", status_code=201)
+    def start_run(request: Request, body: StartRun) -> dict[str, Any]:
+        """Start a run of an uploaded app; its id."""
+        who = guard.require(request, START_RUN, audit.RUN_START)
+        facts: dict[str, Any] = {"app": body.app, "token": who.token_id}
+
+        def failed(status: int, code: str, message: str, field: str) -> ApiError:
+            guard.record(who.caller, audit.RUN_START, "failed", detail={**facts, "error": message})
+            return ApiError(status, code, message, field=field)
+
+        if body.nodes:
+            why = ("nodes: this server cannot yet run on a chosen subset of nodes; leave it "
+                   "out (every online node takes part)")  # fmt: skip
+            raise failed(422, "unsupported", why, "nodes")
+        try:
+            entry = ctx.registry.find(body.app, body.version)
+        except LookupError as exc:
+            raise failed(404, "not-found", str(exc), "app") from None
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+        facts.update(app_version=entry.version, bundle_sha256=entry.sha256, seed=seed)
+        try:
+            run_id = runs.start_run(ctx.registry.bundle(entry), json.dumps(body.run_config), seed)
+        except ConsortiumError as exc:
+            raise failed(422, "invalid", str(exc), "run_config") from None
+        except Exception as exc:  # the server's fault, not the request's: still audited
+            log.exception("REST API: run of %s %s could not start", entry.name, entry.version)
+            raise failed(500, "internal", f"the run could not start: {exc}", "app") from None
+        started = RunEntry(run_id, entry.name, entry.version, entry.sha256, who.caller.name,
+                           who.caller.role, time.time())  # fmt: skip
+        ctx.registry.record_run(started)
+        guard.record(who.caller, audit.RUN_START, "ok", run_id=run_id, detail=facts)
+        return {"run_id": run_id}
+
+    @router.get("/runs")
+    def list_runs(request: Request) -> dict[str, Any]:
+        """The newest runs, newest first."""
+        guard.require(request, READ_RUNS, audit.RUN_LIST)
+        return {"runs": runs.list_runs()}
+
+    @router.get("/runs/{run_id}")
+    def show_run(request: Request, run_id: str) -> dict[str, Any]:
+        """Status, config, app (name, version, sha256), who started it, timings, rounds."""
+        guard.require(request, READ_RUNS, audit.RUN_SHOW, run_id=run_id)
+        return _detail(ctx, run_id)
+
+    @router.post("/runs/{run_id}/stop")
+    def stop_run(request: Request, run_id: str) -> dict[str, Any]:
+        """Ask a running run to stop at the end of its round (``stopped``: whether it was
+        running here to be stopped)."""
+        who = guard.require(request, STOP_RUN, audit.RUN_STOP, run_id=run_id)
+        if runs.store.get_run(run_id) is None:
+            why = f"run_id: no run {run_id!r}"
+            guard.record(who.caller, audit.RUN_STOP, "failed", run_id=run_id,
+                         detail={"error": why, "token": who.token_id})  # fmt: skip
+            raise ApiError(404, "not-found", why, field="run_id")
+        stopped = runs.stop_run(run_id)
+        guard.record(who.caller, audit.RUN_STOP, "ok", run_id=run_id,
+                     detail={"stopped": stopped, "token": who.token_id})  # fmt: skip
+        return {"run_id": run_id, "stopped": stopped}
+
+    @router.get("/runs/{run_id}/metrics")
+    def metrics(request: Request, run_id: str) -> dict[str, Any]:
+        """Per round: the aggregated metrics and each node's train/evaluate metrics,
+        examples and durations."""
+        guard.require(request, READ_RUNS, audit.RUN_SHOW, run_id=run_id)
+        record = runs.record(run_id)
+        if record is None:
+            raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
+        return {
+            "run_id": run_id,
+            "status": record.status.value,
+            "rounds": [round_json(r) for r in record.rounds],
+        }
+
+    @router.get("/runs/{run_id}/model", response_class=Response)
+    def model(
+        request: Request,
+        run_id: str,
+        format: Annotated[ModelFormat, Query(description="npz or safetensors")] = "npz",
+    ) -> Response:
+        """The run's final global model, or before it ends its newest checkpointed one."""
+        who = guard.require(request, DOWNLOAD_MODEL, audit.MODEL_DOWNLOAD, run_id=run_id)
+        wire = runs.global_model(run_id)
+        if wire is None:
+            why = f"run {run_id!r} has no global model (unknown run, or none saved yet)"
+            guard.record(who.caller, audit.MODEL_DOWNLOAD, "failed", run_id=run_id,
+                         detail={"error": why})  # fmt: skip
+            raise ApiError(404, "not-found", why, field="run_id")
+        try:
+            data = export_model(Arrays.from_bytes(wire), format)
+        except MissingDependencyError as exc:
+            raise ApiError(501, "unavailable", str(exc), field="format") from None
+        facts = {"format": format, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                 "token": who.token_id}  # fmt: skip
+        guard.record(who.caller, audit.MODEL_DOWNLOAD, "ok", run_id=run_id, detail=facts)
+        headers = {"Content-Disposition": f'attachment; filename="{run_id}.{format}"'}
+        return Response(data, media_type=MEDIA_TYPES[format], headers=headers)
+
+    @router.get("/runs/{run_id}/events", response_class=StreamingResponse)
+    async def events(
+        request: Request,
+        run_id: str,
+        after: Annotated[int, Query(ge=0, description="Skip rounds up to this one.")] = 0,
+    ) -> StreamingResponse:
+        """Server-Sent Events: ``round_finished``, ``node_failed``, ``run_finished``."""
+        await run_in_threadpool(guard.require, request, READ_RUNS, audit.RUN_SHOW, run_id=run_id)
+        if await run_in_threadpool(runs.store.get_run, run_id) is None:
+            raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(
+            _stream(ctx, run_id, after), media_type="text/event-stream", headers=headers
+        )
+
+    return router
+
+
+async def _stream(ctx: ApiContext, run_id: str, after: int) -> AsyncIterator[str]:
+    """Each round once (and its failed nodes), then the run's end; keep-alives between."""
+    watcher = ctx.events.subscribe(run_id, asyncio.get_running_loop())
+    sent, spoke = after, time.monotonic()
+    try:
+        while True:
+            record = await run_in_threadpool(ctx.runs.record, run_id)
+            if record is None:
+                return
+            for r in record.rounds:
+                if r.round <= sent:
+                    continue
+                yield sse("round_finished", json.dumps({"run_id": run_id, **round_json(r)}),
+                          event_id=str(r.round))  # fmt: skip
+                for failure in failed_nodes(run_id, r):
+                    yield sse("node_failed", json.dumps(failure))
+                sent, spoke = r.round, time.monotonic()
+            status = record.status.value
+            if status in TERMINAL:
+                end = {"run_id": run_id, "status": status, "error": record.error,
+                       "rounds_done": len(record.rounds)}  # fmt: skip
+                yield sse("run_finished", json.dumps(end))
+                return
+            if ctx.events.closed:
+                return
+            # once the app said it ended, its status is written within moments
+            woken = await watcher.wait(0.25 if watcher.ending else ctx.keepalive)
+            if not woken and time.monotonic() - spoke >= ctx.keepalive:
+                yield ": keep-alive\n\n"
+                spoke = time.monotonic()
+    finally:
+        watcher.close()
+
+
+def _detail(ctx: ApiContext, run_id: str) -> dict[str, Any]:
+    shown = ctx.runs.show_run(run_id)
+    view = ctx.runs.store.get_run(run_id)
+    if shown is None or view is None:
+        raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
+    started = ctx.registry.run(run_id)
+    return {
+        **shown,
+        "app_name": view.app_name,
+        "app_version": view.app_version,
+        "app_sha256": _bundle_sha256(ctx, run_id),
+        "seed": view.seed,
+        "num_rounds": view.num_rounds,
+        "started": None if view.started_at is None else view.started_at.timestamp(),
+        # runs started over gRPC (`consortium run start`) are in the audit log instead
+        "started_by": None if started is None else started.started_by,
+        "started_by_role": None if started is None else started.role,
+    }
+
+
+def _bundle_sha256(ctx: ApiContext, run_id: str) -> str | None:
+    """The digest of the bundle the run was started from (kept in its run folder)."""
+    path = Path(ctx.runs.root) / "runs" / run_id / "bundle.zip"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
