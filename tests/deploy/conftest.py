@@ -77,7 +77,9 @@ class Deployment:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     port: int = 0
 
-    def start_server(self, *extra: str, offline_after: float = 2.0) -> int:
+    def start_server(self, *extra: str, offline_after: float = 2.0, tracking: bool = False) -> int:
+        """The server, on the port of the one before (a restart); MLflow tracking only
+        when a test asks (its store costs seconds to create)."""
         port_file = self.workdir / "port"
         port_file.unlink(missing_ok=True)
         address = f"127.0.0.1:{self.port}"  # reuse the port after a restart
@@ -87,6 +89,7 @@ class Deployment:
             "--workdir", str(self.workdir / "server"), "--port-file", str(port_file),
             "--heartbeat", "0.3", "--offline-after", str(offline_after),
             *[a for n in NODES for a in ("--allow", n)], *extra,
+            *([] if tracking else ["--no-tracking"]),
         ]  # fmt: skip
         self.procs["server"] = self._spawn("server", args)
         deadline = time.monotonic() + 60

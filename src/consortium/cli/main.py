@@ -9,12 +9,16 @@ import click
 
 from consortium._version import __version__
 from consortium.cli.app_cmd import app
+from consortium.cli.audit_cmd import audit
 from consortium.cli.ca_cmd import ca
 from consortium.cli.demo_cmd import demo
+from consortium.cli.fleet_cmd import fleet
+from consortium.cli.local_cmd import local
 from consortium.cli.node_cmd import node
 from consortium.cli.run_cmd import run
 from consortium.cli.server_cmd import server
 from consortium.cli.simulate_cmd import simulate
+from consortium.cli.token_cmd import token
 from consortium.core.errors import ConsortiumError
 
 
@@ -29,6 +33,7 @@ def cli() -> None:
     Start here:
       consortium demo                      four hospitals learn heart disease together
       consortium simulate examples/fraud   run an app folder with virtual nodes
+      consortium local --dir DIR           a server, its REST API and 4 hospitals, locally
 
     \b
     Deploy (see docs/deploy.md):
@@ -36,6 +41,10 @@ def cli() -> None:
       consortium server                    the aggregation server
       consortium node                      one per silo, beside its data
       consortium run start|list|show|stop  the coordinator's commands
+      consortium run download RUN_ID       the global model a run finished with
+      consortium fleet ban NODE            refuse a node at its next call
+      consortium audit show|verify|export  who did what, hash-chained
+      consortium token create|list|revoke  bearer tokens for the REST API (docs/api.md)
     """
 
 
@@ -45,7 +54,11 @@ cli.add_command(ca)
 cli.add_command(server)
 cli.add_command(node)
 cli.add_command(run)
+cli.add_command(fleet)
 cli.add_command(app)
+cli.add_command(audit)
+cli.add_command(token)
+cli.add_command(local)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

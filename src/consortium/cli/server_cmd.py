@@ -6,9 +6,11 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from consortium._version import __version__
 from consortium.cli.observers import configure_logging
 from consortium.cli.tls_options import (
     credentials_option,
@@ -17,13 +19,36 @@ from consortium.cli.tls_options import (
     require_deploy,
     warn_insecure,
 )
+from consortium.core.audit import SERVER_ACTOR, SERVER_START, SERVER_STOP, AuditEvent
 from consortium.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from consortium.server.isolation.host import Isolation
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
 
 #: On SIGTERM/SIGINT, how long the server waits for its runs to reach the end of a round.
 SHUTDOWN_GRACE = 60.0
+#: Where the server keeps its state (and `consortium audit` looks for it) by default.
+DEFAULT_WORKDIR = Path("server-data")
+
+
+def server_event(
+    action: str, address: str, mode: str, allowed: set[str], admins: tuple[str, ...]
+) -> AuditEvent:
+    """The audit entry of a server starting or stopping: where, how, and who may join."""
+    return AuditEvent(
+        actor=SERVER_ACTOR,
+        action=action,
+        target=address,
+        detail={
+            "transport": mode,
+            "allowed_nodes": sorted(allowed),
+            "admins": sorted(admins),
+            "version": __version__,
+        },
+    )
 
 
 def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]:
@@ -34,6 +59,22 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
             if line:
                 allowed.add(line)
     return allowed
+
+
+def app_isolation(
+    memory_mb: int, cpu_seconds: int | None, unconfined: bool, secrets: list[Path]
+) -> Isolation:
+    """How each run's server app process is confined (``--app-*`` options)."""
+    from consortium.sandbox.confine import SandboxLimits
+    from consortium.server.isolation.host import Isolation
+
+    if unconfined:
+        log.warning(
+            "--unconfined-apps: server apps run WITHOUT Landlock and can read every file "
+            "this server can, its private key included. Never use it with real data."
+        )
+    limits = SandboxLimits(memory_bytes=memory_mb * 1024 * 1024, cpu_seconds=cpu_seconds)
+    return Isolation(limits=limits, confined=not unconfined, secrets=tuple(secrets))
 
 
 @click.command()
@@ -51,9 +92,16 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
 @click.option("--allow-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--admin", "admins", multiple=True, metavar="NAME", help="Restrict admins to these.")
 @click.option(
+    "--authz",
+    "authz_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Authorization policy (TOML): what each certificate role may do on the coordinator's "
+    "API, replacing the defaults (see docs/operations.md).",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("server-data"),
+    default=DEFAULT_WORKDIR,
     show_default=True,
 )
 @click.option(
@@ -124,6 +172,44 @@ def read_allow_list(names: tuple[str, ...], allow_file: Path | None) -> set[str]
     help="How long a run's write to the state database is retried (locked, gone, read-only) "
     "before the run fails.",
 )
+@click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help="MLflow store for every run [default: $MLFLOW_TRACKING_URI, else "
+    "sqlite:///WORKDIR/mlflow.db with artifacts in WORKDIR/mlartifacts].",
+)
+@click.option(
+    "--tracking/--no-tracking",
+    default=True,
+    show_default=True,
+    help="Record runs in MLflow (needs the tracking extra).",
+)
+@click.option(
+    "--app-memory-mb",
+    type=click.IntRange(min=64),
+    default=16384,
+    show_default=True,
+    help="Address space each run's server app process may use (it gets MemoryError past it).",
+)
+@click.option(
+    "--app-cpu-seconds",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU time each run's server app process may use before it is killed [default: none].",
+)
+@click.option(
+    "--unconfined-apps",
+    is_flag=True,
+    help="DEVELOPMENT ONLY: run server apps without Landlock (kernels without it). "
+    "An app could then read the server's key.",
+)
+@click.option(
+    "--http",
+    "http",
+    metavar="HOST:PORT",
+    help="Also serve the REST API (docs/api.md) here, e.g. 127.0.0.1:8080 (port 0: any; "
+    "the URL is written to WORKDIR/api/url). Needs the control extra.",
+)
 @insecure_option
 def server(
     address: str,
@@ -133,6 +219,7 @@ def server(
     allow: tuple[str, ...],
     allow_file: Path | None,
     admins: tuple[str, ...],
+    authz_file: Path | None,
     workdir: Path,
     heartbeat: float,
     offline_after: float,
@@ -145,6 +232,12 @@ def server(
     resume: str | None,
     resume_interrupted: bool,
     state_timeout: float,
+    tracking_uri: str | None,
+    tracking: bool,
+    app_memory_mb: int,
+    app_cpu_seconds: int | None,
+    unconfined_apps: bool,
+    http: str | None,
     insecure: bool,
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
@@ -154,6 +247,7 @@ def server(
     tune_malloc()
     from consortium.server.fleet import Fleet
     from consortium.server.fleet_state import ReplyLimits
+    from consortium.server.run_tracking import Tracking
     from consortium.server.runs import RunManager
     from consortium.server.store.lock import StateDirLock
     from consortium.transport.auth import (
@@ -161,7 +255,7 @@ def server(
         CertificateAuthenticator,
         InsecureAuthenticator,
     )
-    from consortium.transport.fairness import worker_threads
+    from consortium.transport.fairness import stream_window, worker_threads
     from consortium.transport.grpc_control import ControlServicer
     from consortium.transport.grpc_server import (
         FleetServicer,
@@ -178,8 +272,10 @@ def server(
     workdir.mkdir(parents=True, exist_ok=True)
     from consortium.server.records import fleet_event_sink
     from consortium.server.store import StateStore, default_url
+    from consortium.server.store.audit import AuditLog
 
     store = StateStore(state_url or default_url(workdir), write_timeout=state_timeout)
+    audit = AuditLog(store)
     for node_name in sorted(allowed):
         store.upsert_node(node_name, allow_listed=True)
     fleet = Fleet(
@@ -188,16 +284,37 @@ def server(
         max_message_bytes=max_message_mb * 1024 * 1024,
         transfer_budget=transfer_budget_mb * 1024 * 1024,
         reply_limits=ReplyLimits(factor=reply_factor),
-        events=fleet_event_sink(store),
+        events=audit.fleet_sink(forward=fleet_event_sink(store)),
+        expected=allowed,  # who `run show` names as missing while a run waits
     )
-    runs = RunManager(fleet, workdir, store=store)
+    secrets = [p for p in (credentials, ca_dir, workdir / "state.db") if p is not None]
+    from consortium.control.events import RunEvents  # no FastAPI: that comes with --http
+
+    api_events = RunEvents() if http else None
+    runs = RunManager(
+        fleet,
+        workdir,
+        store=store,
+        isolation=app_isolation(app_memory_mb, app_cpu_seconds, unconfined_apps, secrets),
+        tracking=Tracking.configure(workdir, tracking_uri, enabled=tracking),
+        audit=audit,
+        run_observers=api_events.observers if api_events is not None else None,
+    )
     fleet.set_bundles(runs.run_bundle)
+    from consortium.apps.bundle import DEFAULT_LIMITS
+    from consortium.server.bans import NodeBans
+    from consortium.transport.auth import CallerAuthenticator, IdentityAuthenticator
+    from consortium.transport.authz import DEFAULT_POLICY, Caller, load_policy
+
+    # --admin still says who may hold the admin role, whatever the policy grants it
+    policy = (load_policy(authz_file) if authz_file else DEFAULT_POLICY).restrict_admins(admins)
+    bans = NodeBans.in_state_dir(workdir)  # consortium fleet ban: refused at their next call
     node_auth: Authenticator
-    admin_auth: Authenticator
+    control_auth: Authenticator | CallerAuthenticator
     if insecure:
         warn_insecure()
-        node_auth = InsecureAuthenticator(allowed=lambda n: n in allowed)
-        admin_auth = InsecureAuthenticator()
+        node_auth = InsecureAuthenticator(allowed=lambda n: n in allowed, denied=bans.reason)
+        control_auth = InsecureAuthenticator()  # no certificates: every caller is an admin
         tls = None
     else:
         if credentials is None:
@@ -209,33 +326,51 @@ def server(
                 "give --ca-dir DIR: the folder with the CA's ca.crt and crl.pem "
                 "(revocations are checked on every call)"
             )
-        from consortium.transport.identity import PeerVerifier, Role, load_server_credentials
+        from consortium.transport.identity import (
+            CLIENT_ROLES,
+            PeerVerifier,
+            Role,
+            load_server_credentials,
+        )
 
         node_role: tuple[Role, ...] = ("node",)
-        admin_role: tuple[Role, ...] = ("admin",)
 
         creds = load_server_credentials(credentials, name)
         verifier = PeerVerifier.from_ca_directory(ca_dir)
         node_auth = CertificateAuthenticator(
             lambda pem: verifier.verify(pem, roles=node_role).name,
             allowed=lambda n: n in allowed,
+            denied=bans.reason,
         )
-        admin_auth = CertificateAuthenticator(
-            lambda pem: verifier.verify(pem, roles=admin_role).name,
-            allowed=(lambda n: n in admins) if admins else None,
-        )
+
+        def control_caller(pem: bytes) -> Caller:
+            """Any client role may call; the policy decides what each may do."""
+            peer = verifier.verify(pem, roles=CLIENT_ROLES)
+            return Caller(peer.name, peer.role, peer.organisation)
+
+        control_auth = IdentityAuthenticator(control_caller)
         tls = TlsFiles(creds.private_key, creds.certificate_chain, creds.root_certificates)
     grpc_server, port = start_server(
         address,
         fleet=FleetServicer(fleet, node_auth, stall_timeout=stall_timeout),
-        control=ControlServicer(runs, admin_auth),
+        control=ControlServicer(
+            runs,
+            control_auth,
+            policy=policy,
+            audit=audit,
+            bans=bans,
+            max_bundle_bytes=DEFAULT_LIMITS.max_bundle_bytes,
+        ),
         tls=tls,
         # every allow-listed node can hold its share of calls, and the coordinator's
         # calls still find threads (transport/fairness.py)
         workers=worker_threads(len(allowed)),
+        # what nodes' unread replies may hold in memory, shared among them
+        stream_window=stream_window(len(allowed)),
     )
     host = address.rsplit(":", 1)[0]
     mode = "plain text" if tls is None else "mutual TLS"
+    audit(server_event(SERVER_START, f"{host}:{port}", mode, allowed, admins))
     click.echo(
         f"consortium server listening on {host}:{port} ({mode}), "
         f"allowing {len(allowed)} node(s); data in {workdir}"
@@ -247,6 +382,13 @@ def server(
         runs.resume(resume)
         click.echo(f"resuming run {resume}")
     runs.recover_interrupted(resume=resume_interrupted)
+    api = None
+    if http and api_events is not None:  # the same policy and audit log as the gRPC API
+        from consortium.control.serve import serve_api
+
+        api = serve_api(http, runs=runs, fleet=fleet, policy=policy, audit=audit,
+                        workdir=workdir, events=api_events)  # fmt: skip
+        click.echo(f"REST API on {api.url} (OpenAPI: {api.url}/openapi.json)")
     # written last: once the port file is there, runs to resume are running again
     if port_file is not None:
         port_file.write_text(str(port))
@@ -254,7 +396,10 @@ def server(
     click.echo("shutting down: stopping runs at the end of their round")
     for run_id in runs.interrupt(SHUTDOWN_GRACE):
         click.echo(f"run {run_id} interrupted: resume it with --resume {run_id}")
+    if api is not None:
+        api.stop()
     grpc_server.stop(grace=2).wait()
     fleet.close()
+    audit(server_event(SERVER_STOP, f"{host}:{port}", mode, allowed, admins))
     store.close()
     workdir_lock.release()
