@@ -25,8 +25,10 @@ log = logging.getLogger("consortium.server")
 
 #: the variable MLflow itself reads, honoured when --tracking-uri is not given
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-#: the files of a run's folder logged as MLflow artifacts (the app writes in work/)
-RUN_ARTIFACTS = ("metrics.png", "run.log", "work/*")
+#: the files of a run's folder logged as MLflow artifacts: the server's plot and log and
+#: the app's final model, and nothing else the app wrote in work/ (an MLflow reader must
+#: not get, say, per-node updates a strategy saved there)
+RUN_ARTIFACTS = ("metrics.png", "run.log", "work/model.npz")
 
 
 @dataclass(frozen=True, slots=True)
