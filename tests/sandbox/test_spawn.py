@@ -70,3 +70,17 @@ def test_a_secret_inside_a_readable_tree_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="which a sandboxed app may read"):
         spawn("consortium.sandbox.probe", _spec(tmp_path), log_path=tmp_path / "log",
               max_payload=1024, secrets=[Path(os.__file__)])  # fmt: skip
+
+
+@pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
+def test_relative_paths_mean_the_callers_folder_not_the_childs(
+    tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`consortium server --workdir server-data` (relative) once broke every run: the child
+    starts in its workdir, where the same relative path names nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel" / "work").mkdir(parents=True)
+    spec = SandboxSpec("rel/work", limits=SandboxLimits(memory_bytes=2 * 1024**3))
+    seen = _probe(tmp_path, spec, secret)
+
+    assert seen["reads"] == {str(secret): "PermissionError"}

@@ -274,3 +274,20 @@ def test_a_run_waiting_for_nodes_stops_at_once(manager: RunManager, tmp_path: Pa
 
     assert record.view.status is RunStatus.STOPPED, record.view.error
     assert time.monotonic() - started < app_host.STOP_GRACE / 3
+
+
+def test_a_relative_server_folder_runs_apps(
+    tmp_path: Path, secrets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = StateStore(default_url(tmp_path / "state"))
+    fleet = Fleet(heartbeat_interval=0.2, offline_after=30.0)
+    runs = RunManager(fleet, Path("server-data"), store=store,
+                      isolation=Isolation(secrets=(secrets.parent,)))  # fmt: skip
+    try:
+        record = _finish(runs, _app(tmp_path, "rel", VERSIONED.format(version=7)))
+    finally:
+        fleet.close()
+        store.close()
+    assert record.view.status is RunStatus.FINISHED, record.view.error
+    assert record.rounds[0].central_metrics == {"version": 7}

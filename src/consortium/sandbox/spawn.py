@@ -85,15 +85,18 @@ def spawn(
     any lies inside a tree the child may read. ``extra_env`` adds variables the
     caller chose (never secrets) to the child's minimal environment.
     """
-    read_paths = (*python_read_paths(), *spec.read_paths)
-    _check_secrets(secrets, (*read_paths, spec.workdir, *spec.write_paths))
+    # the child starts in its workdir: a relative path would mean another folder there
+    workdir = os.path.abspath(spec.workdir)
+    read_paths = (*python_read_paths(), *(os.path.abspath(p) for p in spec.read_paths))
+    write_paths = tuple(os.path.abspath(p) for p in spec.write_paths)
+    _check_secrets(secrets, (*read_paths, workdir, *write_paths))
     if spec.confined and not landlock_available():
         raise ConfigError(
             "this kernel cannot confine apps (no Landlock, Linux 5.13+); an app would run "
             "beside the server's keys. Use a newer kernel, or --unconfined-apps on a "
             "development machine only"
         )
-    spec = SandboxSpec(spec.workdir, read_paths, spec.write_paths, spec.limits, spec.confined)
+    spec = SandboxSpec(workdir, read_paths, write_paths, spec.limits, spec.confined)
     parent_end, child_end = socket.socketpair()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}

@@ -110,7 +110,8 @@ class RunManager:
         #: where each run's end is recorded (who started and stopped it: the Control API's)
         self.audit = audit
         self.store = store
-        self.root = root
+        #: absolute: the app process works in a run's folder, where a relative path breaks
+        self.root = root.resolve()
         self.observers = observers or []
         self._runs: dict[str, Run] = {}
         #: each running run's grid (``run show`` reports whom it waits for)
