@@ -357,3 +357,9 @@ def test_build_refuses_a_folder_over_the_limits(app_dir: Path) -> None:
         build_bundle(app_dir, BundleLimits(max_file_bytes=1000))
     with pytest.raises(ConfigError, match="over the 1100 bytes limit"):
         build_bundle(app_dir, BundleLimits(max_total_bytes=1100))
+
+
+def test_generate_key_creates_its_folder_private_to_its_owner(tmp_path: Path) -> None:
+    generate_key(tmp_path / "publisher" / "publisher.key")
+    assert stat.S_IMODE((tmp_path / "publisher").stat().st_mode) == 0o700
+    assert (tmp_path / "publisher" / "publisher.pub").exists()

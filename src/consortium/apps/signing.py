@@ -133,6 +133,7 @@ def generate_key(path: Path | str, passphrase: bytes | None = None) -> PublicKey
     for existing in (path, public_path):
         if existing.exists() or existing.is_symlink():
             raise ConfigError(f"{existing} already exists; refusing to overwrite a key")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as `ca issue --out` does
     key = Ed25519PrivateKey.generate()
     encryption: ser.KeySerializationEncryption = (
         ser.BestAvailableEncryption(passphrase) if passphrase else ser.NoEncryption()
