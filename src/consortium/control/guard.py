@@ -18,8 +18,8 @@ from typing import Any
 from starlette.requests import Request
 
 from consortium.control.tokens import InvalidToken, TokenAuthority
-from consortium.core.audit import AuditEvent, AuditSink, Outcome
-from consortium.transport.authz import Action, AuthzPolicy, Caller
+from consortium.core.audit import AuditSink, Outcome
+from consortium.transport.authz import Action, AuthzPolicy, Caller, report
 
 log = logging.getLogger("consortium.control")
 
@@ -107,21 +107,9 @@ class Guard:
         target: str = "",
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Report one audit event; a sink that fails is logged, never the caller's problem."""
-        event = AuditEvent(
-            actor=caller.name,
-            action=action,
-            outcome=outcome,
-            role=caller.role,
-            organisation=caller.organisation,
-            run_id=run_id,
-            target=target,
-            detail={**(detail or {}), "via": "rest"},
-        )
-        try:
-            self.audit(event)
-        except Exception as exc:
-            log.error("audit: could not record %s by %s (%s): %s", action, caller, outcome, exc)
+        """Report one audit event (``via: rest``); a failing sink is only logged."""
+        facts = {**(detail or {}), "via": "rest"}
+        report(self.audit, caller, action, outcome, run_id=run_id, target=target, detail=facts)
 
 
 def _peer(request: Request) -> str:

@@ -32,14 +32,18 @@ admin certificate of another name is granted nothing. Pure logic: no gRPC, no se
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from consortium.core.audit import AuditEvent, AuditSink, Outcome
 from consortium.core.errors import ConfigError
 from consortium.transport.identity import CLIENT_ROLES, validate_name
+
+log = logging.getLogger("consortium.transport")
 
 Action = Literal[
     "start-run",
@@ -225,3 +229,31 @@ def _parse_actions(listed: object, where: str, bad: _Bad) -> frozenset[Action]:
 def _kind(value: object) -> str:
     kinds: dict[type, str] = {dict: "a table", list: "a list", str: "a string"}
     return kinds.get(type(value), type(value).__name__)
+
+
+def report(
+    audit: AuditSink,
+    caller: Caller,
+    action: str,
+    outcome: Outcome,
+    *,
+    run_id: str = "",
+    target: str = "",
+    detail: Mapping[str, Any] | None = None,
+) -> None:
+    """Report what ``caller`` did or was refused to the audit log, for both the gRPC and
+    the REST API; a sink that fails is logged, never the caller's problem."""
+    event = AuditEvent(
+        actor=caller.name,
+        action=action,
+        outcome=outcome,
+        role=caller.role,
+        organisation=caller.organisation,
+        run_id=run_id,
+        target=target,
+        detail=dict(detail or {}),
+    )
+    try:
+        audit(event)
+    except Exception as exc:
+        log.error("audit: could not record %s by %s (%s): %s", action, caller, outcome, exc)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import grpc
 
 from consortium.core import audit
-from consortium.core.audit import AuditEvent, AuditSink, Outcome, discard
+from consortium.core.audit import AuditSink, Outcome, discard
 from consortium.core.errors import ConfigError, WireFormatError
 from consortium.transport.auth import Authenticator, CallerAuthenticator, Unauthenticated
 from consortium.transport.authz import (
@@ -42,6 +42,7 @@ from consortium.transport.authz import (
     Action,
     AuthzPolicy,
     Caller,
+    report,
 )
 from consortium.transport.chunks import PayloadTooLarge, iter_chunks
 from consortium.transport.fleet_api import BanList, ControlBackend
@@ -109,22 +110,9 @@ class ControlServicer(rpc.ControlServicer):
         target: str = "",
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Report one audit event; a sink that fails is logged, never the caller's problem."""
+        """Report one audit event; a failing sink is only logged."""
         caller = who if isinstance(who, Caller) else Caller(who, "")
-        event = AuditEvent(
-            actor=caller.name,
-            action=action,
-            outcome=outcome,
-            role=caller.role,
-            organisation=caller.organisation,
-            run_id=run_id,
-            target=target,
-            detail=dict(detail or {}),
-        )
-        try:
-            self.audit(event)
-        except Exception as exc:
-            log.error("audit: could not record %s by %s (%s): %s", action, caller, outcome, exc)
+        report(self.audit, caller, action, outcome, run_id=run_id, target=target, detail=detail)
 
     def _authorize(
         self,
