@@ -17,7 +17,6 @@ from consortium.cli.tls_options import (
     insecure_option,
     name_option,
     require_deploy,
-    warn_insecure,
 )
 from consortium.core.audit import SERVER_ACTOR, SERVER_START, SERVER_STOP, AuditEvent
 from consortium.core.errors import ConfigError
@@ -250,18 +249,9 @@ def server(
     from consortium.server.run_tracking import Tracking
     from consortium.server.runs import RunManager
     from consortium.server.store.lock import StateDirLock
-    from consortium.transport.auth import (
-        Authenticator,
-        CertificateAuthenticator,
-        InsecureAuthenticator,
-    )
     from consortium.transport.fairness import stream_window, worker_threads
     from consortium.transport.grpc_control import ControlServicer
-    from consortium.transport.grpc_server import (
-        FleetServicer,
-        TlsFiles,
-        start_server,
-    )
+    from consortium.transport.grpc_server import FleetServicer, start_server
 
     # before anything is written there (the log included): one server per state directory
     workdir_lock = StateDirLock(workdir)
@@ -302,54 +292,17 @@ def server(
     )
     fleet.set_bundles(runs.run_bundle)
     from consortium.apps.bundle import DEFAULT_LIMITS
+    from consortium.cli.server_auth import authenticators
     from consortium.server.bans import NodeBans
-    from consortium.transport.auth import CallerAuthenticator, IdentityAuthenticator
-    from consortium.transport.authz import DEFAULT_POLICY, Caller, load_policy
+    from consortium.transport.authz import DEFAULT_POLICY, load_policy
 
     # --admin still says who may hold the admin role, whatever the policy grants it
     policy = (load_policy(authz_file) if authz_file else DEFAULT_POLICY).restrict_admins(admins)
     bans = NodeBans.in_state_dir(workdir)  # consortium fleet ban: refused at their next call
-    node_auth: Authenticator
-    control_auth: Authenticator | CallerAuthenticator
-    if insecure:
-        warn_insecure()
-        node_auth = InsecureAuthenticator(allowed=lambda n: n in allowed, denied=bans.reason)
-        control_auth = InsecureAuthenticator()  # no certificates: every caller is an admin
-        tls = None
-    else:
-        if credentials is None:
-            raise ConfigError(
-                "give --credentials DIR with the server's certificate, key and ca.crt"
-            )
-        if ca_dir is None:
-            raise ConfigError(
-                "give --ca-dir DIR: the folder with the CA's ca.crt and crl.pem "
-                "(revocations are checked on every call)"
-            )
-        from consortium.transport.identity import (
-            CLIENT_ROLES,
-            PeerVerifier,
-            Role,
-            load_server_credentials,
-        )
-
-        node_role: tuple[Role, ...] = ("node",)
-
-        creds = load_server_credentials(credentials, name)
-        verifier = PeerVerifier.from_ca_directory(ca_dir)
-        node_auth = CertificateAuthenticator(
-            lambda pem: verifier.verify(pem, roles=node_role).name,
-            allowed=lambda n: n in allowed,
-            denied=bans.reason,
-        )
-
-        def control_caller(pem: bytes) -> Caller:
-            """Any client role may call; the policy decides what each may do."""
-            peer = verifier.verify(pem, roles=CLIENT_ROLES)
-            return Caller(peer.name, peer.role, peer.organisation)
-
-        control_auth = IdentityAuthenticator(control_caller)
-        tls = TlsFiles(creds.private_key, creds.certificate_chain, creds.root_certificates)
+    node_auth, control_auth, tls = authenticators(
+        insecure=insecure, credentials=credentials, name=name, ca_dir=ca_dir,
+        allowed=allowed, bans=bans,
+    )  # fmt: skip
     grpc_server, port = start_server(
         address,
         fleet=FleetServicer(fleet, node_auth, stall_timeout=stall_timeout),
