@@ -238,10 +238,13 @@ def wait_for_run(
 
 
 def _waiting_text(waiting: dict[str, Any]) -> str:
-    """``waiting 12s for: a, b (online: c)`` from ``run show``'s ``waiting``."""
+    """``waiting 12s for nodes: a, b (online: c)`` (or ``for replies from``) from
+    ``run show``'s ``waiting`` (the server's ``FleetGrid.waiting().as_dict()``)."""
     missing = ", ".join(str(n) for n in waiting.get("missing", [])) or "nobody"
     online = ", ".join(str(n) for n in waiting.get("online", [])) or "none"
-    return f"waiting {float(waiting.get('waiting_s', 0)):.0f}s for: {missing} (online: {online})"
+    what = "replies from" if waiting.get("stage") == "replies" else "nodes"
+    seconds = float(waiting.get("seconds", 0))
+    return f"waiting {seconds:.0f}s for {what}: {missing} (online: {online})"
 
 
 def raise_for_outcome(info: dict[str, Any]) -> None:
