@@ -125,6 +125,7 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
         ["ca", "init", "surplus-argument"],
         ["ca", "revoke", "nobody", "--dir", str(tmp_path / "no-ca")],
         ["server", "--address", "127.0.0.1:0", "--workdir", str(tmp_path / "s")],  # no --allow
+        ["server", "--allow", "a", "--insecure", "--unread-mb", "0"],
         ["node", "--server", "127.0.0.1:1", "--insecure", "--send-errors", "everything"],
         ["node", "--server", "127.0.0.1:1", "--insecure"],  # --insecure needs --name
         ["run", "list", "--server", "127.0.0.1:1", "--credentials", str(tmp_path / "none")],

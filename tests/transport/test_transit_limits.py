@@ -51,6 +51,8 @@ def test_the_stream_window_is_shared_among_the_nodes() -> None:
     assert MIN_STREAM_WINDOW < stream_window(200) < MAX_STREAM_WINDOW
     assert stream_window(100_000) == MIN_STREAM_WINDOW
     assert stream_window(0) == MAX_STREAM_WINDOW
+    # an operator with memory to spare (--unread-mb 256) gives each of 200 nodes more
+    assert stream_window(200, 256 * 1024**2) == 256 * 1024**2 // 200 > stream_window(200)
 
 
 def test_a_fitted_budget_holds_a_few_models_within_its_ceiling() -> None:

@@ -23,6 +23,7 @@ from consortium.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from consortium.server.isolation.host import Isolation
+from consortium.transport.fairness import UNREAD_BYTES
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
@@ -129,6 +130,15 @@ def app_isolation(
     "waiting to be folded. Replies beyond it wait (the nodes are held by flow control).",
 )
 @click.option(
+    "--unread-mb",
+    type=click.IntRange(min=1),
+    default=UNREAD_BYTES // 1024**2,
+    show_default=True,
+    help="Memory the replies nodes have sent but the server has not read yet may hold, "
+    "all nodes together (HTTP/2 windows of 256 KiB to 8 MiB each). More makes rounds "
+    "of many nodes faster; each node's share is this divided by the allow-list.",
+)
+@click.option(
     "--reply-factor",
     type=click.FloatRange(min=1.0),
     default=4.0,
@@ -224,6 +234,7 @@ def server(
     offline_after: float,
     max_message_mb: int,
     transfer_budget_mb: int,
+    unread_mb: int,
     reply_factor: float,
     stall_timeout: float,
     port_file: Path | None,
@@ -319,7 +330,7 @@ def server(
         # calls still find threads (transport/fairness.py)
         workers=worker_threads(len(allowed)),
         # what nodes' unread replies may hold in memory, shared among them
-        stream_window=stream_window(len(allowed)),
+        stream_window=stream_window(len(allowed), unread_mb * 1024**2),
     )
     host = address.rsplit(":", 1)[0]
     mode = "plain text" if tls is None else "mutual TLS"

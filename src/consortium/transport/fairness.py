@@ -52,14 +52,16 @@ def worker_threads(nodes: int, per_node: int = CALLS_PER_NODE) -> int:
     return max(32, nodes * per_node + SPARE_THREADS)
 
 
-def stream_window(nodes: int) -> int:
+def stream_window(nodes: int, unread_bytes: int = UNREAD_BYTES) -> int:
     """The HTTP/2 window for each stream of a server of ``nodes`` allow-listed nodes.
 
     A push waiting for its receive slot holds what its node sent before the window
     closed: with a window of 8 MiB, 200 nodes replying together put 200 replies in
     the server's memory whatever its budget. A few nodes keep the full window.
+    ``unread_bytes`` (``consortium server --unread-mb``) is what all of them together
+    may hold: more memory for faster rounds when many nodes reply at once.
     """
-    share = UNREAD_BYTES // max(1, nodes)
+    share = unread_bytes // max(1, nodes)
     return max(MIN_STREAM_WINDOW, min(MAX_STREAM_WINDOW, share))
 
 
