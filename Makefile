@@ -15,8 +15,9 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e ".[demo]"
 	touch $@
 
-$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e ".[test]"
+# constraints-dev.txt pins the CPU build of PyTorch (a plain `torch` is a multi-GB CUDA build)
+$(VENV)/.test-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
+	$(PIP) install --quiet -c constraints-dev.txt -e ".[test]"
 	touch $@ $(VENV)/.demo-installed
 
 venv: $(VENV)/.demo-installed
