@@ -435,3 +435,14 @@ def test_a_failing_checkpoint_write_fails_the_run(
     with pytest.raises(OSError, match="No space"):
         loop()
     assert len(rounds) <= 2  # noticed at the next checkpoint at the latest
+
+
+def test_a_checkpoint_keeps_each_nodes_timing_and_reads_files_without_it(tmp_path: Path) -> None:
+    """The history in a checkpoint is the round JSON an app process reports
+    (``core.history.round_to_json``), per-node timing included; older files have none."""
+    node = NodeResult("a", "train", Outcome.OK, {"loss": 0.5}, 10, seconds=1.5,
+                      timing={"train": 1.0, "upload": 0.25, "wait": 0.25})  # fmt: skip
+    history = History([RoundRecord(1, {"loss": 0.5}, nodes=[node], seconds=2.0)])
+    path = save_checkpoint(tmp_path, 1, MODEL, {}, history, seed=1, run_id="r")
+
+    assert read_checkpoint(path).history == history

@@ -88,3 +88,28 @@ class History:
             if name in metrics:
                 out.append((r.round, float(metrics[name])))
         return out
+
+
+def round_to_json(record: RoundRecord) -> dict[str, Any]:
+    """The JSON form of a round: in checkpoints, and from a run's app process to the server."""
+    return {
+        "round": record.round,
+        "train": record.train_metrics,
+        "evaluate": record.evaluate_metrics,
+        "central": record.central_metrics,
+        "seconds": record.seconds,
+        "nodes": [
+            {
+                "node": n.node_id,
+                "stage": n.stage,
+                "outcome": n.outcome.value,
+                "metrics": n.metrics,
+                "num_examples": n.num_examples,
+                "reason": n.reason,
+                "traceback": n.traceback,
+                "seconds": n.seconds,
+                "timing": n.timing,
+            }
+            for n in record.nodes
+        ],
+    }

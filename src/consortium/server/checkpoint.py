@@ -46,7 +46,7 @@ import numpy as np
 from consortium.core.arrays import ALIGN, WIRE_KINDS, Arrays
 from consortium.core.checksum import crc32
 from consortium.core.errors import StrategyError, WireFormatError
-from consortium.core.history import History, NodeResult, Outcome, RoundRecord
+from consortium.core.history import History, NodeResult, Outcome, RoundRecord, round_to_json
 
 log = logging.getLogger("consortium.server.checkpoint")
 
@@ -142,7 +142,7 @@ def prepare_checkpoint(
         "seed": seed,
         "run_id": run_id,
         "created": datetime.now(UTC).isoformat(),
-        "history": _history_json(history),
+        "history": [round_to_json(r) for r in history.rounds],
         "state": state_json,
         "model_bytes": arrays.encoded_size(),
         "state_bytes": state_arrays.encoded_size(),
@@ -353,32 +353,6 @@ def _remove_stale(directory: Path, keep: int | None) -> None:
             old.unlink(missing_ok=True)
 
 
-def _history_json(history: History) -> list[dict[str, Any]]:
-    return [
-        {
-            "round": r.round,
-            "train": r.train_metrics,
-            "evaluate": r.evaluate_metrics,
-            "central": r.central_metrics,
-            "seconds": r.seconds,
-            "nodes": [
-                {
-                    "node": n.node_id,
-                    "stage": n.stage,
-                    "outcome": n.outcome.value,
-                    "metrics": n.metrics,
-                    "num_examples": n.num_examples,
-                    "reason": n.reason,
-                    "traceback": n.traceback,
-                    "seconds": n.seconds,
-                }
-                for n in r.nodes
-            ],
-        }
-        for r in history.rounds
-    ]
-
-
 def _history_from_json(rounds: list[dict[str, Any]]) -> History:
     return History(
         [
@@ -398,6 +372,7 @@ def _history_from_json(rounds: list[dict[str, Any]]) -> History:
                         reason=str(n["reason"]),
                         traceback=str(n["traceback"]),
                         seconds=float(n["seconds"]),
+                        timing=dict(n.get("timing", {})),  # files before timing was kept
                     )
                     for n in r["nodes"]
                 ],

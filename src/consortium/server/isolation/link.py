@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from consortium.core.errors import ConsortiumError
-from consortium.core.history import History, RoundRecord, RunInfo
+from consortium.core.history import History, RoundRecord, RunInfo, round_to_json
 from consortium.core.message import Message
 from consortium.sandbox.channel import Buffer, Channel, ChannelError, Frame
 from consortium.server.context import RunStopped
 from consortium.server.isolation.wire import (
     decode_batch,
     encode_batch,
-    round_to_json,
     run_info_to_json,
 )
 

@@ -15,7 +15,13 @@ from typing import Any
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import WireFormatError
-from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
+from consortium.core.history import (
+    History,
+    NodeResult,
+    Outcome,
+    RoundRecord,
+    RunInfo,
+)
 from consortium.core.message import Content, Message
 from consortium.core.records import (
     Metrics,
@@ -104,32 +110,9 @@ def decode_batch(
 
 
 # -- round records ----------------------------------------------------------------------
-def round_to_json(record: RoundRecord) -> dict[str, Any]:
-    return {
-        "round": record.round,
-        "train": record.train_metrics,
-        "evaluate": record.evaluate_metrics,
-        "central": record.central_metrics,
-        "seconds": record.seconds,
-        "nodes": [
-            {
-                "node": n.node_id,
-                "stage": n.stage,
-                "outcome": n.outcome.value,
-                "metrics": n.metrics,
-                "num_examples": n.num_examples,
-                "reason": n.reason,
-                "traceback": n.traceback,
-                "seconds": n.seconds,
-                "timing": n.timing,
-            }
-            for n in record.nodes
-        ],
-    }
-
-
 def round_from_json(data: Any, limits: RecordLimits) -> RoundRecord:
-    """A round record from the app process, checked (raises UnacceptableRecord)."""
+    """A round record (:func:`~consortium.core.history.round_to_json`) from the app process,
+    checked (raises UnacceptableRecord)."""
     try:
         nodes = data["nodes"]
         if not isinstance(nodes, list) or len(nodes) > MAX_NODE_RESULTS:
