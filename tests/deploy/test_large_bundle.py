@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_an_oversized_upload_is_refused_at_its_first_chunk(
 
     def counted() -> Iterator[Chunk]:
         for chunk in chunks:
+            if sent:  # give the refusal time to come back: gRPC's sending thread pulls
+                time.sleep(0.1)  # chunks as fast as its window allows, whatever the server does
             sent.append(chunk)
             yield chunk
 
