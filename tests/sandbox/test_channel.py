@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 from collections.abc import Iterator
@@ -111,8 +112,12 @@ def test_round_records_from_an_app_are_checked() -> None:
     good = {"round": 1, "train": {"loss": 0.5}, "evaluate": {}, "central": {}, "seconds": 1.0,
             "nodes": []}  # fmt: skip
     assert round_from_json(good, RecordLimits()).train_metrics == {"loss": 0.5}
+    # a diverged loss is a result to record, not an attack
+    diverged = round_from_json({**good, "central": {"loss": float("nan")}}, RecordLimits())
+    assert math.isnan(diverged.central_metrics["loss"])
     for bad in (
-        {**good, "train": {"loss": float("nan")}},
+        {**good, "train": {"loss": "0.5"}},
+        {**good, "seconds": float("nan")},
         {**good, "train": {str(i): 1 for i in range(2000)}},
         {**good, "round": -1},
         {**good, "nodes": "x"},

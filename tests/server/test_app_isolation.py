@@ -10,6 +10,7 @@ exhaust its memory limit (the run fails with a clear error; the server goes on).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -182,6 +183,29 @@ def test_v2_of_a_module_runs_after_v1_under_the_same_name(
     assert second.view.status is RunStatus.FINISHED, second.view.error
     assert first.rounds[0].central_metrics == {"version": 1}
     assert second.rounds[0].central_metrics == {"version": 2}
+
+
+DIVERGED = (
+    PREAMBLE
+    + """
+@app.main()
+def main(grid, context):
+    nan, inf = float("nan"), float("inf")
+    context.report(RoundRecord(round=1, central_metrics={"loss": nan, "grad_norm": inf}))
+"""
+)
+
+
+def test_a_diverged_nan_loss_is_recorded_and_the_run_finishes(
+    manager: RunManager, tmp_path: Path
+) -> None:
+    """A NaN loss is a result (training diverged), not a malformed record: the run ends
+    normally with it, as it does without isolation."""
+    record = _finish(manager, _app(tmp_path, "diverged", DIVERGED))
+
+    assert record.view.status is RunStatus.FINISHED, record.view.error
+    central = record.rounds[0].central_metrics
+    assert math.isnan(central["loss"]) and central["grad_norm"] == math.inf
 
 
 def test_a_task_for_another_run_is_refused_and_the_run_fails(

@@ -118,18 +118,27 @@ def check_config(
 
 
 def check_metrics(
-    metrics: Mapping[str, Any], *, what: str = "metrics", budget: RecordBudget | None = None
+    metrics: Mapping[str, Any],
+    *,
+    what: str = "metrics",
+    budget: RecordBudget | None = None,
+    finite_only: bool = True,
 ) -> Metrics:
     """Return ``metrics`` as Metrics (numbers only), or raise naming the key.
 
     With a ``budget`` (see :func:`record_budget`) its size is limited too, and
-    every value must be a finite int or float.
+    every value must be an int or float -- a finite one unless ``finite_only``
+    is False (a server app's own metrics: a diverged loss is NaN, and that is a
+    result to record, not an attack).
     """
     if budget is not None:
         if not isinstance(metrics, Mapping):
             raise UnacceptableRecord(f"{what} is not a mapping")
         budget.take(len(metrics), what)
-        return {_check_key(k, what, budget): _finite_number(v, k, what) for k, v in metrics.items()}
+        return {
+            _check_key(k, what, budget): _number(v, k, what, finite_only=finite_only)
+            for k, v in metrics.items()
+        }
     out: Metrics = {}
     for key, value in metrics.items():
         if not isinstance(key, str):
@@ -146,19 +155,21 @@ def check_metrics(
     return out
 
 
-def _finite_number(value: object, key: object, what: str) -> float | int:
-    """``value`` if it is a finite int or float (not a bool), else raise naming ``key``."""
+def _number(value: object, key: object, what: str, *, finite_only: bool) -> float | int:
+    """``value`` if it is an int or float (not a bool; finite if ``finite_only``), else
+    raise naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UnacceptableRecord(
             f"{what} value for {key!r} must be a number, got {type(value).__name__}"
         )
-    _check_range(value, key, what)
+    _check_range(value, key, what, finite_only=finite_only)
     return value
 
 
-def _check_range(value: object, key: object, what: str) -> None:
-    """Refuse inf/nan and integers beyond 64 bits (they break the float arithmetic later)."""
-    if isinstance(value, float) and not math.isfinite(value):
+def _check_range(value: object, key: object, what: str, *, finite_only: bool = True) -> None:
+    """Refuse inf/nan (unless allowed) and integers beyond 64 bits (they break the float
+    arithmetic later)."""
+    if finite_only and isinstance(value, float) and not math.isfinite(value):
         raise UnacceptableRecord(f"{what} value for {key!r} is not a finite number ({value})")
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
         raise UnacceptableRecord(f"{what} value for {key!r} is an integer beyond 64 bits")

@@ -60,7 +60,9 @@ class Channel:
         size = sum(memoryview(p).nbytes for p in parts)
         if size > self.max_payload:
             raise ChannelError(f"a {kind!r} frame of {size} bytes exceeds {self.max_payload}")
-        head = json.dumps({**(header or {}), "kind": kind}, allow_nan=False).encode()
+        # NaN and inf travel (a diverged loss is a metric to record); the reader checks
+        # finiteness wherever a number must be finite (wire.round_from_json's seconds)
+        head = json.dumps({**(header or {}), "kind": kind}).encode()
         if len(head) > MAX_HEADER_BYTES:
             raise ChannelError(f"a {kind!r} frame's header of {len(head)} bytes is too large")
         with self._send_lock:

@@ -166,7 +166,8 @@ def history_of(rounds: Sequence[RoundRecord]) -> History:
 
 
 def _metrics(data: Any, what: str, limits: RecordLimits) -> Metrics:
-    return check_metrics(data, what=what, budget=record_budget(limits))
+    # bounded in count and key length, but NaN and inf pass: a diverged loss is a result
+    return check_metrics(data, what=what, budget=record_budget(limits), finite_only=False)
 
 
 def _int(value: Any, what: str) -> int:
