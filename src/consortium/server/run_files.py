@@ -9,7 +9,17 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from consortium.server.checkpoint import Checkpoint, checkpoint_digest, load_checkpoint
+from consortium.core.errors import WireFormatError
+from consortium.core.history import round_to_json
+from consortium.core.records import RecordLimits, UnacceptableRecord
+from consortium.server.checkpoint import (
+    Checkpoint,
+    checkpoint_digest,
+    list_checkpoints,
+    load_checkpoint,
+    read_checkpoint,
+)
+from consortium.server.isolation.wire import round_from_json
 from consortium.server.model_io import load_model
 from consortium.server.store import StateStore
 
@@ -34,6 +44,30 @@ def checkpoint_recorder(store: StateStore, run_id: str) -> Callable[[int, Path],
             log.warning("state store: could not record checkpoint %s: %s", path, exc)
 
     return record
+
+
+def load_app_checkpoint(directory: Path, run_id: str, limits: RecordLimits) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` that verifies *and* passes the checks a
+    round from a live app process passes, or None.
+
+    The run's app process wrote these files, so they are as untrusted as its reports:
+    its rounds go into the store on resume (:func:`restore_rounds`), so each is read back
+    through :func:`~consortium.server.isolation.wire.round_from_json` (metric counts, key
+    lengths, node results), and a checkpoint of another run is refused. A refused file is
+    skipped like a torn one, with a warning naming why.
+    """
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            checkpoint = read_checkpoint(path)
+            if checkpoint.run_id not in (None, run_id):
+                raise UnacceptableRecord(f"it belongs to run {checkpoint.run_id!r}")
+            for rnd in checkpoint.history.rounds:
+                round_from_json(round_to_json(rnd), limits)
+        except (OSError, WireFormatError, UnacceptableRecord) as exc:
+            log.warning("run %s: skipping checkpoint %s: %s", run_id, path, exc)
+            continue
+        return checkpoint
+    return None
 
 
 def restore_rounds(store: StateStore, run_id: str, checkpoint: Checkpoint | None) -> None:

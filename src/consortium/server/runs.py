@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,14 @@ from consortium.apps.manifest import load_app_spec
 from consortium.core.audit import RUN_END, SERVER_ACTOR, AuditEvent, AuditSink, discard
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.core.records import RecordLimits
-from consortium.server.checkpoint import Checkpoint, load_checkpoint
+from consortium.server.checkpoint import Checkpoint
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import FleetGrid
 from consortium.server.isolation.host import AppProcess, Isolation
 from consortium.server.run_files import (
     checkpoint_recorder,
     final_model_bytes,
+    load_app_checkpoint,
     publish_model_files,
     restore_rounds,
 )
@@ -75,6 +76,8 @@ class Run:
     thread: threading.Thread | None = None
     #: set when the server shuts down: the run ends ``interrupted``, not stopped
     interrupted: bool = False
+    #: the only nodes the run may use (None: every node; see FleetGrid)
+    nodes: tuple[str, ...] | None = None
 
     @property
     def run_id(self) -> str:
@@ -119,9 +122,17 @@ class RunManager:
         self._lock = threading.Lock()
 
     # -- ControlBackend -------------------------------------------------------------
-    def start_run(self, bundle: bytes, run_config_json: str, seed: int) -> str:
+    def start_run(
+        self,
+        bundle: bytes,
+        run_config_json: str,
+        seed: int,
+        nodes: Sequence[str] | None = None,
+    ) -> str:
+        """Start a run; ``nodes`` (when given) are the only nodes it may use."""
         run_id = uuid.uuid4().hex[:12]
-        return self._launch(run_id, bundle, run_config_json, seed, resume=False)
+        chosen = tuple(sorted(set(nodes))) if nodes is not None else None
+        return self._launch(run_id, bundle, run_config_json, seed, resume=False, nodes=chosen)
 
     def resume(self, run_id: str) -> str:
         """Continue a run after a server crash, from its newest valid checkpoint."""
@@ -131,10 +142,20 @@ class RunManager:
             raise ConfigError(f"no run {run_id!r} under {self.root / 'runs'}")
         meta = json.loads(record.read_text())
         bundle = (run_dir / "bundle.zip").read_bytes()
-        return self._launch(run_id, bundle, meta["run_config_json"], int(meta["seed"]), resume=True)
+        chosen = meta.get("nodes")
+        nodes = tuple(str(n) for n in chosen) if isinstance(chosen, list) else None
+        return self._launch(run_id, bundle, meta["run_config_json"], int(meta["seed"]),
+                            resume=True, nodes=nodes)  # fmt: skip
 
     def _launch(
-        self, run_id: str, bundle: bytes, run_config_json: str, seed: int, *, resume: bool
+        self,
+        run_id: str,
+        bundle: bytes,
+        run_config_json: str,
+        seed: int,
+        *,
+        resume: bool,
+        nodes: tuple[str, ...] | None = None,
     ) -> str:
         run_dir = self.root / "runs" / run_id
         app_dir = run_dir / "app"
@@ -171,8 +192,11 @@ class RunManager:
             ),
             run_dir,
             process,
+            nodes=nodes,
         )
-        checkpoint = load_checkpoint(run_dir / "checkpoints") if resume else None
+        checkpoint = (
+            load_app_checkpoint(run_dir / "checkpoints", run_id, RecordLimits()) if resume else None
+        )
         run.checkpoint = checkpoint
         if resume and checkpoint is None:
             log.warning("run %s has no valid checkpoint: starting it from round 1", run_id)
@@ -191,7 +215,8 @@ class RunManager:
             restore_rounds(self.store, run_id, checkpoint)
         if not resume:
             (run_dir / "bundle.zip").write_bytes(bundle)
-            record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json}
+            record = {"run_id": run_id, "seed": seed, "run_config_json": run_config_json,
+                      "nodes": None if nodes is None else list(nodes)}  # fmt: skip
             (run_dir / "run.json").write_text(json.dumps(record))
         with self._lock:
             self._runs[run_id] = run
@@ -255,7 +280,7 @@ class RunManager:
 
     # -- execution ------------------------------------------------------------------
     def _execute(self, run: Run) -> None:
-        grid = FleetGrid(self.fleet)
+        grid = FleetGrid(self.fleet, run.nodes)
         self._grids[run.run_id] = grid
         tracked, close_tracking = (
             self.tracking.observers(run.run_id, run.run_dir)
