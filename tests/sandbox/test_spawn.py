@@ -3,6 +3,7 @@ and sheds the parent's environment."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -48,6 +49,26 @@ def test_a_confined_child_cannot_read_a_secret_and_inherits_no_secret_variables(
     assert seen["reads"] == {str(secret): "PermissionError"}
     assert "CONSORTIUM_DB_PASSWORD" not in seen["env"]  # type: ignore[operator]
     assert seen["nofile"] == SandboxLimits().open_files
+
+
+def test_a_child_cannot_write_a_file_larger_than_its_limit(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE: an app cannot leave a checkpoint bigger than the parent will read."""
+    work = tmp_path / "work"
+    work.mkdir()
+    limits = SandboxLimits(memory_bytes=2 * 1024**3, file_bytes=4 << 20)
+    spec = SandboxSpec(str(work), limits=limits, confined=False)
+
+    def write(size: int) -> object:
+        child = spawn("consortium.sandbox.probe", spec, log_path=tmp_path / "child.log",
+                      max_payload=1 << 20)  # fmt: skip
+        try:
+            child.channel.send("probe", {"paths": [], "write_bytes": size})
+            return child.channel.recv(timeout=60).header["write"]
+        finally:
+            child.close()
+
+    assert write(4 << 20) == "wrote"
+    assert write((4 << 20) + 1) == f"OSError:{errno.EFBIG}"
 
 
 def test_an_unconfined_child_is_the_development_escape_hatch(tmp_path: Path, secret: Path) -> None:

@@ -69,7 +69,10 @@ class Channel:
             try:
                 self.sock.sendall(_PREFIX.pack(len(head), size) + head)
                 for part in parts:
-                    self.sock.sendall(part)
+                    # not even an empty send once the frame is out: a peer that has read
+                    # it may have answered and closed, and b"" would then raise EPIPE
+                    if memoryview(part).nbytes:
+                        self.sock.sendall(part)
             except OSError as exc:
                 raise ChannelClosed(f"the channel broke: {exc}") from exc
 

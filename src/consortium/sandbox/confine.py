@@ -38,10 +38,16 @@ class SandboxLimits:
     cpu_seconds: int | None = None
     #: open file descriptors (RLIMIT_NOFILE)
     open_files: int = 256
+    #: the largest file it may write (RLIMIT_FSIZE; a write past it fails with EFBIG);
+    #: None: ``memory_bytes`` -- a checkpoint or model no bigger than the child could
+    #: hold, so the parent reading one back (``--resume``, a download) is bounded too
+    file_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_bytes is not None and self.memory_bytes <= 0:
             raise ConfigError("sandbox memory-bytes must be positive")
+        if self.file_bytes is not None and self.file_bytes <= 0:
+            raise ConfigError("sandbox file-bytes must be positive")
         if self.cpu_seconds is not None and self.cpu_seconds <= 0:
             raise ConfigError("sandbox cpu-seconds must be positive")
         if self.open_files < 16:
@@ -146,6 +152,9 @@ def _apply_limits(limits: SandboxLimits) -> None:
         _lower(resource.RLIMIT_AS, limits.memory_bytes)
     if limits.cpu_seconds is not None:
         _lower(resource.RLIMIT_CPU, limits.cpu_seconds)
+    file_bytes = limits.file_bytes if limits.file_bytes is not None else limits.memory_bytes
+    if file_bytes is not None:  # CPython ignores SIGXFSZ: an oversized write raises OSError
+        _lower(resource.RLIMIT_FSIZE, file_bytes)
 
 
 def _lower(which: int, value: int) -> None:

@@ -2,8 +2,9 @@
 
 Operators and tests use it to check a machine's confinement: spawned like an
 app process, it answers a ``probe`` frame with, for each path asked about,
-whether it could read it, plus the names of its environment variables and its
-open-file limit.
+whether it could read it, plus the names of its environment variables, its
+open-file limit, and whether it could write a file of ``write_bytes`` in its
+working directory.
 """
 
 from __future__ import annotations
@@ -29,8 +30,24 @@ def main() -> int:
         "reads": reads,
         "env": sorted(os.environ),
         "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "write": _write(int(frame.header.get("write_bytes", 0))),
     })  # fmt: skip
     return 0
+
+
+def _write(size: int) -> str:
+    """``"wrote"``, or the error writing ``size`` bytes to a file in the work folder."""
+    try:
+        with open("probe-write.bin", "wb") as fh:
+            for _ in range(size // (1 << 20)):
+                fh.write(bytes(1 << 20))
+            fh.write(bytes(size % (1 << 20)))
+        return "wrote"
+    except OSError as exc:
+        return f"{type(exc).__name__}:{exc.errno}"
+    finally:
+        if os.path.exists("probe-write.bin"):
+            os.remove("probe-write.bin")
 
 
 if __name__ == "__main__":
