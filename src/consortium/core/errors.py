@@ -75,6 +75,14 @@ class StrategyError(ConsortiumError):
     exit_code = 7
 
 
+class StopTraining(ConsortiumError):
+    """A strategy's decision, before a round, that no further round may run (a privacy
+    budget spent, a stopping rule met): the run *finishes* with the model of the last
+    completed round, and the message says why it ended early. Not a failure."""
+
+    exit_code = 0
+
+
 class DatasetError(ConsortiumError):
     """A data set could not be loaded or is not what it claims to be."""
 

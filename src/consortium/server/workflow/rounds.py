@@ -18,7 +18,7 @@ import logging
 import time
 
 from consortium.core.arrays import Arrays
-from consortium.core.errors import RoundFailed
+from consortium.core.errors import RoundFailed, StopTraining
 from consortium.core.grid import Grid
 from consortium.core.history import RoundRecord
 from consortium.core.message import EVALUATE, TRAIN
@@ -59,7 +59,11 @@ class RoundWorkflow:
             self._checkpoint(ctx, 0, model)  # so round 1 can let go of it too
         for rnd in range(first, cfg.num_rounds + 1):
             ctx.check_stop(rnd)
-            model = GlobalModel(self._round_with_retries(grid, ctx, rnd, model))
+            try:
+                model = GlobalModel(self._round_with_retries(grid, ctx, rnd, model))
+            except StopTraining as exc:  # the strategy ends the run before this round
+                log.warning("run %s finishes before round %d: %s", ctx.run_id, rnd, exc)
+                break
             self._checkpoint(ctx, rnd, model)
         ctx.finish(model.arrays, cfg.exporter)
 

@@ -1,0 +1,1 @@
+"""Central DP (DP-FedAvg) around the heart-disease app (see the app module)."""

@@ -1,0 +1,1 @@
+"""Sample-level DP-SGD with Opacus inside each silo (see the app module)."""
