@@ -3,7 +3,10 @@
 * :mod:`~consortium.server.workflow.tasks` — online nodes, task messages, the initial model;
 * :mod:`~consortium.server.workflow.replies` — judging and validating replies into updates;
 * :mod:`~consortium.server.workflow.rounds` — the synchronous round loop (``ServerConfig``);
-* :mod:`~consortium.server.workflow.fedbuff` — asynchronous FedBuff (``AsyncServerConfig``).
+* :mod:`~consortium.server.workflow.fedbuff` — asynchronous FedBuff (``AsyncServerConfig``);
+* :mod:`~consortium.server.workflow.secagg` — the round loop over SecAgg+ secure aggregation
+  (``SecAggPlusWorkflow``; import it from there: it needs ``cryptography``, the ``privacy``
+  extra, which ``import consortium`` must not load).
 
 Reporting, checkpoints and the final model are the :class:`ServerContext`'s.
 A workflow sees the grid, strategies and observers, never the transport.
