@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,13 @@ def test_the_sdk_reads_the_same_run(local: Local) -> None:
     final = load_model(local.directory / "server" / "runs" / local.run_id / "model.npz")
     assert all(np.array_equal(tensors[k], final[k]) for k in final)
     assert [r["run_id"] for r in client.runs()] == [local.run_id]
+
+
+def test_it_prints_where_the_dashboard_is_and_serves_it_there(local: Local) -> None:
+    printed = (local.directory / "local.out").read_text(errors="replace")
+    assert f"dashboard: {local.url}/ " in printed
+    with urllib.request.urlopen(f"{local.url}/", timeout=10) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
 
 
 def test_the_sdk_example_of_the_docs_runs(

@@ -1,11 +1,11 @@
-"""``consortium local``: a whole federation on this machine, to try the REST API.
+"""``consortium local``: a whole federation on one machine, for the dashboard and the API.
 
 It creates a CA and certificates in ``DIR``, starts ``consortium server`` with
 the REST API and the four heart-disease hospitals as ``consortium node``
 processes (each with only its own hospital's data, ``center=<name>``), writes an
 admin token to ``DIR/admin-token``, uploads the heart-disease app and prints the
-API's URL. It runs until Ctrl-C or SIGTERM and then stops every process it
-started (SIGTERM, then SIGKILL for any that lingers). Each process logs to
+dashboard's and the API's URLs. It runs until Ctrl-C or SIGTERM and then stops
+every process it started (SIGTERM, then SIGKILL for any that lingers). Each process logs to
 ``DIR/logs/<name>.log``. Running it again on the same ``DIR`` reuses its CA and
 certificates, and the server's state (earlier runs are listed).
 """
@@ -80,6 +80,7 @@ def local(directory: Path, http_port: int, app_dir: Path | None, tracking: bool)
                       "--credentials", str(creds / name), "--app", str(app),
                       "--config", f"center={name}", "--work-dir", str(directory / "nodes" / name),
                       *_unconfined())  # fmt: skip
+        click.echo(f"dashboard: {url}/ (log in with the admin token)")
         click.echo(f"REST API: {url}/api/v1 (OpenAPI: {url}/openapi.json)")
         click.echo(f"admin token: {token_file}")
         click.echo(f"app {entry['name']} {entry['version']} uploaded; try:")
