@@ -5,19 +5,25 @@
     python benchmarks/fleet_load.py --nodes 100 --procs 2 --json fleet.json
 
 One ``consortium server`` process (mutual TLS, loopback, ``--allow-file``
-listing the nodes, otherwise default options) and N nodes: each node is the
-project's own ``NodeRunner`` over a gRPC ``FleetClient`` (its own channel, TLS
-session, certificate, heartbeats and long-polls, exactly as ``consortium node``
-runs it), many per process, one thread each (``--procs`` worker processes,
-N / procs nodes each: 200 interpreters would not fit the machine, the server
-sees no difference). The app is ``benchmarks/transport_app`` (P float32
-parameters in 8 tensors; every node returns what it received plus a small
-change; FedAvg), started with ``consortium run start``.
+listing the nodes, otherwise default options, plus any ``--server-arg``) and N
+nodes: each node is the project's own ``NodeRunner`` over a gRPC
+``FleetClient`` (its own channel, TLS session, certificate, heartbeats and
+long-polls, exactly as ``consortium node`` runs it), many per process, one
+thread each (``--procs`` worker processes, N / procs nodes each: 200
+interpreters would not fit the machine, the server sees no difference). A
+deployed node runs the app in a sandboxed process per run; here the app runs
+in the node's thread (``fleet_nodes.InProcessNode``) unless
+``--app-processes``: 200 app interpreters would measure the machine, not the
+server. The app is ``benchmarks/transport_app`` (P float32 parameters in 8
+tensors; every node returns what it received plus a small change; FedAvg),
+started with ``consortium run start``.
 
 Reported: seconds per round (round 1 is the loop's own record, rounds 2, 3, ...
 the wall time between two round ends, as in ``transport.py``; median and max
 over all rounds), the server's peak RSS (its process tree sampled every 50 ms
-with psutil) against the target 3 x model size + 200 MB, and the latency of
+with psutil: ``consortium server`` and the run's own process, each also alone)
+against the target 3 x model size + 200 MB, its RSS once every node is
+connected (before ``run start``), the load average, and the latency of
 admin calls (``ControlClient.list_runs`` and ``show_run``, alternating, from a
 thread of this process every ~100 ms while the run is on; p50/p99) against the
 target p99 < 200 ms. Every process is stopped at the end, on failure and on
@@ -78,6 +84,10 @@ class Result:
     round_seconds: list[float] = field(default_factory=list)
     #: the server process tree (``consortium server`` and the run's own process), sampled
     server_peak_rss_mb: float | None = None
+    #: the server's RSS once every node was connected and long-polling, before ``run start``
+    server_baseline_rss_mb: float | None = None
+    #: the machine's 1-minute load average when the run started and when it ended
+    load_avg: tuple[float, float] | None = None
     #: the ``consortium server`` process alone, and the run's process alone
     server_main_peak_rss_mb: float | None = None
     run_proc_peak_rss_mb: float | None = None
@@ -85,11 +95,17 @@ class Result:
     server_pool_peak_mb: float | None = None
     #: ``consortium server --offline-after`` (None: the server's default, 10 s)
     offline_after: float | None = None
+    #: each node runs its app in a sandboxed process (as deployed) instead of in-process
+    app_processes: bool = False
+    #: options added to ``consortium server``'s command line (``--server-arg``)
+    server_args: list[str] = field(default_factory=list)
     nodes_peak_rss_mb: float | None = None
     #: (seconds since the run started, call, milliseconds, ok) of every admin call
     admin_calls: list[tuple[float, str, float, bool]] = field(default_factory=list)
     #: seconds ``consortium run start`` took (its StartRun call waits like any admin call)
     run_start_s: float | None = None
+    #: call -> median milliseconds once the run was over, the nodes still connected
+    admin_at_rest_ms: dict[str, float] = field(default_factory=dict)
     #: from ``run start`` until the probe saw the run end
     run_wall_s: float | None = None
     status: str = ""
@@ -177,6 +193,15 @@ class ServerSampler:
             self.peak_main = max(self.peak_main, main)
             self.peak_tree = max(self.peak_tree, main + children)
 
+    def current_main(self) -> int:
+        """The ``consortium server`` process's RSS now (0 if it is gone)."""
+        import psutil
+
+        try:
+            return int(self._root.memory_info().rss)
+        except psutil.Error:
+            return 0
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
@@ -214,15 +239,24 @@ def _client_tls(creds: Path, role: str) -> Any:
 
 # -- the node worker process ------------------------------------------------------------------
 def node_worker(
-    address: str, pki: Path, work: Path, first: int, count: int, ready: Path, max_s: float
+    address: str,
+    pki: Path,
+    work: Path,
+    first: int,
+    count: int,
+    ready: Path,
+    max_s: float,
+    app_processes: bool,
 ) -> int:
     """Run nodes n<first> .. n<first+count-1>, one NodeRunner thread each, until SIGTERM,
-    SIGINT, the parent's exit or ``max_s`` seconds; count connected nodes into ``ready``."""
+    SIGINT, the parent's exit or ``max_s`` seconds; count connected nodes into ``ready``.
+    The app runs in this process (:class:`InProcessNode`) unless ``app_processes``."""
     import logging
 
     from consortium.core.buffers import tune_malloc
     from consortium.node.runner import NodePolicy, NodeRunner
     from consortium.transport.grpc_client import FleetClient
+    from fleet_nodes import InProcessNode
 
     tune_malloc()
     logging.basicConfig(
@@ -236,11 +270,12 @@ def node_worker(
     parent = os.getppid()
     policy = NodePolicy(local_apps={"transport-bench": APP_DIR})
     runners: list[NodeRunner] = []
+    node_cls = NodeRunner if app_processes else InProcessNode
     clients: list[FleetClient] = []
     threads: list[threading.Thread] = []
     for i in range(first, first + count):
         client = FleetClient(address, tls=_client_tls(pki / "credentials" / f"n{i}", "node"))
-        runner = NodeRunner(
+        runner = node_cls(
             client,
             node_config={"partition-id": i - 1},
             work_dir=work / f"n{i}",
@@ -291,7 +326,30 @@ class AdminProbe:
     def close(self) -> None:
         self.stop.set()
         self._thread.join(timeout=40)  # at most one call in flight (30 s deadline)
+
+    def close_client(self) -> None:
+        self.close()
         self.client.close()
+
+    def at_rest(self, calls: int = 10) -> dict[str, float]:
+        """Median milliseconds of each call once the run is over (the nodes still
+        long-polling): the calls' own cost, apart from the rounds' load."""
+        from consortium.core.errors import ConsortiumError
+
+        run_id = self.run_id
+        timings: dict[str, list[float]] = {"list_runs": [], "show_run": []}
+        for _ in range(calls):
+            for call, times in timings.items():
+                t = time.monotonic()
+                try:
+                    if call == "list_runs":
+                        self.client.list_runs()
+                    elif run_id is not None:
+                        self.client.show_run(run_id)
+                except ConsortiumError:
+                    continue
+                times.append((time.monotonic() - t) * 1000)
+        return {call: _median(times) for call, times in timings.items() if times}
 
     def _loop(self) -> None:
         from consortium.core.errors import ConsortiumError
@@ -327,8 +385,11 @@ def run_fleet(
     root: Path,
     timeout: float,
     offline_after: float | None = None,
+    app_processes: bool = False,
+    server_args: tuple[str, ...] = (),
 ) -> Result:
-    result = Result(nodes, params, rounds, procs, offline_after=offline_after)
+    result = Result(nodes, params, rounds, procs, offline_after=offline_after,
+                    app_processes=app_processes, server_args=list(server_args))  # fmt: skip
     pki = make_pki(root, nodes)
     work = root / "work"
     work.mkdir()
@@ -344,7 +405,8 @@ def run_fleet(
              "--credentials", str(pki / "credentials" / "localhost"),
              "--ca-dir", str(pki / "ca"), "--allow-file", str(pki / "allow.txt"),
              "--workdir", str(work / "srv"), "--port-file", str(work / "port"),
-             *(["--offline-after", str(offline_after)] if offline_after else [])],
+             *(["--offline-after", str(offline_after)] if offline_after else []),
+             *server_args],
             work / "server.out", work,
         )  # fmt: skip
         server_rss = ServerSampler(server.pid)
@@ -356,7 +418,7 @@ def run_fleet(
             count = min(per, nodes - first + 1)
             w = _spawn(
                 [sys.executable, __file__, "--worker", address, str(pki), str(work),
-                 str(first), str(count), str(timeout + 120)],
+                 str(first), str(count), str(timeout + 120), "1" if app_processes else "0"],
                 work / f"worker-{first}.out", work,
             )  # fmt: skip
             workers.append(w)
@@ -366,6 +428,9 @@ def run_fleet(
             result.note = "not every node connected within 120 s"
         else:
             result.connect_s -= t0
+        time.sleep(2.0)  # the nodes' first long-polls and heartbeats settle
+        result.server_baseline_rss_mb = server_rss.current_main() / MB
+        load0 = os.getloadavg()[0]
         probe = AdminProbe(address, pki, result)
         run_t0 = time.monotonic()
         probe.start()
@@ -387,8 +452,11 @@ def run_fleet(
                 result.note = "a process exited during the run"
                 break
         result.run_wall_s = time.monotonic() - run_t0
+        result.load_avg = (load0, os.getloadavg()[0])
         probe.close()
         info = probe.info
+        result.admin_at_rest_ms = probe.at_rest()
+        probe.close_client()
         probe = None
         if info is None or info.get("status") in ("pending", "running"):
             result.status = str(info.get("status")) if info else "unknown"
@@ -404,7 +472,7 @@ def run_fleet(
             result.server_pool_peak_mb = row.server_pool_peak_mb
     finally:
         if probe is not None:
-            probe.close()
+            probe.close_client()
         _stop([*workers, *([server] if server else [])], grace=15)
         with contextlib.suppress(RuntimeError):
             sampler.stop()
@@ -448,16 +516,22 @@ def table(r: Result) -> str:
     d = r.as_dict()
     yes = {True: "**met**", False: "**not met**"}
     rows = [
-        ("nodes (processes)", f"{r.nodes} ({r.procs})"),
+        ("nodes (processes)", f"{r.nodes} ({r.procs})"
+         + ("" if r.app_processes else ", apps in-process")),
+        ("load average at start / end", f"{r.load_avg[0]:.1f} / {r.load_avg[1]:.1f}"
+         if r.load_avg else "—"),
         ("server --offline-after", f"{r.offline_after:g} s" if r.offline_after else "10 s"),
+        ("other server options", " ".join(f"`{a}`" for a in r.server_args) or "defaults"),
         ("model", f"{size_label(r.params)} float32 = {r.model_mb:.1f} MB"),
         ("run", f"{r.status or '—'}, {len(r.round_seconds)}/{r.rounds} rounds"),
         ("all nodes connected after", f"{_fmt(r.connect_s, '.1f')} s"),
         ("round seconds", ", ".join(f"{s:.2f}" for s in r.round_seconds) or "—"),
         ("s/round median / max", f"{_fmt(d['round_median_s'], '.2f')} / "
          f"{_fmt(d['round_max_s'], '.2f')}"),
-        ("server peak RSS", f"{_fmt(r.server_peak_rss_mb, '.0f')} MB "
+        ("server peak RSS (with the run's process)", f"{_fmt(r.server_peak_rss_mb, '.0f')} MB "
          f"({d['rss_over_model']:.1f} × model)"),
+        ("`consortium server` RSS, nodes connected, before the run",
+         f"{_fmt(r.server_baseline_rss_mb, '.0f')} MB"),
         ("RSS target < 3 × model + 200 MB", f"< {r.rss_target_mb:.0f} MB: {yes[r.rss_met]}"),
         ("node processes peak RSS (sum)", f"{_fmt(r.nodes_peak_rss_mb, '.0f')} MB"),
         ("`consortium run start` took", f"{_fmt(r.run_start_s, '.1f')} s"),
@@ -465,9 +539,12 @@ def table(r: Result) -> str:
         ("admin p50 / p99 / max", f"{_fmt(d['admin_p50_ms'], '.0f')} / "
          f"{_fmt(d['admin_p99_ms'], '.0f')} / {_fmt(d['admin_max_ms'], '.0f')} ms"),
         ("admin target p99 < 200 ms", yes[r.p99_met]),
+        ("after the run: list_runs / show_run median",
+         " / ".join(f"{r.admin_at_rest_ms[c]:.0f}" if c in r.admin_at_rest_ms else "—"
+                    for c in ("list_runs", "show_run")) + " ms"),
     ]  # fmt: skip
     if r.run_proc_peak_rss_mb:  # the run's program in a process of its own
-        rows.insert(7, ("… `consortium server` / run process",
+        rows.insert(9, ("… `consortium server` / run process",
                         f"{_fmt(r.server_main_peak_rss_mb, '.0f')} / "
                         f"{r.run_proc_peak_rss_mb:.0f} MB"))  # fmt: skip
     return "\n".join(["| | |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
@@ -479,11 +556,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        address, pki, work, first, count, max_s = sys.argv[2:8]
+        address, pki, work, first, count, max_s, app_processes = sys.argv[2:9]
         ready = Path(work) / f"ready-{first}"
         return node_worker(
-            address, Path(pki), Path(work), int(first), int(count), ready, float(max_s)
-        )
+            address, Path(pki), Path(work), int(first), int(count), ready, float(max_s),
+            app_processes == "1",
+        )  # fmt: skip
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=200)
     ap.add_argument("--params", type=parse_size, default=parse_size("1M"))
@@ -494,6 +572,19 @@ def main(argv: list[str] | None = None) -> int:
         "--offline-after",
         type=float,
         help="pass to consortium server (its default: 10 s without a heartbeat)",
+    )
+    ap.add_argument(
+        "--app-processes",
+        action="store_true",
+        help="each node runs the app in its own sandboxed process, as deployed (default: in "
+        "the node worker's process; the server sees no difference)",
+    )
+    ap.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="add ARG to consortium server's options (repeat; e.g. --server-arg=--no-tracking)",
     )
     ap.add_argument("--quick", action="store_true", help="20 nodes, 2 rounds: a smoke run")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
@@ -510,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="consortium-fleet-") as tmp:
         result = run_fleet(
             args.nodes, args.params, args.rounds, procs, Path(tmp), args.timeout,
-            offline_after=args.offline_after,
+            offline_after=args.offline_after, app_processes=args.app_processes,
+            server_args=tuple(args.server_arg),
         )  # fmt: skip
 
     print(

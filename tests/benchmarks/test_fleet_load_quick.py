@@ -29,6 +29,9 @@ KEYS = {
     "admin_target_met",
     "status",
     "completed",
+    "server_baseline_rss_mb",
+    "load_avg",
+    "app_processes",
 }
 
 
@@ -48,4 +51,6 @@ def test_quick_run_writes_the_figures(tmp_path: Path) -> None:
     assert figures["completed"] is True
     assert len(figures["round_seconds"]) == 2
     assert figures["server_peak_rss_mb"] > 0
+    assert 0 < figures["server_baseline_rss_mb"] <= figures["server_peak_rss_mb"]
+    assert figures["app_processes"] is False  # the app runs in the node's thread
     assert figures["admin_call_count"] > 0

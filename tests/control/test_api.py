@@ -112,6 +112,7 @@ def test_a_researcher_uploads_starts_shows_and_stops_a_run(api: Api, bundle: byt
         len(bundle),
     )
     assert entry["uploaded_by"] == "rita"
+    assert entry["run_config"]["num-rounds"] >= 1 and "lr" in entry["run_config"]  # its defaults
     listed = api.call("GET", "/api/v1/apps", token=api.token["observer"]).json()["apps"]
     assert entry["sha256"] in {a["sha256"] for a in listed}
     start = {"app": "heart-disease", "run_config": {"num-rounds": 2}, "seed": 5}
@@ -146,7 +147,8 @@ def test_bad_requests_get_a_json_error_naming_the_field(api: Api, bundle: bytes)
         ("GET", f"/api/v1/runs/{RUN}/metrics", None, 404, "run_id"),
         ("GET", f"/api/v1/runs/{RUN}/events", None, 404, "run_id"),
         ("GET", f"/api/v1/runs/{RUN}/model", None, 404, "run_id"),
-        ("GET", f"/api/v1/runs/{RUN}/model?format=pickle", None, 422, "format"),
+        ("GET", f"/api/v1/runs/{RUN}/model?format=x.npz", None, 422, "format"),
+        ("GET", f"/api/v1/runs/{RUN}/model?round=0", None, 422, "round"),
     ]  # fmt: skip
     api.call("POST", "/api/v1/apps", token=admin, data=bundle,
              headers={"Content-Type": "application/octet-stream"})  # fmt: skip

@@ -2,11 +2,14 @@
 
 ``consortium run`` and ``consortium fleet`` call the server's Control API with an
 admin, researcher or observer certificate; the server's authorization policy
-decides what each may do (a refusal names the role and the action).
+decides what each may do (a refusal names the role and the action). The ``run``
+commands can use the REST API with a bearer token instead (``--api``,
+``--token-file``), under the same policy.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +27,7 @@ from consortium.cli.tls_options import (
 from consortium.core.errors import ConfigError
 
 if TYPE_CHECKING:  # gRPC loads only when a coordinator command runs
+    from consortium.cli.run_backends import RunsBackend
     from consortium.transport.grpc_client import ControlClient
 
 #: the name a coordinator claims with --insecure when it gives none
@@ -73,3 +77,80 @@ def control_client(
         server_name=server_name,
     )
     return ControlClient(address, tls=tls)
+
+
+#: the variable naming the REST API's URL when neither --server nor --api is given
+API_ENV = "CONSORTIUM_API"
+
+
+def run_target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--server and its certificate options (the gRPC Control API), or --api and
+    --token-file (the REST API); ``run_backend`` turns them into a backend."""
+    for option in reversed(
+        [
+            click.option(
+                "--server",
+                "address",
+                default=None,
+                help="The server's host:port (the gRPC Control API, with --credentials).",
+            ),
+            credentials_option,
+            name_option,
+            server_name_option,
+            insecure_option,
+            click.option(
+                "--api",
+                default=None,
+                metavar="URL",
+                help=f"The server's REST API instead of --server, e.g. http://host:8080 "
+                f"(default: ${API_ENV} when --server is not given).",
+            ),
+            click.option(
+                "--token-file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="A file holding the REST API token (consortium token create); "
+                "default: $CONSORTIUM_TOKEN.",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def run_backend(
+    address: str | None,
+    credentials: Path | None,
+    name: str | None,
+    server_name: str | None,
+    insecure: bool,
+    api: str | None,
+    token_file: Path | None,
+) -> RunsBackend:
+    """The gRPC Control API (``--server``) or the REST API (``--api``, or ``$CONSORTIUM_API``
+    when neither is given); a :class:`ConfigError` naming the options otherwise."""
+    from consortium.cli.run_backends import GrpcRuns, RestRuns
+
+    if address is not None and api is not None:
+        raise ConfigError("--server and --api: give one (gRPC with a certificate, or REST)")
+    if address is not None:
+        return GrpcRuns(control_client(address, credentials, name, server_name, insecure))
+    url = api or os.environ.get(API_ENV, "").strip()
+    if not url:
+        raise ConfigError(
+            f"give --server HOST:PORT (with --credentials) or --api URL (with --token-file), "
+            f"or set {API_ENV}"
+        )
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--api: expected an http:// or https:// URL, got {url!r}")
+    from consortium.control.sdk import TOKEN_ENV, ControlClient
+
+    token = os.environ.get(TOKEN_ENV, "")
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--token-file: cannot read {token_file}: {exc}") from None
+    if not token.strip():
+        raise ConfigError(f"--api needs a token: give --token-file FILE or set {TOKEN_ENV}")
+    return RestRuns(ControlClient(url, token.strip()))

@@ -1,56 +1,58 @@
 """``consortium run``: the coordinator starts, lists, shows, stops runs and downloads models.
 
-``run start --wait`` reports progress on stderr while the run goes on (each round
-done, whom the run waits for, and the status every :data:`PROGRESS_EVERY` seconds)
-and exits with the code of how the run ended: 0 finished, 5 failed
+Each command reaches the server through the gRPC Control API (``--server`` with a
+coordinator certificate) or through the REST API (``--api URL`` with
+``--token-file``, or ``$CONSORTIUM_API`` and ``$CONSORTIUM_TOKEN``): the same
+policy decides what each caller may do.
+
+``run start --wait`` reports progress on stderr while the run goes on (a line per
+round: round k/N, its loss and AUC, the time elapsed; whom the run waits for; the
+status every :data:`~consortium.cli.run_view.PROGRESS_EVERY` seconds) and exits
+with the code of how the run ended: 0 finished, 5 failed
 (:class:`~consortium.core.errors.RoundFailed`), 1 stopped or interrupted.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.table import Table
 
 from consortium.apps.manifest import MANIFEST, AppSpec, load_app_spec, parse_override
-from consortium.cli.control_options import control_client, control_options
+from consortium.cli.control_options import run_backend, run_target_options
 from consortium.cli.report import make_console
+from consortium.cli.run_backends import RunsBackend
+from consortium.cli.run_view import print_run, wait_for_run
 from consortium.core.errors import ConfigError, ConsortiumError, RoundFailed
-from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
 
-if TYPE_CHECKING:  # gRPC loads only when a run command runs
-    from consortium.transport.grpc_client import ControlClient
-
-#: seconds between two "still running" lines of ``run start --wait``
-PROGRESS_EVERY = 10.0
-#: seconds between two polls of the run's state by ``run start --wait``
-POLL_EVERY = 1.0
+__all__ = ["raise_for_outcome", "run", "wait_for_run"]
 
 
-def _client(
-    address: str,
+def _backend(
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
-) -> ControlClient:
-    return control_client(address, credentials, name, server_name, insecure)
+    api: str | None,
+    token_file: Path | None,
+) -> RunsBackend:
+    return run_backend(address, credentials, name, server_name, insecure, api, token_file)
 
 
-_common = control_options
+_common = run_target_options
 
 
 @click.group()
 def run() -> None:
     """Start, list, show and stop runs on a deployed server, and download their models.
 
-    Needs an admin, researcher or observer certificate; the server's policy says what
-    each may do (by default observers only list and show).
+    Reach the server with a certificate (--server HOST:PORT --credentials DIR: the gRPC
+    Control API) or a token (--api URL --token-file FILE: the REST API). The server's
+    policy says what each role may do (by default observers only list and show).
     """
 
 
@@ -60,33 +62,57 @@ def run() -> None:
 @click.option("--run-config", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--nodes",
+    default=None,
+    metavar="A,B,...",
+    help="Only these nodes take part (REST API only; default: every online node).",
+)
+@click.option(
     "--wait",
     is_flag=True,
-    help="Wait for the run to end, reporting progress, and print its rounds; exit 0 if it "
-    "finished, 5 if it failed, 1 if it was stopped or interrupted.",
+    help="Wait for the run to end, printing a line per round (round k/N, loss, AUC, time), "
+    "then its metrics; exit 0 if it finished, 5 if it failed, 1 if it was stopped or "
+    "interrupted.",
 )
 def start(
     app: Path,
-    address: str,
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
+    api: str | None,
+    token_file: Path | None,
     overrides: tuple[str, ...],
     seed: int,
+    nodes: str | None,
     wait: bool,
 ) -> None:
     """Upload APP (an app folder, bundled unsigned, or a signed APP.cab, sent as is) and
     start a run of it."""
     bundle, spec = _bundle_of(app)
     config = spec.run_config(dict(parse_override(o) for o in overrides))
-    client = _client(address, credentials, name, server_name, insecure)
-    run_id = client.start_run(bundle, dict(config), seed)
-    click.echo(run_id)
-    if wait:
-        info = wait_for_run(lambda: client.show_run(run_id), _progress)
-        _print_run(info)
-        raise_for_outcome(info)
+    chosen = _node_list(nodes)
+    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    try:
+        identity = (spec.name, spec.manifest.app.version)
+        run_id = backend.start(bundle, identity, dict(config), seed, chosen)
+        click.echo(run_id)
+        if wait:
+            info = wait_for_run(lambda: backend.show(run_id), _progress)
+            print_run(info)
+            raise_for_outcome(info)
+    finally:
+        backend.close()
+
+
+def _node_list(nodes: str | None) -> list[str] | None:
+    if nodes is None:
+        return None
+    chosen = [n.strip() for n in nodes.split(",") if n.strip()]
+    if not chosen:
+        raise ConfigError("--nodes: give node names separated by commas, e.g. --nodes a,b")
+    return chosen
 
 
 def _bundle_of(app: Path) -> tuple[bytes, AppSpec]:
@@ -111,19 +137,27 @@ def _bundle_of(app: Path) -> tuple[bytes, AppSpec]:
 @run.command("list")
 @_common
 def list_runs(
-    address: str,
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
+    api: str | None,
+    token_file: Path | None,
 ) -> None:
     """List the server's runs, newest first (runs from before a server restart included)."""
-    runs = _client(address, credentials, name, server_name, insecure).list_runs()
+    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    try:
+        runs = backend.list()
+    finally:
+        backend.close()
     table = Table(title="Runs, newest first")
     for col in ("run", "app", "status", "rounds", "error"):
         table.add_column(col)
     for r in runs:
-        table.add_row(r["run_id"], r["app"], r["status"], str(r["rounds_done"]), r.get("error", ""))
+        of = f"/{r['num_rounds']}" if r.get("num_rounds") else ""
+        table.add_row(r["run_id"], r["app"], r["status"], f"{r['rounds_done']}{of}",
+                      r.get("error") or "")  # fmt: skip
     make_console().print(table)
 
 
@@ -132,14 +166,21 @@ def list_runs(
 @_common
 def show(
     run_id: str,
-    address: str,
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
+    api: str | None,
+    token_file: Path | None,
 ) -> None:
-    """Rounds, metrics and per-node status and timing of one run."""
-    _print_run(_client(address, credentials, name, server_name, insecure).show_run(run_id))
+    """Status, metrics per round (aggregated and each node's loss and AUC), and per-node
+    outcome and timing of one run."""
+    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    try:
+        print_run(backend.show(run_id))
+    finally:
+        backend.close()
 
 
 @run.command("download")
@@ -152,28 +193,43 @@ def show(
     required=True,
     help="Where to write the model (.npz: numpy.load(FILE, allow_pickle=False) reads it).",
 )
+@click.option(
+    "--format",
+    "fmt",
+    default="npz",
+    show_default=True,
+    help="npz, safetensors, or an export of the app's own such as joblib (REST API only "
+    "for all but npz; `run show` lists them).",
+)
+@click.option(
+    "--round",
+    "rnd",
+    type=click.IntRange(min=1),
+    default=None,
+    help="The model after this round (REST API only; only a run's last rounds are kept).",
+)
 def download(
     run_id: str,
-    address: str,
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
+    api: str | None,
+    token_file: Path | None,
     out: Path,
+    fmt: str,
+    rnd: int | None,
 ) -> None:
     """Download the global model a run finished with (or, while it runs, its newest
-    checkpointed one) into an .npz file of named arrays (no pickle)."""
-    from consortium.core.arrays import Arrays
-    from consortium.server.model_io import save_model
-
-    client = _client(address, credentials, name, server_name, insecure)
+    checkpointed one; or a given round's) into a file: .npz of named arrays (no pickle)
+    by default."""
+    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
-        payload = client.download_model(run_id)
+        what = backend.download(run_id, fmt, rnd, out)
     finally:
-        client.close()
-    model = Arrays.from_bytes(payload)
-    save_model(model, out)
-    click.echo(f"wrote {out}: {len(model)} array(s), {model.nbytes} bytes of parameters")
+        backend.close()
+    click.echo(f"wrote {out}: {what}")
 
 
 @run.command("stop")
@@ -181,70 +237,21 @@ def download(
 @_common
 def stop(
     run_id: str,
-    address: str,
+    address: str | None,
     credentials: Path | None,
     name: str | None,
     server_name: str | None,
     insecure: bool,
+    api: str | None,
+    token_file: Path | None,
 ) -> None:
     """Stop a run before its next round."""
-    stopped = _client(address, credentials, name, server_name, insecure).stop_run(run_id)
+    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    try:
+        stopped = backend.stop(run_id)
+    finally:
+        backend.close()
     click.echo("stopping" if stopped else "not running")
-
-
-def wait_for_run(
-    show: Callable[[], dict[str, Any]],
-    report: Callable[[str], None],
-    *,
-    poll_every: float = POLL_EVERY,
-    progress_every: float = PROGRESS_EVERY,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Poll ``show()`` (a ``run show``) until the run ends; its last answer.
-
-    ``report`` gets one line per change of status and per round done, a "waiting
-    Ns for: ..." line at most every ``progress_every`` s while the run waits for
-    nodes (``run show``'s ``waiting``), and a "still <status>" line every
-    ``progress_every`` s while nothing changes.
-    """
-    started = last_line = clock()
-    last_waiting: float | None = None
-    status, rounds_seen = "", 0
-    while True:
-        info = show()
-        now = clock()
-        waiting = info.get("waiting")
-        if waiting and (last_waiting is None or now - last_waiting >= progress_every):
-            report(_waiting_text(waiting))
-            last_waiting = last_line = now
-        for r in info.get("rounds", [])[rounds_seen:]:
-            report(f"round {r['round']} done in {r['seconds']:.1f} s{_metrics_text(r)}")
-            rounds_seen += 1
-            last_line = now
-        if info["status"] != status:
-            status = info["status"]
-            report(f"run {info['run_id']}: {status}")
-            last_line = now
-        if status not in ("pending", "running"):
-            return info
-        if now - last_line >= progress_every:
-            report(
-                f"run {info['run_id']}: still {status}, {info['rounds_done']} round(s) done, "
-                f"{now - started:.0f} s since start"
-            )
-            last_line = now
-        sleep(poll_every)
-
-
-def _waiting_text(waiting: dict[str, Any]) -> str:
-    """``waiting 12s for nodes: a, b (online: c)`` (or ``for replies from``) from
-    ``run show``'s ``waiting`` (the server's ``FleetGrid.waiting().as_dict()``)."""
-    missing = ", ".join(str(n) for n in waiting.get("missing", [])) or "nobody"
-    online = ", ".join(str(n) for n in waiting.get("online", [])) or "none"
-    what = "replies from" if waiting.get("stage") == "replies" else "nodes"
-    seconds = float(waiting.get("seconds", 0))
-    return f"waiting {seconds:.0f}s for {what}: {missing} (online: {online})"
 
 
 def raise_for_outcome(info: dict[str, Any]) -> None:
@@ -261,39 +268,3 @@ def raise_for_outcome(info: dict[str, Any]) -> None:
 
 def _progress(line: str) -> None:
     click.echo(line, err=True)
-
-
-def _metrics_text(round_info: dict[str, Any]) -> str:
-    metrics = round_info.get("metrics") or {}
-    shown = [f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
-    return f" ({', '.join(shown[:4])})" if shown else ""
-
-
-def _print_run(info: dict[str, Any]) -> None:
-    console = make_console()
-    console.print(
-        f"run {info['run_id']}: {info['app']} — {info['status']} "
-        f"({info['rounds_done']} rounds) {info.get('error', '')}"
-    )
-    checkpoint = info.get("checkpoint")
-    if checkpoint:
-        console.print(
-            f"latest checkpoint: round {checkpoint['round']}, {checkpoint['path']} "
-            f"({checkpoint['digest']})"
-        )
-    table = Table(title="Per node: outcome and where the time went (seconds)")
-    for col in ("round", "node", "stage", "outcome", "total", "training", "upload", "waiting",
-                "reason"):  # fmt: skip
-        table.add_column(col)
-    for r in info.get("rounds", []):
-        for n in r["nodes"]:
-            timing = n.get("timing") or {}
-            cells = [
-                f"{timing[k]:.2f}" if k in timing else ""
-                for k in (TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT)
-            ]
-            table.add_row(
-                str(r["round"]), n["node"], n["stage"], n["outcome"], f"{n['seconds']:.2f}",
-                *cells, n["reason"],
-            )  # fmt: skip
-    console.print(table)

@@ -257,6 +257,7 @@ def server(
     tune_malloc()
     from consortium.server.fleet import Fleet
     from consortium.server.fleet_state import ReplyLimits
+    from consortium.server.heap import HeapTrimmer
     from consortium.server.run_tracking import Tracking
     from consortium.server.runs import RunManager
     from consortium.server.store.lock import StateDirLock
@@ -287,6 +288,7 @@ def server(
         reply_limits=ReplyLimits(factor=reply_factor),
         events=audit.fleet_sink(forward=fleet_event_sink(store)),
         expected=allowed,  # who `run show` names as missing while a run waits
+        heap=HeapTrimmer.for_this_process(),
     )
     secrets = [p for p in (credentials, ca_dir, workdir / "state.db") if p is not None]
     from consortium.control.events import RunEvents  # no FastAPI: that comes with --http
@@ -351,7 +353,7 @@ def server(
         from consortium.control.serve import serve_api
 
         api = serve_api(http, runs=runs, fleet=fleet, policy=policy, audit=audit,
-                        workdir=workdir, events=api_events)  # fmt: skip
+                        workdir=workdir, events=api_events, bans=bans)  # fmt: skip
         click.echo(f"REST API on {api.url} (OpenAPI: {api.url}/openapi.json)")
     # written last: once the port file is there, runs to resume are running again
     if port_file is not None:

@@ -27,6 +27,7 @@ from consortium._version import __version__
 from consortium.apps.bundle import BundleRejected
 from consortium.control.events import RunEvents
 from consortium.control.guard import ApiError, Guard
+from consortium.control.openapi import document_errors
 from consortium.control.registry import AppRegistry
 from consortium.core.audit import APP_LIST, APP_UPLOAD
 from consortium.core.errors import ConfigError
@@ -35,6 +36,7 @@ from consortium.server.fleet_grid import REPLIES
 from consortium.server.runs import RunManager
 from consortium.server.store import RunStatus
 from consortium.transport.authz import READ_RUNS, UPLOAD_APP
+from consortium.transport.fleet_api import BanList
 
 log = logging.getLogger("consortium.control")
 
@@ -54,10 +56,13 @@ class ApiContext:
     events: RunEvents
     #: seconds between keep-alive comments on an idle event stream
     keepalive: float = 15.0
+    #: the server's ban list (``consortium fleet ban``): banned nodes cannot be chosen
+    bans: BanList | None = None
 
 
 def create_api(context: ApiContext) -> FastAPI:
     """The FastAPI app of one server (OpenAPI at ``/openapi.json``)."""
+    from consortium.control.dashboard import mount_dashboard
     from consortium.control.run_routes import run_router
 
     api = FastAPI(
@@ -83,19 +88,22 @@ def create_api(context: ApiContext) -> FastAPI:
         online, _ = context.fleet.presence()
         known = {n.name: n for n in context.runs.store.list_nodes()}
         tasks = _current_tasks(context.runs)
+        # what each node said at its hello since the server started (None: not since)
+        identities = context.fleet.identities()
         out = []
         for name in sorted(set(known) | set(online)):
             view = known.get(name)
             last_seen = view.last_seen if view is not None else None
+            version, organisation = identities.get(name, ("", ""))
             out.append(
                 {
                     "id": name,
-                    # not known to the server yet: nodes do not report these (see docs/api.md)
-                    "organisation": None,
-                    "version": None,
+                    "organisation": organisation or None,
+                    "version": version or None,
                     "status": "online" if name in online else "offline",
                     "last_seen": None if last_seen is None else last_seen.timestamp(),
                     "allowed": view.allowed if view is not None else None,
+                    "banned": context.bans is not None and context.bans.reason(name) is not None,
                     "current_task": tasks.get(name),
                 }
             )
@@ -148,6 +156,8 @@ def create_api(context: ApiContext) -> FastAPI:
         return entry.as_dict()
 
     api.include_router(run_router(context), prefix=PREFIX)
+    document_errors(api)  # /openapi.json: the bearer token, the JSON errors
+    mount_dashboard(api)  # the web dashboard at / (static files; its data comes from here)
     return api
 
 

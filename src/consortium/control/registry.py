@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class AppEntry:
     uploaded_by: str
     uploaded_at: float
     description: str = ""
+    #: the app's own ``[run-config]`` defaults, what a run changes by key (the dashboard's
+    #: start form; entries listed before it was kept have none)
+    run_config: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +65,8 @@ class RunEntry:
     started_by: str
     role: str
     started_at: float
+    #: the only nodes it may use (None: every node)
+    nodes: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +106,7 @@ class AppRegistry:
             uploaded_by=uploaded_by,
             uploaded_at=time.time(),
             description=manifest.app.description,
+            run_config=dict(manifest.run_config),
         )
         folder = self.dir / APPS_DIR
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,27 +9,24 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from consortium.control import models
 from consortium.control.guard import ApiError
+from consortium.control.models import FORMAT_PATTERN
 from consortium.control.registry import RunEntry
-from consortium.control.views import (
-    MEDIA_TYPES,
-    ModelFormat,
-    export_model,
-    failed_nodes,
-    round_json,
-    sse,
-)
+from consortium.control.views import ModelFormat, export_model, failed_nodes, round_json, sse
 from consortium.core import audit
 from consortium.core.arrays import Arrays
 from consortium.core.errors import ConsortiumError, MissingDependencyError
+from consortium.core.history import RoundRecord
 from consortium.transport.authz import DOWNLOAD_MODEL, READ_RUNS, START_RUN, STOP_RUN
 
 if TYPE_CHECKING:
@@ -53,8 +50,12 @@ class StartRun(BaseModel):
         default_factory=dict, description="Overrides of the app's [run-config]."
     )
     seed: int | None = Field(default=None, ge=0, lt=2**63, description="Default: random.")
-    nodes: list[str] | None = Field(
-        default=None, description="Not supported yet: every online node takes part."
+    nodes: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10_000,
+        description="The only nodes that take part (ids of GET /api/v1/nodes). "
+        "Default: every online node.",
     )
 
 
@@ -72,10 +73,13 @@ def run_router(ctx: ApiContext) -> APIRouter:
             guard.record(who.caller, audit.RUN_START, "failed", detail={**facts, "error": message})
             return ApiError(status, code, message, field=field)
 
-        if body.nodes:
-            why = ("nodes: this server cannot yet run on a chosen subset of nodes; leave it "
-                   "out (every online node takes part)")  # fmt: skip
-            raise failed(422, "unsupported", why, "nodes")
+        chosen = None
+        if body.nodes is not None:
+            chosen = sorted(set(body.nodes))
+            why = _unchoosable(ctx, chosen)
+            if why is not None:
+                raise failed(422, "invalid", why, "nodes")
+            facts["nodes"] = chosen
         try:
             entry = ctx.registry.find(body.app, body.version)
         except LookupError as exc:
@@ -83,14 +87,15 @@ def run_router(ctx: ApiContext) -> APIRouter:
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
         facts.update(app_version=entry.version, bundle_sha256=entry.sha256, seed=seed)
         try:
-            run_id = runs.start_run(ctx.registry.bundle(entry), json.dumps(body.run_config), seed)
+            bundle = ctx.registry.bundle(entry)
+            run_id = runs.start_run(bundle, json.dumps(body.run_config), seed, nodes=chosen)
         except ConsortiumError as exc:
             raise failed(422, "invalid", str(exc), "run_config") from None
         except Exception as exc:  # the server's fault, not the request's: still audited
             log.exception("REST API: run of %s %s could not start", entry.name, entry.version)
             raise failed(500, "internal", f"the run could not start: {exc}", "app") from None
         started = RunEntry(run_id, entry.name, entry.version, entry.sha256, who.caller.name,
-                           who.caller.role, time.time())  # fmt: skip
+                           who.caller.role, time.time(), chosen)  # fmt: skip
         ctx.registry.record_run(started)
         guard.record(who.caller, audit.RUN_START, "ok", run_id=run_id, detail=facts)
         return {"run_id": run_id}
@@ -140,25 +145,39 @@ def run_router(ctx: ApiContext) -> APIRouter:
     def model(
         request: Request,
         run_id: str,
-        format: Annotated[ModelFormat, Query(description="npz or safetensors")] = "npz",
+        format: Annotated[
+            str,
+            Query(
+                pattern=FORMAT_PATTERN,
+                description="npz, safetensors, or an export of the app's own (e.g. joblib; "
+                "GET /runs/{id} lists them as model_formats)",
+            ),
+        ] = "npz",
+        round: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=2**31,
+                description="The model after this round (default: the "
+                "final one). Only the last rounds' models are kept.",
+            ),
+        ] = None,
     ) -> Response:
-        """The run's final global model, or before it ends its newest checkpointed one."""
+        """The run's final global model (before it ends, its newest checkpointed one), or
+        the model after a given round while that round's checkpoint is kept."""
         who = guard.require(request, DOWNLOAD_MODEL, audit.MODEL_DOWNLOAD, run_id=run_id)
-        wire = runs.global_model(run_id)
-        if wire is None:
-            why = f"run {run_id!r} has no global model (unknown run, or none saved yet)"
-            guard.record(who.caller, audit.MODEL_DOWNLOAD, "failed", run_id=run_id,
-                         detail={"error": why})  # fmt: skip
-            raise ApiError(404, "not-found", why, field="run_id")
         try:
-            data = export_model(Arrays.from_bytes(wire), format)
-        except MissingDependencyError as exc:
-            raise ApiError(501, "unavailable", str(exc), field="format") from None
-        facts = {"format": format, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                 "token": who.token_id}  # fmt: skip
+            data = _model_file(ctx, run_id, format, round)
+        except ApiError as exc:
+            guard.record(who.caller, audit.MODEL_DOWNLOAD, "failed", run_id=run_id,
+                         detail={"error": exc.message, "token": who.token_id})  # fmt: skip
+            raise
+        facts = {"format": format, "round": round, "bytes": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest(), "token": who.token_id}  # fmt: skip
         guard.record(who.caller, audit.MODEL_DOWNLOAD, "ok", run_id=run_id, detail=facts)
-        headers = {"Content-Disposition": f'attachment; filename="{run_id}.{format}"'}
-        return Response(data, media_type=MEDIA_TYPES[format], headers=headers)
+        name = f"{run_id}-round{round}" if round is not None else run_id
+        headers = {"Content-Disposition": f'attachment; filename="{name}.{format}"'}
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     @router.get("/runs/{run_id}/events", response_class=StreamingResponse)
     async def events(
@@ -168,7 +187,9 @@ def run_router(ctx: ApiContext) -> APIRouter:
     ) -> StreamingResponse:
         """Server-Sent Events: ``round_finished``, ``node_failed``, ``run_finished``."""
         await run_in_threadpool(guard.require, request, READ_RUNS, audit.RUN_SHOW, run_id=run_id)
-        if await run_in_threadpool(runs.store.get_run, run_id) is None:
+        # shared with the run's open streams: a crowd of dashboards opening at once
+        # reads the run once, not once each
+        if await ctx.events.latest(run_id, runs.record) is None:
             raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
@@ -184,16 +205,14 @@ async def _stream(ctx: ApiContext, run_id: str, after: int) -> AsyncIterator[str
     sent, spoke = after, time.monotonic()
     try:
         while True:
-            record = await run_in_threadpool(ctx.runs.record, run_id)
+            record = await ctx.events.latest(run_id, ctx.runs.record)
             if record is None:
                 return
             for r in record.rounds:
                 if r.round <= sent:
                     continue
-                yield sse("round_finished", json.dumps({"run_id": run_id, **round_json(r)}),
-                          event_id=str(r.round))  # fmt: skip
-                for failure in failed_nodes(run_id, r):
-                    yield sse("node_failed", json.dumps(failure))
+                # a round's events, encoded once for all the run's streams
+                yield ctx.events.encoded(run_id, r.round, partial(_round_events, run_id, r))
                 sent, spoke = r.round, time.monotonic()
             status = record.status.value
             if status in TERMINAL:
@@ -212,14 +231,84 @@ async def _stream(ctx: ApiContext, run_id: str, after: int) -> AsyncIterator[str
         watcher.close()
 
 
+def _unchoosable(ctx: ApiContext, chosen: list[str]) -> str | None:
+    """Why ``chosen`` cannot be a run's nodes (None: it can): each must be a node this
+    server knows (allow-listed, or seen), not banned, revoked or off the allow-list."""
+    known = {n.name: n for n in ctx.runs.store.list_nodes()}
+    online, missing = ctx.runs.fleet.presence()
+    unknown = [n for n in chosen if n not in known and n not in online and n not in missing]
+    if unknown:
+        return (f"nodes: no node {', '.join(map(repr, unknown[:10]))} on this server "
+                "(GET /api/v1/nodes lists them)")  # fmt: skip
+    banned = [n for n in chosen if ctx.bans is not None and ctx.bans.reason(n) is not None]
+    refused = [n for n in chosen if n in known and not known[n].allowed]
+    if banned or refused:
+        names = ", ".join(map(repr, sorted({*banned, *refused})[:10]))
+        return f"nodes: {names} may not take part (banned, revoked or not allow-listed)"
+    return None
+
+
+def _model_file(ctx: ApiContext, run_id: str, fmt: str, rnd: int | None) -> bytes:
+    """The bytes ``GET /runs/{id}/model`` answers with, or the ApiError saying why not."""
+    view = ctx.runs.store.get_run(run_id)
+    if view is None:
+        raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
+    folder = models.run_dir(Path(ctx.runs.root), run_id)
+    finished = view.status.value == "finished"
+    last = view.rounds_done
+    if fmt not in models.BUILT_IN:
+        found = models.exports(folder)
+        if fmt not in found:
+            known = ", ".join(models.formats(folder) if finished else models.BUILT_IN)
+            why = (f"format: run {run_id!r} has no {fmt!r} model (the app exports none, or "
+                   f"the run has not finished); formats: {known}")  # fmt: skip
+            raise ApiError(404, "not-found", why, field="format")
+        if rnd is not None and rnd != last:
+            why = f"round: the app's {fmt!r} export is of the final model (round {last}) only"
+            raise ApiError(404, "not-found", why, field="round")
+        return found[fmt].read_bytes()
+    if rnd is None or (finished and rnd == last):
+        wire = ctx.runs.global_model(run_id)
+    else:
+        wire = models.round_model(folder, rnd)
+    if wire is None and rnd is not None:
+        kept = ", ".join(map(str, models.kept_rounds(folder))) or "none"
+        why = (f"round: the model of round {rnd} of run {run_id!r} is not kept: a run keeps "
+               f"its final model and its last rounds' checkpoints (kept: {kept})")  # fmt: skip
+        raise ApiError(404, "not-found", why, field="round")
+    if wire is None:
+        why = f"run {run_id!r} has no global model (none saved yet)"
+        raise ApiError(404, "not-found", why, field="run_id")
+    try:
+        return export_model(Arrays.from_bytes(wire), cast(ModelFormat, fmt))
+    except MissingDependencyError as exc:
+        raise ApiError(501, "unavailable", str(exc), field="format") from None
+
+
+def _round_events(run_id: str, r: RoundRecord) -> str:
+    """A finished round's ``round_finished`` event and its ``node_failed`` ones."""
+    events = [sse("round_finished", json.dumps({"run_id": run_id, **round_json(r)}),
+                  event_id=str(r.round))]  # fmt: skip
+    events += [sse("node_failed", json.dumps(failure)) for failure in failed_nodes(run_id, r)]
+    return "".join(events)
+
+
 def _detail(ctx: ApiContext, run_id: str) -> dict[str, Any]:
     shown = ctx.runs.show_run(run_id)
     view = ctx.runs.store.get_run(run_id)
     if shown is None or view is None:
         raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
     started = ctx.registry.run(run_id)
+    record = ctx.runs.record(run_id)
+    folder = models.run_dir(Path(ctx.runs.root), run_id)
+    finished = view.status.value == "finished"
     return {
         **shown,
+        # NaN and infinite metrics as null (JSON has neither), node metrics included
+        "rounds": [round_json(r) for r in record.rounds] if record is not None else [],
+        "nodes": None if started is None else started.nodes,
+        "model_formats": models.formats(folder) if finished else list(models.BUILT_IN),
+        "kept_rounds": models.kept_rounds(folder),
         "app_name": view.app_name,
         "app_version": view.app_version,
         "app_sha256": _bundle_sha256(ctx, run_id),

@@ -86,13 +86,17 @@ class ControlClient:
         *,
         version: str | None = None,
         seed: int | None = None,
+        nodes: list[str] | None = None,
     ) -> str:
-        """Start a run of an uploaded app; its id."""
+        """Start a run of an uploaded app; its id. ``nodes``: the only nodes that take
+        part (default: every online node)."""
         body: dict[str, Any] = {"app": app, "run_config": run_config or {}}
         if version is not None:
             body["version"] = version
         if seed is not None:
             body["seed"] = seed
+        if nodes is not None:
+            body["nodes"] = list(nodes)
         return str(self._json("POST", "/runs", body=body)["run_id"])
 
     def runs(self) -> list[dict[str, Any]]:
@@ -149,12 +153,20 @@ class ControlClient:
                     data.append(line[5:].strip())
 
     def download_model(
-        self, run_id: str, path: Path | str | None = None, *, format: str = "npz"
+        self,
+        run_id: str,
+        path: Path | str | None = None,
+        *,
+        format: str = "npz",
+        round: int | None = None,
     ) -> bytes:
-        """The run's global model as a file's bytes (``npz`` or ``safetensors``); written
-        to ``path`` too when given."""
-        fmt = urllib.parse.quote(format)
-        with self._open("GET", f"/runs/{_q(run_id)}/model?format={fmt}") as response:
+        """The run's global model as a file's bytes (``npz``, ``safetensors``, or an
+        export of the app's own such as ``joblib``: see ``run(run_id)["model_formats"]``);
+        of round ``round`` if given (only the last rounds are kept); written to ``path``
+        too when given."""
+        query = {"format": format, **({"round": str(round)} if round is not None else {})}
+        where = f"/runs/{_q(run_id)}/model?{urllib.parse.urlencode(query)}"
+        with self._open("GET", where) as response:
             data: bytes = response.read()
         if path is not None:
             Path(path).write_bytes(data)

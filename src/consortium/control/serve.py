@@ -35,6 +35,7 @@ from consortium.core.errors import ConfigError
 from consortium.server.fleet import Fleet
 from consortium.server.runs import RunManager
 from consortium.transport.authz import AuthzPolicy
+from consortium.transport.fleet_api import BanList
 
 log = logging.getLogger("consortium.control")
 
@@ -83,9 +84,11 @@ def serve_api(
     workdir: Path,
     events: RunEvents,
     limits: BundleLimits = DEFAULT_LIMITS,
+    bans: BanList | None = None,
 ) -> ApiServer:
     """Start the API on ``address`` in a daemon thread; returns once it accepts requests.
-    ``limits`` bound the app bundles it accepts (the gRPC API's, by default)."""
+    ``limits`` bound the app bundles it accepts (the gRPC API's, by default); ``bans``
+    is the server's ban list (a banned node cannot be chosen for a run)."""
     import uvicorn
 
     host, port = parse_address(address)
@@ -106,6 +109,7 @@ def serve_api(
         guard=Guard(tokens, policy, audit),
         registry=AppRegistry(workdir / API_DIR, limits),
         events=events,
+        bans=bans,
     )
     config = uvicorn.Config(
         create_api(context),

@@ -17,13 +17,8 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import MissingDependencyError
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 
+#: the formats the server converts any model to (an app's own exports: control/models.py)
 ModelFormat = Literal["npz", "safetensors"]
-MODEL_FORMATS: tuple[ModelFormat, ...] = ("npz", "safetensors")
-#: what each model format is served as
-MEDIA_TYPES: dict[ModelFormat, str] = {
-    "npz": "application/octet-stream",
-    "safetensors": "application/octet-stream",
-}
 
 
 def number(value: float) -> float | None:

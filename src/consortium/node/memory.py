@@ -74,7 +74,7 @@ class InMemoryConnection:
 
     def hello(self, version: str, instance_id: str) -> Welcome:
         self._check(f"hello to {self.address}")
-        self._backend.hello(self._node, instance_id)
+        self._backend.hello(self._node, instance_id, version=version)
         return Welcome(
             node_id=self._node,
             heartbeat_interval=self._backend.heartbeat_interval,

@@ -8,7 +8,9 @@ offline: it gets no new tasks and its unanswered tasks fail at once, so a
 round does not wait for a dead node when enough others replied; so is a node
 whose call was just refused (revoked, expired, off the allow-list). Only
 ``sends_at_once`` tasks are being sent at any time (every download holds a
-chunk and gRPC's copy of it); the other nodes' pulls wait, holding nothing.
+chunk and gRPC's copy of it); the other nodes' pulls wait, holding nothing,
+each woken only by what concerns it (a task for its node, a send slot coming
+free), not all of them at every change.
 Per-node and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`,
 the order replies are folded in in :mod:`consortium.server.fleet_order`.
 """
@@ -40,6 +42,7 @@ from consortium.server.fleet_state import (
     judge_reply,
     payload_bytes,
 )
+from consortium.server.heap import HeapTrimmer
 from consortium.transport.chunks import ReceiveBudget
 from consortium.transport.fairness import SENDS_AT_ONCE
 from consortium.transport.fleet_api import RunBundle
@@ -72,6 +75,7 @@ class Fleet:
         wait_log_every: float = WAIT_LOG_EVERY,
         expected: Collection[str] = (),
         sends_at_once: int = SENDS_AT_ONCE,
+        heap: HeapTrimmer | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         #: nodes that may join (the allow-list): missing while not online, even if never seen
@@ -102,9 +106,19 @@ class Fleet:
         self._warned_order = False
         #: caller -> (reason, when) of its last recorded refusal (see refused)
         self._refusals: dict[str, tuple[str, float]] = {}
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        #: fleet-wide changes (who is online): wait_for_nodes waits on it
+        self._cond = threading.Condition(self._lock)
+        #: node -> the condition its pulls wait on, sharing the fleet's lock: a task queued
+        #: for a node, or a send slot coming free, wakes that node's pull alone, not the
+        #: hundreds waiting (each woken thread takes the GIL and the lock to go back to sleep)
+        self._pull_conds: dict[str, threading.Condition] = {}
+        #: nodes whose pull has a task to be sent and waits for a send slot, first come first
+        self._slot_waiters: dict[str, None] = {}
         self._nodes: dict[str, NodeSession] = {}
         self._pending: dict[str, Waiter] = {}
+        #: gives freed heap back to the system from the liveness watch (the server's only)
+        self._heap = heap
         self._stop = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="fleet-liveness", daemon=True)
         self._monitor.start()
@@ -117,9 +131,13 @@ class Fleet:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            for cond in self._pull_conds.values():
+                cond.notify_all()
 
     # -- FleetBackend -------------------------------------------------------------
-    def hello(self, node: str, instance_id: str) -> None:
+    def hello(
+        self, node: str, instance_id: str, *, version: str = "", organisation: str = ""
+    ) -> None:
         with self._cond:
             session = self._nodes.get(node)
             restarted = session is not None and session.instance_id != instance_id
@@ -129,9 +147,11 @@ class Fleet:
                 # a new process cannot answer what the old one was working on
                 self._fail_node_tasks(session, "the node restarted before replying")
             session.instance_id = instance_id
+            session.version, session.organisation = version, organisation
             session.online = True
             session.last_seen = self._clock()
             self._cond.notify_all()
+            self._wake_pull(node)
         log.info("node %s connected (instance %s)", node, instance_id[:8])
         self._events(node, "restarted" if restarted else "connected", instance_id)
 
@@ -151,13 +171,17 @@ class Fleet:
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         deadline = self._clock() + wait
         with self._cond:
+            cond = self._pull_conds.setdefault(node, threading.Condition(self._lock))
             while True:
                 session = self._nodes.get(node)
                 if session is not None:
                     session.last_seen = self._clock()
                     # every node's stream holds a copy of the chunk being sent: with
                     # hundreds of nodes pulling at once, the rest wait for a free slot
-                    if session.tasks and len(self._sending) < self.sends_at_once:
+                    if session.tasks and len(self._sending) >= self.sends_at_once:
+                        self._slot_waiters[node] = None  # woken by _wake_slot_waiters
+                    elif session.tasks:
+                        self._slot_waiters.pop(node, None)
                         message_id, parts = session.tasks.popleft()
                         self._sending.add(message_id)
                         session.in_flight.add(message_id)
@@ -170,15 +194,35 @@ class Fleet:
                         return message_id, parts
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._stop.is_set():
+                    self._slot_waiters.pop(node, None)
                     return None
-                self._cond.wait(min(remaining, 1.0))
+                # every change a pull waits for wakes it; the bound is a safety net only
+                cond.wait(min(remaining, 1.0))
 
     def task_sent(self, message_id: str) -> None:
         with self._cond:
             self._done_sending(message_id)
             if message_id in self._sending:
                 self._sending.discard(message_id)
-                self._cond.notify_all()  # a pull waiting for a send slot may go on
+                self._wake_slot_waiters()
+
+    def _wake_pull(self, node: str) -> None:
+        """(Lock held.) Wake ``node``'s waiting pulls, if any."""
+        cond = self._pull_conds.get(node)
+        if cond is not None:
+            cond.notify_all()
+
+    def _wake_slot_waiters(self) -> None:
+        """(Lock held.) Wake as many pulls waiting for a send slot as there are free slots,
+        longest waiting first. A woken pull that finds the slot taken waits again."""
+        free = self.sends_at_once - len(self._sending)
+        while free > 0 and self._slot_waiters:
+            node = next(iter(self._slot_waiters))
+            del self._slot_waiters[node]
+            session = self._nodes.get(node)
+            if session is not None and session.tasks:  # not: its tasks failed or ended
+                self._wake_pull(node)
+                free -= 1
 
     def task_wanted(self, message_id: str) -> bool:
         with self._cond:
@@ -285,6 +329,12 @@ class Fleet:
         with self._cond:
             return sorted(n for n, s in self._nodes.items() if s.online)
 
+    def identities(self) -> dict[str, tuple[str, str]]:
+        """node -> (version, organisation) of each node heard from since the server
+        started ("" where unknown)."""
+        with self._cond:
+            return {n: (s.version, s.organisation) for n, s in self._nodes.items()}
+
     def presence(self) -> tuple[list[str], list[str]]:
         """(online, missing): the nodes online now, and the expected or known ones that
         are not (offline, or never connected), each sorted."""
@@ -298,15 +348,20 @@ class Fleet:
         with self._cond:
             return sorted({w.node for mid in message_ids if (w := self._pending.get(mid))})
 
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        """Block until at least ``count`` nodes are online (or ``timeout``); while it
-        waits, log every ``wait_log_every`` seconds who is online and who is not."""
+    def wait_for_nodes(
+        self, count: int, timeout: float, *, among: Collection[str] | None = None
+    ) -> list[str]:
+        """Block until at least ``count`` nodes (of ``among``, when given: a run's chosen
+        nodes) are online, or ``timeout``; while it waits, log every ``wait_log_every``
+        seconds who is online and who is not."""
         start = self._clock()
         deadline = start + timeout
         next_log = start + self.wait_log_every
         with self._cond:
             while True:
-                online = sorted(n for n, s in self._nodes.items() if s.online)
+                online = sorted(
+                    n for n, s in self._nodes.items() if s.online and (among is None or n in among)
+                )
                 now = self._clock()
                 if len(online) >= count or now >= deadline or self._stop.is_set():
                     return online
@@ -315,9 +370,11 @@ class Fleet:
                     offline = sorted(
                         f"{n} (last seen {now - s.last_seen:.0f} s ago)"
                         for n, s in self._nodes.items()
-                        if not s.online
+                        if not s.online and (among is None or n in among)
                     )
                     never = sorted(self.expected - self._nodes.keys())
+                    if among is not None:
+                        never = [n for n in never if n in among]
                     if never:  # an allow-list of hundreds: name a few
                         more = f" and {len(never) - 10} more" if len(never) > 10 else ""
                         offline.append(f"never connected: {', '.join(never[:10])}{more}")
@@ -330,11 +387,15 @@ class Fleet:
                 self._cond.wait(max(0.0, min(1.0, deadline - now, next_log - now)))
 
     def send_and_receive(
-        self, messages: Sequence[Message], *, timeout: float | None
+        self,
+        messages: Sequence[Message],
+        *,
+        timeout: float | None,
+        among: Collection[str] | None = None,
     ) -> Iterator[Message]:
         """Queue the tasks now; the returned iterator yields the replies in task order."""
         replies: queue.Queue[Queued] = queue.Queue()
-        ids = self.enqueue(messages, replies)
+        ids = self.enqueue(messages, replies, among=among)
         deadline = None if timeout is None else self._clock() + timeout
         model = max((payload_bytes(m) for m in messages), default=0)
         order = TaskOrder(ids, self._reorder_bytes(model), self._clock, self._order_warning)
@@ -352,9 +413,16 @@ class Fleet:
             log.info("replies too large to reorder; folding in arrival order")
             self._warned_order = True
 
-    def enqueue(self, messages: Sequence[Message], replies: queue.Queue[Queued]) -> list[str]:
+    def enqueue(
+        self,
+        messages: Sequence[Message],
+        replies: queue.Queue[Queued],
+        *,
+        among: Collection[str] | None = None,
+    ) -> list[str]:
         """Queue each message for its node; replies (or error replies for nodes that are
-        offline or lost) go to ``replies`` as they arrive. Returns the task ids.
+        offline or lost, or not ``among`` the run's chosen nodes) go to ``replies`` as they
+        arrive. Returns the task ids.
 
         Each task's model is encoded once into parts shared by all nodes and held
         only by the queued parts: once every node has been sent its task, the
@@ -368,6 +436,10 @@ class Fleet:
                 node = msg.metadata.dst
                 session = self._nodes.get(node)
                 ids.append(msg.metadata.message_id)
+                if among is not None and node not in among:  # never sent: not chosen
+                    why = f"node {node!r} is not one of the nodes chosen for this run"
+                    replies.put((msg.error_reply(ERROR_NODE_OFFLINE, why), None))
+                    continue
                 if session is None or not session.online:
                     error = msg.error_reply(ERROR_NODE_OFFLINE, f"node {node!r} is offline")
                     replies.put((error, None))
@@ -384,7 +456,7 @@ class Fleet:
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
                 shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared
-            self._cond.notify_all()
+                self._wake_pull(node)
         if shared.nbytes:
             self.transfer_budget.fit(shared.nbytes)
         return ids
@@ -443,6 +515,8 @@ class Fleet:
 
     def _watch(self) -> None:
         while not self._stop.wait(min(0.5, self.offline_after / 4)):
+            if self._heap is not None:
+                self._heap.maybe_trim()
             now = self._clock()
             lost = []
             with self._cond:

@@ -5,13 +5,18 @@ run's program returns, which withdraws every task it pushed that is still
 queued or running, so a finished run leaves nothing behind in the fleet.
 While the run's program waits for nodes, :meth:`FleetGrid.waiting` says for
 whom and for how long (``run show`` reports it to the coordinator).
+
+A run may be given the nodes it runs on (``POST /api/v1/runs`` with ``"nodes"``):
+its grid then shows only those nodes to the run's program, waits only for them,
+and never sends a task to another (such a task fails at once, as to an offline
+node), whatever the program asks.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from consortium.core.message import Message
@@ -53,8 +58,10 @@ class Waiting:
 class FleetGrid:
     """A :class:`~consortium.core.grid.Grid` for one run over a deployment's :class:`Fleet`."""
 
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, nodes: Collection[str] | None = None) -> None:
         self.fleet = fleet
+        #: the only nodes this run may use (None: every node of the fleet)
+        self.chosen = frozenset(nodes) if nodes is not None else None
         #: (nodes needed, when the wait began) while wait_for_nodes blocks; read by
         #: other threads (``run show``), hence the lock
         self._wait: tuple[int, float] | None = None
@@ -67,13 +74,19 @@ class FleetGrid:
         self._held: Release | None = None
 
     def node_ids(self) -> list[str]:
-        return self.fleet.node_ids()
+        return self._mine(self.fleet.node_ids())
+
+    def _mine(self, nodes: list[str]) -> list[str]:
+        return nodes if self.chosen is None else [n for n in nodes if n in self.chosen]
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        if self.chosen is not None and count > len(self.chosen):
+            # more than were chosen can never be online: the program decides at once
+            return self.node_ids()
         with self._wait_lock:
             self._wait = (count, self.fleet.now())
         try:
-            return self.fleet.wait_for_nodes(count, timeout)
+            return self.fleet.wait_for_nodes(count, timeout, among=self.chosen)
         finally:
             with self._wait_lock:
                 self._wait = None
@@ -86,6 +99,9 @@ class FleetGrid:
         with self._wait_lock:
             wait, batch = self._wait, self._batch
         online, absent = self.fleet.presence()
+        online, absent = self._mine(online), self._mine(absent)
+        if self.chosen is not None:  # chosen but never seen: missing too
+            absent = sorted({*absent, *(self.chosen - {*online, *absent})})
         if wait is not None:
             needed, since = wait
             missing = absent
@@ -105,11 +121,11 @@ class FleetGrid:
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
         self._sent(messages)
-        return self.fleet.send_and_receive(messages, timeout=timeout)
+        return self.fleet.send_and_receive(messages, timeout=timeout, among=self.chosen)
 
     def push(self, messages: Sequence[Message]) -> None:
         self._sent(messages)
-        self._in_flight.update(self.fleet.enqueue(messages, self._inbox))
+        self._in_flight.update(self.fleet.enqueue(messages, self._inbox, among=self.chosen))
 
     def _sent(self, messages: Sequence[Message]) -> None:
         with self._wait_lock:

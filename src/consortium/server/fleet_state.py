@@ -47,6 +47,10 @@ class NodeSession:
     name: str
     instance_id: str = ""
     online: bool = True
+    #: the Consortium version the node reported at hello ("" unknown)
+    version: str = ""
+    #: its certificate's organisation (``O=``; "" none, or --insecure)
+    organisation: str = ""
     last_seen: float = 0.0
     tasks: deque[tuple[str, list[bytes | bytearray | memoryview]]] = field(default_factory=deque)
     in_flight: set[str] = field(default_factory=set)

@@ -25,8 +25,12 @@ class FleetBackend(Protocol):
     #: what the transport may hold in transit (tasks being sent, replies not yet folded)
     transfer_budget: ReceiveBudget
 
-    def hello(self, node: str, instance_id: str) -> None:
-        """``node`` (authenticated) connected; a new ``instance_id`` means it restarted."""
+    def hello(
+        self, node: str, instance_id: str, *, version: str = "", organisation: str = ""
+    ) -> None:
+        """``node`` (authenticated) connected; a new ``instance_id`` means it restarted.
+        ``version`` is the Consortium version it reports ("" unknown), ``organisation``
+        its certificate's ``O=`` ("" none)."""
 
     def heartbeat(self, node: str) -> bool:
         """Record a heartbeat; False if the node must say hello again."""

@@ -12,6 +12,7 @@ authenticated the caller, with INVALID_ARGUMENT and the peer in the log.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import grpc
 from consortium.core.errors import TransportError, WireFormatError
 from consortium.core.message import Message
 from consortium.core.records import UnacceptableRecord
-from consortium.transport.auth import Authenticator, authenticate_call
+from consortium.transport.auth import Authenticator, authenticate_call, peer_certificate_pem
 from consortium.transport.chunks import (
     MAX_GRPC_MESSAGE,
     Chunk,
@@ -44,12 +45,16 @@ from consortium.transport.fairness import (
 from consortium.transport.fleet_api import decode_reply
 from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_payloads import run_info_chunks
+from consortium.transport.identity import PeerIdentity
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transfer
 
 log = logging.getLogger("consortium.transport")
+
+#: what a node's reported version may look like (PEP 440 and local labels, bounded)
+VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
 
 T = TypeVar("T")
 
@@ -90,6 +95,27 @@ def _lenient(kind: Any, parse_raw: Callable[[bytes], Any] | None = None) -> Call
             return _Unparsable(kind.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
 
     return parse
+
+
+def reported_version(raw: str, node: str) -> str:
+    """The version a node reports at hello, if it looks like one (else "", logged): it is
+    shown to coordinators (``GET /api/v1/nodes``), so no control characters or essays."""
+    if not raw or VERSION_PATTERN.fullmatch(raw):
+        return raw
+    log.warning("node %s reported a version that is not one (%d chars): ignored", node, len(raw))
+    return ""
+
+
+def peer_organisation(context: grpc.ServicerContext) -> str:
+    """The organisation (``O=``) of the caller's certificate, already verified by the
+    authenticator ("" without one: --insecure)."""
+    pem = peer_certificate_pem(context)
+    if pem is None:
+        return ""
+    try:
+        return PeerIdentity.from_certificate(pem).organisation
+    except Exception:  # verified a moment ago; a parse failure only loses the label
+        return ""
 
 
 def _parsed(context: grpc.ServicerContext, node: str, request: T | _Unparsable) -> T:
@@ -160,7 +186,9 @@ class FleetServicer(rpc.FleetServicer):
         node = self._caller(context)
         with self._slot(node, context):
             request = _parsed(context, node, request)
-            self.backend.hello(node, request.instance_id)
+            version = reported_version(request.version, node)
+            self.backend.hello(node, request.instance_id, version=version,
+                               organisation=peer_organisation(context))  # fmt: skip
         return pb.HelloReply(
             node_id=node,
             heartbeat_interval=self.backend.heartbeat_interval,

@@ -1,0 +1,182 @@
+"""Pulls waiting in the fleet are woken one node at a time: by a task for their node, or
+by a send slot coming free, in the order they began waiting; the server's freed heap
+is given back to the system (glibc)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from consortium.core.message import Content, Message
+from consortium.server.fleet import Fleet
+from consortium.server.heap import Glibc, HeapTrimmer
+
+NODES = ("a", "b", "c", "d")
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    """Nodes a-d connected; one task is sent at a time."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=1)
+    for node in NODES:
+        fleet.hello(node, "instance")
+    yield fleet
+    fleet.close()
+
+
+def _tasks(nodes: tuple[str, ...]) -> list[Message]:
+    return [
+        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content())
+        for node in nodes
+    ]
+
+
+class Pull:
+    """``fleet.next_task(node, wait)`` in a thread, noting when it returned."""
+
+    def __init__(self, fleet: Fleet, node: str, wait: float = 5.0) -> None:
+        self.result: tuple[str, object] | None = None
+        self.returned_at: float | None = None
+
+        def pull() -> None:
+            self.result = fleet.next_task(node, wait)
+            self.returned_at = time.monotonic()
+
+        self.thread = threading.Thread(target=pull, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+def _settle() -> None:
+    time.sleep(0.2)  # the pull threads are waiting in the fleet
+
+
+def test_a_task_wakes_its_nodes_waiting_pull_at_once(fleet: Fleet) -> None:
+    pull = Pull(fleet, "a")
+    _settle()
+    queued = time.monotonic()
+    stream = fleet.send_and_receive(_tasks(("a",)), timeout=30)
+    pull.join()
+    assert pull.result is not None and pull.returned_at is not None
+    assert pull.returned_at - queued < 0.5  # not at the next once-a-second look
+    stream.close()
+
+
+def test_a_free_send_slot_wakes_the_pull_that_waited_longest(fleet: Fleet) -> None:
+    stream = fleet.send_and_receive(_tasks(("a", "b", "c")), timeout=30)
+    first = fleet.next_task("a", 0.0)  # takes the only send slot
+    assert first is not None
+    waiting_b = Pull(fleet, "b")
+    _settle()
+    waiting_c = Pull(fleet, "c")
+    _settle()
+    assert waiting_b.result is None and waiting_c.result is None  # no slot yet
+    freed = time.monotonic()
+    fleet.task_sent(first[0])
+    waiting_b.join()
+    assert waiting_b.result is not None and waiting_b.returned_at is not None
+    assert waiting_b.returned_at - freed < 0.5
+    assert waiting_c.thread.is_alive()  # one slot came free: one pull went on
+    assert fleet.next_task("d", 0.0) is None  # d has no task: no slot taken by it
+    fleet.task_sent(waiting_b.result[0])
+    waiting_c.join()
+    assert waiting_c.result is not None
+    stream.close()
+
+
+def test_a_pull_woken_for_a_node_whose_tasks_ended_does_not_waste_the_slot(
+    fleet: Fleet,
+) -> None:
+    stream_ab = fleet.send_and_receive(_tasks(("a", "b")), timeout=30)
+    stream_c = fleet.send_and_receive(_tasks(("c",)), timeout=30)
+    first = fleet.next_task("a", 0.0)
+    assert first is not None
+    waiting_b = Pull(fleet, "b", wait=0.5)  # gives up before the slot is free
+    waiting_b.join()
+    assert waiting_b.result is None
+    waiting_c = Pull(fleet, "c")
+    _settle()
+    freed = time.monotonic()
+    fleet.task_sent(first[0])
+    waiting_c.join()
+    assert waiting_c.result is not None and waiting_c.returned_at is not None
+    assert waiting_c.returned_at - freed < 0.5
+    stream_ab.close()
+    stream_c.close()
+
+
+def test_closing_the_fleet_ends_every_waiting_pull(fleet: Fleet) -> None:
+    pulls = [Pull(fleet, node, wait=30.0) for node in NODES]
+    _settle()
+    fleet.close()
+    for pull in pulls:
+        pull.join()
+        assert pull.result is None
+
+
+class FakeLibc(Glibc):
+    def __init__(self, free: int) -> None:  # no C library: counts the calls
+        self.free = free
+        self.trimmed = 0
+
+    def free_bytes(self) -> int:
+        return self.free
+
+    def trim(self) -> None:
+        self.trimmed += 1
+        self.free = 0
+
+
+def test_the_heap_is_trimmed_when_enough_is_free_at_most_once_per_interval() -> None:
+    now = [0.0]
+    libc = FakeLibc(free=10)
+    trimmer = HeapTrimmer(libc, above=100, every=1.0, clock=lambda: now[0])
+    assert not trimmer.maybe_trim()  # little free: kept
+    libc.free = 500
+    assert not trimmer.maybe_trim()  # looked less than a second ago
+    now[0] = 1.0
+    assert trimmer.maybe_trim() and libc.trimmed == 1
+    libc.free = 500
+    now[0] = 1.5
+    assert not trimmer.maybe_trim()
+    assert libc.trimmed == 1
+
+
+def test_without_glibc_the_trimmer_does_nothing() -> None:
+    assert not HeapTrimmer(None).maybe_trim()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_trimming_gives_freed_heap_back_to_the_system() -> None:
+    libc = Glibc.load()
+    if libc is None:
+        pytest.skip("no glibc mallinfo2/malloc_trim here")
+    from consortium.core.buffers import tune_malloc
+
+    tune_malloc()  # as the server: freed memory is kept, not returned
+    kept: list[bytearray] = []
+
+    def churn() -> None:  # in a thread: its own malloc arena, as gRPC's threads
+        blocks = [bytearray(3_000_000) for _ in range(50)]
+        for block in blocks:
+            block[::4096] = b"\1" * len(block[::4096])  # touch every page
+        kept.extend(blocks[::10])  # live blocks between the freed ones
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    thread.join()
+    before = _rss()
+    assert HeapTrimmer(libc, above=16 * 1024 * 1024).maybe_trim()
+    assert before - _rss() > 60 * 1024 * 1024  # ~120 MB were freed
