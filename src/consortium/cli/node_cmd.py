@@ -33,6 +33,7 @@ from consortium.client.task import ERROR_DETAILS, ErrorDetail
 from consortium.core.errors import ConfigError, NodeRefused
 
 if TYPE_CHECKING:
+    from consortium.node.identity_link import IdentityService
     from consortium.node.isolated import AppIsolation
     from consortium.node.policy import NodePolicy
 
@@ -138,6 +139,7 @@ def node(
     isolation = _isolation(policy, app_read, unconfined_apps, credentials)
     configure_logging(work_dir, verbose=True, filename="node.log")
     config = dict(parse_override(c) for c in node_config)
+    identity = None  # without a certificate, a SecAgg+ app has no key to sign with
     if insecure:
         warn_insecure()
         if not name:
@@ -146,6 +148,7 @@ def node(
     else:
         tls = client_tls(credentials, name, "node", server_name)
         client = FleetClient(address, tls=tls, max_bundle_bytes=max_bundle)
+        identity = _identity(tls.key, tls.certificate, tls.ca, credentials)
     runner = NodeRunner(
         client,
         node_config=config,
@@ -153,6 +156,7 @@ def node(
         policy=policy,
         send_errors=send_errors,
         isolation=isolation,
+        identity=identity,
     )
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
     signal.signal(signal.SIGINT, lambda *_: runner.stop.set())
@@ -188,6 +192,19 @@ _UNCONFINED = (
     "--unconfined-apps: apps run WITHOUT Landlock: an app can read every file this node "
     "can, its private key included, and reach the network. Never use it with real data."
 )
+
+
+def _identity(
+    key: bytes, certificate: bytes, ca: bytes, credentials: Path | None
+) -> IdentityService:
+    """Signs and checks SecAgg+ keys for the app processes: this node's certificate key, the
+    CA (and ``crl.pem``, if present) of its credentials folder."""
+    from consortium.node.identity_link import IdentityService
+    from consortium.transport.identity import PeerIdentity
+
+    assert credentials is not None  # client_tls refuses a node without them
+    name = PeerIdentity.from_certificate(certificate).name
+    return IdentityService.from_credentials(key, certificate, ca, name, credentials)
 
 
 def _isolation(

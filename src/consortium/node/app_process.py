@@ -7,7 +7,9 @@ answers each ``task`` frame with a ``reply``: the task runner's reply
 policy), how long the app took, and the full traceback for the node's log.
 The run's client state lives here between rounds; after each task that did
 not raise it is saved to the process's work folder, so a fresh process of the
-same run (after a crash, an idle end or a node restart) resumes it.
+same run (after a crash, an idle end or a node restart) resumes it. While a
+task runs, the app may ask the node to sign or verify SecAgg+ keys
+(:mod:`~consortium.node.identity_link`): the node's key never comes here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from consortium.client.task import (
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Message
 from consortium.core.state_codec import decode_state, encode_state
+from consortium.node.identity_link import ChannelIdentity
+from consortium.privacy.secagg.hosted import host_identity
 from consortium.sandbox.channel import ChannelClosed
 from consortium.sandbox.child import enter
 
@@ -90,6 +94,8 @@ def main() -> int:
     if start.kind != "start":
         log.error("expected 'start', got %r", start.kind)
         return 2
+    # SecAgg+ signs with the node's certificate key, which stays with the node: ask it
+    host_identity(ChannelIdentity(channel))
     run = ClientRun(start.header)
     while True:
         try:

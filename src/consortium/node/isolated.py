@@ -34,6 +34,7 @@ from consortium.client.task import ErrorDetail
 from consortium.core.errors import ConsortiumError, WireFormatError
 from consortium.core.message import Message
 from consortium.core.records import Config, RecordLimits
+from consortium.node.identity_link import REQUESTS, IdentityService
 from consortium.sandbox.channel import ChannelClosed, ChannelError, Frame
 from consortium.sandbox.confine import SandboxLimits, SandboxSpec
 from consortium.sandbox.spawn import Sandboxed, spawn
@@ -99,11 +100,20 @@ class RunApp:
 class RunProcess:
     """One run's app process; its tasks go through :meth:`run`, one at a time."""
 
-    def __init__(self, child: Sandboxed, app: RunApp, isolation: AppIsolation, max_bytes: int):
+    def __init__(
+        self,
+        child: Sandboxed,
+        app: RunApp,
+        isolation: AppIsolation,
+        max_bytes: int,
+        identity: IdentityService | None = None,
+    ):
         self.child = child
         self.app = app
         self.isolation = isolation
         self.max_bytes = max_bytes
+        #: answers the process's sign/verify requests (None: a node without a certificate)
+        self.identity = identity
         self.last_used = time.monotonic()
 
     @classmethod
@@ -117,6 +127,7 @@ class RunProcess:
         runs_dir: Path,
         isolation: AppIsolation,
         max_bytes: int,
+        identity: IdentityService | None = None,
     ) -> RunProcess:
         """Spawn ``app``'s process, confined; it loads the app before its first task."""
         if not _RUN_ID.match(app.run_id):
@@ -147,7 +158,7 @@ class RunProcess:
             raise AppProcessFailed(f"the node could not start the app process: {exc}") from exc
         log.info("run %s: app process %d started (log: %s)", app.run_id, child.process.pid,
                  child.log_path)  # fmt: skip
-        return cls(child, app, isolation, max_bytes)
+        return cls(child, app, isolation, max_bytes, identity)
 
     def run(self, task: Message, stop: threading.Event) -> Outcome:
         """Have the app process run ``task``. Raises :class:`AppProcessFailed` (after
@@ -156,6 +167,9 @@ class RunProcess:
         try:
             self._send(task)
             frame = self._receive(stop)
+            while frame.kind in REQUESTS:  # the app asks for the node's signature on the way
+                self._answer(frame)
+                frame = self._receive(stop)
             outcome = self._outcome(task, frame)
         except AppProcessFailed:
             self.kill()
@@ -179,6 +193,23 @@ class RunProcess:
             log.error("run %s: %s", self.app.run_id, self.child.exit_description())
             raise AppProcessFailed(
                 f"the run's app process {self._how_it_ended()} before it got the task"
+            ) from exc
+
+    def _answer(self, frame: Frame) -> None:
+        """Answer a sign/verify request of the app process (see
+        :mod:`~consortium.node.identity_link`)."""
+        if self.identity is None:
+            answer: tuple[str, dict[str, object], bytes] = (
+                "refused", {"reason": "this node has no certificate to sign with"}, b"",
+            )  # fmt: skip
+        else:
+            answer = self.identity.answer(frame, self.app.run_id)
+        try:
+            self.child.channel.send(*answer)
+        except ChannelError as exc:
+            raise AppProcessFailed(
+                f"the run's app process {self._how_it_ended()} while asking for the node's "
+                "signature"
             ) from exc
 
     def _receive(self, stop: threading.Event) -> Frame:

@@ -38,6 +38,7 @@ from consortium.core.message import TIMING_RECORD, Error, Message
 from consortium.core.protocol import ERROR_APP_PROCESS, ERROR_RESULT_REFUSED, TIMING_TRAIN
 from consortium.core.records import Config
 from consortium.node.connection import NodeConnection
+from consortium.node.identity_link import IdentityService
 from consortium.node.isolated import (
     AppIsolation,
     AppProcessFailed,
@@ -162,6 +163,7 @@ class NodeRunner:
         send_errors: ErrorDetail = "type",
         backoff: Backoff | None = None,
         isolation: AppIsolation | None = None,
+        identity: IdentityService | None = None,
     ) -> None:
         #: the link to the server (gRPC in deployment, in memory in tests)
         self.connection = connection
@@ -181,6 +183,8 @@ class NodeRunner:
         #: how the app processes are confined (the policy's [sandbox] and the node's options)
         self.isolation = isolation or AppIsolation()
         self._runs: dict[str, RunApp] = {}
+        #: signs and verifies SecAgg+ keys for the app processes (the node's certificate)
+        self.identity = identity
         self._processes = RunProcesses(self._start_process)
         self._refused_runs: dict[str, PolicyRefused] = {}
         self._rehello = threading.Event()
@@ -335,6 +339,7 @@ class NodeRunner:
             runs_dir=self.work_dir / "runs",
             isolation=self.isolation,
             max_bytes=self.connection.max_message_bytes,
+            identity=self.identity,
         )
 
     def _fetch_app(self, run_id: str) -> None:
