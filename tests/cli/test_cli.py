@@ -107,9 +107,12 @@ def test_simulate_fraud_writes_joblib(tmp_path: Path) -> None:
         ]
     )
     assert code == 0
-    estimator = joblib.load(tmp_path / "model.joblib")
+    pipeline = joblib.load(tmp_path / "model.joblib")  # the federated scaler, then the model
+    assert [name for name, _ in pipeline.steps] == ["scaler", "model"]
     npz = load_model(tmp_path / "model.npz")
-    np.testing.assert_array_equal(estimator.coef_, npz["coef"])
+    np.testing.assert_array_equal(pipeline.named_steps["model"].coef_, npz["coef"])
+    log = (tmp_path / "run.log").read_text()  # the per-round config and the central AUC
+    assert "train_local_epochs=3" in log and "central_auc=" in log
 
 
 def test_malformed_manifest_names_field_and_file(

@@ -14,6 +14,7 @@ from consortium.cli.ca_cmd import ca
 from consortium.cli.demo_cmd import demo
 from consortium.cli.fleet_cmd import fleet
 from consortium.cli.local_cmd import local
+from consortium.cli.new_cmd import new
 from consortium.cli.node_cmd import node
 from consortium.cli.run_cmd import run
 from consortium.cli.server_cmd import server
@@ -33,6 +34,7 @@ def cli() -> None:
     Start here:
       consortium demo                      four hospitals learn heart disease together
       consortium simulate examples/fraud   run an app folder with virtual nodes
+      consortium new NAME --template T     a new app folder (T: numpy, sklearn, torch)
       consortium local --dir DIR           a server, its REST API and 4 hospitals, locally
 
     \b
@@ -59,6 +61,7 @@ cli.add_command(app)
 cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(local)
+cli.add_command(new)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,13 @@
 """A synthetic "Medicare provider fraud" data set, one silo per provider.
 
-Each row is one billing entity's claims aggregates (claim counts, reimbursed
-amounts, shares of inpatient claims, ...), so the columns live on very different
-scales, most of them log-normal: scaling matters. The generator works in three
-steps:
+It mimics the public CMS setup of Medicare fraud research: the Medicare Part B
+"by provider" files aggregate a year of claims per provider, and a provider on
+the OIG's exclusion list (LEIE) is a fraud label. Each row is one billing
+entity's claims aggregates (claim counts, reimbursed amounts, shares of
+inpatient claims, ...), so the columns live on very different scales, most of
+them log-normal: scaling matters. Positives are rare. Nothing here is real
+data (``examples/fraud/README.md`` says how to use the real files). The
+generator works in three steps:
 
 1. a latent standard-normal profile per row, correlated through a shared
    "practice size" factor;

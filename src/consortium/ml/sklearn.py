@@ -14,14 +14,21 @@ the caller passes is all it needs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from consortium.core.arrays import Arrays
 
-__all__ = ["get_params", "init_params", "set_params"]
+__all__ = [
+    "column_moments",
+    "fitted_scaler",
+    "get_params",
+    "init_params",
+    "merge_moments",
+    "set_params",
+]
 
 _NAMES = ("coef", "intercept")
 
@@ -99,3 +106,93 @@ def init_params(model: Any, *, num_features: int, classes: Sequence[Any]) -> Non
     model.coef_ = np.zeros((rows, int(num_features)))
     model.intercept_ = np.zeros(rows)
     model.n_features_in_ = int(num_features)
+
+
+_MOMENTS = ("count", "mean", "m2")
+
+
+def column_moments(x: Any) -> Arrays:
+    """One silo's share of a federated scaler: ``count`` (1,), ``mean`` (d,), ``m2`` (d,).
+
+    ``m2`` is the sum of squared deviations from the silo's own mean, so the
+    pooled variance needs no raw sums of squares.
+    """
+    data = np.asarray(x, dtype=np.float64)
+    if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] < 1:
+        raise ValueError(f"x must be a non-empty 2-D array (rows x features), got {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError("x holds NaN or infinite values: clean the data before scaling")
+    mean = data.mean(axis=0)
+    return Arrays(
+        {
+            "count": np.array([data.shape[0]], dtype=np.int64),
+            "mean": mean,
+            "m2": ((data - mean) ** 2).sum(axis=0),
+        }
+    )
+
+
+def merge_moments(parts: Iterable[Mapping[str, Any]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Pool silos' :func:`column_moments` into ``(rows, mean, variance)`` of all their rows.
+
+    The variance is the population one (``ddof=0``), as ``StandardScaler`` uses.
+    """
+    total = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    for index, part in enumerate(parts):
+        missing = [name for name in _MOMENTS if name not in part]
+        if missing:
+            raise ValueError(f"moments part {index} lacks {missing} (has {sorted(part)})")
+        count = int(np.asarray(part["count"]).reshape(-1)[0])
+        p_mean = np.asarray(part["mean"], dtype=np.float64)
+        p_m2 = np.asarray(part["m2"], dtype=np.float64)
+        if count < 1 or p_mean.ndim != 1 or p_m2.shape != p_mean.shape:
+            raise ValueError(
+                f"moments part {index}: count must be >= 1 and mean/m2 equal 1-D shapes, "
+                f"got count={count}, mean {p_mean.shape}, m2 {p_m2.shape}"
+            )
+        if mean is None or m2 is None:
+            total, mean, m2 = count, p_mean.copy(), p_m2.copy()
+            continue
+        if p_mean.shape != mean.shape:
+            raise ValueError(
+                f"moments part {index} has {p_mean.shape[0]} features, "
+                f"the first had {mean.shape[0]}"
+            )
+        pooled = total + count
+        delta = p_mean - mean
+        mean = mean + delta * (count / pooled)
+        m2 = m2 + p_m2 + delta**2 * (total * count / pooled)
+        total = pooled
+    if mean is None or m2 is None:
+        raise ValueError("no moments to merge: every silo must send its column_moments")
+    return total, mean, m2 / total
+
+
+def fitted_scaler(mean: Any, var: Any, num_rows: int) -> Any:
+    """A fitted ``sklearn.preprocessing.StandardScaler`` with the given statistics.
+
+    Constant columns (variance 0) get scale 1, as ``StandardScaler.fit`` gives them.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    if isinstance(num_rows, bool) or int(num_rows) != num_rows or num_rows < 1:
+        raise ValueError(f"num_rows must be a positive integer, got {num_rows!r}")
+    mean_ = np.array(mean, dtype=np.float64)
+    var_ = np.array(var, dtype=np.float64)
+    if mean_.ndim != 1 or var_.shape != mean_.shape or mean_.size < 1:
+        raise ValueError(f"mean and var must be equal 1-D shapes, got {mean_.shape}, {var_.shape}")
+    if (var_ < 0).any() or not (np.isfinite(mean_).all() and np.isfinite(var_).all()):
+        raise ValueError("var must be finite and >= 0, mean finite")
+    # the bound StandardScaler.fit uses to call a column constant (rounding, not data)
+    eps = np.finfo(np.float64).eps
+    constant = var_ <= num_rows * eps * var_ + (num_rows * mean_ * eps) ** 2
+    scale = np.where(constant, 1.0, np.sqrt(var_))
+    scaler = StandardScaler()
+    scaler.mean_ = mean_
+    scaler.var_ = var_
+    scaler.scale_ = scale
+    scaler.n_samples_seen_ = int(num_rows)
+    scaler.n_features_in_ = int(mean_.size)
+    return scaler
