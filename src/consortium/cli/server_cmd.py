@@ -28,6 +28,8 @@ from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
 
+#: How often the main thread wakes to run a signal handler another thread received (s).
+SIGNAL_POLL = 0.5
 #: On SIGTERM/SIGINT, how long the server waits for its runs to reach the end of a round.
 SHUTDOWN_GRACE = 60.0
 #: Where the server keeps its state (and `consortium audit` looks for it) by default.
@@ -358,7 +360,11 @@ def server(
     # written last: once the port file is there, runs to resume are running again
     if port_file is not None:
         port_file.write_text(str(port))
-    stop.wait()
+    # with a timeout: Linux may deliver SIGTERM to any of gRPC's threads, and a main thread
+    # blocked in an untimed wait would then never run the handler (a server that ignored
+    # SIGTERM now and then)
+    while not stop.wait(SIGNAL_POLL):
+        pass
     click.echo("shutting down: stopping runs at the end of their round")
     for run_id in runs.interrupt(SHUTDOWN_GRACE):
         click.echo(f"run {run_id} interrupted: resume it with --resume {run_id}")
