@@ -132,6 +132,7 @@ def shoot(url: str, token: str, out: Path, chromium: str) -> list[Path]:
         snap("run-models", f"#/runs/{first}/models", "#download-npz")
         snap("run-params", f"#/runs/{first}/params", "#run-config-table")
         snap("compare", f"#/compare/{first}/{second}", "#comparison")
+        snap("audit", "#/audit", "#audit tr[data-seq]")
         browser.close()
     if errors:
         sys.exit("the dashboard reported errors:\n" + "\n".join(errors))

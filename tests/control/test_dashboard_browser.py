@@ -273,6 +273,15 @@ def test_a_coordinator_runs_watches_and_downloads_a_model(
     for node in HOSPITALS:
         assert scored[node] == pytest.approx(server_auc[node], abs=1e-9), node
 
+    # the audit log shows who started the run (the admin token's holder)
+    page.get_by_role("link", name="Audit log").click()
+    page.fill("#audit-run_id", run_id)
+    page.get_by_role("button", name="Refresh").click()
+    started = page.locator("#audit tr[data-action='run.start'][data-outcome='ok']")
+    started.first.wait_for()
+    assert started.count() == 1 and run_id in started.inner_text()
+    assert ":" in page.locator("#audit-head code").inner_text()  # SEQ:HASH
+
     # the token went only in headers, never in a URL; the page raised no error
     assert not [u for u in tab.urls if federation.token in u]
     assert not tab.errors, tab.errors

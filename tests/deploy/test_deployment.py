@@ -59,7 +59,7 @@ def test_heart_disease_deployment_equals_simulation(deployment: Deployment) -> N
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
-    assert f"run {run_id}" in shown.stdout and "finished (5 rounds)" in shown.stdout
+    assert f"run {run_id}" in shown.stdout and "finished (5/5 rounds)" in shown.stdout
     assert f"latest checkpoint: round 5, {checkpoint['path']}" in shown.stdout
     assert checkpoint["digest"] in shown.stdout
     assert all(name in shown.stdout for name in NODES)

@@ -103,7 +103,7 @@ def test_deploy_guide_runs_by_copy_and_paste(tmp_path: Path) -> None:
     # each hospital verified the signed bundle, and the run finished with a model
     assert len(re.findall(r"^(?:\w+: )?verified$", output, flags=re.M)) == len(HOSPITALS), output
     run_id = (fed / "run.out").read_text().splitlines()[0].strip()
-    assert f"run {run_id}: heart-disease 1.0.0 — finished (3 rounds)" in output, output
+    assert f"run {run_id}: heart-disease 1.0.0 — finished (3/3 rounds)" in output, output
     on_server = fed / "server" / "data" / "runs" / run_id / "work" / "model.npz"
     downloaded = fed / "heart-model.npz"
     assert downloaded.is_file() and on_server.is_file()

@@ -15,7 +15,9 @@ EXE = str(Path(sys.executable).parent / "consortium")
 
 
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
+    """The DP part's blocks (the SecAgg+ section's are tests/privacy/test_secagg_docs.py's)."""
+    text = DOC.read_text().split("\n## Secure aggregation (SecAgg+)", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 
 def run_python(code: str, tmp_path: Path) -> str:

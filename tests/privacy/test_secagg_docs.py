@@ -31,6 +31,16 @@ def test_the_example_runs_and_prints_the_mean_it_promises(tmp_path: Path) -> Non
     assert done.stdout.strip() == "[0.5 0.5 0.5]"
 
 
+def test_the_deployment_snippet_runs_as_written(tmp_path: Path) -> None:
+    (snippet,) = re.findall(r"```python\n(.*?)```", _section(), flags=re.S)
+    script = tmp_path / "secagg_identity.py"
+    script.write_text(snippet)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_every_test_the_claims_name_exists() -> None:
     named = set(re.findall(r"`(?:test_secagg_\w+\.py::)?(test_\w+)`", _section()))
     assert len(named) >= 15

@@ -62,6 +62,7 @@ class ApiContext:
 
 def create_api(context: ApiContext) -> FastAPI:
     """The FastAPI app of one server (OpenAPI at ``/openapi.json``)."""
+    from consortium.control.audit_routes import audit_router
     from consortium.control.dashboard import mount_dashboard
     from consortium.control.run_routes import run_router
 
@@ -156,6 +157,7 @@ def create_api(context: ApiContext) -> FastAPI:
         return entry.as_dict()
 
     api.include_router(run_router(context), prefix=PREFIX)
+    api.include_router(audit_router(context), prefix=PREFIX)
     document_errors(api)  # /openapi.json: the bearer token, the JSON errors
     mount_dashboard(api)  # the web dashboard at / (static files; its data comes from here)
     return api

@@ -32,6 +32,7 @@ TOKEN_CREATE = "token.create"
 TOKEN_REVOKE = "token.revoke"
 SERVER_START = "server.start"
 SERVER_STOP = "server.stop"
+AUDIT_READ = "audit.read"
 
 #: the actor named when the server itself acts (a run ends, a node is refused)
 SERVER_ACTOR = "server"

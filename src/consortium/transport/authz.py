@@ -8,7 +8,7 @@ built-in :data:`DEFAULT_POLICY`:
 ============  ==========================================================================
 role          actions
 ============  ==========================================================================
-admin         everything except ``download-node-updates``
+admin         everything except ``download-node-updates`` (``ban-node``, ``read-audit`` ...)
 researcher    ``start-run``, ``stop-run``, ``upload-app``, ``read-runs``, ``download-model``
 observer      ``read-runs``
 node          nothing (nodes use the Fleet API)
@@ -53,6 +53,7 @@ Action = Literal[
     "download-model",
     "download-node-updates",
     "ban-node",
+    "read-audit",
 ]
 START_RUN: Action = "start-run"
 STOP_RUN: Action = "stop-run"
@@ -64,8 +65,10 @@ DOWNLOAD_MODEL: Action = "download-model"
 DOWNLOAD_NODE_UPDATES: Action = "download-node-updates"
 #: ban a node (and lift a ban)
 BAN_NODE: Action = "ban-node"
+#: read the audit log (who did what; the dashboard's audit page, ``GET /api/v1/audit``)
+READ_AUDIT: Action = "read-audit"
 ACTIONS: tuple[Action, ...] = (START_RUN, STOP_RUN, UPLOAD_APP, READ_RUNS, DOWNLOAD_MODEL,
-                               DOWNLOAD_NODE_UPDATES, BAN_NODE)  # fmt: skip
+                               DOWNLOAD_NODE_UPDATES, BAN_NODE, READ_AUDIT)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

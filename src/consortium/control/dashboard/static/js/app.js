@@ -1,11 +1,12 @@
 // The dashboard's router: the part of the URL after "#" names the page
-// (#/nodes, #/apps, #/runs, #/start, #/runs/<id>/<tab>, #/compare/<a>/<b>, #/login).
+// (#/nodes, #/apps, #/runs, #/start, #/runs/<id>/<tab>, #/compare/<a>/<b>, #/audit, #/login).
 // A page is render(main, ...params) -> optional cleanup, called when the user leaves it
 // (to stop its timers and event streams).
 
 import { ApiError, logout, token } from "./api.js";
 import { fill, h, note } from "./dom.js";
 import * as apps from "./pages/apps.js";
+import * as audit from "./pages/audit.js";
 import * as compare from "./pages/compare.js";
 import * as login from "./pages/login.js";
 import * as nodes from "./pages/nodes.js";
@@ -13,7 +14,7 @@ import * as run from "./pages/run.js";
 import * as runs from "./pages/runs.js";
 import * as start from "./pages/start.js";
 
-const PAGES = { login, nodes, apps, runs, start, compare };
+const PAGES = { login, nodes, apps, runs, start, compare, audit };
 
 let cleanup = null;
 let generation = 0;
