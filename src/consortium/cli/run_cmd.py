@@ -24,23 +24,10 @@ from rich.table import Table
 from consortium.apps.manifest import MANIFEST, AppSpec, load_app_spec, parse_override
 from consortium.cli.control_options import run_backend, run_target_options
 from consortium.cli.report import make_console
-from consortium.cli.run_backends import RunsBackend
 from consortium.cli.run_view import print_run, wait_for_run
 from consortium.core.errors import ConfigError, ConsortiumError, RoundFailed
 
 __all__ = ["raise_for_outcome", "run", "wait_for_run"]
-
-
-def _backend(
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
-) -> RunsBackend:
-    return run_backend(address, credentials, name, server_name, insecure, api, token_file)
 
 
 _common = run_target_options
@@ -93,7 +80,7 @@ def start(
     bundle, spec = _bundle_of(app)
     config = spec.run_config(dict(parse_override(o) for o in overrides))
     chosen = _node_list(nodes)
-    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
         identity = (spec.name, spec.manifest.app.version)
         run_id = backend.start(bundle, identity, dict(config), seed, chosen)
@@ -146,7 +133,7 @@ def list_runs(
     token_file: Path | None,
 ) -> None:
     """List the server's runs, newest first (runs from before a server restart included)."""
-    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
         runs = backend.list()
     finally:
@@ -176,7 +163,7 @@ def show(
 ) -> None:
     """Status, metrics per round (aggregated and each node's loss and AUC), and per-node
     outcome and timing of one run."""
-    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
         print_run(backend.show(run_id))
     finally:
@@ -224,7 +211,7 @@ def download(
     """Download the global model a run finished with (or, while it runs, its newest
     checkpointed one; or a given round's) into a file: .npz of named arrays (no pickle)
     by default."""
-    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
         what = backend.download(run_id, fmt, rnd, out)
     finally:
@@ -246,7 +233,7 @@ def stop(
     token_file: Path | None,
 ) -> None:
     """Stop a run before its next round."""
-    backend = _backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
     try:
         stopped = backend.stop(run_id)
     finally:
