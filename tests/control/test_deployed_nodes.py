@@ -3,6 +3,7 @@ who each node is, and a run given ``"nodes"`` uses those nodes and no other."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -63,6 +64,11 @@ def test_the_node_list_names_each_nodes_organisation_and_version(
     assert {n: nodes[n]["organisation"] for n in NODES} == ORGS
     assert all(nodes[n]["version"] == __version__ for n in NODES)
     assert not any(nodes[n]["banned"] for n in NODES)
+    # an online node's last_seen is its last heartbeat (every 0.3 s here), not its hello
+    time.sleep(2.0)
+    nodes = {n["id"]: n for n in client.nodes()}
+    ages = {n: time.time() - nodes[n]["last_seen"] for n in NODES}
+    assert all(age < 1.5 for age in ages.values()), ages
 
 
 def test_a_run_on_two_of_four_nodes_sends_tasks_to_those_two_only(

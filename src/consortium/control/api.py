@@ -14,6 +14,7 @@ The run endpoints live in :mod:`consortium.control.run_routes`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,10 +92,14 @@ def create_api(context: ApiContext) -> FastAPI:
         tasks = _current_tasks(context.runs)
         # what each node said at its hello since the server started (None: not since)
         identities = context.fleet.identities()
+        # the fleet's clock for nodes heard since the server started (the store's
+        # last_seen is written at hello, not at every heartbeat)
+        heard, now = context.fleet.heard_ago(), time.time()
         out = []
         for name in sorted(set(known) | set(online)):
             view = known.get(name)
-            last_seen = view.last_seen if view is not None else None
+            stored = view.last_seen.timestamp() if view is not None and view.last_seen else None
+            last_seen = now - heard[name] if name in heard else stored
             version, organisation = identities.get(name, ("", ""))
             out.append(
                 {
@@ -102,7 +107,7 @@ def create_api(context: ApiContext) -> FastAPI:
                     "organisation": organisation or None,
                     "version": version or None,
                     "status": "online" if name in online else "offline",
-                    "last_seen": None if last_seen is None else last_seen.timestamp(),
+                    "last_seen": last_seen,
                     "allowed": view.allowed if view is not None else None,
                     "banned": context.bans is not None and context.bans.reason(name) is not None,
                     "current_task": tasks.get(name),

@@ -335,6 +335,12 @@ class Fleet:
         with self._cond:
             return {n: (s.version, s.organisation) for n, s in self._nodes.items()}
 
+    def heard_ago(self) -> dict[str, float]:
+        """node -> seconds since the server last heard from it (this server's run)."""
+        with self._cond:
+            now = self._clock()
+            return {n: max(0.0, now - s.last_seen) for n, s in self._nodes.items()}
+
     def presence(self) -> tuple[list[str], list[str]]:
         """(online, missing): the nodes online now, and the expected or known ones that
         are not (offline, or never connected), each sorted."""
