@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from consortium.apps.bundle import bundle_digest
+from consortium.cli.secret_paths import ALLOW_GIT_TREE_HELP, refuse_git_exposure
 from consortium.core.errors import ConfigError
 
 PASSPHRASE_ENV = "CONSORTIUM_PUBLISHER_PASSPHRASE"
@@ -79,9 +80,12 @@ def build(app_dir: Path, out: Path) -> None:
     show_default=True,
     help="The private key file; the public key goes beside it with the suffix .pub.",
 )
-def keygen(out: Path) -> None:
+@click.option("--allow-git-tree", is_flag=True, help=ALLOW_GIT_TREE_HELP)
+def keygen(out: Path, allow_git_tree: bool) -> None:
     """Create a publisher's Ed25519 key pair (the private key is written with mode 0600)."""
     from consortium.apps.signing import generate_key, public_key_path
+
+    refuse_git_exposure("--out", [out], allow_git_tree)
 
     key = generate_key(out, passphrase=_passphrase())
     click.echo(f"private key {out} (keep it secret; never put it in an app folder)")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
+from consortium.cli.secret_paths import ALLOW_GIT_TREE_HELP, refuse_git_exposure
 from consortium.core.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ dir_option = click.option(
     show_default=True,
     help="The CA folder.",
 )
+allow_git_tree_option = click.option("--allow-git-tree", is_flag=True, help=ALLOW_GIT_TREE_HELP)
 key_type_option = click.option(
     "--key-type",
     type=click.Choice(["ec", "rsa"]),
@@ -82,11 +84,18 @@ def ca() -> None:
 @click.option(
     "--force", is_flag=True, help="Replace an existing CA (revokes trust in all it issued)."
 )
+@allow_git_tree_option
 def init(
-    ca_dir: Path, name: str | None, days: int, key_type: Literal["ec", "rsa"], force: bool
+    ca_dir: Path,
+    name: str | None,
+    days: int,
+    key_type: Literal["ec", "rsa"],
+    force: bool,
+    allow_git_tree: bool,
 ) -> None:
     """Create a federation CA in --dir."""
     _require_cryptography()
+    refuse_git_exposure("--dir", [ca_dir / "ca.key"], allow_git_tree)
     from consortium.transport.ca import DEFAULT_CA_NAME, CertificateAuthority
 
     authority = CertificateAuthority.init(
@@ -128,6 +137,7 @@ def init(
 )
 @key_type_option
 @click.option("--force", is_flag=True, help="Overwrite existing files (e.g. to renew).")
+@allow_git_tree_option
 def issue(
     ca_dir: Path,
     server: str | None,
@@ -142,6 +152,7 @@ def issue(
     out: Path | None,
     key_type: Literal["ec", "rsa"],
     force: bool,
+    allow_git_tree: bool,
 ) -> None:
     """Issue a key and certificate for one server, node, admin, researcher or observer."""
     given = (("server", server), ("node", node), ("admin", admin), ("researcher", researcher),
@@ -156,7 +167,9 @@ def issue(
     authority = _open(ca_dir)
     from consortium.transport.identity import file_stem, validate_name
 
-    target = out or Path("credentials") / file_stem(validate_name(role, name))  # type: ignore[arg-type]
+    stem = file_stem(validate_name(role, name))  # type: ignore[arg-type]
+    target = out or Path("credentials") / stem
+    refuse_git_exposure("--out", [target / f"{stem}.key"], allow_git_tree)
     issued = authority.issue(
         role,  # type: ignore[arg-type]
         name,
