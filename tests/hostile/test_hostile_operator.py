@@ -156,11 +156,13 @@ def test_a_node_killed_for_good_is_named_while_the_run_waits_then_the_run_goes_o
     deployment.start_node("va")  # back: the run goes on as soon as min-nodes is met
     info = deployment.wait_run(run_id)
     assert rss.close() < RSS_BOUND  # (b)
-    # (a) finished; (d) every round recorded, va's loss in round 2 reported
+    # (a) finished; (d) every round recorded. Whether va took part in round 2 depends on
+    # when the server saw it gone: sent round 2's task before that, va failed it; after,
+    # round 2 waited for it (the message above) and va, back, trained. Either way the
+    # others were never blamed and va is back by round 3.
     assert info["status"] == "finished", info
     outcome = {(r["round"], n["node"]): n["outcome"] for r in info["rounds"] for n in r["nodes"]}
     assert [r["round"] for r in info["rounds"]] == [1, 2, 3]
-    assert outcome[(2, "va")] != "ok"
     assert all(outcome[(rnd, n)] == "ok" for rnd in (1, 2, 3) for n in NODES if n != "va")
     assert outcome[(3, "va")] == "ok"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,11 @@ def test_discrete_gaussian_has_its_distribution(sigma: float) -> None:
     weights = np.exp(-(support**2) / (2 * sigma**2))
     exact = float((support**2 * weights).sum() / weights.sum())
     assert np.var(draws) == pytest.approx(exact, rel=0.02)
-    # and its shape: P(0) matches
-    assert np.mean(draws == 0) == pytest.approx(weights[support == 0][0] / weights.sum(), rel=0.03)
+    # and its shape: P(0) matches, within 5 standard errors of the binomial count (the
+    # draws come from the OS, unseeded: a tighter bound fails now and then by chance)
+    p_zero = float(weights[support == 0][0] / weights.sum())
+    error = 5 * math.sqrt(p_zero * (1 - p_zero) / draws.size)
+    assert abs(float(np.mean(draws == 0)) - p_zero) < error
 
 
 def test_noise_shares_of_n_nodes_sum_to_the_total_variance() -> None:
