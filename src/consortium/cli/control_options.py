@@ -9,8 +9,10 @@ commands can use the REST API with a bearer token instead (``--api``,
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,9 +85,45 @@ def control_client(
 API_ENV = "CONSORTIUM_API"
 
 
+@dataclass(frozen=True, slots=True)
+class RunTarget:
+    """Where a ``run`` command reaches the server: the gRPC Control API (``address`` and a
+    certificate) or the REST API (``api`` and a token)."""
+
+    address: str | None
+    credentials: Path | None
+    name: str | None
+    server_name: str | None
+    insecure: bool
+    api: str | None
+    token_file: Path | None
+
+    def backend(self) -> RunsBackend:
+        """A backend for it (:func:`run_backend`)."""
+        return run_backend(self)
+
+
 def run_target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server and its certificate options (the gRPC Control API), or --api and
-    --token-file (the REST API); ``run_backend`` turns them into a backend."""
+    --token-file (the REST API); the command receives them as one ``target``
+    (:class:`RunTarget`)."""
+
+    @functools.wraps(fn)
+    def command(
+        *args: Any,
+        address: str | None,
+        credentials: Path | None,
+        name: str | None,
+        server_name: str | None,
+        insecure: bool,
+        api: str | None,
+        token_file: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        target = RunTarget(address, credentials, name, server_name, insecure, api, token_file)
+        return fn(*args, target=target, **kwargs)
+
+    wrapped: Callable[..., Any] = command
     for option in reversed(
         [
             click.option(
@@ -114,27 +152,22 @@ def run_target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             ),
         ]
     ):
-        fn = option(fn)
-    return fn
+        wrapped = option(wrapped)
+    return wrapped
 
 
-def run_backend(
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
-) -> RunsBackend:
+def run_backend(target: RunTarget) -> RunsBackend:
     """The gRPC Control API (``--server``) or the REST API (``--api``, or ``$CONSORTIUM_API``
     when neither is given); a :class:`ConfigError` naming the options otherwise."""
     from consortium.cli.run_backends import GrpcRuns, RestRuns
 
+    address, api, token_file = target.address, target.api, target.token_file
+
     if address is not None and api is not None:
         raise ConfigError("--server and --api: give one (gRPC with a certificate, or REST)")
     if address is not None:
-        return GrpcRuns(control_client(address, credentials, name, server_name, insecure))
+        return GrpcRuns(control_client(address, target.credentials, target.name,
+                                       target.server_name, target.insecure))  # fmt: skip
     url = api or os.environ.get(API_ENV, "").strip()
     if not url:
         raise ConfigError(

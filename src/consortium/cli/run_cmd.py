@@ -22,7 +22,7 @@ import click
 from rich.table import Table
 
 from consortium.apps.manifest import MANIFEST, AppSpec, load_app_spec, parse_override
-from consortium.cli.control_options import run_backend, run_target_options
+from consortium.cli.control_options import RunTarget, run_target_options
 from consortium.cli.report import make_console
 from consortium.cli.run_view import print_run, wait_for_run
 from consortium.core.errors import ConfigError, ConsortiumError, RoundFailed
@@ -63,13 +63,7 @@ def run() -> None:
 )
 def start(
     app: Path,
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
+    target: RunTarget,
     overrides: tuple[str, ...],
     seed: int,
     nodes: str | None,
@@ -80,7 +74,7 @@ def start(
     bundle, spec = _bundle_of(app)
     config = spec.run_config(dict(parse_override(o) for o in overrides))
     chosen = _node_list(nodes)
-    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = target.backend()
     try:
         identity = (spec.name, spec.manifest.app.version)
         run_id = backend.start(bundle, identity, dict(config), seed, chosen)
@@ -124,16 +118,10 @@ def _bundle_of(app: Path) -> tuple[bytes, AppSpec]:
 @run.command("list")
 @_common
 def list_runs(
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
+    target: RunTarget,
 ) -> None:
     """List the server's runs, newest first (runs from before a server restart included)."""
-    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = target.backend()
     try:
         runs = backend.list()
     finally:
@@ -153,17 +141,11 @@ def list_runs(
 @_common
 def show(
     run_id: str,
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
+    target: RunTarget,
 ) -> None:
     """Status, metrics per round (aggregated and each node's loss and AUC), and per-node
     outcome and timing of one run."""
-    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = target.backend()
     try:
         print_run(backend.show(run_id))
     finally:
@@ -197,13 +179,7 @@ def show(
 )
 def download(
     run_id: str,
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
+    target: RunTarget,
     out: Path,
     fmt: str,
     rnd: int | None,
@@ -211,7 +187,7 @@ def download(
     """Download the global model a run finished with (or, while it runs, its newest
     checkpointed one; or a given round's) into a file: .npz of named arrays (no pickle)
     by default."""
-    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = target.backend()
     try:
         what = backend.download(run_id, fmt, rnd, out)
     finally:
@@ -224,16 +200,10 @@ def download(
 @_common
 def stop(
     run_id: str,
-    address: str | None,
-    credentials: Path | None,
-    name: str | None,
-    server_name: str | None,
-    insecure: bool,
-    api: str | None,
-    token_file: Path | None,
+    target: RunTarget,
 ) -> None:
     """Stop a run before its next round."""
-    backend = run_backend(address, credentials, name, server_name, insecure, api, token_file)
+    backend = target.backend()
     try:
         stopped = backend.stop(run_id)
     finally:
