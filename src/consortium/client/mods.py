@@ -22,7 +22,7 @@ from consortium.core.message import METRICS, Content, Message
 from consortium.core.norms import clip_update, update_norm
 from consortium.core.protocol import NUM_EXAMPLES
 
-__all__ = ["clip_update_mod", "update_norm_mod"]
+__all__ = ["check_comparable", "clip_update_mod", "model_update", "update_norm_mod"]
 
 
 def clip_update_mod(max_norm: float) -> Mod:
@@ -43,7 +43,7 @@ def clip_update_mod(max_norm: float) -> Mod:
 
     def clip_update_mod(message: Message, context: Context, call_next: Handler) -> Message:
         reply = call_next(message, context)
-        pair = _update(message, reply, "clip_update_mod")
+        pair = model_update(message, reply, "clip_update_mod")
         if pair is None:
             return reply
         received, trained = pair
@@ -71,7 +71,7 @@ def update_norm_mod(metric: str = "update_norm") -> Mod:
 
     def update_norm_mod(message: Message, context: Context, call_next: Handler) -> Message:
         reply = call_next(message, context)
-        pair = _update(message, reply, "update_norm_mod")
+        pair = model_update(message, reply, "update_norm_mod")
         if pair is None:
             return reply
         assert reply.content is not None
@@ -86,13 +86,21 @@ def update_norm_mod(metric: str = "update_norm") -> Mod:
     return update_norm_mod
 
 
-def _update(message: Message, reply: Message, who: str) -> tuple[Arrays, Arrays] | None:
-    """(x received, y replied) when both carry a model; raises if they cannot be compared."""
+def model_update(message: Message, reply: Message, who: str) -> tuple[Arrays, Arrays] | None:
+    """(x received, y replied) when both carry a model; raises if they cannot be compared
+    (:func:`check_comparable`). For mods that act on a node's update."""
     if message.content is None or reply.content is None:
         return None
     received, trained = message.content.model, reply.content.model
     if received is None or trained is None:
         return None
+    check_comparable(received, trained, who)
+    return received, trained
+
+
+def check_comparable(received: Arrays, trained: Arrays, who: str) -> None:
+    """Raise :class:`ConfigError` (naming ``who``) unless ``trained`` is ``received``'s
+    model -- the same names, dtypes and shapes -- and every array is floating-point."""
     if received.signature() != trained.signature():
         raise ConfigError(
             f"{who}: the reply's model {trained!r} does not match the model the task "
@@ -103,4 +111,3 @@ def _update(message: Message, reply: Message, who: str) -> tuple[Arrays, Arrays]
         raise ConfigError(
             f"{who} handles floating-point models only; {not_float} are not floating-point"
         )
-    return received, trained

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from consortium.client.app import Handler, Mod
+from consortium.client.mods import model_update
 from consortium.client.personal import with_model
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
@@ -57,21 +58,10 @@ def local_dp_mod(
 
     def local_dp_mod(message: Message, context: Context, call_next: Handler) -> Message:
         reply = call_next(message, context)
-        if message.content is None or reply.content is None:
+        pair = model_update(message, reply, "local_dp_mod")
+        if pair is None:
             return reply
-        received, trained = message.content.model, reply.content.model
-        if received is None or trained is None:
-            return reply
-        if received.signature() != trained.signature():
-            raise ConfigError(
-                f"local_dp_mod: the reply's model {trained!r} does not match the model the "
-                f"task carried {received!r}"
-            )
-        not_float = [n for n, v in received.items() if v.dtype.kind != "f"]
-        if not_float:
-            raise ConfigError(
-                f"local_dp_mod handles floating-point models only; {not_float} are not"
-            )
+        received, trained = pair
         clipped = clip_update(received, trained, bound)
         rng = noise()
         out = Arrays()

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consortium.client.app import Handler
+from consortium.client.mods import check_comparable
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError, SecurityError
@@ -48,13 +49,7 @@ def pairwise_mask(
 
 def update_vector(received: Arrays, trained: Arrays) -> np.ndarray:
     """The update y - x of every array, flattened into one float64 vector."""
-    if received.signature() != trained.signature():
-        raise ConfigError(
-            f"SecAgg+: the reply's model {trained!r} does not match the task's {received!r}"
-        )
-    not_float = [n for n, v in received.items() if v.dtype.kind != "f"]
-    if not_float:
-        raise ConfigError(f"SecAgg+ aggregates floating-point models only; {not_float} are not")
+    check_comparable(received, trained, "SecAgg+")
     parts = [
         (np.asarray(trained[n], np.float64) - np.asarray(received[n], np.float64)).ravel()
         for n in received
