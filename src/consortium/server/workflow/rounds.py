@@ -129,12 +129,27 @@ class RoundWorkflow:
         need = required_replies(len(sampled), cfg.min_replies, cfg.min_reply_fraction)
         stream = collector.train_replies(model.skeleton(), sampled, replies, need)
         new_arrays, record.train_metrics = strategy.aggregate_train(rnd, model.current(), stream)
-        if cfg.evaluate_every and rnd % cfg.evaluate_every == 0:
-            self._evaluate(grid, ctx, rnd, new_arrays, nodes, collector)
-        record.central_metrics = strategy.evaluate(rnd, new_arrays) or {}
+        self._end_round(grid, ctx, new_arrays, nodes, collector, started)
+        return new_arrays
+
+    def _end_round(
+        self,
+        grid: Grid,
+        ctx: ServerContext,
+        arrays: Arrays,
+        nodes: list[str],
+        collector: ReplyCollector,
+        started: float,
+    ) -> None:
+        """After the round's aggregate: its federated evaluation (when due) and central
+        evaluation, then the round's record to the observers."""
+        record, rnd = collector.record, collector.record.round
+        every = self.config.evaluate_every
+        if every and rnd % every == 0:
+            self._evaluate(grid, ctx, rnd, arrays, nodes, collector)
+        record.central_metrics = self.strategy.evaluate(rnd, arrays) or {}
         record.seconds = time.perf_counter() - started
         ctx.report(record)
-        return new_arrays
 
     def _evaluate(
         self,

@@ -101,11 +101,7 @@ class SecAggPlusWorkflow(RoundWorkflow):
                 rnd, total.clipped, self.secagg.clip,
             )  # fmt: skip
         collector = ReplyCollector(ctx.run_id, rnd, record, time.perf_counter())
-        if cfg.evaluate_every and rnd % cfg.evaluate_every == 0:
-            self._evaluate(grid, ctx, rnd, new_arrays, nodes, collector)
-        record.central_metrics = strategy.evaluate(rnd, new_arrays) or {}
-        record.seconds = time.perf_counter() - started
-        ctx.report(record)
+        self._end_round(grid, ctx, new_arrays, nodes, collector, started)
         return new_arrays
 
     def _secure_sum(
