@@ -8,12 +8,17 @@ is told so tests can check who was refused what.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -117,3 +122,30 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         server.stop()
         fleet.close()
         store.close()
+
+
+def start_local(directory: Path, log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str]:
+    """``consortium local --dir directory`` (the heart-disease app, no tracking) in its own
+    session, its output to ``log`` (``directory/local.out``); returns once it says it is
+    ready: the process and the REST API's URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consortium.cli.main", "local", "--dir", str(directory),
+         "--http-port", "0", "--app", str(HEART), "--no-tracking"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while "Ctrl-C stops" not in (directory / "local.out").read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)  # and whatever it started
+            proc.wait(10)
+            raise AssertionError("consortium local did not start:\n" + local_logs(directory))
+        time.sleep(0.1)
+    return proc, (directory / "server" / "api" / "url").read_text().strip()
+
+
+def local_logs(directory: Path) -> str:
+    """What ``consortium local`` in ``directory`` and its processes logged (for a failure)."""
+    parts = [(directory / "local.out").read_text(errors="replace")]
+    for path in sorted((directory / "logs").glob("*.log")):
+        parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
+    return "\n".join(parts)

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import pytest
 from consortium.datasets import heart_disease as hd
 from consortium.examples.heart_disease import score
 
-from .conftest import HEART
+from .conftest import local_logs, start_local
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -85,22 +84,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     directory = tmp_path_factory.mktemp("local")
     out = directory / "local.out"
     log = open(out, "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.cli.main", "local", "--dir", str(directory),
-         "--http-port", "0", "--app", str(HEART), "--no-tracking"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc, url = start_local(directory, log)
     try:
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops" not in out.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("consortium local did not start:\n" + _logs(directory))
-            time.sleep(0.1)
-        url = (directory / "server" / "api" / "url").read_text().strip()
+        deadline = time.monotonic() + 60
         fed = Federation(url, (directory / "admin-token").read_text().strip(), directory)
         while sum(n["status"] == "online" for n in fed.get("/nodes")["nodes"]) < 4:
             if time.monotonic() > deadline:
-                raise AssertionError("the hospitals did not come online:\n" + _logs(directory))
+                raise AssertionError("the hospitals did not come online:\n" + local_logs(directory))
             time.sleep(0.2)
         yield fed
     finally:
@@ -112,13 +102,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         log.close()
-
-
-def _logs(directory: Path) -> str:
-    parts = [(directory / "local.out").read_text(errors="replace")]
-    for path in sorted((directory / "logs").glob("*.log")):
-        parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +196,7 @@ def test_a_coordinator_runs_watches_and_downloads_a_model(
     deadline = time.monotonic() + WAIT_MS / 1000
     while (status := page.locator("#run-status").inner_text()) != "finished":
         assert time.monotonic() < deadline, f"the run did not finish; saw {counts}"
-        assert status in ("pending", "running"), _logs(federation.directory)
+        assert status in ("pending", "running"), local_logs(federation.directory)
         live_seen = live_seen or page.locator("#live.on").count() == 1
         points = _chart_points(page, "auc")
         if points >= 0 and (not counts or counts[-1] != points):

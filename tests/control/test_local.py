@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ import pytest
 from consortium import ControlClient
 from consortium.server.model_io import load_model
 
-from .conftest import HEART
+from .conftest import local_logs, start_local
 
 HERE = Path(__file__).parent
 HOSPITALS = {"cleveland", "hungarian", "switzerland", "va"}
@@ -44,23 +42,13 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
     directory = tmp_path_factory.mktemp("local")
     out = tmp_path_factory.mktemp("curl")
     log = open(directory / "local.out", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.cli.main", "local", "--dir", str(directory),
-         "--http-port", "0", "--app", str(HEART), "--no-tracking"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    proc, url = start_local(directory, log)
     try:
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops" not in (directory / "local.out").read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("consortium local did not start:\n" + _logs(directory))
-            time.sleep(0.1)
-        url = (directory / "server" / "api" / "url").read_text().strip()
         script = subprocess.run(
             ["bash", str(HERE / "curl_run.sh"), url, str(directory / "admin-token"), str(out)],
             capture_output=True, text=True, timeout=150,
         )  # fmt: skip
-        assert script.returncode == 0, script.stderr + _logs(directory)
+        assert script.returncode == 0, script.stderr + local_logs(directory)
         token = (directory / "admin-token").read_text().strip()
         yield Local(proc, directory, url, token, script.stdout.strip(), out)
     finally:
@@ -68,13 +56,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
-
-
-def _logs(directory: Path) -> str:
-    parts = [(directory / "local.out").read_text(errors="replace")]
-    for path in sorted((directory / "logs").glob("*.log")):
-        parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}")
-    return "\n".join(parts)
 
 
 def test_curl_starts_a_run_reads_every_hospitals_metrics_and_downloads_the_model(
