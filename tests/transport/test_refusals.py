@@ -322,6 +322,24 @@ def test_the_insecure_name_header_is_ignored_with_tls(
     channel.close()
 
 
+def test_a_version_that_is_not_one_is_dropped_not_shown_to_coordinators(
+    federation: Federation, good_node: GoodNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a node says at hello reaches GET /api/v1/nodes: terminal escapes and an essay
+    are dropped (logged), the node still joins, the federation runs on."""
+    channel = federation.channel(federation.pki.peer)
+    stub = rpc.FleetStub(channel)  # type: ignore[no-untyped-call]
+    with good_node.keeps_serving():
+        for version in ("\x1b[2J\x1b[31mowned", "9" * 5000, "1.0.0\nadmin: yes"):
+            reply = stub.Hello(pb.HelloRequest(version=version, instance_id="b1"), timeout=10)
+            assert reply.node_id == "hospital-b"
+            assert federation.fleet.identities()["hospital-b"][0] == ""
+        stub.Hello(pb.HelloRequest(version="0.1.0+local", instance_id="b1"), timeout=10)
+        assert federation.fleet.identities()["hospital-b"][0] == "0.1.0+local"
+    channel.close()
+    assert "node hospital-b reported a version that is not one" in caplog.text
+
+
 # --------------------------------------------------------------------------- bad streams
 
 
