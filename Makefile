@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test check pytest venv clean bench
+.PHONY: demo test check pytest venv clean bench docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ check: $(VENV)/.test-installed
 PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.test-installed
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope
+
+## make docs: the guides and the API reference (from the docstrings) into build/site;
+## fails on a broken link or cross-reference
+docs: $(VENV)/.test-installed
+	$(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/heart_disease.py
