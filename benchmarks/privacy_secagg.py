@@ -7,8 +7,10 @@ through the plain round loop. A recording grid between the round loop and the
 nodes encodes every task and reply with :meth:`Message.to_bytes` (the wire
 form the gRPC transport sends) to count bytes per node, and keeps the masked
 vectors for the uniformity tests. Dropouts are nodes that raise at a stage:
-after key sharing (at the masked-input task: their input is missing and their
-masks are rebuilt) or after their masked input (at the unmask task).
+after key setup (at the masked-input task: their input is missing and their
+neighbours reveal the round's pairwise seeds with them; the label
+"after-share-keys" is kept for the report's continuity) or after their masked
+input (at the unmask task).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from consortium.strategy import FedAvg
 
 Dropout = Literal["none", "after-share-keys", "after-masked-input"]
 DROPOUTS: tuple[Dropout, ...] = ("none", "after-share-keys", "after-masked-input")
-#: the task a dropping node fails at: the masked-input task (so it shared its keys
+#: the task a dropping node fails at: the masked-input task (so it set up its keys
 #: but sent no input) or the unmask task (its input is in the sum)
 FAIL_AT = {"after-share-keys": TRAIN, "after-masked-input": p.UNMASK}
 DROP_FRACTION = 0.3

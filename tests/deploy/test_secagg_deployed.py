@@ -53,6 +53,9 @@ def test_secagg_heart_disease_deployed_equals_simulation_and_plain_fedavg(
     for name in model:
         gap = np.abs(model[name] - fedavg.arrays[name]).max()
         assert 0 < gap <= ROUNDS * step, (name, gap, step)  # rounded, by at most a step a round
+    # keys are set up once, in round 1, and reused by rounds 2 and 3
+    setups = [shown["metrics"]["train_secagg.key_setup"] for shown in info["rounds"]]
+    assert setups == [1] + [0] * (ROUNDS - 1), setups
     for shown in info["rounds"]:
         assert shown["metrics"]["train_secagg.survivors"] == 4, shown["metrics"]
         outcomes = {(n["node"], n["stage"]): n["outcome"] for n in shown["nodes"]}
@@ -66,15 +69,16 @@ def test_secagg_heart_disease_deployed_equals_simulation_and_plain_fedavg(
 def test_a_node_killed_after_sharing_its_keys_leaves_the_survivors_sum(
     deployment: Deployment,
 ) -> None:
-    """va shares its keys, then is killed (SIGKILL) before it sends its masked input; the
-    other three reveal va's mask key, and the round releases the mean of their updates."""
+    """va advertises its keys, then is killed (SIGKILL) before it sends its masked input;
+    the other three reveal their round's pairwise seeds with va, and the round releases
+    the mean of their updates."""
     toy = import_app(TOY, "secagg_toy")
     deployment.start_server()
     for name in NODES:
         delay = {"train-delay": 120} if name == "va" else {}
         deployment.start_node(name, app=TOY, **delay)  # type: ignore[arg-type]
     run_id = deployment.start_run(TOY, {}, seed=SEED)
-    wait_for(lambda: "secagg.share-keys done" in deployment.log("va"), 60, "va's key sharing")
+    wait_for(lambda: "secagg.advertise done" in deployment.log("va"), 60, "va's key setup")
     deployment.kill("va")
     killed_at = time.monotonic()
     info = deployment.wait_run(run_id)

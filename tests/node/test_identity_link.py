@@ -63,8 +63,8 @@ def query(msg, context):
 
 def advert(node: str, run: str = RUN) -> bytes:
     return p.advertisement(
-        run_id=run, round=1, node_id=node, enc_key=bytes(32), mask_key=bytes(32),
-        model_hash="0" * 64, participants=[NODE, PEER], graph_seed=1, params={},
+        run_id=run, epoch=1, node_id=node, enc_key=bytes(32), mask_key=bytes(32),
+        participants=[NODE, PEER], graph_seed=1, params={},
     )  # fmt: skip
 
 

@@ -68,13 +68,20 @@ def train(message: Message, context: Context) -> Message:
     return message.reply(arrays=out, metrics={NUM_EXAMPLES: examples_of(context.node_id)})
 
 
-def fail_at(kinds: dict[str, str], slow: dict[str, tuple[str, float]] | None = None) -> Mod:
-    """A mod making node n fail (drop out) when it gets a task of kind ``kinds[n]``, or
-    sleep ``slow[n][1]`` seconds before answering a task of kind ``slow[n][0]``."""
+#: when a node drops: at a task kind (every round), or at a kind in one round only
+Drop = str | tuple[str, int]
+
+
+def fail_at(kinds: dict[str, Drop], slow: dict[str, tuple[str, float]] | None = None) -> Mod:
+    """A mod making node n fail (drop out) when it gets a task of kind ``kinds[n]`` (of
+    round ``kinds[n][1]`` when a pair), or sleep ``slow[n][1]`` seconds before answering a
+    task of kind ``slow[n][0]``."""
 
     def fail(message: Message, context: Context, call_next: Handler) -> Message:
-        if kinds.get(context.node_id) == message.metadata.kind:
-            raise RuntimeError(f"node {context.node_id} drops out at {message.metadata.kind}")
+        when = kinds.get(context.node_id)
+        meta = message.metadata
+        if when == meta.kind or when == (meta.kind, meta.round):
+            raise RuntimeError(f"node {context.node_id} drops out at {meta.kind}")
         kind, seconds = (slow or {}).get(context.node_id, ("", 0.0))
         if kind == message.metadata.kind:
             time.sleep(seconds)
@@ -86,7 +93,7 @@ def fail_at(kinds: dict[str, str], slow: dict[str, tuple[str, float]] | None = N
 def client_app(
     keyring: Ed25519Keyring,
     verify: Ed25519Keyring | None = None,
-    drop: dict[str, str] | None = None,
+    drop: dict[str, Drop] | None = None,
     slow: dict[str, tuple[str, float]] | None = None,
 ) -> ClientApp:
     """The app: an outer mod that drops or slows nodes, SecAgg+, the train handler."""
@@ -154,13 +161,15 @@ class Run:
     arrays: Arrays
     grid: RecordingGrid
     metrics: dict[str, float | int]
+    #: every round's train metrics, in order
+    rounds: list[dict[str, float | int]] = field(default_factory=list)
 
 
 def run(
     n: int,
     size: int,
     *,
-    drop: dict[str, str] | None = None,
+    drop: dict[str, Drop] | None = None,
     slow: dict[str, tuple[str, float]] | None = None,
     params: SecAggParams = PARAMS,
     tamper: Callable[[Message], Message] = lambda m: m,
@@ -169,8 +178,10 @@ def run(
     verify: Ed25519Keyring | None = None,
     seen: list[RecordingGrid] | None = None,
     backend: Backend = "threads",
+    rounds: int = 1,
 ) -> Run:
-    """One SecAgg+ round of FedAvg over ``n`` nodes, from :func:`model` (``size`` values).
+    """``rounds`` SecAgg+ rounds of FedAvg over ``n`` nodes, from :func:`model` (``size``
+    values); each node moves the model by its fixed update every round.
 
     The recording grid is appended to ``seen``, to look at even when the run fails.
     """
@@ -182,7 +193,7 @@ def run(
     @server.main()
     def main(grid: Grid, context: ServerContext) -> None:
         strategy = FedAvg(initial_arrays=model(size), fraction_evaluate=0.0)
-        config = ServerConfig(strategy, num_rounds=1, evaluate_every=0)
+        config = ServerConfig(strategy, num_rounds=rounds, evaluate_every=0)
         SecAggPlusWorkflow(config, params)(grid, context)
 
     def wrap(grid: Grid) -> Grid:
@@ -202,4 +213,5 @@ def run(
         workers=2 if backend == "processes" else 1,
         app_path=[str(Path(__file__).parent)],
     )
-    return Run(result.arrays, seen[-1], dict(result.history.rounds[-1].train_metrics))
+    history = [dict(r.train_metrics) for r in result.history.rounds]
+    return Run(result.arrays, seen[-1], history[-1], history)

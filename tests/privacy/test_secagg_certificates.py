@@ -19,7 +19,7 @@ from secagg_harness import fixed_keyring
 from secagg_harness import run as secagg_run
 
 from consortium.core.errors import ConfigError, SecurityError
-from consortium.core.message import Content, Message
+from consortium.core.message import TRAIN, Content, Message
 from consortium.node.identity_link import IdentityService
 from consortium.privacy.secagg import protocol as p
 from consortium.privacy.secagg.certified import (
@@ -60,8 +60,8 @@ def verifier(pki: Path, **options: object) -> CertificateVerifier:
 
 def advert(node: str, run: str = "run-1") -> bytes:
     return p.advertisement(
-        run_id=run, round=1, node_id=node, enc_key=bytes(32), mask_key=bytes(range(32)),
-        model_hash="0" * 64, participants=["a", "b", "c"], graph_seed=5, params={"clip": 1.0},
+        run_id=run, epoch=1, node_id=node, enc_key=bytes(32), mask_key=bytes(range(32)),
+        participants=["a", "b", "c"], graph_seed=5, params={"clip": 1.0},
     )  # fmt: skip
 
 
@@ -189,7 +189,7 @@ def test_a_secagg_round_with_certificate_identities_sums_right(pki: Path) -> Non
 
     def swap(message: Message) -> Message:
         meta, content = message.metadata, message.content
-        if meta.kind != p.SHARE_KEYS or meta.dst != "0" or content is None:
+        if meta.kind != TRAIN or meta.dst != "0" or content is None:
             return message
         record = dict(content.configs[p.RECORD])
         peers, sigs = list(record[p.PEERS]), list(record[p.PEER_SIGNATURES])

@@ -18,7 +18,12 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError, RoundFailed, SecurityError
 from consortium.core.message import METRICS, TRAIN, Content, Message
-from consortium.privacy.secagg import Ed25519Keyring, SecAggParams, secaggplus_mod, shamir
+from consortium.privacy.secagg import (
+    Ed25519Keyring,
+    SecAggParams,
+    secaggplus_mod,
+    shamir,
+)
 from consortium.privacy.secagg import protocol as p
 from consortium.privacy.secagg.crypto import KeyPair
 from consortium.privacy.secagg.quantize import HEADER
@@ -168,9 +173,9 @@ def test_a_substituted_public_key_is_refused() -> None:
         return _with_record(content, **{p.PEER_MASK_KEYS: keys})
 
     seen: list[h.RecordingGrid] = []
-    run = h.run(5, 40, tamper=_tamper(p.SHARE_KEYS, "0", swap), seen=seen)
+    run = h.run(5, 40, tamper=_tamper(TRAIN, "0", swap), seen=seen)
     assert "the signature on neighbour 1's keys does not verify" in _errors(seen[0])["0"]
-    summed = ["1", "2", "3", "4"]  # node 0 left before sharing: the others' sum is right
+    summed = ["1", "2", "3", "4"]  # node 0 sent no input: its neighbours' seeds with it go
     assert np.abs(_mean_update(run, 40) - h.expected_mean(summed, 40)).max() <= h.bound()
 
 
@@ -179,7 +184,7 @@ def test_a_node_refuses_its_own_keys_relayed_back_as_a_neighbours() -> None:
 
     def reflect(message: Message) -> Message:
         meta, content = message.metadata, message.content
-        if meta.kind == p.SHARE_KEYS and meta.dst == "0" and content is not None:
+        if meta.kind == TRAIN and meta.dst == "0" and content is not None:
             record = content.configs[p.RECORD]
             keys = list(record[p.PEER_MASK_KEYS])
             keys[list(record[p.PEERS]).index("1")] = advertised["0"]
@@ -204,37 +209,52 @@ def test_a_node_signing_with_an_untrusted_key_is_refused_by_its_peers() -> None:
         public={**keys.public_keys(), "2": Ed25519Keyring.generate(["2"]).public_keys()["2"]}
     )
     seen: list[h.RecordingGrid] = []
-    with pytest.raises(RoundFailed, match="after the share-keys stage"):
+    with pytest.raises(RoundFailed, match="after the masked-input stage"):
         h.run(3, 40, keyring=keys, verify=trusted, seen=seen)
     errors = _errors(seen[0])
     assert "neighbour 2's keys does not verify" in errors["0"]
     assert "neighbour 2's keys does not verify" in errors["1"]
 
 
-def test_inconsistent_models_are_refused_before_any_update_leaves() -> None:
-    """The server tells node 2 of another model than the others (Pasquini et al.)."""
-    other = "ab" * 32
-    seen: list[h.RecordingGrid] = []
-    tamper = _tamper(p.ADVERTISE, "2", lambda c: _with_record(c, **{p.MODEL_HASH: other}))
-    with pytest.raises(RoundFailed, match="after the share-keys stage"):
-        h.run(3, 40, tamper=tamper, seen=seen)
-    errors = _errors(seen[0])
-    assert set(errors) == {"0", "1", "2"}
-    assert all("model inconsistency" in reason for reason in errors.values())
-    assert not [m for m in seen[0].sent if m.metadata.kind == TRAIN]
+def _unmask_replies(grid: h.RecordingGrid) -> list[Message]:
+    return [m for m in grid.received if m.metadata.kind == p.UNMASK]
 
 
-def test_a_model_other_than_the_advertised_one_is_not_trained_on() -> None:
+def test_inconsistent_models_are_refused_before_anything_is_revealed() -> None:
+    """The server sends node 2 another model than the others (Pasquini et al.). Node 2
+    trains on it and vouches for its hash to each neighbour (a MAC under their shared key);
+    every node checks its neighbours' MACs against its own model before it reveals
+    anything, so no self-mask is ever rebuilt and the masked inputs stay masked."""
+
     def other_model(content: Content) -> Content:
         assert content.model is not None
         changed = Arrays({k: v + 1.0 for k, v in content.model.items()})
         return Content({**content.arrays, "model": changed}, dict(content.configs))
 
     seen: list[h.RecordingGrid] = []
-    run = h.run(5, 40, tamper=_tamper(TRAIN, "1", other_model), seen=seen)
-    assert "model inconsistency" in _errors(seen[0])["1"]
-    summed = ["0", "2", "3", "4"]
-    assert np.abs(_mean_update(run, 40) - h.expected_mean(summed, 40)).max() <= h.bound()
+    with pytest.raises(RoundFailed, match=r"shares of node \d's self-mask seed came back, below"):
+        h.run(3, 40, tamper=_tamper(TRAIN, "2", other_model), seen=seen)
+    errors = _errors(seen[0])
+    assert set(errors) == {"0", "1", "2"}
+    assert all("model inconsistency" in reason for reason in errors.values())
+    assert all(m.content is None for m in _unmask_replies(seen[0]))  # nothing revealed
+
+
+def test_a_forged_model_mac_is_refused() -> None:
+    """The server cannot vouch for a node itself: relaying node 1's MAC as node 2's to
+    node 0 makes node 0 refuse to reveal; the other two still rebuild every seed."""
+
+    def swap(content: Content) -> Content:
+        record = content.configs[p.RECORD]
+        sources, macs = list(record[p.SOURCES]), list(record[p.PEER_MODEL_MACS])
+        macs[sources.index("2")] = macs[sources.index("1")]
+        return _with_record(content, **{p.PEER_MODEL_MACS: macs})
+
+    seen: list[h.RecordingGrid] = []
+    run = h.run(3, 40, tamper=_tamper(p.UNMASK, "0", swap), seen=seen)
+    assert "neighbour 2 did not vouch for the model" in _errors(seen[0])["0"]
+    nodes = ["0", "1", "2"]
+    assert np.abs(_mean_update(run, 40) - h.expected_mean(nodes, 40)).max() <= h.bound()
 
 
 def test_a_node_never_reveals_both_shares_of_a_peer() -> None:
@@ -284,14 +304,16 @@ def _mod_call(kind: str, state: NodeState, record: dict[str, object] | None) -> 
 
 
 def test_a_second_unmask_of_a_round_is_refused() -> None:
-    revealed = NodeState(configs={p.RECORD: {"run": "r", "round": 1, p.STAGE: 4}})
+    revealed = NodeState(configs={p.RECORD: {"run": "r", p.EPOCH: 1, p.STAGE: 4}})
     with pytest.raises(SecurityError, match="out of order"):
-        _mod_call(p.UNMASK, revealed, {p.SURVIVORS: ["0"], p.DROPPED: []})
+        _mod_call(p.UNMASK, revealed, {p.EPOCH: 1, p.SURVIVORS: ["0"], p.DROPPED: []})
 
 
 def test_stages_without_an_advertisement_and_plain_train_tasks_are_refused() -> None:
     with pytest.raises(SecurityError, match="without this node having advertised"):
-        _mod_call(p.SHARE_KEYS, NodeState(), {p.PEERS: []})
+        _mod_call(p.UNMASK, NodeState(), {p.EPOCH: 1, p.SURVIVORS: []})
+    with pytest.raises(SecurityError, match="without this node having advertised"):
+        _mod_call(TRAIN, NodeState(), {p.EPOCH: 1, p.COUNTER: 1})
     with pytest.raises(SecurityError, match="would send its update in the clear"):
         _mod_call(TRAIN, NodeState(), None)
 

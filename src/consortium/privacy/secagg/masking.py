@@ -1,13 +1,18 @@
-"""Stage 3 on the node: take the neighbours' shares, train, and send only a masked vector.
+"""The masked input on the node: train, then send only a masked vector and what the
+server needs to unmask the sum.
 
 The vector (:func:`~consortium.privacy.secagg.quantize.encode`) gets the
-node's self mask PRG(b_u) and, for each neighbour v that shared keys, the
-pairwise mask ±PRG(s_uv) (+ when u's Shamir point is below v's, − above), all
-mod M. Pairwise masks of two survivors cancel in the sum; the server removes
-the rest with the secrets the unmask stage reveals.
+node's fresh self mask PRG(b_u) and, for each neighbour v of the key epoch, the
+pairwise mask ±PRG(s_uv) of this round (+ when u's Shamir point is below v's,
+− above), all mod M. Pairwise masks of two survivors cancel in the sum; the
+server removes the rest with what the unmask stage reveals. The same reply
+carries b_u's Shamir shares, each encrypted to its holder: they are needed
+exactly when this vector arrived, which is when they arrive too.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,26 +27,37 @@ from consortium.core.protocol import NUM_EXAMPLES
 from consortium.core.records import Config
 from consortium.privacy.dp.distributed import noise_share
 from consortium.privacy.secagg import protocol as p
-from consortium.privacy.secagg.crypto import agree, decrypt_share, mask, model_digest
+from consortium.privacy.secagg.crypto import (
+    Verify,
+    encrypt_share,
+    mask,
+    model_digest,
+    new_seed,
+)
 from consortium.privacy.secagg.node import (
+    MAC_KEYS,
+    MASK_BASES,
     MASKED,
-    SHARE_PURPOSE,
-    RoundView,
+    SHARE_KEYS,
+    EpochView,
     hexes,
+    integer,
+    model_mac,
+    pair_seed,
     strs,
+    take_peers,
 )
 from consortium.privacy.secagg.quantize import HEADER, encode
+from consortium.privacy.secagg.shamir import split
 
 __all__ = ["masked_input", "pairwise_mask", "update_vector"]
 
-MASK_PURPOSE = b"pairwise-mask"
-
 
 def pairwise_mask(
-    own_sk: bytes, peer_pk: bytes, own_point: int, peer_point: int, size: int, bits: int
+    seed: bytes, own_point: int, peer_point: int, size: int, bits: int
 ) -> NDArray[np.uint64]:
-    """The pairwise mask the owner of ``own_sk`` adds for its peer: ±PRG(s_uv) mod 2^bits."""
-    values = mask(agree(own_sk, peer_pk, MASK_PURPOSE), size, bits)
+    """The pairwise mask the node at ``own_point`` adds for its peer: ±PRG(s_uv) mod 2^bits."""
+    values = mask(seed, size, bits)
     if own_point > peer_point:
         values = np.negative(values)  # wraps mod 2^64, hence mod 2^bits
     return values
@@ -58,34 +74,32 @@ def update_vector(received: Arrays, trained: Arrays) -> np.ndarray:
 
 
 def masked_input(
-    message: Message, context: Context, state: Config, call_next: Handler
+    message: Message,
+    context: Context,
+    state: Config,
+    call_next: Handler,
+    verify: Verify,
 ) -> tuple[Message, Config]:
-    """Stage 3: (the masked reply, the new state)."""
+    """One round's masked input: (the masked reply, the new state)."""
     assert message.content is not None
     meta, node_id = message.metadata, context.node_id
-    view = RoundView.from_record(meta.run_id, meta.round, node_id, state)
+    view = EpochView.from_record(meta.run_id, node_id, state)
     record = message.content.configs[p.RECORD]
-    sources, sealed = strs(record, p.SOURCES), hexes(record, p.CIPHERTEXTS)
-    peers = strs(state, p.PEERS)
-    if len(sources) != len(sealed) or len(set(sources)) != len(sources):
-        raise ConfigError("secagg masked-input task: sources and ciphertexts do not pair up")
-    if not set(sources) <= set(peers):
-        raise SecurityError(f"secagg masked-input task: shares from non-neighbours {sources}")
-    if len(sources) + 1 < view.threshold:
+    counter = integer(record, p.COUNTER)
+    last = integer(state, p.COUNTER)
+    if counter <= last:
+        # one counter, one set of pairwise masks: a second masked input under them would
+        # let the difference of two updates out
         raise SecurityError(
-            f"only {len(sources) + 1} of this node's share holders (itself included) are "
-            f"left, fewer than the threshold {view.threshold}: refusing to send a masked input"
+            f"secagg masked-input task with counter {counter}: this node already masked "
+            f"with counter {last} in this key epoch; refused (masks are never reused)"
         )
-    seed_shares, key_shares = _open_shares(view, state, sources, sealed)
-
+    state = take_peers(view, state, record, verify)
+    peers = strs(state, p.PEERS)
     received = message.content.model
     if received is None:
         raise ConfigError("secagg masked-input task carries no model")
-    if model_digest(received) != view.model_hash:
-        raise SecurityError(
-            "model inconsistency: this task's model is not the one whose hash this node "
-            "advertised; refusing to train on it"
-        )
+    model_hash = model_digest(received)
     inner = Content(
         arrays=dict(message.content.arrays),
         configs={k: v for k, v in message.content.configs.items() if k != p.RECORD},
@@ -106,47 +120,57 @@ def masked_input(
     if params.noise_stddev > 0:  # distributed DP: this node's share of the sum's noise
         share = noise_share((update.size,), params.noise_stddev, len(view.participants))
         vector[HEADER:] += share.astype(np.uint64)  # two's complement: adds mod 2^64
-    vector += mask(bytes.fromhex(str(state["seed"])), vector.size, bits)
-    msk, mask_keys = bytes.fromhex(str(state["mask-sk"])), hexes(state, p.PEER_MASK_KEYS)
+    seed = new_seed()  # b_u: fresh every round
+    vector += mask(seed, vector.size, bits)
     me = view.point(node_id)
-    for src in sources:
-        peer_pk = mask_keys[peers.index(src)]
-        vector += pairwise_mask(msk, peer_pk, me, view.point(src), vector.size, bits)
+    pair_hashes = []
+    seeds_of = p.mask_context(view.run_id, view.epoch, counter)
+    for peer, base in zip(peers, hexes(state, MASK_BASES), strict=True):
+        s = pair_seed(base, seeds_of)
+        vector += pairwise_mask(s, me, view.point(peer), vector.size, bits)
+        pair_hashes.append(hashlib.sha256(s).hexdigest())
     if bits < 64:
         vector &= np.uint64((1 << bits) - 1)
+    shares = split(seed, [view.point(h) for h in [node_id, *peers]], view.threshold)
+    share_keys, mac_keys = hexes(state, SHARE_KEYS), hexes(state, MAC_KEYS)
+    statement = p.model_statement(
+        run_id=view.run_id, epoch=view.epoch, counter=counter, round=meta.round,
+        node_id=node_id, model_hash=model_hash,
+    )  # fmt: skip
+    boxes, macs = [], []
+    for peer, share_key, mac_key in zip(peers, share_keys, mac_keys, strict=True):
+        x = view.point(peer)
+        sealed = encrypt_share(
+            share_key,
+            p.pack_share(x, shares[x]),
+            p.share_context(view.run_id, view.epoch, counter, node_id, peer),
+        )
+        boxes.append(sealed.hex())
+        macs.append(model_mac(mac_key, statement).hex())
+    out_record: Config = {
+        p.STAGE: MASKED,
+        p.COUNTER: counter,
+        p.DESTINATIONS: p.texts(peers),
+        p.CIPHERTEXTS: p.texts(boxes),
+        # commitments: the server checks what it rebuilds or is given against them, so a
+        # wrong share or seed fails the round instead of skewing the sum; the hash of a
+        # 256-bit secret hides it
+        p.SEED_HASH: hashlib.sha256(seed).hexdigest(),
+        p.PAIR_HASHES: p.texts(pair_hashes),
+        p.MODEL_MACS: p.texts(macs),
+    }
     out = Message(
         reply.metadata,
         content=Content(
-            arrays={p.MASKED: Arrays({p.MASKED: vector})}, configs={p.RECORD: {p.STAGE: MASKED}}
+            arrays={p.MASKED: Arrays({p.MASKED: vector})}, configs={p.RECORD: out_record}
         ),
     )
-    # the private keys and the seed are shared now: they leave the node's state
-    kept = {k: v for k, v in state.items() if k not in ("enc-sk", "mask-sk", "seed")}
-    kept.update(
-        {
-            p.STAGE: MASKED,
-            p.SOURCES: p.texts([node_id, *sources]),
-            p.SEED_SHARES: p.texts(seed_shares),
-            p.KEY_SHARES: p.texts(key_shares),
-        }
-    )
+    kept: Config = {
+        **state,
+        p.STAGE: MASKED,
+        p.COUNTER: counter,
+        "round": meta.round,
+        "own-seed-share": shares[me].hex(),
+        p.MODEL_HASH: model_hash,
+    }
     return out, kept
-
-
-def _open_shares(
-    view: RoundView, state: Config, sources: list[str], sealed: list[bytes]
-) -> tuple[list[str], list[str]]:
-    """This node's shares of its own and each source's secrets (hex), in that order:
-    decrypted, authenticated as sent by that source to this node for this round."""
-    peers, enc_keys = strs(state, p.PEERS), hexes(state, p.PEER_ENC_KEYS)
-    enc_sk, me = bytes.fromhex(str(state["enc-sk"])), view.point(view.node_id)
-    seed_shares, key_shares = [str(state["own-seed-share"])], [str(state["own-key-share"])]
-    for src, box in zip(sources, sealed, strict=True):
-        key = agree(enc_sk, enc_keys[peers.index(src)], SHARE_PURPOSE)
-        context = p.share_context(view.run_id, view.round, src, view.node_id)
-        point, seed_share, key_share = p.unpack_shares(decrypt_share(key, box, context))
-        if point != me:
-            raise SecurityError(f"neighbour {src} sent a share for point {point}, not {me}")
-        seed_shares.append(seed_share.hex())
-        key_shares.append(key_share.hex())
-    return seed_shares, key_shares

@@ -18,15 +18,7 @@ from consortium.core.records import Config
 from consortium.privacy.secagg import protocol as p
 from consortium.privacy.secagg.crypto import Sign, Verify
 from consortium.privacy.secagg.masking import masked_input
-from consortium.privacy.secagg.node import (
-    ADVERTISED,
-    MASKED,
-    SHARED,
-    advertise,
-    check_stage,
-    share_keys,
-    unmask,
-)
+from consortium.privacy.secagg.node import KEYED, MASKED, REVEALED, advertise, check_round, unmask
 
 __all__ = ["secaggplus_mod"]
 
@@ -47,7 +39,7 @@ def secaggplus_mod(sign: Sign, verify: Verify, *, allow_plain_train: bool = Fals
         kind = message.metadata.kind
         content = message.content
         in_round = content is not None and p.RECORD in content.configs
-        if kind not in (p.ADVERTISE, p.SHARE_KEYS, p.UNMASK) and not (kind == TRAIN and in_round):
+        if kind not in (p.ADVERTISE, p.UNMASK) and not (kind == TRAIN and in_round):
             if kind == TRAIN and not allow_plain_train:
                 raise SecurityError(
                     "this node aggregates securely only: a plain train task would send its "
@@ -61,15 +53,12 @@ def secaggplus_mod(sign: Sign, verify: Verify, *, allow_plain_train: bool = Fals
         reply_record: Config
         if kind == p.ADVERTISE:
             reply_record, new_state = advertise(message, node, sign)
-        elif kind == p.SHARE_KEYS:
-            state = check_stage(message, state, ADVERTISED)
-            reply_record, new_state = share_keys(message, node, state, verify)
         elif kind == p.UNMASK:
-            state = check_stage(message, state, MASKED)
+            state = check_round(message, state, (MASKED,))
             reply_record, new_state = unmask(message, node, state)
         else:
-            state = check_stage(message, state, SHARED)
-            reply, new_state = masked_input(message, context, state, call_next)
+            state = check_round(message, state, (KEYED, MASKED, REVEALED))
+            reply, new_state = masked_input(message, context, state, call_next, verify)
             context.state.configs[p.RECORD] = new_state
             return reply
         context.state.configs[p.RECORD] = new_state

@@ -1,13 +1,16 @@
-"""The server's side of one SecAgg+ round, without I/O: what to send each node at each
-stage, what to accept from its replies, and how to rebuild the sum.
+"""The server's side of SecAgg+, without I/O: a key epoch (:class:`KeyEpoch`) and one
+round within it (:class:`SecAggRound`): what to send each node at each stage, what to
+accept from its replies, and how to rebuild the sum.
 
 The workflow (:mod:`consortium.server.workflow.secagg`) sends the records
-this class makes and feeds it the replies. The server relays keys and
+these classes make and feeds them the replies. The server relays keys and
 ciphertexts it cannot read; it holds each node's masked vector only, and
-removes the masks with the secrets the survivors reveal: the self-mask seed
-of every survivor and the mask key of every node that dropped after sharing
-its keys. A stage that leaves fewer than ``threshold`` nodes, or a secret that
-fewer than ``threshold`` holders revealed, fails the round with a reason.
+removes the masks with what the survivors reveal for the round: the
+self-mask seed b_u of every survivor (rebuilt from ``threshold`` shares) and
+the round's pairwise seed between each survivor and each neighbour of it that
+dropped. A stage that leaves fewer than ``threshold`` nodes, a secret that
+fewer than ``threshold`` holders revealed, or a missing or wrong pairwise
+seed fails the round with a reason.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import ConfigError, RoundFailed
 from consortium.core.records import Config
 from consortium.privacy.secagg import protocol as p
-from consortium.privacy.secagg.crypto import KEY_BYTES, mask, public_of
+from consortium.privacy.secagg.crypto import KEY_BYTES, mask
 from consortium.privacy.secagg.masking import pairwise_mask
-from consortium.privacy.secagg.node import RoundView, hexes, strs
+from consortium.privacy.secagg.node import EpochView, hexes, strs
 from consortium.privacy.secagg.params import (
     SecAggParams,
     neighbour_count,
@@ -33,48 +36,49 @@ from consortium.privacy.secagg.params import (
 from consortium.privacy.secagg.quantize import Decoded, decode
 from consortium.privacy.secagg.shamir import SHARE_BYTES, combine
 
-__all__ = ["SecAggRound"]
+__all__ = ["KeyEpoch", "SecAggRound"]
 
 
-class SecAggRound:
-    """One round's protocol state on the server (see the module docstring)."""
+class KeyEpoch:
+    """The keys of a set of participants, set up once and used for many rounds.
+
+    ``members`` are the participants whose advertisement arrived: each round of
+    the epoch asks them all for a masked input, each with the next ``counter``.
+    """
 
     def __init__(
-        self,
-        run_id: str,
-        round: int,
-        participants: list[str],
-        graph_seed: int,
+        self, run_id: str, epoch: int, participants: list[str], graph_seed: int,
         params: SecAggParams,
-        model_hash: str,
-        size: int,
-    ) -> None:
-        self.view = RoundView(
-            run_id, round, "", sorted(participants), graph_seed, params, model_hash
-        )
-        params.check_capacity(len(participants), size)
-        self.size = size
+    ) -> None:  # fmt: skip
+        self.view = EpochView(run_id, epoch, "", sorted(participants), graph_seed, params)
         k = neighbour_count(params, len(participants))
         self.graph = neighbour_graph(self.view.participants, k, graph_seed)
         #: how many holders rebuild a secret: the same for every node, a majority of k + 1
         self.threshold = threshold(params, k + 1)
-        self.keys: dict[str, tuple[bytes, bytes, str, bytes]] = {}  # U1: enc, mask, hash, sig
-        self.boxes: dict[str, dict[str, str]] = {}  # dst -> src -> ciphertext
-        self.shared: set[str] = set()  # U2: the nodes whose shares the server holds
-        self.seed_hashes: dict[str, str] = {}  # U2's commitments to their self-mask seeds
-        self.sources: dict[str, list[str]] = {}  # whose shares each masked-input task carried
-        self.masked: dict[str, NDArray[np.uint64]] = {}  # U3
-        #: U4: each holder's revealed shares, (seed shares, key shares) by owner
-        self.revealed: dict[str, tuple[dict[str, bytes], dict[str, bytes]]] = {}
+        self.keys: dict[str, tuple[bytes, bytes, bytes]] = {}  # enc, mask, signature
+        #: nodes whose masked input arrived in this epoch: they hold their peers' keys
+        self.confirmed: set[str] = set()
+        self.counter = 0
 
-    # -- stage 1 ---------------------------------------------------------------------------
+    @property
+    def members(self) -> list[str]:
+        return sorted(self.keys)
+
+    def peers(self, node: str) -> list[str]:
+        """The neighbours ``node`` masks with: those whose keys it got."""
+        return [v for v in self.graph[node] if v in self.keys]
+
+    def next_counter(self) -> int:
+        self.counter += 1
+        return self.counter
+
     def advertise_record(self) -> Config:
         v = self.view
         return {
             p.STAGE: 1,
+            p.EPOCH: v.epoch,
             p.PARTICIPANTS: p.texts(v.participants),
             p.GRAPH_SEED: v.graph_seed,
-            p.MODEL_HASH: v.model_hash,
             **{p.PARAMS_PREFIX + k: x for k, x in v.params_config().items()},
         }
 
@@ -86,89 +90,115 @@ class SecAggRound:
             raise ConfigError(f"node {node!r} sent a malformed advertisement: {exc}") from exc
         if len(enc) != KEY_BYTES or len(msk) != KEY_BYTES:
             raise ConfigError(f"node {node!r} advertised keys that are not X25519 public keys")
-        self.keys[node] = (enc, msk, str(record.get(p.MODEL_HASH, "")), sig)
+        self.keys[node] = (enc, msk, sig)
 
-    # -- stage 2 ---------------------------------------------------------------------------
-    def share_keys_record(self, node: str) -> Config:
-        peers = [v for v in self.graph[node] if v in self.keys]
-        return {
-            p.STAGE: 2,
-            p.PEERS: p.texts(peers),
-            p.PEER_ENC_KEYS: p.texts(self.keys[v][0].hex() for v in peers),
-            p.PEER_MASK_KEYS: p.texts(self.keys[v][1].hex() for v in peers),
-            p.PEER_MODEL_HASHES: p.texts(self.keys[v][2] for v in peers),
-            p.PEER_SIGNATURES: p.texts(self.keys[v][3].hex() for v in peers),
-        }
+    def check_alive(self, stage: str, alive: int, rnd: int) -> None:
+        """Fail the round when fewer than ``threshold`` nodes are left after ``stage``."""
+        if alive < self.threshold:
+            raise RoundFailed(
+                f"SecAgg+ round {rnd}: only {alive} nodes left after the {stage} stage, "
+                f"below the reconstruction threshold {self.threshold}; no sum is released"
+            )
 
-    def take_shares(self, node: str, record: Config) -> None:
+
+class SecAggRound:
+    """One round's protocol state on the server, within ``epoch`` (see the module docstring)."""
+
+    def __init__(self, epoch: KeyEpoch, round: int, size: int) -> None:
+        self.epoch, self.round, self.size = epoch, round, size
+        self.view = epoch.view
+        epoch.view.params.check_capacity(len(epoch.members), size)
+        self.counter = epoch.next_counter()
+        self.asked = epoch.members
+        self.masked: dict[str, NDArray[np.uint64]] = {}
+        self.boxes: dict[str, dict[str, str]] = {}  # dst -> src -> ciphertext
+        self.seed_hashes: dict[str, str] = {}
+        self.pair_hashes: dict[str, dict[str, str]] = {}  # node -> peer -> commitment
+        self.macs: dict[str, dict[str, str]] = {}  # node -> peer -> MAC of its model statement
+        #: each holder's revealed b-shares by owner, and pairwise seeds by dropped peer
+        self.revealed: dict[str, dict[str, bytes]] = {}
+        self.pair_seeds: dict[str, dict[str, bytes]] = {}
+
+    @property
+    def threshold(self) -> int:
+        return self.epoch.threshold
+
+    # -- masked input (train) ----------------------------------------------------------------
+    def masked_input_record(self, node: str) -> Config:
+        e = self.epoch
+        record: Config = {p.STAGE: 3, p.EPOCH: e.view.epoch, p.COUNTER: self.counter}
+        if node not in e.confirmed:  # it may not have its peers' keys yet
+            peers = e.peers(node)
+            record.update(
+                {
+                    p.PEERS: p.texts(peers),
+                    p.PEER_ENC_KEYS: p.texts(e.keys[v][0].hex() for v in peers),
+                    p.PEER_MASK_KEYS: p.texts(e.keys[v][1].hex() for v in peers),
+                    p.PEER_SIGNATURES: p.texts(e.keys[v][2].hex() for v in peers),
+                }
+            )
+        return record
+
+    def take_masked(self, node: str, arrays: Arrays | None, record: Config) -> None:
+        value = arrays.get(p.MASKED) if arrays is not None else None
+        bits = self.view.params.modulus_bits
+        if (
+            value is None
+            or value.dtype != np.uint64
+            or value.shape != (self.size,)
+            or (bits < 64 and bool(np.any(value >> np.uint64(bits))))
+        ):
+            raise ConfigError(f"node {node!r} sent no valid masked vector of {self.size} entries")
+        peers = self.epoch.peers(node)
         destinations, boxes = strs(record, p.DESTINATIONS), strs(record, p.CIPHERTEXTS)
-        if len(destinations) != len(boxes) or not set(destinations) <= set(self.graph[node]):
-            raise ConfigError(f"node {node!r} sent shares for nodes that are not its neighbours")
+        pair_hashes, macs = strs(record, p.PAIR_HASHES), strs(record, p.MODEL_MACS)
+        if destinations != peers or not len(boxes) == len(pair_hashes) == len(macs) == len(peers):
+            raise ConfigError(f"node {node!r} sent shares or commitments for other neighbours")
         seed_hash = record.get(p.SEED_HASH)
         if not isinstance(seed_hash, str) or len(seed_hash) != 64:
             raise ConfigError(f"node {node!r} sent no commitment to its self-mask seed")
         for dst, box in zip(destinations, boxes, strict=True):
             self.boxes.setdefault(dst, {})[node] = box
         self.seed_hashes[node] = seed_hash
-        self.shared.add(node)
-
-    # -- stage 3 ---------------------------------------------------------------------------
-    def masked_input_record(self, node: str) -> Config:
-        sent = {src: box for src, box in self.boxes.get(node, {}).items() if src in self.shared}
-        self.sources[node] = sorted(sent)
-        return {
-            p.STAGE: 3,
-            p.SOURCES: p.texts(self.sources[node]),
-            p.CIPHERTEXTS: p.texts(sent[s] for s in self.sources[node]),
-        }
-
-    def take_masked(self, node: str, arrays: Arrays | None) -> None:
-        value = arrays.get(p.MASKED) if arrays is not None else None
-        if (
-            value is None
-            or value.dtype != np.uint64
-            or value.shape != (self.size,)
-            or (
-                self.view.params.modulus_bits < 64
-                and bool(np.any(value >> np.uint64(self.view.params.modulus_bits)))
-            )
-        ):
-            raise ConfigError(f"node {node!r} sent no valid masked vector of {self.size} entries")
+        self.pair_hashes[node] = dict(zip(peers, pair_hashes, strict=True))
+        self.macs[node] = dict(zip(peers, macs, strict=True))
         self.masked[node] = value
+        self.epoch.confirmed.add(node)
 
-    # -- stage 4 ---------------------------------------------------------------------------
-    def unmask_record(self) -> Config:
-        survivors = sorted(self.masked)
+    # -- unmask ----------------------------------------------------------------------------
+    @property
+    def dropped(self) -> list[str]:
+        return sorted(set(self.asked) - set(self.masked))
+
+    def unmask_record(self, node: str) -> Config:
+        sources = [v for v in self.epoch.peers(node) if v in self.masked]
         return {
             p.STAGE: 4,
-            p.SURVIVORS: p.texts(survivors),
-            p.DROPPED: p.texts(sorted(self.shared - set(survivors))),
+            p.EPOCH: self.view.epoch,
+            p.COUNTER: self.counter,
+            p.SURVIVORS: p.texts(sorted(self.masked)),
+            p.DROPPED: p.texts(self.dropped),
+            p.SOURCES: p.texts(sources),
+            p.CIPHERTEXTS: p.texts(self.boxes[node][v] for v in sources),
+            p.PEER_MODEL_MACS: p.texts(self.macs[v][node] for v in sources),
         }
 
     def take_unmask(self, node: str, record: Config) -> None:
-        """Keep the shares ``node`` revealed: only shares of secrets it holds (its own and its
-        neighbours'), of the right kind (seeds of survivors, keys of dropouts)."""
-        seeds = _shares(node, record, p.SEED_SHARES_OF, p.SEED_SHARES)
-        keys = _shares(node, record, p.KEY_SHARES_OF, p.KEY_SHARES)
-        holds = {node, *self.graph[node]}
-        if not set(seeds) <= holds & set(self.masked) or not set(keys) <= holds - set(self.masked):
+        """Keep what ``node`` revealed: b-shares only of survivors it holds shares of (its
+        own and its neighbours'), pairwise seeds only with its neighbours that dropped."""
+        seeds = _shares(node, record, p.SEED_SHARES_OF, p.SEED_SHARES, SHARE_BYTES)
+        pairs = _shares(node, record, p.PAIR_SEEDS_OF, p.PAIR_SEEDS, KEY_BYTES)
+        holds = {node, *self.epoch.peers(node)}
+        if not set(seeds) <= holds & set(self.masked) or not set(pairs) <= holds - set(self.masked):
             raise ConfigError(f"node {node!r} revealed shares it was not asked for")
-        self.revealed[node] = (seeds, keys)
-
-    def check_alive(self, stage: str, alive: int) -> None:
-        """Fail the round when fewer than ``threshold`` nodes are left after ``stage``."""
-        if alive < self.threshold:
-            raise RoundFailed(
-                f"SecAgg+ round {self.view.round}: only {alive} nodes left after the {stage} "
-                f"stage, below the reconstruction threshold {self.threshold}; no sum is released"
-            )
+        self.revealed[node] = seeds
+        self.pair_seeds[node] = pairs
 
     def total(self) -> Decoded:
         """The unmasked sum of the survivors' vectors, decoded."""
         bits, size = self.view.params.modulus_bits, self.size
-        survivors, dropped = sorted(self.masked), sorted(self.shared - set(self.masked))
-        seeds = self._secrets(0, survivors, "self-mask seed")
-        keys = self._secrets(1, dropped, "mask key")
+        survivors, dropped = sorted(self.masked), set(self.dropped)
+        seeds = self._seeds(survivors)
         total = np.zeros(size, dtype=np.uint64)
         for node in survivors:
             if hashlib.sha256(seeds[node]).hexdigest() != self.seed_hashes[node]:
@@ -178,46 +208,53 @@ class SecAggRound:
                 )
             total += self.masked[node]
             total -= mask(seeds[node], size, bits)
-        for d in dropped:
-            if public_of(keys[d]) != self.keys[d][1]:
-                raise RoundFailed(
-                    f"the revealed shares of node {d}'s mask key are inconsistent (a holder "
-                    "sent a wrong share); no sum is released"
-                )
-            for w in survivors:
-                if d in self.sources[w]:  # w added its pairwise mask with d: take it off
-                    point_d, point_w = self.view.point(d), self.view.point(w)
-                    total += pairwise_mask(keys[d], self.keys[w][1], point_d, point_w, size, bits)
+        for w in survivors:
+            for d in (v for v in self.epoch.peers(w) if v in dropped):
+                seed = self.pair_seeds.get(w, {}).get(d)
+                if seed is None:
+                    raise RoundFailed(
+                        f"SecAgg+ round {self.round}: node {w} did not reveal its pairwise seed "
+                        f"with node {d}, which dropped; its mask cannot be removed and no sum "
+                        "is released"
+                    )
+                if hashlib.sha256(seed).hexdigest() != self.pair_hashes[w][d]:
+                    raise RoundFailed(
+                        f"node {w} revealed a pairwise seed with node {d} that is not the one "
+                        "it committed to; no sum is released"
+                    )
+                total -= pairwise_mask(seed, self.view.point(w), self.view.point(d), size, bits)
         if bits < 64:
             total &= np.uint64((1 << bits) - 1)
         return decode(total, self.view.params)
 
-    def _secrets(self, kind: int, owners: list[str], what: str) -> dict[str, bytes]:
+    def _seeds(self, owners: list[str]) -> dict[str, bytes]:
         collected: dict[str, dict[int, bytes]] = {o: {} for o in owners}
         for holder, revealed in self.revealed.items():
-            for owner, share in revealed[kind].items():
+            for owner, share in revealed.items():
                 if owner in collected:
                     collected[owner][self.view.point(holder)] = share
         out = {}
         for owner, shares in collected.items():
             if len(shares) < self.threshold:
                 raise RoundFailed(
-                    f"SecAgg+ round {self.view.round}: only {len(shares)} shares of node "
-                    f"{owner}'s {what} came back, below the threshold {self.threshold}; "
-                    "no sum is released"
+                    f"SecAgg+ round {self.round}: only {len(shares)} shares of node "
+                    f"{owner}'s self-mask seed came back, below the threshold "
+                    f"{self.threshold}; no sum is released"
                 )
             try:
                 out[owner] = combine(shares, self.threshold)
             except ValueError as exc:
-                raise RoundFailed(f"node {owner}'s {what} cannot be rebuilt: {exc}") from exc
+                raise RoundFailed(
+                    f"node {owner}'s self-mask seed cannot be rebuilt: {exc}"
+                ) from exc
         return out
 
 
-def _shares(node: str, record: Config, of_key: str, shares_key: str) -> dict[str, bytes]:
-    """The shares an unmask reply carries, by the node whose secret each is part of."""
-    owners, shares = strs(record, of_key), hexes(record, shares_key)
-    if len(owners) != len(shares) or len(set(owners)) != len(owners):
+def _shares(node: str, record: Config, of_key: str, values_key: str, size: int) -> dict[str, bytes]:
+    """The shares (or seeds) an unmask reply carries, by the node each belongs to."""
+    owners, values = strs(record, of_key), hexes(record, values_key)
+    if len(owners) != len(values) or len(set(owners)) != len(owners):
         raise ConfigError(f"node {node!r} sent a malformed unmask reply")
-    if any(len(share) != SHARE_BYTES for share in shares):
-        raise ConfigError(f"node {node!r} sent shares of the wrong length")
-    return dict(zip(owners, shares, strict=True))
+    if any(len(v) != size for v in values):
+        raise ConfigError(f"node {node!r} sent shares or seeds of the wrong length")
+    return dict(zip(owners, values, strict=True))

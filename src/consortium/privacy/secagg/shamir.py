@@ -1,8 +1,8 @@
 """Shamir secret sharing of 32-byte secrets over the prime field GF(2^521 - 1).
 
-SecAgg+ shares two secrets per node (its self-mask seed and its mask key)
-among its neighbours, so that any ``threshold`` of them can rebuild either
-one and fewer learn nothing. The field is the Mersenne prime 2^521 - 1,
+SecAgg+ shares one secret per node and round (its self-mask seed b_u) among
+its neighbours, so that any ``threshold`` of them can rebuild it and fewer
+learn nothing. The field is the Mersenne prime 2^521 - 1,
 larger than any 256-bit secret, so a secret is one field element; the
 arithmetic is Python's arbitrary-precision ints, and the random coefficients
 come from :mod:`secrets` (the operating system's CSPRNG).
@@ -19,7 +19,7 @@ __all__ = ["PRIME", "SECRET_BYTES", "SHARE_BYTES", "combine", "split"]
 
 #: The field's modulus: the Mersenne prime 2^521 - 1.
 PRIME = 2**521 - 1
-#: Length of a shared secret (an X25519 private key or a mask seed).
+#: Length of a shared secret (a self-mask seed).
 SECRET_BYTES = 32
 #: Length of one share's value (a field element, big-endian).
 SHARE_BYTES = 66

@@ -2,7 +2,11 @@
 
 :class:`SecAggPlusWorkflow` is the synchronous round loop
 (:class:`~consortium.server.workflow.rounds.RoundWorkflow`) with its train step
-replaced by the four SecAgg+ stages (see :mod:`consortium.privacy.secagg.protocol`).
+replaced by the SecAgg+ stages (see :mod:`consortium.privacy.secagg.protocol`): a
+key setup (advertise keys) when the round's participants are not those of the
+current key epoch, then the masked-input train task and the unmask task; so a
+round of an unchanged federation costs two round trips, as plain FedAvg's train
+task plus one.
 The nodes need :func:`~consortium.privacy.secagg.secaggplus_mod` in their
 ClientApp. The securely summed, example-weighted mean update becomes one
 reply that the strategy aggregates as usual, so FedAvg and the server
@@ -30,7 +34,7 @@ from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import CONFIG, MODEL, TRAIN, Content, Message
 from consortium.core.records import Config
-from consortium.privacy.secagg import SecAggParams, SecAggRound, model_digest
+from consortium.privacy.secagg import KeyEpoch, SecAggParams, SecAggRound, model_digest
 from consortium.privacy.secagg import protocol as p
 from consortium.privacy.secagg.quantize import HEADER, Decoded
 from consortium.server.config import ServerConfig
@@ -53,6 +57,13 @@ SURVIVORS_METRIC = "secagg.survivors"
 DROPPED_METRIC = "secagg.dropped"
 CLIPPED_METRIC = "secagg.clipped"
 GRAPH_SEED_METRIC = "secagg.graph_seed"
+#: 1 in a round that set up keys (the epoch's first), 0 in a round that reused them
+KEY_SETUP_METRIC = "secagg.key_setup"
+#: seconds each part of the round took (``secagg.seconds.<part>``: ``setup``, ``train``,
+#: ``unmask`` from sending a stage's tasks to its last reply, ``sum`` the unmasking,
+#: ``before-evaluate`` the round so far): where a round's time goes
+SECONDS_METRIC = "secagg.seconds."
+_PART = {p.ADVERTISE: "setup", TRAIN: "train", p.UNMASK: "unmask"}
 
 _Take = Callable[[str, Message], None]
 
@@ -68,6 +79,8 @@ class SecAggPlusWorkflow(RoundWorkflow):
                 "from the server: choose a strategy that aggregates a mean"
             )
         self.secagg = secagg if secagg is not None else SecAggParams()
+        #: the current key epoch (None before the first round and after a restart)
+        self.epoch: KeyEpoch | None = None
 
     def params(self, ctx: ServerContext) -> Config:
         own = {f"secagg.{k}": v for k, v in self.secagg.to_config().items()}
@@ -80,20 +93,24 @@ class SecAggPlusWorkflow(RoundWorkflow):
         current = model.arrays
         instructions = strategy.configure_train(rnd, current, nodes, ctx.rng(rnd, stream="train"))
         failed: dict[str, str] = {}
-        sa, total = self._secure_sum(grid, ctx, rnd, current, instructions, failed)
+        epoch = self.epoch
+        seconds: dict[str, float] = {}
+        sa, total = self._secure_sum(grid, ctx, rnd, current, instructions, failed, seconds)
         aggregate = TrainReply(
             SECAGG_NODE, _apply(current, total.mean_update()), total.num_examples
         )
         new_arrays, metrics = strategy.aggregate_train(rnd, model.current(), [aggregate])
-        for node in sa.view.participants:
+        for node in sorted(i.node_id for i in instructions):
             outcome = Outcome.OK if node in sa.masked else Outcome.FAILED
             record.nodes.append(NodeResult(node, TRAIN, outcome, reason=failed.get(node, "")))
         record.train_metrics = {
             **metrics,
             SURVIVORS_METRIC: len(sa.masked),
-            DROPPED_METRIC: len(sa.shared) - len(sa.masked),
+            DROPPED_METRIC: len(sa.dropped),
             CLIPPED_METRIC: total.clipped,
             GRAPH_SEED_METRIC: sa.view.graph_seed,
+            KEY_SETUP_METRIC: int(sa.epoch is not epoch),
+            **{SECONDS_METRIC + kind: round(s, 6) for kind, s in seconds.items()},
         }
         if total.clipped:
             log.warning(
@@ -101,6 +118,9 @@ class SecAggPlusWorkflow(RoundWorkflow):
                 rnd, total.clipped, self.secagg.clip,
             )  # fmt: skip
         collector = ReplyCollector(ctx.run_id, rnd, record, time.perf_counter())
+        record.train_metrics[SECONDS_METRIC + "before-evaluate"] = round(
+            time.perf_counter() - started, 6
+        )
         self._end_round(grid, ctx, new_arrays, nodes, collector, started)
         return new_arrays
 
@@ -112,48 +132,64 @@ class SecAggPlusWorkflow(RoundWorkflow):
         current: Arrays,
         instructions: list[Instruction],
         failed: dict[str, str],
+        seconds: dict[str, float],
     ) -> tuple[SecAggRound, Decoded]:
-        """The four stages over the instructed nodes: the round's state and its decoded sum.
+        """The stages over the instructed nodes: the round's state and its decoded sum.
 
-        ``failed`` gets the reason each dropped node dropped for.
+        ``failed`` gets the reason each dropped node dropped for, ``seconds`` each stage's
+        duration.
         """
-        digest = _one_model(instructions)
-        participants = [i.node_id for i in instructions]
-        # public randomness for the graph, reported in the round's train metrics
-        seed = int(ctx.rng(rnd, stream="secagg-graph").integers(2**53))
+        _one_model(instructions)  # nodes check each other's model with MACs at the unmask
+        participants = sorted(i.node_id for i in instructions)
         size = HEADER + sum(int(a.size) for a in current.values())
-        sa = SecAggRound(ctx.run_id, rnd, participants, seed, self.secagg, digest, size)
+        self.secagg.check_capacity(len(participants), size)
         cfg = self.config
         need = required_replies(len(participants), cfg.min_replies, cfg.min_reply_fraction)
         timeout = self.secagg.stage_timeout
 
         def ask(kind: str, contents: dict[str, Content], timeout: float, take: _Take) -> None:
+            began = time.perf_counter()
             self._stage(grid, ctx, rnd, kind, contents, timeout, take, failed)
+            seconds[_PART[kind]] = time.perf_counter() - began
 
-        record = {n: Content(configs={p.RECORD: sa.advertise_record()}) for n in participants}
-        ask(p.ADVERTISE, record, timeout, lambda n, r: sa.take_advertisement(n, _record(r)))
-        sa.check_alive("advertise-keys", len(sa.keys))
-        record = {n: Content(configs={p.RECORD: sa.share_keys_record(n)}) for n in sorted(sa.keys)}
-        ask(p.SHARE_KEYS, record, timeout, lambda n, r: sa.take_shares(n, _record(r)))
-        sa.check_alive("share-keys", len(sa.shared))
+        epoch = self.epoch
+        if epoch is None or epoch.members != participants:
+            # key setup: a new epoch for these participants (the first round, or who takes
+            # part changed); the graph's seed is public randomness, reported in the metrics
+            self.epoch = None
+            seed = int(ctx.rng(rnd, stream="secagg-graph").integers(2**53))
+            epoch = KeyEpoch(ctx.run_id, rnd, participants, seed, self.secagg)
+            record = {
+                n: Content(configs={p.RECORD: epoch.advertise_record()}) for n in participants
+            }
+            ask(p.ADVERTISE, record, timeout, lambda n, r: epoch.take_advertisement(n, _record(r)))
+            epoch.check_alive("advertise-keys", len(epoch.keys), rnd)
+            self.epoch = epoch
+        for node in set(participants) - set(epoch.members):
+            failed.setdefault(node, "no keys in this key epoch")
+        sa = SecAggRound(epoch, rnd, size)
         configs = {i.node_id: i.config for i in instructions}
         record = {
             n: Content(
                 arrays={MODEL: current},
                 configs={CONFIG: configs[n], p.RECORD: sa.masked_input_record(n)},
             )
-            for n in sorted(sa.shared)
+            for n in sa.asked
         }
-        ask(TRAIN, record, self.secagg.train_timeout, lambda n, r: sa.take_masked(n, _masked(r)))
-        sa.check_alive("masked-input", len(sa.masked))
+        ask(TRAIN, record, self.secagg.train_timeout,
+            lambda n, r: sa.take_masked(n, _masked(r), _record(r)))  # fmt: skip
+        epoch.check_alive("masked-input", len(sa.masked), rnd)
         if len(sa.masked) < need:
             raise RoundFailed(
                 f"SecAgg+ round {rnd}: {len(sa.masked)} masked inputs arrived, the round "
                 f"needs {need}; no sum is released"
             )
-        record = {n: Content(configs={p.RECORD: sa.unmask_record()}) for n in sorted(sa.masked)}
+        record = {n: Content(configs={p.RECORD: sa.unmask_record(n)}) for n in sorted(sa.masked)}
         ask(p.UNMASK, record, timeout, lambda n, r: sa.take_unmask(n, _record(r)))
-        return sa, sa.total()
+        began = time.perf_counter()
+        total = sa.total()
+        seconds["sum"] = time.perf_counter() - began
+        return sa, total
 
     @staticmethod
     def _stage(
