@@ -13,10 +13,14 @@ each watcher reads every event until ``run_finished``), alternating the two
 server's own record (``seconds`` in ``/metrics``, from its first task sent to
 its last reply folded); the table shows the median over every round of every
 repeat, the run's wall time (start to ``finished``), and the ratio with/without
-watchers (the issue's target: under 1.05). Round 1 is left out of the round
+watchers (the issue's target: under 1.05), and the CPU time of the server
+process and of its REST API process (``consortium server --http`` serves the
+API from a process of its own). Round 1 is left out of the round
 times: it pays for starting the run on every node (fetching the bundle, starting
 the app process, loading the data) and varies by seconds. Every watcher must
-have seen every round and the run's end, or the benchmark fails.
+have seen every round and the run's end, or the benchmark fails. The load
+average is printed before and after: on a shared machine, compare runs at
+similar loads.
 """
 
 from __future__ import annotations
@@ -55,8 +59,13 @@ class Trial:
     #: watchers that saw every round and the run's end
     complete: int = 0
     events: int = 0
-    #: CPU seconds the server process spent on the run (all its threads: gRPC, the API)
+    #: CPU seconds the server process spent on the run (all its threads: gRPC, runs)
     server_cpu: float = 0.0
+    #: CPU seconds the REST API process spent on the run (the watchers' streams)
+    api_cpu: float = 0.0
+    #: CPU seconds this process (the watchers' client: 200 browsers elsewhere in life)
+    #: spent on the run, on the same cores
+    client_cpu: float = 0.0
 
 
 @dataclass
@@ -65,6 +74,8 @@ class Result:
     watchers: int
     repeats: int
     trials: list[Trial] = field(default_factory=list)
+    #: the 1-minute load average before and after
+    load: list[float] = field(default_factory=list)
 
     def rounds_of(self, watchers: int) -> list[float]:
         return [s for t in self.trials if t.watchers == watchers for s in t.round_seconds]
@@ -72,10 +83,13 @@ class Result:
     def walls_of(self, watchers: int) -> list[float]:
         return [t.wall_seconds for t in self.trials if t.watchers == watchers]
 
-    def cpu_per_round(self, watchers: int) -> float:
-        """The server's CPU seconds per round (whole runs, round 1 included)."""
+    def cpu_per_round(self, watchers: int, who: str = "server") -> float:
+        """CPU seconds per round (whole runs, round 1 included) of ``who``: the server
+        process, the API process or the watchers' client."""
         trials = [t for t in self.trials if t.watchers == watchers]
-        return sum(t.server_cpu for t in trials) / (len(trials) * self.rounds)
+        spent = sum({"server": t.server_cpu, "api": t.api_cpu, "client": t.client_cpu}[who]
+                    for t in trials)  # fmt: skip
+        return spent / (len(trials) * self.rounds)
 
 
 async def _watch(host: str, port: int, path: str, token: str, rounds: int) -> tuple[bool, int]:
@@ -116,20 +130,29 @@ def _cpu(process: psutil.Process) -> float:
 
 
 def _trial(
-    client: ControlClient, url: str, token: str, rounds: int, watchers: int, server: psutil.Process
+    client: ControlClient,
+    url: str,
+    token: str,
+    rounds: int,
+    watchers: int,
+    server: psutil.Process,
+    api: psutil.Process,
 ) -> Trial:
-    started, cpu = time.monotonic(), _cpu(server)
+    me = psutil.Process()  # the watchers' client
+    started, cpu, api_cpu, client_cpu = time.monotonic(), _cpu(server), _cpu(api), _cpu(me)
     run_id = client.start_run("heart-disease", {"num-rounds": rounds}, seed=7)
     outcomes: list[Any] = []
     if watchers:
         outcomes = asyncio.run(_watch_all(url, token, run_id, watchers, rounds))
     info = client.wait(run_id)
-    wall, cpu = time.monotonic() - started, _cpu(server) - cpu
+    wall, cpu, api_cpu = time.monotonic() - started, _cpu(server) - cpu, _cpu(api) - api_cpu
+    client_cpu = _cpu(me) - client_cpu
     if info["status"] != "finished":
         raise SystemExit(f"run {run_id} ended {info['status']}: {info.get('error')}")
     # round 1 pays for the run's start on every node (bundle, app process, data): left out
     seconds = [float(r["seconds"]) for r in info["rounds"] if r["round"] > 1]
-    trial = Trial(watchers, run_id, seconds, wall, server_cpu=cpu)
+    trial = Trial(watchers, run_id, seconds, wall, server_cpu=cpu, api_cpu=api_cpu,
+                  client_cpu=client_cpu)  # fmt: skip
     trial.complete = sum(1 for ok, _ in outcomes if ok)
     trial.events = sum(n for _, n in outcomes)
     if watchers and trial.complete != watchers:
@@ -153,8 +176,11 @@ def _start_local(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     return proc, url, (directory / "admin-token").read_text().strip()
 
 
-def measure(rounds: int, watchers: int, repeats: int, directory: Path) -> Result:
+def measure(
+    rounds: int, watchers: int, repeats: int, directory: Path, client_nice: int = 0
+) -> Result:
     proc, url, token = _start_local(directory)
+    os.nice(client_nice)  # after `consortium local` started: the federation keeps its own
     result = Result(rounds, watchers, repeats)
     try:
         client = ControlClient(url, token)
@@ -163,16 +189,19 @@ def measure(rounds: int, watchers: int, repeats: int, directory: Path) -> Result
             if time.monotonic() > deadline:
                 raise SystemExit("the four hospitals did not come online")
             time.sleep(0.2)
-        server = next(p for p in psutil.Process(proc.pid).children(recursive=True)
-                      if "server" in p.cmdline()[3:5])  # fmt: skip
-        _trial(client, url, token, 2, 0, server)  # warm-up: imports, first connections
+        processes = psutil.Process(proc.pid).children(recursive=True)
+        server = next(p for p in processes if "server" in p.cmdline()[3:5])
+        api = next(p for p in processes if "consortium.control.worker" in p.cmdline())
+        _trial(client, url, token, 2, 0, server, api)  # warm-up: imports, first connections
+        result.load.append(os.getloadavg()[0])
         for _ in range(repeats):
             for count in (0, watchers):
-                trial = _trial(client, url, token, rounds, count, server)
+                trial = _trial(client, url, token, rounds, count, server, api)
                 result.trials.append(trial)
                 median = statistics.median(trial.round_seconds)
                 print(f"  {count:4d} watchers: median round {median:.3f} s, "
                       f"run {trial.wall_seconds:.2f} s", file=sys.stderr)  # fmt: skip
+        result.load.append(os.getloadavg()[0])
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -187,9 +216,11 @@ def table(result: Result) -> str:
     base_wall = statistics.median(result.walls_of(0))
     lines = [
         f"heart-disease, 4 nodes, {result.rounds} rounds x {result.repeats} runs per row "
-        "(round times: rounds 2 and on)",
+        "(round times: rounds 2 and on); load average "
+        + " -> ".join(f"{x:.1f}" for x in result.load),
         f"{'watchers':>8}  {'median round s':>14}  {'mean round s':>12}  {'median run s':>12}"
-        f"  {'round ratio':>11}  {'run ratio':>9}  {'server CPU ms/round':>19}",
+        f"  {'round ratio':>11}  {'run ratio':>9}  {'server CPU ms/round':>19}"
+        f"  {'API CPU ms/round':>16}  {'client CPU ms/round':>19}",
     ]
     for count in (0, result.watchers):
         rounds = result.rounds_of(count)
@@ -197,7 +228,9 @@ def table(result: Result) -> str:
         mean = statistics.fmean(rounds)
         cells = [f"{count:>8}", f"{median:>14.3f}", f"{mean:>12.3f}", f"{wall:>12.2f}",
                  f"{median / base:>11.3f}", f"{wall / base_wall:>9.3f}",
-                 f"{1000 * result.cpu_per_round(count):>19.1f}"]  # fmt: skip
+                 f"{1000 * result.cpu_per_round(count):>19.1f}",
+                 f"{1000 * result.cpu_per_round(count, 'api'):>16.1f}",
+                 f"{1000 * result.cpu_per_round(count, 'client'):>19.1f}"]  # fmt: skip
         lines.append("  ".join(cells))
     return "\n".join(lines)
 
@@ -208,11 +241,18 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="Run the watchers' client (this process, standing in for browsers that are "
+        "elsewhere in life) this much nicer than the federation it watches [default: 0].",
+    )
     args = parser.parse_args()
     # a SIGTERM (timeout, Ctrl-C's cousin) still stops `consortium local` and its nodes
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
-        result = measure(args.rounds, args.watchers, args.repeats, Path(tmp))
+        result = measure(args.rounds, args.watchers, args.repeats, Path(tmp), args.client_nice)
     print(table(result))
     if args.json is not None:
         medians = {str(c): statistics.median(result.rounds_of(c)) for c in (0, args.watchers)}

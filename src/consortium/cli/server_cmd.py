@@ -221,6 +221,12 @@ def app_isolation(
     help="Also serve the REST API (docs/api.md) here, e.g. 127.0.0.1:8080 (port 0: any; "
     "the URL is written to WORKDIR/api/url). Needs the control extra.",
 )
+@click.option(
+    "--api-in-process",
+    is_flag=True,
+    help="Serve the REST API from a thread of the server process, not a confined process "
+    "of its own: its event streams then compete with the fleet for the server's CPU.",
+)
 @insecure_option
 def server(
     address: str,
@@ -250,6 +256,7 @@ def server(
     app_cpu_seconds: int | None,
     unconfined_apps: bool,
     http: str | None,
+    api_in_process: bool,
     insecure: bool,
 ) -> None:
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
@@ -278,7 +285,8 @@ def server(
     from consortium.server.store import StateStore, default_url
     from consortium.server.store.audit import AuditLog
 
-    store = StateStore(state_url or default_url(workdir), write_timeout=state_timeout)
+    store_url = state_url or default_url(workdir)
+    store = StateStore(store_url, write_timeout=state_timeout)
     audit = AuditLog(store)
     for node_name in sorted(allowed):
         store.upsert_node(node_name, allow_listed=True)
@@ -293,9 +301,9 @@ def server(
         heap=HeapTrimmer.for_this_process(),
     )
     secrets = [p for p in (credentials, ca_dir, workdir / "state.db") if p is not None]
-    from consortium.control.events import RunEvents  # no FastAPI: that comes with --http
+    from consortium.control.process import api_hub  # no FastAPI: that comes with --http
 
-    api_events = RunEvents() if http else None
+    api_events = api_hub(in_process=api_in_process) if http else None
     runs = RunManager(
         fleet,
         workdir,
@@ -352,10 +360,11 @@ def server(
     runs.recover_interrupted(resume=resume_interrupted)
     api = None
     if http and api_events is not None:  # the same policy and audit log as the gRPC API
-        from consortium.control.serve import serve_api
+        from consortium.control.process import start_api
 
-        api = serve_api(http, runs=runs, fleet=fleet, policy=policy, audit=audit,
-                        workdir=workdir, events=api_events, bans=bans)  # fmt: skip
+        api = start_api(http, hub=api_events, runs=runs, fleet=fleet, policy=policy,
+                        audit=audit, bans=bans, state_url=store_url, state_timeout=state_timeout,
+                        secrets=[p for p in (credentials, ca_dir) if p is not None])  # fmt: skip
         click.echo(f"REST API on {api.url} (OpenAPI: {api.url}/openapi.json)")
     # written last: once the port file is there, runs to resume are running again
     if port_file is not None:

@@ -26,18 +26,16 @@ from starlette.exceptions import HTTPException
 
 from consortium._version import __version__
 from consortium.apps.bundle import BundleRejected
+from consortium.control.backend import BanView, FleetView, RunsBackend
 from consortium.control.events import RunEvents
 from consortium.control.guard import ApiError, Guard
 from consortium.control.openapi import document_errors
 from consortium.control.registry import AppRegistry
 from consortium.core.audit import APP_LIST, APP_UPLOAD
 from consortium.core.errors import ConfigError
-from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import REPLIES
-from consortium.server.runs import RunManager
 from consortium.server.store import RunStatus
 from consortium.transport.authz import READ_RUNS, UPLOAD_APP
-from consortium.transport.fleet_api import BanList
 
 log = logging.getLogger("consortium.control")
 
@@ -48,17 +46,18 @@ NODE_LIST = "node.list"
 
 @dataclass(frozen=True)
 class ApiContext:
-    """What the routes reach: the server's runs, fleet and store, the guard, the apps."""
+    """What the routes reach: the server's runs, fleet and store, the guard, the apps
+    (the server's own objects, or their proxies in the API process: :mod:`.backend`)."""
 
-    runs: RunManager
-    fleet: Fleet
+    runs: RunsBackend
+    fleet: FleetView
     guard: Guard
     registry: AppRegistry
     events: RunEvents
     #: seconds between keep-alive comments on an idle event stream
     keepalive: float = 15.0
     #: the server's ban list (``consortium fleet ban``): banned nodes cannot be chosen
-    bans: BanList | None = None
+    bans: BanView | None = None
 
 
 def create_api(context: ApiContext) -> FastAPI:
@@ -168,7 +167,7 @@ def create_api(context: ApiContext) -> FastAPI:
     return api
 
 
-def _current_tasks(runs: RunManager) -> dict[str, dict[str, Any]]:
+def _current_tasks(runs: RunsBackend) -> dict[str, dict[str, Any]]:
     """The task each node is working on: a running run awaits its reply this round."""
     tasks: dict[str, dict[str, Any]] = {}
     for view in runs.store.list_runs(status=RunStatus.RUNNING, limit=None):

@@ -19,7 +19,7 @@ import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -198,10 +198,17 @@ class SharedRead(Generic[T]):
         return self.change == change and self.loop is loop and fresh
 
 
+class RunHub(Protocol):
+    """Where a :class:`RunFeed` says a run moved on: the streams' :class:`RunEvents`, or
+    the server's notices to its API process (:mod:`consortium.control.process`)."""
+
+    def notify(self, run_id: str, *, ending: bool = False) -> None: ...
+
+
 class RunFeed:
     """A :class:`RunObserver` that wakes the streams of one run; it never raises."""
 
-    def __init__(self, hub: RunEvents, run_id: str) -> None:
+    def __init__(self, hub: RunHub, run_id: str) -> None:
         self.hub = hub
         self.run_id = run_id
 

@@ -235,7 +235,7 @@ def _unchoosable(ctx: ApiContext, chosen: list[str]) -> str | None:
     """Why ``chosen`` cannot be a run's nodes (None: it can): each must be a node this
     server knows (allow-listed, or seen), not banned, revoked or off the allow-list."""
     known = {n.name: n for n in ctx.runs.store.list_nodes()}
-    online, missing = ctx.runs.fleet.presence()
+    online, missing = ctx.fleet.presence()
     unknown = [n for n in chosen if n not in known and n not in online and n not in missing]
     if unknown:
         return (f"nodes: no node {', '.join(map(repr, unknown[:10]))} on this server "
