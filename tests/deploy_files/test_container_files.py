@@ -306,6 +306,22 @@ def service_args(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
 
 
+def bind_mounted(service: dict[str, Any]) -> dict[str, str]:
+    """Each file the service's bind mounts (./host:/container) put in it: path -> text;
+    a ``--config-file`` its command names is read from here."""
+    files = {}
+    for volume in service.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        if not source.startswith("./"):
+            continue
+        host = ROOT / source
+        found = [host] if host.is_file() else sorted(p for p in host.rglob("*") if p.is_file())
+        for path in found:
+            inside = target if path == host else f"{target}/{path.relative_to(host).as_posix()}"
+            files[inside] = path.read_text(errors="replace")
+    return files
+
+
 @pytest.fixture(scope="module")
 def parsed(
     compose: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
@@ -317,7 +333,7 @@ def parsed(
         if "entrypoint" in service:
             continue  # the pki job runs a script: test_pki_script_commands_parse
         try:
-            out[name] = parse(service_args(service), root)
+            out[name] = parse(service_args(service), root, bind_mounted(service))
         except click.ClickException as exc:
             line = " ".join(service_args(service))
             pytest.fail(f"service {name}: consortium {line}: {exc.format_message()}")
@@ -466,3 +482,23 @@ def test_pki_script_makes_every_partys_credentials_and_reruns(
     again = subprocess.run(["sh", str(local)], capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (pki / "va" / "credentials" / "va.crt").read_bytes() == issued, "a rerun re-issued"
+
+
+def test_healthcheck_finds_http_in_the_environment_and_the_config_file(
+    healthcheck: ModuleType, health_server: int, tmp_path: Path
+) -> None:
+    server = ["/usr/local/bin/python", "/usr/local/bin/consortium", "server"]
+    up, down = f"0.0.0.0:{health_server}", f"0.0.0.0:{free_port()}"
+    assert healthcheck.check(server, {"CONSORTIUM_SERVER_HTTP": up}, tmp_path) is None
+    (tmp_path / "server.toml").write_text(f'[server]\nhttp = "{down}"\n')
+    from_file = [*server, "--config-file", "server.toml"]  # relative to the process's cwd
+    problem = healthcheck.check(from_file, {}, tmp_path)
+    assert problem is not None and "not reachable" in problem
+    # the CLI's precedence: flag > environment > file
+    assert healthcheck.check(from_file, {"CONSORTIUM_SERVER_HTTP": up}, tmp_path) is None
+    assert healthcheck.check([*from_file, "--http", up], {}, tmp_path) is None
+    (tmp_path / "server.toml").write_text(f'[server]\nhttp = "{up}"\n')
+    assert (
+        healthcheck.check(server, {"CONSORTIUM_SERVER_CONFIG_FILE": "server.toml"}, tmp_path)
+        is None
+    )

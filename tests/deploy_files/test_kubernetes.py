@@ -27,6 +27,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from consortium.apps.manifest import parse_override
+
 from .cli_args import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ OPERATOR_FILES = {
     "node": ["secrets/node.crt", "secrets/node.key", "secrets/ca.crt", "trusted/publisher.pub"],
 }
 #: the files each overlay's generators read that are committed (not the operator's)
-COMMITTED = {"server": {"allow.txt"}, "node": {"policy.toml"}}
+COMMITTED = {"server": {"allow.txt", "server.toml"}, "node": {"policy.toml", "node.toml"}}
 IMAGE_UID = 10001  # the Dockerfile's USER
 NAMESPACE = "consortium"
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -210,17 +212,44 @@ def resolved_args(docs: list[dict[str, Any]], container: dict[str, Any]) -> list
     return [expand(str(arg)) for arg in container["args"]]
 
 
+def mounted_files(docs: list[dict[str, Any]], pod: dict[str, Any]) -> dict[str, str]:
+    """Each file the pod's ConfigMap volumes put in its first container: path -> text."""
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind(docs, "ConfigMap")}
+    volumes = {v["name"]: v["configMap"] for v in pod["volumes"] if "configMap" in v}
+    files = {}
+    for mount in pod["containers"][0]["volumeMounts"]:
+        volume = volumes.get(mount["name"])
+        if volume is None:
+            continue
+        data = config_maps[volume["name"]]
+        items = volume.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            files[f"{mount['mountPath']}/{item['path']}"] = data[item["key"]]
+    return files
+
+
+def parsed_container(
+    overlay: str, docs: list[dict[str, Any]], root: Path
+) -> tuple[dict[str, Any], dict[str, object]]:
+    """The workload's container and its parameters, as the CLI parses its arguments and
+    the config file they name, read from the ConfigMap mounted there."""
+    pod = workload(overlay, docs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = resolved_args(docs, container)
+    try:
+        command, params = parse(args, root, mounted_files(docs, pod))
+    except click.ClickException as exc:
+        pytest.fail(f"{overlay}: consortium {' '.join(args)}: {exc.format_message()}")
+    assert command == f"consortium {overlay}"
+    return container, params
+
+
 def test_container_arguments_parse_with_the_cli(
     rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     overlay, docs = rendered
-    container = workload(overlay, docs)["spec"]["template"]["spec"]["containers"][0]
-    args = resolved_args(docs, container)
-    try:
-        command, params = parse(args, tmp_path)
-    except click.ClickException as exc:
-        pytest.fail(f"{overlay}: consortium {' '.join(args)}: {exc.format_message()}")
-    assert command == f"consortium {overlay}"
+    container, params = parsed_container(overlay, docs, tmp_path)
+    assert "--config-file" in container["args"], "the settings are in a ConfigMap's file"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     local = {name: str(value).replace(str(tmp_path), "") for name, value in params.items()}
     assert local["credentials"] in mounts and mounts[local["credentials"]]["readOnly"]
@@ -230,20 +259,23 @@ def test_container_arguments_parse_with_the_cli(
         assert local["ca_dir"] in mounts
     else:
         assert str(Path(local["policy_file"]).parent) in mounts
-        assert re.fullmatch(r"center=[a-z]+", str(params["node_config"][0]))  # type: ignore[index]
+        (entry,) = params["node_config"]  # type: ignore[misc]
+        key, value = parse_override(str(entry))
+        assert key == "center" and re.fullmatch(r"[a-z]+", str(value))
 
 
-def test_the_server_is_probed_where_it_serves(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_the_server_is_probed_where_it_serves(
+    rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
     overlay, docs = rendered
-    container = workload(overlay, docs)["spec"]["template"]["spec"]["containers"][0]
+    container, params = parsed_container(overlay, docs, tmp_path)
     if overlay == "node":
         # it listens on nothing and writes no heartbeat: a probe would only pretend
         assert not {"ports", "livenessProbe", "readinessProbe"} & container.keys()
         return
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    args = container["args"]
-    assert ports["http"] == int(args[args.index("--http") + 1].rsplit(":", 1)[1])
-    assert ports["grpc"] == int(args[args.index("--address") + 1].rsplit(":", 1)[1])
+    assert ports["http"] == int(str(params["http"]).rsplit(":", 1)[1])
+    assert ports["grpc"] == int(str(params["address"]).rsplit(":", 1)[1])
     for probe in ("startupProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/api/v1/health", "port": "http"}
     assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}

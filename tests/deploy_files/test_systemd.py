@@ -1,8 +1,9 @@
 """deploy/systemd: the server and node units, their hardening and their command lines.
 
 The units are parsed here (systemd's syntax: sections, continued lines, repeated
-keys), their hardening options checked, their ``ExecStart`` parsed by the real CLI,
-and, where ``systemd-analyze`` exists, verified by systemd itself and scored by
+keys), their hardening options checked, their ``ExecStart`` parsed by the real CLI
+with the config file it names (deploy/systemd/server.toml, node.toml), and, where
+``systemd-analyze`` exists, verified by systemd itself and scored by
 ``systemd-analyze security --offline``.
 """
 
@@ -24,9 +25,12 @@ from .cli_args import parse
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
 UNITS = ("consortium-server.service", "consortium-node@.service")
-#: the values a node's EnvironmentFile gives (deploy/systemd/consortium-node@.service)
-NODE_ENV = {"CONSORTIUM_SERVER": "agg.example.org:9092", "CONSORTIUM_NODE_CONFIG": "center=va"}
 INSTANCE = "va"
+#: each unit's config file: where it is installed, and the example in deploy/systemd
+CONFIG_FILES = {
+    "consortium-server.service": ("/etc/consortium/server/server.toml", "server.toml"),
+    "consortium-node@.service": (f"/etc/consortium/node/{INSTANCE}/node.toml", "node.toml"),
+}
 #: systemd-analyze security's exposure score (0 best, 10 worst) the units must stay under
 MAX_EXPOSURE = 2.5
 LANDLOCK = {"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"}
@@ -90,9 +94,9 @@ def test_hardening(unit: tuple[str, Unit]) -> None:
 
 
 def exec_args(name: str, parsed: Unit) -> list[str]:
-    """ExecStart as the CLI receives it: %i and ${VAR} expanded as systemd would."""
+    """ExecStart as the CLI receives it: %i expanded as systemd would."""
     line = last(parsed, "ExecStart").replace("%i", INSTANCE)
-    line = re.sub(r"\$\{([A-Z_]+)\}", lambda m: NODE_ENV[m.group(1)], line)
+    assert "$" not in line, f"{name}: settings belong in the config file, not ${{VARS}}"
     args = shlex.split(line)
     assert Path(args[0]).name == "consortium", f"{name}: runs {args[0]}"
     return args[1:]
@@ -101,8 +105,10 @@ def exec_args(name: str, parsed: Unit) -> list[str]:
 def test_exec_start_parses_with_the_cli(unit: tuple[str, Unit], tmp_path: Path) -> None:
     name, parsed = unit
     args = exec_args(name, parsed)
+    deployed, example = CONFIG_FILES[name]
+    assert args[args.index("--config-file") + 1] == deployed, name
     try:
-        command, params = parse(args, tmp_path)
+        command, params = parse(args, tmp_path, {deployed: (SYSTEMD / example).read_text()})
     except click.ClickException as exc:
         pytest.fail(f"{name}: consortium {' '.join(args)}: {exc.format_message()}")
     assert command == ("consortium server" if "server" in name else "consortium node")
@@ -113,15 +119,17 @@ def test_exec_start_parses_with_the_cli(unit: tuple[str, Unit], tmp_path: Path) 
     credentials = str(params["credentials"]).replace(str(tmp_path), "")
     readable = last(parsed, "ReadOnlyPaths").replace("%i", INSTANCE)
     assert credentials.startswith(readable + "/")
+    assert deployed.startswith(readable + "/"), "its config file is read-only to it"
+    if "node" in name:
+        assert params["policy_file"] and params["node_config"] == ('center="cleveland"',)
 
 
-def test_the_node_reads_what_its_env_file_provides() -> None:
+def test_the_node_may_have_an_env_file_overriding_its_config_file() -> None:
     parsed = read_unit(SYSTEMD / "consortium-node@.service")
-    used = set(re.findall(r"\$\{([A-Z_]+)\}", last(parsed, "ExecStart")))
-    assert used == set(NODE_ENV)
-    assert last(parsed, "EnvironmentFile").startswith("/etc/consortium/node/%i/")
-    header = (SYSTEMD / "consortium-node@.service").read_text()
-    assert all(var in header.split("[Unit]")[0] for var in NODE_ENV), "document node.env"
+    # "-": optional; CONSORTIUM_NODE_<KEY> there overrides node.toml
+    assert last(parsed, "EnvironmentFile") == "-/etc/consortium/node/%i/node.env"
+    header = (SYSTEMD / "consortium-node@.service").read_text().split("[Unit]")[0]
+    assert "node.toml" in header and "node.env" in header, "document both files"
 
 
 def analyzable(tmp_path: Path, name: str) -> Path:

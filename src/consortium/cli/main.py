@@ -11,6 +11,7 @@ from consortium._version import __version__
 from consortium.cli.app_cmd import app
 from consortium.cli.audit_cmd import audit
 from consortium.cli.ca_cmd import ca
+from consortium.cli.config_cmd import config
 from consortium.cli.demo_cmd import demo
 from consortium.cli.fleet_cmd import fleet
 from consortium.cli.local_cmd import local
@@ -42,6 +43,7 @@ def cli() -> None:
       consortium ca init / ca issue        the federation's certificates
       consortium server                    the aggregation server
       consortium node                      one per silo, beside its data
+      consortium config check FILE         a server.toml / node.toml, before starting
       consortium run start|list|show|stop  the coordinator's commands
       consortium run download RUN_ID       the global model a run finished with
       consortium fleet ban NODE            refuse a node at its next call
@@ -62,6 +64,7 @@ cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(local)
 cli.add_command(new)
+cli.add_command(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

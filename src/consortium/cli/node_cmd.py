@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import click
 
 from consortium.apps.manifest import load_app_spec, parse_override
+from consortium.cli.config_file import configurable
 from consortium.cli.observers import configure_logging
 from consortium.cli.tls_options import (
     client_tls,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("consortium.node")
 
 
+@configurable("node")
 @click.command()
 @click.option("--server", "address", required=True, help="The server's host:port.")
 @credentials_option
@@ -50,7 +52,8 @@ log = logging.getLogger("consortium.node")
     "node_config",
     multiple=True,
     metavar="KEY=VALUE",
-    help="This node's own config, e.g. data-path=... (repeatable).",
+    help="This node's own config, e.g. data-path=... (repeatable; in a config file, "
+    "the [node.config] table).",
 )
 @click.option(
     "--app",
@@ -96,6 +99,7 @@ log = logging.getLogger("consortium.node")
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("node-data"),
     show_default=True,
+    help="This node's folder: extracted apps, each run's app process folder, node.log.",
 )
 @click.option(
     "--send-errors",

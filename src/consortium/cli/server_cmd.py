@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from consortium._version import __version__
+from consortium.cli.config_file import configurable
 from consortium.cli.observers import configure_logging
 from consortium.cli.tls_options import (
     credentials_option,
@@ -79,6 +80,7 @@ def app_isolation(
     return Isolation(limits=limits, confined=not unconfined, secrets=tuple(secrets))
 
 
+@configurable("server")
 @click.command()
 @click.option(
     "--address", default="127.0.0.1:9092", show_default=True, help="host:port to listen on."
@@ -91,7 +93,11 @@ def app_isolation(
     help="Folder with the CA's ca.crt and crl.pem (revocations); required with TLS.",
 )
 @click.option("--allow", "allow", multiple=True, metavar="NODE", help="A node allowed to join.")
-@click.option("--allow-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--allow-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file naming the nodes allowed to join, one per line (# starts a comment).",
+)
 @click.option("--admin", "admins", multiple=True, metavar="NAME", help="Restrict admins to these.")
 @click.option(
     "--authz",
@@ -105,6 +111,7 @@ def app_isolation(
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_WORKDIR,
     show_default=True,
+    help="The server's state: server.log, each run's folder, the SQLite state database.",
 )
 @click.option(
     "--heartbeat",
