@@ -40,6 +40,10 @@ def test_mlflow_in_deployment_has_the_structure_and_names_of_simulation(
         deployment.start_node(name, app=HEART)
     run_id = deployment.start_run(HEART, {"num-rounds": ROUNDS}, seed=11)
     assert deployment.wait_run(run_id)["status"] == "finished"
+    # MLflow (pandas, pyarrow) and the plot (matplotlib) ran in the run's tracking process:
+    # none of their native libraries is mapped into the server's
+    maps = Path(f"/proc/{deployment.procs['server'].pid}/maps").read_text()
+    assert [lib for lib in ("/pandas/", "/pyarrow/", "/matplotlib/") if lib in maps] == []
 
     sim_uri = f"sqlite:///{tmp_path / 'sim-mlflow.db'}"
     run_simulation(

@@ -2,7 +2,10 @@
 
 The same observers as ``consortium simulate``: one parent MLflow run per run
 with a child per hospital, params and per-round metrics, the model and plot
-as artifacts; a ``run.log`` and ``metrics.png`` in the run's folder. The
+as artifacts; a ``run.log`` and ``metrics.png`` in the run's folder. The log
+is written by the server; the plot and MLflow by a process of the run's own
+(:mod:`~consortium.server.tracking_process`), so that the server does not
+carry MLflow's and matplotlib's memory. The
 store is ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite
 store beside the state database (``WORKDIR/mlflow.db``, artifacts in
 ``WORKDIR/mlartifacts``).
@@ -18,6 +21,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from consortium.core.errors import ConfigError
+from consortium.server.tracking_process import ChildConfig, TrackingProcess
 from consortium.tracking.base import RunObserver
 from consortium.tracking.log import LogObserver
 
@@ -57,6 +61,10 @@ class Tracking:
             return cls(f"sqlite:///{workdir / 'mlflow.db'}", (workdir / "mlartifacts").as_uri())
         return cls(uri)
 
+    def child_config(self) -> ChildConfig:
+        """What the run's tracking process (:mod:`~consortium.server.tracking_process`) does."""
+        return ChildConfig(self.tracking_uri, self.artifact_location, self.plot, RUN_ARTIFACTS)
+
     def observers(self, run_id: str, run_dir: Path) -> tuple[list[RunObserver], Callable[[], None]]:
         """The run's observers, and what to call once it ended (closes its log file)."""
         logger = logging.getLogger(f"consortium.run.{run_id}")
@@ -64,22 +72,15 @@ class Tracking:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         observers: list[RunObserver] = [LogObserver(logger, max_node_warnings=0)]
-        if self.plot:  # before MLflow, so metrics.png exists when MLflow collects artifacts
-            from consortium.tracking.plot import PlotObserver
-
-            observers.append(PlotObserver())
-        if self.tracking_uri is not None:
-            from consortium.tracking.mlflow_tracker import MLflowObserver
-
-            observers.append(
-                MLflowObserver(
-                    self.tracking_uri,
-                    artifact_location=self.artifact_location,
-                    artifacts=RUN_ARTIFACTS,
-                )
-            )
+        child: TrackingProcess | None = None
+        if self.plot or self.tracking_uri is not None:
+            # in a process of its own: MLflow and matplotlib would cost the server ~150 MB
+            child = TrackingProcess(self.child_config())
+            observers.append(child)
 
         def close() -> None:
+            if child is not None:  # a run that ended without its end event: not left behind
+                child.close()
             logger.removeHandler(handler)
             handler.close()
 

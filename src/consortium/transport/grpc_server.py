@@ -58,6 +58,11 @@ VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
 
 T = TypeVar("T")
 
+# Measured with 200 nodes (docs/benchmarks.md, "The run's tracking in a process of its
+# own"): TCP read chunk sizes, grpc.tcp_receive_buffer_size (not applied to accepted
+# sockets by this grpcio), SO_RCVBUF on the listening socket, HTTP/2 write buffer and
+# frame size and a cap on concurrent streams leave the server's peak where it is; only
+# the stream window (lookahead_bytes, see start_server) moves it.
 GRPC_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
