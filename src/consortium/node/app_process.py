@@ -80,6 +80,9 @@ class ClientRun:
             tmp = self.state_path.with_suffix(".tmp")
             tmp.write_bytes(self.saved)
             tmp.replace(self.state_path)
+        elif self.saved:  # the app cleared its state: a restarted process must not revive it
+            self.saved = b""
+            self.state_path.unlink(missing_ok=True)
         return result
 
     def _saved_state(self) -> NodeState:
