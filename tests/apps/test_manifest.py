@@ -100,3 +100,14 @@ def test_nan_in_the_run_config_is_refused_by_name(tmp_path: Path, literal: str) 
     spec = load_app_spec(write(tmp_path, GOOD))
     with pytest.raises(ConfigError, match="run-config 'lr' is NaN"):
         spec.run_config(dict([parse_override(f"lr={literal}")]))
+
+
+@pytest.mark.parametrize("text", ["model=boost vsb-key-bits=512", "lr=0.1 rounds=3"])
+def test_two_settings_in_one_run_config_option_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="repeat the option for each key"):
+        parse_override(text)
+
+
+def test_a_string_value_with_spaces_is_still_one_value() -> None:
+    assert parse_override("note=two words") == ("note", "two words")
+    assert parse_override('formula="a = b c=d"') == ("formula", "a = b c=d")

@@ -119,6 +119,10 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
+#: an unquoted value that holds a second ``key=value``: the user meant two settings
+_ANOTHER_PAIR = re.compile(r"\s[A-Za-z_][\w.-]*=")
+
+
 def parse_override(text: str) -> tuple[str, ConfigValue]:
     """Parse ``key=value``; the value is read as TOML when it can be, else as a string."""
     key, sep, raw = text.partition("=")
@@ -129,6 +133,11 @@ def parse_override(text: str) -> tuple[str, ConfigValue]:
         value: Any = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+        if _ANOTHER_PAIR.search(value):  # 'a=1 b=2' would silently set a to "1 b=2"
+            raise ConfigError(
+                f"--run-config takes one key=value, got {text!r}: repeat the option for "
+                "each key (--run-config a=1 --run-config b=2), or quote a string value"
+            ) from None
     if isinstance(value, dict):
         raise ConfigError(f"--run-config {key}: tables are not allowed")
     return key, value
