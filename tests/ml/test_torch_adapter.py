@@ -67,13 +67,17 @@ def test_load_casts_float64_into_float32_parameters(torch: Any) -> None:
 
 
 @pytest.mark.torch
-def test_bfloat16_travels_as_float32(torch: Any) -> None:
+def test_bfloat16_travels_as_bfloat16(torch: Any) -> None:
     net = torch.nn.Linear(2, 2).to(torch.bfloat16)
     arrays = adapter.state_dict_to_arrays(net)
-    assert arrays["weight"].dtype == np.float32
+    assert arrays["weight"].dtype.name == "bfloat16"
+    wire = Arrays.from_bytes(arrays.to_bytes())  # 2 bytes a value, read back as bfloat16
+    assert wire["weight"].nbytes == 2 * 4
     other = torch.nn.Linear(2, 2).to(torch.bfloat16)
-    adapter.load_arrays(other, arrays)
+    adapter.load_arrays(other, wire)
+    assert other.weight.dtype == torch.bfloat16
     assert torch.equal(other.weight, net.weight)
+    assert torch.equal(other.bias, net.bias)
 
 
 @pytest.mark.torch

@@ -34,3 +34,23 @@ def test_finite_values_whose_sum_overflows_are_accepted(dtype: type) -> None:
 
 def test_integer_arrays_and_finite_models_pass() -> None:
     check_finite(Arrays({"steps": np.array([2**62], dtype=np.int64), "w": np.zeros((3, 4))}))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 21, 64, 65])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_small_arrays_checked_in_python_are_rejected_too(
+    dtype: type, size: int, bad: float
+) -> None:
+    value = np.zeros((1, size), dtype=dtype)
+    value[0, size - 1] = bad
+    with pytest.raises(UpdateRejected, match=r"array 'bias' contains 1 NaN/inf"):
+        check_finite(Arrays({"weight": np.ones((1, 20)), "bias": value}))
+
+
+def test_a_bad_large_array_behind_small_good_ones_is_found() -> None:
+    large = np.ones(10_000)
+    large[-1] = np.nan
+    arrays = Arrays({"a": np.ones(3), "b": np.ones(20, dtype=np.float32), "c": large})
+    with pytest.raises(UpdateRejected, match=r"record 'x' array 'c' contains 1 NaN/inf"):
+        check_finite(arrays, what="record 'x'")

@@ -9,10 +9,18 @@ offsets relative to the start of the first buffer; every buffer starts on a
 64-byte boundary. Decoding validates the header and returns arrays that are
 views over the received memory (``np.frombuffer``): nothing is copied and
 nothing is unpickled.
+
+``dtype_str`` is numpy's ``dtype.str`` (``"<f4"``, ``"<f2"``, ...), or the name
+of one of the :data:`EXTENSION_DTYPES`: ``"bfloat16"`` (``ml_dtypes``), whose
+``dtype.str`` (``"<V2"``) would not say what the bytes mean. A bfloat16 array
+thus travels at 2 bytes per value. ``ml_dtypes`` is a base dependency but is
+imported only when a bfloat16 array is first decoded (its import costs about
+half a second, more than the rest of ``import consortium``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -29,6 +37,9 @@ ALIGN = 64
 _PREFIX = struct.Struct("<4sI")
 #: dtype kinds allowed on the wire: bool, signed/unsigned int, float, complex.
 WIRE_KINDS = frozenset("biufc")
+#: Floating-point dtypes numpy lacks, allowed on the wire by name (never by ``dtype.str``,
+#: which is ``"<V2"`` for them): name -> the module that defines the type.
+EXTENSION_DTYPES = {"bfloat16": "ml_dtypes"}
 #: Most dimensions an array on the wire may have (numpy's own limit is 64).
 MAX_DIMS = 32
 #: Elements times item size, over the non-zero dimensions, must stay below this:
@@ -40,6 +51,42 @@ Array = NDArray[Any]
 
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@functools.cache
+def extension_dtype(name: str) -> np.dtype[Any]:
+    """The dtype of :data:`EXTENSION_DTYPES` ``name``, importing its module on first use."""
+    module = __import__(EXTENSION_DTYPES[name])
+    dtype: np.dtype[Any] = np.dtype(module.__dict__[name])
+    return dtype
+
+
+def wire_dtype_name(dtype: np.dtype[Any]) -> str | None:
+    """How ``dtype`` is named on the wire, or None if it cannot be sent.
+
+    Only bool, integer, float and complex dtypes, and the exact
+    :data:`EXTENSION_DTYPES` (a structured or void dtype of the same name is refused).
+    """
+    if dtype.kind in WIRE_KINDS and not dtype.hasobject and not dtype.shape:
+        return dtype.str
+    if (
+        dtype.kind == "V"
+        and dtype.name in EXTENSION_DTYPES
+        and dtype.fields is None
+        and dtype == extension_dtype(dtype.name)  # the module is loaded: the array exists
+    ):
+        return dtype.name
+    return None
+
+
+def is_floating(dtype: np.dtype[Any]) -> bool:
+    """True for numpy's float dtypes and the :data:`EXTENSION_DTYPES` (bfloat16).
+
+    ``dtype.kind == "f"`` misses bfloat16, whose kind is ``"V"``: code that checks
+    or transforms floating-point parameters (finite checks, clipping, compression)
+    asks this instead.
+    """
+    return dtype.kind == "f" or wire_dtype_name(dtype) in EXTENSION_DTYPES
 
 
 class Arrays(MutableMapping[str, Array]):
@@ -104,8 +151,11 @@ class Arrays(MutableMapping[str, Array]):
         return sum(int(v.nbytes) for v in self._data.values())
 
     def signature(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        """(name, dtype, shape) for each array, in order."""
-        return [(k, v.dtype.str, tuple(v.shape)) for k, v in self._data.items()]
+        """(name, dtype, shape) for each array, in order; dtype as named on the wire."""
+        return [
+            (k, wire_dtype_name(v.dtype) or v.dtype.str, tuple(v.shape))
+            for k, v in self._data.items()
+        ]
 
     def is_compatible(self, other: Arrays) -> bool:
         return self.signature() == other.signature()
@@ -125,13 +175,14 @@ class Arrays(MutableMapping[str, Array]):
         buffers: list[tuple[Array, int]] = []
         offset = end = 0
         for name, value in self._data.items():
-            if value.dtype.kind not in WIRE_KINDS:
+            dtype_name = wire_dtype_name(value.dtype)
+            if dtype_name is None:
                 raise WireFormatError(
                     f"array {name!r} has dtype {value.dtype}; only numeric and bool "
-                    "dtypes can be sent"
+                    "dtypes (and bfloat16) can be sent"
                 )
             arr = _contiguous(value)
-            entries.append([name, arr.dtype.str, list(arr.shape), offset, int(arr.nbytes)])
+            entries.append([name, dtype_name, list(arr.shape), offset, int(arr.nbytes)])
             buffers.append((arr, offset))
             end = offset + int(arr.nbytes)
             offset = _align(end)
@@ -245,14 +296,17 @@ def _contiguous(value: Array) -> Array:
 def _check_entry(entry: Any) -> tuple[str, np.dtype[Any], tuple[int, ...], int, int]:
     try:
         name, dtype_str, shape, offset, nbytes = entry
-        dtype = np.dtype(dtype_str)
+        if isinstance(dtype_str, str) and dtype_str in EXTENSION_DTYPES:
+            dtype = extension_dtype(dtype_str)
+        else:
+            dtype = np.dtype(dtype_str)
         shape_t = tuple(int(s) for s in shape)
         offset, nbytes = int(offset), int(nbytes)
     except (ValueError, TypeError, OverflowError) as exc:
         raise WireFormatError(f"arrays header entry {_brief(entry)} is malformed") from exc
     if not isinstance(name, str) or not isinstance(dtype_str, str):
         raise WireFormatError(f"arrays header entry {_brief(entry)} is malformed")
-    if dtype.kind not in WIRE_KINDS or dtype.hasobject or dtype.shape or dtype.itemsize == 0:
+    if wire_dtype_name(dtype) is None or dtype.itemsize == 0:
         raise WireFormatError(f"array {name!r} has a dtype that cannot be sent: {dtype_str}")
     if len(shape_t) > MAX_DIMS:
         raise WireFormatError(f"array {name!r} has {len(shape_t)} dimensions, more than {MAX_DIMS}")

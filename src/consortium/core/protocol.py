@@ -27,6 +27,10 @@ from consortium.core.message import (
 __all__ = [
     "BASE_SETTINGS",
     "CLIPPED_UPDATES",
+    "COMPRESSION_AUX_RECORD",
+    "COMPRESSION_CODES_RECORD",
+    "COMPRESSION_RECORD",
+    "COMPRESSION_RESIDUAL_STATE",
     "CONFIG",
     "DITTO_STATE",
     "ERROR_APP_PROCESS",
@@ -139,6 +143,15 @@ SCAFFOLD_CONTROL_RECORD = "scaffold.c"
 #: the train reply; read by :class:`~consortium.strategy.Scaffold`.
 SCAFFOLD_DELTA_RECORD = "scaffold.delta_c"
 
+#: A compressed train reply (``consortium.client.compression_mod``) carries no ``model``
+#: record but these: the codec's settings (a Config record: ``codec``, ``delta``,
+#: ``chunk``, ``version``), the codes (one array per model array) and the side arrays
+#: (int8 scales, top-k indices). Written by ``compression_mod``; read (decoded, then
+#: validated like any update) by the server's reply validation, ``server.decode``.
+COMPRESSION_RECORD = "compression"
+COMPRESSION_CODES_RECORD = "compression.codes"
+COMPRESSION_AUX_RECORD = "compression.aux"
+
 # -- keys of a node's persistent NodeState (node only, but shared with the app's own) ------
 
 #: SCAFFOLD's node control variate ``c_i`` in ``context.state.arrays``
@@ -149,6 +162,9 @@ SCAFFOLD_STATE_KEY = "scaffold.c_i"
 LOCAL_LAYERS_STATE = "personal.local-layers"
 #: The personal model kept by :class:`~consortium.client.personal.Ditto` in ``state.arrays``.
 DITTO_STATE = "personal.ditto"
+#: The error-feedback residual of ``compression_mod`` (what compression left out of
+#: the updates so far, added to the next one), in ``state.arrays``.
+COMPRESSION_RESIDUAL_STATE = "compression.residual"
 
 # -- node config (what a node is told about itself) -----------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from consortium.core.arrays import Arrays
+from consortium.core.arrays import Arrays, extension_dtype
 from consortium.core.errors import MissingDependencyError
 
 __all__ = ["load_arrays", "state_dict_to_arrays"]
@@ -32,7 +32,8 @@ def state_dict_to_arrays(module: Any) -> Arrays:
     """Copy every tensor of ``module.state_dict()`` into a CPU numpy array.
 
     The arrays own their memory (later training does not change them).
-    Floating-point types numpy lacks (bfloat16, float8) become float32;
+    bfloat16 stays bfloat16 (``ml_dtypes.bfloat16``: 2 bytes a value on the
+    wire); other floating-point types numpy lacks (float8) become float32, and
     :func:`load_arrays` casts them back.
     """
     torch = _torch()
@@ -42,6 +43,10 @@ def state_dict_to_arrays(module: Any) -> Arrays:
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"state_dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
         t = tensor.detach()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: move the bits, then name them
+            bits = np.array(t.view(torch.int16).numpy(force=True), copy=True)
+            out[name] = bits.view(extension_dtype("bfloat16"))
+            continue
         if t.is_floating_point() and t.dtype not in native_floats:
             t = t.to(torch.float32)
         out[name] = np.array(t.numpy(force=True), copy=True)
@@ -78,5 +83,8 @@ def load_arrays(module: Any, arrays: Mapping[str, Any], strict: bool = True) -> 
                 f"expects {expected}"
             )
         # torch.tensor copies, so read-only arrays straight off the wire are fine
-        tensors[name] = torch.tensor(arr)
+        if arr.dtype == extension_dtype("bfloat16"):
+            tensors[name] = torch.tensor(arr.view(np.int16)).view(torch.bfloat16)
+        else:
+            tensors[name] = torch.tensor(arr)
     module.load_state_dict(tensors, strict=strict)

@@ -234,7 +234,7 @@ class FedBuffWorkflow:
         staleness = self.version - task.version
         try:
             if result.outcome is Outcome.OK:
-                model, records = validated_update(base, reply)
+                model, records = validated_update(base, reply, base)
                 self.strategy.fold(
                     AsyncUpdate(
                         task.node,

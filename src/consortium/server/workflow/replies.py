@@ -18,10 +18,14 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import EVALUATE, MODEL, TIMING_RECORD, TRAIN, Message
+from consortium.server.compression import COMPRESSION_RECORDS, decoded_model
 from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
 from consortium.strategy.base import EvaluateReply, TrainReply
 
 log = logging.getLogger("consortium.server")
+
+#: Arrays records of a reply that are not further records: the model and its compressed form.
+_NOT_RECORDS = COMPRESSION_RECORDS | {MODEL}
 
 
 def judge_reply(reply: Message, stage: str) -> NodeResult:
@@ -43,19 +47,30 @@ def judge_reply(reply: Message, stage: str) -> NodeResult:
     return NodeResult(node, stage, Outcome.OK, metrics=metrics, num_examples=n)
 
 
-def validated_update(template: Arrays, reply: Message) -> tuple[Arrays, dict[str, Arrays]]:
+def validated_update(
+    template: Arrays, reply: Message, reference: Arrays | None = None
+) -> tuple[Arrays, dict[str, Arrays]]:
     """The reply's model and further records, checked against ``template``.
 
-    Raises :class:`UpdateRejected` for a missing model, a wrong layout, or
-    NaN/inf in the model or any other record.
+    A compressed reply is decoded first (:mod:`consortium.server.compression`; a delta
+    is added to ``reference``, the global model the task carried), so the model
+    checked and returned is the decoded one. Raises :class:`UpdateRejected` for a
+    missing model, a wrong layout, bad compressed records, or NaN/inf in the
+    model or any other record.
     """
     assert reply.content is not None
-    records = {k: v for k, v in reply.content.arrays.items() if k != MODEL}
-    check_update(template, reply.content.model)
+    model = decoded_model(reply.content, template, reference)
+    if model is None:
+        model = reply.content.model
+    arrays = reply.content.arrays
+    # the common reply is the model alone: no further records to sort out
+    only_model = len(arrays) == 1 and MODEL in arrays
+    records = {} if only_model else {k: v for k, v in arrays.items() if k not in _NOT_RECORDS}
+    check_update(template, model)
     for name, extra in records.items():
         check_finite(extra, what=f"record {name!r}")
-    assert reply.content.model is not None
-    return reply.content.model, records
+    assert model is not None
+    return model, records
 
 
 def required_replies(sampled: int, min_replies: int, min_fraction: float) -> int:
@@ -90,8 +105,9 @@ class ReplyCollector:
                 self.run_id, self.rnd, result.node_id, result.reason,
             )  # fmt: skip
         result.seconds = time.perf_counter() - self.sent_at  # task sent -> reply received
-        if reply.content is not None:
-            result.timing = dict(reply.content.metrics.get(TIMING_RECORD, {}))
+        timing = reply.content.metrics.get(TIMING_RECORD) if reply.content is not None else None
+        if timing:  # most replies carry none: keep the result's own empty dict
+            result.timing = dict(timing)
         self.record.nodes.append(result)
         return result
 
@@ -107,11 +123,17 @@ class ReplyCollector:
                 )
 
     def train_replies(
-        self, template: Arrays, sampled: list[str], replies: Iterator[Message], need: int
+        self,
+        template: Arrays,
+        sampled: list[str],
+        replies: Iterator[Message],
+        need: int,
+        reference: Arrays | None = None,
     ) -> Iterator[TrainReply]:
         """Validate training replies lazily, for a fold; raise RoundFailed at the end if
         fewer than ``need`` were valid. Each update is let go once the fold asks for the
-        next one, so the server holds one reply at a time."""
+        next one, so the server holds one reply at a time. ``reference`` is the global
+        model the tasks carried, which compressed delta updates are decoded against."""
         pending = set(sampled)
         ok = 0
         for reply in replies:
@@ -129,7 +151,7 @@ class ReplyCollector:
             if result.outcome is not Outcome.OK:
                 continue
             try:
-                model, records = validated_update(template, reply)
+                model, records = validated_update(template, reply, reference)
             except UpdateRejected as exc:
                 result.outcome, result.reason = Outcome.REJECTED, str(exc)
                 log.warning(

@@ -24,6 +24,7 @@ from consortium.core.history import RoundRecord
 from consortium.core.message import EVALUATE, TRAIN
 from consortium.core.protocol import PARAM_NUM_ROUNDS, PARAM_SEED
 from consortium.core.records import Config
+from consortium.server.compression import compress_tasks
 from consortium.server.config import ServerConfig, strategy_params
 from consortium.server.context import ServerContext
 from consortium.server.global_model import GlobalModel
@@ -121,14 +122,19 @@ class RoundWorkflow:
         collector = ReplyCollector(ctx.run_id, rnd, record, time.perf_counter())
         messages = task_messages(ctx, rnd, TRAIN, instructions, cfg.round_timeout)
         del instructions
+        # compression-downlink in the run config: the model travels compressed
+        messages = compress_tasks(messages, ctx.run_config, ctx.rng(rnd, stream="compression"))
         replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
         del messages
         # the transport holds the model until every node has its copy; if it is also
         # in a checkpoint, nothing else needs it in memory during the fold
         model.release()
         need = required_replies(len(sampled), cfg.min_replies, cfg.min_reply_fraction)
-        stream = collector.train_replies(model.skeleton(), sampled, replies, need)
-        new_arrays, record.train_metrics = strategy.aggregate_train(rnd, model.current(), stream)
+        # one view of the model for the fold and for decoding compressed deltas: read back
+        # from the checkpoint only if either looks at it
+        current = model.current()
+        stream = collector.train_replies(model.skeleton(), sampled, replies, need, current)
+        new_arrays, record.train_metrics = strategy.aggregate_train(rnd, current, stream)
         self._end_round(grid, ctx, new_arrays, nodes, collector, started)
         return new_arrays
 
