@@ -1,5 +1,5 @@
-"""One contract for every Grid: simulation (threads, pool, processes, simulated time) and
-the deployment's FleetGrid with real node runners (in-memory connections)."""
+"""One contract for every Grid: simulation (threads, pool, processes, simulated time, Ray)
+and the deployment's FleetGrid with real node runners (in-memory connections)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from consortium.node.runner import NodePolicy, NodeRunner
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import FleetGrid
 from consortium.simulation import AsyncSimulationGrid, SimulationGrid
+from consortium.simulation.ray_backend import RayGrid, connect_ray
 
 APP_DIR = Path(__file__).parent / "gridapp"
 APP_REF = "grid_toy:client_app"
@@ -62,11 +63,29 @@ def _fleet_grid(tmp_path: Path) -> Iterator[Grid]:
         fleet.close()
 
 
-@pytest.fixture(params=["threads", "pool", "processes", "simulated-time", "fleet"])
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray (loopback, no dashboard) for this module's Ray grids, started on demand."""
+    ray = pytest.importorskip("ray")
+    started = connect_ray(num_cpus=2)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(params=["threads", "pool", "processes", "simulated-time", "fleet", "ray"])
 def grid(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Grid]:
     kind = request.param
     if kind == "fleet":
         yield from _fleet_grid(tmp_path)
+        return
+    if kind == "ray":
+        request.getfixturevalue("local_ray")
+        ray_grid = RayGrid(APP_REF, NODES, app_path=[str(APP_DIR)])
+        try:
+            yield ray_grid
+        finally:
+            ray_grid.close()
         return
     app = load_app(APP_REF, [str(APP_DIR)])
     sim: SimulationGrid | AsyncSimulationGrid

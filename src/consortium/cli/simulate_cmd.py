@@ -25,8 +25,14 @@ def default_run_dir(name: str) -> Path:
 @click.option("--nodes", "num_nodes", type=click.IntRange(min=1), help="Number of virtual nodes.")
 @click.option(
     "--backend",
-    type=click.Choice(["threads", "processes"]),
-    help="Run nodes in threads of this process or in worker processes.",
+    type=click.Choice(["threads", "processes", "ray"]),
+    help="Run nodes in threads of this process, in worker processes, or as Ray tasks.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="With --backend ray: join this Ray cluster (host:port, auto) instead of starting "
+    "a local Ray. Per-node resources: --run-config ray-num-cpus=…, ray-num-gpus=….",
 )
 @click.option("--workers", type=click.IntRange(min=1), help="Threads or processes running nodes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed.")
@@ -47,6 +53,7 @@ def simulate(
     num_nodes: int | None,
     backend: str | None,
     workers: int | None,
+    ray_address: str | None,
     seed: int,
     overrides: tuple[str, ...],
     run_dir: Path | None,
@@ -57,6 +64,8 @@ def simulate(
 ) -> None:
     """Run the app in APP_DIR (a folder with consortium.toml) with virtual nodes."""
     spec = load_app_spec(app_dir)
+    if ray_address is not None and (backend or spec.manifest.simulation.backend) != "ray":
+        raise ConfigError("--ray-address needs --backend ray")
     run_config = spec.run_config(dict(parse_override(o) for o in overrides))
     sim = spec.manifest.simulation
     node_ids = sim.node_ids
@@ -90,6 +99,7 @@ def simulate(
         run_dir=run_dir,
         observers=observers,
         app_path=[str(spec.root)],
+        ray_address=ray_address,
     )
     print_history(console, result.history)
     console.print(f"final model: {', '.join(str(p) for p in result.model_files)}")

@@ -21,6 +21,7 @@ from consortium.simulation.attacks import (
 )
 from consortium.simulation.engine import run_simulation
 from consortium.simulation.grid import SimulationGrid
+from consortium.simulation.ray_backend import RayGrid, RayOptions
 from consortium.simulation.replay import ReplayGrid, completion_order
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "InnerProductManipulation",
     "LittleIsEnough",
     "ModelPoisoning",
+    "RayGrid",
+    "RayOptions",
     "ReplayGrid",
     "RoundView",
     "SignFlip",
