@@ -39,6 +39,15 @@ class Row:
     peak_rss_mb: float | None
     final_accuracy: float | None
     note: str = ""
+    #: the run itself (no start-up), its CPU time, and its split (sim_consortium.py)
+    run_s: float | None = None
+    run_cpu_s: float | None = None
+    node_compute_s: float | None = None
+    framework_s: float | None = None
+    framework_us_per_task: float | None = None
+    #: the machine's 1-minute load average when the run started (2 cores: above ~2 it
+    #: was shared with other work)
+    load: float | None = None
 
 
 def _parse(stdout: str) -> dict:  # type: ignore[type-arg]
@@ -51,10 +60,11 @@ def _parse(stdout: str) -> dict:  # type: ignore[type-arg]
 def run_one(
     system: str, cmd: list[str], env: dict[str, str] | None, nodes: int, timeout: float
 ) -> Row:
+    load = os.getloadavg()[0]
     m = run_measured(cmd, env, timeout)
     if not m.ok:
         note = "timed out" if m.timed_out else f"exit {m.returncode}: {m.stderr.strip()[-300:]}"
-        return Row(system, nodes, m.wall_s, None, m.peak_rss_bytes / MB, None, note)
+        return Row(system, nodes, m.wall_s, None, m.peak_rss_bytes / MB, None, note, load=load)
     out = _parse(m.stdout)
     per_round = out.get("seconds_per_round") or []
     rss = max(m.peak_rss_bytes, int(out.get("self_peak_rss_bytes") or 0))
@@ -65,6 +75,12 @@ def run_one(
         sum(per_round) / len(per_round) if per_round else None,
         rss / MB,
         out.get("final_accuracy"),
+        run_s=out.get("run_s"),
+        run_cpu_s=out.get("run_cpu_s"),
+        node_compute_s=out.get("node_compute_s"),
+        framework_s=out.get("framework_s"),
+        framework_us_per_task=out.get("framework_us_per_task"),
+        load=load,
     )
 
 
@@ -132,8 +148,11 @@ def main() -> int:
     for n in sizes:
         common = ["--nodes", str(n), "--rounds", str(args.rounds), "--seed", str(args.seed)]
         cmd = [sys.executable, str(HERE / "sim_consortium.py"), *common]
-        rows.append(run_one("consortium", cmd, None, n, args.timeout))
-        print(f"consortium N={n}: {rows[-1]}", file=sys.stderr, flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(run_one("consortium", cmd, None, n, args.timeout))
+            print(f"consortium N={n}: {runs[-1]}", file=sys.stderr, flush=True)
+        rows.append(best(runs))
         if flower_python is not None:
             if n > args.flower_max_nodes:
                 rows.append(
@@ -141,8 +160,11 @@ def main() -> int:
                 )
                 continue
             fcmd = [str(flower_python), str(HERE / "peers" / "flower_sim.py"), *common]
-            rows.append(run_one("flower", fcmd, fenv, n, args.timeout))
-            print(f"flower N={n}: {rows[-1]}", file=sys.stderr, flush=True)
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(run_one("flower", fcmd, fenv, n, args.timeout))
+                print(f"flower N={n}: {runs[-1]}", file=sys.stderr, flush=True)
+            rows.append(best(runs))
 
     print(f"\n### Simulation, logreg-20, {args.rounds} rounds (2-core machine)\n")
     header = "| N | Consortium wall s | s/round | peak RSS MB | accuracy |"
@@ -178,6 +200,7 @@ def main() -> int:
         print(line)
         if c.note:
             print(f"\nconsortium N={n}: {c.note}")
+    print_split([r for r in rows if r.system == "consortium"], args.rounds, args.repeat)
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -186,6 +209,26 @@ def main() -> int:
             )
         )
     return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
+
+
+def print_split(rows: list[Row], rounds: int, repeat: int) -> None:
+    """Where Consortium's run time went: the nodes' own compute (data and training, timed
+    inside the handler) and the framework (everything else), per node-task too."""
+    print(f"\n### Where the time goes (Consortium, best of {repeat}; start-up excluded)\n")
+    print(
+        "| N | load (1 min) | run s | run CPU s | node compute s | framework s "
+        "| node µs/task | framework µs/task |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        tasks = r.nodes * rounds
+        node_us = r.node_compute_s / tasks * 1e6 if r.node_compute_s is not None else None
+        print(
+            f"| {r.nodes} | {fmt(r.load, '.1f')} | {fmt(r.run_s, '.2f')} | "
+            f"{fmt(r.run_cpu_s, '.2f')} | {fmt(r.node_compute_s, '.2f')} | "
+            f"{fmt(r.framework_s, '.2f')} | {fmt(node_us, '.1f')} | "
+            f"{fmt(r.framework_us_per_task, '.1f')} |"
+        )
 
 
 def compare_revision(args: argparse.Namespace, sizes: list[int]) -> int:

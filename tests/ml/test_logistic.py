@@ -257,3 +257,24 @@ def test_predict_and_evaluate_agree_with_metrics() -> None:
     assert result["loss"] == pytest.approx(metrics.log_loss(y, prob), rel=1e-9)
     assert result["accuracy"] == pytest.approx(metrics.accuracy(y, prob))
     assert result["auc"] == pytest.approx(metrics.roc_auc(y, prob))
+
+
+def test_reused_buffers_leave_no_trace_between_calls_or_threads() -> None:
+    """Small problems reuse per-thread buffers: a call gives the same bits whatever ran
+    before it on this thread (other data, a partial last pass) or on another thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(seed: int, steps: int) -> tuple[bytes, float]:
+        x, y = _data(seed)
+        params = logistic.init_params(D, np.random.default_rng(9))
+        r = logistic.train(
+            params, x.astype(np.float32), y, rng=np.random.default_rng(seed), lr=0.1,
+            batch_size=32, steps=steps,
+        )  # fmt: skip
+        return _flat(r.params).tobytes(), r.loss
+
+    first = run(1, 4)
+    run(2, 3)  # same shapes, other data, a pass cut short
+    assert run(1, 4) == first
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda s: run(*s), [(1, 4), (2, 3)] * 8))[::2] == [first] * 8

@@ -11,7 +11,14 @@ import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError
-from consortium.strategy import FedAvg, TrainReply, WeightedMean, sample_nodes, weighted_metrics
+from consortium.strategy import (
+    FedAvg,
+    TrainReply,
+    WeightedMean,
+    aggregate,
+    sample_nodes,
+    weighted_metrics,
+)
 
 
 def _reply(node: str, w: np.ndarray, n: int, **metrics: float) -> TrainReply:
@@ -31,6 +38,35 @@ def test_weighted_mean_matches_numpy() -> None:
     np.testing.assert_allclose(result["w"], expected, rtol=1e-6)
     assert result["w"].dtype == np.float32
     assert metrics["loss"] == pytest.approx(sum(i * n for i, n in enumerate(ns)) / sum(ns))
+
+
+@pytest.mark.parametrize("block", [8, 1 << 20])
+@pytest.mark.parametrize("dtype", ["f4", "f8"])
+def test_weighted_mean_is_the_sequential_fold_bit_for_bit(
+    block: int, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small arrays (one multiply and one add through a kept view of the scratch) and
+    arrays folded in several blocks both give exactly ``acc += weight * x`` in order."""
+    monkeypatch.setattr(aggregate, "BLOCK", block)
+    rng = np.random.default_rng(1)
+    shapes = {"w": (5, 7), "b": (3,), "s": ()}
+    updates = [
+        Arrays({k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}) for _ in range(6)
+    ]
+    weights = [3.0, 0.5, 7.0, 0.0, 11.0, 2.5]
+    mean = WeightedMean()
+    for update, weight in zip(updates, weights, strict=True):
+        mean.add(update, weight)
+    result = mean.result()
+    assert result is not None
+    for name in shapes:
+        acc = updates[0][name] * weights[0]  # computed in the input's dtype, then widened
+        acc = np.asarray(acc, dtype=np.float64)
+        for update, weight in zip(updates[1:], weights[1:], strict=True):
+            acc = acc + np.asarray(update[name] * weight, dtype=np.float64)
+        expected = (acc / sum(weights)).astype(dtype)
+        assert result[name].tobytes() == expected.tobytes(), name
+        assert result[name].shape == shapes[name]
 
 
 def test_all_zero_weights_fail_clearly() -> None:

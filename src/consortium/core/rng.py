@@ -13,6 +13,7 @@ per round, tens of thousands of times.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from typing import Any
@@ -31,8 +32,20 @@ def stable_key(name: str | int) -> int:
     """A platform-independent 64-bit integer for a node name (never ``hash()``)."""
     if isinstance(name, int) and not isinstance(name, bool) and 0 <= name <= _MASK:
         return name
-    digest = hashlib.blake2b(str(name).encode(), digest_size=8).digest()
+    return _name_key(str(name))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_key(name: str) -> int:
+    """The BLAKE2b key of a name, remembered: a simulation derives a generator for every
+    node in every round (the cache holds ~200 bytes a name, 65,536 names at most)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+#: dtype asked for -> (its little-endian form, itself): ``generate_state`` is called
+#: once per generator, and normalising a dtype costs more than hashing the key.
+_WORD_TYPES: dict[Any, tuple[np.dtype[Any], np.dtype[Any]]] = {}
 
 
 class _HashedSeed(ISeedSequence):
@@ -44,12 +57,16 @@ class _HashedSeed(ISeedSequence):
         self._digest = digest
 
     def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
-        dt = np.dtype(dtype)
-        need = int(n_words) * dt.itemsize
+        types = _WORD_TYPES.get(dtype)
+        if types is None:
+            dt = np.dtype(dtype)
+            types = _WORD_TYPES[dtype] = (dt.newbyteorder("<"), dt)
+        little, native = types
+        need = int(n_words) * native.itemsize
         data = self._digest
         if need > len(data):
             data = hashlib.shake_256(data).digest(need)
-        return np.frombuffer(data[:need], dtype=dt.newbyteorder("<")).astype(dt)
+        return np.frombuffer(data, dtype=little, count=int(n_words)).astype(native)
 
 
 def derive_rng(

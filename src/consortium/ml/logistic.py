@@ -7,12 +7,13 @@ so a torch node and a numpy node can share one global model.
 :func:`train` is on the hot path of simulations (thousands of calls on small
 silos), so its inner loop runs on preallocated buffers: each pass gathers the
 shuffled rows once (with a column of ones for the bias) and every minibatch is
-a view into that copy.
+a view into that copy. A small problem's buffers are kept per thread and reused.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -128,7 +129,11 @@ def train(
     (momentum, Adam moments) starts fresh on every call. ``params`` is never
     modified; the same inputs and generator state give bit-identical results.
     """
-    xf = _features(x)
+    xf = np.asarray(x)
+    if xf.dtype != np.float32 and xf.dtype != np.float64:
+        xf = _features(xf)  # float32 and float64 are widened (exactly) as they are copied below
+    elif xf.ndim != 2:
+        raise ValueError(f"x must be a 2-D array (examples, features), got shape {xf.shape}")
     n, d = xf.shape
     yf = _labels(y, n)
     theta = _theta(params, d)
@@ -146,21 +151,16 @@ def train(
     )
     step = opt.step
 
-    xa = np.empty((n, d + 1))
+    xa, xs, ys, zs, sps, grad, bounds, batches = _buffers(n, d, int(batch_size))
     xa[:, :d] = xf
     xa[:, d] = 1.0
-    # per pass: shuffled rows and labels, logits, softplus(logits), scratch
-    xs, ys = np.empty_like(xa), np.empty(n)
-    zs, sps, ps = np.empty(n), np.empty(n), np.empty(n)
-    grad = np.empty(d + 1)
-    bounds = batch_bounds(n, int(batch_size))
-    batches = [(xs[a:b], ys[a:b], zs[a:b], sps[a:b], ps[a:b], 1.0 / (b - a)) for a, b in bounds]
 
     loss_sum = 0.0
     seen = 0
     for perm, count in passes(n, int(batch_size), total, rng):
-        np.take(xa, perm, axis=0, out=xs, mode="clip")
-        np.take(yf, perm, out=ys, mode="clip")
+        # the methods, not np.take: its Python wrapper doubles the cost of a small gather
+        xa.take(perm, axis=0, out=xs, mode="clip")
+        yf.take(perm, out=ys, mode="clip")
         for xb, yb, z, sp, p, inv_m in batches[:count]:
             np.dot(xb, theta, out=z)
             # softplus(z) = -log(1 - sigmoid(z)), so per-example BCE = softplus(z) - y * z
@@ -179,6 +179,45 @@ def train(
 
     loss = float(loss_sum) / seen if seen else float("nan")
     return TrainResult(params=_as_params(theta), loss=loss, num_examples=n, steps=total)
+
+
+#: Problems up to this many numbers (rows x (features + 1)) reuse their buffers.
+_KEEP_BUFFERS = 1 << 16
+_Buffers = tuple[F64, F64, F64, F64, F64, F64, list[tuple[int, int]], list[Any]]
+
+
+class _Kept(threading.local):
+    """Each thread's buffers, by (rows, features, batch size)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[int, int, int], _Buffers] = {}
+
+
+_kept = _Kept()
+
+
+def _buffers(n: int, d: int, batch_size: int) -> _Buffers:
+    """Scratch for :func:`train`: the rows with a column of ones, per pass the shuffled
+    rows and labels, logits and softplus(logits), the gradient; the batches' bounds and
+    views. Every value is written before it is read, so a small problem's buffers are
+    kept per thread and reused (a simulation trains thousands of small silos of one
+    shape; allocating and slicing them was a fifth of the call)."""
+    key = (n, d, batch_size)
+    kept = _kept.buffers
+    if key in kept:
+        return kept[key]
+    xa = np.empty((n, d + 1))
+    xs, ys = np.empty_like(xa), np.empty(n)
+    zs, sps, ps = np.empty(n), np.empty(n), np.empty(n)
+    grad = np.empty(d + 1)
+    bounds = batch_bounds(n, batch_size)
+    batches = [(xs[a:b], ys[a:b], zs[a:b], sps[a:b], ps[a:b], 1.0 / (b - a)) for a, b in bounds]
+    made: _Buffers = (xa, xs, ys, zs, sps, grad, bounds, batches)
+    if n * (d + 1) <= _KEEP_BUFFERS:
+        if len(kept) >= 8:  # a few shapes per thread, never a large one
+            kept.clear()
+        kept[key] = made
+    return made
 
 
 def predict_proba(params: Mapping[str, Any], x: ArrayLike) -> F64:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -25,7 +26,7 @@ class WeightedMean:
     :meth:`result` divides in place. The result has each parameter's dtype.
     """
 
-    __slots__ = ("_accumulate", "_dtypes", "_scratch", "_sums", "count", "total_weight")
+    __slots__ = ("_accumulate", "_dtypes", "_parts", "_scratch", "_sums", "count", "total_weight")
 
     def __init__(self, *, accumulate: Literal["float64", "input"] = "float64") -> None:
         if accumulate not in ("float64", "input"):
@@ -33,6 +34,7 @@ class WeightedMean:
         self._accumulate = accumulate
         self._sums: dict[str, np.ndarray] | None = None
         self._scratch: dict[np.dtype, np.ndarray] = {}
+        self._parts: dict[str, np.ndarray | None] = {}
         self._dtypes: dict[str, np.dtype] = {}
         self.total_weight = 0.0
         self.count = 0
@@ -43,34 +45,67 @@ class WeightedMean:
         return np.dtype(np.complex128 if dtype.kind == "c" else np.float64)
 
     def add(self, arrays: Arrays, weight: float) -> None:
-        if weight < 0 or not np.isfinite(weight):
+        if not 0 <= weight < math.inf:  # NaN fails too; cheaper than np.isfinite on a float
             raise UpdateRejected(f"aggregation weight must be finite and >= 0, got {weight}")
-        first = self._sums is None
-        if first:
-            self._sums = {}
-        assert self._sums is not None
-        for name, value in arrays.items():
-            if first:
-                self._dtypes[name] = value.dtype
-                if self._adopt(arrays, name, value, weight):
-                    continue
-                self._sums[name] = _empty(value.shape, self._sum_dtype(value.dtype))
-            acc = self._sums[name].reshape(-1)
-            flat = value.reshape(-1)
-            scratch = self._scratch.get(acc.dtype)
-            if scratch is None:
-                scratch = self._scratch[acc.dtype] = np.empty(BLOCK, dtype=acc.dtype)
-            for i in range(0, flat.size, BLOCK):
-                part = scratch[: min(BLOCK, flat.size - i)]
-                np.multiply(flat[i : i + BLOCK], weight, out=part, casting="unsafe")
-                if first:
-                    acc[i : i + BLOCK] = part
+        if self._sums is None:
+            self._first(arrays, weight)
+        else:
+            sums, parts = self._sums, self._parts
+            # names and arrays side by side: the Mapping ABC's items() costs a call per item
+            for name, value in zip(arrays, arrays.to_list(), strict=True):
+                acc, part = sums[name], parts[name]
+                if part is not None and value.shape == part.shape:  # one block: two calls
+                    np.multiply(value, weight, out=part, casting="unsafe")
+                    np.add(acc, part, out=acc)
                 else:
-                    acc[i : i + BLOCK] += part
-        if first:
-            arrays.exclusive = False  # adopted memory now belongs to the sums
+                    self._fold(acc, value, weight, first=False)
         self.total_weight += weight
         self.count += 1
+
+    def _first(self, arrays: Arrays, weight: float) -> None:
+        """Start the sums with the first update, ``weight * arrays``, and lay out the
+        scratch: one buffer per sum dtype, of the largest array's size up to
+        :data:`BLOCK`, which every array of up to that size folds through (a view of it
+        kept per name, so that folding a small array is one multiply and one add)."""
+        values = arrays.to_list()
+        sizes: dict[np.dtype, int] = {}
+        for value in values:
+            dtype = self._sum_dtype(value.dtype)
+            sizes[dtype] = max(sizes.get(dtype, 0), min(value.size, BLOCK))
+        for dtype, size in sizes.items():
+            kept = self._scratch.get(dtype)
+            if kept is None or kept.size < size:
+                self._scratch[dtype] = np.empty(size, dtype=dtype)
+        sums: dict[str, np.ndarray] = {}
+        self._sums, self._parts = sums, {}
+        for name, value in zip(arrays, values, strict=True):
+            self._dtypes[name] = value.dtype
+            dtype = self._sum_dtype(value.dtype)
+            self._parts[name] = (
+                self._scratch[dtype][: value.size].reshape(value.shape)
+                if value.size <= BLOCK
+                else None
+            )
+            if self._adopt(arrays, name, value, weight):
+                continue
+            sums[name] = acc = _empty(value.shape, dtype)
+            self._fold(acc, value, weight, first=True)
+        arrays.exclusive = False  # adopted memory now belongs to the sums
+
+    def _fold(self, acc: np.ndarray, value: np.ndarray, weight: float, *, first: bool) -> None:
+        """``acc (+)= weight * value`` in blocks of :data:`BLOCK` elements."""
+        acc = acc.reshape(-1)
+        flat = value.reshape(-1)
+        scratch = self._scratch.get(acc.dtype)
+        if scratch is None or scratch.size < min(BLOCK, flat.size):
+            scratch = self._scratch[acc.dtype] = np.empty(min(BLOCK, flat.size), dtype=acc.dtype)
+        for i in range(0, flat.size, BLOCK):
+            part = scratch[: min(BLOCK, flat.size - i)]
+            np.multiply(flat[i : i + BLOCK], weight, out=part, casting="unsafe")
+            if first:
+                acc[i : i + BLOCK] = part
+            else:
+                acc[i : i + BLOCK] += part
 
     def _adopt(self, arrays: Arrays, name: str, value: np.ndarray, weight: float) -> bool:
         """First update, from an exclusive message: scale the array in place and make it
