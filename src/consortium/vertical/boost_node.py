@@ -1,0 +1,104 @@
+"""Vertical boosting on the node: the handlers :func:`register_vertical_boost` adds.
+
+A party is whatever its data says: the one whose
+:class:`~.logistic_party.PartyData` has labels is the label holder, the
+others are passive. Each handler reads the node's own data and the aligned
+ids afresh, bins its columns (deterministically, from its own training
+rows), checks the task against the party's saved progress and answers with
+what the protocol lets leave the silo (:mod:`.boost_active`,
+:mod:`.boost_passive`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consortium.client.app import ClientApp, Handler
+from consortium.core.arrays import Arrays
+from consortium.core.context import Context
+from consortium.core.errors import UpdateRejected
+from consortium.core.message import Content, Message
+from consortium.core.records import Config
+from consortium.vertical import boost_active as active
+from consortium.vertical import boost_passive as passive
+from consortium.vertical.boost_party import Bins
+from consortium.vertical.boost_protocol import (
+    ACTIVE,
+    CANDIDATES,
+    FEATURE_NAMES,
+    KEY,
+    KIND_FINISH,
+    KIND_GRADIENTS,
+    KIND_HISTOGRAM,
+    KIND_PARTITION,
+    KIND_SETUP,
+    KIND_SPLIT,
+    MAX_CANDIDATES,
+    PASSIVE,
+    PAYLOAD,
+    ROLE,
+    TEST_ROWS,
+    TRAIN_ROWS,
+    BoostParams,
+)
+from consortium.vertical.logistic_party import AlignedFn, DataFn, LocalView, local_view
+
+#: One protocol step on a party: the task, the context, its rows, the settings, its bins.
+Step = Callable[[Message, Context, LocalView, BoostParams, Bins], Message]
+
+
+def register_vertical_boost(app: ClientApp, data: DataFn, aligned: AlignedFn) -> None:
+    """Add the vertical-boosting handlers (:data:`~.boost_protocol.VSB_KINDS`) to ``app``.
+
+    ``data(context)`` gives the node's :class:`~.logistic_party.PartyData`;
+    ``aligned(context)`` the shared ids in the common order (the PSI's ``aligned_rows``).
+    """
+
+    def view(context: Context) -> tuple[LocalView, BoostParams, Bins]:
+        params = BoostParams.from_config(context.run_config)
+        local = local_view(data(context), list(aligned(context)), params.split_view)
+        return local, params, Bins.of(local.x_train, local.x_test, params.bins)
+
+    @app.handler(KIND_SETUP)
+    def setup(msg: Message, context: Context) -> Message:
+        local, params, bins = view(context)
+        arrays = Arrays()
+        config: Config = {
+            ROLE: local.role,
+            FEATURE_NAMES: list(local.feature_names),
+            TRAIN_ROWS: local.train_rows,
+            TEST_ROWS: int(local.x_test.shape[0]),
+        }
+        if local.role == ACTIVE:
+            arrays[KEY] = active.setup(context, local, params).public.to_wire()
+        else:
+            if len(bins.candidates) > MAX_CANDIDATES:
+                raise UpdateRejected(f"more than {MAX_CANDIDATES} split candidates: fewer bins")
+            passive.setup(context)
+            config[CANDIDATES] = len(bins.candidates)
+        return msg.reply(Content(arrays={PAYLOAD: arrays}, configs={PAYLOAD: config}))
+
+    def on(role: str, step: Step) -> Handler:
+        def handle(msg: Message, context: Context) -> Message:
+            local, params, bins = view(context)
+            if local.role != role:
+                raise UpdateRejected(f"a {msg.metadata.kind!r} task is for the {role} party")
+            return step(msg, context, local, params, bins)
+
+        return handle
+
+    app.handler(KIND_GRADIENTS)(on(ACTIVE, active.gradients))
+    app.handler(KIND_SPLIT)(on(ACTIVE, active.split))
+    app.handler(KIND_HISTOGRAM)(on(PASSIVE, passive.histogram))
+    app.handler(KIND_PARTITION)(on(PASSIVE, passive.partition))
+
+    @app.handler(KIND_FINISH)
+    def finish(msg: Message, context: Context) -> Message:
+        local, _, _ = view(context)
+        config: Config = {ROLE: local.role}
+        arrays = Arrays()
+        if local.role == ACTIVE:
+            arrays = active.finish(context)
+        else:
+            config["vsb-splits"] = passive.splits_held(context)
+        return msg.reply(Content(arrays={PAYLOAD: arrays}, configs={PAYLOAD: config}))

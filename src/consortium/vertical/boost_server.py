@@ -1,0 +1,332 @@
+"""Vertical gradient boosting as a program over the Grid: the server only relays.
+
+:func:`run_vertical_boost` drives the parties through the SecureBoost-style
+protocol of ``docs/vertical.md`` ("Vertical gradient boosting (SecureBoost)"):
+setup; per tree the label holder's encrypted gradients, then level by level
+the passive parties' encrypted histograms, the label holder's decisions and
+the owners' partitions; a last gradients pass that only evaluates. The server
+sees ciphertexts, node assignments of rows (the instance space, which the
+parties see too), "party k, candidate c" decisions and the label holder's
+metrics; it checks what it relays (shapes, dtypes, ranges) so one party's
+garbage stops the run here with a message naming the party. Each tree is one
+:class:`RoundRecord`: loss and accuracy (train and held-out), every party's
+bytes in and out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import RoundFailed, UpdateRejected
+from consortium.core.grid import Grid
+from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.message import CONFIG, Content, Message
+from consortium.core.records import Config, Metrics
+from consortium.vertical.boost_party import children
+from consortium.vertical.boost_protocol import (
+    ACTIVE,
+    ASSIGN,
+    ASSIGN_TEST,
+    CANDIDATES,
+    COUNTS,
+    DECISIONS,
+    FEATURE_NAMES,
+    GRAD,
+    HIST,
+    KEY,
+    KIND_FINISH,
+    KIND_GRADIENTS,
+    KIND_HISTOGRAM,
+    KIND_PARTITION,
+    KIND_SETUP,
+    KIND_SPLIT,
+    LABEL_HOLDER,
+    LEFT,
+    LEFT_TEST,
+    LEVEL,
+    MAX_CANDIDATES,
+    MAX_PASSIVES,
+    OWNERS,
+    PASSIVE,
+    PAYLOAD,
+    ROLE,
+    SPLITS,
+    TEST_ROWS,
+    TRAIN_ROWS,
+    TRAINING,
+    TREE,
+    BoostParams,
+    int_array,
+    mask_array,
+)
+from consortium.vertical.logistic_server import Party, RunContext
+
+log = logging.getLogger("consortium.vertical")
+_T = TypeVar("_T")
+
+
+@dataclass
+class VerticalBoostResult:
+    """What the server learnt: the parties, the last metrics, who owns each split."""
+
+    active: Party
+    passives: list[Party]
+    metrics: Metrics
+    #: per tree, per internal node (level order): the node owning its split, "" for none
+    owners: list[list[str]] = field(default_factory=list)
+    bytes_exchanged: int = 0
+
+
+class _Relay:
+    """Sends one step's tasks, insists on every reply, counts every party's bytes."""
+
+    def __init__(self, grid: Grid, run_id: str, timeout: float) -> None:
+        self.grid, self.run_id, self.timeout = grid, run_id, timeout
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+
+    def step(self, kind: str, step: int, tasks: dict[str, Content]) -> dict[str, Content]:
+        messages = [Message.create(run_id=self.run_id, dst=node, round=step, kind=kind,
+                                   content=content) for node, content in tasks.items()]  # fmt: skip
+        by_id = {m.metadata.message_id: m for m in messages}
+        replies: dict[str, Content] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            message = by_id.get(reply.metadata.reply_to or "")
+            node = message.metadata.dst if message is not None else reply.metadata.src
+            if message is None or reply.metadata.src != node or node in replies:
+                raise RoundFailed(f"vertical boosting {kind}: a stray reply from {node}")
+            if reply.error is not None or reply.content is None:
+                reason = reply.error.reason if reply.error is not None else "no content"
+                raise RoundFailed(f"vertical boosting {kind}, tree {step}: {node} failed: {reason}")
+            replies[node] = reply.content
+            self.sent[node] = self.sent.get(node, 0) + _nbytes(message.content)
+            self.received[node] = self.received.get(node, 0) + _nbytes(reply.content)
+        missing = sorted(set(tasks) - set(replies))
+        if missing:
+            raise RoundFailed(f"vertical boosting {kind}, tree {step}: no reply from {missing}")
+        return replies
+
+    def take(self) -> tuple[dict[str, int], dict[str, int]]:
+        out = (self.sent, self.received)
+        self.sent, self.received = {}, {}
+        return out
+
+
+@dataclass(frozen=True)
+class _Setup:
+    active: Party
+    passives: list[Party]
+    candidates: list[int]  # each passive party's number of split candidates
+    key: np.ndarray
+    train_rows: int
+    test_rows: int
+
+
+def run_vertical_boost(
+    grid: Grid, context: RunContext, params: BoostParams, parties: Sequence[str]
+) -> VerticalBoostResult:
+    """Train ``params.trees`` trees across ``parties`` (2-9 nodes, one label holder).
+
+    Round ``t`` of the reported history is the model after ``t`` trees.
+    """
+    relay = _Relay(grid, context.run_id, params.timeout)
+    setup = _setup(relay, list(parties))
+    total = sum(sum(counts.values()) for counts in relay.take())
+    metrics: Metrics = {}
+    started = time.monotonic()
+    for t in range(1, params.trees + 2):
+        training = t <= params.trees
+        flags: Config = {TREE: t, TRAINING: training}
+        replies = relay.step(
+            KIND_GRADIENTS, t, {setup.active.node: Content(configs={CONFIG: flags})}
+        )
+        metrics = dict(replies[setup.active.node].metric_values)
+        if t > 1:
+            sent, received = relay.take()
+            total += sum(sent.values()) + sum(received.values())
+            _report(context, t - 1, metrics, sent, received, time.monotonic() - started)
+            started = time.monotonic()
+        if training:
+            width = 2 * setup.key.shape[0]
+            what = f"{setup.active.node}'s {GRAD}"
+            got = _payload(replies[setup.active.node]).get(GRAD)
+            grad = _check(got, np.uint8, (setup.train_rows, 2, width), what)
+            _grow(relay, setup, params, t, grad)
+    replies = relay.step(KIND_FINISH, params.trees + 2,
+                         {p.node: Content() for p in [setup.active, *setup.passives]})  # fmt: skip
+    total += sum(sum(counts.values()) for counts in relay.take())
+    what = f"{setup.active.node}'s {OWNERS}"
+    got = _payload(replies[setup.active.node]).get(OWNERS)
+    owners = _check(got, np.int64, (params.trees, 2**params.depth - 1), what)
+    names = ["", setup.active.node, *(p.node for p in setup.passives)]
+    table = [[names[int(o) + 1] if -1 <= o <= len(setup.passives) else "?" for o in row]
+             for row in owners]  # fmt: skip
+    return VerticalBoostResult(setup.active, setup.passives, metrics, table, total)
+
+
+def _grow(relay: _Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray) -> None:
+    """One tree, level by level; the server tracks which open node each row is in."""
+    active, passives = setup.active.node, setup.passives
+    assign = np.zeros(setup.train_rows, dtype=np.int64)
+    assign_test = np.zeros(setup.test_rows, dtype=np.int64)
+    theirs: list[tuple[np.ndarray, np.ndarray]] = []  # last level's passive partitions
+    for lv in range(params.depth + 1):
+        where: Config = {TREE: t, LEVEL: lv}
+        arrays = Arrays({LEFT: _stack([m[0] for m in theirs], setup.train_rows),
+                         LEFT_TEST: _stack([m[1] for m in theirs], setup.test_rows)})  # fmt: skip
+        config: Config = dict(where)
+        if lv < params.depth:
+            first = {KEY: setup.key, GRAD: grad} if lv == 0 else {}
+            replies = relay.step(KIND_HISTOGRAM, t, {p.node: Content(
+                arrays={PAYLOAD: Arrays({ASSIGN: assign, ASSIGN_TEST: assign_test, **first})},
+                configs={CONFIG: where}) for p in passives})  # fmt: skip
+            width = 2 * setup.key.shape[0]
+            arrays[HIST] = np.concatenate([
+                _check(_payload(replies[p.node]).get(HIST), np.uint8, (2**lv * count, 2, width),
+                       f"{p.node}'s {HIST}")
+                for p, count in zip(passives, setup.candidates, strict=True)])  # fmt: skip
+            config[COUNTS] = list(setup.candidates)
+        reply = relay.step(KIND_SPLIT, t, {active: Content(arrays={PAYLOAD: arrays},
+                                                          configs={CONFIG: config})})  # fmt: skip
+        got = _payload(reply[active])
+        decisions = _decisions(got, 2**lv, setup, assign)
+        nodes = [j for j in range(2**lv) if decisions[j, 0] >= LABEL_HOLDER]
+        if not nodes:
+            return
+        mine = [j for j in nodes if decisions[j, 0] == LABEL_HOLDER]
+        left = dict(zip(mine, _masks(got, setup, assign, assign_test, mine, active), strict=True))
+        asks = {}
+        for k, p in enumerate(passives, start=1):
+            owned = [j for j in nodes if decisions[j, 0] == k]
+            if owned:
+                pairs = np.asarray([[j, decisions[j, 1]] for j in owned], dtype=np.int64)
+                asks[p.node] = (owned, Content(arrays={PAYLOAD: Arrays({SPLITS: pairs})},
+                                               configs={CONFIG: where}))  # fmt: skip
+        if asks:
+            replies = relay.step(KIND_PARTITION, t, {n: c for n, (_, c) in asks.items()})
+            for n, (owned, _) in asks.items():
+                masks = _masks(_payload(replies[n]), setup, assign, assign_test, owned, n)
+                left.update(zip(owned, masks, strict=True))
+        theirs = [left[j] for j in nodes if decisions[j, 0] != LABEL_HOLDER]
+        assign = children(assign, nodes, _stack([left[j][0] for j in nodes], setup.train_rows))
+        assign_test = children(
+            assign_test, nodes, _stack([left[j][1] for j in nodes], setup.test_rows)
+        )
+
+
+def _decisions(got: Arrays, slots: int, setup: _Setup, assign: np.ndarray) -> np.ndarray:
+    """The label holder's ``(owner, candidate)`` per slot, each naming a real party,
+    candidate and non-empty node, or the run stops."""
+    what = f"{setup.active.node}'s {DECISIONS}"
+    decisions = _refused(
+        lambda: int_array(got.get(DECISIONS), (slots, 2), -1, MAX_CANDIDATES, what)
+    )
+    for j, (owner, candidate) in enumerate(decisions.tolist()):
+        if owner == -1:
+            continue
+        if owner > len(setup.passives) or not (assign == j).any():
+            raise RoundFailed(f"vertical boosting: {what} splits node {j} wrongly")
+        limit = setup.candidates[owner - 1] if owner != LABEL_HOLDER else 0
+        if (owner == LABEL_HOLDER and candidate != -1) or (
+            owner != LABEL_HOLDER and not 0 <= candidate < limit
+        ):
+            raise RoundFailed(f"vertical boosting: {what} names a candidate its owner lacks")
+    return decisions
+
+
+def _stack(rows: list[np.ndarray], width: int) -> np.ndarray:
+    return np.asarray(rows, dtype=np.uint8).reshape(len(rows), width)
+
+
+def _masks(got: Arrays, setup: _Setup, assign: np.ndarray, assign_test: np.ndarray,
+           nodes: list[int], node: str) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """A party's left rows of its splits of ``nodes``, each within its node, or the run stops."""
+    m = len(nodes)
+    left = _refused(lambda: mask_array(got.get(LEFT), (m, setup.train_rows), f"{node}'s {LEFT}"))
+    left_test = _refused(lambda: mask_array(got.get(LEFT_TEST), (m, setup.test_rows),
+                                            f"{node}'s {LEFT_TEST}"))  # fmt: skip
+    for j, row, row_test in zip(nodes, left, left_test, strict=True):
+        if (row & (assign != j)).any() or (row_test & (assign_test != j)).any():
+            raise RoundFailed(f"vertical boosting: {node} sends rows left that are not in node {j}")
+    return list(zip(left, left_test, strict=True))
+
+
+def _setup(relay: _Relay, nodes: list[str]) -> _Setup:
+    if not 2 <= len(nodes) <= MAX_PASSIVES + 1 or len(set(nodes)) != len(nodes):
+        raise RoundFailed(f"vertical boosting needs 2-{MAX_PASSIVES + 1} distinct parties: {nodes}")
+    replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
+    parties, shapes, candidates = [], set(), {}
+    for node in nodes:
+        config = replies[node].configs.get(PAYLOAD, {})
+        role, names = config.get(ROLE), config.get(FEATURE_NAMES)
+        if role not in (ACTIVE, PASSIVE) or not isinstance(names, list) or not names:
+            raise RoundFailed(f"party {node}'s setup reply names no role or features")
+        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
+        shapes.add((config.get(TRAIN_ROWS), config.get(TEST_ROWS)))
+        count = config.get(CANDIDATES)
+        if role == PASSIVE:
+            if (
+                isinstance(count, bool)
+                or not isinstance(count, int)
+                or not 0 <= count <= MAX_CANDIDATES
+            ):
+                raise RoundFailed(f"party {node}'s setup reply counts no split candidates")
+            candidates[node] = count
+    actives = [p for p in parties if p.role == ACTIVE]
+    if len(actives) != 1:
+        raise RoundFailed(f"vertical boosting needs exactly one label holder, got {len(actives)}")
+    if len(shapes) != 1:
+        raise RoundFailed(
+            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
+        )
+    train, test = shapes.pop()
+    if not isinstance(train, int) or not isinstance(test, int) or train < 2 or test < 0:
+        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
+    active = actives[0]
+    key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
+    if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
+        raise RoundFailed(f"the label holder {active.node} sent no public key")
+    passives = [p for p in parties if p.role == PASSIVE]
+    log.info("vertical boosting: label holder %s, passive %s, %d train and %d test rows",
+             active.node, [p.node for p in passives], train, test)  # fmt: skip
+    return _Setup(active, passives, [candidates[p.node] for p in passives], key, train, test)
+
+
+def _report(context: RunContext, step: int, metrics: Metrics, sent: dict[str, int],
+            received: dict[str, int], seconds: float) -> None:  # fmt: skip
+    train = {k: v for k, v in metrics.items() if not k.startswith("test_")}
+    test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
+    train["bytes"] = sum(sent.values()) + sum(received.values())
+    nodes = [NodeResult(node, "train", Outcome.OK, {"bytes_sent": received[node],
+                        "bytes_received": sent[node]}) for node in sorted(sent)]  # fmt: skip
+    context.report(RoundRecord(step, train_metrics=train, evaluate_metrics=test, nodes=nodes,
+                               seconds=seconds))  # fmt: skip
+
+
+def _refused(check: Callable[[], _T]) -> _T:
+    try:
+        return check()
+    except UpdateRejected as exc:
+        raise RoundFailed(f"vertical boosting: {exc}") from exc
+
+
+def _check(value: object, dtype: type, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != dtype or value.shape != shape:
+        got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+        raise RoundFailed(f"vertical boosting: {what} must be {dtype.__name__} {shape}, got {got}")
+    return value
+
+
+def _payload(content: Content) -> Arrays:
+    return content.arrays.get(PAYLOAD, Arrays())
+
+
+def _nbytes(content: Content | None) -> int:
+    return 0 if content is None else sum(a.nbytes for a in content.arrays.values())

@@ -1,0 +1,110 @@
+"""Vertical LR on the node: the handlers :func:`register_vertical_lr` adds to a ClientApp.
+
+A party is whatever its data says: the one whose :class:`PartyData` has
+labels is the label holder (active party), the others are passive. Each
+handler reads the node's own data and the aligned ids afresh (the PSI keeps
+them in the node's state), checks the task against the party's saved
+progress (iterations run in order, each step once), and answers with what
+the protocol lets leave the silo (see :mod:`.logistic_active` and
+:mod:`.logistic_passive`).
+"""
+
+from __future__ import annotations
+
+from consortium.client.app import ClientApp, Handler
+from consortium.core.arrays import Arrays
+from consortium.core.context import Context
+from consortium.core.errors import UpdateRejected
+from consortium.core.message import Content, Message
+from consortium.core.records import Config
+from consortium.vertical import logistic_active as active
+from consortium.vertical import logistic_passive as passive
+from consortium.vertical.logistic_party import (
+    AlignedFn,
+    DataFn,
+    LocalView,
+    Step,
+    local_view,
+    saved_arrays,
+    saved_config,
+)
+from consortium.vertical.logistic_protocol import (
+    ACTIVE,
+    BIAS,
+    FEATURE_NAMES,
+    FEATURES,
+    ITERATION,
+    KEY,
+    KIND_DECRYPT,
+    KIND_FINISH,
+    KIND_FORWARD,
+    KIND_GRADIENT,
+    KIND_RESIDUAL,
+    KIND_SETUP,
+    PASSIVE,
+    PAYLOAD,
+    PEER_KEY,
+    ROLE,
+    TEST_ROWS,
+    TRAIN_ROWS,
+    WEIGHTS,
+    VerticalLRParams,
+)
+
+
+def register_vertical_lr(app: ClientApp, data: DataFn, aligned: AlignedFn) -> None:
+    """Add the vertical-LR handlers (kinds :data:`~.logistic_protocol.VLR_KINDS`) to ``app``.
+
+    ``data(context)`` gives the node's :class:`~.logistic_party.PartyData`;
+    ``aligned(context)`` the shared ids in the common order (for instance the
+    PSI's ``aligned_rows``).
+    """
+
+    def view(context: Context) -> tuple[LocalView, VerticalLRParams]:
+        params = VerticalLRParams.from_config(context.run_config)
+        return local_view(data(context), list(aligned(context)), params), params
+
+    @app.handler(KIND_SETUP)
+    def setup(msg: Message, context: Context) -> Message:
+        local, params = view(context)
+        reply_arrays = Arrays()
+        if local.role == ACTIVE:
+            reply_arrays[KEY] = active.setup_key(context, params).public.to_wire()
+        else:
+            reply_arrays[PEER_KEY] = passive.setup(context)
+        config: Config = {
+            ROLE: local.role,
+            FEATURES: local.features,
+            FEATURE_NAMES: list(local.feature_names),
+            TRAIN_ROWS: local.train_rows,
+            TEST_ROWS: int(local.x_test.shape[0]),
+        }
+        return msg.reply(Content(arrays={PAYLOAD: reply_arrays}, configs={PAYLOAD: config}))
+
+    def on(role: str, step: Step) -> Handler:
+        def handle(msg: Message, context: Context) -> Message:
+            local, params = view(context)
+            if local.role != role:
+                raise UpdateRejected(f"a {msg.metadata.kind!r} task is for the {role} party")
+            return step(msg, context, local, params)
+
+        return handle
+
+    app.handler(KIND_FORWARD)(on(PASSIVE, passive.forward))
+    app.handler(KIND_GRADIENT)(on(PASSIVE, passive.gradient))
+    app.handler(KIND_RESIDUAL)(on(ACTIVE, active.residual))
+    app.handler(KIND_DECRYPT)(on(ACTIVE, active.decrypt))
+
+    @app.handler(KIND_FINISH)
+    def finish(msg: Message, context: Context) -> Message:
+        local, params = view(context)
+        state, saved = saved_arrays(context), saved_config(context)
+        if saved.get(ITERATION) != params.iterations + 1:
+            raise UpdateRejected("the run is not finished on this party")
+        out = Arrays()
+        if params.reveal_model:  # the run config (which the node accepted) asks for it
+            out[WEIGHTS] = state["w"]
+            if local.role == ACTIVE:
+                out[BIAS] = state["b"]
+        config: Config = {ROLE: local.role, FEATURE_NAMES: list(local.feature_names)}
+        return msg.reply(Content(arrays={PAYLOAD: out}, configs={PAYLOAD: config}))

@@ -1,0 +1,324 @@
+"""Vertical logistic regression as a program over the Grid: the server only relays.
+
+:func:`run_vertical_lr` drives the parties through the protocol of
+``docs/vertical.md`` ("Vertical logistic regression"): setup, then per
+iteration forward (passive parties' pairwise-masked partial logits), residual (the label
+holder's encrypted residuals), gradient (passive parties' masked encrypted
+gradients) and decrypt (the label holder decrypts them masked), and a last
+forward and residual pass that only evaluates. The server sees masked
+logits (their sum), ciphertexts, masked numbers and the label holder's metrics; it
+checks what it relays (shapes, finite values, ciphertext counts) so one
+party's garbage stops the run here with a message naming the party, instead
+of in another party's handler. Each iteration is one :class:`RoundRecord`:
+loss and accuracy (train and held-out), and every party's bytes in and out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.errors import RoundFailed, UpdateRejected
+from consortium.core.grid import Grid
+from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.message import CONFIG, Content, Message
+from consortium.core.records import Config, Metrics
+from consortium.vertical.logistic_masks import KEY_BYTES
+from consortium.vertical.logistic_protocol import (
+    ACTIVE,
+    BIAS,
+    COUNTS,
+    FEATURE_NAMES,
+    FEATURES,
+    GRADIENT,
+    ITERATION,
+    KEY,
+    KIND_DECRYPT,
+    KIND_FINISH,
+    KIND_FORWARD,
+    KIND_GRADIENT,
+    KIND_RESIDUAL,
+    KIND_SETUP,
+    PASSIVE,
+    PAYLOAD,
+    PEER_KEY,
+    PEERS,
+    PLAIN,
+    RESIDUALS,
+    ROLE,
+    TEST_ROWS,
+    TRAIN_ROWS,
+    TRAINING,
+    U_TEST,
+    U_TRAIN,
+    WEIGHTS,
+    VerticalLRParams,
+    float_vector,
+    uint64_matrix,
+)
+
+log = logging.getLogger("consortium.vertical")
+
+
+class RunContext(Protocol):
+    """What the protocol needs of the server's context (a ``ServerContext`` is one)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    def report(self, record: RoundRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Party:
+    """A party as its setup reply described it."""
+
+    node: str
+    role: str
+    feature_names: tuple[str, ...]
+
+
+@dataclass
+class VerticalLRResult:
+    """What the server learnt: the parties, the last metrics, and the weights if revealed."""
+
+    active: Party
+    passives: list[Party]
+    metrics: Metrics
+    #: node -> its weights (and the label holder's ``bias``); empty unless revealed
+    weights: dict[str, Arrays] = field(default_factory=dict)
+    bytes_exchanged: int = 0
+
+
+class _Relay:
+    """Sends one step's tasks, insists on every reply, counts every party's bytes."""
+
+    def __init__(self, grid: Grid, run_id: str, timeout: float) -> None:
+        self.grid, self.run_id, self.timeout = grid, run_id, timeout
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+
+    def step(self, kind: str, step: int, tasks: dict[str, Content]) -> dict[str, Content]:
+        messages = [
+            Message.create(run_id=self.run_id, dst=node, round=step, kind=kind, content=content)
+            for node, content in tasks.items()
+        ]
+        by_id = {m.metadata.message_id: m for m in messages}
+        replies: dict[str, Content] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+            message = by_id.get(reply.metadata.reply_to or "")
+            node = message.metadata.dst if message is not None else reply.metadata.src
+            if message is None or reply.metadata.src != node or node in replies:
+                raise RoundFailed(f"vertical LR {kind}: a reply that answers no task from {node}")
+            if reply.error is not None or reply.content is None:
+                reason = reply.error.reason if reply.error is not None else "no content"
+                raise RoundFailed(f"vertical LR {kind}, step {step}: party {node} failed: {reason}")
+            replies[node] = reply.content
+            self.sent[node] = self.sent.get(node, 0) + _nbytes(message.content)
+            self.received[node] = self.received.get(node, 0) + _nbytes(reply.content)
+        missing = sorted(set(tasks) - set(replies))
+        if missing:
+            raise RoundFailed(f"vertical LR {kind}, step {step}: no reply from {missing} in time")
+        return replies
+
+    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        out = (self.sent, self.received)
+        self.sent, self.received = {}, {}
+        return out
+
+
+@dataclass(frozen=True)
+class _Setup:
+    active: Party
+    passives: list[Party]
+    key: np.ndarray  # the label holder's public modulus, as it sent it
+    peers: np.ndarray  # the passive parties' mask keys, in passive order
+    train_rows: int
+    test_rows: int
+
+
+def run_vertical_lr(
+    grid: Grid, context: RunContext, params: VerticalLRParams, parties: Sequence[str]
+) -> VerticalLRResult:
+    """Train a vertical logistic regression across ``parties`` (2-9 nodes, one label holder).
+
+    Round ``t`` of the reported history is the model after ``t`` steps: its loss and
+    accuracy (``evaluate`` metrics: on the held-out rows), and the bytes of iteration
+    ``t``'s messages, in total and per party.
+    """
+    relay = _Relay(grid, context.run_id, params.timeout)
+    setup = _setup(relay, list(parties))
+    active, passives = setup.active, setup.passives
+    sent, received = relay.take_counts()
+    total = sum(sent.values()) + sum(received.values())
+    plain: dict[str, Arrays] = {}
+    metrics: Metrics = {}
+    started = time.monotonic()
+    for t in range(1, params.iterations + 2):
+        training = t <= params.iterations
+        flags: Config = {ITERATION: t, TRAINING: training}
+        replies = relay.step(KIND_FORWARD, t, {
+            p.node: Content(arrays={PAYLOAD: Arrays({**plain.get(p.node, {}), PEERS: setup.peers})},
+                            configs={CONFIG: flags})
+            for p in passives})  # fmt: skip
+        u_train = np.stack([_masked(_payload(replies, p.node).get(U_TRAIN), setup.train_rows,
+                                    f"{p.node}'s {U_TRAIN}") for p in passives])  # fmt: skip
+        u_test = np.stack([_masked(_payload(replies, p.node).get(U_TEST), setup.test_rows,
+                                   f"{p.node}'s {U_TEST}") for p in passives])  # fmt: skip
+        replies = relay.step(KIND_RESIDUAL, t, {active.node: Content(
+            arrays={PAYLOAD: Arrays({U_TRAIN: u_train, U_TEST: u_test})},
+            configs={CONFIG: flags})})  # fmt: skip
+        metrics = dict(replies[active.node].metric_values)
+        if t > 1:  # the model after t - 1 steps: round t - 1 ends here
+            sent, received = relay.take_counts()
+            total += sum(sent.values()) + sum(received.values())
+            _report(context, t - 1, metrics, sent, received, time.monotonic() - started)
+            started = time.monotonic()
+        if training:
+            plain = _gradient_step(relay, setup, replies, t)
+    weights = _finish(relay, active, passives, params)
+    sent, received = relay.take_counts()
+    total += sum(sent.values()) + sum(received.values())
+    return VerticalLRResult(active, passives, metrics, weights, total)
+
+
+def _gradient_step(
+    relay: _Relay, setup: _Setup, replies: dict[str, Content], t: int
+) -> dict[str, Arrays]:
+    """Iteration ``t``'s gradient and decrypt steps: each passive party's masked gradient."""
+    active, passives, key = setup.active, setup.passives, setup.key
+    residuals = _payload(replies, active.node).get(RESIDUALS)
+    _check_ciphertexts(residuals, setup.train_rows, key.shape[0], f"{active.node}'s {RESIDUALS}")
+    ask: Config = {ITERATION: t}
+    replies = relay.step(KIND_GRADIENT, t, {p.node: Content(
+        arrays={PAYLOAD: Arrays({KEY: key, RESIDUALS: residuals})},
+        configs={CONFIG: ask}) for p in passives})  # fmt: skip
+    grads = [_payload(replies, p.node).get(GRADIENT) for p in passives]
+    counts = [len(p.feature_names) for p in passives]
+    for p, g, count in zip(passives, grads, counts, strict=True):
+        _check_ciphertexts(g, count, key.shape[0], f"{p.node}'s {GRADIENT}")
+    stacked = np.concatenate([g for g in grads if isinstance(g, np.ndarray)])
+    replies = relay.step(KIND_DECRYPT, t, {active.node: Content(
+        arrays={PAYLOAD: Arrays({GRADIENT: stacked})},
+        configs={CONFIG: {ITERATION: t, COUNTS: list(counts)}})})  # fmt: skip
+    decrypted = _payload(replies, active.node).get(PLAIN)
+    _check_plain(decrypted, sum(counts), key.shape[0], f"{active.node}'s {PLAIN}")
+    assert isinstance(decrypted, np.ndarray)
+    edges = np.cumsum([0, *counts])
+    return {p.node: Arrays({PLAIN: decrypted[edges[i] : edges[i + 1]]})
+            for i, p in enumerate(passives)}  # fmt: skip
+
+
+def _setup(relay: _Relay, nodes: list[str]) -> _Setup:
+    if len(nodes) < 2 or len(set(nodes)) != len(nodes):
+        raise RoundFailed(f"vertical LR needs at least 2 distinct parties, got {nodes}")
+    replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
+    parties, shapes = [], set()
+    for node in nodes:
+        config = replies[node].configs.get(PAYLOAD, {})
+        role, names = config.get(ROLE), config.get(FEATURE_NAMES)
+        if role not in (ACTIVE, PASSIVE) or not isinstance(names, list) or not names:
+            raise RoundFailed(f"party {node}'s setup reply names no role or features")
+        if config.get(FEATURES) != len(names):
+            raise RoundFailed(f"party {node}'s setup reply counts its features wrong")
+        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
+        shapes.add((config.get(TRAIN_ROWS), config.get(TEST_ROWS)))
+    actives = [p for p in parties if p.role == ACTIVE]
+    if len(actives) != 1:
+        raise RoundFailed(f"vertical LR needs exactly one label holder, got {len(actives)}")
+    if len(shapes) != 1:
+        raise RoundFailed(
+            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
+        )
+    active = actives[0]
+    key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
+    if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
+        raise RoundFailed(f"the label holder {active.node} sent no public key")
+    train, test = shapes.pop()
+    if not isinstance(train, int) or not isinstance(test, int) or train < 2 or test < 0:
+        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
+    passives = [p for p in parties if p.role == PASSIVE]
+    peers = []
+    for p in passives:
+        peer = replies[p.node].arrays.get(PAYLOAD, Arrays()).get(PEER_KEY)
+        if not isinstance(peer, np.ndarray) or peer.dtype != np.uint8 or peer.shape != (KEY_BYTES,):
+            raise RoundFailed(f"passive party {p.node} sent no mask key")
+        peers.append(peer)
+    log.info("vertical LR: label holder %s, passive %s, %d train and %d test rows",
+             active.node, [p.node for p in passives], train, test)  # fmt: skip
+    return _Setup(active, passives, key, np.stack(peers), train, test)
+
+
+def _finish(relay: _Relay, active: Party, passives: list[Party], params: VerticalLRParams
+            ) -> dict[str, Arrays]:  # fmt: skip
+    replies = relay.step(
+        KIND_FINISH, params.iterations + 2, {p.node: Content() for p in [active, *passives]}
+    )
+    if not params.reveal_model:
+        return {}
+    weights = {}
+    for p in [active, *passives]:
+        got = _payload(replies, p.node)
+        w = _floats(got.get(WEIGHTS), len(p.feature_names), f"{p.node}'s {WEIGHTS}")
+        weights[p.node] = Arrays({WEIGHTS: w})
+        if p.role == ACTIVE:
+            weights[p.node][BIAS] = _floats(got.get(BIAS), 1, f"{p.node}'s {BIAS}")
+    return weights
+
+
+def _report(context: RunContext, step: int, metrics: Metrics, sent: dict[str, int],
+            received: dict[str, int], seconds: float) -> None:  # fmt: skip
+    train = {k: v for k, v in metrics.items() if not k.startswith("test_")}
+    test = {k.removeprefix("test_"): v for k, v in metrics.items() if k.startswith("test_")}
+    train["bytes"] = sum(sent.values()) + sum(received.values())
+    nodes = [NodeResult(node, "train", Outcome.OK, {"bytes_sent": received[node],
+                        "bytes_received": sent[node]}) for node in sorted(sent)]  # fmt: skip
+    context.report(RoundRecord(step, train_metrics=train, evaluate_metrics=test, nodes=nodes,
+                               seconds=seconds))  # fmt: skip
+
+
+def _floats(value: object, length: int, what: str) -> np.ndarray:
+    """A party's float vector, or the run stops here naming the party and the field."""
+    try:
+        return float_vector(value, length, what)
+    except UpdateRejected as exc:
+        raise RoundFailed(f"vertical LR: {exc}") from exc
+
+
+def _masked(value: object, length: int, what: str) -> np.ndarray:
+    """A passive party's masked logits: uint64 of one per row (their values look random)."""
+    try:
+        return uint64_matrix(value, (length,), what)
+    except UpdateRejected as exc:
+        raise RoundFailed(f"vertical LR: {exc}") from exc
+
+
+def _payload(replies: dict[str, Content], node: str) -> Arrays:
+    return replies[node].arrays.get(PAYLOAD, Arrays())
+
+
+def _check_ciphertexts(value: object, count: int, key_bytes: int, what: str) -> None:
+    """Ciphertexts are below ``n**2``: twice the key's bytes each."""
+    _check_uint8(value, (count, 2 * key_bytes), what)
+
+
+def _check_plain(value: object, count: int, key_bytes: int, what: str) -> None:
+    _check_uint8(value, (count, key_bytes), what)
+
+
+def _check_uint8(value: object, shape: tuple[int, int], what: str) -> None:
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.shape != shape:
+        got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
+        raise RoundFailed(f"vertical LR: {what} must be uint8 of shape {shape}, got {got}")
+
+
+def _nbytes(content: Content | None) -> int:
+    if content is None:
+        return 0
+    return sum(a.nbytes for a in content.arrays.values())

@@ -1,0 +1,1 @@
+"""Vertical federated learning tests: PSI and vertical models."""
