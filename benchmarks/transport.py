@@ -19,7 +19,12 @@ files). The loop's own records (no checkpoint) are kept in the JSON. The app
 reports each process's CPU seconds and ``ru_maxrss``: CPU s per steady round
 (server + nodes; unlike wall time it hardly moves when other programs share
 the machine) and the server's exact peak. Server + nodes RSS is also sampled
-every 50 ms, and the peak of the sum is reported.
+every 50 ms, and the peak of the sum is reported. Since server and node apps run
+in processes of their own, what the app reports covers those processes only: the
+sampler also reads every process's CPU, and the JSON's ``process_cpu`` gives per
+steady round the server process, its child processes (the app), the nodes and their
+child processes. ``--stages`` adds the transport's stage timers (see
+``consortium.transport.stage_times``).
 
 Flower runs the same workload (``peers/flower_transport``): flower-superlink +
 N flower-supernodes on loopback (Flower's deployment has no TLS here: insecure
@@ -53,6 +58,8 @@ sys.path.insert(0, str(HERE / "peers"))
 
 from flower_env import ensure_flower_venv, flower_env, run_measured  # noqa: E402
 
+from consortium.transport.stage_times import STAGE_TIMES_ENV  # noqa: E402
+
 MB = 1024 * 1024
 SAMPLE_S = 0.05
 ADMIN = "bench-admin"
@@ -76,11 +83,24 @@ class Row:
     node_cpu_split: list[tuple[float, float]] = field(default_factory=list)
     server_peak_rss_mb: float | None = None
     total_peak_rss_mb: float | None = None
-    #: ru_maxrss of the server and (mean over nodes) of a node, as the app reported them
+    #: ru_maxrss of the server app's process (where its central evaluation runs; since
+    #: server apps run in their own process, not the server's) and (mean over nodes) of
+    #: a node's app process, as the app reported them
     server_exact_peak_mb: float | None = None
     node_exact_peak_mb: float | None = None
     #: the most the server's buffer pool held at once (buffers in use + idle)
     server_pool_peak_mb: float | None = None
+    #: wall-clock end of each round (the app's central evaluation)
+    round_ends: list[float] = field(default_factory=list)
+    #: per steady round (median), CPU s of: the server process (gRPC, the fleet), its
+    #: child processes (the run's server app: the fold, the checkpoint), the nodes'
+    #: processes (all nodes) and their child processes (the nodes' apps)
+    process_cpu: dict[str, float] = field(default_factory=dict)
+    #: --stages: process role -> stage -> wall s, CPU s and MB per steady round (rounds
+    #: 3, 4, ...; nodes: the mean node)
+    stages: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: 1-minute load average before and after the configuration ran
+    load: tuple[float, float] | None = None
     note: str = ""
 
     @property
@@ -150,6 +170,8 @@ class Sampler:
         self.groups: dict[str, psutil.Process] = {}
         self.peak: dict[str, int] = {}
         self.peak_total = 0
+        #: (time.time(), group -> (CPU s of its process, CPU s of its child processes))
+        self.cpu: list[tuple[float, dict[str, tuple[float, float]]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -166,15 +188,36 @@ class Sampler:
 
     def sample(self) -> None:
         total = 0
+        cpu: dict[str, tuple[float, float]] = {}
         for name, root in list(self.groups.items()):
             rss = 0
+            own = kids = 0.0
             with contextlib.suppress(psutil.Error):
                 for p in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        if p.pid == root.pid:
+                            own += t.user + t.system
+                        else:
+                            kids += t.user + t.system
             self.peak[name] = max(self.peak[name], rss)
             total += rss
+            cpu[name] = (own, kids)
         self.peak_total = max(self.peak_total, total)
+        self.cpu.append((time.time(), cpu))
+
+    def cpu_between(self, start: float, end: float) -> dict[str, tuple[float, float]]:
+        """CPU seconds (the process itself, its child processes) each group used between
+        the samples nearest ``start`` and ``end`` (wall-clock times)."""
+        if not self.cpu:
+            return {}
+        a = min(self.cpu, key=lambda s: abs(s[0] - start))[1]
+        b = min(self.cpu, key=lambda s: abs(s[0] - end))[1]
+        return {
+            name: (b[name][0] - a.get(name, (0.0, 0.0))[0], b[name][1] - a.get(name, (0.0, 0.0))[1])
+            for name in b
+        }
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_S):
@@ -186,10 +229,12 @@ def _consortium_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "consortium.cli.main"]
 
 
-def _spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as fh:
         return subprocess.Popen(
-            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
         )
 
 
@@ -231,9 +276,16 @@ def run_consortium(
     keep: bool,
     py_spy: str | None = None,
     app_config: dict[str, str] | None = None,
+    stages: bool = False,
 ) -> Row:
     row = Row("consortium", params, nodes, rounds)
+    row.load = (os.getloadavg()[0], 0.0)
     work = Path(tempfile.mkdtemp(prefix=f"tb-{size_label(params)}-{nodes}-", dir=pki))
+    stage_dir = work / "stages"
+    env = None
+    if stages:
+        stage_dir.mkdir()
+        env = {**os.environ, STAGE_TIMES_ENV: str(stage_dir)}
     cli = _consortium_cmd()
     port_file = work / "port"
     sampler = Sampler()
@@ -245,7 +297,7 @@ def run_consortium(
              str(pki / "credentials" / "localhost"), "--ca-dir", str(pki / "ca"), *allow,
              "--workdir", str(work / "srv"), "--port-file", str(port_file),
              "--offline-after", "60"],
-            work / "server.out", work,
+            work / "server.out", work, env,
         )  # fmt: skip
         procs.append(server)
         sampler.add("server", server.pid)
@@ -256,7 +308,7 @@ def run_consortium(
                 [*cli, "node", "--server", address, "--credentials",
                  str(pki / "credentials" / f"n{i}"), "--app", str(APP_DIR),
                  "--work-dir", str(work / f"n{i}"), "--config", f"partition-id={i - 1}"],
-                work / f"n{i}.out", work,
+                work / f"n{i}.out", work, env,
             )  # fmt: skip
             procs.append(node)
             sampler.add(f"n{i}", node.pid)
@@ -292,6 +344,10 @@ def run_consortium(
         with contextlib.suppress(RuntimeError):
             sampler.stop()
         sampler.sample()
+        row.process_cpu = _process_cpu(sampler, row.round_ends)
+        if stages:
+            row.stages = _read_stages(stage_dir, row.round_ends)
+        row.load = (row.load[0], os.getloadavg()[0]) if row.load else None
         row.server_peak_rss_mb = max(
             sampler.peak.get("server", 0) / MB, row.server_exact_peak_mb or 0.0
         )
@@ -366,6 +422,7 @@ def _read_rounds(row: Row, rounds: list[dict[str, Any]]) -> None:
     row.loop_seconds = [float(r["seconds"]) for r in rounds]
     ends = [r["metrics"].get("central_time") for r in rounds]
     if rounds and all(e is not None for e in ends):
+        row.round_ends = [float(e) for e in ends]
         # wall time between round ends: what a user waits per round, checkpoints included
         row.round_seconds = [row.loop_seconds[0], *(b - a for a, b in itertools.pairwise(ends))]
     else:
@@ -386,6 +443,55 @@ def _read_rounds(row: Row, rounds: list[dict[str, Any]]) -> None:
         row.server_exact_peak_mb = last.get("central_maxrss_mb")
         row.node_exact_peak_mb = last.get("train_maxrss_mb")
         row.server_pool_peak_mb = last.get("central_pool_high_water_mb")
+
+
+def _process_cpu(sampler: Sampler, ends: list[float]) -> dict[str, float]:
+    """Median CPU s per steady round of the server, its app process, nodes and their apps."""
+    per_round: dict[str, list[float]] = {}
+    for a, b in itertools.pairwise(ends):
+        used = sampler.cpu_between(a, b)
+        sums = {"server": 0.0, "server app": 0.0, "nodes": 0.0, "node apps": 0.0}
+        for name, (own, kids) in used.items():
+            main, child = ("server", "server app") if name == "server" else ("nodes", "node apps")
+            sums[main] += own
+            sums[child] += kids
+        for key, value in sums.items():
+            per_round.setdefault(key, []).append(value)
+    return {k: _median(v) for k, v in per_round.items()}
+
+
+def _read_stages(folder: Path, ends: list[float]) -> dict[str, dict[str, dict[str, float]]]:
+    """Stage timers the processes wrote (consortium.transport.stage_times) per steady round:
+    the growth of each counter from the end of round 2 to the last round's end (all rounds
+    if fewer than 3 ended), the server's and the mean node's."""
+    start, end = (ends[1], ends[-1]) if len(ends) >= 3 else (0.0, float("inf"))
+    rounds = max(1, len(ends) - 2 if len(ends) >= 3 else len(ends))
+    found: dict[str, list[dict[str, dict[str, float]]]] = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        role = path.name.split("-", 1)[0]
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        before = [x["stages"] for x in lines if x["time"] <= start + 0.05]
+        upto = [x["stages"] for x in lines if x["time"] <= end + 0.05]
+        a, b = (before[-1] if before else {}), (upto[-1] if upto else {})
+        found.setdefault(role, []).append(
+            {
+                k: {f: v[f] - a.get(k, {}).get(f, 0.0) for f in ("seconds", "cpu", "bytes")}
+                for k, v in b.items()
+            }
+        )
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for role, procs in found.items():
+        names = sorted({k for p in procs for k in p})
+        share = len(procs) * rounds
+        out[role] = {
+            k: {
+                "seconds": sum(p.get(k, {}).get("seconds", 0.0) for p in procs) / share,
+                "cpu": sum(p.get(k, {}).get("cpu", 0.0) for p in procs) / share,
+                "mb": sum(p.get(k, {}).get("bytes", 0.0) for p in procs) / share / MB,
+            }
+            for k in names
+        }
+    return out
 
 
 # -- Flower -----------------------------------------------------------------------------------
@@ -494,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="EXE",
         help="profile the server and node n1 with this py-spy (files kept with --keep)",
     )
+    ap.add_argument(
+        "--stages",
+        action="store_true",
+        help="time the transport's stages in the server and nodes (CONSORTIUM_STAGE_TIMES)",
+    )
     ap.add_argument("--json", type=Path, help="write the table as JSON")
     args = ap.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
@@ -509,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                     params, nodes, args.rounds, pki,
                     timeout=args.timeout, keep=args.keep, py_spy=args.py_spy,
                     app_config=dict(kv.split("=", 1) for kv in args.app_config),
+                    stages=args.stages,
                 )  # fmt: skip
                 rows.append(row)
                 _progress(row)
@@ -535,6 +647,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.note:
             print(f"\n{r.system} {size_label(r.params)} x {r.nodes}: {r.note}")
+    for r in rows:
+        if r.stages:
+            print(f"\nStages, {size_label(r.params)} x {r.nodes} (s per round, rounds 3+):")
+            for role, found in r.stages.items():
+                parts = ", ".join(
+                    f"{k} {v['seconds']:.3f} (CPU {v['cpu']:.3f})"
+                    for k, v in found.items()
+                    if v["seconds"] >= 0.001
+                )
+                print(f"  {role}: {parts}")
     if args.json:
         args.json.write_text(json.dumps({"rows": [r.as_dict() for r in rows]}, indent=2))
     return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
@@ -549,10 +671,12 @@ def _progress(row: Row) -> None:
         f"server user/sys {[(round(u, 2), round(s, 2)) for u, s in row.server_cpu_split]} "
         f"node user/sys {[(round(u, 2), round(s, 2)) for u, s in row.node_cpu_split]} "
         f"server {fmt(row.server_peak_rss_mb, '.0f')} MB "
-        f"(ru_maxrss server {fmt(row.server_exact_peak_mb, '.0f')}, "
+        f"(ru_maxrss server app {fmt(row.server_exact_peak_mb, '.0f')}, "
         f"node {fmt(row.node_exact_peak_mb, '.0f')}, "
-        f"server pool {fmt(row.server_pool_peak_mb, '.0f')}) "
-        f"total {fmt(row.total_peak_rss_mb, '.0f')} MB" + (f" ({row.note})" if row.note else ""),
+        f"server app pool {fmt(row.server_pool_peak_mb, '.0f')}) "
+        f"total {fmt(row.total_peak_rss_mb, '.0f')} MB; "
+        f"CPU s/round { ({k: round(v, 2) for k, v in row.process_cpu.items()}) }; "
+        f"load {row.load}" + (f" ({row.note})" if row.note else ""),
         file=sys.stderr,
         flush=True,
     )

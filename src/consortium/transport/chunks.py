@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from consortium.core.buffers import empty_buffer
 from consortium.core.checksum import crc32
 from consortium.core.errors import WireFormatError
+from consortium.transport.stage_times import stage
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
 #: small enough to stay well inside gRPC's per-message limit (see MAX_GRPC_MESSAGE).
@@ -107,6 +108,11 @@ _VARINTS = {2: "total_size", 3: "index", 5: "crc32", 6: "last", 7: "total_crc32"
 
 def encode_chunk(chunk: Chunk) -> bytes:
     """The protobuf encoding of ``chunk``, with a single copy of its data."""
+    with stage("send.copy", len(chunk.data)):
+        return _encode_chunk(chunk)
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
     head = bytearray()
     if chunk.message_id:
         ident = chunk.message_id.encode()
@@ -254,7 +260,8 @@ def iter_chunks(
         pieces = [memoryview(b"")]
     crc = 0
     for index, piece in enumerate(pieces):
-        crc = crc32(piece, crc)
+        with stage("send.crc32", len(piece)):
+            crc = crc32(piece, crc)
         last = index == len(pieces) - 1
         yield Chunk(
             message_id=message_id if index == 0 else "",
@@ -312,7 +319,8 @@ class Reassembler:
         end = self._offset + len(data)
         if end > self._total:
             raise WireFormatError(f"chunks carry more than the announced {self._total} bytes")
-        self._crc = crc32(data, self._crc)
+        with stage("recv.crc32", len(data)):
+            self._crc = crc32(data, self._crc)
         if self._crc != chunk.crc32:
             raise WireFormatError(f"checksum mismatch in chunk {chunk.index}: data corrupted")
         self._store(data, chunk.last)
@@ -330,7 +338,8 @@ class Reassembler:
     def _store(self, data: Buffer, last: bool) -> None:
         """Write ``data`` at the current offset, or keep it aside until admitted."""
         if self._buffer is not None:
-            self._buffer[self._offset : self._offset + len(data)] = data
+            with stage("recv.copy", len(data)):
+                self._buffer[self._offset : self._offset + len(data)] = data
             return
         staged = self._staged
         assert staged is not None and self._admit is not None

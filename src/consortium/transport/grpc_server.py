@@ -49,6 +49,7 @@ from consortium.transport.identity import PeerIdentity
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
+from consortium.transport.stage_times import flush, set_role, stage, timed
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transfer
 
 log = logging.getLogger("consortium.transport")
@@ -166,6 +167,7 @@ class FleetServicer(rpc.FleetServicer):
         self.receiving = ReceiveSlots(receives_at_once)
         #: transfers that stop moving are cut off, failing only their node's task
         self.stalls = StallWatch(stall_timeout)
+        set_role("server")
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name; a refusal is also reported to the backend."""
@@ -234,12 +236,14 @@ class FleetServicer(rpc.FleetServicer):
                     # which can go the moment the last node has been sent its last chunk
                     encoded = encode_chunk(chunk)
                     del chunk
-                    yield encoded  # back once gRPC took it: the node is reading
+                    with stage("send.grpc", len(encoded)):
+                        yield encoded  # back once gRPC took it: the node is reading
                     transfer.moved()
                     del encoded
             finally:
                 chunks.close()
                 del chunks
+                flush(force=True)
                 self.backend.task_sent(message_id)
                 if transfer.stalled:
                     why = f"the node stopped reading its task for {self.stalls.timeout:.0f} s"
@@ -299,13 +303,15 @@ class FleetServicer(rpc.FleetServicer):
                 rebuild.close()
         if not accepted:
             log.warning("reply from %s not accepted: %s", node, detail)
+        flush(force=True)
         return pb.PushReply(message_id=rebuild.message_id, accepted=accepted, detail=detail)
 
     def _deliver(
         self, node: str, reply: Message, rebuild: Reassembler, context: grpc.ServicerContext
     ) -> tuple[bool, str]:
         try:
-            return self.backend.deliver(node, reply, rebuild.consumed)
+            with stage("deliver"):
+                return self.backend.deliver(node, reply, rebuild.consumed)
         except Refused as exc:  # counted by the backend
             self._refuse(context, node, grpc.StatusCode[exc.status], exc, None)
             raise
@@ -335,7 +341,7 @@ class FleetServicer(rpc.FleetServicer):
     ) -> Message | None:
         """The reply, or None if it was found unwanted (late) before it all arrived."""
         try:
-            for chunk in request_iterator:
+            for chunk in timed(request_iterator, "recv.grpc"):
                 transfer.moved()
                 rebuild.feed(_parsed(context, node, chunk))
             payload = rebuild.result()
@@ -365,7 +371,8 @@ class FleetServicer(rpc.FleetServicer):
             self._refuse(context, node, grpc.StatusCode.DATA_LOSS, exc, "bad-stream")
             raise
         try:
-            return decode_reply(payload, self.backend.max_message_bytes)
+            with stage("decode", len(payload)):
+                return decode_reply(payload, self.backend.max_message_bytes)
         except WireFormatError as exc:
             self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "malformed")
             raise
