@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from consortium.core.arrays import Arrays
+from consortium.core.buffers import POOL_MIN_BYTES, pool_stats
 from consortium.core.errors import WireFormatError
 from consortium.core.message import TRAIN, Content, Message
 from consortium.core.records import RecordLimits, UnacceptableRecord
@@ -33,6 +35,24 @@ def test_frames_round_trip_with_header_and_payload(pair: tuple[Channel, socket.s
     other.send("hello", {"n": 1}, [b"ab", memoryview(b"cd")])
     frame = channel.recv(timeout=5)
     assert (frame.kind, frame.header, bytes(frame.payload)) == ("hello", {"n": 1}, b"abcd")
+
+
+def test_a_model_sized_frame_arrives_whole_in_a_pooled_buffer() -> None:
+    ours, theirs = socket.socketpair()
+    size = POOL_MIN_BYTES + 12345  # large enough for the buffer pool
+    receiver, sender = Channel(ours, max_payload=size), Channel(theirs, max_payload=size)
+    payload = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    try:
+        sending = threading.Thread(target=sender.send, args=("model", {}, [payload.data]))
+        sending.start()
+        frame = receiver.recv(timeout=30)
+        sending.join()
+    finally:
+        receiver.close()
+        sender.close()
+    assert isinstance(frame.payload, memoryview)  # not a fresh bytearray
+    assert pool_stats()["in_use_mb"] * 2**20 >= size  # the pool lent it while it lives
+    assert np.array_equal(np.frombuffer(frame.payload, dtype=np.uint8), payload)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consortium.core.buffers import POOL_MIN_BYTES, empty_buffer
 from consortium.core.errors import ConsortiumError
 
 _PREFIX = struct.Struct("!IQ")
@@ -38,7 +39,7 @@ class ChannelClosed(ChannelError):
 class Frame:
     kind: str
     header: dict[str, Any] = field(default_factory=dict)
-    payload: bytes | bytearray = b""
+    payload: bytes | bytearray | memoryview = b""
 
 
 class Channel:
@@ -89,7 +90,7 @@ class Channel:
         if size > self.max_payload:
             raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
         try:
-            header = json.loads(self._read(head_len))
+            header = json.loads(bytes(self._read(head_len)))  # at most MAX_HEADER_BYTES
         except ValueError as exc:
             raise ChannelError(f"a frame header is not JSON: {exc}") from exc
         if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
@@ -97,9 +98,16 @@ class Channel:
         kind = header.pop("kind")
         return Frame(kind, header, self._read(size) if size else b"")
 
-    def _read(self, size: int, *, first: bool = False) -> bytearray:
-        buf = bytearray(size)
-        view = memoryview(buf)
+    def _read(self, size: int, *, first: bool = False) -> bytearray | memoryview:
+        # a model-sized payload goes into a reused buffer: fresh memory costs ~3x more to
+        # fill than the copy itself (a 400 MB frame: ~1.1 s into a new bytearray, ~0.35 s
+        # into a pooled buffer; benchmarks/transport.py --stages)
+        buf: bytearray | memoryview
+        if size >= POOL_MIN_BYTES:
+            buf = view = empty_buffer(size)
+        else:
+            buf = bytearray(size)
+            view = memoryview(buf)
         got = 0
         while got < size:
             try:

@@ -69,7 +69,7 @@ def encode_batch(messages: Sequence[Message]) -> tuple[dict[str, Any], list[Buff
 
 
 def decode_batch(
-    header: dict[str, Any], payload: bytes | bytearray, limits: RecordLimits | None
+    header: dict[str, Any], payload: bytes | bytearray | memoryview, limits: RecordLimits | None
 ) -> list[Message]:
     """The messages of one batch frame; raises WireFormatError on anything malformed."""
     try:
