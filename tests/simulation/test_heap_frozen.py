@@ -43,7 +43,9 @@ def test_a_freeze_made_by_someone_else_is_left_as_it_was() -> None:
         frozen = gc.get_freeze_count()
         seen: list[int] = []
         _run(seen)
-        assert seen == [frozen, frozen]  # nothing more frozen by the run
-        assert gc.get_freeze_count() == frozen
+        # nothing more frozen by the run, nothing unfrozen (frozen objects may still be
+        # freed when their last reference goes, so the count can only fall a little)
+        assert len(seen) == 2 and frozen * 0.99 < min(seen) and max(seen) <= frozen
+        assert frozen * 0.99 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
