@@ -9,36 +9,38 @@ import numpy as np
 import pytest
 
 from consortium.server import load_model
+from consortium.simulation.grid import SimulationGrid
 from consortium.vertical.logistic import VerticalLRParams, run_vertical_lr
 from deploy.conftest import Deployment, deployment, federation  # noqa: F401 - fixtures
 
-from .test_vertical_lr import APP, RUN_CONFIG, RunLog, _client, _grid, _shared
+from .test_vertical_lr import APP, RUN_CONFIG, RunLog, _client, _shared
 
 pytest.importorskip("nacl")
 
 #: certificate names of the test federation -> the party each node says it is
 PARTIES = {"cleveland": "hospital", "hungarian": "cardiology", "switzerland": "clinical-lab"}
 CONFIG = {"vlr-key-bits": 512, "vlr-iterations": 4, "vlr-timeout": 60.0}
+SEED = 3
 
 
 def test_vertical_heart_between_three_deployed_nodes(deployment: Deployment) -> None:  # noqa: F811
     deployment.start_server()
     for name, party in PARTIES.items():
         deployment.start_node(name, app=APP, party=party)
-    run_id = deployment.start_run(APP, CONFIG, seed=3)
+    run_id = deployment.start_run(APP, CONFIG, seed=SEED)
     info = deployment.wait_run(run_id, timeout=120)
     assert info["status"] == "finished", (info, deployment.log("server"))
     deployed = load_model(Path(deployment.run_dir(run_id)) / "model.npz")
 
-    # the protocol in simulation on the same rows (aligned directly): the same model
-    grid = _grid(_client(_shared()), list(PARTIES.values()), **CONFIG)
-    params = VerticalLRParams.from_config({**RUN_CONFIG, **CONFIG})
-    simulated = run_vertical_lr(grid, RunLog(), params, list(PARTIES.values()))
-    for name, party in PARTIES.items():
-        want = simulated.weights[party]["weights"]
-        np.testing.assert_allclose(deployed[f"{name}.weights"], want, atol=1e-9)
-    want_bias = simulated.weights["hospital"]["bias"]
-    np.testing.assert_allclose(deployed["cleveland.bias"], want_bias, atol=1e-9)
+    # the protocol in simulation on the same rows (aligned directly), nodes named as
+    # deployed, the same seed: the same model, bit for bit
+    config = {**RUN_CONFIG, **CONFIG}
+    grid = SimulationGrid(_client(_shared()), list(PARTIES), run_config=config, seed=SEED,
+                          node_config=lambda i, n: {"party": PARTIES[n]})  # fmt: skip
+    simulated = run_vertical_lr(grid, RunLog(), VerticalLRParams.from_config(config), list(PARTIES))
+    for name in PARTIES:
+        assert np.array_equal(deployed[f"{name}.weights"], simulated.weights[name]["weights"])
+    assert np.array_equal(deployed["cleveland.bias"], simulated.weights["cleveland"]["bias"])
     rounds = info["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["metrics"]["train_bytes"] > 0 for r in rounds), rounds[0]

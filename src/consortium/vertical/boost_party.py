@@ -58,6 +58,26 @@ class Bins:
         rows = self.test if test else self.train
         return np.asarray(rows[:, column] <= edge, dtype=bool)
 
+    def first_alike(self, candidate: int, rows: BoolArray) -> tuple[int, int]:
+        """The first candidate ``(column, edge)``, in the party's own numbering, that sends
+        the same training ``rows`` (a node's) left as ``candidate`` does.
+
+        Candidates that split a node's rows alike (thresholds with none of its rows
+        between them) have the same sums, hence the same gain: which of them the label
+        holder picks follows the secret order they were sent in, fresh every run, yet
+        they route held-out rows differently. Splitting by the first of them makes the
+        trees (and their held-out predictions) depend on the seed only, so a deployed
+        run equals its simulation.
+        """
+        candidates = self.candidates
+        column, edge = candidates[candidate]
+        values = self.train[rows]
+        want = values[:, column] <= edge
+        for j, b in candidates:
+            if np.array_equal(values[:, j] <= b, want):
+                return j, b
+        raise AssertionError("unreachable: the candidate itself splits its rows alike")
+
 
 def bin_edges(column: FloatArray, max_bins: int) -> FloatArray:
     """At most ``max_bins - 1`` thresholds: every distinct value but the largest when

@@ -10,7 +10,9 @@ holder's ``[[g_i]], [[h_i]]`` and, per level,
    re-randomised (so the key's owner cannot tell from the random factors
    which rows were summed);
 2. (``vsb.partition``) for the nodes the label holder gave it ("candidate c
-   of node j"), maps ``c`` back to its column and threshold, records them in
+   of node j"), maps ``c`` back to its column and threshold (the first of its
+   candidates that split the node's rows alike: ties do not follow the
+   shuffle, so the trees depend on the seed only), records them in
    its own model (never sent) and returns the rows of the node that go left,
    training and held-out alike: held-out rows are routed by each party through
    its own splits.
@@ -127,13 +129,13 @@ def partition(msg: Message, context: Context, view: LocalView, params: BoostPara
     nodes = splits[:, 0].tolist()
     if len(set(nodes)) != m or max(nodes) >= slots or int(splits[:, 1].max()) >= count:
         raise UpdateRejected(f"{SPLITS!r} names a node twice, or one or a candidate out of range")
-    candidates = bins.candidates
     left, left_test, model = [], [], []
     for node, c in splits.tolist():
-        if not (assign == node).any():
+        here = assign == node
+        if not here.any():
             raise UpdateRejected(f"{SPLITS!r} names node {node}, which holds no rows")
-        column, edge = candidates[int(order[node, c])]
-        left.append(bins.goes_left(column, edge) & (assign == node))
+        column, edge = bins.first_alike(int(order[node, c]), here)  # not the shuffle's pick
+        left.append(bins.goes_left(column, edge) & here)
         left_test.append(bins.goes_left(column, edge, test=True) & (assign_test == node))
         model.append([t, lv, node, column, edge])
     kept = Arrays(dict(state))
