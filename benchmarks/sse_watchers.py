@@ -15,7 +15,9 @@ its last reply folded); the table shows the median over every round of every
 repeat, the run's wall time (start to ``finished``), and the ratio with/without
 watchers (the issue's target: under 1.05), and the CPU time of the server
 process and of its REST API process (``consortium server --http`` serves the
-API from a process of its own). Round 1 is left out of the round
+API from a process of its own; "of which connecting" is the API process's CPU
+until every watcher had its response headers: accepting, authenticating and
+opening the 200 streams, apart from streaming the rounds to them). Round 1 is left out of the round
 times: it pays for starting the run on every node (fetching the bundle, starting
 the app process, loading the data) and varies by seconds. Every watcher must
 have seen every round and the run's end, or the benchmark fails. The load
@@ -63,6 +65,9 @@ class Trial:
     server_cpu: float = 0.0
     #: CPU seconds the REST API process spent on the run (the watchers' streams)
     api_cpu: float = 0.0
+    #: of which until every watcher's stream had its response headers (connecting,
+    #: authenticating, the first read): the rest is the run's rounds
+    api_connect_cpu: float = 0.0
     #: CPU seconds this process (the watchers' client: 200 browsers elsewhere in life)
     #: spent on the run, on the same cores
     client_cpu: float = 0.0
@@ -91,21 +96,31 @@ class Result:
                     for t in trials)  # fmt: skip
         return spent / (len(trials) * self.rounds)
 
+    def api_connect_per_round(self, watchers: int) -> float:
+        """Of :meth:`cpu_per_round` of the API process: connecting the watchers."""
+        trials = [t for t in self.trials if t.watchers == watchers]
+        return sum(t.api_connect_cpu for t in trials) / (len(trials) * self.rounds)
 
-async def _watch(host: str, port: int, path: str, token: str, rounds: int) -> tuple[bool, int]:
+
+async def _watch(
+    host: str, port: int, path: str, token: str, rounds: int, heads: Heads
+) -> tuple[bool, int]:
     """One SSE stream, read to its end: (saw every round and the end, events read)."""
     reader, writer = await asyncio.open_connection(host, port)
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}"
                "\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n")  # fmt: skip
     writer.write(request.encode())
     await writer.drain()
-    seen, events, ended = set(), 0, False
+    seen, events, ended, head = set(), 0, False, True
     try:
         while not ended:
             line = await reader.readline()
             if not line:
                 break
             text = line.decode("utf-8", "replace").strip()
+            if head and not text:  # the end of the response's headers
+                head = False
+                heads.arrived()
             if text.startswith("event: "):
                 events += 1
                 ended = text == "event: run_finished"
@@ -116,11 +131,29 @@ async def _watch(host: str, port: int, path: str, token: str, rounds: int) -> tu
     return ended and len(seen) == rounds, events
 
 
-async def _watch_all(url: str, token: str, run_id: str, count: int, rounds: int) -> list[Any]:
+class Heads:
+    """Counts the streams whose response headers arrived; at the last, the API process's
+    CPU time (what connecting the watchers cost it, apart from streaming the rounds)."""
+
+    def __init__(self, count: int, api: psutil.Process) -> None:
+        self.left = count
+        self.api = api
+        self.cpu = 0.0
+
+    def arrived(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.cpu = _cpu(self.api)
+
+
+async def _watch_all(
+    url: str, token: str, run_id: str, count: int, rounds: int, heads: Heads
+) -> list[Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = f"/api/v1/runs/{run_id}/events"
-    tasks = [asyncio.create_task(_watch(host, port, path, token, rounds)) for _ in range(count)]
+    tasks = [asyncio.create_task(_watch(host, port, path, token, rounds, heads))
+             for _ in range(count)]  # fmt: skip
     return list(await asyncio.gather(*tasks))
 
 
@@ -140,10 +173,12 @@ def _trial(
 ) -> Trial:
     me = psutil.Process()  # the watchers' client
     started, cpu, api_cpu, client_cpu = time.monotonic(), _cpu(server), _cpu(api), _cpu(me)
+    api_start = api_cpu
     run_id = client.start_run("heart-disease", {"num-rounds": rounds}, seed=7)
     outcomes: list[Any] = []
+    heads = Heads(watchers, api)
     if watchers:
-        outcomes = asyncio.run(_watch_all(url, token, run_id, watchers, rounds))
+        outcomes = asyncio.run(_watch_all(url, token, run_id, watchers, rounds, heads))
     info = client.wait(run_id)
     wall, cpu, api_cpu = time.monotonic() - started, _cpu(server) - cpu, _cpu(api) - api_cpu
     client_cpu = _cpu(me) - client_cpu
@@ -153,6 +188,8 @@ def _trial(
     seconds = [float(r["seconds"]) for r in info["rounds"] if r["round"] > 1]
     trial = Trial(watchers, run_id, seconds, wall, server_cpu=cpu, api_cpu=api_cpu,
                   client_cpu=client_cpu)  # fmt: skip
+    if watchers and heads.left == 0:
+        trial.api_connect_cpu = heads.cpu - api_start
     trial.complete = sum(1 for ok, _ in outcomes if ok)
     trial.events = sum(n for _, n in outcomes)
     if watchers and trial.complete != watchers:
@@ -220,7 +257,7 @@ def table(result: Result) -> str:
         + " -> ".join(f"{x:.1f}" for x in result.load),
         f"{'watchers':>8}  {'median round s':>14}  {'mean round s':>12}  {'median run s':>12}"
         f"  {'round ratio':>11}  {'run ratio':>9}  {'server CPU ms/round':>19}"
-        f"  {'API CPU ms/round':>16}  {'client CPU ms/round':>19}",
+        f"  {'API CPU ms/round':>16}  {'of which connecting':>19}  {'client CPU ms/round':>19}",
     ]
     for count in (0, result.watchers):
         rounds = result.rounds_of(count)
@@ -230,6 +267,7 @@ def table(result: Result) -> str:
                  f"{median / base:>11.3f}", f"{wall / base_wall:>9.3f}",
                  f"{1000 * result.cpu_per_round(count):>19.1f}",
                  f"{1000 * result.cpu_per_round(count, 'api'):>16.1f}",
+                 f"{1000 * result.api_connect_per_round(count):>19.1f}",
                  f"{1000 * result.cpu_per_round(count, 'client'):>19.1f}"]  # fmt: skip
         lines.append("  ".join(cells))
     return "\n".join(lines)

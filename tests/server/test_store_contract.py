@@ -185,6 +185,18 @@ class TestStateStoreContract:
             store.record_round("r", rec)
         assert repr(store.run_history("r").rounds) == repr(records)  # repr: NaN equals NaN
 
+    def test_history_after_a_round_reads_only_the_later_rounds(self, store: StateStore) -> None:
+        store.create_run(run_id="r")
+        store.create_run(run_id="other")
+        records = [round_record(n) for n in (1, 2, 3)]
+        for rec in records:
+            store.record_round("r", rec)
+        store.record_round("other", round_record(3))
+        assert repr(store.run_history("r", after=1).rounds) == repr(records[1:])
+        assert [n.round for n in store.node_results("r", after=2)] == [3] * 4
+        assert store.run_history("r", after=3).rounds == []
+        assert repr(store.run_history("r", after=0).rounds) == repr(records)
+
     def test_a_node_may_appear_twice_in_one_stage(self, store: StateStore) -> None:
         store.create_run(run_id="r")
         step = RoundRecord(  # a FedBuff step that folded two updates of fast node "a"

@@ -9,16 +9,21 @@ only when something happened (or at its keep-alive), so hundreds of dashboard
 tabs do not poll the database. Nor do they read it once each: the watchers of
 a run share one read per change (:meth:`RunEvents.latest`), so 200 open tabs
 cost the server's round loop one read of the run per round, not 200
-(``benchmarks/sse_watchers.py``).
+(``benchmarks/sse_watchers.py``). That read is of what is new only (the rounds
+recorded since the last one), and what the streams send is built from it once,
+as bytes, for all of them (:class:`Timeline`): a round end costs each stream
+one wake-up and one write of a shared chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -34,9 +39,9 @@ SHARE_FOR = 0.2
 class Watcher:
     """One stream's wake-up call for one run: a flag and, while it waits, a future.
 
-    Cheap on purpose (no task, no ``wait_for`` per wait): a run's round end wakes
-    every stream watching it at once, in the server's process, while the next round
-    starts.
+    Cheap on purpose (no task, no ``wait_for``, no timer per wait: one
+    :class:`Ticker` per event loop times them all out): a run's round end wakes
+    every stream watching it at once, while the next round starts.
     """
 
     def __init__(self, hub: RunEvents, run_id: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -45,6 +50,8 @@ class Watcher:
         self.loop = loop
         self._woken = False
         self._waiter: asyncio.Future[bool] | None = None
+        #: (loop time) when the wait in progress times out
+        self.deadline = 0.0
         #: the run's app said it ended: its final status is being written now
         self.ending = False
 
@@ -68,13 +75,21 @@ class Watcher:
             self._woken = False
             return True
         waiter = self._waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _settle, waiter)
+        self.deadline = self.loop.time() + timeout
+        ticker = self.hub.ticker(self.loop)
+        ticker.add(self)
         try:
             woken: bool = await waiter
             return woken
         finally:
-            timer.cancel()
+            ticker.waiting.discard(self)
             self._waiter = None
+
+    def timed_out(self) -> None:
+        """(The stream's loop.) Its wait is over, woken or not."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(False)
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
@@ -90,9 +105,22 @@ class RunEvents:
         self._changes: dict[str, int] = defaultdict(int)
         #: the newest read of each watched run, shared by its watchers (event loop only)
         self._reads: dict[str, SharedRead[Any]] = {}
-        #: each watched run's finished rounds, as the events a stream sends (loop only)
-        self._texts: dict[str, dict[int, str]] = defaultdict(dict)
+        #: each watched run's events as its streams send them (event loop only)
+        self._timelines: dict[str, Timeline] = {}
+        #: reads of a run nobody watches yet, in flight (the 404 checks of a crowd of
+        #: streams opening at once: one read, not one each; event loop only)
+        self._probes: dict[str, asyncio.Future[Timeline | None]] = {}
+        #: how each watched run's timeline is read (event loop only)
+        self._loaders: dict[str, Callable[[str, Timeline | None], Timeline | None]] = {}
+        self._tickers: dict[asyncio.AbstractEventLoop, Ticker] = {}
         self.closed = False
+
+    def ticker(self, loop: asyncio.AbstractEventLoop) -> Ticker:
+        """The one timer of the streams that ``loop`` runs. (Their loop.)"""
+        ticker = self._tickers.get(loop)
+        if ticker is None:
+            ticker = self._tickers[loop] = Ticker(loop)
+        return ticker
 
     def observers(self, run_id: str) -> list[RunObserver]:
         """The observers a run this server executes reports to (``run_observers``)."""
@@ -113,7 +141,8 @@ class RunEvents:
                     del self._watchers[watcher.run_id]
                     self._changes.pop(watcher.run_id, None)
                     self._reads.pop(watcher.run_id, None)
-                    self._texts.pop(watcher.run_id, None)
+                    self._timelines.pop(watcher.run_id, None)
+                    self._loaders.pop(watcher.run_id, None)
 
     def watching(self, run_id: str) -> int:
         with self._lock:
@@ -130,7 +159,18 @@ class RunEvents:
                 self._changes[run_id] += 1
         for loop, watchers in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop already closed
-                loop.call_soon_threadsafe(_wake_all, watchers)
+                loop.call_soon_threadsafe(self._moved, run_id, watchers)
+
+    def _moved(self, run_id: str, watchers: list[Watcher]) -> None:
+        """(The streams' loop.) Read what is new once, then wake the streams: each finds
+        the read done and writes at once (one wake-up each, not a second one when the
+        read that the first of them started is done)."""
+        load = self._loaders.get(run_id)
+        if load is None:  # no stream has read it yet
+            _wake_all(watchers)
+            return
+        read = asyncio.ensure_future(self.timeline(run_id, load))
+        read.add_done_callback(partial(_read_then_wake, watchers))
 
     async def latest(self, run_id: str, load: Callable[[str], T]) -> T:
         """``load(run_id)`` (run in a worker thread), shared by every watcher of the run
@@ -149,18 +189,48 @@ class RunEvents:
         if read is None or not read.serves(change, loop):
             future = asyncio.ensure_future(run_in_threadpool(load, run_id))
             read = self._reads[run_id] = SharedRead(change, loop, future)
+        elif read.future.done():  # most watchers of a round end: no wait, no shield
+            done: T = read.future.result()
+            return done
         # shielded: one stream that ends (its client left) does not cancel the others' read
         result: T = await asyncio.shield(read.future)
         return result
 
-    def encoded(self, run_id: str, rnd: int, encode: Callable[[], str]) -> str:
-        """Round ``rnd``'s events as a stream sends them, encoded once for every watcher
-        of the run (a finished round never changes). Call it from the event loop."""
-        texts = self._texts[run_id]
-        text = texts.get(rnd)
-        if text is None:
-            text = texts[rnd] = encode()
-        return text
+    async def timeline(
+        self, run_id: str, load: Callable[[str, Timeline | None], Timeline | None]
+    ) -> Timeline | None:
+        """The run's :class:`Timeline` now (None: no such run), shared like :meth:`latest`:
+        ``load(run_id, known)`` (a worker thread) extends ``known``, the one read at the
+        run's last change, with what was recorded since. Call it from the event loop."""
+        if not self.watching(run_id):
+            return await self._probe(run_id, load)
+        self._loaders[run_id] = load
+        known = self._timelines.get(run_id)
+        found = await self.latest(run_id, lambda rid: load(rid, known))
+        newest = self._timelines.get(run_id)
+        newer = found is not None and (newest is None or len(found.rounds) >= len(newest.rounds))
+        if newer and found is not None and self.watching(run_id):
+            self._timelines[run_id] = found
+        return found
+
+    async def _probe(
+        self, run_id: str, load: Callable[[str, Timeline | None], Timeline | None]
+    ) -> Timeline | None:
+        """A read of a run nobody watches, shared by whoever asks while it is in flight
+        (and by no one after: nothing is kept of a run nobody watches)."""
+        loop = asyncio.get_running_loop()
+        probe = self._probes.get(run_id)
+        if probe is None or probe.get_loop() is not loop:
+            probe = asyncio.ensure_future(run_in_threadpool(load, run_id, None))
+            self._probes[run_id] = probe
+            probe.add_done_callback(partial(self._probed, run_id))
+        # shielded: one caller that ends (its client left) does not cancel the others' read
+        found: Timeline | None = await asyncio.shield(probe)
+        return found
+
+    def _probed(self, run_id: str, probe: asyncio.Future[Timeline | None]) -> None:
+        if self._probes.get(run_id) is probe:
+            del self._probes[run_id]
 
     def close(self) -> None:
         """The server is stopping: every stream wakes and ends."""
@@ -171,14 +241,42 @@ class RunEvents:
             watcher.wake()
 
 
-def _settle(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+class Ticker:
+    """Times out the waits of one event loop's streams: one timer every :attr:`TICK`
+    seconds while any stream waits, instead of one timer set and cancelled per stream
+    per round end. A wait ends up to :attr:`TICK` late (a keep-alive of 15 s; a look
+    at an ending run's status after 0.25 s)."""
+
+    TICK = 0.1
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: set[Watcher] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, watcher: Watcher) -> None:
+        self.waiting.add(watcher)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.TICK, self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        due = [w for w in self.waiting if w.deadline <= now]
+        for watcher in due:
+            self.waiting.discard(watcher)
+            watcher.timed_out()
+        self._timer = self.loop.call_later(self.TICK, self._tick) if self.waiting else None
 
 
 def _wake_all(watchers: list[Watcher]) -> None:
     for watcher in watchers:
         watcher.woken()
+
+
+def _read_then_wake(watchers: list[Watcher], read: asyncio.Future[Timeline | None]) -> None:
+    if not read.cancelled():
+        read.exception()  # each stream meets a failed read itself, in its own next look
+    _wake_all(watchers)
 
 
 class SharedRead(Generic[T]):
@@ -196,6 +294,49 @@ class SharedRead(Generic[T]):
         """May a watcher asking now at ``change`` take this read?"""
         fresh = loop.time() - self.started < SHARE_FOR
         return self.change == change and self.loop is loop and fresh
+
+
+class Timeline:
+    """A run's events as its streams send them, bytes built once for all of them: each
+    recorded round's frame (its ``round_finished`` and ``node_failed`` events), in round
+    order, and the run's ``run_finished`` once it has ended. Never changed once built: a
+    change of the run builds a new one from this one (:meth:`extended`)."""
+
+    #: the distinct resume points whose chunk is kept (streams are mostly at the same one)
+    KEPT_CHUNKS = 16
+
+    def __init__(
+        self, rounds: tuple[int, ...] = (), frames: tuple[bytes, ...] = (), end: bytes = b""
+    ) -> None:
+        self.rounds = rounds
+        self.frames = frames
+        #: the run's ``run_finished`` event (b"": the run has not ended)
+        self.end = end
+        self._chunks: dict[int, bytes] = {}
+
+    @property
+    def last(self) -> int:
+        """The highest round recorded (0: none yet)."""
+        return self.rounds[-1] if self.rounds else 0
+
+    def extended(self, new: list[tuple[int, bytes]], end: bytes) -> Timeline:
+        """This timeline with rounds ``new`` (number and frame, after :attr:`last`) and
+        the run's end (b"": none yet)."""
+        if not new and end == self.end:
+            return self
+        rounds = self.rounds + tuple(n for n, _ in new)
+        return Timeline(rounds, self.frames + tuple(f for _, f in new), end)
+
+    def since(self, sent: int) -> bytes:
+        """What a stream that has sent the rounds up to ``sent`` sends now, as one write:
+        the later rounds' frames and the run's end (b"": nothing new)."""
+        chunk = self._chunks.get(sent)
+        if chunk is None:
+            start = bisect.bisect_right(self.rounds, sent)
+            chunk = b"".join(self.frames[start:]) + self.end
+            if len(self._chunks) < self.KEPT_CHUNKS:
+                self._chunks[sent] = chunk
+        return chunk
 
 
 class RunHub(Protocol):

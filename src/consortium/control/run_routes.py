@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from consortium.control import models
+from consortium.control.events import Timeline
 from consortium.control.guard import ApiError
 from consortium.control.models import FORMAT_PATTERN
 from consortium.control.registry import RunEntry
@@ -31,8 +32,11 @@ from consortium.transport.authz import DOWNLOAD_MODEL, READ_RUNS, START_RUN, STO
 
 if TYPE_CHECKING:
     from consortium.control.api import ApiContext
+    from consortium.server.store import StateStore
 
 log = logging.getLogger("consortium.control")
+#: what an event stream sends when nothing happened for a while (an SSE comment)
+KEEPALIVE = b": keep-alive\n\n"
 
 #: run states after which nothing more happens to a run
 TERMINAL = ("finished", "failed", "stopped", "interrupted")
@@ -189,7 +193,7 @@ def run_router(ctx: ApiContext) -> APIRouter:
         await run_in_threadpool(guard.require, request, READ_RUNS, audit.RUN_SHOW, run_id=run_id)
         # shared with the run's open streams: a crowd of dashboards opening at once
         # reads the run once, not once each
-        if await ctx.events.latest(run_id, runs.record) is None:
+        if await ctx.events.timeline(run_id, partial(_timeline, runs.store)) is None:
             raise ApiError(404, "not-found", f"run_id: no run {run_id!r}", field="run_id")
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
@@ -199,33 +203,29 @@ def run_router(ctx: ApiContext) -> APIRouter:
     return router
 
 
-async def _stream(ctx: ApiContext, run_id: str, after: int) -> AsyncIterator[str]:
-    """Each round once (and its failed nodes), then the run's end; keep-alives between."""
+async def _stream(ctx: ApiContext, run_id: str, after: int) -> AsyncIterator[bytes]:
+    """Each round once (and its failed nodes), then the run's end; keep-alives between.
+    What a change brings is one write: the bytes the run's streams share (a Timeline)."""
     watcher = ctx.events.subscribe(run_id, asyncio.get_running_loop())
+    load = partial(_timeline, ctx.runs.store)
     sent, spoke = after, time.monotonic()
     try:
         while True:
-            record = await ctx.events.latest(run_id, ctx.runs.record)
-            if record is None:
+            timeline = await ctx.events.timeline(run_id, load)
+            if timeline is None:
                 return
-            for r in record.rounds:
-                if r.round <= sent:
-                    continue
-                # a round's events, encoded once for all the run's streams
-                yield ctx.events.encoded(run_id, r.round, partial(_round_events, run_id, r))
-                sent, spoke = r.round, time.monotonic()
-            status = record.status.value
-            if status in TERMINAL:
-                end = {"run_id": run_id, "status": status, "error": record.error,
-                       "rounds_done": len(record.rounds)}  # fmt: skip
-                yield sse("run_finished", json.dumps(end))
+            chunk = timeline.since(sent)
+            if chunk:
+                yield chunk
+                sent, spoke = max(sent, timeline.last), time.monotonic()
+            if timeline.end:  # it was in that chunk
                 return
             if ctx.events.closed:
                 return
             # once the app said it ended, its status is written within moments
             woken = await watcher.wait(0.25 if watcher.ending else ctx.keepalive)
             if not woken and time.monotonic() - spoke >= ctx.keepalive:
-                yield ": keep-alive\n\n"
+                yield KEEPALIVE
                 spoke = time.monotonic()
     finally:
         watcher.close()
@@ -283,6 +283,27 @@ def _model_file(ctx: ApiContext, run_id: str, fmt: str, rnd: int | None) -> byte
         return export_model(Arrays.from_bytes(wire), cast(ModelFormat, fmt))
     except MissingDependencyError as exc:
         raise ApiError(501, "unavailable", str(exc), field="format") from None
+
+
+def _timeline(store: StateStore, run_id: str, known: Timeline | None) -> Timeline | None:
+    """The run's events now (None: no such run): ``known``'s (those of its last change)
+    and those of the rounds recorded since, read alone (not the whole run again)."""
+    view = store.get_run(run_id)
+    if view is None:
+        return None
+    if known is None or view.rounds_done < len(known.rounds):  # rounds were replaced
+        known = Timeline()
+    new = []
+    if view.rounds_done > len(known.rounds):
+        for r in store.run_history(run_id, after=known.last).rounds:
+            new.append((r.round, _round_events(run_id, r).encode()))
+    end = b""
+    status = view.status.value
+    if status in TERMINAL:  # written after the run's last round
+        facts = {"run_id": run_id, "status": status, "error": view.error or "",
+                 "rounds_done": len(known.rounds) + len(new)}  # fmt: skip
+        end = sse("run_finished", json.dumps(facts)).encode()
+    return known.extended(new, end)
 
 
 def _round_events(run_id: str, r: RoundRecord) -> str:

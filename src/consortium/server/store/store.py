@@ -181,16 +181,21 @@ class StateStore(NodeRecords, AuditRecords):
             )
             run.current_round = max(run.current_round, record.round)
 
-    def list_rounds(self, run_id: str) -> list[RoundView]:
-        query = select(RoundModel).where(RoundModel.run_id == run_id).order_by(RoundModel.round)
+    def list_rounds(self, run_id: str, *, after: int = 0) -> list[RoundView]:
+        """The run's rounds in order; ``after``: only those numbered above it."""
+        query = select(RoundModel).where(RoundModel.run_id == run_id, RoundModel.round > after)
+        query = query.order_by(RoundModel.round)
         with self._read() as s:
             return [convert.round_view(r) for r in s.scalars(query)]
 
     def node_results(
-        self, run_id: str, *, round: int | None = None, node: str | None = None
+        self, run_id: str, *, round: int | None = None, node: str | None = None, after: int = 0
     ) -> list[NodeResultView]:
-        """Per-node outcome and timing, by round, in the order the server recorded them."""
+        """Per-node outcome and timing, by round, in the order the server recorded them
+        (``after``: of the rounds numbered above it only)."""
         query = select(NodeResultModel).where(NodeResultModel.run_id == run_id)
+        if after:
+            query = query.where(NodeResultModel.round > after)
         if round is not None:
             query = query.where(NodeResultModel.round == round)
         if node is not None:
@@ -199,9 +204,12 @@ class StateStore(NodeRecords, AuditRecords):
         with self._read() as s:
             return [convert.node_result_view(r) for r in s.scalars(query)]
 
-    def run_history(self, run_id: str) -> History:
-        """The run's rounds rebuilt as a core :class:`History`."""
-        return convert.history(self.list_rounds(run_id), self.node_results(run_id))
+    def run_history(self, run_id: str, *, after: int = 0) -> History:
+        """The run's rounds rebuilt as a core :class:`History`; ``after``: only the rounds
+        numbered above it (what a reader that has rounds up to ``after`` lacks: an event
+        stream reads each round once, not the whole run on every change)."""
+        rounds = self.list_rounds(run_id, after=after)
+        return convert.history(rounds, self.node_results(run_id, after=after))
 
     # -- checkpoints --------------------------------------------------------------
     def record_checkpoint(self, run_id: str, round: int, path: str, digest: str) -> None:
