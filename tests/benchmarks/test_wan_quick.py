@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCHMARKS / "wan.py"
 sys.path.insert(0, str(BENCHMARKS))
@@ -62,6 +64,8 @@ def test_throttled_link_pays_latency_and_rate_per_message() -> None:
     assert inner.pushed == 1
 
 
+@pytest.mark.slow  # a benchmark (~25 s quiet, 90 s loaded); the codecs' correctness is
+# tests/client/test_compression.py and tests/deploy/test_compression_deployed.py
 def test_quick_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "wan.json"
     done = subprocess.run(

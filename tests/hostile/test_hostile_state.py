@@ -109,11 +109,12 @@ def test_a_deleted_database_fails_the_run_clearly_and_the_server_keeps_serving(
     assert not _checkpoint(deployment, run_id, ROUNDS).exists()  # it did not run on blind
 
 
-@pytest.mark.parametrize("held", [1.0, 6.0], ids=["short", "long"])
+# a long lock must fall inside the run: rounds 2-5 take at least 4 x delay after checkpoint 1
+@pytest.mark.parametrize(("held", "delay"), [(1.0, 0.3), (6.0, 2.0)], ids=["short", "long"])
 def test_a_locked_database_is_waited_for_then_fails_the_run(
-    deployment: Deployment, held: float
+    deployment: Deployment, held: float, delay: float
 ) -> None:
-    run_id = _start(deployment, "--state-timeout", "3", delay=0.3)
+    run_id = _start(deployment, "--state-timeout", "3", delay=delay)
     wait_for(lambda: _checkpoint(deployment, run_id, 1).exists(), 120, "checkpoint 1")
     db = deployment.workdir / "server" / "state.db"
     locked = threading.Event()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +51,8 @@ def train(msg: Message, ctx: Context) -> Message:
     if isinstance(marker, str) and not os.path.exists(marker):
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+    # a task that holds its raylet's only CPU a while makes the scheduler use the other one
+    time.sleep(float(msg.content.config.get("hold", 0.0)))
     model = msg.content.model
     return msg.reply(
         arrays=Arrays({"w": model["w"] + 1}),
@@ -199,7 +202,8 @@ def test_tasks_spread_over_the_raylets_and_read_the_model_in_place(cluster: str)
     cloudpickle.register_pickle_by_value(module)
     grid = RayGrid(client_app, ["a", "b", "c", "d", "e", "f"])
     try:
-        replies = list(grid.send_and_receive(_tasks(grid.node_ids(), 1.0), timeout=120))
+        tasks = _tasks(grid.node_ids(), 1.0, hold=0.5)
+        replies = list(grid.send_and_receive(tasks, timeout=120))
     finally:
         grid.close()
         cloudpickle.unregister_pickle_by_value(module)
