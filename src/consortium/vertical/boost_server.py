@@ -27,7 +27,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
-from consortium.core.message import CONFIG, Content, Message
+from consortium.core.message import CONFIG, Content
 from consortium.core.records import Config, Metrics
 from consortium.vertical.boost_party import children
 from consortium.vertical.boost_protocol import (
@@ -67,6 +67,7 @@ from consortium.vertical.boost_protocol import (
     mask_array,
 )
 from consortium.vertical.logistic_server import Party, RunContext
+from consortium.vertical.relay import Relay
 
 log = logging.getLogger("consortium.vertical")
 _T = TypeVar("_T")
@@ -82,41 +83,6 @@ class VerticalBoostResult:
     #: per tree, per internal node (level order): the node owning its split, "" for none
     owners: list[list[str]] = field(default_factory=list)
     bytes_exchanged: int = 0
-
-
-class _Relay:
-    """Sends one step's tasks, insists on every reply, counts every party's bytes."""
-
-    def __init__(self, grid: Grid, run_id: str, timeout: float) -> None:
-        self.grid, self.run_id, self.timeout = grid, run_id, timeout
-        self.sent: dict[str, int] = {}
-        self.received: dict[str, int] = {}
-
-    def step(self, kind: str, step: int, tasks: dict[str, Content]) -> dict[str, Content]:
-        messages = [Message.create(run_id=self.run_id, dst=node, round=step, kind=kind,
-                                   content=content) for node, content in tasks.items()]  # fmt: skip
-        by_id = {m.metadata.message_id: m for m in messages}
-        replies: dict[str, Content] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            message = by_id.get(reply.metadata.reply_to or "")
-            node = message.metadata.dst if message is not None else reply.metadata.src
-            if message is None or reply.metadata.src != node or node in replies:
-                raise RoundFailed(f"vertical boosting {kind}: a stray reply from {node}")
-            if reply.error is not None or reply.content is None:
-                reason = reply.error.reason if reply.error is not None else "no content"
-                raise RoundFailed(f"vertical boosting {kind}, tree {step}: {node} failed: {reason}")
-            replies[node] = reply.content
-            self.sent[node] = self.sent.get(node, 0) + _nbytes(message.content)
-            self.received[node] = self.received.get(node, 0) + _nbytes(reply.content)
-        missing = sorted(set(tasks) - set(replies))
-        if missing:
-            raise RoundFailed(f"vertical boosting {kind}, tree {step}: no reply from {missing}")
-        return replies
-
-    def take(self) -> tuple[dict[str, int], dict[str, int]]:
-        out = (self.sent, self.received)
-        self.sent, self.received = {}, {}
-        return out
 
 
 @dataclass(frozen=True)
@@ -136,9 +102,9 @@ def run_vertical_boost(
 
     Round ``t`` of the reported history is the model after ``t`` trees.
     """
-    relay = _Relay(grid, context.run_id, params.timeout)
+    relay = Relay(grid, context.run_id, params.timeout, protocol="vertical boosting", unit="tree")
     setup = _setup(relay, list(parties))
-    total = sum(sum(counts.values()) for counts in relay.take())
+    total = sum(sum(counts.values()) for counts in relay.take_counts())
     metrics: Metrics = {}
     started = time.monotonic()
     for t in range(1, params.trees + 2):
@@ -149,7 +115,7 @@ def run_vertical_boost(
         )
         metrics = dict(replies[setup.active.node].metric_values)
         if t > 1:
-            sent, received = relay.take()
+            sent, received = relay.take_counts()
             total += sum(sent.values()) + sum(received.values())
             _report(context, t - 1, metrics, sent, received, time.monotonic() - started)
             started = time.monotonic()
@@ -161,7 +127,7 @@ def run_vertical_boost(
             _grow(relay, setup, params, t, grad)
     replies = relay.step(KIND_FINISH, params.trees + 2,
                          {p.node: Content() for p in [setup.active, *setup.passives]})  # fmt: skip
-    total += sum(sum(counts.values()) for counts in relay.take())
+    total += sum(sum(counts.values()) for counts in relay.take_counts())
     what = f"{setup.active.node}'s {OWNERS}"
     got = _payload(replies[setup.active.node]).get(OWNERS)
     owners = _check(got, np.int64, (params.trees, 2**params.depth - 1), what)
@@ -171,7 +137,7 @@ def run_vertical_boost(
     return VerticalBoostResult(setup.active, setup.passives, metrics, table, total)
 
 
-def _grow(relay: _Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray) -> None:
+def _grow(relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray) -> None:
     """One tree, level by level; the server tracks which open node each row is in."""
     active, passives = setup.active.node, setup.passives
     assign = np.zeros(setup.train_rows, dtype=np.int64)
@@ -258,7 +224,7 @@ def _masks(got: Arrays, setup: _Setup, assign: np.ndarray, assign_test: np.ndarr
     return list(zip(left, left_test, strict=True))
 
 
-def _setup(relay: _Relay, nodes: list[str]) -> _Setup:
+def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if not 2 <= len(nodes) <= MAX_PASSIVES + 1 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical boosting needs 2-{MAX_PASSIVES + 1} distinct parties: {nodes}")
     replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
@@ -326,7 +292,3 @@ def _check(value: object, dtype: type, shape: tuple[int, ...], what: str) -> np.
 
 def _payload(content: Content) -> Arrays:
     return content.arrays.get(PAYLOAD, Arrays())
-
-
-def _nbytes(content: Content | None) -> int:
-    return 0 if content is None else sum(a.nbytes for a in content.arrays.values())

@@ -27,7 +27,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
-from consortium.core.message import CONFIG, Content, Message
+from consortium.core.message import CONFIG, Content
 from consortium.core.records import Config, Metrics
 from consortium.vertical.logistic_masks import KEY_BYTES
 from consortium.vertical.logistic_protocol import (
@@ -62,6 +62,7 @@ from consortium.vertical.logistic_protocol import (
     float_vector,
     uint64_matrix,
 )
+from consortium.vertical.relay import Relay
 
 log = logging.getLogger("consortium.vertical")
 
@@ -96,43 +97,6 @@ class VerticalLRResult:
     bytes_exchanged: int = 0
 
 
-class _Relay:
-    """Sends one step's tasks, insists on every reply, counts every party's bytes."""
-
-    def __init__(self, grid: Grid, run_id: str, timeout: float) -> None:
-        self.grid, self.run_id, self.timeout = grid, run_id, timeout
-        self.sent: dict[str, int] = {}
-        self.received: dict[str, int] = {}
-
-    def step(self, kind: str, step: int, tasks: dict[str, Content]) -> dict[str, Content]:
-        messages = [
-            Message.create(run_id=self.run_id, dst=node, round=step, kind=kind, content=content)
-            for node, content in tasks.items()
-        ]
-        by_id = {m.metadata.message_id: m for m in messages}
-        replies: dict[str, Content] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            message = by_id.get(reply.metadata.reply_to or "")
-            node = message.metadata.dst if message is not None else reply.metadata.src
-            if message is None or reply.metadata.src != node or node in replies:
-                raise RoundFailed(f"vertical LR {kind}: a reply that answers no task from {node}")
-            if reply.error is not None or reply.content is None:
-                reason = reply.error.reason if reply.error is not None else "no content"
-                raise RoundFailed(f"vertical LR {kind}, step {step}: party {node} failed: {reason}")
-            replies[node] = reply.content
-            self.sent[node] = self.sent.get(node, 0) + _nbytes(message.content)
-            self.received[node] = self.received.get(node, 0) + _nbytes(reply.content)
-        missing = sorted(set(tasks) - set(replies))
-        if missing:
-            raise RoundFailed(f"vertical LR {kind}, step {step}: no reply from {missing} in time")
-        return replies
-
-    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        out = (self.sent, self.received)
-        self.sent, self.received = {}, {}
-        return out
-
-
 @dataclass(frozen=True)
 class _Setup:
     active: Party
@@ -152,7 +116,7 @@ def run_vertical_lr(
     accuracy (``evaluate`` metrics: on the held-out rows), and the bytes of iteration
     ``t``'s messages, in total and per party.
     """
-    relay = _Relay(grid, context.run_id, params.timeout)
+    relay = Relay(grid, context.run_id, params.timeout, protocol="vertical LR")
     setup = _setup(relay, list(parties))
     active, passives = setup.active, setup.passives
     sent, received = relay.take_counts()
@@ -189,7 +153,7 @@ def run_vertical_lr(
 
 
 def _gradient_step(
-    relay: _Relay, setup: _Setup, replies: dict[str, Content], t: int
+    relay: Relay, setup: _Setup, replies: dict[str, Content], t: int
 ) -> dict[str, Arrays]:
     """Iteration ``t``'s gradient and decrypt steps: each passive party's masked gradient."""
     active, passives, key = setup.active, setup.passives, setup.key
@@ -215,7 +179,7 @@ def _gradient_step(
             for i, p in enumerate(passives)}  # fmt: skip
 
 
-def _setup(relay: _Relay, nodes: list[str]) -> _Setup:
+def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if len(nodes) < 2 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical LR needs at least 2 distinct parties, got {nodes}")
     replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
@@ -255,7 +219,7 @@ def _setup(relay: _Relay, nodes: list[str]) -> _Setup:
     return _Setup(active, passives, key, np.stack(peers), train, test)
 
 
-def _finish(relay: _Relay, active: Party, passives: list[Party], params: VerticalLRParams
+def _finish(relay: Relay, active: Party, passives: list[Party], params: VerticalLRParams
             ) -> dict[str, Arrays]:  # fmt: skip
     replies = relay.step(
         KIND_FINISH, params.iterations + 2, {p.node: Content() for p in [active, *passives]}
@@ -316,9 +280,3 @@ def _check_uint8(value: object, shape: tuple[int, int], what: str) -> None:
     if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.shape != shape:
         got = value.shape if isinstance(value, np.ndarray) else type(value).__name__
         raise RoundFailed(f"vertical LR: {what} must be uint8 of shape {shape}, got {got}")
-
-
-def _nbytes(content: Content | None) -> int:
-    if content is None:
-        return 0
-    return sum(a.nbytes for a in content.arrays.values())

@@ -26,9 +26,10 @@ from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
-from consortium.core.message import CONFIG, Content, Message
+from consortium.core.message import CONFIG, Content
 from consortium.core.records import Metrics
 from consortium.vertical.logistic_server import Party, RunContext
+from consortium.vertical.relay import Relay
 from consortium.vertical.split_protocol import (
     ACTIVATIONS,
     ACTIVE,
@@ -69,57 +70,10 @@ class SplitResult:
     round_trips: int = 0
 
 
-class _Relay:
-    """Sends one tick's tasks, insists on every reply answering that tick, counts bytes."""
-
-    def __init__(self, grid: Grid, run_id: str, timeout: float) -> None:
-        self.grid, self.run_id, self.timeout = grid, run_id, timeout
-        self.sent: dict[str, int] = {}
-        self.received: dict[str, int] = {}
-        self.round_trips = 0
-        self.total = 0
-
-    def step(self, kind: str, tick: int, tasks: dict[str, Content]) -> dict[str, Content]:
-        messages = [
-            Message.create(run_id=self.run_id, dst=node, round=tick, kind=kind, content=content)
-            for node, content in tasks.items()
-        ]
-        by_id = {m.metadata.message_id: m for m in messages}
-        replies: dict[str, Content] = {}
-        self.round_trips += 1
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
-            message = by_id.get(reply.metadata.reply_to or "")
-            node = message.metadata.dst if message is not None else reply.metadata.src
-            if message is None or reply.metadata.src != node or node in replies:
-                raise RoundFailed(
-                    f"split learning {kind}: a reply that answers no task from {node}"
-                )
-            if reply.error is not None or reply.content is None:
-                reason = reply.error.reason if reply.error is not None else "no content"
-                raise RoundFailed(
-                    f"split learning {kind}, tick {tick}: party {node} failed: {reason}"
-                )
-            if kind in (KIND_FORWARD, KIND_TOP):
-                try:
-                    tick_of(reply.content.config, tick, "the reply")
-                except UpdateRejected as exc:
-                    raise RoundFailed(f"split learning {kind}: party {node}: {exc}") from exc
-            replies[node] = reply.content
-            out, back = _nbytes(message.content), _nbytes(reply.content)
-            self.sent[node] = self.sent.get(node, 0) + out
-            self.received[node] = self.received.get(node, 0) + back
-            self.total += out + back
-        missing = sorted(set(tasks) - set(replies))
-        if missing:
-            raise RoundFailed(
-                f"split learning {kind}, tick {tick}: no reply from {missing} in time"
-            )
-        return replies
-
-    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        out = (self.sent, self.received)
-        self.sent, self.received = {}, {}
-        return out
+def _answers_its_tick(kind: str, tick: int, content: Content) -> None:
+    """A forward or top reply must say which tick it answers: the step it was asked."""
+    if kind in (KIND_FORWARD, KIND_TOP):
+        tick_of(content.config, tick, "the reply")
 
 
 def run_split_learning(
@@ -131,7 +85,8 @@ def run_split_learning(
     nothing random: the nodes draw the batch order and their layers from the run seed
     (the server needs only the batch sizes). Round ``e`` of the history is epoch ``e``.
     """
-    relay = _Relay(grid, context.run_id, params.timeout)
+    relay = Relay(grid, context.run_id, params.timeout, protocol="split learning", unit="tick",
+                  check=_answers_its_tick)  # fmt: skip
     active, passives, schedule, test_rows = _setup(relay, sorted(parties), params)
     relay.take_counts()
     metrics: Metrics = {}
@@ -167,7 +122,7 @@ def run_split_learning(
     return SplitResult(active, passives, metrics, weights, relay.total, relay.round_trips)
 
 
-def _setup(relay: _Relay, nodes: list[str], params: SplitParams
+def _setup(relay: Relay, nodes: list[str], params: SplitParams
            ) -> tuple[Party, list[Party], Schedule, int]:  # fmt: skip
     """Every party's role, features and rows; the schedule; the number of held-out rows."""
     if len(nodes) < 2 or len(set(nodes)) != len(nodes):
@@ -199,7 +154,7 @@ def _setup(relay: _Relay, nodes: list[str], params: SplitParams
     return actives[0], passives, Schedule(train, params.batch_size, params.epochs), test
 
 
-def _finish(relay: _Relay, active: Party, passives: list[Party], params: SplitParams, tick: int
+def _finish(relay: Relay, active: Party, passives: list[Party], params: SplitParams, tick: int
             ) -> dict[str, Arrays]:  # fmt: skip
     replies = relay.step(KIND_FINISH, tick, {p.node: Content() for p in [active, *passives]})
     if not params.reveal_model:
@@ -245,9 +200,3 @@ def _checked(value: object, shape: tuple[int, ...], node: str, name: str) -> np.
 
 def _payload(replies: dict[str, Content], node: str) -> Arrays:
     return replies[node].arrays.get(PAYLOAD, Arrays())
-
-
-def _nbytes(content: Content | None) -> int:
-    if content is None:
-        return 0
-    return sum(a.nbytes for a in content.arrays.values())
