@@ -14,9 +14,10 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from consortium.core.errors import ConfigError, UpdateRejected
+from consortium.core.errors import UpdateRejected
 from consortium.core.records import Config
 from consortium.vertical.logistic_protocol import VerticalLRParams
+from consortium.vertical.settings import SettingsReader
 
 # -- message kinds (the handlers register_vertical_boost adds) ---------------------------
 #: every party: align and split its rows, bin its columns; the label holder draws its key
@@ -106,30 +107,18 @@ class BoostParams:
 
     @classmethod
     def from_config(cls, config: Config) -> BoostParams:
-        d = cls()
-
-        def number(key: str, default: float, low: float, high: float, integer: bool = False
-                   ) -> float:  # fmt: skip
-            value = config.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"run-config {key!r} must be a number, got {value!r}")
-            if not low <= float(value) <= high:
-                raise ConfigError(f"run-config {key!r} must be in [{low}, {high}], got {value}")
-            if integer and value != int(value):
-                raise ConfigError(f"run-config {key!r} must be an integer, got {value}")
-            return float(value)
-
+        d, read = cls(), SettingsReader(config)
         return cls(
-            trees=int(number("vsb-trees", d.trees, 1, 1000, True)),
-            depth=int(number("vsb-depth", d.depth, 1, MAX_DEPTH, True)),
-            lr=number("vsb-lr", d.lr, 1e-4, 1.0),
-            l2=number("vsb-l2", d.l2, 0.0, 1e4),
-            min_child_weight=number("vsb-min-child-weight", d.min_child_weight, 0.0, 1e4),
-            bins=int(number("vsb-bins", d.bins, 2, MAX_BINS, True)),
-            key_bits=int(number("vsb-key-bits", d.key_bits, 512, 8192, True)),
-            test_fraction=number("vsb-test-fraction", d.test_fraction, 0.0, 0.9),
-            split_seed=int(number("vsb-split-seed", d.split_seed, 0, 2**32 - 1, True)),
-            timeout=number("vsb-timeout", d.timeout, 1.0, 86_400.0),
+            trees=read.integer("vsb-trees", d.trees, 1, 1000),
+            depth=read.integer("vsb-depth", d.depth, 1, MAX_DEPTH),
+            lr=read.number("vsb-lr", d.lr, 1e-4, 1.0),
+            l2=read.number("vsb-l2", d.l2, 0.0, 1e4),
+            min_child_weight=read.number("vsb-min-child-weight", d.min_child_weight, 0.0, 1e4),
+            bins=read.integer("vsb-bins", d.bins, 2, MAX_BINS),
+            key_bits=read.integer("vsb-key-bits", d.key_bits, 512, 8192),
+            test_fraction=read.number("vsb-test-fraction", d.test_fraction, 0.0, 0.9),
+            split_seed=read.integer("vsb-split-seed", d.split_seed, 0, 2**32 - 1),
+            timeout=read.number("vsb-timeout", d.timeout, 1.0, 86_400.0),
         )
 
 

@@ -14,8 +14,9 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from consortium.core.errors import ConfigError, UpdateRejected
+from consortium.core.errors import UpdateRejected
 from consortium.core.records import Config
+from consortium.vertical.settings import SettingsReader
 
 # -- message kinds (the handlers register_vertical_lr adds) -------------------------------
 #: every party: load and align its rows, split train/test; the label holder draws its key
@@ -86,38 +87,17 @@ class VerticalLRParams:
 
     @classmethod
     def from_config(cls, config: Config) -> VerticalLRParams:
-        d = cls()
-
-        def number(key: str, default: float, low: float, high: float) -> float:
-            value = config.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"run-config {key!r} must be a number, got {value!r}")
-            if not low <= float(value) <= high:
-                raise ConfigError(f"run-config {key!r} must be in [{low}, {high}], got {value}")
-            return float(value)
-
-        reveal = config.get("vlr-reveal-model", d.reveal_model)
-        if not isinstance(reveal, bool):
-            raise ConfigError(
-                f"run-config 'vlr-reveal-model' must be true or false, got {reveal!r}"
-            )
-        iterations = number("vlr-iterations", d.iterations, 1, 10_000)
-        key_bits = number("vlr-key-bits", d.key_bits, 512, 8192)
-        split_seed = number("vlr-split-seed", d.split_seed, 0, 2**32 - 1)
-        for key, value in (("vlr-iterations", iterations), ("vlr-key-bits", key_bits),
-                           ("vlr-split-seed", split_seed)):  # fmt: skip
-            if value != int(value):
-                raise ConfigError(f"run-config {key!r} must be an integer, got {value}")
+        d, read = cls(), SettingsReader(config)
         return cls(
-            iterations=int(iterations),
-            lr=number("vlr-lr", d.lr, 1e-6, 100.0),
-            momentum=number("vlr-momentum", d.momentum, 0.0, 0.99),
-            l2=number("vlr-l2", d.l2, 0.0, 100.0),
-            key_bits=int(key_bits),
-            test_fraction=number("vlr-test-fraction", d.test_fraction, 0.0, 0.9),
-            split_seed=int(split_seed),
-            reveal_model=reveal,
-            timeout=number("vlr-timeout", d.timeout, 1.0, 86_400.0),
+            iterations=read.integer("vlr-iterations", d.iterations, 1, 10_000),
+            lr=read.number("vlr-lr", d.lr, 1e-6, 100.0),
+            momentum=read.number("vlr-momentum", d.momentum, 0.0, 0.99),
+            l2=read.number("vlr-l2", d.l2, 0.0, 100.0),
+            key_bits=read.integer("vlr-key-bits", d.key_bits, 512, 8192),
+            test_fraction=read.number("vlr-test-fraction", d.test_fraction, 0.0, 0.9),
+            split_seed=read.integer("vlr-split-seed", d.split_seed, 0, 2**32 - 1),
+            reveal_model=read.flag("vlr-reveal-model", d.reveal_model),
+            timeout=read.number("vlr-timeout", d.timeout, 1.0, 86_400.0),
         )
 
 

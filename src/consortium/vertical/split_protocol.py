@@ -21,10 +21,11 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from consortium.core.errors import ConfigError, UpdateRejected
+from consortium.core.errors import UpdateRejected
 from consortium.core.records import Config
 from consortium.core.rng import derive_rng
 from consortium.vertical.logistic_protocol import VerticalLRParams
+from consortium.vertical.settings import SettingsReader
 
 # -- message kinds (the handlers register_split_learning adds) ---------------------------
 #: every party: align, split and standardise its rows, build its seeded bottom (and top)
@@ -87,40 +88,20 @@ class SplitParams:
 
     @classmethod
     def from_config(cls, config: Config) -> SplitParams:
-        d = cls()
-
-        def number(key: str, default: float, low: float, high: float) -> float:
-            value = config.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"run-config {key!r} must be a number, got {value!r}")
-            if not low <= float(value) <= high:
-                raise ConfigError(f"run-config {key!r} must be in [{low}, {high}], got {value}")
-            return float(value)
-
-        def integer(key: str, default: int, low: int, high: int) -> int:
-            value = number(key, default, low, high)
-            if value != int(value):
-                raise ConfigError(f"run-config {key!r} must be an integer, got {value}")
-            return int(value)
-
-        reveal = config.get("split-reveal-model", d.reveal_model)
-        if not isinstance(reveal, bool):
-            raise ConfigError(
-                f"run-config 'split-reveal-model' must be true or false, got {reveal!r}"
-            )
+        d, read = cls(), SettingsReader(config)
         return cls(
-            epochs=integer("split-epochs", d.epochs, 1, 10_000),
-            batch_size=integer("split-batch-size", d.batch_size, 1, 1_000_000),
-            lr=number("split-lr", d.lr, 1e-6, 10.0),
-            momentum=number("split-momentum", d.momentum, 0.0, 0.99),
-            hidden=integer("split-hidden", d.hidden, 1, 4096),
-            cut=integer("split-cut", d.cut, 1, 4096),
-            top_hidden=integer("split-top-hidden", d.top_hidden, 1, 4096),
-            noise_std=number("split-noise-std", d.noise_std, 0.0, 1e3),
-            test_fraction=number("split-test-fraction", d.test_fraction, 0.0, 0.9),
-            split_seed=integer("split-holdout-seed", d.split_seed, 0, 2**32 - 1),
-            reveal_model=reveal,
-            timeout=number("split-timeout", d.timeout, 1.0, 86_400.0),
+            epochs=read.integer("split-epochs", d.epochs, 1, 10_000),
+            batch_size=read.integer("split-batch-size", d.batch_size, 1, 1_000_000),
+            lr=read.number("split-lr", d.lr, 1e-6, 10.0),
+            momentum=read.number("split-momentum", d.momentum, 0.0, 0.99),
+            hidden=read.integer("split-hidden", d.hidden, 1, 4096),
+            cut=read.integer("split-cut", d.cut, 1, 4096),
+            top_hidden=read.integer("split-top-hidden", d.top_hidden, 1, 4096),
+            noise_std=read.number("split-noise-std", d.noise_std, 0.0, 1e3),
+            test_fraction=read.number("split-test-fraction", d.test_fraction, 0.0, 0.9),
+            split_seed=read.integer("split-holdout-seed", d.split_seed, 0, 2**32 - 1),
+            reveal_model=read.flag("split-reveal-model", d.reveal_model),
+            timeout=read.number("split-timeout", d.timeout, 1.0, 86_400.0),
         )
 
     @property
