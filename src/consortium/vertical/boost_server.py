@@ -66,8 +66,8 @@ from consortium.vertical.boost_protocol import (
     int_array,
     mask_array,
 )
-from consortium.vertical.logistic_server import Party, RunContext
-from consortium.vertical.relay import Relay
+from consortium.vertical.logistic_server import RunContext
+from consortium.vertical.relay import Party, Relay, SetupKeys, read_parties
 
 log = logging.getLogger("consortium.vertical")
 _T = TypeVar("_T")
@@ -224,42 +224,31 @@ def _masks(got: Arrays, setup: _Setup, assign: np.ndarray, assign_test: np.ndarr
     return list(zip(left, left_test, strict=True))
 
 
+#: the keys of a boosting setup reply (no feature count: the names are what is checked)
+_SETUP_KEYS = SetupKeys(ROLE, FEATURE_NAMES, TRAIN_ROWS, TEST_ROWS, None, ACTIVE, PASSIVE)
+
+
 def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if not 2 <= len(nodes) <= MAX_PASSIVES + 1 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical boosting needs 2-{MAX_PASSIVES + 1} distinct parties: {nodes}")
     replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
-    parties, shapes, candidates = [], set(), {}
-    for node in nodes:
-        config = replies[node].configs.get(PAYLOAD, {})
-        role, names = config.get(ROLE), config.get(FEATURE_NAMES)
-        if role not in (ACTIVE, PASSIVE) or not isinstance(names, list) or not names:
-            raise RoundFailed(f"party {node}'s setup reply names no role or features")
-        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
-        shapes.add((config.get(TRAIN_ROWS), config.get(TEST_ROWS)))
-        count = config.get(CANDIDATES)
-        if role == PASSIVE:
-            if (
-                isinstance(count, bool)
-                or not isinstance(count, int)
-                or not 0 <= count <= MAX_CANDIDATES
-            ):
-                raise RoundFailed(f"party {node}'s setup reply counts no split candidates")
-            candidates[node] = count
-    actives = [p for p in parties if p.role == ACTIVE]
-    if len(actives) != 1:
-        raise RoundFailed(f"vertical boosting needs exactly one label holder, got {len(actives)}")
-    if len(shapes) != 1:
-        raise RoundFailed(
-            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
-        )
-    train, test = shapes.pop()
-    if not isinstance(train, int) or not isinstance(test, int) or train < 2 or test < 0:
-        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
-    active = actives[0]
+    configs = {n: replies[n].configs.get(PAYLOAD, Config()) for n in nodes}
+    active, passives, train, test = read_parties(
+        configs, nodes, _SETUP_KEYS, protocol="vertical boosting", min_train=2
+    )
+    candidates = {}
+    for party in passives:
+        count = configs[party.node].get(CANDIDATES)
+        if (
+            isinstance(count, bool)
+            or not isinstance(count, int)
+            or not 0 <= count <= MAX_CANDIDATES
+        ):
+            raise RoundFailed(f"party {party.node}'s setup reply counts no split candidates")
+        candidates[party.node] = count
     key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
     if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
         raise RoundFailed(f"the label holder {active.node} sent no public key")
-    passives = [p for p in parties if p.role == PASSIVE]
     log.info("vertical boosting: label holder %s, passive %s, %d train and %d test rows",
              active.node, [p.node for p in passives], train, test)  # fmt: skip
     return _Setup(active, passives, [candidates[p.node] for p in passives], key, train, test)

@@ -20,7 +20,8 @@ who learns what: ``docs/vertical.md``, "Vertical logistic regression";
 from consortium.vertical.logistic_node import register_vertical_lr
 from consortium.vertical.logistic_party import AlignedFn, DataFn, PartyData
 from consortium.vertical.logistic_protocol import VLR_KINDS, VerticalLRParams
-from consortium.vertical.logistic_server import Party, RunContext, VerticalLRResult, run_vertical_lr
+from consortium.vertical.logistic_server import RunContext, VerticalLRResult, run_vertical_lr
+from consortium.vertical.relay import Party
 
 __all__ = [
     "VLR_KINDS",

@@ -62,7 +62,7 @@ from consortium.vertical.logistic_protocol import (
     float_vector,
     uint64_matrix,
 )
-from consortium.vertical.relay import Relay
+from consortium.vertical.relay import Party, Relay, SetupKeys, read_parties
 
 log = logging.getLogger("consortium.vertical")
 
@@ -76,13 +76,8 @@ class RunContext(Protocol):
     def report(self, record: RoundRecord) -> None: ...
 
 
-@dataclass(frozen=True)
-class Party:
-    """A party as its setup reply described it."""
-
-    node: str
-    role: str
-    feature_names: tuple[str, ...]
+#: the keys of a vertical LR setup reply
+_SETUP_KEYS = SetupKeys(ROLE, FEATURE_NAMES, TRAIN_ROWS, TEST_ROWS, FEATURES, ACTIVE, PASSIVE)
 
 
 @dataclass
@@ -183,31 +178,13 @@ def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if len(nodes) < 2 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical LR needs at least 2 distinct parties, got {nodes}")
     replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
-    parties, shapes = [], set()
-    for node in nodes:
-        config = replies[node].configs.get(PAYLOAD, {})
-        role, names = config.get(ROLE), config.get(FEATURE_NAMES)
-        if role not in (ACTIVE, PASSIVE) or not isinstance(names, list) or not names:
-            raise RoundFailed(f"party {node}'s setup reply names no role or features")
-        if config.get(FEATURES) != len(names):
-            raise RoundFailed(f"party {node}'s setup reply counts its features wrong")
-        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
-        shapes.add((config.get(TRAIN_ROWS), config.get(TEST_ROWS)))
-    actives = [p for p in parties if p.role == ACTIVE]
-    if len(actives) != 1:
-        raise RoundFailed(f"vertical LR needs exactly one label holder, got {len(actives)}")
-    if len(shapes) != 1:
-        raise RoundFailed(
-            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
-        )
-    active = actives[0]
+    configs = {n: replies[n].configs.get(PAYLOAD, Config()) for n in nodes}
+    active, passives, train, test = read_parties(
+        configs, nodes, _SETUP_KEYS, protocol="vertical LR", min_train=2
+    )
     key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
     if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
         raise RoundFailed(f"the label holder {active.node} sent no public key")
-    train, test = shapes.pop()
-    if not isinstance(train, int) or not isinstance(test, int) or train < 2 or test < 0:
-        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
-    passives = [p for p in parties if p.role == PASSIVE]
     peers = []
     for p in passives:
         peer = replies[p.node].arrays.get(PAYLOAD, Arrays()).get(PEER_KEY)

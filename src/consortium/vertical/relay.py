@@ -12,10 +12,12 @@ party sent and received, for the run's per-party metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.message import Content, Message
+from consortium.core.records import Config
 
 #: checks one reply's content against the step's kind and number; raises UpdateRejected
 ReplyCheck = Callable[[str, int, Content], None]
@@ -91,3 +93,54 @@ class Relay:
         out = (self.sent, self.received)
         self.sent, self.received = {}, {}
         return out
+
+
+@dataclass(frozen=True)
+class Party:
+    """A party as its setup reply described it."""
+
+    node: str
+    role: str
+    feature_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SetupKeys:
+    """The names a protocol's setup replies use (each protocol has its own prefix)."""
+
+    role: str
+    feature_names: str
+    train_rows: str
+    test_rows: str
+    #: the reply's feature count, checked against its names (None: not sent)
+    features: str | None = None
+    active: str = "active"
+    passive: str = "passive"
+
+
+def read_parties(
+    configs: dict[str, Config], nodes: list[str], keys: SetupKeys, *, protocol: str, min_train: int
+) -> tuple[Party, list[Party], int, int]:
+    """The label holder, the passive parties (in ``nodes`` order) and the aligned rows
+    (train, held out) every setup reply must agree on; RoundFailed naming what is wrong."""
+    parties, shapes = [], set()
+    for node in nodes:
+        config = configs[node]
+        role, names = config.get(keys.role), config.get(keys.feature_names)
+        if role not in (keys.active, keys.passive) or not isinstance(names, list) or not names:
+            raise RoundFailed(f"party {node}'s setup reply names no role or features")
+        if keys.features is not None and config.get(keys.features) != len(names):
+            raise RoundFailed(f"party {node}'s setup reply counts its features wrong")
+        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
+        shapes.add((config.get(keys.train_rows), config.get(keys.test_rows)))
+    actives = [p for p in parties if p.role == keys.active]
+    if len(actives) != 1:
+        raise RoundFailed(f"{protocol} needs exactly one label holder, got {len(actives)}")
+    if len(shapes) != 1:
+        raise RoundFailed(
+            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
+        )
+    train, test = shapes.pop()
+    if not isinstance(train, int) or not isinstance(test, int) or train < min_train or test < 0:
+        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
+    return actives[0], [p for p in parties if p.role == keys.passive], train, test

@@ -28,8 +28,8 @@ from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import CONFIG, Content
 from consortium.core.records import Metrics
-from consortium.vertical.logistic_server import Party, RunContext
-from consortium.vertical.relay import Relay
+from consortium.vertical.logistic_server import RunContext
+from consortium.vertical.relay import Party, Relay, SetupKeys, read_parties
 from consortium.vertical.split_protocol import (
     ACTIVATIONS,
     ACTIVE,
@@ -68,6 +68,10 @@ class SplitResult:
     weights: dict[str, Arrays] = field(default_factory=dict)
     bytes_exchanged: int = 0
     round_trips: int = 0
+
+
+#: the keys of a split-learning setup reply
+_SETUP_KEYS = SetupKeys(ROLE, FEATURE_NAMES, TRAIN_ROWS, TEST_ROWS, FEATURES, ACTIVE, PASSIVE)
 
 
 def _answers_its_tick(kind: str, tick: int, content: Content) -> None:
@@ -128,30 +132,13 @@ def _setup(relay: Relay, nodes: list[str], params: SplitParams
     if len(nodes) < 2 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"split learning needs at least 2 distinct parties, got {nodes}")
     replies = relay.step(KIND_SETUP, 0, {n: _content(0, {}, {PARTIES: len(nodes)}) for n in nodes})
-    parties, shapes = [], set()
-    for node in nodes:
-        config = replies[node].config
-        role, names = config.get(ROLE), config.get(FEATURE_NAMES)
-        if role not in (ACTIVE, PASSIVE) or not isinstance(names, list) or not names:
-            raise RoundFailed(f"party {node}'s setup reply names no role or features")
-        if config.get(FEATURES) != len(names):
-            raise RoundFailed(f"party {node}'s setup reply counts its features wrong")
-        parties.append(Party(node, str(role), tuple(str(n) for n in names)))
-        shapes.add((config.get(TRAIN_ROWS), config.get(TEST_ROWS)))
-    actives = [p for p in parties if p.role == ACTIVE]
-    if len(actives) != 1:
-        raise RoundFailed(f"split learning needs exactly one label holder, got {len(actives)}")
-    if len(shapes) != 1:
-        raise RoundFailed(
-            f"the parties' aligned rows differ (train, test): {sorted(shapes, key=str)}"
-        )
-    train, test = shapes.pop()
-    if not isinstance(train, int) or not isinstance(test, int) or train < 1 or test < 0:
-        raise RoundFailed(f"the parties' aligned rows are not usable: train {train}, test {test}")
-    passives = [p for p in parties if p.role == PASSIVE]
+    configs = {n: replies[n].config for n in nodes}
+    active, passives, train, test = read_parties(
+        configs, nodes, _SETUP_KEYS, protocol="split learning", min_train=1
+    )
     log.info("split learning: label holder %s, passive %s, %d train and %d test rows",
-             actives[0].node, [p.node for p in passives], train, test)  # fmt: skip
-    return actives[0], passives, Schedule(train, params.batch_size, params.epochs), test
+             active.node, [p.node for p in passives], train, test)  # fmt: skip
+    return active, passives, Schedule(train, params.batch_size, params.epochs), test
 
 
 def _finish(relay: Relay, active: Party, passives: list[Party], params: SplitParams, tick: int
