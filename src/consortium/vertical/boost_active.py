@@ -24,9 +24,9 @@ from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
 from consortium.core.message import Content, Message
 from consortium.core.records import Config, Metrics
+from consortium.ml.metrics import log_loss
 from consortium.vertical.boost_party import (
     Bins,
-    FloatArray,
     children,
     ciphertext_pairs,
     gains,
@@ -57,7 +57,7 @@ from consortium.vertical.boost_protocol import (
     mask_array,
 )
 from consortium.vertical.logistic_paillier import RESIDUAL_BITS, KeyPair, pack, to_fixed
-from consortium.vertical.logistic_party import LocalView
+from consortium.vertical.logistic_party import LocalView, sigmoid
 
 _KEYS = ("key_p", "key_q")
 _NONE = -2  # an owner slot of a node that does not exist
@@ -95,14 +95,14 @@ def gradients(msg: Message, context: Context, view: LocalView, params: BoostPara
     training = config.get(TRAINING, True)
     if not isinstance(training, bool) or training != (t <= params.trees):
         raise UpdateRejected(f"{TRAINING!r} must be true for trees 1-{params.trees} only")
-    p_train, p_test = _sigmoid(state["f_train"]), _sigmoid(state["f_test"])
+    p_train, p_test = sigmoid(state["f_train"]), sigmoid(state["f_test"])
     metrics: Metrics = {
-        "loss": _log_loss(p_train, view.y_train),
+        "loss": log_loss(view.y_train, p_train),
         "accuracy": float(((p_train >= 0.5) == view.y_train).mean()),
         "num_examples": view.train_rows,
     }
     if view.y_test.shape[0]:
-        metrics["test_loss"] = _log_loss(p_test, view.y_test)
+        metrics["test_loss"] = log_loss(view.y_test, p_test)
         metrics["test_accuracy"] = float(((p_test >= 0.5) == view.y_test).mean())
     out = Arrays()
     kept = Arrays(dict(state))
@@ -266,15 +266,6 @@ def _check_sums(gl: np.ndarray, hl: np.ndarray, g_abs: int, h_total: int, party:
     """A left child's sums lie within the node's: anything else is not an honest histogram."""
     if any(abs(v) > g_abs for v in gl) or any(not 0 <= v <= h_total for v in hl):
         raise UpdateRejected(f"passive party {party}'s {HIST!r} holds sums outside its node")
-
-
-def _sigmoid(u: FloatArray) -> FloatArray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * u)), dtype=np.float64)
-
-
-def _log_loss(p: FloatArray, y: np.ndarray) -> float:
-    eps = 1e-12
-    return float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
 
 
 def _config(msg: Message) -> Config:

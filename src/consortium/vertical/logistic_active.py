@@ -25,6 +25,7 @@ from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
 from consortium.core.message import Content, Message
 from consortium.core.records import Metrics
+from consortium.ml.metrics import log_loss
 from consortium.vertical.logistic_masks import decode_sum
 from consortium.vertical.logistic_paillier import RESIDUAL_BITS, KeyPair, pack, to_fixed, unpack
 from consortium.vertical.logistic_party import (
@@ -35,6 +36,7 @@ from consortium.vertical.logistic_party import (
     save,
     saved_arrays,
     saved_config,
+    sigmoid,
 )
 from consortium.vertical.logistic_protocol import (
     COUNTS,
@@ -46,7 +48,6 @@ from consortium.vertical.logistic_protocol import (
     TRAINING,
     U_TEST,
     U_TRAIN,
-    FloatArray,
     VerticalLRParams,
     uint64_matrix,
 )
@@ -94,15 +95,15 @@ def residual(msg: Message, context: Context, view: LocalView, params: VerticalLR
     v = state.get("v", np.zeros(view.features))
     b, vb = state.get("b", np.zeros(1)), state.get("vb", np.zeros(1))
     wl, bl = lookahead(w, v, params, training), lookahead(b, vb, params, training)
-    p_train = _sigmoid(view.x_train @ wl + bl[0] + others_train)
-    p_test = _sigmoid(view.x_test @ wl + bl[0] + others_test)
+    p_train = sigmoid(view.x_train @ wl + bl[0] + others_train)
+    p_test = sigmoid(view.x_test @ wl + bl[0] + others_test)
     metrics: Metrics = {
-        "loss": _log_loss(p_train, view.y_train),
+        "loss": log_loss(view.y_train, p_train),
         "accuracy": float(((p_train >= 0.5) == view.y_train).mean()),
         "num_examples": view.train_rows,
     }
     if view.y_test.shape[0]:
-        metrics["test_loss"] = _log_loss(p_test, view.y_test)
+        metrics["test_loss"] = log_loss(view.y_test, p_test)
         metrics["test_accuracy"] = float(((p_test >= 0.5) == view.y_test).mean())
     out = Arrays()
     if training:
@@ -146,15 +147,6 @@ def decrypt(msg: Message, context: Context, view: LocalView, params: VerticalLRP
     save(context, Arrays(dict(state)), {**saved, _DECRYPTED: t})
     out = Arrays({PLAIN: pack(plain, key.public.plaintext_bytes)})
     return msg.reply(Content(arrays={PAYLOAD: out}))
-
-
-def _sigmoid(u: FloatArray) -> FloatArray:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * u)), dtype=np.float64)
-
-
-def _log_loss(p: FloatArray, y: np.ndarray) -> float:
-    eps = 1e-12
-    return float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
 
 
 def _content(msg: Message) -> Content:

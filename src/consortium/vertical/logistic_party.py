@@ -168,3 +168,9 @@ def nesterov_step(
 def lookahead(w: FloatArray, v: FloatArray, params: VerticalLRParams, training: bool) -> FloatArray:
     """Where this iteration's gradient is taken; the weights themselves when evaluating."""
     return w + params.momentum * v if training else w
+
+
+def sigmoid(u: FloatArray) -> FloatArray:
+    """The logistic function, overflow-free (through tanh): the label holder's scores to
+    probabilities, for vertical LR's residuals and boosting's gradients alike."""
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * u)), dtype=np.float64)
