@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from consortium import ControlClient
+from local_federation import start_local
 
 ROOT = Path(__file__).resolve().parents[1]
 HEART = ROOT / "examples" / "heart_disease"
@@ -197,38 +197,17 @@ def _trial(
     return trial
 
 
-def _start_local(directory: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    out = open(directory / "local.out", "wb")  # noqa: SIM115 - the process's own log
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "consortium.cli.main", "local", "--dir", str(directory),
-         "--http-port", "0", "--app", str(HEART), "--no-tracking"],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while "Ctrl-C stops" not in (directory / "local.out").read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("consortium local did not start: see " + str(directory / "local.out"))
-        time.sleep(0.1)
-    url = (directory / "server" / "api" / "url").read_text().strip()
-    return proc, url, (directory / "admin-token").read_text().strip()
-
-
 def measure(
     rounds: int, watchers: int, repeats: int, directory: Path, client_nice: int = 0
 ) -> Result:
-    proc, url, token = _start_local(directory)
+    local = start_local(directory, HEART)
+    url, token = local.url, local.token
     os.nice(client_nice)  # after `consortium local` started: the federation keeps its own
     result = Result(rounds, watchers, repeats)
     try:
-        client = ControlClient(url, token)
-        deadline = time.monotonic() + 60
-        while sum(n["status"] == "online" for n in client.nodes()) < 4:
-            if time.monotonic() > deadline:
-                raise SystemExit("the four hospitals did not come online")
-            time.sleep(0.2)
-        processes = psutil.Process(proc.pid).children(recursive=True)
-        server = next(p for p in processes if "server" in p.cmdline()[3:5])
-        api = next(p for p in processes if "consortium.control.worker" in p.cmdline())
+        client = local.client()
+        local.wait_online()
+        server, api = local.server(), local.api()
         _trial(client, url, token, 2, 0, server, api)  # warm-up: imports, first connections
         result.load.append(os.getloadavg()[0])
         for _ in range(repeats):
@@ -240,11 +219,7 @@ def measure(
                       f"run {trial.wall_seconds:.2f} s", file=sys.stderr)  # fmt: skip
         result.load.append(os.getloadavg()[0])
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        local.stop()
     return result
 
 
