@@ -47,6 +47,7 @@ from consortium.node.isolated import (
     RunProcesses,
 )
 from consortium.node.policy import NodePolicy, PolicyRefused
+from consortium.transport.stage_times import stage
 
 __all__ = ["Backoff", "NodePolicy", "NodeRunner", "RetryLog"]
 
@@ -247,7 +248,8 @@ class NodeRunner:
             payload = self.connection.pull_task(self.poll_wait)
             if payload is None:
                 return
-            task = Message.from_bytes(payload)
+            with stage("node.decode", len(payload)):
+                task = Message.from_bytes(payload)
         self._held = task
         self._fetch_app(task.metadata.run_id)  # an outage here keeps the task held
         self._held = None
@@ -259,7 +261,9 @@ class NodeRunner:
         while self._outbox:
             message_id, reply = self._outbox[0]
             try:
-                accepted, detail = self.connection.push_result(reply.to_parts(), message_id)
+                with stage("node.encode"):
+                    parts = reply.to_parts()
+                accepted, detail = self.connection.push_result(parts, message_id)
             except ServerUnavailable:
                 raise  # keep it: delivered after reconnecting
             except TransportError as exc:  # (NodeRefused is not one: the node stops)
@@ -295,7 +299,8 @@ class NodeRunner:
         try:
             app = self._app_for(meta.run_id)
             self.policy.check_task(task)
-            result = self._processes.run(app, task, self.stop)
+            with stage("node.app"):  # the app process's round trip, its own work included
+                result = self._processes.run(app, task, self.stop)
         except PolicyRefused as exc:  # the node's own words, not app output: sent in full
             log.error("run %s round %d: %s refused: %s", meta.run_id, meta.round, meta.kind, exc)
             return failure_reply(task, exc, "message")
