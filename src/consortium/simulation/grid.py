@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
+    CancelledError,
     Executor,
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     wait,
 )
+from functools import partial
 from typing import Literal
 
 from consortium.apps.loader import load_app
@@ -44,7 +47,10 @@ class SimulationGrid:
     so memory does not grow with the number of nodes beyond what they keep.
     Replies are yielded in the order the tasks were sent, whatever the number
     of workers, so aggregation (and the final model) is bit-identical for any
-    ``workers``.
+    ``workers``. Like a deployed node, which pulls one task at a time, a node
+    runs its tasks one after another in the order they were sent: a task to a
+    node that is still busy starts when the earlier one has ended, with the
+    state it left (several workers never run one node twice at once).
     """
 
     def __init__(
@@ -75,6 +81,9 @@ class SimulationGrid:
         self._workers = workers
         self._executor: Executor | None = None
         self._pushed: list[Future[Message]] = []  # pushed tasks not pulled yet, in push order
+        #: each node's latest task submitted to the pool (the next one waits for it)
+        self._latest: dict[str, Future[Message]] = {}
+        self._latest_lock = threading.Lock()
         if backend == "processes":
             if not isinstance(client_app, str):
                 raise ConfigError(
@@ -190,6 +199,38 @@ class SimulationGrid:
         return self._executor
 
     def _submit(self, pool: Executor, msg: Message) -> Future[Message]:
+        """``msg`` to the pool, once its node's task before it (if any) has ended."""
+        node = msg.metadata.dst
+        with self._latest_lock:
+            before = self._latest.get(node)
+            if before is None or before.done():
+                submitted = self._start(pool, msg)
+            else:
+                submitted = Future()
+                before.add_done_callback(partial(self._start_after, pool, msg, submitted))
+            self._latest[node] = submitted
+        submitted.add_done_callback(partial(self._forget, node))
+        return submitted
+
+    def _start_after(
+        self, pool: Executor, msg: Message, submitted: Future[Message], _: Future[Message]
+    ) -> None:
+        """(When the node's task before ``msg`` ended.) Start ``msg``, unless given up."""
+        if not submitted.set_running_or_notify_cancel():
+            return  # cancelled while it waited (its round's deadline passed)
+        try:
+            started = self._start(pool, msg)
+        except RuntimeError as exc:  # the pool shut down (the run ended) meanwhile
+            submitted.set_result(failure_reply(msg, exc, SIMULATION_ERROR_DETAIL))
+            return
+        started.add_done_callback(partial(_settle, msg, submitted))
+
+    def _forget(self, node: str, done: Future[Message]) -> None:
+        with self._latest_lock:
+            if self._latest.get(node) is done:
+                del self._latest[node]
+
+    def _start(self, pool: Executor, msg: Message) -> Future[Message]:
         if self._backend == "threads":
             return pool.submit(self._run_local, msg)
         node = msg.metadata.dst
@@ -249,6 +290,16 @@ class SimulationGrid:
             nxt = next(todo, None)
             if nxt is not None:
                 queue.append(self._submit(pool, nxt))
+
+
+def _settle(msg: Message, outer: Future[Message], inner: Future[Message]) -> None:
+    """Give ``outer`` the result of ``inner`` (a task that waited for its node's turn)."""
+    if inner.cancelled():  # the pool shut down before it ran
+        outer.set_result(failure_reply(msg, CancelledError(), SIMULATION_ERROR_DETAIL))
+    elif inner.exception() is not None:
+        outer.set_exception(inner.exception())
+    else:
+        outer.set_result(inner.result())
 
 
 def cpu_count() -> int:
