@@ -193,6 +193,23 @@ def test_node_state_persists_across_rounds_and_the_model_matches_threads(cluster
     assert seen == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize("per_task", [1, 2])
+def test_tasks_to_one_node_take_turns_with_its_state(cluster: str, per_task: int) -> None:
+    """A node's second task starts from the state its first one left, whether the two are
+    in one Ray task (a batch) or in two (the second waits on the first's state)."""
+    options = RayOptions(nodes_per_task=per_task)
+    grid = RayGrid("toy_app:client_app", ["a", "b"], app_path=[str(TOY_DIR)], options=options)
+    try:
+        replies = list(grid.send_and_receive(_tasks(["a", "b", "a", "b", "a"]), timeout=120))
+        grid.push(_tasks(["b", "b"]))
+        pulled = [grid.pull(timeout=120), grid.pull(timeout=120)]
+    finally:
+        grid.close()
+    seen = [(r.metadata.src, r.content.metric_values["rounds_seen"]) for r in replies if r.content]
+    assert seen == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3)]
+    assert [r.content.metric_values["rounds_seen"] for r in pulled if r and r.content] == [3, 4]
+
+
 def test_tasks_spread_over_the_raylets_and_read_the_model_in_place(cluster: str) -> None:
     """Here the ClientApp is an object, not a reference: it travels by the object store,
     pickled by value as a script's own app is (the workers cannot import this module)."""

@@ -141,6 +141,8 @@ class RayGrid:
         self._seed = seed
         self._options = options or RayOptions()
         self._states: dict[str, Any] = {}  # node -> object-store reference of its state
+        #: each node's latest task not resolved yet: the next one starts from its state
+        self._latest: dict[str, _Pending] = {}
         self._pushed: list[_Pending] = []
         # the models put in the object store, by the Arrays object they came from (held,
         # so its id is not reused): a round's tasks share one Arrays, so one put per round
@@ -228,6 +230,7 @@ class RayGrid:
             self._cancel(pending)
         self._pushed = []
         self._states = {}
+        self._latest = {}
         self._puts = {}
         if self._owns_ray:
             self._owns_ray = False
@@ -279,7 +282,8 @@ class RayGrid:
             assert msg.content is not None, "a task carries content"
             names = list(msg.content.arrays)
             positions = [position(self._put(a)) for a in msg.content.arrays.values()]
-            state = self._states.get(node)
+            running = self._latest.get(node)
+            state = running.state_ref if running is not None else self._states.get(node)
             node_config = self._node_config(self._index[node], node)
             state_at = position(state) if state is not None else None
             jobs.append((to_plain(msg, {}), names, positions, node_config, state_at))
@@ -294,6 +298,7 @@ class RayGrid:
                 started, refs[::2], refs[1::2], strict=True
             ):
                 job_pending.reply_ref, job_pending.state_ref = reply_ref, state_ref
+                self._latest[job_pending.msg.metadata.dst] = job_pending
         return pending
 
     def _put(self, arrays: Arrays) -> Any:
@@ -324,26 +329,36 @@ class RayGrid:
 
     def _resolve(self, pending: _Pending, timeout: float | None) -> Message | None:
         """The task's reply, waiting at most ``timeout`` seconds for it (None: not yet);
-        keeps the node's new state unless the app raised."""
+        keeps the node's state after it (unchanged if the app raised)."""
         if pending.reply is not None:
             return pending.reply
         ray = _ray()
         try:
             # one call, not a wait then a get: a 100,000-node round makes 100,000 of them
-            plain, raised, has_state = ray.get(pending.reply_ref, timeout=timeout)
+            plain, _, has_state = ray.get(pending.reply_ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             return None
         except Exception as exc:  # the worker died (retries spent) or the app did not load
             logger.warning("node %s: task failed in Ray: %s", pending.msg.metadata.dst, exc)
+            self._let_go(pending)
             return failure_reply(pending.msg, exc, SIMULATION_ERROR_DETAIL)
         node = pending.msg.metadata.dst
-        if not raised:  # a failed task's state changes are dropped, as on a node
+        if self._latest.get(node) is pending:  # else a later task of the node holds the state
+            del self._latest[node]
+            # (a task that raised hands on the state it was given: its changes are dropped)
             if has_state:
                 self._states[node] = pending.state_ref
             else:
                 self._states.pop(node, None)
         return from_plain(plain)
 
+    def _let_go(self, pending: _Pending) -> None:
+        """A task given up or lost: its node keeps the state it had before it."""
+        node = pending.msg.metadata.dst
+        if self._latest.get(node) is pending:
+            del self._latest[node]
+
     def _cancel(self, pending: _Pending) -> None:
+        self._let_go(pending)
         if pending.reply_ref is not None:
             _ray().cancel(pending.reply_ref)

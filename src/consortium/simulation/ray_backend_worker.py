@@ -81,18 +81,23 @@ def run_node_tasks(
     by every job, appears once). Returns two objects per job, for the object
     store: (the reply, whether the app raised — its state changes are then
     dropped, as a deployed node drops them —, whether the node keeps a state),
-    and the node's new state, which the driver never fetches: it hands the
-    reference to the node's next task.
+    and the node's state after the task (what it had, if the app raised),
+    which the driver never fetches: it hands the reference to the node's next
+    task, even before this one has finished (Ray then starts that one after
+    this one: a node runs its tasks in turn, as a deployed node does).
     """
     client_app = _client_app(app)
     out: list[Any] = []
+    # a node with two tasks in this batch: the second starts from what the first left
+    left: dict[str, PlainState | None] = {}
     for task, names, positions, node_config, state_at in jobs:
         meta, configs, metrics, _, _ = task
         records = {name: objects[i] for name, i in zip(names, positions, strict=True)}
         msg = from_plain((meta, configs, metrics, records, None))
-        state = objects[state_at] if state_at is not None else None
+        node = msg.metadata.dst
+        state = left[node] if node in left else objects[state_at] if state_at is not None else None
         context = Context(
-            node_id=msg.metadata.dst,
+            node_id=node,
             node_config=node_config,
             run_config=run_config,
             state=_own_state(state) if state is not None else NodeState(),
@@ -100,11 +105,16 @@ def run_node_tasks(
         )
         result = run_task(client_app, msg, context, error_detail=SIMULATION_ERROR_DETAIL)
         kept = context.state
-        if result.raised or kept.is_empty():
-            out += [(to_plain(result.reply), result.raised, False), None]
+        after: PlainState | None
+        if result.raised:  # its state changes are dropped: the node keeps what it had
+            after = state
+        elif kept.is_empty():
+            after = None
         else:
             plain = {name: list(arrays.items()) for name, arrays in kept.arrays.items()}
-            out += [(to_plain(result.reply), False, True), (plain, kept.configs, kept.metrics)]
+            after = (plain, kept.configs, kept.metrics)
+        left[node] = after
+        out += [(to_plain(result.reply), result.raised, after is not None), after]
     return tuple(out)
 
 
