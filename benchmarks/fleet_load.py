@@ -249,8 +249,8 @@ def make_pki(root: Path, nodes: int) -> Path:
 
 
 def _client_tls(creds: Path, role: str) -> Any:
+    from consortium.transport.credentials import load_client_credentials
     from consortium.transport.grpc_client import ClientTls
-    from consortium.transport.identity import load_client_credentials
 
     loaded = load_client_credentials(creds, role=role)  # type: ignore[arg-type]
     return ClientTls(

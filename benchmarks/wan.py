@@ -75,13 +75,10 @@ from consortium.strategy.base import Instruction
 from consortium.strategy.fedavg import FedAvg
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority
+from consortium.transport.credentials import load_client_credentials, load_server_credentials
 from consortium.transport.grpc_client import ClientTls, FleetClient
 from consortium.transport.grpc_server import FleetServicer, TlsFiles, start_server
-from consortium.transport.identity import (
-    PeerVerifier,
-    load_client_credentials,
-    load_server_credentials,
-)
+from consortium.transport.peer_verifier import PeerVerifier
 
 APP_DIR = Path(__file__).resolve().parent / "wan_app"
 sys.path.insert(0, str(APP_DIR))

@@ -21,10 +21,12 @@ from consortium.server.runs import RunManager
 from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import CertificateAuthenticator, IdentityAuthenticator
 from consortium.transport.authz import Caller
+from consortium.transport.credentials import load_server_credentials
 from consortium.transport.grpc_client import ControlClient, FleetClient
 from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_server import FleetServicer, TlsFiles, start_server
-from consortium.transport.identity import CLIENT_ROLES, PeerVerifier, load_server_credentials
+from consortium.transport.names import CLIENT_ROLES
+from consortium.transport.peer_verifier import PeerVerifier
 
 from .conftest import NODES, Federation
 

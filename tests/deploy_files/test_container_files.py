@@ -453,7 +453,7 @@ def test_pki_script_makes_every_partys_credentials_and_reruns(
     """The CA job's script, run for real with its container paths moved under tmp_path."""
     import os
 
-    from consortium.transport.identity import load_client_credentials, load_server_credentials
+    from consortium.transport.credentials import load_client_credentials, load_server_credentials
 
     script, _ = pki_commands(compose)
     text = script.read_text()

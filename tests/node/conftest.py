@@ -32,13 +32,10 @@ from consortium.node.runner import NodePolicy, NodeRunner
 from consortium.server.fleet import Fleet
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority
+from consortium.transport.credentials import load_client_credentials, load_server_credentials
 from consortium.transport.grpc_client import ClientTls, FleetClient
 from consortium.transport.grpc_server import FleetServicer, TlsFiles, start_server
-from consortium.transport.identity import (
-    PeerVerifier,
-    load_client_credentials,
-    load_server_credentials,
-)
+from consortium.transport.peer_verifier import PeerVerifier
 
 T = TypeVar("T")
 

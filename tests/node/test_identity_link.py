@@ -29,7 +29,7 @@ from consortium.privacy.secagg.certified import CertificateSigner, CertificateVe
 from consortium.sandbox.confine import landlock_available
 from consortium.server.fleet import Fleet
 from consortium.transport.ca import CertificateAuthority
-from consortium.transport.identity import PeerVerifier
+from consortium.transport.peer_verifier import PeerVerifier
 
 pytestmark = pytest.mark.skipif(
     not landlock_available(), reason="needs Linux Landlock (the node refuses to run apps)"

@@ -32,7 +32,7 @@ from consortium.privacy.secagg.certified import (
 from consortium.privacy.secagg.hosted import HostedIdentity
 from consortium.sandbox.channel import Frame
 from consortium.transport.ca import CertificateAuthority
-from consortium.transport.identity import PeerVerifier
+from consortium.transport.peer_verifier import PeerVerifier
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,9 @@ def test_tasks_to_one_node_in_one_batch_see_each_others_state(backend: str) -> N
     grid = SimulationGrid(app, ["a", "b"], backend=backend, workers=4, app_path=[APP_DIR])
     try:
         replies = list(grid.send_and_receive(_tasks(["a", "b"], 4), timeout=None))
-        counts = [(r.metadata.src, r.content.metric_values["rounds_seen"]) for r in replies if r.content]
+        counts = [
+            (r.metadata.src, r.content.metric_values["rounds_seen"]) for r in replies if r.content
+        ]
         assert counts == [(n, k) for k in (1, 2, 3, 4) for n in ("a", "b")]
         # and across calls: the node's fifth task sees all four
         (fifth,) = grid.send_and_receive(_tasks(["a"], 1), timeout=None)

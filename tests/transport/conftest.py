@@ -30,6 +30,7 @@ from consortium.server.runs import RunManager
 from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority, IssuedCertificate
+from consortium.transport.credentials import load_server_credentials
 from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClient, open_channel
 from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_server import (
@@ -37,7 +38,8 @@ from consortium.transport.grpc_server import (
     TlsFiles,
     start_server,
 )
-from consortium.transport.identity import PeerVerifier, Role, load_server_credentials
+from consortium.transport.names import Role
+from consortium.transport.peer_verifier import PeerVerifier
 from honest import answer, check_answer
 
 NOW = datetime.now(UTC)

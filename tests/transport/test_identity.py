@@ -20,21 +20,22 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError, SecurityError
 from consortium.transport.ca import CertificateAuthority, IssuedCertificate
+from consortium.transport.credentials import (
+    Credentials,
+    load_client_credentials,
+    load_server_credentials,
+)
 from consortium.transport.identity import (
     CertificateExpired,
     CertificateRevoked,
-    Credentials,
     NotAllowed,
     PeerIdentity,
-    PeerVerifier,
     UntrustedCertificate,
     WrongRole,
     check_certificate_lifetime,
-    load_client_credentials,
-    load_server_credentials,
-    peer_certificate,
     verify_peer,
 )
+from consortium.transport.peer_verifier import PeerVerifier, peer_certificate
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)

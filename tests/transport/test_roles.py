@@ -10,13 +10,9 @@ from cryptography.x509.oid import NameOID
 from consortium.cli.main import main
 from consortium.core.errors import ConfigError
 from consortium.transport.ca import CertificateAuthority
-from consortium.transport.identity import (
-    CONTROL_ROLES,
-    PeerIdentity,
-    WrongRole,
-    load_client_credentials,
-    verify_peer,
-)
+from consortium.transport.credentials import load_client_credentials
+from consortium.transport.identity import PeerIdentity, WrongRole, verify_peer
+from consortium.transport.names import CONTROL_ROLES
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,7 @@ def issue(
         )
     role, name = chosen[0]
     authority = _open(ca_dir)
-    from consortium.transport.identity import file_stem, validate_name
+    from consortium.transport.names import file_stem, validate_name
 
     stem = file_stem(validate_name(role, name))  # type: ignore[arg-type]
     target = out or Path("credentials") / stem

@@ -60,8 +60,9 @@ def control_client(
 ) -> ControlClient:
     """A Control API client with the coordinator certificate in ``credentials``."""
     require_deploy()
+    from consortium.transport.credentials import load_credentials
     from consortium.transport.grpc_client import ClientTls, ControlClient
-    from consortium.transport.identity import CONTROL_ROLES, load_credentials
+    from consortium.transport.names import CONTROL_ROLES
 
     if insecure:
         warn_insecure()

@@ -50,12 +50,9 @@ def authenticators(
                 "give --ca-dir DIR: the folder with the CA's ca.crt and crl.pem "
                 "(revocations are checked on every call)"
             )
-        from consortium.transport.identity import (
-            CLIENT_ROLES,
-            PeerVerifier,
-            Role,
-            load_server_credentials,
-        )
+        from consortium.transport.credentials import load_server_credentials
+        from consortium.transport.names import CLIENT_ROLES, Role
+        from consortium.transport.peer_verifier import PeerVerifier
 
         node_role: tuple[Role, ...] = ("node",)
 

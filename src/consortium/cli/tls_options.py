@@ -47,8 +47,8 @@ def client_tls(
             "give --credentials DIR (a folder with your certificate, key and ca.crt), "
             "or --insecure for a plain-text test setup"
         )
+    from consortium.transport.credentials import load_client_credentials
     from consortium.transport.grpc_client import ClientTls
-    from consortium.transport.identity import load_client_credentials
 
     creds = load_client_credentials(credentials, name, role=role)
     return ClientTls(

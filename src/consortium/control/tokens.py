@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from consortium.core.errors import ConfigError, SecurityError
-from consortium.transport.identity import CONTROL_ROLES, validate_name
+from consortium.transport.names import CONTROL_ROLES, validate_name
 
 PREFIX = "cst1"
 #: the folder under the server's workdir holding the secret and the token list

@@ -33,7 +33,8 @@ from consortium.privacy.secagg.certified import (
     advertised_run,
 )
 from consortium.sandbox.channel import Channel, ChannelError, Frame
-from consortium.transport.identity import CRL_FILE, PeerVerifier
+from consortium.transport.identity import CRL_FILE
+from consortium.transport.peer_verifier import PeerVerifier
 
 __all__ = ["REQUESTS", "ChannelIdentity", "IdentityService"]
 

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from consortium.core.audit import AuditEvent, AuditSink, Outcome
 from consortium.core.errors import ConfigError
-from consortium.transport.identity import CLIENT_ROLES, validate_name
+from consortium.transport.names import CLIENT_ROLES, validate_name
 
 log = logging.getLogger("consortium.transport")
 

@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError
-from consortium.transport.identity import (
-    CA_CERT_FILE,
-    CRL_FILE,
+from consortium.transport.identity import CA_CERT_FILE, CRL_FILE, load_certificate, utcnow
+from consortium.transport.names import (
     Role,
     file_stem,
     identity_uri,
-    load_certificate,
     validate_name,
     validate_organisation,
 )
@@ -53,10 +51,6 @@ REASONS = ("unspecified", "key-compromise", "superseded", "cessation-of-operatio
            "affiliation-changed")  # fmt: skip
 
 _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def generate_key(key_type: KeyType = "ec") -> _PrivateKey:
@@ -107,7 +101,7 @@ class IndexEntry:
 
     def status(self, now: datetime | None = None) -> str:
         """``revoked``, ``expired``, ``not yet valid`` or ``valid``."""
-        now = now or _utcnow()
+        now = now or utcnow()
         if self.revoked_at is not None:
             return "revoked"
         if now > self.not_after:
@@ -202,7 +196,7 @@ class CertificateAuthority:
             raise ConfigError(f"invalid CA name {name!r}: 1-64 printable characters")
         if days < 1:
             raise ConfigError(f"--days must be at least 1, not {days}")
-        now = now or _utcnow()
+        now = now or utcnow()
         key = generate_key(key_type)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (
@@ -266,7 +260,7 @@ class CertificateAuthority:
         ips, dns = list(ips), list(dns)
         if role != "server" and (ips or dns):
             raise ConfigError("--ip and --dns apply to server certificates only")
-        now = now or _utcnow()
+        now = now or utcnow()
         start = not_before or now - CLOCK_SKEW
         end = min(not_after or now + timedelta(days=days), self.certificate.not_valid_after_utc)
         if days < 1 or end <= start:
@@ -375,7 +369,7 @@ class CertificateAuthority:
         roles = sorted({e.role for e in active})
         if len(roles) > 1:
             raise ConfigError(f"{name!r} holds {' and '.join(roles)} certificates: pass --role")
-        now = now or _utcnow()
+        now = now or utcnow()
         key = self._key()  # fail before touching the index if we cannot sign the CRL
         revoked = {e.serial: replace(e, revoked_at=now, reason=reason) for e in active}
         index = self._load_index()
@@ -388,7 +382,7 @@ class CertificateAuthority:
         self, *, now: datetime | None = None, days: int = CRL_DAYS, key: _PrivateKey | None = None
     ) -> Path:
         """Sign and write ``crl.pem`` listing every revoked certificate; bump the CRL number."""
-        now = now or _utcnow()
+        now = now or utcnow()
         index = self._load_index()
         index["crl_number"] = int(index.get("crl_number", 0)) + 1
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)

@@ -53,7 +53,7 @@ from consortium.transport.grpc_payloads import (
     stream_limit,
     to_pb,
 )
-from consortium.transport.identity import validate_name
+from consortium.transport.names import validate_name
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 

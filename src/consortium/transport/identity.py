@@ -10,9 +10,9 @@ certificate may also name its holder's organisation (subject ``O=``); one withou
 (issued before organisations existed) has organisation ``""``.
 :func:`verify_peer` checks a peer's certificate (chain to this CA, validity,
 revocation, role and extended key usage, allow-list); :class:`PeerVerifier`
-does the same for a server and reloads the CRL when its file changes. The
-``load_*_credentials`` functions return the PEM bytes gRPC wants, after
-checking the holder's own certificate. Nothing here imports gRPC.
+does the same for a server and reloads the CRL when its file changes (a
+holder's own credentials are loaded by :mod:`consortium.transport.credentials`).
+Nothing here imports gRPC.
 
 Refusals raise subclasses of :class:`~consortium.core.errors.SecurityError`
 (``UntrustedCertificate``, ``CertificateExpired``, ``CertificateRevoked``,
@@ -24,34 +24,30 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
-import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError, SecurityError
+from consortium.transport.names import (
+    CLIENT_ROLES,
+    ROLES,
+    URI_PREFIX,
+    Role,
+    identity_uri,
+    validate_name,
+)
 
-Role = Literal["server", "node", "admin", "researcher", "observer"]
-ROLES: tuple[Role, ...] = ("server", "node", "admin", "researcher", "observer")
-#: the roles of the coordinator's API (the Control service)
-CONTROL_ROLES: tuple[Role, ...] = ("admin", "researcher", "observer")
-CLIENT_ROLES: tuple[Role, ...] = ("node", *CONTROL_ROLES)
-#: the most characters of an organisation name (the X.509 upper bound for O=)
-MAX_ORGANISATION = 64
-URI_PREFIX = "consortium://"
 CA_CERT_FILE = "ca.crt"
 CRL_FILE = "crl.pem"
 EXPIRY_WARNING = timedelta(days=30)
-AUTH_CONTEXT_CERT_KEY = "x509_pem_cert"
 
 CertificateLike: TypeAlias = "x509.Certificate | bytes | str"
 CrlLike: TypeAlias = "x509.CertificateRevocationList | bytes | str"
@@ -62,9 +58,6 @@ _REQUIRED_EKU = {
     "researcher": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
     "observer": (ExtendedKeyUsageOID.CLIENT_AUTH, "clientAuth"),
 }
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-_RESERVED = frozenset({"ca"})  # would collide with ca.crt / ca.key
 
 log = logging.getLogger(__name__)
 
@@ -95,62 +88,6 @@ class WrongRole(SecurityError):
 
 class NotAllowed(RefusedMember):
     """A valid certificate whose name is not on the allow-list."""
-
-
-# --------------------------------------------------------------------------- names
-
-
-def validate_name(role: Role, name: str) -> str:
-    """Check a node/admin name or a server host name; return its canonical form."""
-    if role not in ROLES:
-        raise ConfigError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
-    canonical = _validate_host(name) if role == "server" else _validate_plain_name(role, name)
-    if canonical.lower() in _RESERVED:
-        raise ConfigError(f"{name!r} is reserved (it would overwrite the CA's files); pick another")
-    return canonical
-
-
-def _validate_plain_name(role: Role, name: str) -> str:
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise ConfigError(
-            f"invalid {role} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no spaces or path separators)"
-        )
-    return name
-
-
-def _validate_host(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if len(host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in host.split(".")):
-        raise ConfigError(
-            f"invalid server host {host!r}: give a DNS name (letters, digits, '-', dot-separated) "
-            "or an IP address"
-        )
-    return host.lower()
-
-
-def validate_organisation(organisation: str) -> str:
-    """Check an organisation name for a certificate's ``O=``; return it stripped."""
-    value = organisation.strip()
-    if not value or len(value) > MAX_ORGANISATION or not value.isprintable():
-        raise ConfigError(
-            f"invalid organisation {organisation!r}: give 1-{MAX_ORGANISATION} printable "
-            'characters, e.g. --org "St Mary"'
-        )
-    return value
-
-
-def file_stem(name: str) -> str:
-    """The file name (without suffix) for a certificate holder; IPv6 colons become '_'."""
-    return name.replace(":", "_")
-
-
-def identity_uri(role: Role, name: str) -> str:
-    """The URI SAN that names a certificate's holder, e.g. ``consortium://node/hospital-a``."""
-    return f"{URI_PREFIX}{role}/{name}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -265,7 +202,7 @@ class PeerIdentity:
 # --------------------------------------------------------------------------- checks
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -296,7 +233,7 @@ def check_certificate_lifetime(
     at startup (the ``load_*_credentials`` functions do).
     """
     cert = load_certificate(data)
-    now = now or _utcnow()
+    now = now or utcnow()
     check_validity(cert, now, what)
     left = cert.not_valid_after_utc - now
     if left < warn_within:
@@ -336,7 +273,7 @@ def verify_peer(
         raise ConfigError(f"unknown role(s) {sorted(unknown)}: expected {', '.join(ROLES)}")
     peer = load_certificate(cert)
     authority = load_certificate(ca)
-    now = now or _utcnow()
+    now = now or utcnow()
     cn = _common_name(peer) or "(no common name)"
     try:
         peer.verify_directly_issued_by(authority)
@@ -423,227 +360,8 @@ def _path_validate(
         ) from None
 
 
-# --------------------------------------------------------------------------- servers
-
-
-def peer_certificate(auth_context: Mapping[str, Sequence[bytes]]) -> bytes:
-    """The client's PEM certificate from a gRPC ``context.auth_context()``."""
-    values = auth_context.get(AUTH_CONTEXT_CERT_KEY) or []
-    if not values:
-        raise UntrustedCertificate("the peer presented no client certificate")
-    return bytes(values[0])
-
-
-class PeerVerifier:
-    """A server's view of the federation: CA, CRL (reloaded when the file changes), roles.
-
-    ``ca`` is a path (``Path`` or ``str``) or the certificate itself (bytes or object).
-
-    Fails closed: a CRL file that disappears, or is not signed by the CA, refuses
-    every peer until fixed.
-    """
-
-    def __init__(
-        self,
-        ca: Path | str | x509.Certificate | bytes,
-        crl: Path | str | None = None,
-        *,
-        roles: Collection[str] = CLIENT_ROLES,
-        allowed: Collection[str] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
-    ) -> None:
-        self.ca = load_certificate(_read(ca) if isinstance(ca, Path | str) else ca)
-        self.crl_path = Path(crl) if crl is not None else None
-        self.roles = tuple(roles)
-        self.allowed = allowed
-        self._clock = clock
-        self._lock = threading.Lock()  # gRPC calls this from many threads
-        self._crl: x509.CertificateRevocationList | None = None
-        self._crl_stamp: tuple[int, int, int] | None = None
-        self._stale_warned: tuple[int, int, int] | None = None
-        self.current_crl()
-
-    @classmethod
-    def from_ca_directory(
-        cls,
-        directory: Path | str,
-        *,
-        roles: Collection[str] = CLIENT_ROLES,
-        allowed: Collection[str] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
-    ) -> PeerVerifier:
-        """Use ``ca.crt`` and ``crl.pem`` of a CA folder (or of a copy of the two files)."""
-        directory = Path(directory)
-        return cls(
-            directory / CA_CERT_FILE,
-            directory / CRL_FILE,
-            roles=roles,
-            allowed=allowed,
-            clock=clock,
-        )
-
-    def current_crl(self) -> x509.CertificateRevocationList | None:
-        """The CRL to check against, re-read if its file changed; raises if it is unusable."""
-        if self.crl_path is None:
-            return None
-        with self._lock:
-            try:
-                st = self.crl_path.stat()
-            except OSError:
-                raise SecurityError(f"revocation list {self.crl_path} is missing") from None
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != self._crl_stamp or self._crl is None:
-                crl = load_crl(_read(self.crl_path))
-                check_crl(crl, self.ca)
-                self._crl, self._crl_stamp = crl, stamp
-            next_update = self._crl.next_update_utc
-            if next_update and next_update < self._clock() and self._stale_warned != stamp:
-                self._stale_warned = stamp  # once per file, not once per call
-                log.warning("revocation list %s is stale: run 'consortium ca crl'", self.crl_path)
-            return self._crl
-
-    def verify(
-        self,
-        cert: CertificateLike,
-        *,
-        roles: Collection[str] | None = None,
-        allowed: Collection[str] | None = None,
-    ) -> PeerIdentity:
-        """Check one peer certificate; ``roles``/``allowed`` override the defaults."""
-        return verify_peer(
-            cert,
-            self.ca,
-            self.current_crl(),
-            self._clock(),
-            roles=self.roles if roles is None else roles,
-            allowed=self.allowed if allowed is None else allowed,
-        )
-
-    def verify_auth_context(
-        self,
-        auth_context: Mapping[str, Sequence[bytes]],
-        *,
-        roles: Collection[str] | None = None,
-        allowed: Collection[str] | None = None,
-    ) -> PeerIdentity:
-        """Check the client certificate of a gRPC call (``context.auth_context()``)."""
-        return self.verify(peer_certificate(auth_context), roles=roles, allowed=allowed)
-
-
-# --------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """PEM bytes for gRPC, and the identity of the certificate they hold.
-
-    Server: ``grpc.ssl_server_credentials([(c.private_key, c.certificate_chain)],
-    root_certificates=c.root_certificates, require_client_auth=True)``.
-    Client: ``grpc.ssl_channel_credentials(c.root_certificates, c.private_key,
-    c.certificate_chain)``.
-    """
-
-    certificate_chain: bytes
-    private_key: bytes = field(repr=False)
-    root_certificates: bytes
-    identity: PeerIdentity
-    cert_path: Path | None = None
-
-
-def load_server_credentials(
-    directory: Path | str | None = None,
-    name: str | None = None,
-    *,
-    cert: Path | str | None = None,
-    key: Path | str | None = None,
-    ca: Path | str | None = None,
-    now: datetime | None = None,
-) -> Credentials:
-    """Load a server's certificate, key and CA certificate (a folder, or explicit paths)."""
-    return load_credentials(("server",), directory, name, cert=cert, key=key, ca=ca, now=now)
-
-
-def load_client_credentials(
-    directory: Path | str | None = None,
-    name: str | None = None,
-    *,
-    role: Role | None = None,
-    cert: Path | str | None = None,
-    key: Path | str | None = None,
-    ca: Path | str | None = None,
-    now: datetime | None = None,
-) -> Credentials:
-    """Load a node's or coordinator's credentials; ``role`` pins which role it must hold."""
-    return load_credentials(
-        (role,) if role else CLIENT_ROLES, directory, name, cert=cert, key=key, ca=ca, now=now
-    )
-
-
-def load_credentials(
-    roles: Collection[str],
-    directory: Path | str | None = None,
-    name: str | None = None,
-    *,
-    cert: Path | str | None = None,
-    key: Path | str | None = None,
-    ca: Path | str | None = None,
-    now: datetime | None = None,
-) -> Credentials:
-    """Load, match and check credentials: key fits certificate, CA issued it, role, expiry."""
-    cert_path, key_path, ca_path = _resolve_paths(directory, name, cert, key, ca)
-    cert_pem, key_pem, ca_pem = _read(cert_path), _read(key_path), _read(ca_path)
-    own = load_certificate(cert_pem)
-    authority = load_certificate(ca_pem)
-    try:
-        private = serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read private key {key_path}: {exc}") from None
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if private.public_key().public_bytes(enc, pub) != own.public_key().public_bytes(enc, pub):
-        raise ConfigError(f"private key {key_path} does not belong to certificate {cert_path}")
-    now = now or _utcnow()
-    identity = verify_peer(own, authority, None, now, roles=roles)
-    check_certificate_lifetime(authority, now=now, what="the federation CA certificate")
-    check_certificate_lifetime(own, now=now, what=f"this {identity.role}'s certificate {cert_path}")
-    return Credentials(cert_pem, key_pem, ca_pem, identity, cert_path)
-
-
-def _resolve_paths(
-    directory: Path | str | None,
-    name: str | None,
-    cert: Path | str | None,
-    key: Path | str | None,
-    ca: Path | str | None,
-) -> tuple[Path, Path, Path]:
-    if directory is None:
-        if cert is None or key is None or ca is None:
-            raise ConfigError("give a credentials folder, or all of cert, key and ca paths")
-        return Path(cert), Path(key), Path(ca)
-    folder = Path(directory)
-    if not folder.is_dir():
-        raise ConfigError(f"credentials folder {folder} does not exist")
-    if name is not None:
-        stem = file_stem(name)
-    elif cert is not None:
-        stem = Path(cert).stem
-    else:
-        found = sorted(p.stem for p in folder.glob("*.crt") if p.name != CA_CERT_FILE)
-        if len(found) != 1:
-            listed = ", ".join(found) or "none"
-            raise ConfigError(
-                f"expected one certificate besides {CA_CERT_FILE} in {folder} (found: {listed}); "
-                "name the one to use"
-            )
-        stem = found[0]
-    return (
-        Path(cert) if cert is not None else folder / f"{stem}.crt",
-        Path(key) if key is not None else folder / f"{stem}.key",
-        Path(ca) if ca is not None else folder / CA_CERT_FILE,
-    )
-
-
-def _read(path: Path | str) -> bytes:
+def read_credential_file(path: Path | str) -> bytes:
+    """A certificate, key or CRL file's bytes; ConfigError naming it if it cannot be read."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from consortium.core.errors import ConfigError, SecurityError
 from consortium.privacy.secagg.protocol import PROTOCOL
-from consortium.transport.identity import PeerVerifier, load_certificate
+from consortium.transport.identity import load_certificate
+from consortium.transport.peer_verifier import PeerVerifier
 
 __all__ = [
     "DOMAIN",
