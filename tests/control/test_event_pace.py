@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from consortium.control.events import PACE, RunEvents, Timeline
+from consortium.control.events import PACE, RunEvents
+from consortium.control.timeline import Timeline
 
 
 def test_round_ends_sooner_than_the_pace_reach_the_streams_together() -> None:

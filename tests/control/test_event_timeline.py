@@ -7,7 +7,8 @@ import asyncio
 import threading
 import time
 
-from consortium.control.events import RunEvents, Ticker, Timeline
+from consortium.control.events import RunEvents, Ticker
+from consortium.control.timeline import Timeline
 
 Load = tuple[str, Timeline | None]
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from consortium.control import models
-from consortium.control.events import Timeline
 from consortium.control.guard import ApiError
 from consortium.control.models import FORMAT_PATTERN
 from consortium.control.registry import RunEntry
+from consortium.control.timeline import Timeline
 from consortium.control.views import ModelFormat, export_model, failed_nodes, round_json, sse
 from consortium.core import audit
 from consortium.core.arrays import Arrays
