@@ -77,7 +77,8 @@ from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority
 from consortium.transport.credentials import load_client_credentials, load_server_credentials
 from consortium.transport.grpc_client import ClientTls, FleetClient
-from consortium.transport.grpc_server import FleetServicer, TlsFiles, start_server
+from consortium.transport.grpc_listen import TlsFiles, start_server
+from consortium.transport.grpc_server import FleetServicer
 from consortium.transport.peer_verifier import PeerVerifier
 
 APP_DIR = Path(__file__).resolve().parent / "wan_app"

@@ -76,7 +76,7 @@ def test_a_grid_without_a_choice_is_the_whole_fleet() -> None:
 
 
 def test_a_reported_version_is_kept_only_if_it_looks_like_one() -> None:
-    from consortium.transport.grpc_server import reported_version
+    from consortium.transport.grpc_requests import reported_version
 
     assert reported_version("1.4.0.dev3+g1a2b", "va") == "1.4.0.dev3+g1a2b"
     assert reported_version("", "va") == ""

@@ -24,7 +24,8 @@ from consortium.transport.authz import Caller
 from consortium.transport.credentials import load_server_credentials
 from consortium.transport.grpc_client import ControlClient, FleetClient
 from consortium.transport.grpc_control import ControlServicer
-from consortium.transport.grpc_server import FleetServicer, TlsFiles, start_server
+from consortium.transport.grpc_listen import TlsFiles, start_server
+from consortium.transport.grpc_server import FleetServicer
 from consortium.transport.names import CLIENT_ROLES
 from consortium.transport.peer_verifier import PeerVerifier
 

@@ -20,7 +20,8 @@ from consortium.transport.auth import InsecureAuthenticator
 from consortium.transport.fleet_api import RunBundle
 from consortium.transport.grpc_client import FleetClient
 from consortium.transport.grpc_control import ControlServicer
-from consortium.transport.grpc_server import FleetServicer, start_server
+from consortium.transport.grpc_listen import start_server
+from consortium.transport.grpc_server import FleetServicer
 
 from .conftest import SLOW_APP, wait_for
 

@@ -33,11 +33,8 @@ from consortium.transport.ca import CertificateAuthority, IssuedCertificate
 from consortium.transport.credentials import load_server_credentials
 from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClient, open_channel
 from consortium.transport.grpc_control import ControlServicer
-from consortium.transport.grpc_server import (
-    FleetServicer,
-    TlsFiles,
-    start_server,
-)
+from consortium.transport.grpc_listen import TlsFiles, start_server
+from consortium.transport.grpc_server import FleetServicer
 from consortium.transport.names import Role
 from consortium.transport.peer_verifier import PeerVerifier
 from honest import answer, check_answer

@@ -16,7 +16,7 @@ from consortium.transport.auth import (
     InsecureAuthenticator,
 )
 from consortium.transport.authz import Caller
-from consortium.transport.grpc_server import TlsFiles
+from consortium.transport.grpc_listen import TlsFiles
 
 
 def authenticators(

@@ -279,7 +279,8 @@ def server(
     from consortium.server.store.lock import StateDirLock
     from consortium.transport.fairness import stream_window, worker_threads
     from consortium.transport.grpc_control import ControlServicer
-    from consortium.transport.grpc_server import FleetServicer, start_server
+    from consortium.transport.grpc_listen import start_server
+    from consortium.transport.grpc_server import FleetServicer
 
     # before anything is written there (the log included): one server per state directory
     workdir_lock = StateDirLock(workdir)

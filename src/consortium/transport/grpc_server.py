@@ -4,48 +4,43 @@ Each RPC authenticates the caller from its certificate, then delegates to a
 :class:`~consortium.transport.fleet_api.FleetBackend` or ``ControlBackend``.
 Bad input (a corrupt chunk stream, a message over the limit, bytes that are
 not a Message) ends that one call with a clear status; the server goes on
-serving everyone else. Requests are parsed leniently (see :func:`_lenient`) so
-that bytes which are not even a protobuf are refused by the handler, after it
-authenticated the caller, with INVALID_ARGUMENT and the peer in the log.
+serving everyone else. Requests are parsed leniently
+(:mod:`consortium.transport.grpc_requests`) so that bytes which are not even a
+protobuf are refused by the handler, after it authenticated the caller, with
+INVALID_ARGUMENT and the peer in the log. :mod:`consortium.transport.grpc_listen`
+starts a server with these services.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterator
-from concurrent import futures
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import grpc
 
-from consortium.core.errors import TransportError, WireFormatError
+from consortium.core.errors import WireFormatError
 from consortium.core.message import Message
 from consortium.core.records import UnacceptableRecord
-from consortium.transport.auth import Authenticator, authenticate_call, peer_certificate_pem
+from consortium.transport.auth import Authenticator, authenticate_call
 from consortium.transport.chunks import (
     MAX_GRPC_MESSAGE,
     Chunk,
     PayloadTooLarge,
     Reassembler,
     Refused,
-    decode_chunk,
     encode_chunk,
     iter_chunks,
 )
 from consortium.transport.fairness import (
     CALLS_PER_NODE,
-    MAX_STREAM_WINDOW,
     RECEIVES_AT_ONCE,
     CallLimiter,
     ReceiveSlots,
 )
 from consortium.transport.fleet_api import decode_reply
-from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_payloads import run_info_chunks
-from consortium.transport.identity import PeerIdentity
+from consortium.transport.grpc_requests import parsed, peer_organisation, reported_version
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
@@ -54,10 +49,6 @@ from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transf
 
 log = logging.getLogger("consortium.transport")
 
-#: what a node's reported version may look like (PEP 440 and local labels, bounded)
-VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")
-
-T = TypeVar("T")
 
 # Measured with 200 nodes (docs/benchmarks.md, "The run's tracking in a process of its
 # own"): TCP read chunk sizes, grpc.tcp_receive_buffer_size (not applied to accepted
@@ -73,65 +64,6 @@ GRPC_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class _Unparsable:
-    """A request whose bytes are not the protobuf its method expects."""
-
-    type_name: str
-    error: str
-
-
-def _lenient(kind: Any, parse_raw: Callable[[bytes], Any] | None = None) -> Callable[[bytes], Any]:
-    """A request deserializer that never fails, so the handler can refuse the bytes.
-
-    When gRPC's own deserializer fails it answers INTERNAL "Exception
-    deserializing request!" and logs a traceback that names neither the peer
-    nor the method; the handler instead authenticates the caller first, then
-    answers INVALID_ARGUMENT naming the cause (see :func:`_parsed`).
-    """
-
-    decode = parse_raw or kind.FromString
-
-    def parse(raw: bytes) -> Any:
-        try:
-            return decode(raw)
-        except Exception as exc:  # DecodeError; invalid UTF-8 in a string field
-            return _Unparsable(kind.DESCRIPTOR.full_name, str(exc) or type(exc).__name__)
-
-    return parse
-
-
-def reported_version(raw: str, node: str) -> str:
-    """The version a node reports at hello, if it looks like one (else "", logged): it is
-    shown to coordinators (``GET /api/v1/nodes``), so no control characters or essays."""
-    if not raw or VERSION_PATTERN.fullmatch(raw):
-        return raw
-    log.warning("node %s reported a version that is not one (%d chars): ignored", node, len(raw))
-    return ""
-
-
-def peer_organisation(context: grpc.ServicerContext) -> str:
-    """The organisation (``O=``) of the caller's certificate, already verified by the
-    authenticator ("" without one: --insecure)."""
-    pem = peer_certificate_pem(context)
-    if pem is None:
-        return ""
-    try:
-        return PeerIdentity.from_certificate(pem).organisation
-    except Exception:  # verified a moment ago; a parse failure only loses the label
-        return ""
-
-
-def _parsed(context: grpc.ServicerContext, node: str, request: T | _Unparsable) -> T:
-    """The request, or abort the call if its bytes did not parse."""
-    if isinstance(request, _Unparsable):
-        reason = f"request is not a valid {request.type_name} protobuf: {request.error}"
-        log.warning("refused a request from %s: %s", node, reason)
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
-        raise AssertionError("unreachable: abort raises")
-    return request
 
 
 _ENDED_BY_GRPC = (
@@ -192,7 +124,7 @@ class FleetServicer(rpc.FleetServicer):
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloReply:
         node = self._caller(context)
         with self._slot(node, context):
-            request = _parsed(context, node, request)
+            request = parsed(context, node, request)
             version = reported_version(request.version, node)
             self.backend.hello(node, request.instance_id, version=version,
                                organisation=peer_organisation(context))  # fmt: skip
@@ -207,7 +139,7 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.HeartbeatReply:
         node = self._caller(context)
         with self._slot(node, context):
-            _parsed(context, node, request)
+            parsed(context, node, request)
             return pb.HeartbeatReply(known=self.backend.heartbeat(node))
 
     def PullTask(self, request: pb.PullRequest, context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -218,7 +150,7 @@ class FleetServicer(rpc.FleetServicer):
     def _pull(
         self, node: str, request: pb.PullRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        request = _parsed(context, node, request)
+        request = parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
         task = self.backend.next_task(node, wait)
         if task is None:
@@ -343,7 +275,7 @@ class FleetServicer(rpc.FleetServicer):
         try:
             for chunk in timed(request_iterator, "recv.grpc"):
                 transfer.moved()
-                rebuild.feed(_parsed(context, node, chunk))
+                rebuild.feed(parsed(context, node, chunk))
             payload = rebuild.result()
         except _Stop:
             return None
@@ -381,7 +313,7 @@ class FleetServicer(rpc.FleetServicer):
         """Streams the run's ``RunInfo`` as chunks (grpc_payloads.py): bundles above 4 MiB."""
         node = self._caller(context)
         with self._slot(node, context):
-            request = _parsed(context, node, request)
+            request = parsed(context, node, request)
             bundle = self.backend.run_bundle(node, request.run_id)
             if bundle is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
@@ -391,96 +323,3 @@ class FleetServicer(rpc.FleetServicer):
                 for chunk in run_info_chunks(bundle):
                     yield encode_chunk(chunk)
                     transfer.moved()
-
-
-_HANDLER_KINDS = {
-    (False, False): grpc.unary_unary_rpc_method_handler,
-    (False, True): grpc.unary_stream_rpc_method_handler,
-    (True, False): grpc.stream_unary_rpc_method_handler,
-    (True, True): grpc.stream_stream_rpc_method_handler,
-}
-
-
-def _add_fleet_service(servicer: FleetServicer, server: grpc.Server) -> None:
-    """``add_FleetServicer_to_server``, but parsing requests with :func:`_lenient`."""
-    service = pb.DESCRIPTOR.services_by_name["Fleet"]
-
-    def serializer(name: str) -> Callable[[Any], bytes]:
-        # PullTask yields chunks it encoded itself (see there): pass them through
-        return bytes if name == "Chunk" else getattr(pb, name).SerializeToString
-
-    handlers = {
-        method.name: _HANDLER_KINDS[(method.client_streaming, method.server_streaming)](
-            getattr(servicer, method.name),
-            request_deserializer=_lenient(
-                getattr(pb, method.input_type.name),
-                decode_chunk if method.input_type.name == "Chunk" else None,
-            ),
-            response_serializer=serializer(method.output_type.name),
-        )
-        for method in service.methods
-    }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
-    )
-    server.add_registered_method_handlers(service.full_name, handlers)
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM material for a TLS server: its key/certificate and the CA that signs clients."""
-
-    key: bytes
-    certificate: bytes
-    ca: bytes
-
-
-def start_server(
-    address: str,
-    *,
-    fleet: FleetServicer,
-    control: ControlServicer | None = None,
-    tls: TlsFiles | None,
-    workers: int = 32,
-    stream_window: int = MAX_STREAM_WINDOW,
-) -> tuple[grpc.Server, int]:
-    """Start serving on ``address`` ("host:port", port 0 picks one); returns (server, port).
-
-    ``tls=None`` is plain text: only for ``--insecure``. The port is this server's
-    alone (no ``SO_REUSEPORT``): a second server on it gets a :class:`TransportError`.
-    ``stream_window``: bytes a node may send on a stream before the server reads them
-    (see :func:`~consortium.transport.fairness.stream_window`).
-    """
-    # gRPC sets SO_REUSEPORT by default, which lets a second server bind the same port
-    # and take half the connections
-    options = [
-        *(o for o in GRPC_OPTIONS if o[0] != "grpc.http2.lookahead_bytes"),
-        ("grpc.http2.lookahead_bytes", stream_window),
-        ("grpc.so_reuseport", 0),
-    ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-    _add_fleet_service(fleet, server)
-    if control is not None:
-        rpc.add_ControlServicer_to_server(control, server)  # type: ignore[no-untyped-call]
-    try:
-        if tls is None:
-            port = server.add_insecure_port(address)
-        else:
-            creds = grpc.ssl_server_credentials(
-                [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
-            )
-            port = server.add_secure_port(address, creds)
-    except RuntimeError:  # recent gRPC raises where older ones returned port 0
-        port = 0
-    if port == 0:
-        server.stop(None)
-        raise TransportError(
-            f"could not listen on {address}: the address is in use (another server?) "
-            "or not one of this machine's"
-        )
-    server.start()
-    return server, port
-
-
-def describe(obj: Any) -> str:
-    return type(obj).__name__
