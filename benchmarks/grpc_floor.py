@@ -44,14 +44,19 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _messages(block: bytes, total: int) -> list[bytes]:
+    """``total`` bytes as gRPC messages of at most one chunk (4 MiB), as Consortium cuts them."""
+    full, rest = divmod(total, CHUNK_SIZE)
+    return [block] * full + ([block[:rest]] if rest else [])
+
+
 def serve(pki: Path, port_file: Path, nodes: int, total: int, concurrent: int) -> None:
     """Serve rounds: Down(round) waits until every upload of the previous round ended.
 
     At the end of each round the server appends its CPU seconds so far to
     ``port_file`` + ".cpu" (one JSON line per round)."""
     cpu_log = port_file.with_suffix(".cpu")
-    message = os.urandom(CHUNK_SIZE)
-    count = max(1, total // CHUNK_SIZE)
+    messages = _messages(os.urandom(CHUNK_SIZE), total)
     uploads = threading.Semaphore(concurrent)
     done = threading.Condition()
     finished: dict[int, int] = {}
@@ -60,8 +65,7 @@ def serve(pki: Path, port_file: Path, nodes: int, total: int, concurrent: int) -
         rnd = int(request)
         with done:
             done.wait_for(lambda: rnd == 0 or finished.get(rnd - 1, 0) >= nodes)
-        for _ in range(count):
-            yield message
+        yield from messages
 
     def up(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         rnd = -1
@@ -109,14 +113,12 @@ def client(pki: Path, name: str, port: int, total: int, rounds: int) -> None:
     )
     down = channel.unary_stream(f"/{SERVICE}/Down")
     up = channel.stream_unary(f"/{SERVICE}/Up")
-    body = os.urandom(CHUNK_SIZE)
-    count = max(1, total // CHUNK_SIZE)
+    body = _messages(os.urandom(CHUNK_SIZE), total)
     for rnd in range(rounds):
         received = sum(len(m) for m in down(str(rnd).encode()))
-        assert received == count * CHUNK_SIZE
+        assert received == total
         tag = str(rnd).encode().ljust(16)
-        first = tag + body[16:]
-        up(iter([first, *([body] * (count - 1))]))
+        up(iter([tag + body[0][16:], *body[1:]]))
         print(
             json.dumps({"round": rnd, "end": time.time(), "cpu": time.process_time()}), flush=True
         )
