@@ -35,18 +35,17 @@ import re
 import struct
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from consortium.core.arrays import ALIGN, WIRE_KINDS, Arrays
+from consortium.core.arrays import ALIGN, Arrays
 from consortium.core.checksum import crc32
-from consortium.core.errors import StrategyError, WireFormatError
+from consortium.core.errors import WireFormatError
 from consortium.core.history import History, NodeResult, Outcome, RoundRecord, round_to_json
+from consortium.server.strategy_state import decode_strategy_state, encode_strategy_state
 
 log = logging.getLogger("consortium.server.checkpoint")
 
@@ -136,7 +135,7 @@ def prepare_checkpoint(
         raise ValueError(f"round must be >= 0, got {round}")
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    state_json, state_arrays = encode_state(state)
+    state_json, state_arrays = encode_strategy_state(state)
     header = {
         "round": round,
         "seed": seed,
@@ -288,7 +287,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
         return Checkpoint(
             round=int(header["round"]),
             arrays=arrays,
-            state=decode_state(header["state"], state_arrays),
+            state=decode_strategy_state(header["state"], state_arrays),
             history=_history_from_json(header["history"]),
             seed=header["seed"],
             run_id=header["run_id"],
@@ -380,84 +379,3 @@ def _history_from_json(rounds: list[dict[str, Any]]) -> History:
             for r in rounds
         ]
     )
-
-
-# -- strategy state: JSON for the tree, the Arrays wire format for every array --------
-_TAG = "$"
-
-
-def encode_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], Arrays]:
-    """A JSON tree and the arrays it refers to; raises StrategyError on what cannot be saved.
-
-    Handles None, bool, int, float (NaN too), str, bytes, list, tuple, dict (any
-    hashable keys), numpy arrays and scalars of numeric/bool dtype, and Arrays.
-    """
-    blobs = Arrays()
-
-    def ref(value: np.ndarray[Any, Any], path: str) -> str:
-        if value.dtype.kind not in WIRE_KINDS:
-            raise StrategyError(f"strategy state {path}: dtype {value.dtype} cannot be saved")
-        key = str(len(blobs))
-        blobs[key] = value
-        return key
-
-    def enc(value: Any, path: str) -> Any:
-        if isinstance(value, np.generic):  # before float: np.float64 is a float
-            return {_TAG: "scalar", "ref": ref(np.asarray(value), path)}
-        if isinstance(value, np.ndarray):
-            return {_TAG: "ndarray", "ref": ref(value, path)}
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        if isinstance(value, Arrays):
-            refs = [[n, ref(a, f"{path}[{n!r}]")] for n, a in value.items()]
-            return {_TAG: "arrays", "refs": refs}
-        if isinstance(value, bytes):
-            return {_TAG: "bytes", "hex": value.hex()}
-        if isinstance(value, list):
-            return [enc(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        if isinstance(value, tuple):
-            return {_TAG: "tuple", "items": [enc(v, f"{path}[{i}]") for i, v in enumerate(value)]}
-        if isinstance(value, Mapping):
-            if all(isinstance(k, str) for k in value) and _TAG not in value:
-                return {k: enc(v, f"{path}[{k!r}]") for k, v in value.items()}
-            items = [[enc(k, path), enc(v, f"{path}[{k!r}]")] for k, v in value.items()]
-            return {_TAG: "dict", "items": items}
-        raise StrategyError(
-            f"strategy state {path} is a {type(value).__name__}, which a checkpoint cannot "
-            "hold: use numbers, strings, lists, dicts, numpy arrays or Arrays"
-        )
-
-    tree = enc(dict(state), "state")
-    assert isinstance(tree, dict)
-    return tree, blobs
-
-
-def decode_state(tree: dict[str, Any], blobs: Arrays) -> dict[str, Any]:
-    """Invert :func:`encode_state`; arrays come back as writable copies."""
-
-    def dec(value: Any) -> Any:
-        if isinstance(value, list):
-            return [dec(v) for v in value]
-        if not isinstance(value, dict):
-            return value
-        tag = value.get(_TAG)
-        if tag is None:
-            return {k: dec(v) for k, v in value.items()}
-        if tag == "ndarray":
-            return np.array(blobs[value["ref"]], copy=True)
-        if tag == "scalar":
-            return np.array(blobs[value["ref"]], copy=True)[()]
-        if tag == "arrays":
-            return Arrays((n, np.array(blobs[r], copy=True)) for n, r in value["refs"])
-        if tag == "bytes":
-            return bytes.fromhex(value["hex"])
-        if tag == "tuple":
-            return tuple(dec(v) for v in value["items"])
-        if tag == "dict":
-            return {dec(k): dec(v) for k, v in value["items"]}
-        raise ValueError(f"unknown tag {tag!r} in strategy state")
-
-    out = dec(tree)
-    if not isinstance(out, dict):
-        raise ValueError("strategy state is not a mapping")
-    return out
