@@ -29,7 +29,8 @@ from consortium.server.fleet import Fleet
 from consortium.server.runs import RunManager
 from consortium.server.store import StateStore, default_url
 from consortium.transport.auth import CertificateAuthenticator
-from consortium.transport.ca import CertificateAuthority, IssuedCertificate
+from consortium.transport.ca import CertificateAuthority
+from consortium.transport.ca_index import IssuedCertificate
 from consortium.transport.credentials import load_server_credentials
 from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClient, open_channel
 from consortium.transport.grpc_control import ControlServicer

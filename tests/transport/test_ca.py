@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError
-from consortium.transport.ca import CertificateAuthority, IssuedCertificate
+from consortium.transport.ca import CertificateAuthority
+from consortium.transport.ca_index import IssuedCertificate
 
 NOW = datetime.now(UTC)
 

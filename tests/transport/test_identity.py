@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError, SecurityError
-from consortium.transport.ca import CertificateAuthority, IssuedCertificate
+from consortium.transport.ca import CertificateAuthority
+from consortium.transport.ca_index import IssuedCertificate
 from consortium.transport.credentials import (
     Credentials,
     load_client_credentials,

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consortium.core.errors import ConfigError
+from consortium.transport.ca_index import IndexEntry, IssuedCertificate
+from consortium.transport.ca_keys import KeyType, PrivateKey, generate_key, key_pem, write_file
 from consortium.transport.identity import CA_CERT_FILE, CRL_FILE, load_certificate, utcnow
 from consortium.transport.names import (
     Role,
@@ -39,7 +40,6 @@ from consortium.transport.names import (
     validate_organisation,
 )
 
-KeyType = Literal["ec", "rsa"]
 CA_KEY_FILE = "ca.key"
 INDEX_FILE = "index.json"
 DEFAULT_CA_NAME = "Consortium federation CA"
@@ -49,98 +49,6 @@ CRL_DAYS = 90
 CLOCK_SKEW = timedelta(minutes=5)
 REASONS = ("unspecified", "key-compromise", "superseded", "cessation-of-operation",
            "affiliation-changed")  # fmt: skip
-
-_PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-def generate_key(key_type: KeyType = "ec") -> _PrivateKey:
-    """A fresh private key: ECDSA P-256 (fast, the default) or RSA 3072."""
-    if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    raise ConfigError(f"unknown key type {key_type!r}: expected 'ec' or 'rsa'")
-
-
-def _key_pem(key: _PrivateKey, passphrase: bytes | None = None) -> bytes:
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase)
-        if passphrase
-        else serialization.NoEncryption()
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-
-
-def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write-then-rename with an exact mode, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow it
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One issued certificate as the CA remembers it."""
-
-    serial: int
-    role: Role
-    name: str
-    not_before: datetime
-    not_after: datetime
-    issued_at: datetime
-    revoked_at: datetime | None = None
-    reason: str | None = None
-
-    def status(self, now: datetime | None = None) -> str:
-        """``revoked``, ``expired``, ``not yet valid`` or ``valid``."""
-        now = now or utcnow()
-        if self.revoked_at is not None:
-            return "revoked"
-        if now > self.not_after:
-            return "expired"
-        return "not yet valid" if now < self.not_before else "valid"
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["serial"] = f"{self.serial:x}"
-        for key in ("not_before", "not_after", "issued_at", "revoked_at"):
-            out[key] = out[key].isoformat() if out[key] is not None else None
-        return out
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> IndexEntry:
-        def when(key: str) -> datetime | None:
-            return datetime.fromisoformat(raw[key]) if raw.get(key) else None
-
-        return cls(
-            serial=int(raw["serial"], 16),
-            role=raw["role"],
-            name=raw["name"],
-            not_before=datetime.fromisoformat(raw["not_before"]),
-            not_after=datetime.fromisoformat(raw["not_after"]),
-            issued_at=datetime.fromisoformat(raw["issued_at"]),
-            revoked_at=when("revoked_at"),
-            reason=raw.get("reason"),
-        )
-
-
-@dataclass(frozen=True)
-class IssuedCertificate:
-    """What :meth:`CertificateAuthority.issue` wrote, and the certificate itself."""
-
-    entry: IndexEntry
-    certificate: x509.Certificate
-    cert_path: Path
-    key_path: Path
-    ca_path: Path
 
 
 class CertificateAuthority:
@@ -213,7 +121,7 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_file(directory / CA_KEY_FILE, _key_pem(key, passphrase), 0o600)
+        write_file(directory / CA_KEY_FILE, key_pem(key, passphrase), 0o600)
         write_file(directory / CA_CERT_FILE, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         ca = cls(directory, cert, passphrase)
         ca._save_index({"version": 1, "crl_number": 0, "certificates": []})
@@ -281,7 +189,7 @@ class CertificateAuthority:
         index["certificates"].append(entry.to_json())
         self._save_index(index)
         out.mkdir(parents=True, exist_ok=True)
-        write_file(key_path, _key_pem(key), 0o600)
+        write_file(key_path, key_pem(key), 0o600)
         write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         write_file(ca_copy, ca_pem, 0o644)
         return IssuedCertificate(entry, cert, cert_path, key_path, ca_copy)
@@ -300,7 +208,7 @@ class CertificateAuthority:
         self,
         role: Role,
         name: str,
-        key: _PrivateKey,
+        key: PrivateKey,
         start: datetime,
         end: datetime,
         san: Sequence[x509.GeneralName],
@@ -379,7 +287,7 @@ class CertificateAuthority:
         return list(revoked.values())
 
     def write_crl(
-        self, *, now: datetime | None = None, days: int = CRL_DAYS, key: _PrivateKey | None = None
+        self, *, now: datetime | None = None, days: int = CRL_DAYS, key: PrivateKey | None = None
     ) -> Path:
         """Sign and write ``crl.pem`` listing every revoked certificate; bump the CRL number."""
         now = now or utcnow()
@@ -406,7 +314,7 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ storage
 
-    def _key(self) -> _PrivateKey:
+    def _key(self) -> PrivateKey:
         try:
             raw = self.key_path.read_bytes()
         except FileNotFoundError:
