@@ -233,12 +233,18 @@ class Parties:
         msg = Message.create(run_id="r", dst=node, round=1, kind=kind, content=content)
         reply = self.app(msg, self.ctx[node])
         assert reply.content is not None
+        self.said = reply.content.configs.get(p.PAYLOAD, {})  # the reply's own config
         return reply.content.arrays.get(p.PAYLOAD, Arrays())
 
     def start(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        self.ask("cardiology", p.KIND_SETUP)
-        key = self.ask("hospital", p.KIND_SETUP)[p.KEY]
+        told = {p.PARTY_LIST: ["hospital", "cardiology"]}
+        self.ask("cardiology", p.KIND_SETUP, config=told)
+        key = self.ask("hospital", p.KIND_SETUP, config=told)[p.KEY]
+        key_signature = self.said[p.SIGNATURE]
         grad = self.ask("hospital", p.KIND_GRADIENTS, config={p.TREE: 1, p.TRAINING: True})[p.GRAD]
+        #: what a tree's first histogram task carries: the label holder's signatures
+        self.signed = {p.HOLDER_NODE: "hospital", p.KEY_SIGNATURE: key_signature,
+                       p.GRAD_SIGNATURE: self.said[p.GRAD_SIGNATURE]}  # fmt: skip
         rows = grad.shape[0]
         tests = len(SHARED) - rows
         assign = {p.ASSIGN: np.zeros(rows, np.int64), p.ASSIGN_TEST: np.zeros(tests, np.int64)}
@@ -248,7 +254,7 @@ class Parties:
 def test_the_passive_party_checks_every_task() -> None:
     parties = Parties()
     key, grad, assign = parties.start()
-    at = {p.TREE: 1, p.LEVEL: 0}
+    at = {p.TREE: 1, p.LEVEL: 0, **parties.signed}
     bad_assign = {**assign, p.ASSIGN: assign[p.ASSIGN] + 1}  # node 1 at level 0: no such node
     for arrays, match in (
         ({p.KEY: key, **assign}, "needs"),
@@ -289,7 +295,7 @@ def test_the_passive_party_checks_every_task() -> None:
 def test_the_label_holder_checks_every_task() -> None:
     parties = Parties()
     key, grad, assign = parties.start()
-    at = {p.TREE: 1, p.LEVEL: 0}
+    at = {p.TREE: 1, p.LEVEL: 0, **parties.signed}
     hist = parties.ask("cardiology", p.KIND_HISTOGRAM, {p.KEY: key, p.GRAD: grad, **assign}, at)
     h = hist[p.HIST]
     empty = {p.LEFT: np.zeros((0, grad.shape[0]), np.uint8),

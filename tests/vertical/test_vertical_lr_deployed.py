@@ -41,6 +41,10 @@ def test_vertical_heart_between_three_deployed_nodes(deployment: Deployment) -> 
     for name in PARTIES:
         assert np.array_equal(deployed[f"{name}.weights"], simulated.weights[name]["weights"])
     assert np.array_equal(deployed["cleveland.bias"], simulated.weights["cleveland"]["bias"])
+    for name in PARTIES:  # each party's key statement was signed with its certificate
+        assert f"run {run_id}: vertical keys signed with this node's certificate" in deployment.log(
+            name
+        )
     rounds = info["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["metrics"]["train_bytes"] > 0 for r in rounds), rounds[0]

@@ -58,13 +58,27 @@ class Parties:
         return reply.content
 
     def setup(self) -> np.ndarray:
-        peer = self.ask("cardiology", p.KIND_SETUP).arrays[p.PAYLOAD][p.PEER_KEY]
-        self.peers = peer[None]  # the only passive party: no pair, no mask
-        return self.ask("hospital", p.KIND_SETUP).arrays[p.PAYLOAD][p.KEY]
+        told = {p.PARTIES: ["hospital", "cardiology"]}
+        passive = self.ask("cardiology", p.KIND_SETUP, config=told)
+        self.peers = passive.arrays[p.PAYLOAD][p.PEER_KEY][None]  # the only passive: no mask
+        active = self.ask("hospital", p.KIND_SETUP, config=told)
+        self.key = active.arrays[p.PAYLOAD][p.KEY]
+        self.signatures = {"cardiology": passive.configs[p.PAYLOAD][p.SIGNATURE],
+                           "hospital": active.configs[p.PAYLOAD][p.SIGNATURE]}  # fmt: skip
+        return self.key
+
+    def signed(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What the first forward task carries besides the peers: the keys' signatures."""
+        config = {p.LABEL_HOLDER: "hospital", p.PEER_NODES: ["cardiology"],
+                  p.KEY_SIGNATURE: self.signatures["hospital"],
+                  p.PEER_SIGNATURES: [self.signatures["cardiology"]]}  # fmt: skip
+        return {p.KEY: self.key}, config
 
     def forward(self, t: int, extra: dict[str, Any] | None = None, **config: Any) -> Content:
-        arrays = {p.PEERS: self.peers, **(extra or {})}
-        return self.ask("cardiology", p.KIND_FORWARD, arrays, {p.ITERATION: t, **config})
+        signed, signatures = self.signed() if t == 1 else ({}, {})
+        arrays = {p.PEERS: self.peers, **signed, **(extra or {})}
+        task = {p.ITERATION: t, **signatures, **config}
+        return self.ask("cardiology", p.KIND_FORWARD, arrays, task)
 
     def iteration(self, t: int, key: np.ndarray, plain: np.ndarray | None) -> dict[str, Any]:
         """One honest iteration; returns what each step sent."""

@@ -29,10 +29,10 @@ from consortium.client.task import (
     run_task,
 )
 from consortium.core.context import Context, NodeState
+from consortium.core.identity import host_identity
 from consortium.core.message import Message
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.node.identity_link import ChannelIdentity
-from consortium.privacy.secagg.hosted import host_identity
 from consortium.sandbox.channel import ChannelClosed
 from consortium.sandbox.child import enter
 

@@ -1,18 +1,20 @@
 """The node's identity, lent to its app processes without its private key.
 
-A SecAgg+ app signs its advertised keys with the node's certificate key and
-checks its peers' against the federation CA. The key must stay in the node's
+A SecAgg+ app signs its advertised keys, and a vertical-learning app the keys
+it owns, with the node's certificate key, and checks its peers' against the
+federation CA. The key must stay in the node's
 process (an app process runs code the node's operator did not write), so the
 app process asks over its channel to the node, between receiving a task and
 sending its reply:
 
-* ``sign`` (header ``node``; payload: the advertisement) → ``signed`` (payload:
+* ``sign`` (header ``node``; payload: the statement) → ``signed`` (payload:
   the envelope) or ``refused`` (header ``reason``);
-* ``verify`` (header ``node``, ``size``: the advertisement's length; payload:
-  advertisement then envelope) → ``verified`` (header ``valid``).
+* ``verify`` (header ``node``, ``size``: the statement's length; payload:
+  statement then envelope) → ``verified`` (header ``valid``).
 
 :class:`IdentityService` answers in the node's process: it signs only SecAgg+
-advertisements of this node for the run the asking process serves
+advertisements and vertical key statements of this node for the run the
+asking process serves, each over its own domain
 (:class:`~consortium.privacy.secagg.certified.CertificateSigner`).
 :class:`ChannelIdentity` asks, in the app process, and is what
 :func:`~consortium.privacy.secagg.node_identity` resolves to there.
@@ -27,10 +29,11 @@ from typing import Any
 
 from consortium.core.errors import SecurityError
 from consortium.privacy.secagg.certified import (
+    DOMAIN,
     MAX_ADVERTISEMENT,
     CertificateSigner,
     CertificateVerifier,
-    advertised_run,
+    signed_statement,
 )
 from consortium.sandbox.channel import Channel, ChannelError, Frame
 from consortium.transport.identity import CRL_FILE
@@ -52,7 +55,8 @@ class IdentityService:
     def __init__(self, signer: CertificateSigner, verifier: CertificateVerifier) -> None:
         self.signer = signer
         self.verifier = verifier
-        self._signed_runs: set[str] = set()  # runs whose first signature was logged
+        #: (run, kind) of statements whose first signature was logged
+        self._signed_runs: set[tuple[str, str]] = set()
 
     @classmethod
     def from_credentials(
@@ -73,14 +77,16 @@ class IdentityService:
             if not isinstance(node, str):
                 raise SecurityError(f"a {frame.kind!r} request names no node")
             if frame.kind == "sign":
-                if advertised_run(node, payload) != run_id:
+                run, domain = signed_statement(node, payload)
+                if run != run_id:
                     raise SecurityError(
                         f"the app process of run {run_id} asked to sign for another run"
                     )
                 envelope = self.signer.sign(node, payload)
-                if run_id not in self._signed_runs:
-                    self._signed_runs.add(run_id)
-                    log.info("run %s: SecAgg+ keys signed with this node's certificate", run_id)
+                what = "SecAgg+" if domain == DOMAIN else "vertical"
+                if (run_id, what) not in self._signed_runs:
+                    self._signed_runs.add((run_id, what))
+                    log.info("run %s: %s keys signed with this node's certificate", run_id, what)
                 return "signed", {}, envelope
             if frame.kind != "verify":
                 raise SecurityError(f"an unknown request {frame.kind!r}")

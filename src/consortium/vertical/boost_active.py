@@ -5,7 +5,8 @@ model's scores of every row and each tree's shape and leaf weights. Per tree it
 
 1. (``vsb.gradients``) reports the metrics of the model so far and sends
    ``[[g_i]], [[h_i]]`` — the logistic loss's gradient ``p - y`` and hessian
-   ``p (1 - p)`` of every training row, fixed point, under its key;
+   ``p (1 - p)`` of every training row, fixed point, under its key — with its
+   signature over their digest (the passive parties check it, and its key's);
 2. (``vsb.split``, once per level) applies the last level's partitions (its
    own and those the passive parties returned), decrypts the passive parties'
    candidate sums for the open nodes, adds its own (in the clear), and picks
@@ -22,6 +23,7 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
+from consortium.core.identity import VSB_GRADIENTS, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config, Metrics
 from consortium.ml.metrics import log_loss
@@ -32,6 +34,7 @@ from consortium.vertical.boost_party import (
     gains,
     leaf_value,
     left_sums,
+    parties_of,
     save,
     saved,
     step_of,
@@ -40,6 +43,7 @@ from consortium.vertical.boost_protocol import (
     COUNTS,
     DECISIONS,
     GRAD,
+    GRAD_SIGNATURE,
     HIST,
     LABEL_HOLDER,
     LEAF,
@@ -58,6 +62,7 @@ from consortium.vertical.boost_protocol import (
 )
 from consortium.vertical.logistic_paillier import RESIDUAL_BITS, KeyPair, pack, to_fixed
 from consortium.vertical.logistic_party import LocalView, sigmoid
+from consortium.vertical.signed_keys import digest, vouch
 
 _KEYS = ("key_p", "key_q")
 _NONE = -2  # an owner slot of a node that does not exist
@@ -83,7 +88,7 @@ def setup(context: Context, view: LocalView, params: BoostParams) -> KeyPair:
 
 
 def gradients(msg: Message, context: Context, view: LocalView, params: BoostParams,
-              bins: Bins) -> Message:  # fmt: skip
+              bins: Bins, identity: NodeIdentity) -> Message:  # fmt: skip
     """Metrics of the model with ``tree - 1`` trees; ``[[g]], [[h]]`` for tree ``tree``."""
     assert view.y_train is not None and view.y_test is not None
     config = _config(msg)
@@ -104,7 +109,7 @@ def gradients(msg: Message, context: Context, view: LocalView, params: BoostPara
     if view.y_test.shape[0]:
         metrics["test_loss"] = log_loss(view.y_test, p_test)
         metrics["test_accuracy"] = float(((p_test >= 0.5) == view.y_test).mean())
-    out = Arrays()
+    out, signed = Arrays(), Config()
     kept = Arrays(dict(state))
     if training:
         g, h = p_train - view.y_train, p_train * (1 - p_train)
@@ -112,13 +117,18 @@ def gradients(msg: Message, context: Context, view: LocalView, params: BoostPara
         fixed = to_fixed(np.stack([g, h], axis=1).reshape(-1), RESIDUAL_BITS)
         width = key.public.ciphertext_bytes
         out[GRAD] = pack(key.encrypt(fixed), width).reshape(view.train_rows, 2, width)
+        signed[GRAD_SIGNATURE] = vouch(identity, purpose=VSB_GRADIENTS, run_id=msg.metadata.run_id,
+                                       node_id=context.node_id, parties=parties_of(context),
+                                       key=digest(out[GRAD].tobytes()), index=t)  # fmt: skip
         kept.update({"g": g, "h": h, "assign": np.zeros(view.train_rows, dtype=np.int64),
                      "assign_test": np.zeros(view.x_test.shape[0], dtype=np.int64)})  # fmt: skip
         _pending(kept, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), view)
     save(
         context, kept, {**progress, "tree": t, "level": -1, "phase": "grad" if training else "end"}
     )
-    return msg.reply(Content(arrays={PAYLOAD: out}, metrics={"metrics": metrics}))
+    return msg.reply(
+        Content(arrays={PAYLOAD: out}, configs={PAYLOAD: signed}, metrics={"metrics": metrics})
+    )
 
 
 def split(msg: Message, context: Context, view: LocalView, params: BoostParams,

@@ -25,7 +25,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
 from consortium.core.records import Config
-from consortium.vertical.boost_protocol import PAYLOAD, BoostParams, IntArray
+from consortium.vertical.boost_protocol import PARTY_LIST, PAYLOAD, BoostParams, IntArray
 from consortium.vertical.logistic_paillier import PublicKey, unpack
 
 FloatArray = npt.NDArray[np.float64]
@@ -136,6 +136,10 @@ def ciphertext_pairs(value: object, rows: int, key: PublicKey, what: str) -> lis
 
 
 # -- the party's state between tasks (kept on the node, never sent) -------------------------
+#: the node-state Config record of the run's parties (as told at setup) and label holder
+KEYS_RECORD = "vsb.keys"
+
+
 def saved(context: Context) -> tuple[Arrays, Config]:
     return context.state.arrays.get(PAYLOAD, Arrays()), context.state.configs.get(PAYLOAD, {})
 
@@ -144,6 +148,19 @@ def save(context: Context, arrays: Arrays, config: Config) -> None:
     """Replace the saved records (never edit them in place: a failed task keeps the old)."""
     context.state.arrays[PAYLOAD] = arrays
     context.state.configs[PAYLOAD] = config
+
+
+def save_parties(context: Context, parties: list[str]) -> None:
+    """Keep the run's parties as the setup task named them (the label holder signs over them)."""
+    context.state.configs[KEYS_RECORD] = {PARTY_LIST: list(parties)}
+
+
+def parties_of(context: Context) -> list[str]:
+    """The run's parties this party was told at setup."""
+    parties = context.state.configs.get(KEYS_RECORD, {}).get(PARTY_LIST)
+    if not isinstance(parties, list):
+        raise UpdateRejected("no parties: the run's setup did not reach this party")
+    return [str(n) for n in parties]
 
 
 def step_of(config: Config) -> tuple[int, int, str]:

@@ -16,6 +16,13 @@ holder's ``[[g_i]], [[h_i]]`` and, per level,
    its own model (never sent) and returns the rows of the node that go left,
    training and held-out alike: held-out rows are routed by each party through
    its own splits.
+
+Before the first histogram of each tree it checks the label holder's
+signatures (:mod:`.signed_keys`): over its Paillier key (then pinned for the
+run) and over that tree's ``[[g]], [[h]]``, each with the parties this party
+was told at setup. A server that put its own key (or gradients of its
+choosing) in their place would otherwise read every row's bin of every
+column from the histograms.
 """
 
 from __future__ import annotations
@@ -27,15 +34,27 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
+from consortium.core.identity import VSB_GRADIENTS, VSB_KEY, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config
-from consortium.vertical.boost_party import Bins, ciphertext_pairs, save, saved, step_of
+from consortium.vertical.boost_party import (
+    KEYS_RECORD,
+    Bins,
+    ciphertext_pairs,
+    parties_of,
+    save,
+    saved,
+    step_of,
+)
 from consortium.vertical.boost_protocol import (
     ASSIGN,
     ASSIGN_TEST,
     GRAD,
+    GRAD_SIGNATURE,
     HIST,
+    HOLDER_NODE,
     KEY,
+    KEY_SIGNATURE,
     LEFT,
     LEFT_TEST,
     LEVEL,
@@ -48,6 +67,7 @@ from consortium.vertical.boost_protocol import (
 )
 from consortium.vertical.logistic_paillier import PublicKey, pack
 from consortium.vertical.logistic_party import LocalView
+from consortium.vertical.signed_keys import check, digest
 
 
 def setup(context: Context) -> None:
@@ -56,7 +76,7 @@ def setup(context: Context) -> None:
 
 
 def histogram(msg: Message, context: Context, view: LocalView, params: BoostParams,
-              bins: Bins) -> Message:  # fmt: skip
+              bins: Bins, identity: NodeIdentity) -> Message:  # fmt: skip
     """``[[left sums]]`` of every candidate of every open node of this level, shuffled."""
     config, payload = _content(msg)
     state, progress = saved(context)
@@ -80,6 +100,7 @@ def histogram(msg: Message, context: Context, view: LocalView, params: BoostPara
         if "key" in state and not np.array_equal(state["key"], payload[KEY]):
             raise UpdateRejected("the label holder's public key changed during the run")
         ciphertext_pairs(payload[GRAD], view.train_rows, key, GRAD)  # checked before it is kept
+        _check_signed(msg, context, payload, pinned="key" in state, tree=t, identity=identity)
         kept["key"], kept["grad"] = payload[KEY].copy(), payload[GRAD].copy()
     elif GRAD in payload:
         raise UpdateRejected(f"{GRAD!r} comes with a tree's first level only")
@@ -145,6 +166,27 @@ def partition(msg: Message, context: Context, view: LocalView, params: BoostPara
     out = Arrays({LEFT: np.asarray(left, dtype=np.uint8),
                   LEFT_TEST: np.asarray(left_test, dtype=np.uint8).reshape(m, tests)})  # fmt: skip
     return msg.reply(Content(arrays={PAYLOAD: out}))
+
+
+def _check_signed(msg: Message, context: Context, payload: Arrays, *, pinned: bool, tree: int,
+                  identity: NodeIdentity) -> None:  # fmt: skip
+    """Refuse the label holder's key (unless pinned already) and this tree's gradients
+    unless the label holder signed them over the parties this party was told."""
+    config = msg.content.config if msg.content is not None else {}
+    run_id, parties = msg.metadata.run_id, parties_of(context)
+    record = context.state.configs.get(KEYS_RECORD, {})
+    holder = config.get(HOLDER_NODE)
+    if not isinstance(holder, str) or holder not in parties or holder == context.node_id:
+        raise UpdateRejected(f"{HOLDER_NODE!r} must name another party of the run, got {holder!r}")
+    if pinned and record.get(HOLDER_NODE) != holder:
+        raise UpdateRejected("the label holder changed during the run")
+    if not pinned:
+        check(identity, config.get(KEY_SIGNATURE), purpose=VSB_KEY, run_id=run_id,
+              node_id=holder, parties=parties, key=payload[KEY].tobytes())  # fmt: skip
+    grads = digest(payload[GRAD].tobytes())
+    check(identity, config.get(GRAD_SIGNATURE), purpose=VSB_GRADIENTS, run_id=run_id,
+          node_id=holder, parties=parties, key=grads, index=tree)  # fmt: skip
+    context.state.configs[KEYS_RECORD] = {**record, HOLDER_NODE: holder}
 
 
 def splits_held(context: Context) -> int:

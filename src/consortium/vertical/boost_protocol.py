@@ -68,6 +68,12 @@ COUNTS: Final = "vsb-counts"  # split task: each passive party's candidates, in 
 PARTIES: Final = "vsb-parties"  # split task: the passive parties' number (owner ids 1..)
 TRAIN_ROWS: Final = "vsb-train-rows"
 TEST_ROWS: Final = "vsb-test-rows"
+# the label holder's signatures (signed_keys) over its key and each tree's gradients (hex)
+PARTY_LIST: Final = "vsb-party-list"  # setup task: every party of the run, in the server's order
+SIGNATURE: Final = "vsb-signature"  # label holder's setup reply: its signature over KEY
+GRAD_SIGNATURE: Final = "vsb-grad-signature"  # gradients reply, first histogram task: over GRAD
+HOLDER_NODE: Final = "vsb-label-holder"  # first histogram task of a tree: the label holder
+KEY_SIGNATURE: Final = "vsb-key-signature"  # first histogram task of a tree: SIGNATURE relayed
 
 ACTIVE: Final = "active"
 PASSIVE: Final = "passive"

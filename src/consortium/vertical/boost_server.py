@@ -39,8 +39,11 @@ from consortium.vertical.boost_protocol import (
     DECISIONS,
     FEATURE_NAMES,
     GRAD,
+    GRAD_SIGNATURE,
     HIST,
+    HOLDER_NODE,
     KEY,
+    KEY_SIGNATURE,
     KIND_FINISH,
     KIND_GRADIENTS,
     KIND_HISTOGRAM,
@@ -54,9 +57,11 @@ from consortium.vertical.boost_protocol import (
     MAX_CANDIDATES,
     MAX_PASSIVES,
     OWNERS,
+    PARTY_LIST,
     PASSIVE,
     PAYLOAD,
     ROLE,
+    SIGNATURE,
     SPLITS,
     TEST_ROWS,
     TRAIN_ROWS,
@@ -93,6 +98,7 @@ class _Setup:
     key: np.ndarray
     train_rows: int
     test_rows: int
+    key_signature: str  # the label holder's, over its key (relayed with each tree's gradients)
 
 
 def run_vertical_boost(
@@ -124,7 +130,10 @@ def run_vertical_boost(
             what = f"{setup.active.node}'s {GRAD}"
             got = _payload(replies[setup.active.node]).get(GRAD)
             grad = _check(got, np.uint8, (setup.train_rows, 2, width), what)
-            _grow(relay, setup, params, t, grad)
+            signed = replies[setup.active.node].configs.get(PAYLOAD, Config()).get(GRAD_SIGNATURE)
+            if not isinstance(signed, str) or not signed:
+                raise RoundFailed(f"vertical boosting: {what} comes unsigned")
+            _grow(relay, setup, params, t, grad, signed)
     replies = relay.step(KIND_FINISH, params.trees + 2,
                          {p.node: Content() for p in [setup.active, *setup.passives]})  # fmt: skip
     total += sum(sum(counts.values()) for counts in relay.take_counts())
@@ -137,7 +146,9 @@ def run_vertical_boost(
     return VerticalBoostResult(setup.active, setup.passives, metrics, table, total)
 
 
-def _grow(relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray) -> None:
+def _grow(
+    relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray, signature: str
+) -> None:
     """One tree, level by level; the server tracks which open node each row is in."""
     active, passives = setup.active.node, setup.passives
     assign = np.zeros(setup.train_rows, dtype=np.int64)
@@ -150,9 +161,11 @@ def _grow(relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.nda
         config: Config = dict(where)
         if lv < params.depth:
             first = {KEY: setup.key, GRAD: grad} if lv == 0 else {}
+            signed: Config = {HOLDER_NODE: active, KEY_SIGNATURE: setup.key_signature,
+                              GRAD_SIGNATURE: signature} if lv == 0 else {}  # fmt: skip
             replies = relay.step(KIND_HISTOGRAM, t, {p.node: Content(
                 arrays={PAYLOAD: Arrays({ASSIGN: assign, ASSIGN_TEST: assign_test, **first})},
-                configs={CONFIG: where}) for p in passives})  # fmt: skip
+                configs={CONFIG: {**where, **signed}}) for p in passives})  # fmt: skip
             width = 2 * setup.key.shape[0]
             arrays[HIST] = np.concatenate([
                 _check(_payload(replies[p.node]).get(HIST), np.uint8, (2**lv * count, 2, width),
@@ -231,7 +244,8 @@ _SETUP_KEYS = SetupKeys(ROLE, FEATURE_NAMES, TRAIN_ROWS, TEST_ROWS, None, ACTIVE
 def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if not 2 <= len(nodes) <= MAX_PASSIVES + 1 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical boosting needs 2-{MAX_PASSIVES + 1} distinct parties: {nodes}")
-    replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
+    task: Config = {PARTY_LIST: list(nodes)}
+    replies = relay.step(KIND_SETUP, 0, {n: Content(configs={CONFIG: task}) for n in nodes})
     configs = {n: replies[n].configs.get(PAYLOAD, Config()) for n in nodes}
     active, passives, train, test = read_parties(
         configs, nodes, _SETUP_KEYS, protocol="vertical boosting", min_train=2
@@ -249,9 +263,13 @@ def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
     if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
         raise RoundFailed(f"the label holder {active.node} sent no public key")
+    signature = configs[active.node].get(SIGNATURE)
+    if not isinstance(signature, str) or not signature:
+        raise RoundFailed(f"the label holder {active.node} sent its key unsigned")
     log.info("vertical boosting: label holder %s, passive %s, %d train and %d test rows",
              active.node, [p.node for p in passives], train, test)  # fmt: skip
-    return _Setup(active, passives, [candidates[p.node] for p in passives], key, train, test)
+    counts = [candidates[p.node] for p in passives]
+    return _Setup(active, passives, counts, key, train, test, signature)
 
 
 def _report(context: RunContext, step: int, metrics: Metrics, sent: dict[str, int],

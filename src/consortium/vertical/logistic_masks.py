@@ -10,9 +10,10 @@ vector alone is uniform; their sum modulo ``2**64`` is the sum of the
 logits, exactly, in fixed point. With one passive party there is no pair and
 no mask: the label holder learns that party's logits.
 
-The key agreement is not authenticated: a server that substitutes its own
-keys can remove a party's masks (and learn what the unmasked protocol would
-have shown it), but not make the label holder learn more.
+The public keys are authenticated: each passive party signs its own with its
+node identity, and a party checks its peers' signatures before it uses their
+keys (:mod:`.signed_keys`, :func:`.logistic_passive.forward`), so a server
+cannot substitute its own keys to remove a party's masks.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ handler reads the node's own data and the aligned ids afresh (the PSI keeps
 them in the node's state), checks the task against the party's saved
 progress (iterations run in order, each step once), and answers with what
 the protocol lets leave the silo (see :mod:`.logistic_active` and
-:mod:`.logistic_passive`).
+:mod:`.logistic_passive`). At setup each party signs the key it owns with its
+node identity (:mod:`.signed_keys`); a passive party checks every key it is
+relayed against its owner's signature before it uses it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from consortium.client.app import ClientApp, Handler
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
+from consortium.core.identity import MASK_KEY, VLR_KEY, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config
 from consortium.vertical import logistic_active as active
@@ -41,23 +44,30 @@ from consortium.vertical.logistic_protocol import (
     KIND_GRADIENT,
     KIND_RESIDUAL,
     KIND_SETUP,
+    PARTIES,
     PASSIVE,
     PAYLOAD,
     PEER_KEY,
     ROLE,
+    SIGNATURE,
     TEST_ROWS,
     TRAIN_ROWS,
     WEIGHTS,
     VerticalLRParams,
 )
+from consortium.vertical.signed_keys import party_list, resolve, vouch
 
 
-def register_vertical_lr(app: ClientApp, data: DataFn, aligned: AlignedFn) -> None:
+def register_vertical_lr(
+    app: ClientApp, data: DataFn, aligned: AlignedFn, identity: NodeIdentity | None = None
+) -> None:
     """Add the vertical-LR handlers (kinds :data:`~.logistic_protocol.VLR_KINDS`) to ``app``.
 
     ``data(context)`` gives the node's :class:`~.logistic_party.PartyData`;
     ``aligned(context)`` the shared ids in the common order (for instance the
-    PSI's ``aligned_rows``).
+    PSI's ``aligned_rows``). The parties sign their keys with the node's
+    identity when deployed, else with ``identity`` (default: the simulation's,
+    :data:`~.signed_keys.SIMULATION_IDENTITY`).
     """
 
     def view(context: Context) -> tuple[LocalView, VerticalLRParams]:
@@ -67,12 +77,21 @@ def register_vertical_lr(app: ClientApp, data: DataFn, aligned: AlignedFn) -> No
     @app.handler(KIND_SETUP)
     def setup(msg: Message, context: Context) -> Message:
         local, params = view(context)
+        if saved_config(context):  # one setup per run: its key statements are signed once
+            raise UpdateRejected("this party's setup ran already in this run")
+        task = msg.content.config if msg.content is not None else {}
+        parties = party_list(task, PARTIES, context.node_id)
         reply_arrays = Arrays()
         if local.role == ACTIVE:
-            reply_arrays[KEY] = active.setup_key(context, params).public.to_wire()
+            key = reply_arrays[KEY] = active.setup_key(context, params).public.to_wire()
         else:
-            reply_arrays[PEER_KEY] = passive.setup(context)
+            key = reply_arrays[PEER_KEY] = passive.setup(context)
+        passive.save_parties(context, parties)
+        signature = vouch(resolve(identity), purpose=VLR_KEY if local.role == ACTIVE else MASK_KEY,
+                          run_id=msg.metadata.run_id, node_id=context.node_id, parties=parties,
+                          key=key.tobytes())  # fmt: skip
         config: Config = {
+            SIGNATURE: signature,
             ROLE: local.role,
             FEATURES: local.features,
             FEATURE_NAMES: list(local.feature_names),
@@ -90,7 +109,8 @@ def register_vertical_lr(app: ClientApp, data: DataFn, aligned: AlignedFn) -> No
 
         return handle
 
-    app.handler(KIND_FORWARD)(on(PASSIVE, passive.forward))
+    app.handler(KIND_FORWARD)(on(PASSIVE, lambda msg, context, local, params: passive.forward(
+        msg, context, local, params, resolve(identity))))  # fmt: skip
     app.handler(KIND_GRADIENT)(on(PASSIVE, passive.gradient))
     app.handler(KIND_RESIDUAL)(on(ACTIVE, active.residual))
     app.handler(KIND_DECRYPT)(on(ACTIVE, active.decrypt))

@@ -13,6 +13,15 @@ A passive party holds features but no labels. Each iteration it
 
 It learns nothing of the labels: the residuals arrive encrypted, and what comes
 back decrypted is its own gradient plus its own mask.
+
+Before its first partial logits leave, it checks every key the server relayed
+against its owner's signature (:mod:`.signed_keys`): each other passive
+party's mask key, and the label holder's Paillier key, each over the parties
+this party was told at setup, and that the passive parties listed are exactly
+the run's others. So the server can neither put its own keys in place of the
+peers' (which would remove this party's masks) nor tell this party it is the
+only passive one (which would leave its logits unmasked): the label holder
+signed one list of parties, once. The keys are then pinned for the run.
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.errors import UpdateRejected
+from consortium.core.errors import SecurityError, UpdateRejected
+from consortium.core.identity import MASK_KEY, VLR_KEY, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config
 from consortium.vertical.logistic_masks import UInt8Array, check_peers, encode, masks, new_key
@@ -49,8 +59,13 @@ from consortium.vertical.logistic_protocol import (
     GRADIENT,
     ITERATION,
     KEY,
+    KEY_SIGNATURE,
+    LABEL_HOLDER,
     MASK_BITS,
+    PARTIES,
     PAYLOAD,
+    PEER_NODES,
+    PEER_SIGNATURES,
     PEERS,
     PLAIN,
     RESIDUALS,
@@ -59,15 +74,24 @@ from consortium.vertical.logistic_protocol import (
     U_TRAIN,
     VerticalLRParams,
 )
+from consortium.vertical.signed_keys import check
 
 _MASKS = "masks"
 _KEY = "key"
 _MASK_SECRET = "mask_secret"
 _MASK_PUBLIC = "mask_public"
 _PEERS = "peers"
+#: the node-state Config record of the run's parties, as this party was told at setup
+KEYS_RECORD = "vlr.keys"
 
 
-def forward(msg: Message, context: Context, view: LocalView, params: VerticalLRParams) -> Message:
+def forward(
+    msg: Message,
+    context: Context,
+    view: LocalView,
+    params: VerticalLRParams,
+    identity: NodeIdentity,
+) -> Message:
     """Apply last iteration's gradient (if any), then send this iteration's partial logits."""
     content = _content(msg)
     saved, state = saved_config(context), saved_arrays(context)
@@ -86,11 +110,15 @@ def forward(msg: Message, context: Context, view: LocalView, params: VerticalLRP
     if _MASK_SECRET not in state:
         raise UpdateRejected("no mask key: the run's setup did not reach this party")
     secret, own = state[_MASK_SECRET], state[_MASK_PUBLIC]
-    peers, me = check_peers(payload.get(PEERS), own)
-    if _PEERS in state and not np.array_equal(state[_PEERS], peers):
-        raise UpdateRejected("the passive parties' keys changed during the run")
+    if _PEERS in state:  # checked and pinned at the first forward
+        peers, me = check_peers(payload.get(PEERS), own)
+        if not np.array_equal(state[_PEERS], peers):
+            raise UpdateRejected("the passive parties' keys changed during the run")
+        key = state[_KEY]
+    else:
+        peers, me, key = _signed_keys(msg, context, own, identity, params)
     kept = Arrays({"w": w, "v": v, _MASK_SECRET: secret, _MASK_PUBLIC: own, _PEERS: peers.copy(),
-                   **({_KEY: state[_KEY]} if _KEY in state else {})})  # fmt: skip
+                   _KEY: key.copy()})  # fmt: skip
     save(context, kept, {ITERATION: t})
     point = lookahead(w, v, params, training)
     out = Arrays()
@@ -107,6 +135,54 @@ def setup(context: Context) -> UInt8Array:
     return public
 
 
+def save_parties(context: Context, parties: list[str]) -> None:
+    """Keep the run's parties as the setup task named them (every party signs over them)."""
+    context.state.configs[KEYS_RECORD] = {PARTIES: list(parties)}
+
+
+def _signed_keys(
+    msg: Message, context: Context, own: UInt8Array, identity: NodeIdentity,
+    params: VerticalLRParams,
+) -> tuple[UInt8Array, int, UInt8Array]:  # fmt: skip
+    """The peers' mask keys, this party's place among them and the label holder's key, as
+    the first forward task relays them: each checked against its owner's signature over
+    the parties this party was told at setup, and the passive parties exactly the others."""
+    content = _content(msg)
+    config, payload = content.config, content.arrays.get(PAYLOAD, Arrays())
+    parties = context.state.configs.get(KEYS_RECORD, {}).get(PARTIES)
+    if not isinstance(parties, list):
+        raise UpdateRejected("no parties: the run's setup did not reach this party")
+    names, me_node, run_id = [str(n) for n in parties], context.node_id, msg.metadata.run_id
+    holder = config.get(LABEL_HOLDER)
+    if not isinstance(holder, str) or holder not in names or holder == me_node:
+        raise UpdateRejected(f"{LABEL_HOLDER!r} must name another party of the run, got {holder!r}")
+    passives = [n for n in names if n != holder]
+    if config.get(PEER_NODES) != passives:
+        raise SecurityError(
+            f"{PEER_NODES!r} must be every passive party of the run, {passives}, got "
+            f"{config.get(PEER_NODES)!r}: a party left out would leave this party's logits "
+            "unmasked; refused"
+        )
+    peers, me = check_peers(payload.get(PEERS), own)
+    if peers.shape[0] != len(passives) or passives[me] != me_node:
+        raise UpdateRejected(f"{PEERS!r} must hold one key per party of {PEER_NODES!r}, in order")
+    signatures = config.get(PEER_SIGNATURES)
+    if not isinstance(signatures, list) or len(signatures) != len(passives):
+        raise SecurityError(f"{PEER_SIGNATURES!r} must sign every passive party's key: refused")
+    for i, (node, signature) in enumerate(zip(passives, signatures, strict=True)):
+        if i != me:
+            check(identity, signature, purpose=MASK_KEY, run_id=run_id, node_id=node,
+                  parties=names, key=peers[i].tobytes())  # fmt: skip
+    key = payload.get(KEY)
+    if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
+        raise UpdateRejected(f"the first forward task needs the label holder's {KEY!r}")
+    check(identity, config.get(KEY_SIGNATURE), purpose=VLR_KEY, run_id=run_id, node_id=holder,
+          parties=names, key=key.tobytes())  # fmt: skip
+    if PublicKey.from_wire(key).bits < params.key_bits:  # the run's key size, which it accepted
+        raise UpdateRejected(f"the label holder's key is smaller than {params.key_bits} bits")
+    return peers, me, key
+
+
 def gradient(msg: Message, context: Context, view: LocalView, params: VerticalLRParams) -> Message:
     """``[[X_k^T d + r]]`` from the label holder's ``[[d]]``; the masks ``r`` stay here."""
     content = _content(msg)
@@ -118,8 +194,10 @@ def gradient(msg: Message, context: Context, view: LocalView, params: VerticalLR
     if KEY not in payload or RESIDUALS not in payload:
         raise UpdateRejected(f"a gradient task needs {KEY!r} and {RESIDUALS!r}")
     key = PublicKey.from_wire(payload[KEY])
-    if _KEY in state and not np.array_equal(state[_KEY], payload[KEY]):
-        raise UpdateRejected("the label holder's public key changed during the run")
+    if _KEY not in state or not np.array_equal(state[_KEY], payload[KEY]):
+        raise UpdateRejected(
+            "the label holder's public key changed during the run (not the one it signed)"
+        )
     residuals = unpack(payload[RESIDUALS], count=view.train_rows, width=key.ciphertext_bytes,
                        below=key.nsquare, what=RESIDUALS)  # fmt: skip
     columns = [to_fixed(view.x_train[:, j], FEATURE_BITS) for j in range(view.features)]

@@ -66,6 +66,13 @@ FEATURE_NAMES: Final = "vlr-feature-names"
 TRAIN_ROWS: Final = "vlr-train-rows"
 TEST_ROWS: Final = "vlr-test-rows"
 MASK_BITS: Final = "vlr-mask-bits"
+# the keys' signatures (signed_keys): the run's parties, each key's owner and signature (hex)
+PARTIES: Final = "vlr-parties"  # setup task: every party of the run, in the server's order
+SIGNATURE: Final = "vlr-signature"  # setup reply: the party's signature over its key
+LABEL_HOLDER: Final = "vlr-label-holder"  # first forward task: the label holder's node
+KEY_SIGNATURE: Final = "vlr-key-signature"  # first forward task: its signature over KEY
+PEER_NODES: Final = "vlr-peer-nodes"  # first forward task: the passive parties, as PEERS
+PEER_SIGNATURES: Final = "vlr-peer-signatures"  # first forward task: their signatures
 
 ACTIVE: Final = "active"
 PASSIVE: Final = "passive"

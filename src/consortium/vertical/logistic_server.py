@@ -28,7 +28,7 @@ from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import CONFIG, Content
-from consortium.core.records import Config, Metrics
+from consortium.core.records import Config, Metrics, Scalar
 from consortium.vertical.logistic_masks import KEY_BYTES
 from consortium.vertical.logistic_protocol import (
     ACTIVE,
@@ -39,19 +39,25 @@ from consortium.vertical.logistic_protocol import (
     GRADIENT,
     ITERATION,
     KEY,
+    KEY_SIGNATURE,
     KIND_DECRYPT,
     KIND_FINISH,
     KIND_FORWARD,
     KIND_GRADIENT,
     KIND_RESIDUAL,
     KIND_SETUP,
+    LABEL_HOLDER,
+    PARTIES,
     PASSIVE,
     PAYLOAD,
     PEER_KEY,
+    PEER_NODES,
+    PEER_SIGNATURES,
     PEERS,
     PLAIN,
     RESIDUALS,
     ROLE,
+    SIGNATURE,
     TEST_ROWS,
     TRAIN_ROWS,
     TRAINING,
@@ -100,6 +106,17 @@ class _Setup:
     peers: np.ndarray  # the passive parties' mask keys, in passive order
     train_rows: int
     test_rows: int
+    #: each party's signature over its key (hex), relayed with the first forward task
+    signatures: dict[str, str]
+
+    def first_forward(self) -> tuple[Arrays, Config]:
+        """What the first forward task adds: the signed keys for each passive party to check."""
+        passives: list[Scalar] = [p.node for p in self.passives]
+        signatures: list[Scalar] = [self.signatures[p.node] for p in self.passives]
+        config: Config = {LABEL_HOLDER: self.active.node, PEER_NODES: passives,
+                          KEY_SIGNATURE: self.signatures[self.active.node],
+                          PEER_SIGNATURES: signatures}  # fmt: skip
+        return Arrays({KEY: self.key}), config
 
 
 def run_vertical_lr(
@@ -122,9 +139,11 @@ def run_vertical_lr(
     for t in range(1, params.iterations + 2):
         training = t <= params.iterations
         flags: Config = {ITERATION: t, TRAINING: training}
+        signed, signatures = setup.first_forward() if t == 1 else (Arrays(), {})
         replies = relay.step(KIND_FORWARD, t, {
-            p.node: Content(arrays={PAYLOAD: Arrays({**plain.get(p.node, {}), PEERS: setup.peers})},
-                            configs={CONFIG: flags})
+            p.node: Content(arrays={PAYLOAD: Arrays({**plain.get(p.node, {}), **signed,
+                                                     PEERS: setup.peers})},
+                            configs={CONFIG: {**flags, **signatures}})
             for p in passives})  # fmt: skip
         u_train = np.stack([_masked(_payload(replies, p.node).get(U_TRAIN), setup.train_rows,
                                     f"{p.node}'s {U_TRAIN}") for p in passives])  # fmt: skip
@@ -177,11 +196,16 @@ def _gradient_step(
 def _setup(relay: Relay, nodes: list[str]) -> _Setup:
     if len(nodes) < 2 or len(set(nodes)) != len(nodes):
         raise RoundFailed(f"vertical LR needs at least 2 distinct parties, got {nodes}")
-    replies = relay.step(KIND_SETUP, 0, {n: Content() for n in nodes})
+    task: Config = {PARTIES: list(nodes)}
+    replies = relay.step(KIND_SETUP, 0, {n: Content(configs={CONFIG: task}) for n in nodes})
     configs = {n: replies[n].configs.get(PAYLOAD, Config()) for n in nodes}
     active, passives, train, test = read_parties(
         configs, nodes, _SETUP_KEYS, protocol="vertical LR", min_train=2
     )
+    signatures = {n: configs[n].get(SIGNATURE) for n in nodes}
+    for node, signature in signatures.items():
+        if not isinstance(signature, str) or not signature:
+            raise RoundFailed(f"party {node} sent its key unsigned")
     key = replies[active.node].arrays.get(PAYLOAD, Arrays()).get(KEY)
     if not isinstance(key, np.ndarray) or key.dtype != np.uint8 or key.ndim != 1:
         raise RoundFailed(f"the label holder {active.node} sent no public key")
@@ -193,7 +217,8 @@ def _setup(relay: Relay, nodes: list[str]) -> _Setup:
         peers.append(peer)
     log.info("vertical LR: label holder %s, passive %s, %d train and %d test rows",
              active.node, [p.node for p in passives], train, test)  # fmt: skip
-    return _Setup(active, passives, key, np.stack(peers), train, test)
+    signed = {n: str(s) for n, s in signatures.items()}
+    return _Setup(active, passives, key, np.stack(peers), train, test, signed)
 
 
 def _finish(relay: Relay, active: Party, passives: list[Party], params: VerticalLRParams

@@ -12,12 +12,18 @@ advertisement the peer rebuilt from its own view of the round.
 The node's private key never enters the sandboxed app process that runs the
 mod: :class:`CertificateSigner` lives in the node's own process and answers the
 app process's requests (:mod:`consortium.node.identity_link`). It signs only
-SecAgg+ advertisements of its own node for the run the asking process serves,
-and always over :data:`DOMAIN` followed by the advertisement, so the key that
-authenticates the node's TLS connections cannot be made to sign anything a TLS
-handshake (or any other protocol) would accept: TLS 1.3 signs 64 spaces first,
-TLS 1.2 a handshake transcript that starts with a message type byte, and both
-differ from ``DOMAIN``'s first byte.
+statements of its own node for the run the asking process serves, of two exact
+shapes: a SecAgg+ advertisement, always over :data:`DOMAIN` followed by the
+advertisement, and a vertical party's key statement
+(:data:`~consortium.core.identity.VERTICAL_KEYS`: vertical LR's mask and
+Paillier keys, SecureBoost's Paillier key and gradients), always over
+:data:`VERTICAL_DOMAIN` followed by the statement. A verifier derives the
+domain from the statement it rebuilt, so a signature over one kind never
+verifies as the other; and the key that authenticates the node's TLS
+connections cannot be made to sign anything a TLS handshake (or any other
+protocol) would accept: TLS 1.3 signs 64 spaces first, TLS 1.2 a handshake
+transcript that starts with a message type byte, and both differ from the
+domains' first byte.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from consortium.core.errors import ConfigError, SecurityError
+from consortium.core.identity import VERTICAL_KEYS, VERTICAL_PURPOSES, VERTICAL_STATEMENT_FIELDS
 from consortium.privacy.secagg.protocol import PROTOCOL
 from consortium.transport.identity import load_certificate
 from consortium.transport.peer_verifier import PeerVerifier
@@ -38,17 +45,24 @@ from consortium.transport.peer_verifier import PeerVerifier
 __all__ = [
     "DOMAIN",
     "MAX_ADVERTISEMENT",
+    "VERTICAL_DOMAIN",
     "CertificateSigner",
     "CertificateVerifier",
     "advertised_run",
     "open_envelope",
     "seal_envelope",
+    "signed_statement",
 ]
 
 log = logging.getLogger("consortium.privacy.secagg")
 
 #: What every certificate-key signature covers first (domain separation, see above).
 DOMAIN = b"consortium-secagg-advertisement/1\x00"
+#: What every signature over a vertical key statement covers first.
+VERTICAL_DOMAIN = b"consortium-vertical-key/1\x00"
+#: every field of a SecAgg+ advertisement (``protocol.advertisement``), no more, no fewer
+_ADVERTISEMENT_FIELDS = frozenset({"protocol", "statement", "run", "epoch", "node", "enc-key",
+                                   "mask-key", "participants", "graph-seed", "params"})  # fmt: skip
 #: The largest advertisement signed or checked (a round of some 20,000 participants).
 MAX_ADVERTISEMENT = 1 << 20
 _CERT_LEN = 2  # bytes of the envelope's certificate-length prefix
@@ -70,32 +84,63 @@ def open_envelope(envelope: bytes) -> tuple[x509.Certificate, bytes]:
 
 
 def advertised_run(node_id: str, message: bytes) -> str:
-    """The run of a SecAgg+ advertisement of ``node_id`` (SecurityError for anything else).
+    """The run of a SecAgg+ advertisement of ``node_id`` (SecurityError for anything else)."""
+    run, domain = signed_statement(node_id, message)
+    if domain != DOMAIN:
+        raise SecurityError("not a SecAgg+ advertisement; refused")
+    return run
 
-    What the signer checks before it signs: the bytes are an advertisement
-    (:func:`~consortium.privacy.secagg.protocol.advertisement`) of this node.
+
+def signed_statement(node_id: str, message: bytes) -> tuple[str, bytes]:
+    """(run, domain) of a statement of ``node_id`` the node signs (SecurityError else).
+
+    What the signer checks before it signs, and the verifier before it checks:
+    the bytes are, field for field, a SecAgg+ advertisement
+    (:func:`~consortium.privacy.secagg.protocol.advertisement`) or a vertical
+    key statement with a known purpose, and both name this node; the kind
+    decides the domain the signature covers.
     """
+    fields, domain = _statement(message)
+    if fields.get("node") != node_id:
+        raise SecurityError(
+            f"a key statement or advertisement for node {fields.get('node')!r} cannot be "
+            f"signed by {node_id!r}"
+        )
+    return str(fields["run"]), domain
+
+
+def _statement(message: bytes) -> tuple[dict[str, object], bytes]:
+    """The fields of a statement of one of the two kinds, and its domain (SecurityError else)."""
     if len(message) > MAX_ADVERTISEMENT:
-        raise SecurityError(f"a SecAgg+ advertisement of {len(message)} bytes is too large")
+        raise SecurityError(f"a statement of {len(message)} bytes is too large to sign")
     try:
         fields = json.loads(message)
     except (UnicodeDecodeError, ValueError):
         fields = None
-    if (
-        not isinstance(fields, dict)
-        or fields.get("protocol") != PROTOCOL
-        or not isinstance(fields.get("run"), str)
-    ):
-        raise SecurityError("the node signs SecAgg+ advertisements only; refused")
-    if fields.get("node") != node_id:
+    if not isinstance(fields, dict) or not isinstance(fields.get("run"), str):
         raise SecurityError(
-            f"an advertisement for node {fields.get('node')!r} cannot be signed by {node_id!r}"
+            "the node signs vertical key statements and SecAgg+ advertisements only; refused"
         )
-    return str(fields["run"])
+    protocol, names = fields.get("protocol"), set(fields)
+    if protocol == PROTOCOL and names == _ADVERTISEMENT_FIELDS and fields["statement"] == "keys":
+        domain = DOMAIN
+    elif (
+        protocol == VERTICAL_KEYS
+        and names == VERTICAL_STATEMENT_FIELDS
+        and fields["purpose"] in VERTICAL_PURPOSES
+    ):
+        domain = VERTICAL_DOMAIN
+    else:
+        raise SecurityError(
+            f"{protocol!r} with fields {sorted(names)} is not one: the node signs vertical key "
+            "statements and SecAgg+ advertisements only; refused"
+        )
+    return fields, domain
 
 
 class CertificateSigner:
-    """Signs this node's SecAgg+ advertisements with its certificate's private key.
+    """Signs this node's SecAgg+ advertisements and vertical key statements with its
+    certificate's private key.
 
     ``private_key`` and ``certificate`` are PEM (as the node's credentials
     folder holds them); the key must belong to the certificate and be EC or
@@ -120,11 +165,11 @@ class CertificateSigner:
         self.node_id = node_id
 
     def sign(self, node_id: str, message: bytes) -> bytes:
-        """An envelope for ``message``, an advertisement of this node (SecurityError else)."""
+        """An envelope for ``message``, a statement of this node (SecurityError else)."""
         if node_id != self.node_id:
             raise SecurityError(f"this node is {self.node_id!r}; it cannot sign for {node_id!r}")
-        advertised_run(node_id, message)
-        data = DOMAIN + message
+        _, domain = signed_statement(node_id, message)
+        data = domain + message
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             signature = self._key.sign(data, ec.ECDSA(hashes.SHA256()))
         else:
@@ -144,7 +189,7 @@ class CertificateVerifier:
         try:
             self.check(node_id, message, signature)
         except SecurityError as exc:
-            log.warning("SecAgg+ keys of node %r refused: %s", node_id, exc)
+            log.warning("the keys of node %r refused: %s", node_id, exc)
             return False
         return True
 
@@ -152,8 +197,7 @@ class CertificateVerifier:
         """Raise SecurityError (naming why) unless ``signature`` is ``node_id``'s over
         ``message``: the CA, validity window (the verifier's clock), revocation list,
         role and name of the enveloped certificate, then the signature itself."""
-        if len(message) > MAX_ADVERTISEMENT:
-            raise SecurityError(f"an advertisement of {len(message)} bytes is too large")
+        _, domain = _statement(message)  # the kind of statement the verifier rebuilt
         cert, raw = open_envelope(signature)
         identity = self.peers.verify(cert, roles=("node",), allowed=None)
         if identity.name != node_id:
@@ -161,7 +205,7 @@ class CertificateVerifier:
                 f"the keys of node {node_id!r} are signed with the certificate of {identity.name!r}"
             )
         public = cert.public_key()
-        data = DOMAIN + message
+        data = domain + message
         try:
             if isinstance(public, ec.EllipticCurvePublicKey):
                 public.verify(raw, data, ec.ECDSA(hashes.SHA256()))

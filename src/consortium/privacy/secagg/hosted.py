@@ -11,46 +11,16 @@ with a key the app brought.
 
 The host is per process because the process is the node: a deployed node's
 app process serves one node, and :func:`host_identity` is called once, by that
-process's entry point, before it imports the app.
+process's entry point, before it imports the app. It lives in
+:mod:`consortium.core.identity`, shared with the vertical protocols.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from consortium.core.errors import SecurityError
+from consortium.core.identity import NodeIdentity, hosted_identity
 
-__all__ = ["HostedIdentity", "NodeIdentity", "host_identity", "hosted_identity", "node_identity"]
-
-
-class NodeIdentity(Protocol):
-    """Signs for the node(s) whose keys it holds; verifies peers from keys it trusts."""
-
-    def sign(self, node_id: str, message: bytes) -> bytes: ...
-
-    def verify(self, node_id: str, message: bytes, signature: bytes) -> bool: ...
-
-
-class _Host:
-    """The identity this process's node gave it (None outside a deployed node)."""
-
-    identity: NodeIdentity | None = None
-
-
-def host_identity(identity: NodeIdentity) -> None:
-    """Make ``identity`` the one every :func:`node_identity` of this process uses.
-
-    Called by a deployed node's app process before it loads the app; a second
-    call is refused (nothing may swap a node's identity under its app).
-    """
-    if _Host.identity is not None:
-        raise SecurityError("this process already has its node's identity")
-    _Host.identity = identity
-
-
-def hosted_identity() -> NodeIdentity | None:
-    """The identity :func:`host_identity` installed, or None."""
-    return _Host.identity
+__all__ = ["HostedIdentity", "NodeIdentity", "node_identity"]
 
 
 class HostedIdentity:
@@ -62,7 +32,7 @@ class HostedIdentity:
         self.fallback = fallback
 
     def current(self) -> NodeIdentity:
-        identity = _Host.identity or self.fallback
+        identity = hosted_identity() or self.fallback
         if identity is None:
             raise SecurityError(
                 "no node identity to sign SecAgg+ keys with: this process is not a deployed "
