@@ -33,7 +33,7 @@ from typing import Any
 
 from consortium.apps.loader import load_object
 from consortium.apps.manifest import load_app_spec
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.message import Message
 from consortium.core.protocol import TRAIN
 from consortium.server import ServerApp
@@ -56,26 +56,12 @@ class MessageLog:
         return _LoggingGrid(inner, self)
 
 
-class _LoggingGrid:
+class _LoggingGrid(GridWrapper):
     """A Grid that records train messages both ways and changes nothing."""
 
     def __init__(self, inner: Grid, log: MessageLog) -> None:
-        self.inner, self.log = inner, log
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
-
-    def push(self, messages: Sequence[Message]) -> None:
-        self.inner.push(messages)
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.inner.pull(timeout)
-
-    def now(self) -> float:
-        return self.inner.now()
+        super().__init__(inner)
+        self.log = log
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None

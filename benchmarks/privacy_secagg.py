@@ -28,7 +28,7 @@ from consortium.client import ClientApp
 from consortium.client.app import Handler, Mod
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.message import TRAIN, Message
 from consortium.core.protocol import NUM_EXAMPLES
 from consortium.privacy.secagg import Ed25519Keyring, SecAggParams, secaggplus_mod
@@ -106,7 +106,7 @@ def _fail_at(kinds: dict[str, str]) -> Mod:
 
 
 @dataclass
-class WireGrid:
+class WireGrid(GridWrapper):
     """Passes everything on; counts each task's and reply's encoded bytes per node and
     keeps the train replies and the masked vectors the server receives."""
 
@@ -115,12 +115,6 @@ class WireGrid:
     up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     masked: list[np.ndarray] = field(default_factory=list)
     train_replies: list[Message] = field(default_factory=list)
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
@@ -135,15 +129,6 @@ class WireGrid:
             if content is not None and p.MASKED in content.arrays:
                 self.masked.append(np.asarray(content.arrays[p.MASKED][p.MASKED]))
             yield reply
-
-    def push(self, messages: Sequence[Message]) -> None:
-        self.inner.push(messages)
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.inner.pull(timeout)
-
-    def now(self) -> float:
-        return self.inner.now()
 
 
 @dataclass

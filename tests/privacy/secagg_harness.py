@@ -16,7 +16,7 @@ from consortium.client import ClientApp
 from consortium.client.app import Handler, Mod
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.message import Message
 from consortium.core.protocol import NUM_EXAMPLES
 from consortium.privacy.secagg import Ed25519Keyring, SecAggParams, secaggplus_mod
@@ -119,7 +119,7 @@ PROCESS_APP = client_app(fixed_keyring([str(i) for i in range(8)]))
 
 
 @dataclass
-class RecordingGrid:
+class RecordingGrid(GridWrapper):
     """Passes everything on, keeping every task sent and every reply received;
     ``tamper(task)`` may change a task on its way (a malicious server), ``forge(reply)``
     a reply (a malicious node)."""
@@ -129,12 +129,6 @@ class RecordingGrid:
     forge: Callable[[Message], Message] = lambda m: m
     sent: list[Message] = field(default_factory=list)
     received: list[Message] = field(default_factory=list)
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
@@ -151,9 +145,6 @@ class RecordingGrid:
 
     def pull(self, timeout: float | None) -> Message | None:
         raise AssertionError("SecAgg+ never pulls")
-
-    def now(self) -> float:
-        return self.inner.now()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import ConfigError, NodeError, RoundFailed
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.message import Content, Message
 from consortium.server import ServerApp, ServerContext
 from consortium.simulation import run_simulation
@@ -97,18 +97,12 @@ def test_unicode_and_empty_string_ids_match_byte_for_byte() -> None:
     assert _check({"hospital": a, "lab": b}) == sorted(["", "Zoë", "李", "a\x00b"])
 
 
-class SpyGrid:
+class SpyGrid(GridWrapper):
     """A grid that keeps the encoding of every message the server sends and receives."""
 
     def __init__(self, inner: Grid) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seen: list[bytes] = []
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
@@ -123,9 +117,6 @@ class SpyGrid:
 
     def pull(self, timeout: float | None) -> Message | None:
         raise AssertionError("PSI uses send_and_receive only")
-
-    def now(self) -> float:
-        return self.inner.now()
 
 
 def _leaks(blob: bytes, ident: str) -> list[str]:

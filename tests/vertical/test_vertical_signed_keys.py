@@ -24,7 +24,7 @@ from consortium.client.app import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import RoundFailed, UpdateRejected
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.history import RoundRecord
 from consortium.core.identity import MASK_KEY
 from consortium.core.message import CONFIG, Content, Message
@@ -59,17 +59,12 @@ class RunLog:
         pass
 
 
-class HostileServer:
+class HostileServer(GridWrapper):
     """A Grid that changes the tasks the server program sends before they leave."""
 
     def __init__(self, inner: Grid, tamper: Tamper) -> None:
-        self.inner, self.tamper = inner, tamper
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
+        super().__init__(inner)
+        self.tamper = tamper
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
@@ -78,12 +73,6 @@ class HostileServer:
 
     def push(self, messages: Sequence[Message]) -> None:
         self.inner.push([self.tamper(m) for m in messages])
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.inner.pull(timeout)
-
-    def now(self) -> float:
-        return self.inner.now()
 
 
 def changed(message: Message, arrays: dict[str, Any], config: dict[str, Any]) -> Message:

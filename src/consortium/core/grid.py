@@ -79,3 +79,35 @@ class Grid(Protocol):
     def now(self) -> float:
         """The grid clock, in seconds (the one :meth:`pull` timeouts are measured on)."""
         ...
+
+
+class GridWrapper:
+    """A :class:`Grid` that passes every call to ``inner``.
+
+    Subclass it to watch or change what crosses a grid (a recording, a replay,
+    an attack in a test, a compromised server in a hostile-server test) and
+    override only what changes; the rest of the protocol stays delegated.
+    """
+
+    def __init__(self, inner: Grid) -> None:
+        self.inner = inner
+
+    def node_ids(self) -> list[str]:
+        return self.inner.node_ids()
+
+    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
+        return self.inner.wait_for_nodes(count, timeout)
+
+    def send_and_receive(
+        self, messages: Sequence[Message], *, timeout: float | None
+    ) -> Iterator[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+    def push(self, messages: Sequence[Message]) -> None:
+        self.inner.push(messages)
+
+    def pull(self, timeout: float | None) -> Message | None:
+        return self.inner.pull(timeout)
+
+    def now(self) -> float:
+        return self.inner.now()

@@ -28,7 +28,7 @@ from numpy.typing import ArrayLike, NDArray
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.core.message import MODEL, TRAIN, Content, Message
 from consortium.core.protocol import MALICIOUS
 from consortium.core.records import Config
@@ -217,12 +217,13 @@ class InnerProductManipulation(ModelPoisoning):
         return {a: crafted.copy() for a in view.attackers}
 
 
-class AttackedGrid:
+class AttackedGrid(GridWrapper):
     """A Grid whose attackers' training replies are replaced by ``attack``'s updates.
 
     Training rounds are collected whole (the attack may need every update),
     then yielded in the inner grid's order; other kinds pass through as they
-    stream. Replies that failed, or whose model does not match the one sent,
+    stream, and so do asynchronous tasks (``push``): the attacks need a whole
+    round. Replies that failed, or whose model does not match the one sent,
     are left as they are and kept out of the view.
     """
 
@@ -231,26 +232,10 @@ class AttackedGrid:
     ) -> None:
         if not isinstance(attack, ModelPoisoning):
             raise ConfigError(f"attack must be a ModelPoisoning, got {type(attack).__name__}")
-        self.inner = inner
+        super().__init__(inner)
         self.attackers = frozenset(attackers)
         self.attack = attack
         self.seed = seed
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
-
-    def push(self, messages: Sequence[Message]) -> None:
-        """Asynchronous tasks pass through unpoisoned: the attacks need a whole round."""
-        self.inner.push(messages)
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.inner.pull(timeout)
-
-    def now(self) -> float:
-        return self.inner.now()
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None

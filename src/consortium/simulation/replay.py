@@ -11,9 +11,10 @@ the same decisions and ends with the same model, bit for bit.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from consortium.core.errors import ConfigError
+from consortium.core.grid import GridWrapper
 from consortium.core.history import History, Outcome
 from consortium.core.message import Message
 from consortium.simulation.grid import SimulationGrid
@@ -28,7 +29,7 @@ def completion_order(history: History) -> list[str]:
     return [n.node_id for r in history.rounds for n in r.nodes if n.outcome is not Outcome.TIMEOUT]
 
 
-class ReplayGrid:
+class ReplayGrid(GridWrapper):
     """A Grid over ``inner``'s virtual nodes whose pushed tasks finish in ``order``.
 
     Each pushed task runs at once on its virtual node; :meth:`pull` returns
@@ -37,21 +38,11 @@ class ReplayGrid:
     """
 
     def __init__(self, inner: SimulationGrid, order: Sequence[str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
+        self.inner: SimulationGrid = inner
         self._order = deque(order)
         self._done: dict[str, deque[Message]] = {}
         self._pulled = 0
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
-
-    def send_and_receive(
-        self, messages: Sequence[Message], *, timeout: float | None
-    ) -> Iterator[Message]:
-        return self.inner.send_and_receive(messages, timeout=timeout)
 
     def push(self, messages: Sequence[Message]) -> None:
         for message in messages:

@@ -18,7 +18,7 @@ from consortium import Arrays, Content, Message
 from consortium.client import ClientApp
 from consortium.core.context import Context
 from consortium.core.errors import RoundFailed
-from consortium.core.grid import Grid
+from consortium.core.grid import Grid, GridWrapper
 from consortium.server import ServerApp, ServerContext
 from consortium.vertical.logistic import (
     PartyData,
@@ -44,19 +44,14 @@ client_app = ClientApp()
 register_vertical_lr(client_app, party, lambda context: IDS)
 
 
-class SwappingGrid:
+class SwappingGrid(GridWrapper):
     """The run's grid, except that the first forward task to ``victim`` carries the
     server's own mask key in place of the last passive party's."""
 
     def __init__(self, inner: Grid, victim: str) -> None:
-        self.inner, self.victim = inner, victim
+        super().__init__(inner)
+        self.victim = victim
         _, self.key = new_key()
-
-    def node_ids(self) -> list[str]:
-        return self.inner.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.inner.wait_for_nodes(count, timeout)
 
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
@@ -65,12 +60,6 @@ class SwappingGrid:
 
     def push(self, messages: Sequence[Message]) -> None:
         self.inner.push([self._swap(m) for m in messages])
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.inner.pull(timeout)
-
-    def now(self) -> float:
-        return self.inner.now()
 
     def _swap(self, message: Message) -> Message:
         meta, content = message.metadata, message.content
