@@ -10,8 +10,6 @@ two differ in nothing else.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import os
 import statistics
@@ -27,7 +25,7 @@ from typing import Any
 import grpc
 
 from consortium.core.buffers import tune_malloc
-from consortium.server.heap import HeapTrimmer
+from consortium.server.heap import Glibc, HeapTrimmer
 from consortium.transport.chunks import CHUNK_SIZE
 from consortium.transport.grpc_server import GRPC_OPTIONS
 
@@ -81,23 +79,14 @@ def read_file(path: Path) -> bytes:
 
 
 # -- the server's view of itself ---------------------------------------------------------------
-class _MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2`` (malloc.h, glibc >= 2.33)."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                     "uordblks", "fordblks", "keepcost")
-    ]  # fmt: skip
-
-
 class Probe:
     """Samples this process every ``SAMPLE_S`` s, each sample tagged with the phase."""
 
     def __init__(self, trim: bool) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        self._mallinfo2 = libc.mallinfo2
-        self._mallinfo2.argtypes, self._mallinfo2.restype = [], _MallInfo2
+        libc = Glibc.load()
+        if libc is None:
+            raise SystemExit("this benchmark reads glibc's mallinfo2 (Linux, glibc >= 2.33)")
+        self._libc = libc
         self._trimmer = HeapTrimmer.for_this_process() if trim else None
         self.phase = PHASES[0]
         self.samples: list[dict[str, Any]] = []
@@ -120,12 +109,11 @@ class Probe:
         status = dict(
             line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
         )
-        info = self._mallinfo2()
         self.samples.append({
             "phase": self.phase,
             "rss": int(status["VmRSS"].split()[0]) * 1024,
-            "in_use": info.uordblks + info.hblkhd,
-            "free": info.fordblks,
+            "in_use": self._libc.in_use_bytes() + self._libc.mapped_bytes(),
+            "free": self._libc.free_bytes(),
             "threads": int(status["Threads"]),
         })  # fmt: skip
         if self._trimmer is not None:

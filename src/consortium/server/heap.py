@@ -64,6 +64,10 @@ class Glibc:
         """Bytes allocated from malloc's arenas now."""
         return int(self._mallinfo2().uordblks)
 
+    def mapped_bytes(self) -> int:
+        """Bytes malloc has mapped apart from its arenas (large blocks), all in use."""
+        return int(self._mallinfo2().hblkhd)
+
     def trim(self) -> None:
         self._trim(0)
 
