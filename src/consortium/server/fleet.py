@@ -28,6 +28,7 @@ from consortium.core.message import Content, Message, Metadata
 from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE, ERROR_TRANSFER_STALLED
 from consortium.core.records import RecordLimits
 from consortium.server.fleet_order import TaskOrder
+from consortium.server.fleet_slots import SendSlots
 from consortium.server.fleet_state import (
     LATE,
     NodeSession,
@@ -40,6 +41,7 @@ from consortium.server.fleet_state import (
     add_timing,
     call_release,
     judge_reply,
+    missing_nodes,
     payload_bytes,
 )
 from consortium.server.heap import HeapTrimmer
@@ -89,12 +91,6 @@ class Fleet:
         self._clock = clock
         self.reorder_budget = reorder_budget
         self.transfer_budget = ReceiveBudget(transfer_budget)
-        if sends_at_once < 1:
-            raise ValueError(f"sends_at_once must be >= 1, got {sends_at_once}")
-        #: tasks sent at once; other nodes' pulls wait (holding no memory) for a free slot
-        self.sends_at_once = sends_at_once
-        #: ids of the tasks being sent now (pulled, task_sent not called yet)
-        self._sending: set[str] = set()
         #: how large a reply may be, from its task
         self.reply_limits = reply_limits or ReplyLimits()
         #: what the Config and Metrics records of a node's message may hold
@@ -109,12 +105,8 @@ class Fleet:
         self._lock = threading.RLock()
         #: fleet-wide changes (who is online): wait_for_nodes waits on it
         self._cond = threading.Condition(self._lock)
-        #: node -> the condition its pulls wait on, sharing the fleet's lock: a task queued
-        #: for a node, or a send slot coming free, wakes that node's pull alone, not the
-        #: hundreds waiting (each woken thread takes the GIL and the lock to go back to sleep)
-        self._pull_conds: dict[str, threading.Condition] = {}
-        #: nodes whose pull has a task to be sent and waits for a send slot, first come first
-        self._slot_waiters: dict[str, None] = {}
+        #: tasks sent at once; the other nodes' pulls wait (holding no memory) for a slot
+        self._slots = SendSlots(self._lock, sends_at_once)
         self._nodes: dict[str, NodeSession] = {}
         self._pending: dict[str, Waiter] = {}
         #: gives freed heap back to the system from the liveness watch (the server's only)
@@ -131,8 +123,7 @@ class Fleet:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-            for cond in self._pull_conds.values():
-                cond.notify_all()
+            self._slots.wake_everyone()
 
     # -- FleetBackend -------------------------------------------------------------
     def hello(
@@ -151,7 +142,7 @@ class Fleet:
             session.online = True
             session.last_seen = self._clock()
             self._cond.notify_all()
-            self._wake_pull(node)
+            self._slots.wake(node)
         log.info("node %s connected (instance %s)", node, instance_id[:8])
         self._events(node, "restarted" if restarted else "connected", instance_id)
 
@@ -171,19 +162,18 @@ class Fleet:
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         deadline = self._clock() + wait
         with self._cond:
-            cond = self._pull_conds.setdefault(node, threading.Condition(self._lock))
+            cond = self._slots.condition(node)
             while True:
                 session = self._nodes.get(node)
                 if session is not None:
                     session.last_seen = self._clock()
                     # every node's stream holds a copy of the chunk being sent: with
                     # hundreds of nodes pulling at once, the rest wait for a free slot
-                    if session.tasks and len(self._sending) >= self.sends_at_once:
-                        self._slot_waiters[node] = None  # woken by _wake_slot_waiters
+                    if session.tasks and self._slots.full():
+                        self._slots.wait_turn(node)  # woken when a slot is free
                     elif session.tasks:
-                        self._slot_waiters.pop(node, None)
                         message_id, parts = session.tasks.popleft()
-                        self._sending.add(message_id)
+                        self._slots.start(node, message_id)
                         session.in_flight.add(message_id)
                         shared = self._outgoing.get(message_id)
                         if shared is not None:
@@ -194,7 +184,7 @@ class Fleet:
                         return message_id, parts
                 remaining = deadline - self._clock()
                 if remaining <= 0 or self._stop.is_set():
-                    self._slot_waiters.pop(node, None)
+                    self._slots.leave(node)
                     return None
                 # every change a pull waits for wakes it; the bound is a safety net only
                 cond.wait(min(remaining, 1.0))
@@ -202,27 +192,12 @@ class Fleet:
     def task_sent(self, message_id: str) -> None:
         with self._cond:
             self._done_sending(message_id)
-            if message_id in self._sending:
-                self._sending.discard(message_id)
-                self._wake_slot_waiters()
+            self._slots.end(message_id, self._has_tasks)
 
-    def _wake_pull(self, node: str) -> None:
-        """(Lock held.) Wake ``node``'s waiting pulls, if any."""
-        cond = self._pull_conds.get(node)
-        if cond is not None:
-            cond.notify_all()
-
-    def _wake_slot_waiters(self) -> None:
-        """(Lock held.) Wake as many pulls waiting for a send slot as there are free slots,
-        longest waiting first. A woken pull that finds the slot taken waits again."""
-        free = self.sends_at_once - len(self._sending)
-        while free > 0 and self._slot_waiters:
-            node = next(iter(self._slot_waiters))
-            del self._slot_waiters[node]
-            session = self._nodes.get(node)
-            if session is not None and session.tasks:  # not: its tasks failed or ended
-                self._wake_pull(node)
-                free -= 1
+    def _has_tasks(self, node: str) -> bool:
+        """(Lock held.) Whether ``node`` has tasks queued (not failed or ended)."""
+        session = self._nodes.get(node)
+        return session is not None and bool(session.tasks)
 
     def task_wanted(self, message_id: str) -> bool:
         with self._cond:
@@ -373,17 +348,7 @@ class Fleet:
                     return online
                 if now >= next_log:
                     next_log = now + self.wait_log_every
-                    offline = sorted(
-                        f"{n} (last seen {now - s.last_seen:.0f} s ago)"
-                        for n, s in self._nodes.items()
-                        if not s.online and (among is None or n in among)
-                    )
-                    never = sorted(self.expected - self._nodes.keys())
-                    if among is not None:
-                        never = [n for n in never if n in among]
-                    if never:  # an allow-list of hundreds: name a few
-                        more = f" and {len(never) - 10} more" if len(never) > 10 else ""
-                        offline.append(f"never connected: {', '.join(never[:10])}{more}")
+                    offline = missing_nodes(self._nodes, self.expected, among, now)
                     log.info(
                         "waiting for %d node(s): %d online (%s), offline: %s; waited %.0f s, "
                         "giving up in %.0f s",
@@ -462,7 +427,7 @@ class Fleet:
                 session.tasks.append((msg.metadata.message_id, msg.to_parts(cache)))
                 shared.add(msg)
                 self._outgoing[msg.metadata.message_id] = shared
-                self._wake_pull(node)
+                self._slots.wake(node)
         if shared.nbytes:
             self.transfer_budget.fit(shared.nbytes)
         return ids

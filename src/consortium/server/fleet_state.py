@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from consortium.core.message import QUERY, TIMING_RECORD, Message, Metadata
@@ -229,3 +229,24 @@ def add_timing(reply: Message, waiter: Waiter, now: float) -> None:
     timing[TIMING_WAIT] = waiter.pulled_at - waiter.queued_at
     timing[TIMING_UPLOAD] = max(0.0, now - waiter.pulled_at - train)  # includes the download
     reply.content.metrics[TIMING_RECORD] = timing
+
+
+def missing_nodes(
+    sessions: Mapping[str, NodeSession],
+    expected: Collection[str],
+    among: Collection[str] | None,
+    now: float,
+) -> list[str]:
+    """What a "waiting for nodes" line says is missing: each offline node (of ``among``,
+    when given) with how long ago it was heard from, then the expected nodes that never
+    connected (ten named at most: an allow-list may hold hundreds)."""
+    offline = sorted(
+        f"{n} (last seen {now - s.last_seen:.0f} s ago)"
+        for n, s in sessions.items()
+        if not s.online and (among is None or n in among)
+    )
+    never = sorted(n for n in expected if n not in sessions and (among is None or n in among))
+    if never:
+        more = f" and {len(never) - 10} more" if len(never) > 10 else ""
+        offline.append(f"never connected: {', '.join(never[:10])}{more}")
+    return offline

@@ -1,0 +1,82 @@
+"""Which nodes' pulls may send a task now: a bounded number of downloads at once.
+
+Every node's stream being sent a task holds a chunk of the model and gRPC's
+copy of it, so with hundreds of nodes pulling at once only ``limit`` tasks are
+sent at any time. The other pulls wait holding nothing, and each is woken only
+by what concerns it -- a task queued for its node, or a send slot coming free
+(longest waiting first) -- not all of them at every change: each woken thread
+takes the GIL and the fleet's lock only to go back to sleep.
+
+Every method is called with the fleet's lock held (the conditions share it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+class SendSlots:
+    """The pulls of each node, the tasks being sent, and the nodes waiting for a slot."""
+
+    def __init__(self, lock: threading.RLock, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"sends_at_once must be >= 1, got {limit}")
+        self.limit = limit
+        self._lock = lock
+        #: ids of the tasks being sent now (pulled, their sending not ended yet)
+        self._sending: set[str] = set()
+        #: nodes whose pull has a task to be sent and waits for a slot, first come first
+        self._waiting: dict[str, None] = {}
+        #: node -> the condition its pulls wait on (sharing the fleet's lock)
+        self._conds: dict[str, threading.Condition] = {}
+
+    def condition(self, node: str) -> threading.Condition:
+        """What ``node``'s pulls wait on."""
+        cond = self._conds.get(node)
+        if cond is None:
+            cond = self._conds[node] = threading.Condition(self._lock)
+        return cond
+
+    def wake(self, node: str) -> None:
+        """Wake ``node``'s waiting pulls, if any."""
+        cond = self._conds.get(node)
+        if cond is not None:
+            cond.notify_all()
+
+    def wake_everyone(self) -> None:
+        """Wake every waiting pull (the fleet is closing)."""
+        for cond in self._conds.values():
+            cond.notify_all()
+
+    def full(self) -> bool:
+        return len(self._sending) >= self.limit
+
+    def wait_turn(self, node: str) -> None:
+        """``node`` has a task to be sent and no slot: it is woken when one is free."""
+        self._waiting[node] = None
+
+    def leave(self, node: str) -> None:
+        """``node``'s pull stopped waiting (it timed out, or got its slot)."""
+        self._waiting.pop(node, None)
+
+    def start(self, node: str, message_id: str) -> None:
+        """``node``'s pull takes a slot to send ``message_id``."""
+        self.leave(node)
+        self._sending.add(message_id)
+
+    def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
+        """Sending ``message_id`` ended: wake as many waiting pulls as there are free
+        slots, longest waiting first, skipping nodes with nothing left to send
+        (``has_tasks``: their tasks failed or ended). A woken pull that finds the slot
+        taken waits again."""
+        if message_id not in self._sending:
+            return
+        self._sending.discard(message_id)
+        free = self.limit - len(self._sending)
+        while free > 0 and self._waiting:
+            node = next(iter(self._waiting))
+            del self._waiting[node]
+            if has_tasks(node):
+                self.wake(node)
+                free -= 1
