@@ -60,7 +60,8 @@ WORKDIR /var/lib/consortium
 EXPOSE 9092 8080
 
 # The server's REST health endpoint when --http is on, else a TCP connect to its gRPC
-# port; a node listens on nothing, so it is healthy while it runs (see healthcheck.py).
+# port; a node (it listens on nothing) by the status file in its work folder: healthy
+# until a minute after the server last answered it (see healthcheck.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/lib/consortium/healthcheck.py"]
 

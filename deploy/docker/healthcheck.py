@@ -11,17 +11,24 @@ One image runs both the server and the nodes, so the check reads what PID 1 is
 * ``consortium server`` without it: a TCP connection to its ``address`` port
   (found the same way) is accepted (the gRPC port; a TLS handshake would need a client
   certificate, so the check stops at the connection);
-* anything else (a node dials out and listens on nothing; a one-shot command):
-  healthy while it runs, which Docker already knows, so the check passes.
+* ``consortium node``: it dials out and listens on nothing, so the check reads
+  the status file the node keeps in its work folder (``--work-dir``, found the
+  same way; ``status.json``, see ``consortium/node/status.py``): healthy while
+  its ``healthy_until`` has not passed, which the node extends each time the
+  server answers it and sets to 0 once it stopped (refused for good);
+* anything else (a one-shot command): healthy while it runs, which Docker
+  already knows, so the check passes.
 
 Standard library only, so the slim image needs no curl.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
+import time
 import tomllib
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -29,6 +36,10 @@ from pathlib import Path
 
 #: ``consortium server``'s default ``--address`` (src/consortium/cli/server_cmd.py)
 DEFAULT_ADDRESS = "127.0.0.1:9092"
+#: ``consortium node``'s default ``--work-dir`` (src/consortium/cli/node_cmd.py)
+DEFAULT_NODE_DIR = "node-data"
+#: the file a node keeps its health in (STATUS_FILE, src/consortium/node/status.py)
+STATUS_FILE = "status.json"
 TIMEOUT = 5.0
 
 
@@ -64,15 +75,19 @@ def subcommand(cmdline: Sequence[str]) -> tuple[str | None, list[str]]:
     return None, []
 
 
-def _setting(args: Sequence[str], environ: Mapping[str, str], cwd: Path, key: str) -> str | None:
-    """The server's ``key`` setting as the CLI resolves it: flag, environment, config file."""
-    value = _option(args, f"--{key}") or environ.get(f"CONSORTIUM_SERVER_{key.upper()}")
+def _setting(
+    args: Sequence[str], environ: Mapping[str, str], cwd: Path, key: str, command: str = "server"
+) -> str | None:
+    """``consortium COMMAND``'s ``key`` setting as the CLI resolves it: flag, environment
+    (``CONSORTIUM_COMMAND_KEY``), config file (its ``[command]`` table)."""
+    prefix = f"CONSORTIUM_{command.upper()}_"
+    value = _option(args, f"--{key}") or environ.get(prefix + key.upper().replace("-", "_"))
     if value is not None:
         return value
-    config_file = _option(args, "--config-file") or environ.get("CONSORTIUM_SERVER_CONFIG_FILE")
+    config_file = _option(args, "--config-file") or environ.get(prefix + "CONFIG_FILE")
     if config_file is None:
         return None
-    table = tomllib.loads((cwd / config_file).read_text()).get("server", {})
+    table = tomllib.loads((cwd / config_file).read_text()).get(command, {})
     found = table.get(key)
     return None if found is None else str(found)
 
@@ -83,10 +98,12 @@ def check(
     """None when the process started with ``cmdline`` (in ``environ``, from ``cwd``) is
     healthy, else why not."""
     command, args = subcommand(cmdline)
-    if command != "server":
-        return None
     environ = {} if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
+    if command == "node":
+        return _node(args, environ, cwd)
+    if command != "server":
+        return None
     try:
         http = _setting(args, environ, cwd, "http")
         if http is not None:
@@ -102,6 +119,25 @@ def check(
         return f"server config file unreadable: {exc}"
     except (OSError, ValueError) as exc:
         return f"server not reachable: {exc}"
+
+
+def _node(args: Sequence[str], environ: Mapping[str, str], cwd: Path) -> str | None:
+    """None while the node's status file says it is healthy, else why not."""
+    try:
+        folder = _setting(args, environ, cwd, "work-dir", "node") or DEFAULT_NODE_DIR
+        path = cwd / folder / STATUS_FILE
+        status = json.loads(path.read_text())
+        until = float(status["healthy_until"])
+    except tomllib.TOMLDecodeError as exc:
+        return f"node config file unreadable: {exc}"
+    except FileNotFoundError:
+        return f"no {STATUS_FILE} in the node's work folder yet ({folder})"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"node status unreadable: {exc}"
+    if time.time() <= until:
+        return None
+    state, error = status.get("state", "?"), status.get("error", "")
+    return f"node {state}" + (f": {error}" if error else "") + f" (see {path})"
 
 
 def main() -> int:

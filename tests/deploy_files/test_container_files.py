@@ -245,18 +245,32 @@ def test_healthcheck_connects_to_the_grpc_port_without_http(healthcheck: ModuleT
     assert healthcheck.check(["consortium", "server", "--address", f"0.0.0.0:{port}"]) is not None
 
 
-def test_healthcheck_passes_a_running_node(healthcheck: ModuleType) -> None:
-    # a node listens on nothing; "--server-name server" must not make it a server
-    node = [
-        "python",
-        "/usr/local/bin/consortium",
-        "node",
-        "--server",
-        "x:1",
-        "--server-name",
-        "server",
-    ]
-    assert healthcheck.check(node) is None
+def test_healthcheck_reads_a_nodes_status_file(healthcheck: ModuleType, tmp_path: Path) -> None:
+    """A node listens on nothing: the check reads the status its NodeStatus keeps in its
+    work folder (found by flag, environment or config file, as the CLI finds it)."""
+    from consortium.node.status import STATUS_FILE, NodeStatus
+
+    assert healthcheck.STATUS_FILE == STATUS_FILE
+    assert healthcheck.DEFAULT_NODE_DIR == "node-data"  # consortium node's --work-dir default
+    # "--server-name server" must not make it a server
+    node = ["python", "/usr/local/bin/consortium", "node", "--server", "x:1",
+            "--server-name", "server"]  # fmt: skip
+    problem = healthcheck.check(node, {}, tmp_path)
+    assert problem is not None and "no status.json" in problem  # not started yet
+    status = NodeStatus(tmp_path / "node-data", "x:1")  # the default folder, from cwd
+    assert healthcheck.check(node, {}, tmp_path) is None  # starting: within its grace
+    status.connected("hospital-a")
+    assert healthcheck.check(node, {}, tmp_path) is None
+    status.stopped("refused by the server: certificate revoked")
+    problem = healthcheck.check(node, {}, tmp_path)
+    assert problem is not None and "stopped" in problem and "revoked" in problem
+    # the folder from the flag, the environment and the config file
+    elsewhere = NodeStatus(tmp_path / "custom", "x:1")
+    elsewhere.connected("hospital-a")
+    assert healthcheck.check([*node, "--work-dir", "custom"], {}, tmp_path) is None
+    assert healthcheck.check(node, {"CONSORTIUM_NODE_WORK_DIR": "custom"}, tmp_path) is None
+    (tmp_path / "node.toml").write_text('[node]\nwork-dir = "custom"\n')
+    assert healthcheck.check([*node, "--config-file", "node.toml"], {}, tmp_path) is None
 
 
 # -- compose.yaml ------------------------------------------------------------------------

@@ -270,8 +270,12 @@ def test_the_server_is_probed_where_it_serves(
     overlay, docs = rendered
     container, params = parsed_container(overlay, docs, tmp_path)
     if overlay == "node":
-        # it listens on nothing and writes no heartbeat: a probe would only pretend
-        assert not {"ports", "livenessProbe", "readinessProbe"} & container.keys()
+        # it listens on nothing: readiness is the image's check of its status file (a
+        # liveness probe would restart a node whose server is down, for nothing)
+        assert not {"ports", "livenessProbe"} & container.keys()
+        command = container["readinessProbe"]["exec"]["command"]
+        assert command == ["python", "/usr/local/lib/consortium/healthcheck.py"]
+        assert (ROOT / "Dockerfile").read_text().count(command[1]) >= 2  # copied and run
         return
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == int(str(params["http"]).rsplit(":", 1)[1])

@@ -99,7 +99,8 @@ log = logging.getLogger("consortium.node")
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("node-data"),
     show_default=True,
-    help="This node's folder: extracted apps, each run's app process folder, node.log.",
+    help="This node's folder: extracted apps, each run's app process folder, node.log, "
+    "status.json (its health, for probes).",
 )
 @click.option(
     "--send-errors",

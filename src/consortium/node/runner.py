@@ -47,6 +47,7 @@ from consortium.node.isolated import (
     RunProcesses,
 )
 from consortium.node.policy import NodePolicy, PolicyRefused
+from consortium.node.status import NodeStatus
 from consortium.transport.stage_times import stage
 
 __all__ = ["Backoff", "NodePolicy", "NodeRunner", "RetryLog"]
@@ -193,6 +194,8 @@ class NodeRunner:
         self._refused: NodeRefused | None = None
         self._heartbeat_interval = 2.0
         self.tasks_done = 0
+        #: WORKDIR/status.json, for container probes and operators
+        self.status = NodeStatus(work_dir, connection.address)
 
     # -- main loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -206,6 +209,7 @@ class NodeRunner:
             while not self.stop.is_set():
                 try:
                     self._connect()
+                    self.status.connected(self.name)
                     backoff.reset()
                     retries.connected()
                     if not heart_started:
@@ -213,13 +217,17 @@ class NodeRunner:
                         heart_started = True
                     self._serve()
                 except TransportError as exc:
+                    self.status.retrying(str(exc))
                     self.stop.wait(retries.failed(exc, backoff))
             if self._refused is not None:
                 raise self._refused
         except NodeRefused as exc:
             log.error("the server refused this node; stopping: %s", exc)
+            self.status.stopped(f"refused by the server: {exc}")
             raise
         finally:
+            if self.status.read()["state"] != "stopped":
+                self.status.stopped()
             self.stop.set()  # ends the heartbeats too
             self._processes.close()
 
@@ -246,6 +254,7 @@ class NodeRunner:
         task = self._held
         if task is None:
             payload = self.connection.pull_task(self.poll_wait)
+            self.status.heard(self.tasks_done)
             if payload is None:
                 return
             with stage("node.decode", len(payload)):
@@ -286,6 +295,7 @@ class NodeRunner:
             try:
                 if not self.connection.heartbeat():
                     self._rehello.set()
+                self.status.heard(self.tasks_done)
             except NodeRefused as exc:  # for good: stop the node (run raises it)
                 self._refused = exc
                 self.stop.set()
