@@ -244,7 +244,8 @@ class Parties:
         grad = self.ask("hospital", p.KIND_GRADIENTS, config={p.TREE: 1, p.TRAINING: True})[p.GRAD]
         #: what a tree's first histogram task carries: the label holder's signatures
         self.signed = {p.HOLDER_NODE: "hospital", p.KEY_SIGNATURE: key_signature,
-                       p.GRAD_SIGNATURE: self.said[p.GRAD_SIGNATURE]}  # fmt: skip
+                       p.GRAD_SIGNATURE: self.said[p.GRAD_SIGNATURE],
+                       p.ASSIGN_SIGNATURE: self.said[p.ASSIGN_SIGNATURE]}  # fmt: skip
         rows = grad.shape[0]
         tests = len(SHARED) - rows
         assign = {p.ASSIGN: np.zeros(rows, np.int64), p.ASSIGN_TEST: np.zeros(tests, np.int64)}

@@ -88,10 +88,13 @@ class Parties:
         res = self.ask("hospital", p.KIND_RESIDUAL, {p.U_TRAIN: u[p.U_TRAIN][None],
                        p.U_TEST: u[p.U_TEST][None]}, flags)  # fmt: skip
         residuals = res.arrays[p.PAYLOAD][p.RESIDUALS]
-        grad = self.ask("cardiology", p.KIND_GRADIENT, {p.KEY: key, p.RESIDUALS: residuals},
-                        {p.ITERATION: t}).arrays[p.PAYLOAD][p.GRADIENT]  # fmt: skip
+        step = self.ask("cardiology", p.KIND_GRADIENT, {p.KEY: key, p.RESIDUALS: residuals},
+                        {p.ITERATION: t})  # fmt: skip
+        grad = step.arrays[p.PAYLOAD][p.GRADIENT]
+        signed = [step.configs[p.PAYLOAD][p.GRADIENT_SIGNATURE]]
         dec = self.ask("hospital", p.KIND_DECRYPT, {p.GRADIENT: grad},
-                       {p.ITERATION: t, p.COUNTS: [grad.shape[0]]})  # fmt: skip
+                       {p.ITERATION: t, p.COUNTS: [grad.shape[0]],
+                        p.GRADIENT_SIGNATURES: signed})  # fmt: skip
         return {
             "u": u,
             "residuals": residuals,

@@ -26,9 +26,12 @@ __all__ = [
     "VERTICAL_KEYS",
     "VERTICAL_PURPOSES",
     "VERTICAL_STATEMENT_FIELDS",
+    "VLR_GRADIENTS",
     "VLR_KEY",
+    "VSB_ASSIGNMENTS",
     "VSB_GRADIENTS",
     "VSB_KEY",
+    "VSB_PARTITION",
     "NodeIdentity",
     "host_identity",
     "hosted_identity",
@@ -44,8 +47,19 @@ VLR_KEY: Final = "vlr.paillier-key"
 VSB_KEY: Final = "vsb.paillier-key"
 #: SecureBoost: a digest of one tree's ``[[g]], [[h]]`` (index: the tree)
 VSB_GRADIENTS: Final = "vsb.gradients"
+#: vertical LR: a digest of the masked gradient ciphertexts a passive party sends the
+#: label holder to decrypt (index: the iteration)
+VLR_GRADIENTS: Final = "vlr.gradients"
+#: SecureBoost: a digest of one level's row-to-node assignment, training and held-out
+#: rows (index: ``tree * 64 + level``, :func:`consortium.vertical.signed_keys.level_index`)
+VSB_ASSIGNMENTS: Final = "vsb.assignments"
+#: SecureBoost: a digest of the rows a passive party sends left at its splits of one
+#: level (index as VSB_ASSIGNMENTS, the partition's level)
+VSB_PARTITION: Final = "vsb.partition"
 #: what a vertical party may vouch for (a statement's ``purpose``)
-VERTICAL_PURPOSES: Final = frozenset({MASK_KEY, VLR_KEY, VSB_KEY, VSB_GRADIENTS})
+VERTICAL_PURPOSES: Final = frozenset(
+    {MASK_KEY, VLR_KEY, VSB_KEY, VSB_GRADIENTS, VLR_GRADIENTS, VSB_ASSIGNMENTS, VSB_PARTITION}
+)
 #: every field of a vertical key statement (no more, no fewer)
 VERTICAL_STATEMENT_FIELDS: Final = frozenset(
     {"protocol", "purpose", "run", "node", "parties", "key", "index"}

@@ -7,8 +7,16 @@ model's scores of every row and each tree's shape and leaf weights. Per tree it
    ``[[g_i]], [[h_i]]`` — the logistic loss's gradient ``p - y`` and hessian
    ``p (1 - p)`` of every training row, fixed point, under its key — with its
    signature over their digest (the passive parties check it, and its key's);
-2. (``vsb.split``, once per level) applies the last level's partitions (its
-   own and those the passive parties returned), decrypts the passive parties'
+2. (``vsb.assign``, levels 1 to depth - 1) applies the last level's partitions
+   (its own and those the passive parties returned, each checked against its
+   owner's signature, purpose ``vsb.partition``) and signs the new level's
+   row-to-node assignment (:mod:`.signed_keys`, purpose ``vsb.assignments``, index
+   ``tree * 64 + level``; level 0's, every row in the root, is signed with the
+   gradients). A passive party computes histograms and partitions only over an
+   assignment so signed: a server that changed it would learn on which side of a
+   split rows of its choosing fall;
+3. (``vsb.split``, once per level) applies the last level's partitions if no
+   ``vsb.assign`` did (the last level), decrypts the passive parties'
    candidate sums for the open nodes, adds its own (in the clear), and picks
    each node's best split by XGBoost's gain, or makes it a leaf.
 
@@ -18,28 +26,35 @@ candidates arrive in a secret order per node) and the rows that go left.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.errors import UpdateRejected
-from consortium.core.identity import VSB_GRADIENTS, NodeIdentity
+from consortium.core.errors import SecurityError, UpdateRejected
+from consortium.core.identity import VSB_ASSIGNMENTS, VSB_GRADIENTS, VSB_PARTITION, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config, Metrics
 from consortium.ml.metrics import log_loss
 from consortium.vertical.boost_party import (
     Bins,
+    assignment_digest,
     children,
     ciphertext_pairs,
     gains,
     leaf_value,
     left_sums,
     parties_of,
+    partition_digest,
     save,
     saved,
     step_of,
 )
 from consortium.vertical.boost_protocol import (
+    ASSIGN,
+    ASSIGN_SIGNATURE,
+    ASSIGN_TEST,
     COUNTS,
     DECISIONS,
     GRAD,
@@ -53,6 +68,7 @@ from consortium.vertical.boost_protocol import (
     MAX_CANDIDATES,
     MAX_PASSIVES,
     OWNERS,
+    PARTITION_SIGNATURES,
     PAYLOAD,
     TRAINING,
     TREE,
@@ -62,7 +78,7 @@ from consortium.vertical.boost_protocol import (
 )
 from consortium.vertical.logistic_paillier import RESIDUAL_BITS, KeyPair, pack, to_fixed
 from consortium.vertical.logistic_party import LocalView, sigmoid
-from consortium.vertical.signed_keys import digest, vouch
+from consortium.vertical.signed_keys import check, digest, level_index, vouch
 
 _KEYS = ("key_p", "key_q")
 _NONE = -2  # an owner slot of a node that does not exist
@@ -120,8 +136,11 @@ def gradients(msg: Message, context: Context, view: LocalView, params: BoostPara
         signed[GRAD_SIGNATURE] = vouch(identity, purpose=VSB_GRADIENTS, run_id=msg.metadata.run_id,
                                        node_id=context.node_id, parties=parties_of(context),
                                        key=digest(out[GRAD].tobytes()), index=t)  # fmt: skip
-        kept.update({"g": g, "h": h, "assign": np.zeros(view.train_rows, dtype=np.int64),
-                     "assign_test": np.zeros(view.x_test.shape[0], dtype=np.int64)})  # fmt: skip
+        root = np.zeros(view.train_rows, dtype=np.int64)
+        root_test = np.zeros(view.x_test.shape[0], dtype=np.int64)
+        signed[ASSIGN_SIGNATURE] = _vouch_assignment(msg, context, identity, t, 0, root,
+                                                     root_test)  # fmt: skip
+        kept.update({"g": g, "h": h, "assign": root, "assign_test": root_test})
         _pending(kept, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), view)
     save(
         context, kept, {**progress, "tree": t, "level": -1, "phase": "grad" if training else "end"}
@@ -132,18 +151,20 @@ def gradients(msg: Message, context: Context, view: LocalView, params: BoostPara
 
 
 def split(msg: Message, context: Context, view: LocalView, params: BoostParams,
-          bins: Bins) -> Message:  # fmt: skip
+          bins: Bins, identity: NodeIdentity) -> Message:  # fmt: skip
     """Apply the last level's partitions, then decide every open node of ``level``."""
     config, payload = _config(msg), _payload(msg)
     state, progress = saved(context)
     tree, level, phase = step_of(progress)
     t = config_int(config, TREE, 1, params.trees)
     lv = config_int(config, LEVEL, 0, params.depth)
-    if t != tree or lv != level + 1 or phase not in ("grad", "split"):
+    assigned = lv == level and phase == "assign"  # vsb.assign applied the partitions
+    if t != tree or not (assigned or (lv == level + 1 and phase in ("grad", "split"))):
         raise UpdateRejected(
             f"split of tree {t} level {lv} is out of order: tree {tree} is at step {phase!r}"
         )
-    assign, assign_test = _apply_partitions(state, payload, view)
+    signed = _Signed(msg, context, identity, t, level)
+    assign, assign_test = _apply_partitions(state, payload, view, signed)
     g, h = state["g"], state["h"]
     key = KeyPair.from_state(state["key_p"], state["key_q"])
     slots = 2**lv
@@ -207,6 +228,39 @@ def split(msg: Message, context: Context, view: LocalView, params: BoostParams,
     return msg.reply(Content(arrays={PAYLOAD: out}))
 
 
+def assign(msg: Message, context: Context, view: LocalView, params: BoostParams,
+           bins: Bins, identity: NodeIdentity) -> Message:  # fmt: skip
+    """Apply the last level's partitions; the new level's assignment, signed."""
+    config, payload = _config(msg), _payload(msg)
+    state, progress = saved(context)
+    tree, level, phase = step_of(progress)
+    t = config_int(config, TREE, 1, params.trees)
+    lv = config_int(config, LEVEL, 1, params.depth - 1)  # a level passive parties build on
+    if t != tree or lv != level + 1 or phase != "split":
+        raise UpdateRejected(
+            f"assign of tree {t} level {lv} is out of order: tree {tree} is at step {phase!r}"
+        )
+    rows, rows_test = _apply_partitions(state, payload, view, _Signed(msg, context, identity,
+                                                                      t, level))  # fmt: skip
+    signature = _vouch_assignment(msg, context, identity, t, lv, rows, rows_test)
+    kept = Arrays({**state, "assign": rows, "assign_test": rows_test})
+    _pending(kept, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), view)
+    save(context, kept, {**progress, "level": lv, "phase": "assign"})
+    out = Arrays({ASSIGN: rows, ASSIGN_TEST: rows_test})
+    return msg.reply(
+        Content(arrays={PAYLOAD: out}, configs={PAYLOAD: {ASSIGN_SIGNATURE: signature}})
+    )
+
+
+def _vouch_assignment(msg: Message, context: Context, identity: NodeIdentity, tree: int,
+                      level: int, rows: np.ndarray, rows_test: np.ndarray) -> str:  # fmt: skip
+    """The label holder's signature over level ``level`` of tree ``tree``'s assignment."""
+    return vouch(identity, purpose=VSB_ASSIGNMENTS, run_id=msg.metadata.run_id,
+                 node_id=context.node_id, parties=parties_of(context),
+                 key=assignment_digest(rows, rows_test),
+                 index=level_index(tree, level))  # fmt: skip
+
+
 def finish(context: Context) -> Arrays:
     """What the server may know of the model: the owner of every split (not its threshold)."""
     state, progress = saved(context)
@@ -217,15 +271,45 @@ def finish(context: Context) -> Arrays:
     return Arrays({OWNERS: np.where(internal >= LABEL_HOLDER, internal, -1)})
 
 
-def _apply_partitions(state: Arrays, payload: Arrays, view: LocalView
+@dataclass(frozen=True)
+class _Signed:
+    """What checking the last level's partitions needs: the task, the party, the level."""
+
+    msg: Message
+    context: Context
+    identity: NodeIdentity
+    tree: int
+    level: int  # the partitions' level (the one before the task's)
+
+    def check(self, owners: np.ndarray, got: np.ndarray, got_test: np.ndarray) -> None:
+        """Refuse unless each passive owner signed exactly its rows of ``got``."""
+        parties = parties_of(self.context)
+        passives = [n for n in parties if n != self.context.node_id]
+        signatures = _config(self.msg).get(PARTITION_SIGNATURES)
+        if not isinstance(signatures, list) or len(signatures) != len(passives):
+            raise SecurityError(f"{PARTITION_SIGNATURES!r} must hold one entry per passive "
+                                f"party of the run, {passives}: refused")  # fmt: skip
+        for k, node in enumerate(passives, start=1):
+            mine = owners == k
+            if mine.any():
+                check(self.identity, signatures[k - 1], purpose=VSB_PARTITION,
+                      run_id=self.msg.metadata.run_id, node_id=node, parties=parties,
+                      key=partition_digest(got[mine], got_test[mine]),
+                      index=level_index(self.tree, self.level))  # fmt: skip
+
+
+def _apply_partitions(state: Arrays, payload: Arrays, view: LocalView, signed: _Signed
                       ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """This level's rows of each slot: last level's splits, with the passive parties' parts."""
+    """This level's rows of each slot: last level's splits, with the passive parties'
+    parts, each as its owner signed it."""
     nodes, owners = state["split_nodes"], state["split_owner"]
     left, left_test = state["left"].astype(bool), state["left_test"].astype(bool)
     theirs = np.flatnonzero(owners != LABEL_HOLDER)
     m = int(theirs.size)
     got = mask_array(payload.get(LEFT), (m, view.train_rows), LEFT)
     got_test = mask_array(payload.get(LEFT_TEST), (m, view.x_test.shape[0]), LEFT_TEST)
+    if m:
+        signed.check(owners[theirs], got, got_test)
     assign, assign_test = state["assign"], state["assign_test"]
     for i, row, row_test in zip(theirs, got, got_test, strict=True):
         node = nodes[i]

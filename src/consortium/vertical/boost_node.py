@@ -6,9 +6,10 @@ others are passive. Each handler reads the node's own data and the aligned
 ids afresh, bins its columns (deterministically, from its own training
 rows), checks the task against the party's saved progress and answers with
 what the protocol lets leave the silo (:mod:`.boost_active`,
-:mod:`.boost_passive`). The label holder signs its Paillier key and each
-tree's encrypted gradients with its node identity (:mod:`.signed_keys`); a
-passive party checks both before it computes a histogram under that key.
+:mod:`.boost_passive`). The label holder signs its Paillier key, each
+tree's encrypted gradients and each level's row assignment with its node
+identity (:mod:`.signed_keys`); a passive party checks them before it computes
+a histogram under that key over those rows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from consortium.vertical.boost_protocol import (
     CANDIDATES,
     FEATURE_NAMES,
     KEY,
+    KIND_ASSIGN,
     KIND_FINISH,
     KIND_GRADIENTS,
     KIND_HISTOGRAM,
@@ -115,9 +117,10 @@ def register_vertical_boost(
         return run
 
     app.handler(KIND_GRADIENTS)(on(ACTIVE, signing(active.gradients)))
-    app.handler(KIND_SPLIT)(on(ACTIVE, active.split))
+    app.handler(KIND_SPLIT)(on(ACTIVE, signing(active.split)))
+    app.handler(KIND_ASSIGN)(on(ACTIVE, signing(active.assign)))
     app.handler(KIND_HISTOGRAM)(on(PASSIVE, signing(passive.histogram)))
-    app.handler(KIND_PARTITION)(on(PASSIVE, passive.partition))
+    app.handler(KIND_PARTITION)(on(PASSIVE, signing(passive.partition)))
 
     @app.handler(KIND_FINISH)
     def finish(msg: Message, context: Context) -> Message:

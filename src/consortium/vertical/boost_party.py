@@ -27,6 +27,7 @@ from consortium.core.errors import UpdateRejected
 from consortium.core.records import Config
 from consortium.vertical.boost_protocol import PARTY_LIST, PAYLOAD, BoostParams, IntArray
 from consortium.vertical.logistic_paillier import PublicKey, unpack
+from consortium.vertical.signed_keys import digests
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -122,6 +123,17 @@ def children(assign: IntArray, split: Sequence[int], left: npt.ArrayLike) -> Int
         out[here & left[k]] = 2 * node
         out[here & ~left[k]] = 2 * node + 1
     return out
+
+
+def assignment_digest(assign: IntArray, assign_test: IntArray) -> bytes:
+    """What the label holder signs of a level's assignment: its training and held-out
+    rows' slots, as little-endian int64 (one encoding whatever the machine)."""
+    return digests(*(np.ascontiguousarray(a, dtype="<i8").tobytes() for a in (assign, assign_test)))
+
+
+def partition_digest(left: npt.ArrayLike, left_test: npt.ArrayLike) -> bytes:
+    """What a passive party signs of its partition: its rows going left, as 0/1 bytes."""
+    return digests(*(np.asarray(a, dtype=np.uint8).tobytes() for a in (left, left_test)))
 
 
 def ciphertext_pairs(value: object, rows: int, key: PublicKey, what: str) -> list[int]:

@@ -14,15 +14,20 @@ holder's ``[[g_i]], [[h_i]]`` and, per level,
    candidates that split the node's rows alike: ties do not follow the
    shuffle, so the trees depend on the seed only), records them in
    its own model (never sent) and returns the rows of the node that go left,
-   training and held-out alike: held-out rows are routed by each party through
-   its own splits.
+   training and held-out alike (held-out rows are routed by each party through
+   its own splits), signed for the label holder, which composes the next
+   level's assignment from them.
 
 Before the first histogram of each tree it checks the label holder's
 signatures (:mod:`.signed_keys`): over its Paillier key (then pinned for the
 run) and over that tree's ``[[g]], [[h]]``, each with the parties this party
 was told at setup. A server that put its own key (or gradients of its
 choosing) in their place would otherwise read every row's bin of every
-column from the histograms.
+column from the histograms. Before every histogram it checks the label
+holder's signature over the level's row-to-node assignment (training and
+held-out rows; index ``tree * 64 + level``), which the partition step then
+uses: a server that moved rows of its choosing into a node would otherwise
+learn from the partition on which side of the split they fall.
 """
 
 from __future__ import annotations
@@ -34,20 +39,29 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import UpdateRejected
-from consortium.core.identity import VSB_GRADIENTS, VSB_KEY, NodeIdentity
+from consortium.core.identity import (
+    VSB_ASSIGNMENTS,
+    VSB_GRADIENTS,
+    VSB_KEY,
+    VSB_PARTITION,
+    NodeIdentity,
+)
 from consortium.core.message import Content, Message
 from consortium.core.records import Config
 from consortium.vertical.boost_party import (
     KEYS_RECORD,
     Bins,
+    assignment_digest,
     ciphertext_pairs,
     parties_of,
+    partition_digest,
     save,
     saved,
     step_of,
 )
 from consortium.vertical.boost_protocol import (
     ASSIGN,
+    ASSIGN_SIGNATURE,
     ASSIGN_TEST,
     GRAD,
     GRAD_SIGNATURE,
@@ -58,6 +72,7 @@ from consortium.vertical.boost_protocol import (
     LEFT,
     LEFT_TEST,
     LEVEL,
+    PARTITION_SIGNATURE,
     PAYLOAD,
     SPLITS,
     TREE,
@@ -67,7 +82,7 @@ from consortium.vertical.boost_protocol import (
 )
 from consortium.vertical.logistic_paillier import PublicKey, pack
 from consortium.vertical.logistic_party import LocalView
-from consortium.vertical.signed_keys import check, digest
+from consortium.vertical.signed_keys import check, digest, level_index, vouch
 
 
 def setup(context: Context) -> None:
@@ -109,6 +124,11 @@ def histogram(msg: Message, context: Context, view: LocalView, params: BoostPara
     assign = int_array(payload.get(ASSIGN), (view.train_rows,), -1, slots - 1, ASSIGN)
     assign_test = int_array(payload.get(ASSIGN_TEST), (view.x_test.shape[0],), -1, slots - 1,
                             ASSIGN_TEST)  # fmt: skip
+    holder = context.state.configs.get(KEYS_RECORD, {}).get(HOLDER_NODE)
+    assert isinstance(holder, str)  # kept by _check_signed at the run's first histogram
+    check(identity, config.get(ASSIGN_SIGNATURE), purpose=VSB_ASSIGNMENTS,
+          run_id=msg.metadata.run_id, node_id=holder, parties=parties_of(context),
+          key=assignment_digest(assign, assign_test), index=level_index(t, lv))  # fmt: skip
     grad = ciphertext_pairs(kept["grad"], view.train_rows, key, GRAD)
     sums = _left_sums(key, grad, assign, bins, slots)
     count = len(bins.candidates)
@@ -129,8 +149,10 @@ def histogram(msg: Message, context: Context, view: LocalView, params: BoostPara
 
 
 def partition(msg: Message, context: Context, view: LocalView, params: BoostParams,
-              bins: Bins) -> Message:  # fmt: skip
-    """Record the chosen splits (column and threshold stay here); the rows that go left."""
+              bins: Bins, identity: NodeIdentity) -> Message:  # fmt: skip
+    """Record the chosen splits (column and threshold stay here); the rows that go left,
+    signed: the label holder composes the next assignment only from partitions their
+    owners signed, so a server cannot move rows between a node's children."""
     config, payload = _content(msg)
     state, progress = saved(context)
     tree, level, phase = step_of(progress)
@@ -159,13 +181,19 @@ def partition(msg: Message, context: Context, view: LocalView, params: BoostPara
         left.append(bins.goes_left(column, edge) & here)
         left_test.append(bins.goes_left(column, edge, test=True) & (assign_test == node))
         model.append([t, lv, node, column, edge])
-    kept = Arrays(dict(state))
-    kept["model"] = np.vstack([state["model"], np.asarray(model, dtype=np.int64)])
-    save(context, kept, {"tree": t, "level": lv, "phase": "part"})
     tests = view.x_test.shape[0]
     out = Arrays({LEFT: np.asarray(left, dtype=np.uint8),
                   LEFT_TEST: np.asarray(left_test, dtype=np.uint8).reshape(m, tests)})  # fmt: skip
-    return msg.reply(Content(arrays={PAYLOAD: out}))
+    signature = vouch(identity, purpose=VSB_PARTITION, run_id=msg.metadata.run_id,
+                      node_id=context.node_id, parties=parties_of(context),
+                      key=partition_digest(out[LEFT], out[LEFT_TEST]),
+                      index=level_index(t, lv))  # fmt: skip
+    kept = Arrays(dict(state))
+    kept["model"] = np.vstack([state["model"], np.asarray(model, dtype=np.int64)])
+    save(context, kept, {"tree": t, "level": lv, "phase": "part"})
+    return msg.reply(
+        Content(arrays={PAYLOAD: out}, configs={PAYLOAD: {PARTITION_SIGNATURE: signature}})
+    )
 
 
 def _check_signed(msg: Message, context: Context, payload: Arrays, *, pinned: bool, tree: int,

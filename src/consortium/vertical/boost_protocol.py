@@ -30,6 +30,8 @@ KIND_HISTOGRAM: Final = "vsb.histogram"
 KIND_SPLIT: Final = "vsb.split"
 #: a passive party: record its chosen splits' thresholds, return the rows that go left
 KIND_PARTITION: Final = "vsb.partition"
+#: the label holder: apply the last level's partitions, sign the new level's assignment
+KIND_ASSIGN: Final = "vsb.assign"
 #: every party: what it may tell the server of the model (owners of splits, counts)
 KIND_FINISH: Final = "vsb.finish"
 
@@ -40,6 +42,7 @@ VSB_KINDS: Final = (
     KIND_HISTOGRAM,
     KIND_SPLIT,
     KIND_PARTITION,
+    KIND_ASSIGN,
     KIND_FINISH,
 )
 
@@ -74,6 +77,14 @@ SIGNATURE: Final = "vsb-signature"  # label holder's setup reply: its signature 
 GRAD_SIGNATURE: Final = "vsb-grad-signature"  # gradients reply, first histogram task: over GRAD
 HOLDER_NODE: Final = "vsb-label-holder"  # first histogram task of a tree: the label holder
 KEY_SIGNATURE: Final = "vsb-key-signature"  # first histogram task of a tree: SIGNATURE relayed
+#: gradients reply (level 0), assign reply (levels 1..), every histogram task: the label
+#: holder's signature over the level's ASSIGN and ASSIGN_TEST (purpose vsb.assignments)
+ASSIGN_SIGNATURE: Final = "vsb-assign-signature"
+#: partition reply: the owner's signature over its LEFT and LEFT_TEST (vsb.partition)
+PARTITION_SIGNATURE: Final = "vsb-partition-signature"
+#: the task that brings the label holder the partitions: each passive party's
+#: PARTITION_SIGNATURE, in the run's passive order ("" for a party that owns no split)
+PARTITION_SIGNATURES: Final = "vsb-partition-signatures"
 
 ACTIVE: Final = "active"
 PASSIVE: Final = "passive"

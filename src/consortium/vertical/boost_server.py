@@ -3,8 +3,9 @@
 :func:`run_vertical_boost` drives the parties through the SecureBoost-style
 protocol of ``docs/vertical.md`` ("Vertical gradient boosting (SecureBoost)"):
 setup; per tree the label holder's encrypted gradients, then level by level
-the passive parties' encrypted histograms, the label holder's decisions and
-the owners' partitions; a last gradients pass that only evaluates. The server
+the passive parties' encrypted histograms, the label holder's decisions, the
+owners' partitions and the label holder's signed assignment of the next
+level; a last gradients pass that only evaluates. The server
 sees ciphertexts, node assignments of rows (the instance space, which the
 parties see too), "party k, candidate c" decisions and the label holder's
 metrics; it checks what it relays (shapes, dtypes, ranges) so one party's
@@ -28,11 +29,12 @@ from consortium.core.errors import RoundFailed, UpdateRejected
 from consortium.core.grid import Grid
 from consortium.core.history import NodeResult, Outcome, RoundRecord
 from consortium.core.message import CONFIG, Content
-from consortium.core.records import Config, Metrics
+from consortium.core.records import Config, Metrics, Scalar
 from consortium.vertical.boost_party import children
 from consortium.vertical.boost_protocol import (
     ACTIVE,
     ASSIGN,
+    ASSIGN_SIGNATURE,
     ASSIGN_TEST,
     CANDIDATES,
     COUNTS,
@@ -44,6 +46,7 @@ from consortium.vertical.boost_protocol import (
     HOLDER_NODE,
     KEY,
     KEY_SIGNATURE,
+    KIND_ASSIGN,
     KIND_FINISH,
     KIND_GRADIENTS,
     KIND_HISTOGRAM,
@@ -57,6 +60,8 @@ from consortium.vertical.boost_protocol import (
     MAX_CANDIDATES,
     MAX_PASSIVES,
     OWNERS,
+    PARTITION_SIGNATURE,
+    PARTITION_SIGNATURES,
     PARTY_LIST,
     PASSIVE,
     PAYLOAD,
@@ -130,10 +135,10 @@ def run_vertical_boost(
             what = f"{setup.active.node}'s {GRAD}"
             got = _payload(replies[setup.active.node]).get(GRAD)
             grad = _check(got, np.uint8, (setup.train_rows, 2, width), what)
-            signed = replies[setup.active.node].configs.get(PAYLOAD, Config()).get(GRAD_SIGNATURE)
-            if not isinstance(signed, str) or not signed:
-                raise RoundFailed(f"vertical boosting: {what} comes unsigned")
-            _grow(relay, setup, params, t, grad, signed)
+            reply = replies[setup.active.node].configs.get(PAYLOAD, Config())
+            signed = _signature(reply, GRAD_SIGNATURE, what)
+            root = _signature(reply, ASSIGN_SIGNATURE, f"{setup.active.node}'s level-0 {ASSIGN}")
+            _grow(relay, setup, params, t, grad, (signed, root))
     replies = relay.step(KIND_FINISH, params.trees + 2,
                          {p.node: Content() for p in [setup.active, *setup.passives]})  # fmt: skip
     total += sum(sum(counts.values()) for counts in relay.take_counts())
@@ -146,26 +151,35 @@ def run_vertical_boost(
     return VerticalBoostResult(setup.active, setup.passives, metrics, table, total)
 
 
-def _grow(
-    relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray, signature: str
-) -> None:
-    """One tree, level by level; the server tracks which open node each row is in."""
+def _grow(relay: Relay, setup: _Setup, params: BoostParams, t: int, grad: np.ndarray,
+          signatures: tuple[str, str]) -> None:  # fmt: skip
+    """One tree, level by level; the server tracks which open node each row is in.
+
+    ``signatures`` are the label holder's over the tree's gradients and over level
+    0's assignment; each later level's assignment it signs at its ``vsb.assign`` step
+    (the server's own tracking must agree with it)."""
     active, passives = setup.active.node, setup.passives
     assign = np.zeros(setup.train_rows, dtype=np.int64)
     assign_test = np.zeros(setup.test_rows, dtype=np.int64)
     theirs: list[tuple[np.ndarray, np.ndarray]] = []  # last level's passive partitions
+    owners: list[Scalar] = ["" for _ in passives]  # their owners' signatures over them
+    assigned = signatures[1]  # the label holder's signature over this level's assignment
     for lv in range(params.depth + 1):
         where: Config = {TREE: t, LEVEL: lv}
+        if 0 < lv < params.depth:  # passive parties build on it: the label holder signs it
+            assigned = _assign(relay, setup, t, lv, (theirs, owners), (assign, assign_test))
+            theirs = []  # applied by the label holder already
         arrays = Arrays({LEFT: _stack([m[0] for m in theirs], setup.train_rows),
                          LEFT_TEST: _stack([m[1] for m in theirs], setup.test_rows)})  # fmt: skip
-        config: Config = dict(where)
+        config: Config = {**where, PARTITION_SIGNATURES: owners}
         if lv < params.depth:
             first = {KEY: setup.key, GRAD: grad} if lv == 0 else {}
             signed: Config = {HOLDER_NODE: active, KEY_SIGNATURE: setup.key_signature,
-                              GRAD_SIGNATURE: signature} if lv == 0 else {}  # fmt: skip
+                              GRAD_SIGNATURE: signatures[0]} if lv == 0 else {}  # fmt: skip
             replies = relay.step(KIND_HISTOGRAM, t, {p.node: Content(
                 arrays={PAYLOAD: Arrays({ASSIGN: assign, ASSIGN_TEST: assign_test, **first})},
-                configs={CONFIG: {**where, **signed}}) for p in passives})  # fmt: skip
+                configs={CONFIG: {**where, **signed, ASSIGN_SIGNATURE: assigned}})
+                for p in passives})  # fmt: skip
             width = 2 * setup.key.shape[0]
             arrays[HIST] = np.concatenate([
                 _check(_payload(replies[p.node]).get(HIST), np.uint8, (2**lv * count, 2, width),
@@ -188,16 +202,53 @@ def _grow(
                 pairs = np.asarray([[j, decisions[j, 1]] for j in owned], dtype=np.int64)
                 asks[p.node] = (owned, Content(arrays={PAYLOAD: Arrays({SPLITS: pairs})},
                                                configs={CONFIG: where}))  # fmt: skip
+        owners = ["" for _ in passives]
         if asks:
             replies = relay.step(KIND_PARTITION, t, {n: c for n, (_, c) in asks.items()})
             for n, (owned, _) in asks.items():
                 masks = _masks(_payload(replies[n]), setup, assign, assign_test, owned, n)
                 left.update(zip(owned, masks, strict=True))
+                owners[[p.node for p in passives].index(n)] = _signature(
+                    replies[n].configs.get(PAYLOAD, Config()), PARTITION_SIGNATURE,
+                    f"{n}'s {LEFT}")  # fmt: skip
         theirs = [left[j] for j in nodes if decisions[j, 0] != LABEL_HOLDER]
         assign = children(assign, nodes, _stack([left[j][0] for j in nodes], setup.train_rows))
         assign_test = children(
             assign_test, nodes, _stack([left[j][1] for j in nodes], setup.test_rows)
         )
+
+
+def _assign(relay: Relay, setup: _Setup, t: int, lv: int,
+            partitions: tuple[list[tuple[np.ndarray, np.ndarray]], list[Scalar]],
+            tracked: tuple[np.ndarray, np.ndarray]) -> str:  # fmt: skip
+    """The label holder applies the passive parties' partitions (with their owners'
+    signatures) and signs the level's assignment, which must be the one the server
+    tracked; its signature."""
+    active, (theirs, owners) = setup.active.node, partitions
+    arrays = Arrays({LEFT: _stack([m[0] for m in theirs], setup.train_rows),
+                     LEFT_TEST: _stack([m[1] for m in theirs], setup.test_rows)})  # fmt: skip
+    reply = relay.step(KIND_ASSIGN, t, {active: Content(arrays={PAYLOAD: arrays}, configs={
+        CONFIG: {TREE: t, LEVEL: lv, PARTITION_SIGNATURES: owners}})})[active]  # fmt: skip
+    got = _payload(reply)
+    for name, want in zip((ASSIGN, ASSIGN_TEST), tracked, strict=True):
+        if not _same(got.get(name), want):
+            raise RoundFailed(f"vertical boosting: {active}'s {name} is not the partitions'")
+    return _signature(reply.configs.get(PAYLOAD, Config()), ASSIGN_SIGNATURE,
+                      f"{active}'s {ASSIGN}")  # fmt: skip
+
+
+def _same(value: object, want: np.ndarray) -> bool:
+    return (
+        isinstance(value, np.ndarray) and value.dtype == want.dtype and np.array_equal(value, want)
+    )
+
+
+def _signature(config: Config, key: str, what: str) -> str:
+    """A signature a party's reply carries (checked by the parties that use it)."""
+    signature = config.get(key)
+    if not isinstance(signature, str) or not signature:
+        raise RoundFailed(f"vertical boosting: {what} comes unsigned")
+    return signature
 
 
 def _decisions(got: Arrays, slots: int, setup: _Setup, assign: np.ndarray) -> np.ndarray:

@@ -9,7 +9,11 @@ never sent but for the public modulus). Each iteration it
    ``d = sigmoid(u) - y``, takes its own Nesterov step in the clear, and sends
    ``[[d]]`` under its key;
 2. (``vlr.decrypt``) decrypts the passive parties' masked gradients — once per
-   iteration, at most :data:`MAX_DECRYPTIONS` values — and sends them back.
+   iteration, at most :data:`MAX_DECRYPTIONS` values, and only ciphertexts each
+   passive party signed for this iteration (:mod:`.signed_keys`, purpose
+   ``vlr.gradients``) — and sends them back. Unsigned, the step would be a
+   decryption oracle: a server could pass ``[[d_i]]`` (re-randomised) for a passive
+   party's gradient and read the residuals, hence the labels.
 
 It learns the sum of the passive parties' logits (each one's, with one
 passive party: there is no one to mask it with) and masked numbers; never
@@ -22,7 +26,8 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
-from consortium.core.errors import UpdateRejected
+from consortium.core.errors import SecurityError, UpdateRejected
+from consortium.core.identity import VLR_GRADIENTS, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Metrics
 from consortium.ml.metrics import log_loss
@@ -33,6 +38,7 @@ from consortium.vertical.logistic_party import (
     expect_iteration,
     lookahead,
     nesterov_step,
+    parties_of,
     save,
     saved_arrays,
     saved_config,
@@ -41,6 +47,7 @@ from consortium.vertical.logistic_party import (
 from consortium.vertical.logistic_protocol import (
     COUNTS,
     GRADIENT,
+    GRADIENT_SIGNATURES,
     ITERATION,
     PAYLOAD,
     PLAIN,
@@ -51,6 +58,7 @@ from consortium.vertical.logistic_protocol import (
     VerticalLRParams,
     uint64_matrix,
 )
+from consortium.vertical.signed_keys import check, digest
 
 #: Most passive parties a run may have (the protocol is tested with 1 and 2).
 MAX_PASSIVES = 8
@@ -121,8 +129,15 @@ def residual(msg: Message, context: Context, view: LocalView, params: VerticalLR
     return msg.reply(Content(arrays={PAYLOAD: out}, metrics={"metrics": metrics}))
 
 
-def decrypt(msg: Message, context: Context, view: LocalView, params: VerticalLRParams) -> Message:
-    """The passive parties' masked gradients, decrypted: once per iteration, counted."""
+def decrypt(
+    msg: Message,
+    context: Context,
+    view: LocalView,
+    params: VerticalLRParams,
+    identity: NodeIdentity,
+) -> Message:
+    """The passive parties' masked gradients, decrypted: once per iteration, counted, and
+    only each passive party's own, as it signed them for this iteration."""
     content = _content(msg)
     saved, state = saved_config(context), saved_arrays(context)
     t = expect_iteration(content.config, saved, advance=False)
@@ -143,10 +158,35 @@ def decrypt(msg: Message, context: Context, view: LocalView, params: VerticalLRP
         raise UpdateRejected(f"a decrypt task needs {GRADIENT!r}")
     ciphertexts = unpack(payload[GRADIENT], count=total, width=key.public.ciphertext_bytes,
                          below=key.public.nsquare, what=GRADIENT)  # fmt: skip
+    _check_signed(msg, context, payload[GRADIENT], counts, t, identity)  # type: ignore[arg-type]
     plain = [m % key.public.n for m in key.decrypt(ciphertexts)]
     save(context, Arrays(dict(state)), {**saved, _DECRYPTED: t})
     out = Arrays({PLAIN: pack(plain, key.public.plaintext_bytes)})
     return msg.reply(Content(arrays={PAYLOAD: out}))
+
+
+def _check_signed(msg: Message, context: Context, stacked: np.ndarray, counts: list[int],
+                  t: int, identity: NodeIdentity) -> None:  # fmt: skip
+    """Refuse unless each passive party of the run (in the order this party was told at
+    setup) signed its slice of ``stacked`` for iteration ``t``: the ciphertexts came
+    from that party's gradient step, not the server."""
+    parties = parties_of(context)
+    passives = [n for n in parties if n != context.node_id]
+    signatures = _content(msg).config.get(GRADIENT_SIGNATURES)
+    if len(counts) != len(passives):
+        raise SecurityError(
+            f"{COUNTS!r} must count every passive party of the run, {passives}: refused"
+        )
+    if not isinstance(signatures, list) or len(signatures) != len(passives):
+        raise SecurityError(
+            f"{GRADIENT_SIGNATURES!r} must hold a signature of every passive party of the "
+            f"run, {passives}: refused"
+        )
+    edges = np.cumsum([0, *counts])
+    for i, (node, signature) in enumerate(zip(passives, signatures, strict=True)):
+        sent = digest(stacked[edges[i] : edges[i + 1]].tobytes())
+        check(identity, signature, purpose=VLR_GRADIENTS, run_id=msg.metadata.run_id,
+              node_id=node, parties=parties, key=sent, index=t)  # fmt: skip
 
 
 def _content(msg: Message) -> Content:

@@ -8,10 +8,14 @@ progress (iterations run in order, each step once), and answers with what
 the protocol lets leave the silo (see :mod:`.logistic_active` and
 :mod:`.logistic_passive`). At setup each party signs the key it owns with its
 node identity (:mod:`.signed_keys`); a passive party checks every key it is
-relayed against its owner's signature before it uses it.
+relayed against its owner's signature before it uses it. Each iteration a passive
+party signs the masked gradient ciphertexts it sends, and the label holder
+decrypts only ciphertexts so signed.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from consortium.client.app import ClientApp, Handler
 from consortium.core.arrays import Arrays
@@ -28,6 +32,7 @@ from consortium.vertical.logistic_party import (
     LocalView,
     Step,
     local_view,
+    save_parties,
     saved_arrays,
     saved_config,
 )
@@ -56,6 +61,9 @@ from consortium.vertical.logistic_protocol import (
     VerticalLRParams,
 )
 from consortium.vertical.signed_keys import party_list, resolve, vouch
+
+#: A step that signs or checks a signature: it also takes the node identity.
+Signed = Callable[[Message, Context, LocalView, VerticalLRParams, NodeIdentity], Message]
 
 
 def register_vertical_lr(
@@ -86,7 +94,7 @@ def register_vertical_lr(
             key = reply_arrays[KEY] = active.setup_key(context, params).public.to_wire()
         else:
             key = reply_arrays[PEER_KEY] = passive.setup(context)
-        passive.save_parties(context, parties)
+        save_parties(context, parties)
         signature = vouch(resolve(identity), purpose=VLR_KEY if local.role == ACTIVE else MASK_KEY,
                           run_id=msg.metadata.run_id, node_id=context.node_id, parties=parties,
                           key=key.tobytes())  # fmt: skip
@@ -109,11 +117,17 @@ def register_vertical_lr(
 
         return handle
 
-    app.handler(KIND_FORWARD)(on(PASSIVE, lambda msg, context, local, params: passive.forward(
-        msg, context, local, params, resolve(identity))))  # fmt: skip
-    app.handler(KIND_GRADIENT)(on(PASSIVE, passive.gradient))
+    def signing(step: Signed) -> Step:
+        def run(msg: Message, context: Context, local: LocalView,
+                params: VerticalLRParams) -> Message:  # fmt: skip
+            return step(msg, context, local, params, resolve(identity))
+
+        return run
+
+    app.handler(KIND_FORWARD)(on(PASSIVE, signing(passive.forward)))
+    app.handler(KIND_GRADIENT)(on(PASSIVE, signing(passive.gradient)))
     app.handler(KIND_RESIDUAL)(on(ACTIVE, active.residual))
-    app.handler(KIND_DECRYPT)(on(ACTIVE, active.decrypt))
+    app.handler(KIND_DECRYPT)(on(ACTIVE, signing(active.decrypt)))
 
     @app.handler(KIND_FINISH)
     def finish(msg: Message, context: Context) -> Message:

@@ -24,6 +24,7 @@ from consortium.core.records import Config
 from consortium.vertical.logistic_protocol import (
     ACTIVE,
     ITERATION,
+    PARTIES,
     PASSIVE,
     PAYLOAD,
     FloatArray,
@@ -144,6 +145,23 @@ def save(context: Context, arrays: Arrays, config: Config) -> None:
     keeps the old ones)."""
     context.state.arrays[PAYLOAD] = arrays
     context.state.configs[PAYLOAD] = config
+
+
+#: the node-state Config record of the run's parties, as this party was told at setup
+KEYS_RECORD = "vlr.keys"
+
+
+def save_parties(context: Context, parties: list[str]) -> None:
+    """Keep the run's parties as the setup task named them (every party signs over them)."""
+    context.state.configs[KEYS_RECORD] = {PARTIES: list(parties)}
+
+
+def parties_of(context: Context) -> list[str]:
+    """The run's parties this party was told at setup (what every statement names)."""
+    parties = context.state.configs.get(KEYS_RECORD, {}).get(PARTIES)
+    if not isinstance(parties, list):
+        raise UpdateRejected("no parties: the run's setup did not reach this party")
+    return [str(n) for n in parties]
 
 
 def expect_iteration(config: Config, saved: Config, *, advance: bool) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import SecurityError, UpdateRejected
-from consortium.core.identity import MASK_KEY, VLR_KEY, NodeIdentity
+from consortium.core.identity import MASK_KEY, VLR_GRADIENTS, VLR_KEY, NodeIdentity
 from consortium.core.message import Content, Message
 from consortium.core.records import Config
 from consortium.vertical.logistic_masks import UInt8Array, check_peers, encode, masks, new_key
@@ -51,18 +51,19 @@ from consortium.vertical.logistic_party import (
     expect_iteration,
     lookahead,
     nesterov_step,
+    parties_of,
     save,
     saved_arrays,
     saved_config,
 )
 from consortium.vertical.logistic_protocol import (
     GRADIENT,
+    GRADIENT_SIGNATURE,
     ITERATION,
     KEY,
     KEY_SIGNATURE,
     LABEL_HOLDER,
     MASK_BITS,
-    PARTIES,
     PAYLOAD,
     PEER_NODES,
     PEER_SIGNATURES,
@@ -74,15 +75,13 @@ from consortium.vertical.logistic_protocol import (
     U_TRAIN,
     VerticalLRParams,
 )
-from consortium.vertical.signed_keys import check
+from consortium.vertical.signed_keys import check, digest, vouch
 
 _MASKS = "masks"
 _KEY = "key"
 _MASK_SECRET = "mask_secret"
 _MASK_PUBLIC = "mask_public"
 _PEERS = "peers"
-#: the node-state Config record of the run's parties, as this party was told at setup
-KEYS_RECORD = "vlr.keys"
 
 
 def forward(
@@ -135,11 +134,6 @@ def setup(context: Context) -> UInt8Array:
     return public
 
 
-def save_parties(context: Context, parties: list[str]) -> None:
-    """Keep the run's parties as the setup task named them (every party signs over them)."""
-    context.state.configs[KEYS_RECORD] = {PARTIES: list(parties)}
-
-
 def _signed_keys(
     msg: Message, context: Context, own: UInt8Array, identity: NodeIdentity,
     params: VerticalLRParams,
@@ -149,10 +143,7 @@ def _signed_keys(
     the parties this party was told at setup, and the passive parties exactly the others."""
     content = _content(msg)
     config, payload = content.config, content.arrays.get(PAYLOAD, Arrays())
-    parties = context.state.configs.get(KEYS_RECORD, {}).get(PARTIES)
-    if not isinstance(parties, list):
-        raise UpdateRejected("no parties: the run's setup did not reach this party")
-    names, me_node, run_id = [str(n) for n in parties], context.node_id, msg.metadata.run_id
+    names, me_node, run_id = parties_of(context), context.node_id, msg.metadata.run_id
     holder = config.get(LABEL_HOLDER)
     if not isinstance(holder, str) or holder not in names or holder == me_node:
         raise UpdateRejected(f"{LABEL_HOLDER!r} must name another party of the run, got {holder!r}")
@@ -183,8 +174,18 @@ def _signed_keys(
     return peers, me, key
 
 
-def gradient(msg: Message, context: Context, view: LocalView, params: VerticalLRParams) -> Message:
-    """``[[X_k^T d + r]]`` from the label holder's ``[[d]]``; the masks ``r`` stay here."""
+def gradient(
+    msg: Message,
+    context: Context,
+    view: LocalView,
+    params: VerticalLRParams,
+    identity: NodeIdentity,
+) -> Message:
+    """``[[X_k^T d + r]]`` from the label holder's ``[[d]]``; the masks ``r`` stay here.
+
+    The party signs a digest of exactly the ciphertexts it sends, for this iteration:
+    the label holder decrypts only what a passive party signed, so a server cannot
+    pass off ciphertexts of its own (``[[d_i]]``, re-randomised) for decryption."""
     content = _content(msg)
     saved, state = saved_config(context), saved_arrays(context)
     t = expect_iteration(content.config, saved, advance=False)
@@ -209,10 +210,15 @@ def gradient(msg: Message, context: Context, view: LocalView, params: VerticalLR
     masked = [
         key.add_fresh(key.dot(residuals, col), r) for col, r in zip(columns, masks, strict=True)
     ]
+    out = Arrays({GRADIENT: pack(masked, key.ciphertext_bytes)})
+    signature = vouch(identity, purpose=VLR_GRADIENTS, run_id=msg.metadata.run_id,
+                      node_id=context.node_id, parties=parties_of(context),
+                      key=digest(out[GRADIENT].tobytes()), index=t)  # fmt: skip
     kept = Arrays({**state, _KEY: payload[KEY].copy(), _MASKS: pack(masks, (bits + 7) // 8)})
     save(context, kept, {ITERATION: t, MASK_BITS: bits})
-    out = Arrays({GRADIENT: pack(masked, key.ciphertext_bytes)})
-    return msg.reply(Content(arrays={PAYLOAD: out}))
+    return msg.reply(
+        Content(arrays={PAYLOAD: out}, configs={PAYLOAD: {GRADIENT_SIGNATURE: signature}})
+    )
 
 
 def _unmasked_gradient(

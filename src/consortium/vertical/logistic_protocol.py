@@ -73,6 +73,10 @@ LABEL_HOLDER: Final = "vlr-label-holder"  # first forward task: the label holder
 KEY_SIGNATURE: Final = "vlr-key-signature"  # first forward task: its signature over KEY
 PEER_NODES: Final = "vlr-peer-nodes"  # first forward task: the passive parties, as PEERS
 PEER_SIGNATURES: Final = "vlr-peer-signatures"  # first forward task: their signatures
+#: gradient reply: the passive party's signature over its GRADIENT (purpose vlr.gradients)
+GRADIENT_SIGNATURE: Final = "vlr-gradient-signature"
+#: decrypt task: each passive party's GRADIENT_SIGNATURE, in the run's passive order
+GRADIENT_SIGNATURES: Final = "vlr-gradient-signatures"
 
 ACTIVE: Final = "active"
 PASSIVE: Final = "passive"

@@ -7,7 +7,8 @@ holder's encrypted residuals), gradient (passive parties' masked encrypted
 gradients) and decrypt (the label holder decrypts them masked), and a last
 forward and residual pass that only evaluates. The server sees masked
 logits (their sum), ciphertexts, masked numbers and the label holder's metrics; it
-checks what it relays (shapes, finite values, ciphertext counts) so one
+checks what it relays (shapes, finite values, ciphertext counts, that each passive party's gradient
+comes signed) so one
 party's garbage stops the run here with a message naming the party, instead
 of in another party's handler. Each iteration is one :class:`RoundRecord`:
 loss and accuracy (train and held-out), and every party's bytes in and out.
@@ -37,6 +38,8 @@ from consortium.vertical.logistic_protocol import (
     FEATURE_NAMES,
     FEATURES,
     GRADIENT,
+    GRADIENT_SIGNATURE,
+    GRADIENT_SIGNATURES,
     ITERATION,
     KEY,
     KEY_SIGNATURE,
@@ -181,10 +184,17 @@ def _gradient_step(
     counts = [len(p.feature_names) for p in passives]
     for p, g, count in zip(passives, grads, counts, strict=True):
         _check_ciphertexts(g, count, key.shape[0], f"{p.node}'s {GRADIENT}")
+    signatures: list[Scalar] = []
+    for p in passives:  # each passive party's, over its own gradient: relayed to be checked
+        signature = replies[p.node].configs.get(PAYLOAD, Config()).get(GRADIENT_SIGNATURE)
+        if not isinstance(signature, str) or not signature:
+            raise RoundFailed(f"vertical LR: {p.node}'s {GRADIENT} comes unsigned")
+        signatures.append(signature)
     stacked = np.concatenate([g for g in grads if isinstance(g, np.ndarray)])
     replies = relay.step(KIND_DECRYPT, t, {active.node: Content(
         arrays={PAYLOAD: Arrays({GRADIENT: stacked})},
-        configs={CONFIG: {ITERATION: t, COUNTS: list(counts)}})})  # fmt: skip
+        configs={CONFIG: {ITERATION: t, COUNTS: list(counts),
+                          GRADIENT_SIGNATURES: signatures}})})  # fmt: skip
     decrypted = _payload(replies, active.node).get(PLAIN)
     _check_plain(decrypted, sum(counts), key.shape[0], f"{active.node}'s {PLAIN}")
     assert isinstance(decrypted, np.ndarray)

@@ -34,19 +34,25 @@ from consortium.core.identity import (
     MASK_KEY,
     VERTICAL_KEYS,
     VERTICAL_PURPOSES,
+    VLR_GRADIENTS,
     VLR_KEY,
+    VSB_ASSIGNMENTS,
     VSB_GRADIENTS,
     VSB_KEY,
+    VSB_PARTITION,
     NodeIdentity,
     hosted_identity,
 )
 from consortium.core.records import Config
 
 __all__ = [
+    "LEVEL_STRIDE",
     "SIMULATION_IDENTITY",
     "SimulationIdentity",
     "check",
     "digest",
+    "digests",
+    "level_index",
     "party_list",
     "resolve",
     "statement",
@@ -55,6 +61,8 @@ __all__ = [
 
 #: most parties a vertical run names (a label holder and up to 8 passive parties)
 MAX_PARTIES: Final = 9
+#: a SecureBoost assignment's index is ``tree * LEVEL_STRIDE + level`` (see level_index)
+LEVEL_STRIDE: Final = 64
 #: most hex characters of one signature envelope (a certificate and a signature)
 _MAX_SIGNATURE_HEX: Final = 2 * 16 * 1024
 #: what a purpose is called in refusals
@@ -63,6 +71,9 @@ _WHAT = {
     VLR_KEY: "Paillier public key",
     VSB_KEY: "Paillier public key",
     VSB_GRADIENTS: "encrypted gradients",
+    VLR_GRADIENTS: "masked gradient ciphertexts",
+    VSB_ASSIGNMENTS: "row assignment",
+    VSB_PARTITION: "partition",
 }
 assert set(_WHAT) == VERTICAL_PURPOSES, "every purpose the node signs is named here"
 
@@ -88,6 +99,24 @@ def statement(
 def digest(data: bytes) -> bytes:
     """SHA-256 of what a statement vouches for when it is too large to sign whole."""
     return hashlib.sha256(data).digest()
+
+
+def digests(*parts: bytes) -> bytes:
+    """SHA-256 over each part's SHA-256: one digest of several arrays, whatever their sizes
+    (no two different splits of the same bytes give the same digest)."""
+    return digest(b"".join(digest(part) for part in parts))
+
+
+def level_index(tree: int, level: int) -> int:
+    """The index of a SecureBoost level's assignment statement: ``tree * 64 + level``.
+
+    A tree has at most 7 levels (0..6), so every (tree, level) pair has its own index
+    and :func:`divmod` by :data:`LEVEL_STRIDE` gives the pair back; neither may be
+    negative, and the level must fit below the stride.
+    """
+    if tree < 0 or not 0 <= level < LEVEL_STRIDE:
+        raise SecurityError(f"no assignment statement for tree {tree}, level {level}")
+    return tree * LEVEL_STRIDE + level
 
 
 class SimulationIdentity:
@@ -159,10 +188,22 @@ def check(
                         key=key, index=index)  # fmt: skip
     if not identity.verify(node_id, message, raw):
         raise SecurityError(
-            f"{what}{f' (tree {index})' if purpose == VSB_GRADIENTS else ''}: not signed by "
+            f"{what}{_where(purpose, index)}: not signed by "
             f"{node_id!r} for run {run_id!r} and parties {list(parties)} (substituted on the "
             "way, or signed by another node): refused"
         )
+
+
+def _where(purpose: str, index: int) -> str:
+    """Which step a statement of ``purpose`` is about, for a refusal."""
+    if purpose == VSB_GRADIENTS:
+        return f" (tree {index})"
+    if purpose == VLR_GRADIENTS:
+        return f" (iteration {index})"
+    if purpose in (VSB_ASSIGNMENTS, VSB_PARTITION):
+        tree, level = divmod(index, LEVEL_STRIDE)
+        return f" (tree {tree}, level {level})"
+    return ""
 
 
 def party_list(config: Config, key: str, node_id: str) -> list[str]:
