@@ -10,7 +10,7 @@ are refused.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,14 @@ from consortium.client.app import ClientApp, Handler
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError, RoundFailed, UpdateRejected
-from consortium.core.history import RoundRecord
 from consortium.core.message import CONFIG, Content, Message
 from consortium.simulation.grid import SimulationGrid
 from consortium.vertical import boost_protocol as p
 from consortium.vertical.boost import BoostParams, register_vertical_boost, run_vertical_boost
 from consortium.vertical.logistic_party import local_view
+
+from . import recording
+from .recording import Recording
 
 pytest.importorskip("phe")
 pytest.importorskip("lightgbm")
@@ -40,45 +42,8 @@ RUN_CONFIG: dict[str, Any] = {"vsb-trees": 10, "vsb-key-bits": 512, "vsb-bins": 
 SHARED = sorted(set.intersection(*(set(vh.party_data(n).ids) for n in NODES)))
 
 
-class RunLog:
+class RunLog(recording.RunLog):
     run_id = "vsb-test"
-
-    def __init__(self) -> None:
-        self.rounds: list[RoundRecord] = []
-
-    def report(self, record: RoundRecord) -> None:
-        self.rounds.append(record)
-
-
-class Recording:
-    """A Grid that keeps every message the server receives (and sends)."""
-
-    def __init__(self, grid: SimulationGrid) -> None:
-        self.grid = grid
-        self.received: list[Message] = []
-        self.sent: list[Message] = []
-
-    def node_ids(self) -> list[str]:
-        return self.grid.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.grid.wait_for_nodes(count, timeout)
-
-    def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None
-                         ) -> Iterator[Message]:  # fmt: skip
-        self.sent += messages
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):
-            self.received.append(reply)
-            yield reply
-
-    def push(self, messages: Sequence[Message]) -> None:
-        self.grid.push(messages)
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.grid.pull(timeout)
-
-    def now(self) -> float:
-        return self.grid.now()
 
 
 def _app(*mods: Any) -> ClientApp:

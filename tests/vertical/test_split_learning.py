@@ -22,7 +22,8 @@ from consortium.vertical.logistic_party import local_view
 from consortium.vertical.split import SplitParams, register_split_learning, run_split_learning
 from consortium.vertical.split_protocol import NOISE_STREAM
 
-from .test_vertical_lr import Recording, RunLog
+from .recording import Recording
+from .test_vertical_lr import RunLog
 
 pytest.importorskip("torch")
 

@@ -8,7 +8,7 @@ receives carries the labels.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 
 from consortium.client.app import ClientApp
-from consortium.core.history import RoundRecord
-from consortium.core.message import Message
 from consortium.simulation.grid import SimulationGrid
 from consortium.vertical.logistic import (
     PartyData,
@@ -25,6 +23,9 @@ from consortium.vertical.logistic import (
     register_vertical_lr,
     run_vertical_lr,
 )
+
+from . import recording
+from .recording import Recording
 
 pytest.importorskip("phe")
 pytest.importorskip("sklearn")
@@ -43,45 +44,8 @@ RUN_CONFIG: dict[str, Any] = {
 }
 
 
-class RunLog:
-    """The RunContext the protocol needs: an id and the reported rounds."""
-
+class RunLog(recording.RunLog):
     run_id = "vlr-test"
-
-    def __init__(self) -> None:
-        self.rounds: list[RoundRecord] = []
-
-    def report(self, record: RoundRecord) -> None:
-        self.rounds.append(record)
-
-
-class Recording:
-    """A Grid that keeps every message the server receives."""
-
-    def __init__(self, grid: SimulationGrid) -> None:
-        self.grid = grid
-        self.received: list[Message] = []
-
-    def node_ids(self) -> list[str]:
-        return self.grid.node_ids()
-
-    def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
-        return self.grid.wait_for_nodes(count, timeout)
-
-    def send_and_receive(self, messages: Sequence[Message], *, timeout: float | None
-                         ) -> Iterator[Message]:  # fmt: skip
-        for reply in self.grid.send_and_receive(messages, timeout=timeout):
-            self.received.append(reply)
-            yield reply
-
-    def push(self, messages: Sequence[Message]) -> None:
-        self.grid.push(messages)
-
-    def pull(self, timeout: float | None) -> Message | None:
-        return self.grid.pull(timeout)
-
-    def now(self) -> float:
-        return self.grid.now()
 
 
 def _shared() -> list[str]:
