@@ -183,25 +183,28 @@ class RunEvents:
                     with contextlib.suppress(RuntimeError):  # that loop already closed
                         loop.call_soon_threadsafe(loop.call_later, due - now, self._release, run_id)
                 return
+        self._wake(run_id)
+
+    def _release(self, run_id: str) -> None:
+        """(A streams' loop.) A held change's time has come (unless the run's end, or its
+        last stream leaving, came first)."""
+        self._wake(run_id, held=True)
+
+    def _wake(self, run_id: str, *, held: bool = False) -> None:
+        """Wake ``run_id``'s streams now, one call per event loop, and note when (``held``:
+        only if its change is still held)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Watcher]] = defaultdict(list)
+        with self._lock:
+            watchers = self._watchers.get(run_id)
+            if not watchers or (held and run_id not in self._held):
+                return
             self._held.discard(run_id)
-            self._woken_at[run_id] = now
-            by_loop: dict[asyncio.AbstractEventLoop, list[Watcher]] = defaultdict(list)
+            self._woken_at[run_id] = time.monotonic()
             for watcher in watchers:
                 by_loop[watcher.loop].append(watcher)
         for loop, woken in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop already closed
                 loop.call_soon_threadsafe(self._moved, run_id, woken)
-
-    def _release(self, run_id: str) -> None:
-        """(A streams' loop.) A held change's time has come (unless the run's end, or its
-        last stream leaving, came first)."""
-        with self._lock:
-            if run_id not in self._held:
-                return
-            self._held.discard(run_id)
-            self._woken_at.pop(run_id, None)
-            self._changes[run_id] -= 1  # counted when it was held
-        self.notify(run_id)
 
     def _moved(self, run_id: str, watchers: list[Watcher]) -> None:
         """(The streams' loop.) Read what is new once, then wake the streams: each finds
