@@ -55,6 +55,8 @@ def test_health_runs_out_after_the_last_contact_and_at_once_when_stopped(tmp_pat
     assert down["healthy_until"] == contact + CONTACT_GRACE and down["since"] == clock.now
     status.stopped("refused by the server: revoked")
     assert _file(tmp_path)["healthy_until"] == 0.0 and _file(tmp_path)["state"] == "stopped"
+    status.stopped()  # the shutdown that follows keeps why it stopped
+    assert "revoked" in _file(tmp_path)["error"]
 
 
 def test_an_unwritable_folder_does_not_stop_the_node(tmp_path: Path) -> None:

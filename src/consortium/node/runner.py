@@ -226,8 +226,7 @@ class NodeRunner:
             self.status.stopped(f"refused by the server: {exc}")
             raise
         finally:
-            if self.status.read()["state"] != "stopped":
-                self.status.stopped()
+            self.status.stopped()  # (kept as it is if refused above)
             self.stop.set()  # ends the heartbeats too
             self._processes.close()
 

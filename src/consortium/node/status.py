@@ -87,7 +87,11 @@ class NodeStatus:
         self._update("retrying", error=error)
 
     def stopped(self, error: str = "") -> None:
-        """The node stopped: refused for good (``error`` says why) or shut down."""
+        """The node stopped: refused for good (``error`` says why) or shut down. Once
+        stopped, it stays as first reported (a shutdown after a refusal keeps the why)."""
+        with self._lock:
+            if self._fields["state"] == "stopped":
+                return
         self._update("stopped", error=error, healthy_until=0.0)
 
     def read(self) -> dict[str, Any]:
