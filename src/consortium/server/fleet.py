@@ -12,7 +12,8 @@ chunk and gRPC's copy of it); the other nodes' pulls wait, holding nothing,
 each woken only by what concerns it (a task for its node, a send slot coming
 free), not all of them at every change.
 Per-node and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`,
-the order replies are folded in in :mod:`consortium.server.fleet_order`.
+the order replies are folded in in :mod:`consortium.server.fleet_order`, what
+nodes send back (replies, refusals) in :mod:`consortium.server.fleet_replies`.
 """
 
 from __future__ import annotations
@@ -21,26 +22,23 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 
-from consortium.core.message import Content, Message, Metadata
-from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE, ERROR_TRANSFER_STALLED
+from consortium.core.message import Content, Message
+from consortium.core.protocol import ERROR_NODE_LOST, ERROR_NODE_OFFLINE
 from consortium.core.records import RecordLimits
 from consortium.server.fleet_order import TaskOrder
+from consortium.server.fleet_replies import EventSink, ReplyIntake
 from consortium.server.fleet_slots import SendSlots
 from consortium.server.fleet_state import (
-    LATE,
     NodeSession,
     Outgoing,
     Queued,
-    Release,
     ReplyLimits,
     RoundReplies,
     Waiter,
-    add_timing,
     call_release,
-    judge_reply,
     missing_nodes,
     payload_bytes,
 )
@@ -54,12 +52,10 @@ log = logging.getLogger("consortium.server")
 #: seconds between "waiting for nodes" log lines (the default)
 WAIT_LOG_EVERY = 10.0
 
-#: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
-EventSink = Callable[[str, str, str], None]
 
-
-class Fleet:
-    """Connected nodes and the tasks between them and the round loop."""
+class Fleet(ReplyIntake):
+    """Connected nodes and the tasks between them and the round loop (the replies they
+    send back: :class:`~consortium.server.fleet_replies.ReplyIntake`)."""
 
     def __init__(
         self,
@@ -79,6 +75,7 @@ class Fleet:
         sends_at_once: int = SENDS_AT_ONCE,
         heap: HeapTrimmer | None = None,
     ) -> None:
+        super().__init__()
         self.heartbeat_interval = heartbeat_interval
         #: nodes that may join (the allow-list): missing while not online, even if never seen
         self.expected = frozenset(expected)
@@ -95,13 +92,9 @@ class Fleet:
         self.reply_limits = reply_limits or ReplyLimits()
         #: what the Config and Metrics records of a node's message may hold
         self.record_limits = record_limits or RecordLimits()
-        #: node -> reason -> replies refused (see count_refusal)
-        self._reply_refusals: dict[str, Counter[str]] = {}
         #: task id -> the payload it shares with the other tasks of its round
         self._outgoing: dict[str, Outgoing] = {}
         self._warned_order = False
-        #: caller -> (reason, when) of its last recorded refusal (see refused)
-        self._refusals: dict[str, tuple[str, float]] = {}
         self._lock = threading.RLock()
         #: fleet-wide changes (who is online): wait_for_nodes waits on it
         self._cond = threading.Condition(self._lock)
@@ -202,99 +195,6 @@ class Fleet:
     def task_wanted(self, message_id: str) -> bool:
         with self._cond:
             return message_id in self._pending
-
-    def deliver(
-        self, node: str, reply: Message, on_consumed: Release | None = None
-    ) -> tuple[bool, str]:
-        """Hand a node's reply to the round waiting for it.
-
-        If it is accepted, ``on_consumed`` is called exactly once, when the round
-        loop is done with the reply (folded it, or the round ended without it):
-        the transport keeps its receive budget until then, so replies that wait
-        for the fold count against it. If not accepted, it is not called.
-        """
-        with self._cond:
-            session = self._nodes.get(node)
-            if session is not None:
-                session.last_seen = self._clock()
-            waiter = self._judge(node, reply.metadata, payload_bytes(reply))
-            if waiter is None:
-                return False, LATE
-            del self._pending[reply.metadata.reply_to or ""]
-            if session is not None:
-                session.in_flight.discard(reply.metadata.reply_to or "")
-        add_timing(reply, waiter, self._clock())
-        waiter.replies.put((reply, on_consumed))
-        return True, "ok"
-
-    def admit_reply(self, node: str, meta: Metadata, size: int) -> str | None:
-        """Judge a reply of ``size`` bytes from its metadata, before it is received.
-
-        None: take it. A reason: it answers a task of the node's that is over (late
-        or duplicate; the node may go on). Raises :class:`Refused` (and counts it)
-        for a reply to a task never sent to this node, one whose run, round, kind
-        or source differ from its task's, and one larger than its task allows.
-        """
-        with self._cond:
-            return LATE if self._judge(node, meta, size) is None else None
-
-    def count_refusal(self, node: str, reason: str) -> None:
-        """Count a refused reply of ``node`` (``reason``: a short key, e.g. ``wrong-run``)."""
-        with self._cond:
-            self._reply_refusals.setdefault(node, Counter())[reason] += 1
-
-    def transfer_stalled(self, node: str, task_id: str, reason: str) -> None:
-        """``node``'s task (sent to it, or its reply) stopped moving and was cut off: the
-        task fails now, so its round goes on with the others. An empty ``task_id`` (a
-        reply cut off before its header named its task) fails every task of the node."""
-        with self._cond:
-            self._reply_refusals.setdefault(node, Counter())["stalled"] += 1
-            doomed = [
-                mid
-                for mid, w in self._pending.items()
-                if w.node == node and (mid == task_id or not task_id)
-            ]
-            waiters = [self._pending.pop(mid) for mid in doomed]
-            session = self._nodes.get(node)
-            if session is not None:
-                session.in_flight.difference_update(doomed)
-        for mid, waiter in zip(doomed, waiters, strict=True):
-            log.warning("node %s: task %s failed: %s", node, mid, reason)
-            waiter.replies.put((waiter.task.error_reply(ERROR_TRANSFER_STALLED, reason), None))
-
-    def refusal_counts(self) -> dict[str, dict[str, int]]:
-        """Replies refused so far: node -> reason -> how many (late ones as ``late``)."""
-        with self._cond:
-            return {n: dict(reasons) for n, reasons in self._reply_refusals.items() if reasons}
-
-    def _judge(self, node: str, meta: Metadata, size: int) -> Waiter | None:
-        """(Lock held.) See :func:`judge_reply`; counts what it refuses."""
-        counts = self._reply_refusals.setdefault(node, Counter())
-        waiter = self._pending.get(meta.reply_to or "")
-        return judge_reply(node, meta, size, waiter, self._nodes.get(node), counts)
-
-    def refused(self, node: str | None, peer: str, reason: str) -> None:
-        """A call was refused. A node of ours refused now (revoked, expired, taken off
-        the allow-list) cannot answer its tasks: it goes offline and they fail at
-        once, so the round goes on with the others instead of waiting for its
-        heartbeat timeout. Recorded as a ``refused`` event (the same caller and
-        reason at most once a minute: a refused node keeps retrying)."""
-        lost = False
-        who = node or peer
-        with self._cond:
-            session = self._nodes.get(node) if node is not None else None
-            if session is not None and session.online:
-                self._go_offline(session, f"node refused: {reason}")
-                lost = True
-            now = self._clock()
-            last = self._refusals.get(who)
-            record = lost or last is None or last[0] != reason or now - last[1] >= 60.0
-            if record:
-                self._refusals[who] = (reason, now)
-        if lost:
-            log.warning("node %s is offline: refused (%s); its tasks fail now", node, reason)
-        if record:
-            self._events(who, "refused", reason)
 
     def run_bundle(self, node: str, run_id: str) -> RunBundle | None:
         return self._bundles(node, run_id) if self._bundles is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from consortium.server.fleet import EventSink
+from consortium.server.fleet_replies import EventSink
 
 if TYPE_CHECKING:
     from consortium.server.store import StateStore

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from consortium.core.audit import NODE_JOINED, NODE_REFUSED, SERVER_ACTOR, AuditEvent
+from consortium.server.refusal_gate import RefusalGate
 from consortium.server.store.audit_chain import (
     GENESIS,
     AuditEntry,
@@ -31,12 +32,8 @@ from consortium.server.store.store import StateStore
 
 log = logging.getLogger("consortium.server.audit")
 
-#: the fleet's event callback: (node, kind, detail), as ``consortium.server.fleet.EventSink``
+#: the fleet's event callback: (node, kind, detail); see ``server.fleet_replies.EventSink``
 FleetEvents = Callable[[str, str, str], None]
-#: the same node refused for the same reason is logged at most once per this many seconds
-REFUSAL_EVERY = 60.0
-#: refusal memory kept before expired entries are dropped (strangers can vary their name)
-_REFUSALS_KEPT = 10_000
 
 
 class AuditLog:
@@ -131,7 +128,7 @@ class FleetAuditor:
     A node says hello on every reconnect: ``node.joined`` is logged only for an
     instance id this server has not seen for that node (its first hello, or a
     restarted process). A refused caller retries: ``node.refused`` is logged at
-    most once per caller and reason per :data:`REFUSAL_EVERY` seconds. A write is
+    most once per caller and reason a minute (:class:`RefusalGate`). A write is
     tried once (a locked database is waited for up to the store's lock bound, not
     its retry bound); a failed one is logged and dropped: the database must not
     stop the federation.
@@ -150,8 +147,8 @@ class FleetAuditor:
         self._lock = threading.Lock()
         #: node -> the instance id of its last logged join
         self._instances: dict[str, str] = {}
-        #: (caller, reason) -> when it was last logged
-        self._refusals: dict[tuple[str, str], float] = {}
+        #: which refusals are logged (once per caller and reason a minute)
+        self._refusals = RefusalGate()
 
     def __call__(self, node: str, kind: str, detail: str) -> None:
         if self._forward is not None:
@@ -175,18 +172,9 @@ class FleetAuditor:
                 detail={"instance": detail, "restarted": kind == "restarted"},
             )  # fmt: skip
         if kind == "refused":
-            now = self._clock()
             with self._lock:
-                last = self._refusals.get((node, detail))
-                if last is not None and now - last < REFUSAL_EVERY:
+                if not self._refusals.admit(node, detail, self._clock()):
                     return None
-                if len(self._refusals) >= _REFUSALS_KEPT:
-                    self._refusals = {
-                        k: t for k, t in self._refusals.items() if now - t < REFUSAL_EVERY
-                    }
-                    if len(self._refusals) >= _REFUSALS_KEPT:  # a flood: forget, stay bounded
-                        self._refusals.clear()
-                self._refusals[(node, detail)] = now
             return AuditEvent(
                 actor=SERVER_ACTOR, action=NODE_REFUSED, outcome="denied", target=node,
                 detail={"reason": detail},
