@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from consortium.transport.chunks import ReceiveBudget
+from consortium.transport.receive_budget import ReceiveBudget
 
 MB = 1024 * 1024
 

@@ -12,7 +12,6 @@ import pytest
 from consortium.core.arrays import Arrays
 from consortium.core.message import TRAIN, Content, Message
 from consortium.server.fleet import Fleet
-from consortium.transport.chunks import MIN_FITTED_BUDGET, MODELS_IN_BUDGET, ReceiveBudget
 from consortium.transport.fairness import (
     MAX_STREAM_WINDOW,
     MIN_STREAM_WINDOW,
@@ -20,6 +19,7 @@ from consortium.transport.fairness import (
     ReceiveSlots,
     stream_window,
 )
+from consortium.transport.receive_budget import MIN_FITTED_BUDGET, MODELS_IN_BUDGET, ReceiveBudget
 
 MiB = 1024 * 1024
 

@@ -43,9 +43,9 @@ from consortium.server.fleet_state import (
     payload_bytes,
 )
 from consortium.server.heap import HeapTrimmer
-from consortium.transport.chunks import ReceiveBudget
 from consortium.transport.fairness import SENDS_AT_ONCE
 from consortium.transport.fleet_api import RunBundle
+from consortium.transport.receive_budget import ReceiveBudget
 
 log = logging.getLogger("consortium.server")
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from consortium.core.message import QUERY, TIMING_RECORD, Message, Metadata
 from consortium.core.protocol import TIMING_TRAIN, TIMING_UPLOAD, TIMING_WAIT
-from consortium.transport.chunks import ReceiveBudget, Refused
+from consortium.transport.chunks import Refused
+from consortium.transport.receive_budget import ReceiveBudget
 
 #: Called once the round loop is done with an accepted reply (see :meth:`Fleet.deliver`).
 Release = Callable[[], None]

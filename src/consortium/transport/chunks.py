@@ -11,14 +11,13 @@ and corruption between the two ends of the application.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 
 from consortium.core.buffers import empty_buffer
 from consortium.core.checksum import crc32
 from consortium.core.errors import WireFormatError
+from consortium.transport.receive_budget import ReceiveBudget
 from consortium.transport.stage_times import stage
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
@@ -55,11 +54,6 @@ Admit = Callable[[memoryview, int], bool]
 
 #: Most bytes a Reassembler keeps while its ``admit`` has not decided yet.
 STAGE_LIMIT = 64 * 1024 * 1024
-#: Models a ReceiveBudget fitted to a model holds (see :meth:`ReceiveBudget.fit`): the
-#: one being sent, the running sum, two replies received at once.
-MODELS_IN_BUDGET = 4
-#: ...but never less than this, so that small models still move several at once.
-MIN_FITTED_BUDGET = 32 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -162,90 +156,6 @@ def decode_chunk(raw: bytes) -> Chunk:
         else:
             raise ValueError(f"unsupported wire type {wire}")
     return chunk
-
-
-class ReceiveBudget:
-    """Bytes of messages the server holds because of the transport, at most ``limit``.
-
-    Three kinds count:
-
-    * *outgoing*: a round's task payload while it is still being sent (a model
-      shared by every node's task counts once), and a model a checkpoint is
-      still being written from (:meth:`hold_outgoing`);
-    * *in flight*: replies being received, or received and waiting for the
-      round loop (:meth:`acquire` ... :meth:`consumed`);
-    * *retained*: replies the round loop is done with whose memory lives on
-      (FedAvg keeps the first one as its running sum), until that memory is
-      freed.
-
-    A reply that does not fit waits before anything is allocated (gRPC flow
-    control holds the sender meanwhile). Outgoing and in-flight bytes always
-    end on their own, so a reply is admitted whenever none is in flight and
-    nothing is outgoing, whatever its size and whatever is retained: nothing
-    waits forever. With a model larger than a third of the limit this keeps
-    the server at about two models during the fold (the running sum and one
-    reply), however many nodes reply at once.
-    """
-
-    def __init__(self, limit: int) -> None:
-        #: the most it may hold, whatever the model (``--transfer-budget-mb``)
-        self.ceiling = limit
-        self.limit = limit
-        self._in_flight = 0
-        self._outgoing = 0
-        self._retained = 0
-        self._cond = threading.Condition()
-
-    def fit(self, model_bytes: int) -> None:
-        """Hold a few models of ``model_bytes``, not the whole ceiling: with a small model and
-        many nodes, a budget of a fixed size lets hundreds of replies be held at once."""
-        limit = min(self.ceiling, max(MIN_FITTED_BUDGET, MODELS_IN_BUDGET * model_bytes))
-        with self._cond:
-            self.limit = limit
-            self._cond.notify_all()
-
-    def acquire(self, nbytes: int) -> None:
-        with self._cond:
-            while (self._in_flight or self._outgoing) and self._held() + nbytes > self.limit:
-                self._cond.wait()
-            self._in_flight += nbytes
-
-    def release(self, nbytes: int) -> None:
-        """An acquired reply was refused or dropped before the round loop had it."""
-        with self._cond:
-            self._in_flight -= nbytes
-            self._cond.notify_all()
-
-    def consumed(self, nbytes: int, owner: object) -> None:
-        """The round loop is done with a reply; its bytes count until ``owner`` (the
-        object whose death frees the reply's memory) is gone."""
-        with self._cond:
-            self._in_flight -= nbytes
-            self._retained += nbytes
-            self._cond.notify_all()
-        weakref.finalize(owner, self._unretain, nbytes)
-
-    def hold_outgoing(self, nbytes: int) -> None:
-        with self._cond:
-            self._outgoing += nbytes
-
-    def release_outgoing(self, nbytes: int) -> None:
-        with self._cond:
-            self._outgoing -= nbytes
-            self._cond.notify_all()
-
-    @property
-    def held_bytes(self) -> int:
-        with self._cond:
-            return self._held()
-
-    def _unretain(self, nbytes: int) -> None:
-        with self._cond:
-            self._retained -= nbytes
-            self._cond.notify_all()
-
-    def _held(self) -> int:
-        return self._in_flight + self._outgoing + self._retained
 
 
 def iter_chunks(

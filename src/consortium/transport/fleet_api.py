@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from consortium.core.errors import WireFormatError
 from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Message
-from consortium.transport.chunks import ReceiveBudget
+from consortium.transport.receive_budget import ReceiveBudget
 
 __all__ = ["BanList", "ControlBackend", "FleetBackend", "RunBundle"]
 
