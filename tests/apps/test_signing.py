@@ -22,17 +22,15 @@ from consortium.apps.bundle import (
     make_bundle,
     write_zip,
 )
-from consortium.apps.signing import (
+from consortium.apps.publisher_keys import (
     PrivateKey,
     PublicKey,
-    build_bundle,
     generate_key,
     load_private_key,
     load_public_key,
     load_trusted_keys,
-    sign_bundle,
-    verify_bundle,
 )
+from consortium.apps.signing import build_bundle, sign_bundle, verify_bundle
 from consortium.core.errors import ConfigError, SecurityError
 
 TOML = """[app]

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from consortium.apps.bundle import MANIFEST_NAME, SIGNATURE_NAME, write_zip
-from consortium.apps.signing import build_bundle, generate_key, load_private_key, sign_bundle
+from consortium.apps.publisher_keys import generate_key, load_private_key
+from consortium.apps.signing import build_bundle, sign_bundle
 
 EXE = str(Path(sys.executable).parent / "consortium")
 TOML = """[app]

@@ -20,7 +20,8 @@ import grpc
 import pytest
 
 from consortium.apps.bundle import MIB, bundle_digest, make_bundle
-from consortium.apps.signing import generate_key, load_private_key, sign_bundle
+from consortium.apps.publisher_keys import generate_key, load_private_key
+from consortium.apps.signing import sign_bundle
 from consortium.core import audit
 from consortium.core.errors import TransportError, WireFormatError
 from consortium.transport.chunks import Chunk, encode_chunk

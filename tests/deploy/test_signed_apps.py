@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from consortium.apps.bundle import write_zip
-from consortium.apps.signing import build_bundle, generate_key, load_private_key, sign_bundle
+from consortium.apps.publisher_keys import generate_key, load_private_key
+from consortium.apps.signing import build_bundle, sign_bundle
 from consortium.server import load_model
 
 from .conftest import EXE, NODES, SLOW_APP, Deployment

@@ -450,7 +450,7 @@ def test_long_running_services_are_confined(compose: dict[str, Any]) -> None:
 
 
 def test_the_nodes_policy_loads(tmp_path: Path) -> None:
-    from consortium.apps.signing import generate_key
+    from consortium.apps.publisher_keys import generate_key
     from consortium.node.policy import load_policy
 
     folder = tmp_path / "node"

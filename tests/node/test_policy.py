@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consortium.apps.signing import build_bundle, generate_key, load_private_key, sign_bundle
+from consortium.apps.publisher_keys import generate_key, load_private_key
+from consortium.apps.signing import build_bundle, sign_bundle
 from consortium.core.arrays import Arrays
 from consortium.core.errors import ConfigError
 from consortium.core.message import Content, Message

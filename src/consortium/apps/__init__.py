@@ -2,17 +2,14 @@
 
 from consortium.apps.bundle import BundleLimits, BundleRejected, extract_bundle
 from consortium.apps.manifest import AppSpec, Manifest, load_app_spec, parse_override
-from consortium.apps.signing import (
+from consortium.apps.publisher_keys import (
     PrivateKey,
     PublicKey,
-    VerifiedBundle,
-    build_bundle,
     generate_key,
     load_private_key,
     load_trusted_keys,
-    sign_bundle,
-    verify_bundle,
 )
+from consortium.apps.signing import VerifiedBundle, build_bundle, sign_bundle, verify_bundle
 
 __all__ = [
     "AppSpec",

@@ -9,8 +9,7 @@ A bundle (``APP.cab``) is a reproducible zip (:mod:`consortium.apps.bundle`) hol
   "signature": "<base64>"}``, a detached signature over ``BUNDLE.json``'s exact bytes.
 
 :func:`verify_bundle` checks all of it in memory, before anything is extracted. The
-fingerprint of a key is the SHA-256 of its 32 raw public-key bytes. Keys are PEM
-files (PKCS#8 private key, SubjectPublicKeyInfo public key), readable by OpenSSL.
+publisher's keys (generated, read, trusted) are :mod:`consortium.apps.publisher_keys`.
 """
 
 from __future__ import annotations
@@ -18,13 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import importlib.util
 import json
-import os
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,44 +38,16 @@ from consortium.apps.bundle import (
     write_zip,
 )
 from consortium.apps.manifest import MANIFEST, load_app_spec
-from consortium.core.errors import ConfigError, MissingDependencyError, SecurityError
+from consortium.apps.publisher_keys import PrivateKey, PublicKey
+from consortium.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    pass
 
 FORMAT = "consortium-bundle/1"
 ALGORITHM = "ed25519"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _RESERVED = {MANIFEST_NAME, SIGNATURE_NAME}
-
-
-@dataclass(frozen=True)
-class PublicKey:
-    """A publisher's Ed25519 public key (32 raw bytes) and where it was read from."""
-
-    raw: bytes
-    source: str = ""
-
-    @property
-    def fingerprint(self) -> str:
-        """``sha256:`` and the hex SHA-256 of the raw key: how bundles name their signer."""
-        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
-
-
-@dataclass(frozen=True)
-class PrivateKey:
-    """A publisher's Ed25519 signing key (its 32-byte seed, never shown in a repr)."""
-
-    seed: bytes = field(repr=False)
-    source: str = ""
-
-    @property
-    def public(self) -> PublicKey:
-        """The matching public key."""
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        raw = _private(self.seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return PublicKey(raw, self.source)
 
 
 @dataclass(frozen=True)
@@ -119,92 +88,6 @@ def build_bundle(app_dir: Path | str, limits: BundleLimits = DEFAULT_LIMITS) -> 
     return bundle
 
 
-def generate_key(path: Path | str, passphrase: bytes | None = None) -> PublicKey:
-    """Write a new Ed25519 key to ``path`` (mode 0600) and its public key beside it (``.pub``).
-
-    Refuses to overwrite either file. ``passphrase`` encrypts the private key.
-    """
-    _require()
-    from cryptography.hazmat.primitives import serialization as ser
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = Path(path)
-    public_path = public_key_path(path)
-    for existing in (path, public_path):
-        if existing.exists() or existing.is_symlink():
-            raise ConfigError(f"{existing} already exists; refusing to overwrite a key")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as `ca issue --out` does
-    key = Ed25519PrivateKey.generate()
-    encryption: ser.KeySerializationEncryption = (
-        ser.BestAvailableEncryption(passphrase) if passphrase else ser.NoEncryption()
-    )
-    pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, encryption)
-    public_pem = key.public_key().public_bytes(
-        ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo
-    )
-    _write_new(path, pem, 0o600)
-    _write_new(public_path, public_pem, 0o644)
-    raw = key.public_key().public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
-    return PublicKey(raw, str(public_path))
-
-
-def public_key_path(private_path: Path) -> Path:
-    """Where :func:`generate_key` puts the public key: ``publisher.key`` → ``publisher.pub``."""
-    if private_path.suffix == ".pub":
-        raise ConfigError(f"{private_path}: a private key file must not end in .pub")
-    return private_path.with_suffix(".pub")
-
-
-def load_private_key(path: Path | str, passphrase: bytes | None = None) -> PrivateKey:
-    """Read a publisher's private key; refuses one that other users may read."""
-    _require()
-    from cryptography.hazmat.primitives import serialization as ser
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = Path(path)
-    data = _read(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise SecurityError(f"{path} is readable by other users (mode {mode:o}); chmod 600 it")
-    try:
-        key = ser.load_pem_private_key(data, passphrase)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a readable private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 private key")
-    seed = key.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw, ser.NoEncryption())
-    return PrivateKey(seed, str(path))
-
-
-def load_public_key(path: Path | str) -> PublicKey:
-    """Read a publisher's public key (PEM)."""
-    _require()
-    from cryptography.hazmat.primitives import serialization as ser
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    path = Path(path)
-    try:
-        key = ser.load_pem_public_key(_read(path))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a readable public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path} is not an Ed25519 public key")
-    return PublicKey(key.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw), str(path))
-
-
-def load_trusted_keys(path: Path | str) -> list[PublicKey]:
-    """The publisher keys a folder trusts (every ``*.pub`` in it), or one ``.pub`` file."""
-    path = Path(path)
-    if path.is_file():
-        return [load_public_key(path)]
-    if not path.is_dir():
-        raise ConfigError(f"{path}: no such folder of trusted publisher keys")
-    keys = [load_public_key(p) for p in sorted(path.glob("*.pub"))]
-    if not keys:
-        raise ConfigError(f"{path}: no trusted publisher keys (*.pub) in it")
-    return keys
-
-
 def sign_bundle(
     bundle: bytes, private_key: PrivateKey, limits: BundleLimits = DEFAULT_LIMITS
 ) -> bytes:
@@ -215,7 +98,7 @@ def sign_bundle(
     scanned = scan_bundle(bundle, limits, keep=_names(bundle, limits))
     manifest_bytes = _manifest_bytes(scanned)
     _check_files(_parse_manifest(manifest_bytes), scanned)
-    signature = _private(private_key.seed).sign(manifest_bytes)
+    signature = private_key.signing_key().sign(manifest_bytes)
     envelope = {
         "algorithm": ALGORITHM,
         "key": private_key.public.fingerprint,
@@ -259,7 +142,7 @@ def verify_bundle(
             "untrusted-key",
             f"it is signed by {fingerprint}, which is not one of the {len(trusted)} trusted keys",
         )
-    if not _signature_ok(signer, signature, manifest_bytes):
+    if not signer.verifies(signature, manifest_bytes):
         raise BundleRejected(
             "bad-signature", f"the signature by {fingerprint} does not match {MANIFEST_NAME}"
         )
@@ -275,30 +158,6 @@ def verify_bundle(
         publisher_source=signer.source,
         files=files,
     )
-
-
-def _require() -> None:
-    if importlib.util.find_spec("cryptography") is None:
-        raise MissingDependencyError.for_extra("cryptography", "deploy")
-
-
-def _private(seed: bytes) -> Ed25519PrivateKey:
-    _require()
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    return Ed25519PrivateKey.from_private_bytes(seed)
-
-
-def _signature_ok(key: PublicKey, signature: bytes, data: bytes) -> bool:
-    _require()
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        Ed25519PublicKey.from_public_bytes(key.raw).verify(signature, data)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def _dump(document: dict[str, Any]) -> bytes:
@@ -400,25 +259,3 @@ def _check_app_manifest(manifest: dict[str, Any], scanned: ScannedBundle) -> Non
         raise BundleRejected(
             "bad-manifest", f"{MANIFEST} does not name the signed app {signed[0]} {signed[1]}"
         )
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with exactly ``mode``, failing if it exists (no overwrite, no race)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError as exc:
-        raise ConfigError(f"{path} already exists; refusing to overwrite a key") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd, "wb") as out:
-        os.fchmod(out.fileno(), mode)
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())

@@ -83,7 +83,7 @@ def build(app_dir: Path, out: Path) -> None:
 @click.option("--allow-git-tree", is_flag=True, help=ALLOW_GIT_TREE_HELP)
 def keygen(out: Path, allow_git_tree: bool) -> None:
     """Create a publisher's Ed25519 key pair (the private key is written with mode 0600)."""
-    from consortium.apps.signing import generate_key, public_key_path
+    from consortium.apps.publisher_keys import generate_key, public_key_path
 
     refuse_git_exposure("--out", [out], allow_git_tree)
 
@@ -110,7 +110,8 @@ def keygen(out: Path, allow_git_tree: bool) -> None:
 )
 def sign(bundle: Path, key_path: Path, out: Path | None) -> None:
     """Sign BUNDLE with a publisher's key (in place, or to --out)."""
-    from consortium.apps.signing import load_private_key, sign_bundle
+    from consortium.apps.publisher_keys import load_private_key
+    from consortium.apps.signing import sign_bundle
 
     key = load_private_key(key_path, passphrase=_passphrase())
     signed = sign_bundle(_read(bundle), key)
@@ -131,7 +132,8 @@ def sign(bundle: Path, key_path: Path, out: Path | None) -> None:
 @click.option("--sha256", "pinned", help="Accept only the bundle with exactly this SHA-256.")
 def verify(bundle: Path, trusted: Path, pinned: str | None) -> None:
     """Check BUNDLE as a node will: signature, trusted publisher, every file, the pin."""
-    from consortium.apps.signing import load_trusted_keys, verify_bundle
+    from consortium.apps.publisher_keys import load_trusted_keys
+    from consortium.apps.signing import verify_bundle
 
     verified = verify_bundle(_read(bundle), load_trusted_keys(trusted), pinned_sha256=pinned)
     source = f" ({Path(verified.publisher_source).name})" if verified.publisher_source else ""

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from consortium.apps.bundle import BundleRejected, extract_bundle
 from consortium.apps.manifest import load_app_spec
-from consortium.apps.signing import PublicKey, VerifiedBundle, load_trusted_keys, verify_bundle
+from consortium.apps.publisher_keys import PublicKey, load_trusted_keys
+from consortium.apps.signing import VerifiedBundle, verify_bundle
 from consortium.core.errors import ConfigError, SecurityError
 from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Message
