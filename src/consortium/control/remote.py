@@ -11,8 +11,6 @@ append to the audit chain) is asked over the channel (:mod:`.ipc`).
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,10 @@ from typing import Any
 from consortium.control.ipc import Caller, ChannelClosed, ProtocolError, Refused, take
 from consortium.core.audit import AuditEvent
 from consortium.core.errors import ConfigError
-from consortium.core.history import RoundRecord
+from consortium.server.rounds_cache import RoundsCache
 from consortium.server.run_files import final_model_bytes
 from consortium.server.run_record import RunRecord, summary
-from consortium.server.runs import HISTORY_CACHE_RUNS, LIST_LIMIT
+from consortium.server.runs import LIST_LIMIT
 from consortium.server.store import StateStore
 
 
@@ -34,10 +32,8 @@ class RemoteRuns:
         self.store = store
         self.root = root.resolve()
         self.server = server
-        self._lock = threading.Lock()
-        #: each recently read run's rounds, at the round count they were read at (a round
-        #: is written once, whole: while the count is the same, so are the rounds)
-        self._rounds: OrderedDict[str, tuple[int, list[RoundRecord]]] = OrderedDict()
+        #: each recently read run's rounds (a round is written once, whole)
+        self._rounds = RoundsCache(store)
 
     def list_runs(self) -> list[dict[str, Any]]:
         return [
@@ -48,7 +44,7 @@ class RemoteRuns:
         view = self.store.get_run(run_id)
         if view is None:
             return None
-        return RunRecord(view, self._history(run_id, view.rounds_done),
+        return RunRecord(view, self._rounds.get(run_id, view.rounds_done),
                          self.store.latest_checkpoint(run_id))  # fmt: skip
 
     def show_run(self, run_id: str) -> dict[str, Any] | None:
@@ -85,20 +81,6 @@ class RemoteRuns:
 
     def stop_run(self, run_id: str) -> bool:
         return take(self.server.call("stop_run", run_id=run_id), "stopped", bool)
-
-    def _history(self, run_id: str, rounds_done: int) -> list[RoundRecord]:
-        with self._lock:
-            cached = self._rounds.get(run_id)
-            if cached is not None and cached[0] == rounds_done:
-                self._rounds.move_to_end(run_id)
-                return cached[1]
-        rounds = self.store.run_history(run_id).rounds
-        if len(rounds) == rounds_done:  # not a read between two writes: keep it
-            with self._lock:
-                self._rounds[run_id] = (rounds_done, rounds)
-                while len(self._rounds) > HISTORY_CACHE_RUNS:
-                    self._rounds.popitem(last=False)
-        return rounds
 
 
 class RemoteFleet:

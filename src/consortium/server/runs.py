@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +30,12 @@ from consortium.apps.bundle import bundle_digest, extract_bundle
 from consortium.apps.manifest import load_app_spec
 from consortium.core.audit import RUN_END, SERVER_ACTOR, AuditEvent, AuditSink, discard
 from consortium.core.errors import ConfigError, ConsortiumError
-from consortium.core.history import RoundRecord
 from consortium.core.records import RecordLimits
 from consortium.server.checkpoint import Checkpoint
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_grid import FleetGrid
 from consortium.server.isolation.host import AppProcess, Isolation
+from consortium.server.rounds_cache import RoundsCache
 from consortium.server.run_files import (
     checkpoint_recorder,
     final_model_bytes,
@@ -57,8 +56,6 @@ log = logging.getLogger("consortium.server")
 FRAME_OVERHEAD = 64 * 1024 * 1024
 #: ``run list`` shows this many runs, newest first.
 LIST_LIMIT = 1000
-#: how many runs' rounds ``run show`` keeps in memory (the most recently shown)
-HISTORY_CACHE_RUNS = 16
 _ACTIVE = (RunStatus.PENDING, RunStatus.RUNNING)
 #: what a run left under way by a crashed server (not shut down cleanly) is told
 CRASHED = "the server stopped while the run was under way (crash, kill or outage)"
@@ -124,11 +121,8 @@ class RunManager:
         #: each running run's grid (``run show`` reports whom it waits for)
         self._grids: dict[str, FleetGrid] = {}
         self._lock = threading.Lock()
-        #: the rounds of recently shown runs, by run id, with the round count they were read
-        #: at: a round is written once with all its node results, so while the count is the
-        #: same the store holds the same rounds (``run show`` during a 200-node run read
-        #: every node result through the ORM on each call: 100+ ms)
-        self._histories: OrderedDict[str, tuple[int, list[RoundRecord]]] = OrderedDict()
+        #: the rounds of recently shown runs (``run show`` during a 200-node run)
+        self._rounds = RoundsCache(store)
 
     # -- ControlBackend -------------------------------------------------------------
     def start_run(
@@ -274,23 +268,8 @@ class RunManager:
         view = self.store.get_run(run_id)
         if view is None:
             return None
-        rounds = self._rounds(run_id, view.rounds_done)
+        rounds = self._rounds.get(run_id, view.rounds_done)
         return RunRecord(view, rounds, self.store.latest_checkpoint(run_id))
-
-    def _rounds(self, run_id: str, rounds_done: int) -> list[RoundRecord]:
-        """The run's rounds, from the store unless read at the same round count before."""
-        with self._lock:
-            cached = self._histories.get(run_id)
-            if cached is not None and cached[0] == rounds_done:
-                self._histories.move_to_end(run_id)
-                return cached[1]
-        rounds = self.store.run_history(run_id).rounds
-        if len(rounds) == rounds_done:  # not a read between two writes: keep it
-            with self._lock:
-                self._histories[run_id] = (rounds_done, rounds)
-                while len(self._histories) > HISTORY_CACHE_RUNS:
-                    self._histories.popitem(last=False)
-        return rounds
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Wait for the run's thread to end (at most ``timeout`` seconds), then read it."""
