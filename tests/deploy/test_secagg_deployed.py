@@ -83,7 +83,9 @@ def test_a_node_killed_after_sharing_its_keys_leaves_the_survivors_sum(
     killed_at = time.monotonic()
     info = deployment.wait_run(run_id)
     assert info["status"] == "finished", (info, deployment.log("server"))
-    assert time.monotonic() - killed_at < 30 + 10  # the train stage's timeout, not forever
+    # the train stage's 30 s timeout and the unmasking after it, not va's 120 s delay: the
+    # margin is wide because a loaded CI machine once took over 10 s for the unmasking
+    assert time.monotonic() - killed_at < 30 + 45
 
     survivors = [n for n in NODES if n != "va"]
     weights = np.array([toy.examples_of(n) for n in survivors], dtype=np.float64)
