@@ -44,10 +44,12 @@ def test_a_confined_child_cannot_read_a_secret_and_inherits_no_secret_variables(
     tmp_path: Path, secret: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONSORTIUM_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the operator's thread limit passes on
     seen = _probe(tmp_path, _spec(tmp_path), secret)
 
     assert seen["reads"] == {str(secret): "PermissionError"}
     assert "CONSORTIUM_DB_PASSWORD" not in seen["env"]  # type: ignore[operator]
+    assert "OPENBLAS_NUM_THREADS" in seen["env"]  # type: ignore[operator]
     assert seen["nofile"] == SandboxLimits().open_files
 
 
