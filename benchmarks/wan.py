@@ -1,7 +1,8 @@
 """Compression on a slow hospital link: time to accuracy and bytes, per codec.
 
-    python benchmarks/wan.py                       # 4 nodes, 20 Mbit/s + 50 ms, 1.1M params
-    python benchmarks/wan.py --quick --json wan.json   # < 1 min: a small model, few rounds
+    python benchmarks/wan.py --seeds 7 --json s7.json   # 4 nodes, 20 Mbit/s + 50 ms, 1.1M
+    python benchmarks/wan.py --summary s7.json s8.json  # over seeds, from the reports
+    python benchmarks/wan.py --quick --json wan.json    # ~15 s: a small model, few rounds
 
 A deployed federation in one process: the server's Fleet service over gRPC
 with mutual TLS on loopback (certificates from ``CertificateAuthority``), and
@@ -14,9 +15,12 @@ burst) and ``--latency-ms`` added to every task and every reply, one way.
 The server's side is not throttled (a data-centre link).
 
 The app (``benchmarks/wan_app``): an MLP 64-H-H-10 (H = 1024: 1.13 M float32
-parameters, 4.5 MB) on scikit-learn's bundled digits, each node training one
-epoch on its IID share of the training split; FedAvg; the server evaluates
-the global model on the held-out quarter after every round. Codecs (see
+parameters, 4.5 MB, trained in float32) on scikit-learn's bundled digits, each
+node training one epoch on its IID share of the training split; FedAvg; the
+server evaluates the global model on the held-out quarter after every round.
+Each node's app process gets ``--blas-threads`` BLAS threads (by default this
+machine's cores shared among the nodes: see :func:`blas_threads_for_apps`).
+Codecs (see
 ``docs/compression.md``), uplink / downlink:
 
 * ``none``: float32 / float32;
@@ -33,9 +37,17 @@ node's app process, the same one-time cost for every codec). Reported:
 rounds and seconds to the target, the best accuracy, bytes each node sent and
 received a round (what crossed the throttled link), a round's time on the
 link (the throttle's waits, as the bucket computed them, latency included)
-and in a node's training, and the time to the target on the link alone
+and in a node's app process, the time to the target on the link alone
 (rounds x link seconds): what compression acts on, whatever the nodes'
-compute costs on the machine that runs the benchmark.
+compute costs on the machine that runs the benchmark; and where a median
+round's time went, part by part along its critical path
+(:func:`wan_report.round_split`).
+
+With several ``--seeds`` (each seed: the nodes' batches, the initial model,
+the stochastic rounding), every seed gets its own float32 run and target, and
+a summary compares the mean times to target, each seed's speed-up, and each
+codec's accuracy once float32's time to target / 3 has passed: one test digit
+of 450 is 0.22 points, so a single seed's rounds to target is partly luck.
 """
 
 from __future__ import annotations
@@ -49,11 +61,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-# one BLAS thread per process: the nodes' app processes share this machine's cores
+# one BLAS thread for the server's central evaluation; the nodes' app processes get
+# --blas-threads (see blas_threads_for_apps)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -86,10 +99,16 @@ sys.path.insert(0, str(APP_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import wan_app  # noqa: E402
 from wan_link import ThrottledLink  # noqa: E402
+from wan_report import (  # noqa: E402
+    Row,
+    baseline,
+    plateau,
+    print_summary,
+    print_table,
+    round_split,
+    row_from,
+)
 
-#: Rounds at the end of the float32 run whose mean accuracy, less ``--tolerance``, is the
-#: target.
-PLATEAU = 5
 #: Rows of the table: (name, uplink run config, downlink codec).
 CODECS: dict[str, Config] = {
     "none": {"compression": "none", "compression-downlink": "none"},
@@ -107,6 +126,7 @@ class UntilTarget(FedAvg):
         _, self.x_test, _, self.y_test = wan_app.split(seed)
         self.target = target
         self.curve: list[tuple[int, float, float]] = []  # (round, accuracy, wall time)
+        self.evals: list[tuple[float, float]] = []  # each central evaluation's (start, end)
         super().__init__(
             init_fn=lambda rng: wan_app.init(hidden, rng),
             fraction_evaluate=0.0,
@@ -115,8 +135,12 @@ class UntilTarget(FedAvg):
         )
 
     def _central(self, rnd: int, arrays: Arrays) -> Metrics:
+        started = time.perf_counter()
         accuracy = float(mlp.evaluate(arrays, self.x_test, self.y_test)["accuracy"])
-        self.curve.append((rnd, accuracy, time.perf_counter()))
+        done = time.perf_counter()
+        if rnd >= 1:
+            self.curve.append((rnd, accuracy, done))
+            self.evals.append((started, done))
         return {"accuracy": accuracy}
 
     def configure_train(
@@ -128,40 +152,18 @@ class UntilTarget(FedAvg):
         return super().configure_train(round, arrays, nodes, rng)
 
 
-@dataclass
-class Row:
-    codec: str
-    uplink: str
-    downlink: str
-    rounds: int
-    rounds_to_target: int | None
-    seconds_to_target: float | None
-    best_accuracy: float
-    seconds_per_round: float  # median of rounds 2..n
-    first_round_seconds: float  # round 1, app processes starting included
-    link_seconds_per_round: float  # per node, both directions, latency included
-    train_seconds_per_round: float  # a node's handler (median over nodes and rounds 2..n)
-    bytes_up_per_round: float  # per node
-    bytes_down_per_round: float  # per node
-    curve: list[tuple[int, float, float]] = field(default_factory=list)
-
-
-@dataclass
-class Federation:
-    root: Path
-    port: int
-    fleet: Fleet
-    server: Any
-    creds: Path
-
-
 def _tls(creds: Path, name: str) -> ClientTls:
     c = load_client_credentials(creds / name, name, role="node")
     return ClientTls(key=c.private_key, certificate=c.certificate_chain, ca=c.root_certificates)
 
 
 def run_codec(
-    name: str, args: argparse.Namespace, root: Path, target: float | None, max_rounds: int
+    name: str,
+    args: argparse.Namespace,
+    seed: int,
+    root: Path,
+    target: float | None,
+    max_rounds: int,
 ) -> Row:
     nodes = [f"hospital-{i}" for i in range(args.nodes)]
     ca = CertificateAuthority.init(root / "ca")
@@ -191,7 +193,7 @@ def run_codec(
         bundle=bundle,
         bundle_sha256=bundle_digest(bundle),
         run_config_json=json.dumps(config),
-        seed=args.seed,
+        seed=seed,
     )
     fleet = Fleet(offline_after=120.0, bundles=lambda node, rid: run)
     auth = CertificateAuthenticator(
@@ -233,7 +235,7 @@ def run_codec(
             FleetGrid(fleet),
             run_config=config,
             run_id=run_id,
-            seed=args.seed,
+            seed=seed,
         )
     finally:
         for runner in runners:
@@ -247,7 +249,13 @@ def run_codec(
         bad = [n for n in record.nodes if n.outcome.value != "ok"]
         if bad:
             raise RuntimeError(f"{name}: round {record.round}: {bad}")
-    curve = [(r, a, t) for r, a, t in strategy.curve if r >= 1]
+        threads = {n.metrics.get(wan_app.BLAS_THREADS) for n in record.nodes}
+        if threads != {args.blas_threads}:
+            raise RuntimeError(
+                f"{name}: round {record.round}: the app processes ran with {threads} BLAS "
+                f"threads, not --blas-threads {args.blas_threads}"
+            )
+    curve = strategy.curve
     # each round's wall time, end of evaluation to end of evaluation; round 1 (the round
     # loop's record) also starts every node's app process, a one-time cost the same for
     # every codec, so on the clock it counts as a median round of the run
@@ -258,11 +266,26 @@ def run_codec(
     n = len(records)
     per_node = len(nodes) * n
     train = [node.timing.get("train", 0.0) for record in records[1:] for node in record.nodes]
+    metrics = [{n.node_id: n.metrics for n in record.nodes} for record in records]
+    app = [
+        [(float(m[node][wan_app.COMPUTE_S]), float(m[node][wan_app.APP_S])) for m in metrics]
+        for node in nodes
+    ]
+    starts = [0.0] + [end for _, end in strategy.evals[:-1]]
+    split = round_split(
+        starts,
+        strategy.evals,
+        [lk.stats.tasks for lk in links],
+        [lk.stats.replies for lk in links],
+        app,
+    )
     return Row(
         codec=name,
+        seed=seed,
         uplink=str(CODECS[name]["compression"]),
         downlink=str(CODECS[name]["compression-downlink"]),
         rounds=n,
+        target=target,
         rounds_to_target=curve[reached[0]][0] if reached else None,
         seconds_to_target=clock[reached[0]] if reached else None,
         best_accuracy=max(a for _, a, _ in curve),
@@ -272,6 +295,7 @@ def run_codec(
         train_seconds_per_round=statistics.median(train) if train else 0.0,
         bytes_up_per_round=sum(lk.stats.bytes_up for lk in links) / per_node,
         bytes_down_per_round=sum(lk.stats.bytes_down for lk in links) / per_node,
+        split=split,
         curve=[(r, round(a, 4), round(c, 3)) for (r, a, _), c in zip(curve, clock, strict=True)],
     )
 
@@ -285,38 +309,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added one-way latency")
     parser.add_argument("--rounds", type=int, default=20, help="rounds of the float32 baseline")
     parser.add_argument("--max-rounds", type=int, default=40, help="most rounds of a codec")
-    parser.add_argument("--tolerance", type=float, default=0.005, help="target: best - this")
+    parser.add_argument("--tolerance", type=float, default=0.005, help="target: plateau - this")
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--seeds", default="7", help="comma-separated run seeds")
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        help="BLAS threads of each node's app process (default: this machine's cores / nodes, "
+        "at least 1; 0: the BLAS library's default, one per core)",
+    )
     parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated rows")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--summary", type=Path, nargs="+", metavar="JSON", help="only summarise these reports"
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print_summary(
+            [row_from(r) for p in args.summary for r in json.loads(p.read_text())["rows"]]
+        )
+        return 0
     if args.quick:
         args.hidden, args.nodes, args.rounds, args.max_rounds = 128, 2, 4, 8
     codecs = args.codecs.split(",")
     if codecs[0] != "none" or any(c not in CODECS for c in codecs):
         parser.error(f"--codecs must start with none and name rows of {list(CODECS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.blas_threads is None:
+        args.blas_threads = max(1, (os.cpu_count() or 1) // args.nodes)
+    blas_threads_for_apps(args.blas_threads)
     params = sum(v.size for v in wan_app.init(args.hidden, np.random.default_rng(0)).values())
     print(
         f"# WAN: {args.nodes} nodes, {args.rate_mbit:g} Mbit/s + {args.latency_ms:g} ms per "
         f"node, MLP 64-{args.hidden}-{args.hidden}-10 ({params:,} float32 params, "
-        f"{params * 4 / 1e6:.2f} MB)\n",
+        f"{params * 4 / 1e6:.2f} MB), {args.blas_threads} BLAS thread(s) a node\n",
         flush=True,
     )
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="wan-") as tmp:
-        target = None
-        for name in codecs:
-            rounds = args.rounds if name == "none" else args.max_rounds
-            row = run_codec(name, args, Path(tmp) / name, target, rounds)
-            if name == "none":  # the target, and the baseline's own time to it
-                target = plateau(row) - args.tolerance
-                row = _baseline(row, target)
-            rows.append(row)
-            print(f"{name}: {row.rounds} rounds, best {row.best_accuracy:.4f}", flush=True)
-    _table(rows)
+    for seed in seeds:
+        rows += run_seed(args, seed, codecs)
+    if len(seeds) > 1:
+        print_summary(rows)
     if args.json:
-        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "summary")}
         args.json.write_text(
             json.dumps({"settings": {**settings, "params": params},
                         "rows": [asdict(r) for r in rows]}, indent=2, default=str)
@@ -324,49 +359,46 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def plateau(row: Row) -> float:
-    """The float32 run's accuracy at the end: the mean of its last :data:`PLATEAU` rounds
-    (one test set of 450 digits moves 0.22 points a digit: its best round is a lucky one)."""
-    return statistics.fmean(a for _, a, _ in row.curve[-PLATEAU:])
+#: the variables that set a BLAS library's thread count when it loads
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _baseline(row: Row, target: float) -> Row:
-    """The float32 run's own time to the target, read off its curve."""
-    first = next((r, t) for r, a, t in row.curve if a >= target)
-    row.rounds_to_target, row.seconds_to_target = first[0], first[1]
-    return row
+def blas_threads_for_apps(threads: int) -> None:
+    """Give each node's app process ``threads`` BLAS threads (0: the library's default, one
+    per core).
+
+    The four nodes share this machine's cores; left at its default, each app process's
+    OpenBLAS starts a thread per core and the threads of four processes spin against each
+    other (measured: one epoch 1.0-1.4 s instead of 0.10-0.18 s with four processes at once
+    on 2 cores). A node passes these variables on to its app process
+    (``consortium.sandbox.spawn.INHERITED_ENV``), as an operator would set them.
+    """
+    for name in BLAS_ENV:
+        if threads:
+            os.environ[name] = str(threads)
+        else:
+            os.environ.pop(name, None)
 
 
-def _table(rows: list[Row]) -> None:
-    base = rows[0].seconds_to_target
-    first = rows[0]
-    base_link = (first.rounds_to_target or 0) * first.link_seconds_per_round
-    print(
-        "\n| codec (up / down) | rounds to target | s to target | speed-up | best acc "
-        "| s / round | link s / round | train s / round | up kB / round | down kB / round "
-        "| link s to target | link speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")  # per node: link s, train s, kB
-    for r in rows:
-        secs = r.seconds_to_target
-        speedup = f"{base / secs:.2f}x" if secs and base else "-"
-        print(
-            f"| {r.codec} ({r.uplink} / {r.downlink}) | {r.rounds_to_target or '-'} "
-            f"| {f'{secs:.1f}' if secs else 'not reached'} | {speedup} "
-            f"| {r.best_accuracy:.4f} | {r.seconds_per_round:.2f} "
-            f"| {r.link_seconds_per_round:.2f} | {r.train_seconds_per_round:.2f} "
-            f"| {r.bytes_up_per_round / 1e3:.1f} "
-            f"| {r.bytes_down_per_round / 1e3:.1f} | {_link(r, base_link)} |"
-        )
-
-
-def _link(row: Row, base: float) -> str:
-    """Time to the target on the link alone (rounds x a node's link seconds a round): what
-    compression acts on, whatever the nodes' compute costs on this machine."""
-    if row.rounds_to_target is None:
-        return "- | -"
-    seconds = row.rounds_to_target * row.link_seconds_per_round
-    return f"{seconds:.1f} | {base / seconds:.2f}x"
+def run_seed(args: argparse.Namespace, seed: int, codecs: list[str]) -> list[Row]:
+    """Every codec's row at one seed: float32 first, whose plateau sets the target."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="wan-") as tmp:
+        target = None
+        for name in codecs:
+            rounds = args.rounds if name == "none" else args.max_rounds
+            row = run_codec(name, args, seed, Path(tmp) / name, target, rounds)
+            if name == "none":  # the target, and the baseline's own time to it
+                target = plateau(row) - args.tolerance
+                row = baseline(row, target)
+            rows.append(row)
+            print(
+                f"seed {seed} {name}: {row.rounds} rounds, best {row.best_accuracy:.4f}",
+                flush=True,
+            )
+    print(f"\n## seed {seed}")
+    print_table(rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from consortium.core.fleet_info import RunBundle, Welcome
@@ -63,12 +63,16 @@ class TokenBucket:
 
 @dataclass
 class LinkStats:
-    """What crossed one node's throttled link."""
+    """What crossed one node's throttled link, and when (``perf_counter`` stamps)."""
 
     bytes_down: int = 0
     bytes_up: int = 0
     seconds: float = 0.0  # waited on the link (both directions, latency included)
     messages: int = 0
+    #: per task, in order: (received at loopback speed, delivered after the link's wait)
+    tasks: list[tuple[float, float]] = field(default_factory=list)
+    #: per reply, in order: (handed to the link, pushed to the server after the link's wait)
+    replies: list[tuple[float, float]] = field(default_factory=list)
 
 
 class ThrottledLink:
@@ -106,15 +110,21 @@ class ThrottledLink:
     def pull_task(self, wait: float) -> memoryview | None:
         payload = self.inner.pull_task(wait)
         if payload is not None:
+            received = time.perf_counter()
             self._pay(self.down, len(payload))
             self.stats.bytes_down += len(payload)
+            self.stats.tasks.append((received, time.perf_counter()))
         return payload
 
     def push_result(self, parts: Sequence[Any], message_id: str) -> tuple[bool, str]:
+        handed = time.perf_counter()
         size = sum(len(memoryview(p).cast("B")) for p in parts)
         self._pay(self.up, size)
         self.stats.bytes_up += size
-        return self.inner.push_result(parts, message_id)
+        try:
+            return self.inner.push_result(parts, message_id)
+        finally:
+            self.stats.replies.append((handed, time.perf_counter()))
 
     def close(self) -> None:
         self.inner.close()

@@ -1,5 +1,6 @@
-"""Smoke test of ``benchmarks/wan.py --quick`` (about a minute): every codec runs in a real
-deployment over throttled links, and what crossed the links shrinks as each codec says."""
+"""Smoke test of ``benchmarks/wan.py --quick`` (about 15 s quiet): every codec runs in a real
+deployment over throttled links, and what crossed the links shrinks as each codec says; and
+the benchmark's link throttle and its split of a round, on their own."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCHMARKS / "wan.py"
 sys.path.insert(0, str(BENCHMARKS))
 from wan_link import BURST, ThrottledLink, TokenBucket  # noqa: E402
+from wan_report import SPLIT, round_split  # noqa: E402
 
 
 def test_token_bucket_sends_at_its_rate_after_the_burst() -> None:
@@ -64,7 +66,22 @@ def test_throttled_link_pays_latency_and_rate_per_message() -> None:
     assert inner.pushed == 1
 
 
-@pytest.mark.slow  # a benchmark (~25 s quiet, 90 s loaded); the codecs' correctness is
+def test_round_split_follows_the_last_reply_and_adds_up_to_the_round() -> None:
+    # two rounds of two nodes; round 1 is left out (it starts the app processes)
+    evals = [(9.0, 10.0), (14.8, 15.0)]
+    starts = [0.0, 10.0]
+    # node 0 is fast; node 1's reply reaches the server last, at 14.6
+    tasks = [[(0.1, 1.0), (10.1, 11.0)], [(0.1, 1.0), (10.2, 11.2)]]
+    replies = [[(2.0, 3.0), (12.0, 13.0)], [(2.0, 3.0), (13.0, 14.6)]]
+    app = [[(0.5, 0.6), (0.5, 0.6)], [(0.5, 0.6), (1.2, 1.5)]]
+    split = round_split(starts, evals, tasks, replies, app)
+    assert list(split) == list(SPLIT)
+    expected = [0.2, 1.0, 1.2, 0.3, 0.3, 1.6, 0.2, 0.2]
+    assert list(split.values()) == pytest.approx(expected)
+    assert sum(split.values()) == pytest.approx(evals[1][1] - starts[1])
+
+
+@pytest.mark.slow  # a benchmark (~15 s quiet, more loaded); the codecs' correctness is
 # tests/client/test_compression.py and tests/deploy/test_compression_deployed.py
 def test_quick_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "wan.json"
@@ -100,5 +117,9 @@ def test_quick_run_writes_the_report(tmp_path: Path) -> None:
     assert rows["int8"]["link_seconds_per_round"] < none["link_seconds_per_round"]
     for row in rows.values():
         assert row["link_seconds_per_round"] >= 2 * 0.05 - 1e-9
+        # where a round went: every part measured, the links at least their latency
+        assert list(row["split"]) == list(SPLIT)
+        assert min(row["split"]["down link"], row["split"]["up link"]) >= 0.05 - 1e-9
+        assert row["split"]["compute"] > 0
         assert 0 <= row["best_accuracy"] <= 1
         assert row["seconds_per_round"] > 0

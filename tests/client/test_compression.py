@@ -99,19 +99,25 @@ def test_bytes_per_value_of_each_codec() -> None:
     assert per_value["topk"] == 8 * 1000 / 100_000
 
 
-def test_int8_stochastic_rounding_is_unbiased() -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_int8_stochastic_rounding_is_unbiased(dtype: type[np.floating[Any]]) -> None:
     # values 0.3 of a grid step above grid points: rounding to nearest would be off by
-    # 0.3 * scale on average, far outside what unbiased rounding allows
+    # 0.3 * scale on average, far outside what unbiased rounding allows (a float32 update
+    # is rounded in float32)
     scale = 1.0 / 255
-    v = (np.arange(256) * scale + 0.3 * scale).astype(np.float64)
+    v = (np.arange(256) * scale + 0.3 * scale).astype(dtype)
     v[-1], v[0] = 1.0, 0.0  # pin the chunk's range to [0, 1]: the grid is k / 255
     spec = CompressionSpec("int8", chunk=256)
     draws = 2000
-    total = np.zeros_like(v)
+    total = np.zeros(v.shape)
     rng = np.random.default_rng(3)
     for _ in range(draws):
         enc = encode_array(spec, v, rng)
-        total += decode_array("int8", 256, "v", v.shape, np.dtype(np.float64), enc.codes, enc.aux)
+        decoded = decode_array("int8", 256, "v", v.shape, v.dtype, enc.codes, enc.aux)
+        assert decoded.dtype == dtype
+        # within one step of the value (the grid's float32 rounding aside)
+        assert np.abs(decoded - v).max() <= scale * (1 + 1e-4)
+        total += decoded
     bias = total / draws - v
     # each decoded value has variance 0.3 * 0.7 * scale**2: 5 standard errors of the mean
     bound = 5 * math.sqrt(0.21) * scale / math.sqrt(draws)

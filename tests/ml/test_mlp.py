@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,45 @@ def test_logits_shape_and_bad_inputs() -> None:
         )
     with pytest.raises(ValueError, match="named"):
         mlp.predict_logits(Arrays({"a": np.zeros((4, 5)), "b": np.zeros(4)}), x)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"momentum": 0.9, "weight_decay": 1e-3, "prox_mu": 0.1},
+        {"optimizer": "adam", "lr": 0.01},
+    ],
+)
+def test_float32_params_train_in_float32_and_track_float64(options: dict[str, Any]) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 6))
+    y = rng.integers(0, 3, size=200)
+    params64 = mlp.init_params([6, 16, 16, 3], rng)
+    params32 = Arrays({k: v.astype(np.float32) for k, v in params64.items()})
+    correction = Arrays({k: np.full(v.shape, 1e-3) for k, v in params64.items()})
+    kwargs: dict[str, Any] = {"lr": 0.1, "batch_size": 16, "epochs": 3, **options}
+    a = mlp.train(params32, x, y, rng=np.random.default_rng(9), correction=correction, **kwargs)
+    # the same arithmetic in float64, from the same (float32-representable) start
+    wide = Arrays({k: v.astype(np.float64) for k, v in params32.items()})
+    b = mlp.train(wide, x, y, rng=np.random.default_rng(9), correction=correction, **kwargs)
+    assert [dtype for _, dtype, _ in a.params.signature()] == ["<f4"] * 6
+    assert [dtype for _, dtype, _ in b.params.signature()] == ["<f8"] * 6
+    for name in params32:
+        np.testing.assert_allclose(a.params[name], b.params[name], rtol=1e-3, atol=1e-4)
+    assert a.loss == pytest.approx(b.loss, rel=1e-4)
+    assert mlp.predict_logits(a.params, x).dtype == np.float32
+    assert mlp.evaluate(a.params, x, y)["accuracy"] == pytest.approx(
+        mlp.evaluate(b.params, x, y)["accuracy"], abs=0.01
+    )
+
+
+def test_mixed_precision_params_compute_in_float64() -> None:
+    params = mlp.init_params([5, 7, 4], np.random.default_rng(6))
+    params["dense1.bias"] = params["dense1.bias"].astype(np.float32)
+    x = np.random.default_rng(7).normal(size=(10, 5))
+    assert mlp.predict_logits(params, x).dtype == np.float64
+    result = mlp.train(
+        params, x, np.arange(10) % 4, rng=np.random.default_rng(0), lr=0.1, batch_size=4, steps=2
+    )
+    assert all(dtype == "<f8" for _, dtype, _ in result.params.signature())

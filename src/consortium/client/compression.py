@@ -130,9 +130,9 @@ def compress_update(
             codes[name] = y  # counters and masks travel as they are
             continue
         dtype = work_dtype(y.dtype)
-        v = y.astype(dtype)
+        v = y.astype(dtype, copy=False)  # not written to: a float32 model is not copied
         if spec.delta:
-            v = v - received[name].astype(dtype)
+            v = v - received[name].astype(dtype, copy=False)
         if usable is not None:
             v = v + usable[name]
         encoded = encode_array(spec, v, rng)

@@ -78,7 +78,7 @@ def encode_model(spec: CompressionSpec, model: Arrays, rng: np.random.Generator)
         if not compressible(value):
             codes[name] = value
             continue
-        encoded = encode_array(spec, value.astype(work_dtype(value.dtype)), rng)
+        encoded = encode_array(spec, value.astype(work_dtype(value.dtype), copy=False), rng)
         codes[name] = encoded.codes
         if encoded.aux is not None:
             aux[name] = encoded.aux

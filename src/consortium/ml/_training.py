@@ -6,7 +6,8 @@ walks it in batches of ``batch_size`` (the last one may be smaller). Training
 for ``steps`` cycles such passes until that many batches were used (FLamby's
 "num_updates"); training for ``epochs`` uses whole passes.
 
-The optimizers work in place on one flat float64 parameter vector and follow
+The optimizers work in place on one flat parameter vector (float64, or float32
+for a float32 model: their state takes the vector's dtype) and follow
 ``torch.optim.SGD`` / ``torch.optim.Adam``: ``weight_decay`` is L2 added to the
 gradient of every parameter, FedProx's ``prox_mu`` adds ``mu * (w - w0)``, and
 SCAFFOLD's ``correction`` (Karimireddy et al., 2020: ``c - c_i``) is a constant
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,8 @@ from numpy.typing import NDArray
 from consortium.core.arrays import Arrays
 
 F64 = NDArray[np.float64]
+#: a float32 or float64 array (a model that computes in its parameters' precision)
+Float = NDArray[np.floating[Any]]
 OptimizerName = Literal["sgd", "adam"]
 
 
@@ -85,10 +88,10 @@ def passes(
         left -= take
 
 
-def _check_correction(correction: F64 | None, size: int) -> F64 | None:
+def _check_correction(correction: Float | None, size: int, dtype: np.dtype[Any]) -> Float | None:
     if correction is None:
         return None
-    flat = np.asarray(correction, dtype=np.float64)
+    flat = np.asarray(correction, dtype=dtype)
     if flat.shape != (size,):
         raise ValueError(f"correction must have shape ({size},), got {flat.shape}")
     if not np.isfinite(flat).all():
@@ -104,7 +107,7 @@ def check_lr(lr: float) -> float:
 
 
 class FlatOptimizer:
-    """SGD (with optional momentum) or Adam over one flat float64 vector.
+    """SGD (with optional momentum) or Adam over one flat float64 (or float32) vector.
 
     ``step(theta, grad, scale)`` takes the gradient ``scale * grad`` (plus the
     regularisation terms and ``correction``, if any), updates ``theta`` in
@@ -113,11 +116,11 @@ class FlatOptimizer:
     ``train`` starts with fresh state.
     """
 
-    step: Callable[[F64, F64, float], None]
+    step: Callable[[Float, Float, float], None]
 
     def __init__(
         self,
-        theta0: F64,
+        theta0: Float,
         *,
         optimizer: str,
         lr: float,
@@ -126,23 +129,24 @@ class FlatOptimizer:
         momentum: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        correction: F64 | None = None,
+        correction: Float | None = None,
     ) -> None:
         self.lr = check_lr(lr)
         for name, value in (("weight_decay", weight_decay), ("prox_mu", prox_mu)):
             if not math.isfinite(value) or value < 0.0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         size = theta0.shape[0]
-        self._tmp = np.empty(size)
+        dtype = theta0.dtype  # the state keeps the vector's precision
+        self._tmp = np.empty(size, dtype=dtype)
         # weight decay and the proximal term add (wd + mu) * w - mu * w0 to the gradient
         self._coef = float(weight_decay) + float(prox_mu)
-        self._mu_w0: F64 | None = theta0 * float(prox_mu) if prox_mu else None
-        self._correction = _check_correction(correction, size)
+        self._mu_w0: Float | None = theta0 * float(prox_mu) if prox_mu else None
+        self._correction = _check_correction(correction, size, dtype)
         if optimizer == "sgd":
             if not 0.0 <= momentum < math.inf:
                 raise ValueError(f"momentum must be non-negative, got {momentum!r}")
             self._momentum = float(momentum)
-            self._buf: F64 | None = None
+            self._buf: Float | None = None
             if momentum:
                 self.step = self._sgd_momentum
             elif self._coef or self._correction is not None:
@@ -158,14 +162,14 @@ class FlatOptimizer:
             if not eps > 0.0:
                 raise ValueError(f"eps must be positive, got {eps!r}")
             self._beta1, self._beta2, self._eps = beta1, beta2, float(eps)
-            self._m = np.zeros(size)
-            self._v = np.zeros(size)
+            self._m = np.zeros(size, dtype=dtype)
+            self._v = np.zeros(size, dtype=dtype)
             self._t = 0
             self.step = self._adam
         else:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
 
-    def _regularize(self, theta: F64, grad: F64, scale: float) -> None:
+    def _regularize(self, theta: Float, grad: Float, scale: float) -> None:
         np.multiply(grad, scale, out=grad)
         if self._coef:
             np.multiply(theta, self._coef, out=self._tmp)
@@ -175,16 +179,16 @@ class FlatOptimizer:
         if self._correction is not None:
             np.add(grad, self._correction, out=grad)
 
-    def _sgd(self, theta: F64, grad: F64, scale: float) -> None:
+    def _sgd(self, theta: Float, grad: Float, scale: float) -> None:
         np.multiply(grad, self.lr * scale, out=grad)
         np.subtract(theta, grad, out=theta)
 
-    def _sgd_regularized(self, theta: F64, grad: F64, scale: float) -> None:
+    def _sgd_regularized(self, theta: Float, grad: Float, scale: float) -> None:
         self._regularize(theta, grad, scale)
         np.multiply(grad, self.lr, out=grad)
         np.subtract(theta, grad, out=theta)
 
-    def _sgd_momentum(self, theta: F64, grad: F64, scale: float) -> None:
+    def _sgd_momentum(self, theta: Float, grad: Float, scale: float) -> None:
         self._regularize(theta, grad, scale)
         if self._buf is None:
             self._buf = grad.copy()
@@ -194,7 +198,7 @@ class FlatOptimizer:
         np.multiply(self._buf, self.lr, out=grad)
         np.subtract(theta, grad, out=theta)
 
-    def _adam(self, theta: F64, grad: F64, scale: float) -> None:
+    def _adam(self, theta: Float, grad: Float, scale: float) -> None:
         self._regularize(theta, grad, scale)
         self._t += 1
         b1, b2, m, v, tmp = self._beta1, self._beta2, self._m, self._v, self._tmp
