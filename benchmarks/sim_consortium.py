@@ -12,25 +12,46 @@ handler) and everything else, the framework's cost (tasks, contexts, RNG
 derivation, replies, validation, aggregation, the round loop), also given per
 node-task. ``run_cpu_s`` is the process's CPU time over the run: close to
 ``run_s`` when the machine was quiet for this process.
+
+``--backend processes`` runs the nodes in worker processes (``--workers``,
+default one per CPU), in batches. The nodes' compute then happens in the
+workers: each worker writes its handler time, task count and CPU time to a
+file when it exits (``NODE_CLOCK_DIR``), and the result gives the whole tree's
+CPU (driver + workers + the forkserver), the node compute summed across
+workers, and the framework's CPU per task, (tree CPU − node compute) / tasks.
+Memory: a thread samples the driver and its descendants every ``--sample-ms``
+and reports the peak of their summed RSS and of their summed PSS (PSS splits
+shared pages between the processes sharing them: the tree's real footprint);
+the sampler's own CPU is left out of the driver's.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
+import multiprocessing.util
+import os
 import resource
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 T0 = time.perf_counter()
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 
 from consortium import Arrays, ClientApp, Context, FedAvg, Message, ServerApp, ServerConfig  # noqa: E402
 from consortium.ml import logistic  # noqa: E402
 from consortium.simulation import run_simulation  # noqa: E402
 
 FEATURES, ROWS, BATCH, LR = 20, 100, 32, 0.1
+#: where worker processes write their NodeClock when they exit (set by main)
+NODE_CLOCK_DIR = "SIM_CONSORTIUM_NODE_CLOCK_DIR"
+HERE = Path(__file__).resolve().parent
 
 
 @functools.cache
@@ -50,22 +71,43 @@ client_app = ClientApp()
 
 
 class NodeClock:
-    """Seconds spent in the nodes' own work, and how many node tasks ran. The default
-    backend runs the tasks one after another in this thread, so the sum is the share
-    of the run's wall time they took (with parallel workers it is not reported)."""
+    """Seconds spent in the nodes' own work, and how many node tasks ran, in this process.
+    The default backend runs the tasks one after another in this thread, so the sum is
+    the share of the run's wall time they took; worker processes report theirs on exit."""
 
     seconds = 0.0
+    cpu = 0.0  # the same work's CPU time (this thread's), for the processes split
     tasks = 0
+
+
+def _report_clock(folder: str) -> None:
+    """(In a worker process, as it exits.) Its node time, tasks and whole CPU time."""
+    record = {
+        "node_s": NodeClock.seconds,
+        "node_cpu_s": NodeClock.cpu,
+        "tasks": NodeClock.tasks,
+        "cpu_s": time.process_time(),
+    }
+    (Path(folder) / f"{os.getpid()}.json").write_text(json.dumps(record))
+
+
+if __name__ == "sim_consortium" and os.environ.get(NODE_CLOCK_DIR):
+    # imported by a worker process of the processes backend: report when it exits
+    # (multiprocessing runs these finalizers when a pool worker ends normally)
+    multiprocessing.util.Finalize(
+        None, _report_clock, (os.environ[NODE_CLOCK_DIR],), exitpriority=10
+    )
 
 
 @client_app.train()
 def train(msg: Message, ctx: Context) -> Message:
     assert msg.content is not None and msg.content.model is not None
     rng = ctx.rng(msg.metadata.round)  # the framework's per-task derivation
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.thread_time()
     x, y = node_data(ctx.seed, int(ctx.node_config["partition-id"]))  # built lazily, then dropped
     result = logistic.train(msg.content.model, x, y, rng=rng, lr=LR, batch_size=BATCH, epochs=1)
     NodeClock.seconds += time.perf_counter() - started
+    NodeClock.cpu += time.thread_time() - cpu_started
     NodeClock.tasks += 1
     return msg.reply(arrays=result.params, metrics={"num_examples": ROWS, "loss": result.loss})
 
@@ -83,12 +125,57 @@ def train_nothing(msg: Message, ctx: Context) -> Message:
     return msg.reply(arrays=msg.content.model.copy(), metrics={"num_examples": ROWS, "loss": 0.5})
 
 
+class TreeSampler(threading.Thread):
+    """Samples this process and its descendants every ``period`` s: the peaks of their
+    summed RSS and summed PSS, and each descendant's last CPU time seen."""
+
+    def __init__(self, period: float) -> None:
+        super().__init__(daemon=True)
+        self.period = period
+        self.peak_rss = self.peak_pss = 0
+        self.child_cpu: dict[int, float] = {}
+        self.own_cpu = 0.0  # this thread's CPU time: not the run's
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        root = psutil.Process()
+        procs = [root]
+        for tick in itertools.count():
+            if tick < 20 or tick % 10 == 0:  # listing them scans /proc: each time only at first
+                procs = [root, *root.children(recursive=True)]
+            rss = pss = 0
+            for p in procs:
+                try:
+                    mem = p.memory_full_info()
+                    if p.pid != root.pid:
+                        cpu = p.cpu_times()
+                        self.child_cpu[p.pid] = cpu.user + cpu.system
+                except psutil.Error:  # it ended meanwhile
+                    continue
+                rss, pss = rss + mem.rss, pss + mem.pss
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.own_cpu = time.thread_time()
+            if self._done.wait(self.period):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--backend", choices=["threads", "processes"], default="threads")
+    parser.add_argument(
+        "--workers", type=int, help="threads or processes (default: 1 thread, 1 process per CPU)"
+    )
+    parser.add_argument("--nodes-per-batch", type=int, help="processes: node tasks per call")
+    parser.add_argument(
+        "--sample-ms", type=float, default=50.0, help="memory sampling period (0: none)"
+    )
     parser.add_argument(
         "--null-node", action="store_true", help="nodes compute nothing: time the framework alone"
     )
@@ -101,17 +188,45 @@ def main() -> None:
             min_reply_fraction=1.0,
         )
     )
+    processes = args.backend == "processes"
+    app = "null_app" if args.null_node else "client_app"
+    clock_dir = tempfile.TemporaryDirectory(prefix="sim-clock-")
+    os.environ[NODE_CLOCK_DIR] = clock_dir.name  # the workers inherit it
+    sampler = TreeSampler(args.sample_ms / 1000) if args.sample_ms > 0 else None
+    if sampler is not None:
+        sampler.start()
     started, cpu_started = time.perf_counter(), time.process_time()
     result = run_simulation(
         server_app,
-        null_app if args.null_node else client_app,
+        f"sim_consortium:{app}" if processes else globals()[app],
         num_nodes=args.nodes,
         seed=args.seed,
+        backend=args.backend,
         workers=args.workers,
-    )
+        nodes_per_batch=args.nodes_per_batch,
+        app_path=[str(HERE)],
+    )  # (returns after the workers have exited and written their clocks)
     finished, cpu_finished = time.perf_counter(), time.process_time()
+    if sampler is not None:
+        sampler.stop()
+    driver_cpu_s = cpu_finished - cpu_started - (sampler.own_cpu if sampler else 0.0)
     run_s, node_s, tasks = finished - started, NodeClock.seconds, NodeClock.tasks
-    split = args.workers == 1  # with parallel workers, node time overlaps: no split
+    node_cpu_s, workers_cpu_s = NodeClock.cpu, 0.0
+    reported = set()  # the workers' pids (their files' names)
+    for file in Path(clock_dir.name).glob("*.json"):
+        report = json.loads(file.read_text())
+        node_s, tasks = node_s + report["node_s"], tasks + report["tasks"]
+        node_cpu_s += report["node_cpu_s"]
+        workers_cpu_s += report["cpu_s"]
+        reported.add(int(file.stem))
+    clock_dir.cleanup()
+    others_cpu_s = sum(
+        cpu for pid, cpu in (sampler.child_cpu.items() if sampler else ()) if pid not in reported
+    )
+    tree_cpu_s = driver_cpu_s + workers_cpu_s + others_cpu_s
+    # one thread: node time is a share of the wall time; parallel threads overlap it
+    split = processes or (args.workers or 1) == 1
+    framework_s = tree_cpu_s - node_cpu_s if processes else run_s - node_s
     accuracy = None
     if args.nodes <= 1000 and not args.null_node:
         data = [node_data(args.seed, i) for i in range(args.nodes)]
@@ -124,15 +239,27 @@ def main() -> None:
                 "nodes": args.nodes,
                 "rounds": args.rounds,
                 "import_s": started - T0,
+                "backend": args.backend,
+                "workers": args.workers,
                 "run_s": run_s,
-                "run_cpu_s": cpu_finished - cpu_started,
+                # this process (the driver) alone, the sampler thread left out
+                "run_cpu_s": driver_cpu_s,
+                # driver + worker processes (their whole life) + the forkserver
+                "tree_cpu_s": tree_cpu_s,
+                "workers_cpu_s": workers_cpu_s,
                 "node_tasks": tasks,
+                # the handler's own work, summed over the tasks: wall time, and CPU time
                 "node_compute_s": node_s if split else None,
-                "framework_s": run_s - node_s if split else None,
-                "framework_us_per_task": (run_s - node_s) / tasks * 1e6 if split else None,
+                "node_cpu_s": node_cpu_s,
+                # one thread: the wall time the nodes did not take; processes: the tree's
+                # CPU time that was not the nodes' own
+                "framework_s": framework_s if split else None,
+                "framework_us_per_task": framework_s / tasks * 1e6 if split else None,
                 "seconds_per_round": [r.seconds for r in result.history.rounds],
                 "final_accuracy": accuracy,
                 "self_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "tree_peak_rss_bytes": sampler.peak_rss if sampler else None,
+                "tree_peak_pss_bytes": sampler.peak_pss if sampler else None,
             }
         )
     )

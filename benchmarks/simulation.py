@@ -4,12 +4,15 @@
     python benchmarks/simulation.py --vs-flower          # + Flower 1.42 in its own virtualenv
     python benchmarks/simulation.py --sizes 1000 --json out.json
     python benchmarks/simulation.py --vs-revision HEAD~3 --repeat 3   # this tree vs an older one
+    python benchmarks/simulation.py --sizes 10000 --backend processes --workers 2 --repeat 3
 
 Workload "logreg-20" (see sim_consortium.py and peers/flower_sim.py): logistic
 regression on 20 synthetic features, 100 rows per node, every node every
 round, 5 rounds, FedAvg, no tracking. Each run is a fresh process, so wall
 time includes interpreter start-up and imports; peak RSS is summed over the
-whole process tree (Flower's Ray workers included).
+whole process tree (Flower's Ray workers included). ``--backend processes``
+runs Consortium's nodes in worker processes; the second table then splits the
+whole tree's CPU time (driver + workers) into the nodes' own and the rest.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class Row:
     #: the machine's 1-minute load average when the run started (2 cores: above ~2 it
     #: was shared with other work)
     load: float | None = None
+    #: processes backend: the whole tree's CPU (driver + workers), the workers' part,
+    #: the nodes' own CPU time, and the peak of the tree's summed PSS
+    backend: str = "threads"
+    tree_cpu_s: float | None = None
+    workers_cpu_s: float | None = None
+    node_cpu_s: float | None = None
+    peak_pss_mb: float | None = None
 
 
 def _parse(stdout: str) -> dict:  # type: ignore[type-arg]
@@ -67,7 +77,12 @@ def run_one(
         return Row(system, nodes, m.wall_s, None, m.peak_rss_bytes / MB, None, note, load=load)
     out = _parse(m.stdout)
     per_round = out.get("seconds_per_round") or []
-    rss = max(m.peak_rss_bytes, int(out.get("self_peak_rss_bytes") or 0))
+    rss = max(
+        m.peak_rss_bytes,
+        int(out.get("self_peak_rss_bytes") or 0),
+        int(out.get("tree_peak_rss_bytes") or 0),
+    )
+    pss = out.get("tree_peak_pss_bytes")
     return Row(
         system,
         nodes,
@@ -81,6 +96,11 @@ def run_one(
         framework_s=out.get("framework_s"),
         framework_us_per_task=out.get("framework_us_per_task"),
         load=load,
+        backend=out.get("backend", "threads"),
+        tree_cpu_s=out.get("tree_cpu_s"),
+        workers_cpu_s=out.get("workers_cpu_s"),
+        node_cpu_s=out.get("node_cpu_s"),
+        peak_pss_mb=pss / MB if pss else None,
     )
 
 
@@ -132,6 +152,9 @@ def main() -> int:
         "(checked out under .bench/), alternating with this tree",
     )
     ap.add_argument("--repeat", type=int, default=1, help="runs per size and system (best kept)")
+    ap.add_argument("--backend", choices=["threads", "processes"], default="threads")
+    ap.add_argument("--workers", type=int, help="Consortium's threads or worker processes")
+    ap.add_argument("--nodes-per-batch", type=int, help="processes backend: tasks per call")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.vs_revision:
@@ -147,7 +170,7 @@ def main() -> int:
     rows: list[Row] = []
     for n in sizes:
         common = ["--nodes", str(n), "--rounds", str(args.rounds), "--seed", str(args.seed)]
-        cmd = [sys.executable, str(HERE / "sim_consortium.py"), *common]
+        cmd = [sys.executable, str(HERE / "sim_consortium.py"), *common, *backend_args(args)]
         runs = []
         for _ in range(args.repeat):
             runs.append(run_one("consortium", cmd, None, n, args.timeout))
@@ -211,9 +234,22 @@ def main() -> int:
     return 0 if all(not r.note or r.note.startswith("not run") for r in rows) else 1
 
 
+def backend_args(args: argparse.Namespace) -> list[str]:
+    """sim_consortium.py's backend options, as asked."""
+    out = ["--backend", args.backend]
+    if args.workers is not None:
+        out += ["--workers", str(args.workers)]
+    if args.nodes_per_batch is not None:
+        out += ["--nodes-per-batch", str(args.nodes_per_batch)]
+    return out
+
+
 def print_split(rows: list[Row], rounds: int, repeat: int) -> None:
     """Where Consortium's run time went: the nodes' own compute (data and training, timed
     inside the handler) and the framework (everything else), per node-task too."""
+    if any(r.backend == "processes" for r in rows):
+        print_process_split(rows, rounds, repeat)
+        return
     print(f"\n### Where the time goes (Consortium, best of {repeat}; start-up excluded)\n")
     print(
         "| N | load (1 min) | run s | run CPU s | node compute s | framework s "
@@ -228,6 +264,31 @@ def print_split(rows: list[Row], rounds: int, repeat: int) -> None:
             f"{fmt(r.run_cpu_s, '.2f')} | {fmt(r.node_compute_s, '.2f')} | "
             f"{fmt(r.framework_s, '.2f')} | {fmt(node_us, '.1f')} | "
             f"{fmt(r.framework_us_per_task, '.1f')} |"
+        )
+
+
+def print_process_split(rows: list[Row], rounds: int, repeat: int) -> None:
+    """The processes backend: the tree's CPU time (driver + workers) against the nodes'
+    own CPU time (timed inside the handler, summed across workers); the framework's
+    share per task is (tree CPU − node CPU) / tasks. Memory: the tree's peak RSS sum
+    (shared pages counted once per process) and peak PSS sum (counted once)."""
+    print(
+        f"\n### Where the time goes (Consortium, processes, best of {repeat}; start-up excluded)\n"
+    )
+    print(
+        "| N | load (1 min) | run s | tree CPU s | driver CPU s | workers CPU s | node CPU s "
+        "| node µs/task | framework µs/task | tree RSS MB | tree PSS MB |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        tasks = r.nodes * rounds
+        node_us = r.node_cpu_s / tasks * 1e6 if r.node_cpu_s is not None else None
+        print(
+            f"| {r.nodes} | {fmt(r.load, '.1f')} | {fmt(r.run_s, '.2f')} | "
+            f"{fmt(r.tree_cpu_s, '.2f')} | {fmt(r.run_cpu_s, '.2f')} | "
+            f"{fmt(r.workers_cpu_s, '.2f')} | {fmt(r.node_cpu_s, '.2f')} | {fmt(node_us, '.1f')} | "
+            f"{fmt(r.framework_us_per_task, '.1f')} | {fmt(r.peak_rss_mb, '.0f')} | "
+            f"{fmt(r.peak_pss_mb, '.0f')} |"
         )
 
 

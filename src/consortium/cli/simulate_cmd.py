@@ -34,7 +34,18 @@ def default_run_dir(name: str) -> Path:
     help="With --backend ray: join this Ray cluster (host:port, auto) instead of starting "
     "a local Ray. Per-node resources: --run-config ray-num-cpus=…, ray-num-gpus=….",
 )
-@click.option("--workers", type=click.IntRange(min=1), help="Threads or processes running nodes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Threads or processes running nodes (default: consortium.toml's workers; without "
+    "one, 1 thread, or one process per CPU).",
+)
+@click.option(
+    "--nodes-per-batch",
+    type=click.IntRange(min=1),
+    help="With --backend processes: node tasks per call to a worker (default: a few "
+    "batches per worker per round).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Run seed.")
 @click.option(
     "--run-config",
@@ -53,6 +64,7 @@ def simulate(
     num_nodes: int | None,
     backend: str | None,
     workers: int | None,
+    nodes_per_batch: int | None,
     ray_address: str | None,
     seed: int,
     overrides: tuple[str, ...],
@@ -66,6 +78,8 @@ def simulate(
     spec = load_app_spec(app_dir)
     if ray_address is not None and (backend or spec.manifest.simulation.backend) != "ray":
         raise ConfigError("--ray-address needs --backend ray")
+    if nodes_per_batch is not None and (backend or spec.manifest.simulation.backend) != "processes":
+        raise ConfigError("--nodes-per-batch needs --backend processes")
     run_config = spec.run_config(dict(parse_override(o) for o in overrides))
     sim = spec.manifest.simulation
     node_ids = sim.node_ids
@@ -95,7 +109,9 @@ def simulate(
         run_config=run_config,
         seed=seed,
         backend=backend or sim.backend,  # type: ignore[arg-type]
-        workers=workers or sim.workers,
+        # the manifest's workers when it sets them; else the backend's own default
+        workers=workers or (sim.workers if "workers" in sim.model_fields_set else None),
+        nodes_per_batch=nodes_per_batch,
         run_dir=run_dir,
         observers=observers,
         app_path=[str(spec.root)],

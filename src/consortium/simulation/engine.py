@@ -32,7 +32,8 @@ def run_simulation(
     run_config: Config | None = None,
     seed: int = 0,
     backend: Backend | Literal["ray"] = "threads",
-    workers: int = 1,
+    workers: int | None = None,
+    nodes_per_batch: int | None = None,
     run_dir: Path | None = None,
     run_id: str | None = None,
     observers: Sequence[RunObserver] = (),
@@ -49,7 +50,9 @@ def run_simulation(
     config (default: ``partition-id`` and ``num-partitions``). ``client_app``
     may be a ``"module:attribute"`` reference, which the processes backend
     requires. The same ``seed`` gives a bit-identical model for any backend
-    and number of ``workers``. ``grid_wrapper`` decorates the grid the round
+    and number of ``workers`` (threads: default 1; processes: default one per
+    CPU, running ``nodes_per_batch`` node tasks per call, by default a few
+    batches per worker per round). ``grid_wrapper`` decorates the grid the round
     loop talks to (e.g. ``AttackedGrid``); the engine still closes its own.
     With ``checkpoint_dir`` the run keeps checkpoints there, as a deployed
     server does; ``resume=True`` continues from the newest valid one (the
@@ -93,6 +96,7 @@ def run_simulation(
             backend=backend,
             workers=workers,
             app_path=app_path,
+            nodes_per_batch=nodes_per_batch,
         )
     params: Config = {**run_config, PARAM_NUM_NODES: len(node_ids), PARAM_BACKEND: backend}
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -13,7 +12,6 @@ from concurrent.futures import (
     CancelledError,
     Executor,
     Future,
-    ProcessPoolExecutor,
     ThreadPoolExecutor,
     wait,
 )
@@ -28,8 +26,7 @@ from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.protocol import ERROR_UNKNOWN_NODE, NUM_PARTITIONS, PARTITION_ID
 from consortium.core.records import Config
-from consortium.core.state_codec import decode_state, encode_state
-from consortium.simulation import worker
+from consortium.simulation.process_backend import ProcessNodes
 
 Backend = Literal["threads", "processes"]
 NodeConfigFn = Callable[[int, str], Config]
@@ -51,6 +48,13 @@ class SimulationGrid:
     runs its tasks one after another in the order they were sent: a task to a
     node that is still busy starts when the earlier one has ended, with the
     state it left (several workers never run one node twice at once).
+
+    ``backend="processes"`` runs the nodes in ``workers`` worker processes
+    (default: one per CPU), in batches of ``nodes_per_batch`` tasks per call
+    (default: a few batches per worker per round), with the same guarantees:
+    see :mod:`consortium.simulation.process_backend`. The threads backend
+    defaults to one worker: the tasks then run in this thread, one after the
+    other.
     """
 
     def __init__(
@@ -62,11 +66,14 @@ class SimulationGrid:
         run_config: Config | None = None,
         seed: int = 0,
         backend: Backend = "threads",
-        workers: int = 1,
+        workers: int | None = None,
         app_path: Sequence[str] = (),
+        nodes_per_batch: int | None = None,
     ) -> None:
         if backend not in ("threads", "processes"):
             raise ConfigError(f"backend must be 'threads' or 'processes', got {backend!r}")
+        if workers is None:
+            workers = cpu_count() if backend == "processes" else 1
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if len(set(node_ids)) != len(node_ids):
@@ -77,22 +84,30 @@ class SimulationGrid:
         self._run_config = dict(run_config or {})
         self._seed = seed
         self._states: dict[str, NodeState] = {}
-        self._backend = backend
         self._workers = workers
         self._executor: Executor | None = None
         self._pushed: list[Future[Message]] = []  # pushed tasks not pulled yet, in push order
         #: each node's latest task submitted to the pool (the next one waits for it)
         self._latest: dict[str, Future[Message]] = {}
         self._latest_lock = threading.Lock()
+        self._app: ClientApp | None = None
+        self._procs: ProcessNodes | None = None
         if backend == "processes":
             if not isinstance(client_app, str):
                 raise ConfigError(
                     "the processes backend loads the ClientApp in each worker: pass it as "
                     "'module:attribute' (consortium simulate does this for app folders)"
                 )
-            self._app_ref = client_app
-            self._app_path = list(app_path)
-            self._app: ClientApp | None = None
+            self._procs = ProcessNodes(
+                client_app,
+                app_path,
+                known=self._index,
+                node_config=lambda node: self._node_config(self._index[node], node),
+                run_config=self._run_config,
+                seed=seed,
+                workers=workers,
+                nodes_per_batch=nodes_per_batch,
+            )
         else:
             self._app = (
                 load_app(client_app, app_path) if isinstance(client_app, str) else client_app
@@ -106,7 +121,10 @@ class SimulationGrid:
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
         deadline = time.time() + timeout if timeout else None
-        if self._backend == "threads" and self._workers == 1:
+        if self._procs is not None:
+            yield from self._procs.send_and_receive(messages, deadline)
+            return
+        if self._workers == 1:
             for msg in messages:
                 if deadline is not None and time.time() > deadline:
                     return
@@ -121,8 +139,11 @@ class SimulationGrid:
         return self.node_ids()
 
     def push(self, messages: Sequence[Message]) -> None:
+        if self._procs is not None:
+            self._procs.push(messages)
+            return
         for msg in messages:
-            if self._backend == "threads" and self._workers == 1:
+            if self._workers == 1:
                 done: Future[Message] = Future()
                 done.set_result(self._run_local(msg))
                 self._pushed.append(done)
@@ -131,6 +152,8 @@ class SimulationGrid:
 
     def pull(self, timeout: float | None) -> Message | None:
         """The next pushed task to finish (of those finished, the one pushed first)."""
+        if self._procs is not None:
+            return self._procs.pull(timeout)
         if not self._pushed:
             return None
         finished, _ = wait(self._pushed, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -144,6 +167,8 @@ class SimulationGrid:
         return time.monotonic()
 
     def close(self) -> None:
+        if self._procs is not None:
+            self._procs.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
@@ -186,16 +211,7 @@ class SimulationGrid:
 
     def _pool(self) -> Executor:
         if self._executor is None:
-            if self._backend == "threads":
-                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-node")
-            else:
-                # forkserver, not fork: the parent may run threads (tracking, progress)
-                self._executor = ProcessPoolExecutor(
-                    self._workers,
-                    mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=worker.init_worker,
-                    initargs=(self._app_ref, self._app_path),
-                )
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-node")
         return self._executor
 
     def _submit(self, pool: Executor, msg: Message) -> Future[Message]:
@@ -231,37 +247,7 @@ class SimulationGrid:
                 del self._latest[node]
 
     def _start(self, pool: Executor, msg: Message) -> Future[Message]:
-        if self._backend == "threads":
-            return pool.submit(self._run_local, msg)
-        node = msg.metadata.dst
-        if node not in self._index:
-            done: Future[Message] = Future()
-            done.set_result(msg.error_reply(ERROR_UNKNOWN_NODE, f"no simulated node {node!r}"))
-            return done
-        state = self._states.get(node)
-        inner = pool.submit(
-            worker.run_task,
-            bytes(msg.to_bytes()),
-            node,
-            self._node_config(self._index[node], node),
-            self._run_config,
-            self._seed,
-            encode_state(state) if state is not None else None,
-        )
-        outer: Future[Message] = Future()
-
-        def unpack(f: Future[tuple[bytes, bytes | None, bool]]) -> None:
-            try:
-                reply_bytes, state_bytes, raised = f.result()
-                if not raised:  # a failed task's state changes are dropped, as on a node
-                    state = decode_state(state_bytes) if state_bytes else NodeState()
-                    self._keep_state(node, state)
-                outer.set_result(Message.from_bytes(reply_bytes))
-            except Exception as exc:  # a worker died or could not load the app
-                outer.set_result(failure_reply(msg, exc, SIMULATION_ERROR_DETAIL))
-
-        inner.add_done_callback(unpack)
-        return outer
+        return pool.submit(self._run_local, msg)
 
     def _run_pooled(self, messages: Sequence[Message], deadline: float | None) -> Iterator[Message]:
         pool = self._pool()

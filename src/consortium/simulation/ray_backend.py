@@ -43,15 +43,10 @@ from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.protocol import ERROR_UNKNOWN_NODE
 from consortium.core.records import Config
+from consortium.simulation.batch import Job, from_plain, to_plain
 from consortium.simulation.grid import NodeConfigFn, default_node_config
 from consortium.simulation.ray_backend_options import RayOptions
-from consortium.simulation.ray_backend_worker import (
-    AppSource,
-    Job,
-    from_plain,
-    run_node_tasks,
-    to_plain,
-)
+from consortium.simulation.ray_backend_worker import AppSource, run_node_tasks
 
 __all__ = ["RayGrid", "RayOptions", "connect_ray"]
 

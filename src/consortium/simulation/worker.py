@@ -1,44 +1,55 @@
-"""Process-backend worker: loads the ClientApp once, then runs tasks sent as bytes."""
+"""Processes-backend worker: loads the ClientApp once, then runs batches of node tasks.
+
+What a batch carries and how it runs is :mod:`consortium.simulation.batch`,
+shared with the Ray backend; this module is the worker process's entry.
+"""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
+from typing import Any
 
 from consortium.apps.loader import load_app
-from consortium.client import task
 from consortium.client.app import ClientApp
-from consortium.core.context import Context, NodeState
-from consortium.core.message import Message
 from consortium.core.records import Config
-from consortium.core.state_codec import decode_state, encode_state
+from consortium.simulation.batch import Job, pack_replies, run_jobs
 
+#: this worker's app and what every task of the run shares (set once, by init_worker)
 _APP: ClientApp | None = None
+_RUN: tuple[Config, int] = ({}, 0)
 
 
-def init_worker(ref: str, path: Sequence[str]) -> None:
-    global _APP
+def init_worker(ref: str, path: Sequence[str], run_config: Config, seed: int) -> None:
+    """Load the app, then keep everything loaded so far out of the garbage collector's
+    passes (``gc.freeze``): its full passes would walk every module object at each
+    one, and writing their headers would copy the pages this worker shares with the
+    forkserver it was forked from."""
+    global _APP, _RUN
     _APP = load_app(ref, path)
+    _RUN = (run_config, seed)
+    gc.freeze()
 
 
-def run_task(
-    message: bytes,
-    node_id: str,
-    node_config: Config,
-    run_config: Config,
-    seed: int,
-    state: bytes | None,
-) -> tuple[bytes, bytes | None, bool]:
-    """Run one task; returns the encoded reply, the node's encoded state, and whether the
-    app raised (its state changes are then dropped, as a deployed node drops them)."""
+def ready() -> None:
+    """Nothing: the driver submits one per worker to start the pool's workers early."""
+
+
+def run_batch(jobs: Sequence[Job], objects: Sequence[Any]) -> tuple[list[Any], bytes]:
+    """Run ``jobs`` one after the other (see :func:`~consortium.simulation.batch.run_jobs`).
+
+    The arrays records in ``objects`` (lists of pairs; node states are tuples) are
+    made read-only first: one copy of the round's model serves every task of the
+    batch, so a node that wrote into it would change the next node's model. The
+    app sees its model read-only, as in the Ray backend. Returns the results, their
+    reply arrays packed into the one buffer that comes with them
+    (:func:`~consortium.simulation.batch.pack_replies`).
+    """
     assert _APP is not None, "init_worker was not called"
-    msg = Message.from_bytes(message)
-    context = Context(
-        node_id=node_id,
-        node_config=node_config,
-        run_config=run_config,
-        state=decode_state(state) if state else NodeState(),
-        seed=seed,
-    )
-    result = task.run_task(_APP, msg, context, error_detail=task.SIMULATION_ERROR_DETAIL)
-    new_state = None if context.state.is_empty() else encode_state(context.state)
-    return bytes(result.reply.to_bytes()), new_state, result.raised
+    for obj in objects:
+        if isinstance(obj, list):
+            for _, array in obj:
+                array.setflags(write=False)
+    run_config, seed = _RUN
+    results = run_jobs(_APP, run_config, seed, jobs, objects)
+    return results, pack_replies(results)
