@@ -59,6 +59,9 @@ def test_an_app_process_and_a_simulation_worker_load_only_what_they_use() -> Non
     for package in (consortium, consortium.apps, consortium.simulation):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
+        # the lazy table and __all__ name the same things (one cannot drift from the other)
+        lazy = set(vars(package)["_HOMES"])
+        assert set(package.__all__) - {"__version__"} == lazy, package.__name__
 
 
 def test_public_api_is_exactly_all() -> None:

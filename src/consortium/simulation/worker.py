@@ -22,9 +22,8 @@ _RUN: tuple[Config, int] = ({}, 0)
 
 def init_worker(ref: str, path: Sequence[str], run_config: Config, seed: int) -> None:
     """Load the app, then keep everything loaded so far out of the garbage collector's
-    passes (``gc.freeze``): its full passes would walk every module object at each
-    one, and writing their headers would copy the pages this worker shares with the
-    forkserver it was forked from."""
+    passes (``gc.freeze``): its full passes would otherwise walk every module object
+    at each one, during a run that keeps thousands of task objects alive."""
     global _APP, _RUN
     _APP = load_app(ref, path)
     _RUN = (run_config, seed)
