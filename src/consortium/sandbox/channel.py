@@ -4,27 +4,51 @@ A frame is ``!IQ`` (header length, payload length), a JSON header (at most
 :data:`MAX_HEADER_BYTES`) and a binary payload (at most the channel's
 ``max_payload``). Both lengths are checked before anything is allocated, so a
 child that sends garbage costs its parent an error, not its memory.
+
+A parent with a :class:`~consortium.sandbox.shared_blocks.Lender` sends the
+parts of a payload that lie in its child's shared blocks by reference: the
+header's ``_shm`` lists ``[position, block, offset, size]`` for each, ``_fds``
+the blocks whose descriptors ride on the frame's first byte, and only the
+other parts follow on the socket (the prefix's payload length counts those).
+The child rebuilds the payload in a buffer of its own and answers at once with
+a ``_released`` frame naming the blocks, which the parent's :meth:`Channel.recv`
+consumes itself.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
+import os
+import queue
 import socket
 import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from consortium.core.buffers import POOL_MIN_BYTES, empty_buffer
 from consortium.core.errors import ConsortiumError
+from consortium.sandbox.shared_blocks import (
+    MAX_BLOCKS,
+    SHARE_MIN_BYTES,
+    Lender,
+    Mappings,
+    Reference,
+    SharedBlockError,
+)
 
 _PREFIX = struct.Struct("!IQ")
 #: the largest JSON header a frame may carry
 MAX_HEADER_BYTES = 1 << 20
 
 Buffer = bytes | bytearray | memoryview
+#: header keys and the frame kind only the channel itself writes
+_SHM, _FDS, _RELEASED = "_shm", "_fds", "_released"
+#: room for the descriptors of every block a frame may name
+_FD_SPACE = socket.CMSG_SPACE(MAX_BLOCKS * array.array("i").itemsize)
 
 
 class ChannelError(ConsortiumError):
@@ -44,16 +68,32 @@ class Frame:
 
 class Channel:
     """One end of a socket carrying :class:`Frame` s; ``send`` is thread-safe,
-    ``recv`` is for one reader at a time."""
+    ``recv`` is for one reader at a time.
 
-    def __init__(self, sock: socket.socket, *, max_payload: int) -> None:
+    With shared memory (``peer``: who is at the other end), each end has a
+    :class:`~consortium.sandbox.shared_blocks.Lender` of blocks it writes. The
+    parent's (``peer="child"``) are filled by the parent's own receiving code
+    (:meth:`Lender.allocate`: a task or reply straight from the network) and the
+    child copies out what a frame names in them; the child's (``peer="parent"``)
+    are filled by :meth:`send` itself, and the parent reads what a frame names in
+    them where it lies, read-only, telling the child once it is done with it."""
+
+    def __init__(self, sock: socket.socket, *, max_payload: int,
+                 peer: Literal["child", "parent"] | None = None) -> None:  # fmt: skip
         self.sock = sock
         self.max_payload = max_payload
+        self.peer = peer
+        #: this end's shared blocks (None: no shared memory)
+        self.lender = Lender() if peer is not None else None
+        self._mappings = Mappings() if peer is not None else None
+        #: blocks of the child this parent is done with, told with its next frame
+        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._send_lock = threading.Lock()
 
     @classmethod
-    def from_fd(cls, fd: int, *, max_payload: int) -> Channel:
-        return cls(socket.socket(fileno=fd), max_payload=max_payload)
+    def from_fd(cls, fd: int, *, max_payload: int,
+                peer: Literal["child", "parent"] | None = None) -> Channel:  # fmt: skip
+        return cls(socket.socket(fileno=fd), max_payload=max_payload, peer=peer)
 
     def send(self, kind: str, header: dict[str, Any] | None = None,
              payload: Buffer | Sequence[Buffer] = b"") -> None:  # fmt: skip
@@ -61,14 +101,42 @@ class Channel:
         size = sum(memoryview(p).nbytes for p in parts)
         if size > self.max_payload:
             raise ChannelError(f"a {kind!r} frame of {size} bytes exceeds {self.max_payload}")
+        fields: dict[str, Any] = {**(header or {}), "kind": kind}
+        done = _drain(self._done)
+        if done:
+            fields[_RELEASED] = done
+        refs: list[Reference | None] = []
+        held = None  # a staged copy, alive until the frame is out
+        if self.lender is not None and self.peer == "parent" and size >= SHARE_MIN_BYTES:
+            staged = self.lender.stage(parts, size)
+            if staged is not None:
+                refs, held = [staged[0]], staged[1]
+                parts = [held]
+        elif self.lender is not None:
+            refs = self.lender.references(parts)
+        blocks = list({r.block.block_id: r.block for r in refs if r is not None}.values())
+        if blocks:
+            fields[_SHM] = [[r.position, r.block.block_id, r.offset, r.size]
+                            for r in refs if r is not None]  # fmt: skip
+            fields[_FDS] = [b.block_id for b in blocks]
+            parts = [p for p, r in zip(parts, refs, strict=True) if r is None]
+            size = sum(memoryview(p).nbytes for p in parts)
         # NaN and inf travel (a diverged loss is a metric to record); the reader checks
         # finiteness wherever a number must be finite (wire.round_from_json's seconds)
-        head = json.dumps({**(header or {}), "kind": kind}).encode()
+        head = json.dumps(fields).encode()
         if len(head) > MAX_HEADER_BYTES:
             raise ChannelError(f"a {kind!r} frame's header of {len(head)} bytes is too large")
+        first = _PREFIX.pack(len(head), size) + head
         with self._send_lock:
             try:
-                self.sock.sendall(_PREFIX.pack(len(head), size) + head)
+                if blocks:  # the descriptors ride on the frame's first byte
+                    assert self.lender is not None
+                    self.lender.lend(blocks)
+                    fds = array.array("i", [b.fd for b in blocks])
+                    sent = self.sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    self.sock.sendall(first[sent:])
+                else:
+                    self.sock.sendall(first)
                 for part in parts:
                     # not even an empty send once the frame is out: a peer that has read
                     # it may have answered and closed, and b"" would then raise EPIPE
@@ -76,56 +144,195 @@ class Channel:
                         self.sock.sendall(part)
             except OSError as exc:
                 raise ChannelClosed(f"the channel broke: {exc}") from exc
+        del held
 
     def recv(self, timeout: float | None = None) -> Frame:
         """The next frame; ``timeout`` bounds the wait for its first byte."""
-        self.sock.settimeout(timeout)
-        try:
-            prefix = self._read(_PREFIX.size, first=True)
-        finally:
-            self.sock.settimeout(None)
-        head_len, size = _PREFIX.unpack(prefix)
-        if head_len > MAX_HEADER_BYTES:
-            raise ChannelError(f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})")
-        if size > self.max_payload:
-            raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
-        try:
-            header = json.loads(bytes(self._read(head_len)))  # at most MAX_HEADER_BYTES
-        except ValueError as exc:
-            raise ChannelError(f"a frame header is not JSON: {exc}") from exc
-        if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
-            raise ChannelError("a frame header is not an object with a 'kind'")
-        kind = header.pop("kind")
-        return Frame(kind, header, self._read(size) if size else b"")
+        while True:
+            frame = self._recv_frame(timeout)
+            if frame.kind != _RELEASED:
+                return frame
 
-    def _read(self, size: int, *, first: bool = False) -> bytearray | memoryview:
+    def _recv_frame(self, timeout: float | None) -> Frame:
+        fds: list[int] = []
+        try:
+            self.sock.settimeout(timeout)
+            try:
+                prefix = self._read_prefix(fds)
+            finally:
+                self.sock.settimeout(None)
+            head_len, size = _PREFIX.unpack(prefix)
+            if head_len > MAX_HEADER_BYTES:
+                raise ChannelError(f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})")
+            if size > self.max_payload:
+                raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
+            try:
+                header = json.loads(bytes(self._read_into(bytearray(head_len))))
+            except ValueError as exc:
+                raise ChannelError(f"a frame header is not JSON: {exc}") from exc
+            if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+                raise ChannelError("a frame header is not an object with a 'kind'")
+            kind = header.pop("kind")
+            if _RELEASED in header:
+                self._take_back(header.pop(_RELEASED))
+            if kind == _RELEASED:
+                return Frame(kind)
+            refs, block_fds = header.pop(_SHM, None), header.pop(_FDS, None)
+            if refs is None and block_fds is None:
+                if fds:
+                    raise ChannelError(f"a {kind!r} frame carried a file descriptor")
+                return Frame(kind, header, self._read(size) if size else b"")
+            return Frame(kind, header, self._shared_payload(kind, size, refs, block_fds, fds))
+        finally:
+            _close_all(fds)
+
+    def _take_back(self, released: Any) -> None:
+        if self.lender is None:
+            raise ChannelError("a release of shared blocks this side never lent")
+        try:
+            self.lender.returned(released)
+        except SharedBlockError as exc:
+            raise ChannelError(str(exc)) from exc
+
+    def _shared_payload(self, kind: str, inline: int, refs: Any, block_fds: Any,
+                        fds: list[int]) -> memoryview | bytearray:  # fmt: skip
+        """The payload rebuilt from the socket's parts and the referenced blocks' ranges;
+        the blocks are then released at once."""
+        ranges, descriptors = _checked_refs(kind, refs, block_fds, fds)
+        total = inline + sum(r[3] for r in ranges)
+        if self._mappings is None or total > self.max_payload:
+            raise ChannelError(f"a {kind!r} frame in shared memory this side does not take")
+        if self.peer == "child" and len(ranges) == 1 and inline == 0:
+            # the child's payload read where it lies; it gets the block back once the
+            # payload and all built on it are gone (told with this side's next frame)
+            _, block_id, offset, length = ranges[0]
+            try:
+                return self._mappings.view(block_id, descriptors[block_id], offset, length,
+                                           self._done.put)  # fmt: skip
+            except SharedBlockError as exc:
+                raise ChannelError(str(exc)) from exc
+        out = empty_buffer(total) if total >= POOL_MIN_BYTES else memoryview(bytearray(total))
+        position = 0
+        try:
+            for start, block_id, offset, length in ranges:
+                if start > position:
+                    self._read_into(out[position:start])
+                self._mappings.copy(block_id, descriptors[block_id], offset,
+                                    out[start : start + length])  # fmt: skip
+                position = start + length
+            if position < total:
+                self._read_into(out[position:])
+        except SharedBlockError as exc:
+            raise ChannelError(str(exc)) from exc
+        if self.peer == "parent":
+            self._release(list(descriptors))  # at once: the parent may want it again soon
+        else:
+            for block_id in descriptors:
+                self._done.put(block_id)
+        return out
+
+    def _release(self, block_ids: list[int]) -> None:
+        head = json.dumps({"kind": _RELEASED, _RELEASED: block_ids}).encode()
+        with self._send_lock:
+            try:
+                self.sock.sendall(_PREFIX.pack(len(head), 0) + head)
+            except OSError as exc:
+                raise ChannelClosed(f"the channel broke: {exc}") from exc
+
+    def _read_prefix(self, fds: list[int]) -> bytes:
+        """The frame's first bytes, and the descriptors that may ride on them."""
+        got = b""
+        while len(got) < _PREFIX.size:
+            try:
+                data, ancillary, flags, _ = self.sock.recvmsg(_PREFIX.size - len(got), _FD_SPACE)
+            except TimeoutError:
+                if not got:
+                    raise
+                raise ChannelError("the other side stopped in the middle of a frame") from None
+            except OSError as exc:
+                raise ChannelClosed(f"the channel broke: {exc}") from exc
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(array.array("i", value[: len(value) - len(value) % 4]))
+            if flags & socket.MSG_CTRUNC:
+                raise ChannelError(f"a frame carried more than {MAX_BLOCKS} descriptors")
+            if not data:
+                raise ChannelClosed("the other side closed the channel")
+            got += data
+            self.sock.settimeout(None)  # a frame under way is read to its end
+        return got
+
+    def _read(self, size: int) -> bytearray | memoryview:
         # a model-sized payload goes into a reused buffer: fresh memory costs ~3x more to
         # fill than the copy itself (a 400 MB frame: ~1.1 s into a new bytearray, ~0.35 s
         # into a pooled buffer; benchmarks/transport.py --stages)
-        buf: bytearray | memoryview
         if size >= POOL_MIN_BYTES:
-            buf = view = empty_buffer(size)
-        else:
-            buf = bytearray(size)
-            view = memoryview(buf)
-        got = 0
+            return self._read_into(empty_buffer(size))
+        buf = bytearray(size)
+        self._read_into(memoryview(buf))
+        return buf
+
+    def _read_into(self, out: memoryview | bytearray) -> memoryview | bytearray:
+        view = memoryview(out)
+        got, size = 0, len(view)
         while got < size:
             try:
                 n = self.sock.recv_into(view[got:])
             except TimeoutError:
-                if first and got == 0:
-                    raise
                 raise ChannelError("the other side stopped in the middle of a frame") from None
             except OSError as exc:
                 raise ChannelClosed(f"the channel broke: {exc}") from exc
             if n == 0:
                 raise ChannelClosed("the other side closed the channel")
             got += n
-            if first:
-                self.sock.settimeout(None)  # a frame under way is read to its end
-        return buf
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        if self._mappings is not None:
+            self._mappings.close()
+        if self.lender is not None:  # the child is gone: nothing will copy from them again
+            self.lender.close()
+
+
+def _checked_refs(
+    kind: str, refs: Any, block_fds: Any, fds: list[int]
+) -> tuple[list[tuple[int, int, int, int]], dict[int, int]]:
+    """A frame's references (sorted, not overlapping) and each block's descriptor."""
+    bad = ChannelError(f"a {kind!r} frame's shared-memory references are malformed")
+    if not isinstance(block_fds, list) or len(block_fds) != len(fds) or not fds \
+            or len(set(map(str, block_fds))) != len(block_fds) \
+            or not all(type(b) is int for b in block_fds):  # fmt: skip
+        raise bad
+    descriptors = dict(zip(block_fds, fds, strict=True))
+    if not isinstance(refs, list) or not refs:
+        raise bad
+    ranges: list[tuple[int, int, int, int]] = []
+    end = 0
+    for ref in refs:
+        if not isinstance(ref, list) or len(ref) != 4 or not all(type(v) is int for v in ref):
+            raise bad
+        start, block_id, offset, length = ref
+        if start < end or offset < 0 or length <= 0 or block_id not in descriptors:
+            raise bad
+        ranges.append((start, block_id, offset, length))
+        end = start + length
+    return ranges, descriptors
+
+
+def _drain(done: queue.SimpleQueue[int]) -> list[int]:
+    out = []
+    while True:
+        try:
+            out.append(done.get_nowait())
+        except queue.Empty:
+            return out
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()

@@ -14,7 +14,8 @@ from consortium.sandbox.confine import SandboxSpec, confine
 
 def enter(max_payload: int) -> Channel:
     """The channel to the parent (fd in ``argv[1]``), once this process is confined."""
-    channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload)
+    # payloads in the parent's shared blocks are copied from them (shared_blocks.py)
+    channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload, peer="parent")
     frame = channel.recv()
     if frame.kind != "spec":
         raise SystemExit(f"sandbox: expected the spec, got {frame.kind!r}")

@@ -89,7 +89,10 @@ def spawn(
     ``secrets`` are files and directories the child must not read (the
     server's key, the CA directory, the state database): starting refuses if
     any lies inside a tree the child may read. ``extra_env`` adds variables the
-    caller chose (never secrets) to the child's minimal environment.
+    caller chose (never secrets) to the child's minimal environment. Large
+    payloads cross as shared memory (:mod:`~consortium.sandbox.shared_blocks`):
+    what the caller receives into ``child.channel.lender``'s blocks reaches the
+    child without crossing the socket.
     """
     # the child starts in its workdir: a relative path would mean another folder there
     workdir = os.path.abspath(spec.workdir)
@@ -121,7 +124,8 @@ def spawn(
             start_new_session=True,  # a signal to the server's group does not reach it
         )
     child_end.close()
-    child = Sandboxed(process, Channel(parent_end, max_payload=max_payload), log_path)
+    channel = Channel(parent_end, max_payload=max_payload, peer="child")
+    child = Sandboxed(process, channel, log_path)
     try:
         child.channel.send("spec", {"spec": spec.to_json()})
         frame = child.channel.recv(timeout=START_TIMEOUT)

@@ -1,0 +1,275 @@
+"""Model-sized payloads between a parent and its sandboxed child, as shared memory.
+
+A 100M-parameter model crossing the socket between a node and its app process
+(or the server and its app process) costs a copy into the kernel and one out
+of it, ~0.13 CPU-s per 400 MB, and a round has several such crossings on its
+critical path (``docs/benchmarks.md``, "Deployment transport"). Instead each
+side writes large payloads into **blocks** of its own, memfds it keeps and
+reuses (warm pages: fresh memory costs ~3.5 s a GB on the VM kind measured),
+and a frame names a range of a block instead of carrying its bytes
+(:mod:`~consortium.sandbox.channel`):
+
+* **Parent to child** (a task to the node's app, a reply to the server's app):
+  the parent receives the payload from the network straight into one of its
+  child's blocks (:meth:`Lender.allocate`, the reassembly buffer itself), so
+  this costs no memory beyond the buffer it replaces. The child copies the range
+  into a buffer of its own (the app gets writable arrays, as from the socket)
+  and says so at once; the parent reuses the block once both are done with it.
+* **Child to parent** (a reply from the node's app, the model from the
+  server's app): the child copies the payload into one of its own blocks
+  (:meth:`Lender.stage`) and the parent reads it where it lies, read-only,
+  without a copy; the child gets the block back once the parent's last view of
+  it is gone (told with the parent's next frame). The parent decodes such a
+  payload once into its own objects (headers, names, shapes); the child can
+  still change the array bytes while the parent sends them on, which changes
+  only what the child's own message carries: a parent must copy what it checks
+  the content of before relying on it (nothing does today).
+
+What keeps each side in its place:
+
+* A block is sealed as soon as it is made (``F_SEAL_FUTURE_WRITE``,
+  ``F_SEAL_SHRINK``, ``F_SEAL_GROW``, ``F_SEAL_SEAL``): only its maker's own
+  mapping can write it; the other side can map it read-only, never write it,
+  and a reader refuses a block that is not sealed against shrinking (its maker
+  could otherwise cut it under the reader: a SIGBUS).
+* Each child has blocks of its own (its channel's :class:`Lender`), never
+  used for anything else: the parent's blocks a child has seen hold that
+  child's run's data only, whatever it keeps mapped.
+* A side has at most :data:`MAX_BLOCKS` blocks; when all are in use (a child
+  that keeps payloads alive, replies arriving faster than the app takes them)
+  a payload goes into an ordinary buffer and through the socket, as before.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import mmap
+import os
+import stat
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from consortium.core.buffers import POOL_GRANULE, POOL_MIN_BYTES
+from consortium.core.errors import ConsortiumError
+
+Buffer = bytes | bytearray | memoryview
+
+#: payloads from this size on are received into a block (smaller: the socket is as cheap)
+SHARE_MIN_BYTES = POOL_MIN_BYTES
+#: a part of a frame from this size on, lying in a block, travels as a reference to it
+REFERENCE_MIN_BYTES = 64 * 1024
+#: the most blocks one child has
+MAX_BLOCKS = 4
+#: linux/fcntl.h; Python's fcntl module does not name it (Linux 5.1+)
+F_SEAL_FUTURE_WRITE = 0x0010
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+
+
+class SharedBlockError(ConsortiumError):
+    """A frame's reference to shared memory is not one this side accepts."""
+
+
+class Block:
+    """A sealed memfd and the parent's writable mapping of it."""
+
+    def __init__(self, block_id: int, size: int) -> None:
+        self.block_id = block_id
+        self.size = size
+        #: a buffer handed out over it is alive (the parent still uses the payload)
+        self.allocated = False
+        #: frames naming it that the child has not yet said it copied
+        self.lent = 0
+        self.fd = os.memfd_create(f"consortium-{block_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            self._map = mmap.mmap(self.fd, size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.array = np.frombuffer(self._map, dtype=np.uint8)
+        self.address = int(self.array.__array_interface__["data"][0])
+
+    def close(self) -> None:
+        del self.array
+        with contextlib.suppress(BufferError):  # a payload over it still alive: GC's job
+            self._map.close()
+        os.close(self.fd)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """``size`` bytes at ``offset`` in ``block``, at ``position`` in a frame's payload."""
+
+    position: int
+    block: Block
+    offset: int
+    size: int
+
+
+class Lender:
+    """One child's blocks, held by its parent."""
+
+    def __init__(self) -> None:
+        self._blocks: list[Block] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def block_count(self) -> int:
+        """How many blocks this side has made (they are kept, and reused)."""
+        return len(self._blocks)
+
+    def allocate(self, nbytes: int) -> memoryview | None:
+        """A writable buffer of ``nbytes`` in a free block of this child (a new one while
+        it has fewer than :data:`MAX_BLOCKS`); None if all are in use or small payload."""
+        if nbytes < SHARE_MIN_BYTES:
+            return None
+        size = -(-nbytes // POOL_GRANULE) * POOL_GRANULE
+        with self._lock:
+            if self._closed:
+                return None
+            block = next((b for b in self._blocks
+                          if b.size == size and not b.allocated and not b.lent), None)  # fmt: skip
+            if block is None and len(self._blocks) < MAX_BLOCKS:
+                try:  # fails where there is no memfd, or under a file size limit
+                    block = Block(len(self._blocks) + 1, size)
+                except OSError:
+                    return None
+                self._blocks.append(block)
+            if block is None:
+                return None
+            block.allocated = True
+        view = block.array[:nbytes]  # its death (and every view of it) frees the block
+        weakref.finalize(view, _freed, block)
+        return view.data
+
+    def stage(self, parts: Sequence[Buffer], nbytes: int) -> tuple[Reference, memoryview] | None:
+        """``parts`` (``nbytes`` in all) copied back to back into a free block: the reference
+        to send, and the buffer to hold until it is sent (None: no block free)."""
+        view = self.allocate(nbytes)
+        if view is None:
+            return None
+        target = np.frombuffer(view, dtype=np.uint8)
+        offset = 0
+        for part in parts:
+            src = np.frombuffer(part, dtype=np.uint8)
+            np.copyto(target[offset : offset + src.size], src)
+            offset += src.size
+        found = self._find(view, 0, nbytes)
+        assert found is not None
+        return found, view
+
+    def references(self, parts: Sequence[Buffer]) -> list[Reference | None]:
+        """For each part, where it lies in a block of this child (None: not in one)."""
+        out: list[Reference | None] = []
+        position = 0
+        for part in parts:
+            size = memoryview(part).nbytes
+            out.append(self._find(part, position, size) if size >= REFERENCE_MIN_BYTES else None)
+            position += size
+        return out
+
+    def _find(self, part: Buffer, position: int, size: int) -> Reference | None:
+        address = int(np.frombuffer(part, dtype=np.uint8).__array_interface__["data"][0])
+        for block in self._blocks:
+            offset = address - block.address
+            if offset >= 0 and offset + size <= block.size:
+                return Reference(position, block, offset, size)
+        return None
+
+    def lend(self, blocks: Sequence[Block]) -> None:
+        with self._lock:
+            for block in blocks:
+                block.lent += 1
+
+    def returned(self, block_ids: object) -> None:
+        """The child copied what frames named in these blocks (one id per frame and block)."""
+        if not isinstance(block_ids, list):
+            raise SharedBlockError("a release that is not a list of blocks")
+        with self._lock:
+            for block_id in block_ids:
+                block = self._by_id(block_id)
+                if block is None or block.lent <= 0:
+                    raise SharedBlockError(f"released block {block_id!r} was not lent")
+                block.lent -= 1
+
+    def _by_id(self, block_id: object) -> Block | None:
+        if type(block_id) is not int or not 0 < block_id <= len(self._blocks):
+            return None
+        return self._blocks[block_id - 1]
+
+    def close(self) -> None:
+        """Close every block (the child's process has ended)."""
+        with self._lock:
+            self._closed = True
+            blocks, self._blocks = self._blocks, []
+        for block in blocks:
+            block.close()
+
+
+def _freed(block: Block) -> None:
+    block.allocated = False  # one attribute: safe from a finalizer, in any thread
+
+
+class Mappings:
+    """The child's read-only mappings of its parent's blocks, kept for reuse."""
+
+    def __init__(self) -> None:
+        self._maps: collections.OrderedDict[int, tuple[tuple[int, int], mmap.mmap]] = (
+            collections.OrderedDict()
+        )
+
+    def copy(self, block_id: int, fd: int, offset: int, out: memoryview) -> None:
+        """Copy ``len(out)`` bytes at ``offset`` of block ``block_id`` (its descriptor
+        ``fd``, which the caller closes) into ``out``."""
+        mapping = self._mapping(block_id, fd, offset + len(out))
+        source = np.frombuffer(mapping, dtype=np.uint8, count=len(out), offset=offset)
+        np.copyto(np.frombuffer(out, dtype=np.uint8), source)
+
+    def _mapping(self, block_id: int, fd: int, end: int) -> mmap.mmap:
+        """The block's read-only mapping (kept), checked to hold ``end`` bytes and to be
+        sealed against shrinking (or its owner could cut it under the reader: SIGBUS)."""
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or end > info.st_size:
+                raise SharedBlockError(f"block {block_id} does not hold the range named")
+            if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK == 0:
+                raise SharedBlockError(f"block {block_id} could shrink under its reader")
+            inode = (info.st_dev, info.st_ino)
+            cached = self._maps.pop(block_id, None)
+            if cached is not None and (cached[0] != inode or len(cached[1]) != info.st_size):
+                with contextlib.suppress(BufferError):  # views of it alive: closed with them
+                    cached[1].close()
+                cached = None
+            if cached is None:
+                cached = (inode, mmap.mmap(fd, info.st_size, flags=mmap.MAP_SHARED,
+                                           prot=mmap.PROT_READ))  # fmt: skip
+        except OSError as exc:  # not a memfd (F_GET_SEALS), a failed mmap
+            raise SharedBlockError(f"block {block_id} cannot be read: {exc}") from exc
+        self._maps[block_id] = cached
+        while len(self._maps) > MAX_BLOCKS:
+            with contextlib.suppress(BufferError):
+                self._maps.popitem(last=False)[1][1].close()
+        return cached[1]
+
+    def view(self, block_id: int, fd: int, offset: int, nbytes: int,
+             on_release: Callable[[int], None]) -> memoryview:  # fmt: skip
+        """A read-only view of ``nbytes`` at ``offset`` of block ``block_id``, without a
+        copy; ``on_release(block_id)`` is called once it and all built on it are gone."""
+        mapping = self._mapping(block_id, fd, offset + nbytes)
+        view = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset)
+        weakref.finalize(view, on_release, block_id)
+        return view.data
+
+    def close(self) -> None:
+        for _, mapping in self._maps.values():
+            with contextlib.suppress(BufferError):  # views still alive: closed when they go
+                mapping.close()
+        self._maps.clear()

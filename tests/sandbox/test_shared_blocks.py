@@ -1,0 +1,224 @@
+"""Model-sized frames between a parent and its sandboxed child cross as shared memory.
+
+Both ends are real :class:`Channel` s over a socket pair, the child's end in a
+thread of its own (the frames, descriptors and seals are the kernel's, as
+between two processes). What is checked: a payload the parent received into
+its child's block reaches the child as a writable copy of its own, and the
+block is reused once released; what the child sends reaches the parent
+read-only, where it lies, and the child's block comes back once the parent let
+it go; a block can be written by its maker only; what a child may not send
+(an unsealed file, a range past its block, a descriptor without a reference,
+a release of a block never lent) is a :class:`ChannelError`; and with every
+block in use a payload still arrives, through the socket.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import mmap
+import os
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import pytest
+
+from consortium.sandbox.channel import Channel, ChannelError
+from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "memfd_create"), reason="shared blocks need Linux memfd"
+)
+
+SIZE = SHARE_MIN_BYTES + 12345  # model-sized: large enough to be shared
+HEAD = b"a small header part that crosses the socket"
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Channel, Channel]]:
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    child = Channel(theirs, max_payload=1 << 30, peer="parent")
+    yield parent, child
+    parent.close()
+    child.close()
+
+
+def _address(buffer: memoryview) -> int:
+    return int(np.frombuffer(buffer, dtype=np.uint8).__array_interface__["data"][0])
+
+
+def _received(channel: Channel) -> dict[str, object]:
+    """Receive one frame on a thread (the other end may block sending to us)."""
+    got: dict[str, object] = {}
+
+    def run() -> None:
+        frame = channel.recv(timeout=10)
+        got["frame"] = frame
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    got["thread"] = thread
+    return got
+
+
+def test_a_payload_in_the_childs_block_reaches_it_as_its_own_copy_and_the_block_is_reused(
+    pair: tuple[Channel, Channel],
+) -> None:
+    parent, child = pair
+    assert parent.lender is not None
+    addresses = []
+    for round_ in range(3):
+        buffer = parent.lender.allocate(SIZE)  # as the node receives a task into it
+        assert buffer is not None
+        addresses.append(_address(buffer))
+        np.frombuffer(buffer, dtype=np.uint8)[:] = round_ + 1
+        pending = _received(child)
+        parent.send("task", {"round": round_}, [HEAD, buffer])
+        del buffer
+        pending["thread"].join(10)  # type: ignore[attr-defined]
+        frame = pending["frame"]
+        payload = frame.payload  # type: ignore[attr-defined]
+        assert bytes(payload[: len(HEAD)]) == HEAD
+        body = np.frombuffer(payload, dtype=np.uint8)[len(HEAD) :]
+        assert body.size == SIZE and int(body.min()) == int(body.max()) == round_ + 1
+        assert not payload.readonly, "the child's app gets writable arrays, as before"
+        body[:] = 0  # its own copy: the parent's block is untouched
+        child.send("reply", {"ok": True})  # the child's release came before it
+        assert parent.recv(timeout=10).kind == "reply"
+        del frame, payload, body
+    assert addresses == addresses[:1] * 3, "the released block is reused (warm memory)"
+
+
+def test_what_the_child_sends_reaches_the_parent_read_only_and_its_block_comes_back(
+    pair: tuple[Channel, Channel],
+) -> None:
+    parent, child = pair
+    assert child.lender is not None
+    model = np.arange(SIZE // 4, dtype=np.float32)
+    for round_ in range(3):
+        child.send("model", {"round": round_}, [HEAD, model.data])
+        frame = parent.recv(timeout=10)
+        assert frame.header == {"round": round_}
+        payload = frame.payload
+        assert isinstance(payload, memoryview) and payload.readonly
+        assert bytes(payload[: len(HEAD)]) == HEAD
+        values = np.frombuffer(payload[len(HEAD) :], dtype=np.float32)
+        np.testing.assert_array_equal(values, model)
+        del frame, payload, values  # the parent is done with it: released with its next frame
+        parent.send("next", {})
+        assert child.recv(timeout=10).kind == "next"
+    assert child.lender.block_count == 1, "one block, taken back every round"
+
+
+def test_a_block_can_be_written_by_its_maker_only() -> None:
+    block = Block(1, 2 * 1024 * 1024)
+    try:
+        block.array[:4] = 7  # the maker's own mapping stays writable
+        with pytest.raises(PermissionError):
+            mmap.mmap(block.fd, block.size, flags=mmap.MAP_SHARED,
+                      prot=mmap.PROT_READ | mmap.PROT_WRITE)  # fmt: skip
+        with pytest.raises(PermissionError):
+            os.write(block.fd, b"x")
+        with pytest.raises(PermissionError):
+            os.ftruncate(block.fd, 4096)  # nobody can shrink it under a reader
+        reader = mmap.mmap(block.fd, block.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert reader[:4] == b"\x07" * 4
+        reader.close()
+    finally:
+        block.close()
+
+
+def _send_raw(sock: socket.socket, header: Mapping[str, object], fds: list[int],
+              payload: bytes = b"") -> None:  # fmt: skip
+    head = json.dumps(header).encode()
+    first = struct.pack("!IQ", len(head), len(payload)) + head
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([first], rights)
+    if payload:
+        sock.sendall(payload)
+
+
+@pytest.mark.parametrize("case", ["unsealed", "past-the-end", "fd-without-reference",
+                                  "unknown-release", "reference-without-fd"])  # fmt: skip
+def test_what_a_child_may_not_send_is_a_channel_error(case: str) -> None:
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    block = Block(1, 2 * 1024 * 1024)
+    try:
+        with tempfile.TemporaryFile() as plain:
+            os.ftruncate(plain.fileno(), 1 << 20)
+            ref = {"kind": "model", "_shm": [[0, 1, 0, 4096]], "_fds": [1]}
+            if case == "unsealed":  # a file the child could truncate under the parent
+                _send_raw(theirs, ref, [plain.fileno()])
+            elif case == "past-the-end":
+                _send_raw(theirs, {**ref, "_shm": [[0, 1, block.size - 10, 4096]]}, [block.fd])
+            elif case == "fd-without-reference":
+                _send_raw(theirs, {"kind": "model"}, [block.fd])
+            elif case == "unknown-release":
+                _send_raw(theirs, {"kind": "_released", "_released": [3]}, [])
+            else:
+                _send_raw(theirs, ref, [])
+            with pytest.raises(ChannelError):
+                parent.recv(timeout=10)
+    finally:
+        block.close()
+        parent.close()
+        theirs.close()
+
+
+def test_with_every_block_in_use_a_payload_still_arrives_through_the_socket(
+    pair: tuple[Channel, Channel],
+) -> None:
+    parent, child = pair
+    assert parent.lender is not None
+    held = [parent.lender.allocate(SIZE) for _ in range(MAX_BLOCKS)]
+    assert all(b is not None for b in held)
+    assert parent.lender.allocate(SIZE) is None, "no more blocks: an ordinary buffer instead"
+    ordinary = np.full(SIZE, 9, dtype=np.uint8)
+    pending = _received(child)
+    parent.send("task", {}, [HEAD, ordinary.data])
+    pending["thread"].join(10)  # type: ignore[attr-defined]
+    payload = pending["frame"].payload  # type: ignore[attr-defined]
+    assert bytes(payload[: len(HEAD)]) == HEAD
+    assert int(np.frombuffer(payload, dtype=np.uint8)[len(HEAD) :].min()) == 9
+
+
+def test_small_payloads_never_take_a_block(pair: tuple[Channel, Channel]) -> None:
+    parent, child = pair
+    assert parent.lender is not None and child.lender is not None
+    assert parent.lender.allocate(SHARE_MIN_BYTES - 1) is None
+    pending = _received(parent)
+    child.send("reply", {}, b"x" * (SHARE_MIN_BYTES - 1))
+    pending["thread"].join(10)  # type: ignore[attr-defined]
+    payload = pending["frame"].payload  # type: ignore[attr-defined]
+    assert len(payload) == SHARE_MIN_BYTES - 1 and not memoryview(payload).readonly
+    assert child.lender.block_count == 0
+
+
+def test_each_child_has_blocks_of_its_own() -> None:
+    """A block a child has seen (and may keep mapped) never carries another child's data."""
+    channels = []
+    inodes = []
+    for _ in range(2):
+        ours, theirs = socket.socketpair()
+        parent = Channel(ours, max_payload=1 << 30, peer="child")
+        channels += [parent, Channel(theirs, max_payload=1 << 30, peer="parent")]
+        assert parent.lender is not None
+        buffer = parent.lender.allocate(SIZE)
+        assert buffer is not None
+        del buffer  # freed at once: a pool shared by children would hand it out again
+        again = parent.lender.allocate(SIZE)
+        assert again is not None
+        (reference,) = [r for r in parent.lender.references([again]) if r is not None]
+        inodes.append(os.fstat(reference.block.fd).st_ino)
+        del again
+    try:
+        assert inodes[0] != inodes[1]
+    finally:
+        for channel in channels:
+            channel.close()
