@@ -37,6 +37,9 @@ class InProcessApp(RunProcess):
         self.last_used = time.monotonic()
         return Outcome(result.reply, result.seconds, result.raised, result.traceback)
 
+    def task_buffer(self, nbytes: int) -> memoryview | None:
+        return None  # no app process to share memory with
+
     def close(self) -> None:
         pass
 

@@ -32,6 +32,7 @@ from consortium.node.runner import NodePolicy, NodeRunner
 from consortium.server.fleet import Fleet
 from consortium.transport.auth import CertificateAuthenticator
 from consortium.transport.ca import CertificateAuthority
+from consortium.transport.chunks import Allocate
 from consortium.transport.credentials import load_client_credentials, load_server_credentials
 from consortium.transport.grpc_client import ClientTls, FleetClient
 from consortium.transport.grpc_listen import TlsFiles, start_server
@@ -316,8 +317,8 @@ class Spy:
     def heartbeat(self) -> bool:
         return self._record("heartbeat", self.inner.heartbeat)
 
-    def pull_task(self, wait: float) -> Buffer | None:
-        return self._record("pull_task", lambda: self.inner.pull_task(wait))
+    def pull_task(self, wait: float, allocate: Allocate | None = None) -> Buffer | None:
+        return self._record("pull_task", lambda: self.inner.pull_task(wait, allocate))
 
     def push_result(self, parts: Sequence[Buffer], message_id: str) -> tuple[bool, str]:
         accepted, detail = self._record(

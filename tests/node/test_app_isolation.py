@@ -6,7 +6,8 @@ issued by a real CA as in a deployment. What the app tried is reported back
 in its reply: reading the node's key (no), the granted data (yes), the network
 (no); v2 of a module after v1 (v2 runs); its client state across rounds (kept,
 also across a crash of its process); a process that dies or runs out of memory
-(an error reply naming why; the node and the run go on).
+(an error reply naming why; the node and the run go on); a model-sized task and
+reply (they cross as shared memory, ``sandbox/shared_blocks.py``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consortium.apps.bundle import bundle_digest, make_bundle
+from consortium.core.arrays import Arrays
 from consortium.core.fleet_info import RunBundle
 from consortium.core.message import Content, Message
 from consortium.core.protocol import ERROR_APP_PROCESS
@@ -55,6 +58,7 @@ import time
 import numpy as np
 
 from consortium.client import ClientApp
+from consortium.core.arrays import Arrays
 
 VERSION = {version}
 client_app = ClientApp()
@@ -77,6 +81,9 @@ def query(msg, context):
     if action == "exit-later":  # after its reply, between two tasks
         threading.Thread(target=lambda: (time.sleep(0.2), os._exit(7)), daemon=True).start()
         return msg.reply(metrics={{"pid": os.getpid()}})
+    if action == "big":  # a model-sized update: what was received, plus one
+        w = msg.content.arrays["model"]["w"]
+        return msg.reply(arrays=Arrays({{"w": w + 1}}), metrics={{"pid": os.getpid()}})
     if action == "hoard":
         hoard = np.ones(3 * 1024**3 // 8)  # 3 GiB, over the 1 GiB limit
         return msg.reply(metrics={{"bytes": float(hoard.nbytes)}})
@@ -295,3 +302,26 @@ def test_a_secret_inside_a_tree_the_app_may_read_fails_the_task(
 
     assert reply.error is not None and reply.error.code == ERROR_APP_PROCESS
     assert "which a sandboxed app may read" in reply.error.reason
+
+
+def test_a_model_sized_task_and_reply_cross_to_and_from_the_app_as_shared_memory(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node()
+    node.add_run("big00001")
+    model = np.arange(5_000_000, dtype=np.float32)  # 20 MB: over SHARE_MIN_BYTES
+    for round_ in (1, 2, 3):  # round 1 starts the app process; later rounds reuse blocks
+        task = Message.create(run_id="big00001", dst=NODE, round=round_, kind=KIND,
+                              content=Content.of(arrays=Arrays({"w": model}),
+                                                 config={"action": "big"}))  # fmt: skip
+        (reply,) = list(node.fleet.send_and_receive([task], timeout=120))
+        assert reply.error is None, reply.error
+        assert reply.content is not None
+        np.testing.assert_array_equal(reply.content.arrays["model"]["w"], model + 1)
+    assert reply.content is not None
+    pid = int(reply.content.metric_values["pid"])
+    app_maps = Path(f"/proc/{pid}/maps").read_text()
+    # the app reads the node's block of its task and writes its reply into one of its own
+    assert app_maps.count("memfd:consortium-") >= 2, app_maps
+    # and the node reads that reply where it lies
+    assert "memfd:consortium-" in Path("/proc/self/maps").read_text()

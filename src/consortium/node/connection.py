@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from consortium.core.fleet_info import RunBundle, Welcome
+from consortium.transport.chunks import Allocate
 
 #: A contiguous piece of an encoded message.
 Buffer = bytes | bytearray | memoryview
@@ -44,8 +45,10 @@ class NodeConnection(Protocol):
         """Tell the server this node is alive; False if it must say hello again."""
         ...
 
-    def pull_task(self, wait: float) -> Buffer | None:
-        """The next task (an encoded Message), or None if none came within ``wait`` s."""
+    def pull_task(self, wait: float, allocate: Allocate | None = None) -> Buffer | None:
+        """The next task (an encoded Message), or None if none came within ``wait`` s;
+        ``allocate`` chooses where it is received (see
+        :data:`~consortium.transport.chunks.Allocate`)."""
         ...
 
     def push_result(self, parts: Sequence[Buffer], message_id: str) -> tuple[bool, str]:

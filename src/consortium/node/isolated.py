@@ -32,8 +32,8 @@ from pathlib import Path
 
 from consortium.client.task import ErrorDetail
 from consortium.core.errors import ConsortiumError, WireFormatError
-from consortium.core.message import Message
-from consortium.core.records import Config, RecordLimits
+from consortium.core.message import Message, peek_metadata
+from consortium.core.records import Config, RecordLimits, UnacceptableRecord
 from consortium.node.identity_link import REQUESTS, IdentityService
 from consortium.sandbox.channel import ChannelClosed, ChannelError, Frame
 from consortium.sandbox.confine import SandboxLimits, SandboxSpec
@@ -185,6 +185,12 @@ class RunProcess:
                                   outcome.raised, outcome.traceback)  # fmt: skip
         return outcome
 
+    def task_buffer(self, nbytes: int) -> memoryview | None:
+        """A buffer in this process's shared memory to receive its next task into
+        (None: a small task, or its blocks are in use)."""
+        lender = self.child.channel.lender
+        return lender.allocate(nbytes) if lender is not None else None
+
     def _send(self, task: Message) -> None:
         try:
             self.child.channel.send("task", {}, task.to_parts())
@@ -307,6 +313,18 @@ class RunProcesses:
         except AppProcessFailed:
             self._live.pop(app.run_id, None)  # ended: the next task starts a fresh one
             raise
+
+    def task_buffer(self, head: memoryview, nbytes: int) -> memoryview | None:
+        """Where to receive the task whose first bytes are ``head``: straight into the
+        shared memory of its run's live app process (``sandbox/shared_blocks.py``); None
+        (an ordinary buffer) if there is none, the task is small or the blocks are in use.
+        """
+        try:
+            meta = peek_metadata(head, RecordLimits())
+        except (WireFormatError, UnacceptableRecord):  # the decoder will say what is wrong
+            return None
+        process = self._live.get(meta.run_id) if meta is not None else None
+        return process.task_buffer(nbytes) if process is not None else None
 
     def end(self, run_id: str) -> None:
         process = self._live.pop(run_id, None)

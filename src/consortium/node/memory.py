@@ -28,7 +28,13 @@ from consortium.core.errors import (
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.core.message import Message
 from consortium.node.connection import Buffer
-from consortium.transport.chunks import PayloadTooLarge, Reassembler, Refused, iter_chunks
+from consortium.transport.chunks import (
+    Allocate,
+    PayloadTooLarge,
+    Reassembler,
+    Refused,
+    iter_chunks,
+)
 from consortium.transport.fleet_api import FleetBackend, decode_reply
 
 #: The longest a pull waits for a task, as the gRPC service caps it.
@@ -85,7 +91,7 @@ class InMemoryConnection:
         self._check("heartbeat")
         return self._backend.heartbeat(self._node)
 
-    def pull_task(self, wait: float) -> memoryview | None:
+    def pull_task(self, wait: float, allocate: Allocate | None = None) -> memoryview | None:
         what = "pulling a task"
         self._check(what)
         task = self._backend.next_task(self._node, min(max(float(wait), 0.0), MAX_PULL_WAIT))
@@ -93,7 +99,7 @@ class InMemoryConnection:
             return None
         message_id, parts = task
         del task
-        rebuild = Reassembler(self.max_message_bytes)
+        rebuild = Reassembler(self.max_message_bytes, allocate=allocate)
         try:
             for chunk in iter_chunks(parts, message_id):
                 self._check(what)  # an outage cuts the stream: the task is lost in transit

@@ -252,7 +252,8 @@ class NodeRunner:
         (model-sized) are let go before the next task is received, not after."""
         task = self._held
         if task is None:
-            payload = self.connection.pull_task(self.poll_wait)
+            # into its run's app process's shared memory, when that process is running
+            payload = self.connection.pull_task(self.poll_wait, self._processes.task_buffer)
             self.status.heard(self.tasks_done)
             if payload is None:
                 return

@@ -51,6 +51,10 @@ Buffer = bytes | bytearray | memoryview
 #: Judges a payload from its first bytes and its announced size, before the rest is
 #: received: True to take it, False to see more bytes first; raises to refuse it.
 Admit = Callable[[memoryview, int], bool]
+#: Where a payload is received, from its first bytes and its size: a writable buffer of
+#: that size, or None for an ordinary one (``core.buffers``). A node receives a task
+#: straight into its app process's shared memory this way (``sandbox/shared_blocks.py``).
+Allocate = Callable[[memoryview, int], "memoryview | None"]
 
 #: Most bytes a Reassembler keeps while its ``admit`` has not decided yet.
 STAGE_LIMIT = 64 * 1024 * 1024
@@ -193,13 +197,18 @@ class Reassembler:
     """
 
     def __init__(
-        self, max_bytes: int, budget: ReceiveBudget | None = None, admit: Admit | None = None
+        self,
+        max_bytes: int,
+        budget: ReceiveBudget | None = None,
+        admit: Admit | None = None,
+        allocate: Allocate | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget
         self.reserved = 0
         self.message_id = ""
         self._admit = admit
+        self._allocate_in = allocate
         self._staged: bytearray | None = None
         self._buffer: memoryview | None = None
         self._total = 0
@@ -222,7 +231,7 @@ class Reassembler:
             self.message_id = chunk.message_id
             self._total = total
             if self._admit is None:
-                self._allocate()
+                self._allocate(memoryview(chunk.data))
             else:
                 self._staged = bytearray()
         data = chunk.data
@@ -259,16 +268,17 @@ class Reassembler:
                 raise WireFormatError(f"the first {len(staged)} bytes were not enough to judge")
             return
         self._staged = None
-        self._allocate()
+        self._allocate(memoryview(staged))
         assert self._buffer is not None
         self._buffer[: len(staged)] = staged
 
-    def _allocate(self) -> None:
+    def _allocate(self, head: memoryview) -> None:
         """Reserve the announced size in the budget and allocate it."""
         if self.budget is not None:
             self.budget.acquire(self._total)
             self.reserved = self._total
-        self._buffer = empty_buffer(self._total)
+        chosen = self._allocate_in(head, self._total) if self._allocate_in else None
+        self._buffer = chosen if chosen is not None else empty_buffer(self._total)
 
     def close(self) -> None:
         """Give the budget back and let go of the payload (which lives on while the

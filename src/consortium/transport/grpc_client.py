@@ -24,7 +24,14 @@ import grpc
 from consortium.core.errors import NodeRefused, ServerUnavailable, TransportError
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
-from consortium.transport.chunks import Buffer, Reassembler, decode_chunk, encode_chunk, iter_chunks
+from consortium.transport.chunks import (
+    Allocate,
+    Buffer,
+    Reassembler,
+    decode_chunk,
+    encode_chunk,
+    iter_chunks,
+)
 from consortium.transport.grpc_payloads import (
     parse_run_info,
     receive,
@@ -159,14 +166,14 @@ class FleetClient:
         )
         return bool(reply.known)
 
-    def pull_task(self, wait: float) -> memoryview | None:
+    def pull_task(self, wait: float, allocate: Allocate | None = None) -> memoryview | None:
         """The next task (an encoded Message), or None if none came within ``wait`` s."""
 
         def pull() -> memoryview | None:
             stream = self._pull(
                 pb.PullRequest(wait_seconds=wait), metadata=self._metadata, timeout=wait + 600
             )
-            rebuild = Reassembler(self.max_message_bytes)
+            rebuild = Reassembler(self.max_message_bytes, allocate=allocate)
             seen = False
             for chunk in timed(stream, "recv.grpc"):
                 seen = True

@@ -1,0 +1,119 @@
+"""Model-sized tasks and replies cross between each process and its app process as
+shared memory (``sandbox/shared_blocks.py``), in a real deployment: `consortium
+server` and `consortium node` over mutual TLS, each app confined in a process of
+its own. The server app sends a 20 MB model three rounds running; the node's app
+returns it plus one. Every reply must arrive exact, and each of the four
+processes must have mapped shared blocks (read from ``/proc/PID/maps`` while the
+server app waits at its end: the apps themselves may not read ``/proc``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from consortium.sandbox.confine import landlock_available
+
+from .conftest import Deployment
+
+pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
+
+NODE = "cleveland"
+
+APP = """
+import os
+import time
+
+import numpy as np
+
+from consortium import ClientApp, ServerApp
+from consortium.core.arrays import Arrays
+from consortium.core.history import RoundRecord
+from consortium.core.message import Content, Message
+
+client = ClientApp()
+app = ServerApp()
+SIZE = 5_000_000  # float32: 20 MB, over the size that crosses as shared memory
+
+
+@client.query()
+def query(msg, context):
+    w = msg.content.arrays["model"]["w"]
+    return msg.reply(arrays=Arrays({"w": w + 1}))
+
+
+@app.main()
+def main(grid, context):
+    (node,) = grid.wait_for_nodes(1, 60)
+    model = np.arange(SIZE, dtype=np.float32)
+    for rnd in (1, 2, 3):
+        task = Message.create(run_id=context.run_id, dst=node, round=rnd, kind="query",
+                              content=Content.of(arrays=Arrays({"w": model + rnd})))
+        (reply,) = list(grid.send_and_receive([task], timeout=60))
+        if reply.error is not None:
+            raise RuntimeError(f"round {rnd}: {reply.error}")
+        exact = bool(np.array_equal(reply.content.arrays["model"]["w"], model + rnd + 1))
+        context.report(RoundRecord(round=rnd, central_metrics={"exact": float(exact)}))
+    deadline = time.monotonic() + 60  # the test looks at the processes' mappings meanwhile
+    while not os.path.exists("go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+MANIFEST = """
+[app]
+name = "shared-memory"
+version = "1.0.0"
+server = "big:app"
+client = "big:client"
+"""
+
+
+def _shared_maps(pid: int) -> int:
+    with open(f"/proc/{pid}/maps") as fh:
+        return sum("memfd:consortium-" in line for line in fh)
+
+
+def _app_process(parent: int, module: str) -> int:
+    for child in psutil.Process(parent).children(recursive=True):
+        if module in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError(f"no {module} under process {parent}")
+
+
+def test_model_sized_messages_cross_to_the_apps_as_shared_memory_and_arrive_exact(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = tmp_path / "big"
+    app.mkdir()
+    (app / "consortium.toml").write_text(MANIFEST)
+    (app / "big.py").write_text(APP)
+    deployment.start_server()
+    deployment.start_node(NODE, app=app)
+    run_id = deployment.start_run(app, {}, seed=1)
+    admin = deployment.fed.admin(deployment.port)
+    try:
+        deadline = time.monotonic() + 120
+        while len(admin.show_run(run_id)["rounds"]) < 3:
+            assert time.monotonic() < deadline, deployment.log("server")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    server, node = deployment.procs["server"].pid, deployment.procs[NODE].pid
+    maps = {
+        "server": _shared_maps(server),  # reads the app's model where it lies
+        "server app": _shared_maps(_app_process(server, "consortium.server.isolation")),
+        "node": _shared_maps(node),  # reads the app's reply where it lies
+        "node app": _shared_maps(_app_process(node, "consortium.node.app_process")),
+    }
+    (deployment.run_dir(run_id) / "work" / "go").write_text("")
+    info = deployment.wait_run(run_id, timeout=120)
+
+    assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
+    rounds = info["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["metrics"]["central_exact"] == 1.0 for r in rounds), rounds
+    # each app maps its parent's blocks (of a task, of a reply) and writes into its own
+    assert maps["server app"] >= 2 and maps["node app"] >= 2, maps
+    assert maps["server"] >= 1 and maps["node"] >= 1, maps
