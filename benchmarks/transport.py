@@ -19,7 +19,10 @@ files). The loop's own records (no checkpoint) are kept in the JSON. The app
 reports each process's CPU seconds and ``ru_maxrss``: CPU s per steady round
 (server + nodes; unlike wall time it hardly moves when other programs share
 the machine) and the server's exact peak. Server + nodes RSS is also sampled
-every 50 ms, and the peak of the sum is reported. Since server and node apps run
+every 50 ms, and the peak of the sum is reported, and so is the peak of the server
+tree's summed PSS: the server and its app process share model-sized blocks
+(``sandbox/shared_blocks.py``), which the summed RSS counts in each process that
+maps them and the PSS counts once. Since server and node apps run
 in processes of their own, what the app reports covers those processes only: the
 sampler also reads every process's CPU, and the JSON's ``process_cpu`` gives per
 steady round the server process, its child processes (the app), the nodes and their
@@ -83,6 +86,10 @@ class Row:
     node_cpu_split: list[tuple[float, float]] = field(default_factory=list)
     server_peak_rss_mb: float | None = None
     total_peak_rss_mb: float | None = None
+    #: the peak of the server tree's summed PSS: pages shared between the server and
+    #: its app process (shared memory, ``sandbox/shared_blocks.py``) counted once, where
+    #: the summed RSS counts them in each process that maps them
+    server_peak_pss_mb: float | None = None
     #: ru_maxrss of the server app's process (where its central evaluation runs; since
     #: server apps run in their own process, not the server's) and (mean over nodes) of
     #: a node's app process, as the app reported them
@@ -164,11 +171,13 @@ def size_label(params: int) -> str:
 
 # -- process handling -------------------------------------------------------------------------
 class Sampler:
-    """Samples the RSS of named process trees every ``SAMPLE_S`` seconds; keeps the peaks."""
+    """Samples the RSS and PSS of named process trees every ``SAMPLE_S`` seconds; keeps
+    the peaks."""
 
     def __init__(self) -> None:
         self.groups: dict[str, psutil.Process] = {}
         self.peak: dict[str, int] = {}
+        self.peak_pss: dict[str, int] = {}
         self.peak_total = 0
         #: (time.time(), group -> (CPU s of its process, CPU s of its child processes))
         self.cpu: list[tuple[float, dict[str, tuple[float, float]]]] = []
@@ -178,6 +187,7 @@ class Sampler:
     def add(self, name: str, pid: int) -> None:
         self.groups[name] = psutil.Process(pid)
         self.peak.setdefault(name, 0)
+        self.peak_pss.setdefault(name, 0)
 
     def start(self) -> None:
         self._thread.start()
@@ -190,18 +200,21 @@ class Sampler:
         total = 0
         cpu: dict[str, tuple[float, float]] = {}
         for name, root in list(self.groups.items()):
-            rss = 0
+            rss = pss = 0
             own = kids = 0.0
             with contextlib.suppress(psutil.Error):
                 for p in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
-                        rss += p.memory_info().rss
+                        memory = p.memory_full_info()  # smaps_rollup: RSS and PSS
+                        rss += memory.rss
+                        pss += memory.pss
                         t = p.cpu_times()
                         if p.pid == root.pid:
                             own += t.user + t.system
                         else:
                             kids += t.user + t.system
             self.peak[name] = max(self.peak[name], rss)
+            self.peak_pss[name] = max(self.peak_pss[name], pss)
             total += rss
             cpu[name] = (own, kids)
         self.peak_total = max(self.peak_total, total)
@@ -352,6 +365,7 @@ def run_consortium(
             sampler.peak.get("server", 0) / MB, row.server_exact_peak_mb or 0.0
         )
         row.total_peak_rss_mb = sampler.peak_total / MB
+        row.server_peak_pss_mb = sampler.peak_pss.get("server", 0) / MB or None
         if row.note:
             for log in sorted(work.glob("*.out")):
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
@@ -543,18 +557,20 @@ def fmt(value: float | None, spec: str) -> str:
 def table(rows: list[Row], vs_flower: bool) -> str:
     out = [
         "| params | model MB | nodes | round 1 s | s/round | CPU s/round | MB/s in "
-        "| server peak MB | server ÷ model | server+nodes peak MB |"
+        "| server peak MB | server ÷ model | server PSS MB | PSS ÷ model | server+nodes peak MB |"
         + (" Flower s/round | Flower peak MB | speed-up |" if vs_flower else ""),
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         + ("---:|---:|---:|" if vs_flower else ""),
     ]
     for c in (r for r in rows if r.system == "consortium"):
         ratio = c.server_peak_rss_mb / c.model_mb if c.server_peak_rss_mb else None
+        pss_ratio = c.server_peak_pss_mb / c.model_mb if c.server_peak_pss_mb else None
         line = (
             f"| {size_label(c.params)} | {c.model_mb:.0f} | {c.nodes} | {fmt(c.first_s, '.3f')} "
             f"| {fmt(c.steady_s, '.3f')} | {fmt(c.steady_cpu_s, '.2f')} "
             f"| {fmt(c.throughput_mb_s, '.0f')} | {fmt(c.server_peak_rss_mb, '.0f')} "
-            f"| {fmt(ratio, '.2f')}× | {fmt(c.total_peak_rss_mb, '.0f')} |"
+            f"| {fmt(ratio, '.2f')}× | {fmt(c.server_peak_pss_mb, '.0f')} "
+            f"| {fmt(pss_ratio, '.2f')}× | {fmt(c.total_peak_rss_mb, '.0f')} |"
         )
         if vs_flower:
             same = (c.params, c.nodes)
@@ -671,6 +687,7 @@ def _progress(row: Row) -> None:
         f"server user/sys {[(round(u, 2), round(s, 2)) for u, s in row.server_cpu_split]} "
         f"node user/sys {[(round(u, 2), round(s, 2)) for u, s in row.node_cpu_split]} "
         f"server {fmt(row.server_peak_rss_mb, '.0f')} MB "
+        f"(PSS {fmt(row.server_peak_pss_mb, '.0f')}) "
         f"(ru_maxrss server app {fmt(row.server_exact_peak_mb, '.0f')}, "
         f"node {fmt(row.node_exact_peak_mb, '.0f')}, "
         f"server app pool {fmt(row.server_pool_peak_mb, '.0f')}) "
