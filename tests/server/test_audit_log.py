@@ -32,12 +32,12 @@ from consortium.core.audit import (
     AuditSink,
 )
 from consortium.core.errors import ConfigError
-from consortium.server.refusal_gate import REFUSAL_EVERY
 from consortium.server.store import StateStore, default_url
 from consortium.server.store.append_only import trigger_names
 from consortium.server.store.audit import AuditLog
 from consortium.server.store.audit_chain import GENESIS, AuditEntry, AuditHead
 from consortium.server.store.models import SCHEMA_VERSION
+from consortium.transport.refusal_gate import REFUSAL_EVERY
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 

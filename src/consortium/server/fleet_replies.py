@@ -27,7 +27,7 @@ from consortium.server.fleet_state import (
     judge_reply,
     payload_bytes,
 )
-from consortium.server.refusal_gate import RefusalGate
+from consortium.transport.refusal_gate import RefusalGate
 
 log = logging.getLogger("consortium.server")
 

@@ -17,8 +17,11 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from consortium.transport.authz import Caller
+from consortium.transport.refusal_gate import RefusalLog, peer_host
 
 log = logging.getLogger("consortium.transport")
+#: refusals logged once per caller and reason a minute (a refused caller retries)
+_refusals = RefusalLog(log)
 
 T = TypeVar("T")
 
@@ -150,7 +153,8 @@ def authenticate_call(
     try:
         return auth(context)
     except Unauthenticated as exc:
-        log.warning("refused %s: %s", context.peer(), exc)
+        caller = exc.node or peer_host(context.peer())
+        _refusals.warning(caller, str(exc), "refused %s: %s", context.peer(), exc)
         if on_refused is not None:
             on_refused(exc.node, context.peer(), str(exc))
         context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))

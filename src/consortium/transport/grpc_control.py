@@ -56,8 +56,11 @@ from consortium.transport.grpc_payloads import (
 from consortium.transport.names import validate_name
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
+from consortium.transport.refusal_gate import RefusalLog, peer_host
 
 log = logging.getLogger("consortium.transport")
+#: refusals logged once per caller and reason a minute (a refused caller retries)
+_refusals = RefusalLog(log)
 
 T = TypeVar("T")
 #: one caller's successful reads of one run (or of the list) are audited once per this
@@ -127,7 +130,8 @@ class ControlServicer(rpc.ControlServicer):
         try:
             who = self.auth(context)
         except Unauthenticated as exc:
-            log.warning("refused %s: %s", context.peer(), exc)
+            _refusals.warning(exc.node or peer_host(context.peer()), str(exc),
+                              "refused %s: %s", context.peer(), exc)  # fmt: skip
             # no certificate name to give: the peer's address, in brackets no name can hold
             peer = f"({context.peer()})"
             reason = {"reason": str(exc)}
@@ -138,7 +142,8 @@ class ControlServicer(rpc.ControlServicer):
         for action in actions:
             decision = self.policy.decide(caller, action)
             if not decision.allowed:
-                log.warning("refused %s: %s", context.peer(), decision.reason)
+                _refusals.warning(caller.name, decision.reason, "refused %s: %s", context.peer(),
+                                  decision.reason)  # fmt: skip
                 detail = {"reason": decision.reason, "needs": action}
                 self._record(caller, event, "denied", run_id=run_id, target=target, detail=detail)
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, decision.reason)

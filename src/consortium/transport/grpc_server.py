@@ -43,11 +43,14 @@ from consortium.transport.grpc_payloads import run_info_chunks
 from consortium.transport.grpc_requests import parsed, peer_organisation, reported_version
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
+from consortium.transport.refusal_gate import RefusalLog
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
 from consortium.transport.stage_times import flush, set_role, stage, timed
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transfer
 
 log = logging.getLogger("consortium.transport")
+#: refusals logged once per node and reason a minute (a refused node retries)
+_refusals = RefusalLog(log)
 
 
 # Measured with 200 nodes (docs/benchmarks.md, "The run's tracking in a process of its
@@ -111,7 +114,8 @@ class FleetServicer(rpc.FleetServicer):
         if not self.calls.enter(node):
             self.backend.count_refusal(node, "too-many-calls")
             limit = self.calls.per_node
-            log.warning("refused a call from %s: over %d calls in progress", node, limit)
+            why = "refused a call from %s: over %d calls in progress"
+            _refusals.warning(node, "too-many-calls", why, node, limit)
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"node {node!r} already has {limit} calls in progress, the most one node may",

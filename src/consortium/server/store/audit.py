@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 
 from consortium.core.audit import NODE_JOINED, NODE_REFUSED, SERVER_ACTOR, AuditEvent
-from consortium.server.refusal_gate import RefusalGate
 from consortium.server.store.audit_chain import (
     GENESIS,
     AuditEntry,
@@ -29,6 +28,7 @@ from consortium.server.store.audit_chain import (
     write_jsonl,
 )
 from consortium.server.store.store import StateStore
+from consortium.transport.refusal_gate import RefusalGate
 
 log = logging.getLogger("consortium.server.audit")
 

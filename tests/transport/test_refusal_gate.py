@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from consortium.server.refusal_gate import REFUSAL_EVERY, RefusalGate
+import logging
+import time
+
+import pytest
+
+from consortium.transport.refusal_gate import REFUSAL_EVERY, RefusalGate, RefusalLog, peer_host
 
 
 def test_the_same_caller_and_reason_pass_once_a_minute() -> None:
@@ -26,3 +31,26 @@ def test_a_flood_of_strangers_is_forgotten_not_kept() -> None:
     old.admit("c", "r", REFUSAL_EVERY + 2)  # full: "a" expired and is dropped
     assert not old.admit("b", "r", REFUSAL_EVERY + 3)
     assert old.admit("a", "r", REFUSAL_EVERY + 3)
+
+
+def test_a_refusal_is_logged_once_per_caller_and_reason_then_with_how_many_were_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusals = RefusalLog(logging.getLogger("test.refusals"), every=0.3)
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        for _ in range(50):
+            refusals.warning("mallory", "not allowed", "refused %s", "mallory")
+        refusals.warning("eve", "not allowed", "refused %s", "eve")  # another caller: logged
+        time.sleep(0.35)
+        refusals.warning("mallory", "not allowed", "refused %s", "mallory")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused mallory",
+        "refused eve",
+        "refused mallory (49 more refused since, not logged)",
+    ]
+
+
+def test_a_peers_connections_count_as_one_caller() -> None:
+    assert peer_host("ipv4:127.0.0.1:54321") == peer_host("ipv4:127.0.0.1:40000")
+    assert peer_host("ipv6:[::1]:54321") == "ipv6:[::1]"
+    assert peer_host("unix:/tmp/socket") == "unix:/tmp/socket"
