@@ -143,7 +143,7 @@ class RunProcess:
         )
         try:
             child = spawn(MODULE, spec, log_path=run_dir / "app.log", max_payload=max_bytes,
-                          secrets=isolation.secrets)  # fmt: skip
+                          secrets=isolation.secrets, shared=True)  # fmt: skip
         except ConsortiumError as exc:
             raise AppProcessFailed(f"the node could not start the app process: {exc}") from exc
         try:

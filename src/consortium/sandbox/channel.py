@@ -45,6 +45,8 @@ _PREFIX = struct.Struct("!IQ")
 MAX_HEADER_BYTES = 1 << 20
 
 Buffer = bytes | bytearray | memoryview
+#: the sandboxed child's argument saying that its channel carries shared memory
+SHARED_FLAG = "--shared"
 #: header keys and the frame kind only the channel itself writes
 _SHM, _FDS, _RELEASED = "_shm", "_fds", "_released"
 #: room for the descriptors of every block a frame may name

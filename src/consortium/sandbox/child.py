@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import sys
 
-from consortium.sandbox.channel import Channel
+from consortium.sandbox.channel import SHARED_FLAG, Channel
 from consortium.sandbox.confine import SandboxSpec, confine
 
 
 def enter(max_payload: int) -> Channel:
     """The channel to the parent (fd in ``argv[1]``), once this process is confined."""
-    # payloads in the parent's shared blocks are copied from them (shared_blocks.py)
-    channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload, peer="parent")
+    # with shared memory (spawn's ``shared``), large payloads cross in blocks
+    shared = sys.argv[2:3] == [SHARED_FLAG]
+    channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload,
+                              peer="parent" if shared else None)  # fmt: skip
     frame = channel.recv()
     if frame.kind != "spec":
         raise SystemExit(f"sandbox: expected the spec, got {frame.kind!r}")

@@ -1,29 +1,32 @@
-"""Model-sized payloads between a parent and its sandboxed child, as shared memory.
+"""Model-sized payloads between a node and its app process, as shared memory.
 
 A 100M-parameter model crossing the socket between a node and its app process
-(or the server and its app process) costs a copy into the kernel and one out
-of it, ~0.13 CPU-s per 400 MB, and a round has several such crossings on its
-critical path (``docs/benchmarks.md``, "Deployment transport"). Instead each
-side writes large payloads into **blocks** of its own, memfds it keeps and
-reuses (warm pages: fresh memory costs ~3.5 s a GB on the VM kind measured),
-and a frame names a range of a block instead of carrying its bytes
+costs a copy into the kernel and one out of it, ~0.13 CPU-s per 400 MB, twice
+a round on the node's critical path (``docs/benchmarks.md``, "Deployment
+transport"). With shared memory (``spawn(..., shared=True)``) each side writes
+large payloads into **blocks** of its own, memfds it keeps and reuses (warm
+pages: fresh memory costs ~3.5 s a GB on the VM kind measured), and a frame
+names a range of a block instead of carrying its bytes
 (:mod:`~consortium.sandbox.channel`):
 
-* **Parent to child** (a task to the node's app, a reply to the server's app):
-  the parent receives the payload from the network straight into one of its
-  child's blocks (:meth:`Lender.allocate`, the reassembly buffer itself), so
-  this costs no memory beyond the buffer it replaces. The child copies the range
-  into a buffer of its own (the app gets writable arrays, as from the socket)
-  and says so at once; the parent reuses the block once both are done with it.
-* **Child to parent** (a reply from the node's app, the model from the
-  server's app): the child copies the payload into one of its own blocks
-  (:meth:`Lender.stage`) and the parent reads it where it lies, read-only,
-  without a copy; the child gets the block back once the parent's last view of
-  it is gone (told with the parent's next frame). The parent decodes such a
-  payload once into its own objects (headers, names, shapes); the child can
-  still change the array bytes while the parent sends them on, which changes
-  only what the child's own message carries: a parent must copy what it checks
-  the content of before relying on it (nothing does today).
+* **Parent to child** (a task to the node's app): the node receives the task
+  from the network straight into one of its app process's blocks
+  (:meth:`Lender.allocate`, the reassembly buffer itself), so this costs no
+  memory beyond the buffer it replaces. The child copies the range into a
+  buffer of its own (the app gets writable arrays, as from the socket) and says
+  so at once; the parent reuses the block once both are done with it.
+* **Child to parent** (the app's reply): the child copies the payload into one
+  of its own blocks (:meth:`Lender.stage`) and the parent reads it where it
+  lies, read-only, without a copy; the child gets the block back once the
+  parent's last view of it is gone (told with the parent's next frame). The
+  parent decodes such a payload once into its own objects (headers, names,
+  shapes); the child can still change the array bytes while the parent sends
+  them on, which changes only what the child's own reply carries: a parent must
+  copy what it checks the content of before relying on it (nothing does today).
+
+The server's app process keeps the socket: there, blocks held for replies
+arriving at once made the server's memory grow with the nodes (measured in
+``docs/benchmarks.md``), against issue 15's bound on it.
 
 What keeps each side in its place:
 
@@ -36,8 +39,8 @@ What keeps each side in its place:
   used for anything else: the parent's blocks a child has seen hold that
   child's run's data only, whatever it keeps mapped.
 * A side has at most :data:`MAX_BLOCKS` blocks; when all are in use (a child
-  that keeps payloads alive, replies arriving faster than the app takes them)
-  a payload goes into an ordinary buffer and through the socket, as before.
+  that keeps payloads alive) a payload goes into an ordinary buffer and through
+  the socket, as before.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from consortium.core.errors import ConfigError
-from consortium.sandbox.channel import Channel, ChannelError
+from consortium.sandbox.channel import SHARED_FLAG, Channel, ChannelError
 from consortium.sandbox.confine import SandboxSpec, landlock_available, python_read_paths
 
 log = logging.getLogger("consortium.sandbox")
@@ -83,16 +83,18 @@ def spawn(
     max_payload: int,
     secrets: Iterable[Path] = (),
     extra_env: Mapping[str, str] | None = None,
+    shared: bool = False,
 ) -> Sandboxed:
     """Start ``python -m module`` confined by ``spec``; returns once it is confined.
 
     ``secrets`` are files and directories the child must not read (the
     server's key, the CA directory, the state database): starting refuses if
     any lies inside a tree the child may read. ``extra_env`` adds variables the
-    caller chose (never secrets) to the child's minimal environment. Large
-    payloads cross as shared memory (:mod:`~consortium.sandbox.shared_blocks`):
-    what the caller receives into ``child.channel.lender``'s blocks reaches the
-    child without crossing the socket.
+    caller chose (never secrets) to the child's minimal environment. With
+    ``shared``, large payloads cross as shared memory
+    (:mod:`~consortium.sandbox.shared_blocks`): what the caller receives into
+    ``child.channel.lender``'s blocks reaches the child without crossing the
+    socket, and the child's large frames are read where it wrote them.
     """
     # the child starts in its workdir: a relative path would mean another folder there
     workdir = os.path.abspath(spec.workdir)
@@ -114,7 +116,13 @@ def spawn(
     env["TMPDIR"] = spec.workdir
     with open(log_path, "ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", module, str(child_end.fileno())],
+            [
+                sys.executable,
+                "-m",
+                module,
+                str(child_end.fileno()),
+                *([SHARED_FLAG] if shared else []),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -124,7 +132,7 @@ def spawn(
             start_new_session=True,  # a signal to the server's group does not reach it
         )
     child_end.close()
-    channel = Channel(parent_end, max_payload=max_payload, peer="child")
+    channel = Channel(parent_end, max_payload=max_payload, peer="child" if shared else None)
     child = Sandboxed(process, channel, log_path)
     try:
         child.channel.send("spec", {"spec": spec.to_json()})

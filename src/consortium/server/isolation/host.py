@@ -166,9 +166,6 @@ class AppProcess:
         self._rounds = list(history.rounds) if history is not None else []
         self._grid, self._observers = grid, observers
         self._on_checkpoint, self._limits = on_checkpoint, limits
-        lender = self.child.channel.lender
-        if lender is not None:
-            grid.receive_replies_into(self.run_id, lender.allocate)
         try:
             return self._loop()
         except (WireFormatError, UnacceptableRecord, AppMisbehaved) as exc:
@@ -176,7 +173,6 @@ class AppProcess:
             self.child.kill()
             return Ended("failed", f"the app process was stopped: {exc}")
         finally:
-            grid.receive_replies_into(self.run_id, None)
             self._ended.set()
             self.child.close()
 
