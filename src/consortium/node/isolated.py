@@ -37,6 +37,7 @@ from consortium.core.records import Config, RecordLimits, UnacceptableRecord
 from consortium.node.identity_link import REQUESTS, IdentityService
 from consortium.sandbox.channel import ChannelClosed, ChannelError, Frame
 from consortium.sandbox.confine import SandboxLimits, SandboxSpec
+from consortium.sandbox.shared_blocks import SHARE_MIN_BYTES
 from consortium.sandbox.spawn import Sandboxed, spawn
 
 __all__ = [
@@ -319,6 +320,8 @@ class RunProcesses:
         shared memory of its run's live app process (``sandbox/shared_blocks.py``); None
         (an ordinary buffer) if there is none, the task is small or the blocks are in use.
         """
+        if nbytes < SHARE_MIN_BYTES:  # most tasks: no header to parse on their way in
+            return None
         try:
             meta = peek_metadata(head, RecordLimits())
         except (WireFormatError, UnacceptableRecord):  # the decoder will say what is wrong

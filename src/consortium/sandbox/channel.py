@@ -75,7 +75,7 @@ class Channel:
     With shared memory (``peer``: who is at the other end), each end has a
     :class:`~consortium.sandbox.shared_blocks.Lender` of blocks it writes. The
     parent's (``peer="child"``) are filled by the parent's own receiving code
-    (:meth:`Lender.allocate`: a task or reply straight from the network) and the
+    (:meth:`Lender.allocate`: a node's task straight from the network) and the
     child copies out what a frame names in them; the child's (``peer="parent"``)
     are filled by :meth:`send` itself, and the parent reads what a frame names in
     them where it lies, read-only, telling the child once it is done with it."""
@@ -304,9 +304,9 @@ def _checked_refs(
 ) -> tuple[list[tuple[int, int, int, int]], dict[int, int]]:
     """A frame's references (sorted, not overlapping) and each block's descriptor."""
     bad = ChannelError(f"a {kind!r} frame's shared-memory references are malformed")
-    if not isinstance(block_fds, list) or len(block_fds) != len(fds) or not fds \
-            or len(set(map(str, block_fds))) != len(block_fds) \
-            or not all(type(b) is int for b in block_fds):  # fmt: skip
+    if not isinstance(block_fds, list) or not all(type(b) is int for b in block_fds):
+        raise bad
+    if not fds or len(block_fds) != len(fds) or len(set(block_fds)) != len(fds):
         raise bad
     descriptors = dict(zip(block_fds, fds, strict=True))
     if not isinstance(refs, list) or not refs:

@@ -132,6 +132,11 @@ class Lender:
     def allocate(self, nbytes: int) -> memoryview | None:
         """A writable buffer of ``nbytes`` in a free block of this child (a new one while
         it has fewer than :data:`MAX_BLOCKS`); None if all are in use or small payload."""
+        taken = self._take(nbytes)
+        return taken[1] if taken is not None else None
+
+    def _take(self, nbytes: int) -> tuple[Block, memoryview] | None:
+        """A free block and a buffer of ``nbytes`` at its start (see :meth:`allocate`)."""
         if nbytes < SHARE_MIN_BYTES:
             return None
         size = -(-nbytes // POOL_GRANULE) * POOL_GRANULE
@@ -151,23 +156,22 @@ class Lender:
             block.allocated = True
         view = block.array[:nbytes]  # its death (and every view of it) frees the block
         weakref.finalize(view, _freed, block)
-        return view.data
+        return block, view.data
 
     def stage(self, parts: Sequence[Buffer], nbytes: int) -> tuple[Reference, memoryview] | None:
         """``parts`` (``nbytes`` in all) copied back to back into a free block: the reference
         to send, and the buffer to hold until it is sent (None: no block free)."""
-        view = self.allocate(nbytes)
-        if view is None:
+        taken = self._take(nbytes)
+        if taken is None:
             return None
+        block, view = taken
         target = np.frombuffer(view, dtype=np.uint8)
         offset = 0
         for part in parts:
             src = np.frombuffer(part, dtype=np.uint8)
             np.copyto(target[offset : offset + src.size], src)
             offset += src.size
-        found = self._find(view, 0, nbytes)
-        assert found is not None
-        return found, view
+        return Reference(0, block, 0, nbytes), view
 
     def references(self, parts: Sequence[Buffer]) -> list[Reference | None]:
         """For each part, where it lies in a block of this child (None: not in one)."""
