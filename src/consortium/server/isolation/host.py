@@ -55,6 +55,9 @@ LOG_LINE_CHARS = 2000
 MAX_MODEL_FILES = 16
 #: Grid calls one app process may have under way at once
 MAX_CONCURRENT_CALLS = 8
+#: replies of one ``send_and_receive`` the server forwards ahead of the app: one being
+#: folded, one on its way; the rest wait in the server, counted by its transfer budget
+REPLIES_AHEAD = 2
 OnCheckpoint = Callable[[int, Path], None]
 
 
@@ -92,7 +95,8 @@ class AppProcess:
         self.num_rounds = num_rounds
         self._task_ids: set[str] = set()
         self._calls = threading.BoundedSemaphore(MAX_CONCURRENT_CALLS)
-        self._closed: set[int] = set()
+        #: the app's ``send_and_receive`` calls whose replies are being forwarded
+        self._windows: dict[int, ReplyWindow] = {}
         self._rounds: list[RoundRecord] = []
         self._killed_for_stop = False
         self._stop_requested = False
@@ -174,6 +178,8 @@ class AppProcess:
             return Ended("failed", f"the app process was stopped: {exc}")
         finally:
             self._ended.set()
+            for window in list(self._windows.values()):
+                window.close()
             self.child.close()
 
     def request_stop(self) -> None:
@@ -218,8 +224,12 @@ class AppProcess:
             rid = h.get("id")
             if isinstance(rid, bool) or not isinstance(rid, int):
                 raise AppMisbehaved(f"a {kind!r} request without an id")
-            if kind == "close":
-                self._closed.add(rid)
+            if kind in ("consumed", "close"):
+                window = self._windows.get(rid)  # a call already over: nothing to do
+                if window is not None and kind == "consumed":
+                    window.consumed()
+                elif window is not None:
+                    window.close()
             elif kind in ("wait_for_nodes", "send_and_receive", "pull"):
                 self._in_thread(rid, kind, frame)
             else:
@@ -231,6 +241,8 @@ class AppProcess:
             self._error(rid, f"more than {MAX_CONCURRENT_CALLS} Grid calls at once")
             return
         messages = self._tasks(frame) if kind == "send_and_receive" else []
+        if kind == "send_and_receive":
+            self._windows[rid] = ReplyWindow()
 
         def run() -> None:
             try:
@@ -249,16 +261,24 @@ class AppProcess:
             except Exception as exc:
                 self._error(rid, f"{type(exc).__name__}: {exc}")
             finally:
+                self._windows.pop(rid, None)
                 self._calls.release()
 
         threading.Thread(target=run, daemon=True, name=f"run-{self.run_id}-{kind}").start()
 
     def _stream(self, rid: int, messages: list[Message], timeout: float | None) -> None:
+        """Forward the replies as they come, at most :data:`REPLIES_AHEAD` ahead of what
+        the app has consumed: a reply the app is not ready for waits here, where the
+        transfer budget counts it (and holds back further uploads), instead of piling
+        up in the app process while it folds."""
+        window = self._windows[rid]
         replies = self._grid.send_and_receive(messages, timeout=timeout)
         try:
-            for reply in replies:
-                if rid in self._closed:
+            while window.wait_for_room():
+                reply = next(replies, None)  # releases the reply forwarded before
+                if reply is None or window.closed:
                     break
+                window.sent()  # before it leaves: the app may say it consumed it at once
                 self._send_batch("reply", rid, [reply])
                 del reply
         finally:
@@ -361,6 +381,38 @@ def _timeout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         raise AppMisbehaved(f"timeout {value!r} is not a number of seconds")
     return float(value)
+
+
+class ReplyWindow:
+    """How far the forwarding of one ``send_and_receive``'s replies is ahead of the app:
+    replies sent to the app process less those it said it consumed (it says so when it
+    asks for the next one)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._ahead = 0
+        self.closed = False
+
+    def sent(self) -> None:
+        with self._changed:
+            self._ahead += 1
+
+    def consumed(self) -> None:
+        with self._changed:  # never below zero, whatever the app says
+            self._ahead = max(0, self._ahead - 1)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """The app stopped reading these replies, or ended."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def wait_for_room(self) -> bool:
+        """Wait until the app may be sent one more reply; False once closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed or self._ahead < REPLIES_AHEAD)
+            return not self.closed
 
 
 class AppLog:

@@ -154,12 +154,18 @@ class RemoteGrid:
         return self._replies(rid, answers)
 
     def _replies(self, rid: int, answers: queue.Queue[Frame]) -> Iterator[Message]:
+        """The replies as the server forwards them; asking for the next one tells the
+        server the last is consumed (it forwards only a few ahead, see
+        ``host.REPLIES_AHEAD``)."""
         try:
             while True:
                 frame = _checked(answers.get())
                 if frame.kind == "end":
                     return
                 yield from decode_batch(frame.header, frame.payload, None)
+                del frame
+                with contextlib.suppress(ChannelError):  # gone: the next answer says so
+                    self.link.channel.send("consumed", {"id": rid})
         finally:
             self.link.done(rid)
             with contextlib.suppress(ChannelError):

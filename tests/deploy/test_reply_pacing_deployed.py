@@ -1,0 +1,130 @@
+"""The server forwards a round's replies to its app process only a few ahead of what
+the app has consumed (``host.REPLIES_AHEAD``), so an app that folds slowly does not
+gather every reply of the round in its memory: the replies wait in the server, where
+the transfer budget counts them and holds back further uploads.
+
+A real deployment (`consortium server`, `consortium node`, mutual TLS): the server
+app sends ten tasks at once and the node answers each with 20 MB; the app leaves its
+replies unread for a while, then consumes them. Its process's peak resident memory
+(``VmHWM``, read from ``/proc`` by the test: the app may not read it) must grow by
+less than five replies' worth; with every reply forwarded at once it grew by ten.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from consortium.sandbox.confine import landlock_available
+
+from .conftest import Deployment
+from .test_shared_memory_deployed import _app_process
+
+pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
+
+NODE = "cleveland"
+REPLY_MB = 20
+TASKS = 10
+
+APP = f"""
+import os
+import time
+
+import numpy as np
+
+from consortium import ClientApp, ServerApp
+from consortium.core.arrays import Arrays
+from consortium.core.history import RoundRecord
+from consortium.core.message import Content, Message
+
+client = ClientApp()
+app = ServerApp()
+SIZE = {REPLY_MB} * 1_000_000 // 4
+
+
+@client.query()
+def query(msg, context):
+    value = float(msg.content.config["i"])
+    return msg.reply(arrays=Arrays({{"w": np.full(SIZE, value, dtype=np.float32)}}))
+
+
+def wait_for(name):
+    deadline = time.monotonic() + 120
+    while not os.path.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@app.main()
+def main(grid, context):
+    (node,) = grid.wait_for_nodes(1, 60)
+    open("ready", "w").close()
+    wait_for("begin")  # the test reads this process's memory before the round
+    tasks = [Message.create(run_id=context.run_id, dst=node, round=1, kind="query",
+                            content=Content.of(config={{"i": i}})) for i in range({TASKS})]
+    index = {{t.metadata.message_id: i for i, t in enumerate(tasks)}}
+    replies = grid.send_and_receive(tasks, timeout=120)
+    time.sleep(5)  # a slow fold: the node has answered every task meanwhile
+    exact = 0
+    for reply in replies:
+        w = reply.content.arrays["model"]["w"]
+        expected = float(index[reply.metadata.reply_to])
+        exact += int(w.shape == (SIZE,) and bool((w == expected).all()))
+        del reply, w
+    context.report(RoundRecord(round=1, central_metrics={{"exact": float(exact)}}))
+    wait_for("go")  # the test reads this process's peak memory
+"""
+
+MANIFEST = """
+[app]
+name = "reply-pacing"
+version = "1.0.0"
+server = "paced:app"
+client = "paced:client"
+"""
+
+
+def _status_mb(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def test_a_slow_server_app_holds_a_few_replies_not_the_whole_round(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = tmp_path / "paced"
+    app.mkdir()
+    (app / "consortium.toml").write_text(MANIFEST)
+    (app / "paced.py").write_text(APP)
+    deployment.start_server()
+    deployment.start_node(NODE, app=app)
+    run_id = deployment.start_run(app, {}, seed=1)
+    work = deployment.run_dir(run_id) / "work"
+    server = deployment.procs["server"].pid
+    deadline = time.monotonic() + 60
+    while not (work / "ready").exists():  # its imports done, it waits for "begin"
+        assert time.monotonic() < deadline, deployment.log("server")
+        time.sleep(0.05)
+    app_pid = _app_process(server, "consortium.server.isolation")
+    before = _status_mb(app_pid, "VmRSS")
+    (work / "begin").write_text("")
+    admin = deployment.fed.admin(deployment.port)
+    try:
+        deadline = time.monotonic() + 120
+        while not admin.show_run(run_id)["rounds"]:
+            assert time.monotonic() < deadline, deployment.log("server")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    grew = _status_mb(app_pid, "VmHWM") - before
+    (work / "go").write_text("")
+    info = deployment.wait_run(run_id, timeout=120)
+
+    assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
+    assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
+    # at most REPLIES_AHEAD forwarded, one being consumed, and decoding's transients
+    assert grew < 5 * REPLY_MB, f"the app process grew by {grew:.0f} MB"
