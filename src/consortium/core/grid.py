@@ -55,7 +55,10 @@ class Grid(Protocol):
 
         A node that fails yields an error reply; a node that misses the
         ``timeout`` (seconds) yields nothing. The iterator ends when every
-        message was answered or the timeout passed.
+        message was answered or the timeout passed. A deployed server keeps the
+        replies the program has not consumed yet within its transfer budget, and
+        further uploads wait for room: consume each call's replies as they come,
+        not after waiting on another call's.
         """
         ...
 
