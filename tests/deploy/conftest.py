@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from consortium.apps.bundle import make_bundle
@@ -140,6 +141,25 @@ class Deployment:
             admin.close()
         raise AssertionError(f"run {run_id} did not finish:\n{self.log('server')}")
 
+    def wait_rounds(self, run_id: str, count: int, timeout: float = 120) -> None:
+        """Wait until ``run show`` of ``run_id`` lists ``count`` rounds."""
+        admin = self.fed.admin(self.port)
+        try:
+            deadline = time.monotonic() + timeout
+            while len(admin.show_run(run_id)["rounds"]) < count:
+                assert time.monotonic() < deadline, self.log("server")
+                time.sleep(0.1)
+        finally:
+            admin.close()
+
+    def app_process(self, name: str, module: str) -> int:
+        """The pid of the process running ``module`` under process ``name`` (the
+        server's or a node's app process)."""
+        for child in psutil.Process(self.procs[name].pid).children(recursive=True):
+            if module in " ".join(child.cmdline()):
+                return child.pid
+        raise AssertionError(f"no {module} under {name}")
+
     def run_dir(self, run_id: str) -> Path:
         return self.workdir / "server" / "runs" / run_id
 
@@ -171,6 +191,15 @@ def deployment(federation: Federation, tmp_path: Path) -> Iterator[Deployment]:
         yield dep
     finally:
         dep.close()
+
+
+def write_app(folder: Path, manifest: str, modules: dict[str, str]) -> Path:
+    """An app folder: ``consortium.toml`` and each ``NAME.py`` of ``modules``."""
+    folder.mkdir()
+    (folder / "consortium.toml").write_text(manifest)
+    for name, text in modules.items():
+        (folder / f"{name}.py").write_text(text)
+    return folder
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

@@ -19,8 +19,7 @@ import pytest
 
 from consortium.sandbox.confine import landlock_available
 
-from .conftest import Deployment
-from .test_shared_memory_deployed import _app_process
+from .conftest import Deployment, write_app
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
 
@@ -96,30 +95,19 @@ def _status_mb(pid: int, field: str) -> float:
 def test_a_slow_server_app_holds_a_few_replies_not_the_whole_round(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    app = tmp_path / "paced"
-    app.mkdir()
-    (app / "consortium.toml").write_text(MANIFEST)
-    (app / "paced.py").write_text(APP)
+    app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
     deployment.start_server()
     deployment.start_node(NODE, app=app)
     run_id = deployment.start_run(app, {}, seed=1)
     work = deployment.run_dir(run_id) / "work"
-    server = deployment.procs["server"].pid
     deadline = time.monotonic() + 60
     while not (work / "ready").exists():  # its imports done, it waits for "begin"
         assert time.monotonic() < deadline, deployment.log("server")
         time.sleep(0.05)
-    app_pid = _app_process(server, "consortium.server.isolation")
+    app_pid = deployment.app_process("server", "consortium.server.isolation")
     before = _status_mb(app_pid, "VmRSS")
     (work / "begin").write_text("")
-    admin = deployment.fed.admin(deployment.port)
-    try:
-        deadline = time.monotonic() + 120
-        while not admin.show_run(run_id)["rounds"]:
-            assert time.monotonic() < deadline, deployment.log("server")
-            time.sleep(0.1)
-    finally:
-        admin.close()
+    deployment.wait_rounds(run_id, 1)
     grew = _status_mb(app_pid, "VmHWM") - before
     (work / "go").write_text("")
     info = deployment.wait_run(run_id, timeout=120)

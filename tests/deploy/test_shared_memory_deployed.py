@@ -10,15 +10,13 @@ not read ``/proc``)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from consortium.sandbox.confine import landlock_available
 
-from .conftest import Deployment
+from .conftest import Deployment, write_app
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
 
@@ -77,37 +75,19 @@ def _shared_maps(pid: int) -> int:
         return sum("memfd:consortium-" in line for line in fh)
 
 
-def _app_process(parent: int, module: str) -> int:
-    for child in psutil.Process(parent).children(recursive=True):
-        if module in " ".join(child.cmdline()):
-            return child.pid
-    raise AssertionError(f"no {module} under process {parent}")
-
-
 def test_model_sized_messages_cross_to_the_apps_as_shared_memory_and_arrive_exact(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    app = tmp_path / "big"
-    app.mkdir()
-    (app / "consortium.toml").write_text(MANIFEST)
-    (app / "big.py").write_text(APP)
+    app = write_app(tmp_path / "big", MANIFEST, {"big": APP})
     deployment.start_server()
     deployment.start_node(NODE, app=app)
     run_id = deployment.start_run(app, {}, seed=1)
-    admin = deployment.fed.admin(deployment.port)
-    try:
-        deadline = time.monotonic() + 120
-        while len(admin.show_run(run_id)["rounds"]) < 3:
-            assert time.monotonic() < deadline, deployment.log("server")
-            time.sleep(0.1)
-    finally:
-        admin.close()
-    server, node = deployment.procs["server"].pid, deployment.procs[NODE].pid
+    deployment.wait_rounds(run_id, 3)
     maps = {
-        "server": _shared_maps(server),
-        "server app": _shared_maps(_app_process(server, "consortium.server.isolation")),
-        "node": _shared_maps(node),  # reads the app's reply where it lies
-        "node app": _shared_maps(_app_process(node, "consortium.node.app_process")),
+        "server": _shared_maps(deployment.procs["server"].pid),
+        "server app": _shared_maps(deployment.app_process("server", "consortium.server.isolation")),
+        "node": _shared_maps(deployment.procs[NODE].pid),  # reads the app's reply where it lies
+        "node app": _shared_maps(deployment.app_process(NODE, "consortium.node.app_process")),
     }
     (deployment.run_dir(run_id) / "work" / "go").write_text("")
     info = deployment.wait_run(run_id, timeout=120)
