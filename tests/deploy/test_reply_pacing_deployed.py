@@ -88,8 +88,8 @@ client = "paced:client"
 
 
 def _private_mb(pid: int) -> float:
-    """Memory of the process's own: pages no other process maps. The replies the server
-    received into its shared memory and the app reads where they lie are not."""
+    """Memory of the process's own: pages no other process maps (the libraries it shares
+    with other interpreters, and any memory it shares with the server, are left out)."""
     with open(f"/proc/{pid}/smaps_rollup") as fh:
         return sum(int(line.split()[1]) for line in fh if line.startswith("Private_")) / 1024
 
