@@ -15,6 +15,7 @@ block in use a payload still arrives, through the socket.
 from __future__ import annotations
 
 import array
+import fcntl
 import json
 import mmap
 import os
@@ -22,13 +23,15 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
 
+from consortium.sandbox import channel as channel_module
 from consortium.sandbox.channel import Channel, ChannelError
-from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block
+from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block, Lender
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "memfd_create"), reason="shared blocks need Linux memfd"
@@ -143,18 +146,39 @@ def _send_raw(sock: socket.socket, header: Mapping[str, object], fds: list[int],
         sock.sendall(payload)
 
 
-@pytest.mark.parametrize("case", ["unsealed", "past-the-end", "fd-without-reference",
-                                  "unknown-release", "reference-without-fd"])  # fmt: skip
+def _memfd(size: int, seals: int) -> int:
+    fd = os.memfd_create("test", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+@pytest.mark.parametrize("case", ["unsealed", "shrink-sealed-only", "empty", "past-the-end",
+                                  "past-the-payload", "fd-without-reference",
+                                  "unknown-release", "reference-without-fd",
+                                  "nested-header"])  # fmt: skip
 def test_what_a_child_may_not_send_is_a_channel_error(case: str) -> None:
     ours, theirs = socket.socketpair()
     parent = Channel(ours, max_payload=1 << 30, peer="child")
     block = Block(1, 2 * 1024 * 1024)
+    # sealed against shrinking only: its maker could still punch holes in it
+    holes = _memfd(1 << 20, fcntl.F_SEAL_SHRINK)
+    empty = _memfd(0, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_WRITE)
     try:
         with tempfile.TemporaryFile() as plain:
             os.ftruncate(plain.fileno(), 1 << 20)
             ref = {"kind": "model", "_shm": [[0, 1, 0, 4096]], "_fds": [1]}
             if case == "unsealed":  # a file the child could truncate under the parent
                 _send_raw(theirs, ref, [plain.fileno()])
+            elif case == "shrink-sealed-only":
+                _send_raw(theirs, ref, [holes])
+            elif case == "empty":
+                _send_raw(theirs, {**ref, "_shm": [[0, 1, 0, 1]]}, [empty])
+            elif case == "past-the-payload":  # the range starts after the payload's end
+                _send_raw(theirs, {**ref, "_shm": [[100, 1, 0, 1]]}, [block.fd], b"AB")
+            elif case == "nested-header":
+                head = b"[" * 200_000
+                theirs.sendall(struct.pack("!IQ", len(head), 0) + head)
             elif case == "past-the-end":
                 _send_raw(theirs, {**ref, "_shm": [[0, 1, block.size - 10, 4096]]}, [block.fd])
             elif case == "fd-without-reference":
@@ -166,9 +190,62 @@ def test_what_a_child_may_not_send_is_a_channel_error(case: str) -> None:
             with pytest.raises(ChannelError):
                 parent.recv(timeout=10)
     finally:
+        os.close(holes)
+        os.close(empty)
         block.close()
         parent.close()
         theirs.close()
+
+
+def test_release_frames_do_not_extend_the_wait_for_a_frame() -> None:
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    stop = threading.Event()
+
+    def keep_releasing() -> None:
+        while not stop.wait(0.1):
+            _send_raw(theirs, {"kind": "_released", "_released": []}, [])
+
+    threading.Thread(target=keep_releasing, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            parent.recv(timeout=0.5)
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        parent.close()
+        theirs.close()
+
+
+def test_a_frame_left_unfinished_ends_with_a_channel_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(channel_module, "FRAME_STALL_SECONDS", 0.3)
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30)
+    try:
+        theirs.sendall(b"\x00")  # one byte of a frame's prefix, then nothing
+        started = time.monotonic()
+        with pytest.raises(ChannelError, match="middle of a frame"):
+            parent.recv()
+        assert time.monotonic() - started < 5
+    finally:
+        parent.close()
+        theirs.close()
+
+
+def test_a_free_block_of_another_size_makes_room_for_a_new_size() -> None:
+    lender = Lender()
+    try:
+        for i in range(MAX_BLOCKS):  # four sizes, each let go at once
+            assert lender.allocate(SHARE_MIN_BYTES + i * 4 * 1024 * 1024) is not None
+        fifth = lender.allocate(SHARE_MIN_BYTES + 40 * 1024 * 1024)
+        assert fifth is not None and lender.block_count == MAX_BLOCKS
+        held = [lender.allocate(SHARE_MIN_BYTES + 44 * 1024 * 1024) for _ in range(MAX_BLOCKS)]
+        assert sum(b is not None for b in held) == MAX_BLOCKS - 1  # ``fifth`` is in use
+    finally:
+        lender.close()
 
 
 def test_with_every_block_in_use_a_payload_still_arrives_through_the_socket(

@@ -25,6 +25,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from consortium.core.errors import ConsortiumError
 from consortium.sandbox.shared_blocks import (
     MAX_BLOCKS,
     SHARE_MIN_BYTES,
+    Block,
     Lender,
     Mappings,
     Reference,
@@ -43,6 +45,8 @@ from consortium.sandbox.shared_blocks import (
 _PREFIX = struct.Struct("!IQ")
 #: the largest JSON header a frame may carry
 MAX_HEADER_BYTES = 1 << 20
+#: once a frame has begun, the longest the other side may leave it without a byte
+FRAME_STALL_SECONDS = 60.0
 
 Buffer = bytes | bytearray | memoryview
 #: the sandboxed child's argument saying that its channel carries shared memory
@@ -104,9 +108,39 @@ class Channel:
         if size > self.max_payload:
             raise ChannelError(f"a {kind!r} frame of {size} bytes exceeds {self.max_payload}")
         fields: dict[str, Any] = {**(header or {}), "kind": kind}
-        done = _drain(self._done)
+        done = _drain(self._done)  # put back if this frame is refused before it leaves
         if done:
             fields[_RELEASED] = done
+        try:
+            first, parts, blocks, held = self._encode(kind, fields, parts, size)
+        except BaseException:
+            for block_id in done:  # they go with the next frame
+                self._done.put(block_id)
+            raise
+        with self._send_lock:
+            try:
+                if blocks:  # the descriptors ride on the frame's first byte
+                    assert self.lender is not None
+                    self.lender.lend(blocks)
+                    fds = array.array("i", [b.fd for b in blocks])
+                    sent = self.sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                    self.sock.sendall(first[sent:])
+                else:
+                    self.sock.sendall(first)
+                for part in parts:
+                    # not even an empty send once the frame is out: a peer that has read
+                    # it may have answered and closed, and b"" would then raise EPIPE
+                    if memoryview(part).nbytes:
+                        self.sock.sendall(part)
+            except OSError as exc:
+                raise ChannelClosed(f"the channel broke: {exc}") from exc
+        del held
+
+    def _encode(
+        self, kind: str, fields: dict[str, Any], parts: Sequence[Buffer], size: int
+    ) -> tuple[bytes, Sequence[Buffer], list[Block], memoryview | None]:
+        """The frame's first bytes, the parts that follow on the socket, the blocks it
+        names, and a staged copy to keep alive until it is out."""
         refs: list[Reference | None] = []
         held = None  # a staged copy, alive until the frame is out
         if self.lender is not None and self.peer == "parent" and size >= SHARE_MIN_BYTES:
@@ -128,30 +162,15 @@ class Channel:
         head = json.dumps(fields).encode()
         if len(head) > MAX_HEADER_BYTES:
             raise ChannelError(f"a {kind!r} frame's header of {len(head)} bytes is too large")
-        first = _PREFIX.pack(len(head), size) + head
-        with self._send_lock:
-            try:
-                if blocks:  # the descriptors ride on the frame's first byte
-                    assert self.lender is not None
-                    self.lender.lend(blocks)
-                    fds = array.array("i", [b.fd for b in blocks])
-                    sent = self.sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                    self.sock.sendall(first[sent:])
-                else:
-                    self.sock.sendall(first)
-                for part in parts:
-                    # not even an empty send once the frame is out: a peer that has read
-                    # it may have answered and closed, and b"" would then raise EPIPE
-                    if memoryview(part).nbytes:
-                        self.sock.sendall(part)
-            except OSError as exc:
-                raise ChannelClosed(f"the channel broke: {exc}") from exc
-        del held
+        return _PREFIX.pack(len(head), size) + head, parts, blocks, held
 
     def recv(self, timeout: float | None = None) -> Frame:
-        """The next frame; ``timeout`` bounds the wait for its first byte."""
+        """The next frame; ``timeout`` bounds the wait for its first byte (release frames
+        the other side sends meanwhile do not extend it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            frame = self._recv_frame(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            frame = self._recv_frame(left)
             if frame.kind != _RELEASED:
                 return frame
 
@@ -161,32 +180,40 @@ class Channel:
             self.sock.settimeout(timeout)
             try:
                 prefix = self._read_prefix(fds)
+                head_len, size = _PREFIX.unpack(prefix)
+                if head_len > MAX_HEADER_BYTES:
+                    raise ChannelError(
+                        f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})"
+                    )
+                if size > self.max_payload:
+                    raise ChannelError(
+                        f"a frame payload of {size} bytes (limit {self.max_payload})"
+                    )
+                try:
+                    header = json.loads(bytes(self._read_into(bytearray(head_len))))
+                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+                    raise ChannelError(f"a frame header is not JSON: {exc}") from exc
+                if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+                    raise ChannelError("a frame header is not an object with a 'kind'")
+                return self._frame(header, size, fds)
             finally:
                 self.sock.settimeout(None)
-            head_len, size = _PREFIX.unpack(prefix)
-            if head_len > MAX_HEADER_BYTES:
-                raise ChannelError(f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})")
-            if size > self.max_payload:
-                raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
-            try:
-                header = json.loads(bytes(self._read_into(bytearray(head_len))))
-            except ValueError as exc:
-                raise ChannelError(f"a frame header is not JSON: {exc}") from exc
-            if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
-                raise ChannelError("a frame header is not an object with a 'kind'")
-            kind = header.pop("kind")
-            if _RELEASED in header:
-                self._take_back(header.pop(_RELEASED))
-            if kind == _RELEASED:
-                return Frame(kind)
-            refs, block_fds = header.pop(_SHM, None), header.pop(_FDS, None)
-            if refs is None and block_fds is None:
-                if fds:
-                    raise ChannelError(f"a {kind!r} frame carried a file descriptor")
-                return Frame(kind, header, self._read(size) if size else b"")
-            return Frame(kind, header, self._shared_payload(kind, size, refs, block_fds, fds))
         finally:
             _close_all(fds)
+
+    def _frame(self, header: dict[str, Any], size: int, fds: list[int]) -> Frame:
+        """The frame whose ``header`` was read; its payload is read (or rebuilt) here."""
+        kind = header.pop("kind")
+        if _RELEASED in header:
+            self._take_back(header.pop(_RELEASED))
+        if kind == _RELEASED:
+            return Frame(kind)
+        refs, block_fds = header.pop(_SHM, None), header.pop(_FDS, None)
+        if refs is None and block_fds is None:
+            if fds:
+                raise ChannelError(f"a {kind!r} frame carried a file descriptor")
+            return Frame(kind, header, self._read(size) if size else b"")
+        return Frame(kind, header, self._shared_payload(kind, size, refs, block_fds, fds))
 
     def _take_back(self, released: Any) -> None:
         if self.lender is None:
@@ -202,6 +229,8 @@ class Channel:
         the blocks are then released at once."""
         ranges, descriptors = _checked_refs(kind, refs, block_fds, fds)
         total = inline + sum(r[3] for r in ranges)
+        if ranges[-1][0] + ranges[-1][3] > total:  # sorted and apart: then the gaps fit too
+            raise ChannelError(f"a {kind!r} frame names shared memory past its payload's end")
         if self._mappings is None or total > self.max_payload:
             raise ChannelError(f"a {kind!r} frame in shared memory this side does not take")
         if self.peer == "child" and len(ranges) == 1 and inline == 0:
@@ -246,7 +275,9 @@ class Channel:
         got = b""
         while len(got) < _PREFIX.size:
             try:
-                data, ancillary, flags, _ = self.sock.recvmsg(_PREFIX.size - len(got), _FD_SPACE)
+                data, ancillary, flags, _ = self.sock.recvmsg(
+                    _PREFIX.size - len(got), _FD_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
             except TimeoutError:
                 if not got:
                     raise
@@ -261,7 +292,8 @@ class Channel:
             if not data:
                 raise ChannelClosed("the other side closed the channel")
             got += data
-            self.sock.settimeout(None)  # a frame under way is read to its end
+            # a frame under way is read to its end, unless the other side stalls in it
+            self.sock.settimeout(FRAME_STALL_SECONDS)
         return got
 
     def _read(self, size: int) -> bytearray | memoryview:

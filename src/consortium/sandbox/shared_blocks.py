@@ -130,8 +130,9 @@ class Lender:
         return len(self._blocks)
 
     def allocate(self, nbytes: int) -> memoryview | None:
-        """A writable buffer of ``nbytes`` in a free block of this child (a new one while
-        it has fewer than :data:`MAX_BLOCKS`); None if all are in use or small payload."""
+        """A writable buffer of ``nbytes`` in a free block of this child: one of that size,
+        else a new one (while it has fewer than :data:`MAX_BLOCKS`, or in place of a free
+        block of another size); None if all are in use or the payload is small."""
         taken = self._take(nbytes)
         return taken[1] if taken is not None else None
 
@@ -143,14 +144,22 @@ class Lender:
         with self._lock:
             if self._closed:
                 return None
-            block = next((b for b in self._blocks
-                          if b.size == size and not b.allocated and not b.lent), None)  # fmt: skip
-            if block is None and len(self._blocks) < MAX_BLOCKS:
+            free = [b for b in self._blocks if not b.allocated and not b.lent]
+            block = next((b for b in free if b.size == size), None)
+            if block is None and (len(self._blocks) < MAX_BLOCKS or free):
+                # a new block; at MAX_BLOCKS, one in place of a free block of another size
+                # (same id: a reader's mapping of the old one no longer matches its inode)
+                index = len(self._blocks) if len(self._blocks) < MAX_BLOCKS \
+                    else self._blocks.index(free[0])  # fmt: skip
                 try:  # fails where there is no memfd, or under a file size limit
-                    block = Block(len(self._blocks) + 1, size)
+                    block = Block(index + 1, size)
                 except OSError:
                     return None
-                self._blocks.append(block)
+                if index < len(self._blocks):
+                    self._blocks[index].close()
+                    self._blocks[index] = block
+                else:
+                    self._blocks.append(block)
             if block is None:
                 return None
             block.allocated = True
@@ -244,11 +253,17 @@ class Mappings:
         """The block's read-only mapping (kept), checked to hold ``end`` bytes and to be
         sealed against shrinking (or its owner could cut it under the reader: SIGBUS)."""
         try:
+            # the seals first: a size read before them could change before they are set
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            if seals & fcntl.F_SEAL_SHRINK == 0:
+                raise SharedBlockError(f"block {block_id} could shrink under its reader")
+            if seals & (F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE) == 0:
+                # without a write seal its maker could punch holes in it; in a huge-page
+                # file that may leave the reader's pages unbacked (a SIGBUS)
+                raise SharedBlockError(f"block {block_id} could lose pages under its reader")
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode) or end > info.st_size:
                 raise SharedBlockError(f"block {block_id} does not hold the range named")
-            if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK == 0:
-                raise SharedBlockError(f"block {block_id} could shrink under its reader")
             inode = (info.st_dev, info.st_ino)
             cached = self._maps.pop(block_id, None)
             if cached is not None and (cached[0] != inode or len(cached[1]) != info.st_size):
@@ -258,7 +273,7 @@ class Mappings:
             if cached is None:
                 cached = (inode, mmap.mmap(fd, info.st_size, flags=mmap.MAP_SHARED,
                                            prot=mmap.PROT_READ))  # fmt: skip
-        except OSError as exc:  # not a memfd (F_GET_SEALS), a failed mmap
+        except (OSError, ValueError) as exc:  # not a memfd (F_GET_SEALS), a failed mmap
             raise SharedBlockError(f"block {block_id} cannot be read: {exc}") from exc
         self._maps[block_id] = cached
         while len(self._maps) > MAX_BLOCKS:
