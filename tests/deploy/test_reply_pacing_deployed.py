@@ -1,5 +1,5 @@
 """The server forwards a round's replies to its app process only a few ahead of what
-the app has consumed (``host.REPLIES_AHEAD``), so an app that folds slowly does not
+the app has consumed (``reply_window.REPLIES_AHEAD``), so an app that folds slowly does not
 gather every reply of the round in its memory: the replies wait in the server, where
 the transfer budget counts them and holds back further uploads.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from consortium.server.isolation.host import REPLIES_AHEAD, ReplyWindow
+from consortium.server.isolation.reply_window import REPLIES_AHEAD, ReplyWindow
 
 
 def _waits(window: ReplyWindow) -> bool:

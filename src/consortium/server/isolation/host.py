@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,8 @@ from consortium.sandbox.spawn import Sandboxed, spawn
 from consortium.server.checkpoint import FAULT_PAUSE_ENV
 from consortium.server.fleet_grid import FleetGrid
 from consortium.server.fleet_state import RoundReplies
+from consortium.server.isolation.app_log import AppLog
+from consortium.server.isolation.reply_window import ReplyWindow
 from consortium.server.isolation.wire import (
     decode_batch,
     encode_batch,
@@ -47,17 +48,10 @@ MODULE = "consortium.server.isolation.app_process"
 PREPARE_TIMEOUT = 120.0
 #: how long an app may take to stop once its run is stopped, before it is killed
 STOP_GRACE = 30.0
-#: how many log lines a second of one app process reach the server's log
-LOG_LINES_PER_SECOND = 50
-#: the longest app log line the server's log keeps
-LOG_LINE_CHARS = 2000
 #: the most model files (the model and the app's exports) a run may leave
 MAX_MODEL_FILES = 16
 #: Grid calls one app process may have under way at once
 MAX_CONCURRENT_CALLS = 8
-#: replies of one ``send_and_receive`` the server forwards ahead of the app: one being
-#: folded, one on its way; the rest wait in the server, counted by its transfer budget
-REPLIES_AHEAD = 2
 OnCheckpoint = Callable[[int, Path], None]
 
 
@@ -267,10 +261,10 @@ class AppProcess:
         threading.Thread(target=run, daemon=True, name=f"run-{self.run_id}-{kind}").start()
 
     def _stream(self, rid: int, messages: list[Message], timeout: float | None) -> None:
-        """Forward the replies as they come, at most :data:`REPLIES_AHEAD` ahead of what
-        the app has consumed: a reply the app is not ready for waits here, where the
-        transfer budget counts it (and holds back further uploads), instead of piling
-        up in the app process while it folds."""
+        """Forward the replies as they come, a few ahead of what the app has consumed
+        (``reply_window.REPLIES_AHEAD``): a reply the app is not ready for waits here,
+        where the transfer budget counts it (and holds back further uploads), instead
+        of piling up in the app process while it folds."""
         window = self._windows[rid]
         replies = self._grid.send_and_receive(messages, timeout=timeout)
         try:
@@ -381,66 +375,3 @@ def _timeout(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
         raise AppMisbehaved(f"timeout {value!r} is not a number of seconds")
     return float(value)
-
-
-class ReplyWindow:
-    """How far the forwarding of one ``send_and_receive``'s replies is ahead of the app:
-    replies sent to the app process less those it said it consumed (it says so when it
-    asks for the next one)."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._ahead = 0
-        self.closed = False
-
-    def sent(self) -> None:
-        with self._changed:
-            self._ahead += 1
-
-    def consumed(self) -> None:
-        with self._changed:  # never below zero, whatever the app says
-            self._ahead = max(0, self._ahead - 1)
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        """The app stopped reading these replies, or ended."""
-        with self._changed:
-            self.closed = True
-            self._changed.notify_all()
-
-    def wait_for_room(self) -> bool:
-        """Wait until the app may be sent one more reply; False once closed."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.closed or self._ahead < REPLIES_AHEAD)
-            return not self.closed
-
-
-class AppLog:
-    """Log lines of an app process, logged by the server as ``consortium.app``: at most
-    :data:`LOG_LINES_PER_SECOND` a second and :data:`LOG_LINE_CHARS` characters each,
-    so an app cannot flood the server's log (its own ``app.log`` keeps everything it
-    prints)."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.logger = logging.getLogger(f"consortium.app.{run_id}")
-        self._second = 0
-        self._count = 0
-        self._dropped = 0
-
-    def emit(self, header: dict[str, Any]) -> None:
-        now = int(time.monotonic())
-        if now != self._second:
-            if self._dropped:
-                self.logger.warning("run %s: %d app log line(s) dropped (over %d a second)",
-                                    self.run_id, self._dropped, LOG_LINES_PER_SECOND)  # fmt: skip
-            self._second, self._count, self._dropped = now, 0, 0
-        self._count += 1
-        if self._count > LOG_LINES_PER_SECOND:
-            self._dropped += 1
-            return
-        level = header.get("level")
-        level = level if isinstance(level, int) and logging.DEBUG <= level <= logging.CRITICAL \
-            else logging.INFO  # fmt: skip
-        text = str(header.get("message", ""))[:LOG_LINE_CHARS]
-        self.logger.log(level, "run %s: %s", self.run_id, text)

@@ -156,7 +156,7 @@ class RemoteGrid:
     def _replies(self, rid: int, answers: queue.Queue[Frame]) -> Iterator[Message]:
         """The replies as the server forwards them; asking for the next one tells the
         server the last is consumed (it forwards only a few ahead, see
-        ``host.REPLIES_AHEAD``)."""
+        ``reply_window.REPLIES_AHEAD``)."""
         try:
             while True:
                 frame = _checked(answers.get())

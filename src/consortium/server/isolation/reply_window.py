@@ -1,0 +1,47 @@
+"""How far the server forwards a round's replies ahead of its app process's fold.
+
+The app says when it has consumed a reply (it asks for the next one); the server
+forwards at most :data:`REPLIES_AHEAD` beyond that. The rest wait in the server,
+where the transfer budget counts them and holds further uploads back at the nodes,
+instead of piling up in the app process while it folds.
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: replies of one ``send_and_receive`` the server forwards ahead of the app: one being
+#: folded, one on its way
+REPLIES_AHEAD = 2
+
+
+class ReplyWindow:
+    """How far the forwarding of one ``send_and_receive``'s replies is ahead of the app:
+    replies sent to the app process less those it said it consumed (it says so when it
+    asks for the next one)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._ahead = 0
+        self.closed = False
+
+    def sent(self) -> None:
+        with self._changed:
+            self._ahead += 1
+
+    def consumed(self) -> None:
+        with self._changed:  # never below zero, whatever the app says
+            self._ahead = max(0, self._ahead - 1)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """The app stopped reading these replies, or ended."""
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def wait_for_room(self) -> bool:
+        """Wait until the app may be sent one more reply; False once closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.closed or self._ahead < REPLIES_AHEAD)
+            return not self.closed
