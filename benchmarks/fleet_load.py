@@ -49,21 +49,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from transport import (  # noqa: E402
-    ADMIN,
-    APP_DIR,
-    MB,
-    Row,
-    Sampler,
-    _consortium_cmd,
-    _median,
-    _read_rounds,
-    _spawn,
-    _stop,
-    _wait_port,
-    parse_size,
-    size_label,
-)
+from bench_processes import Sampler, consortium_cmd, spawn, stop, wait_port  # noqa: E402
+from transport import ADMIN, APP_DIR  # noqa: E402
+from transport_report import MB, Row, median, parse_size, read_rounds, size_label  # noqa: E402
 
 PROBE_EVERY_S = 0.1
 #: the targets of issue 10 ("Done when")
@@ -154,7 +142,7 @@ class Result:
         calls = self.admin_calls
         out.update(
             model_mb=self.model_mb,
-            round_median_s=_median(self.round_seconds) if self.round_seconds else None,
+            round_median_s=median(self.round_seconds) if self.round_seconds else None,
             round_max_s=max(self.round_seconds) if self.round_seconds else None,
             rss_target_mb=self.rss_target_mb,
             rss_over_model=(self.server_peak_rss_mb or 0.0) / self.model_mb,
@@ -370,7 +358,7 @@ class AdminProbe:
                 except ConsortiumError:
                     continue
                 times.append((time.monotonic() - t) * 1000)
-        return {call: _median(times) for call, times in timings.items() if times}
+        return {call: median(times) for call, times in timings.items() if times}
 
     def _loop(self) -> None:
         from consortium.core.errors import ConsortiumError
@@ -414,14 +402,14 @@ def run_fleet(
     pki = make_pki(root, nodes)
     work = root / "work"
     work.mkdir()
-    cli = _consortium_cmd()
+    cli = consortium_cmd()
     sampler = Sampler()
     workers: list[subprocess.Popen[bytes]] = []
     server: subprocess.Popen[bytes] | None = None
     server_rss: ServerSampler | None = None
     probe: AdminProbe | None = None
     try:
-        server = _spawn(
+        server = spawn(
             [*cli, "server", "--address", "127.0.0.1:0",
              "--credentials", str(pki / "credentials" / "localhost"),
              "--ca-dir", str(pki / "ca"), "--allow-file", str(pki / "allow.txt"),
@@ -431,13 +419,13 @@ def run_fleet(
             work / "server.out", work,
         )  # fmt: skip
         server_rss = ServerSampler(server.pid)
-        address = f"127.0.0.1:{_wait_port(work / 'port', server, 60)}"
+        address = f"127.0.0.1:{wait_port(work / 'port', server, 60)}"
         sampler.start()
         per = -(-nodes // procs)
         t0 = time.monotonic()
         for first in range(1, nodes + 1, per):
             count = min(per, nodes - first + 1)
-            w = _spawn(
+            w = spawn(
                 [sys.executable, __file__, "--worker", address, str(pki), str(work),
                  str(first), str(count), str(timeout + 120), "1" if app_processes else "0"],
                 work / f"worker-{first}.out", work,
@@ -488,13 +476,13 @@ def run_fleet(
                 result.note = f"run {result.status}: {str(info.get('error', ''))[:300]}"
         if info is not None:
             row = Row("consortium", params, nodes, rounds)
-            _read_rounds(row, info.get("rounds", []))
+            read_rounds(row, info.get("rounds", []))
             result.round_seconds = row.round_seconds
             result.server_pool_peak_mb = row.server_pool_peak_mb
     finally:
         if probe is not None:
             probe.close_client()
-        _stop([*workers, *([server] if server else [])], grace=15)
+        stop([*workers, *([server] if server else [])], grace=15)
         with contextlib.suppress(RuntimeError):
             sampler.stop()
         if server_rss is not None:

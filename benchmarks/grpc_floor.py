@@ -35,7 +35,8 @@ import grpc
 
 from consortium.transport.chunks import CHUNK_SIZE
 from consortium.transport.grpc_server import GRPC_OPTIONS
-from transport import make_pki, parse_size, size_label
+from transport import make_pki
+from transport_report import parse_size, size_label
 
 SERVICE = "floor.Floor"
 

@@ -63,7 +63,7 @@ from consortium.transport.ca import CertificateAuthority
 from consortium.transport.fairness import RECEIVES_AT_ONCE, SENDS_AT_ONCE, stream_window
 from consortium.transport.grpc_server import GRPC_OPTIONS
 from grpc_memory_server import MB, SERVICE, Plan, chunks_of, read_file, serve
-from transport import parse_size, size_label
+from transport_report import parse_size, size_label
 
 
 # -- the nodes -----------------------------------------------------------------------------------

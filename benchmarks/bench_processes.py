@@ -1,0 +1,130 @@
+"""Processes of a deployed benchmark: the ``consortium`` command, starting and stopping
+processes, waiting for the server's port, and sampling the memory and CPU of process
+trees (``benchmarks/transport.py``, ``fleet_load.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+#: how often the sampler reads the process trees
+SAMPLE_S = 0.05
+
+
+class Sampler:
+    """Samples the RSS and PSS of named process trees every ``SAMPLE_S`` seconds; keeps
+    the peaks."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, psutil.Process] = {}
+        self.peak: dict[str, int] = {}
+        self.peak_pss: dict[str, int] = {}
+        self.peak_total = 0
+        #: (time.time(), group -> (CPU s of its process, CPU s of its child processes))
+        self.cpu: list[tuple[float, dict[str, tuple[float, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def add(self, name: str, pid: int) -> None:
+        self.groups[name] = psutil.Process(pid)
+        self.peak.setdefault(name, 0)
+        self.peak_pss.setdefault(name, 0)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        total = 0
+        cpu: dict[str, tuple[float, float]] = {}
+        for name, root in list(self.groups.items()):
+            rss = pss = 0
+            own = kids = 0.0
+            with contextlib.suppress(psutil.Error):
+                for p in [root, *root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        memory = p.memory_full_info()  # smaps_rollup: RSS and PSS
+                        rss += memory.rss
+                        pss += memory.pss
+                        t = p.cpu_times()
+                        if p.pid == root.pid:
+                            own += t.user + t.system
+                        else:
+                            kids += t.user + t.system
+            self.peak[name] = max(self.peak[name], rss)
+            self.peak_pss[name] = max(self.peak_pss[name], pss)
+            total += rss
+            cpu[name] = (own, kids)
+        self.peak_total = max(self.peak_total, total)
+        self.cpu.append((time.time(), cpu))
+
+    def cpu_between(self, start: float, end: float) -> dict[str, tuple[float, float]]:
+        """CPU seconds (the process itself, its child processes) each group used between
+        the samples nearest ``start`` and ``end`` (wall-clock times)."""
+        if not self.cpu:
+            return {}
+        a = min(self.cpu, key=lambda s: abs(s[0] - start))[1]
+        b = min(self.cpu, key=lambda s: abs(s[0] - end))[1]
+        return {
+            name: (b[name][0] - a.get(name, (0.0, 0.0))[0], b[name][1] - a.get(name, (0.0, 0.0))[1])
+            for name in b
+        }
+
+    def _loop(self) -> None:
+        while not self._stop.wait(SAMPLE_S):
+            self.sample()
+
+
+def consortium_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("consortium")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "consortium.cli.main"]
+
+
+def spawn(
+    cmd: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
+
+def stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def spy(py_spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (without pausing it) into a collapsed-stacks file."""
+    cmd = [py_spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
+           "--format", "raw", "--output", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_port(port_file: Path, server: subprocess.Popen[bytes], timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().strip():
+            return int(port_file.read_text())
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError("the server did not write its port file")
