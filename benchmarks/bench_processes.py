@@ -16,6 +16,8 @@ import psutil
 
 #: how often the sampler reads the process trees
 SAMPLE_S = 0.05
+#: the admin certificate the deployed benchmarks issue for their coordinator calls
+ADMIN = "bench-admin"
 
 
 class Sampler:

@@ -57,6 +57,7 @@ sys.path.insert(0, str(HERE))
 from flower_env import ensure_flower_venv, flower_env, run_measured  # noqa: E402
 
 from bench_processes import (  # noqa: E402
+    ADMIN,
     Sampler,
     consortium_cmd,
     spawn,
@@ -76,8 +77,6 @@ from transport_report import (  # noqa: E402
     size_label,
     table,
 )
-
-ADMIN = "bench-admin"
 
 
 def make_pki(root: Path, nodes: int) -> Path:
