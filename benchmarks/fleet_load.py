@@ -47,10 +47,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_processes import Sampler, consortium_cmd, spawn, stop, wait_port  # noqa: E402
+from bench_processes import ADMIN, Sampler, consortium_cmd, spawn, stop, wait_port  # noqa: E402
 from fleet_probes import AdminProbe, ServerSampler, client_tls  # noqa: E402
 from fleet_report import Result, table  # noqa: E402
-from transport import ADMIN, APP_DIR  # noqa: E402
+from transport import APP_DIR  # noqa: E402
 from transport_report import MB, Row, parse_size, read_rounds, size_label  # noqa: E402
 
 
