@@ -79,10 +79,13 @@ class FedBuffWorkflow:
             arrays = (
                 initial if initial is not None else query_initial_model(grid, ctx, cfg.task_timeout)
             )
+            del initial
             ctx.initial_metrics = self.strategy.evaluate(0, arrays) or {}
             self._checkpoint(ctx, arrays, force=True)
-        arrays = self._drive(grid, ctx, arrays)
-        ctx.finish(arrays, cfg.exporter)
+        # handed over in a box: a local here would hold the first model for the whole run
+        box = [arrays]
+        del arrays
+        ctx.finish(self._drive(grid, ctx, box), cfg.exporter)
 
     def _restore(self, ctx: ServerContext) -> Arrays:
         assert ctx.restored is not None
@@ -108,8 +111,10 @@ class FedBuffWorkflow:
         }
         ctx.save_checkpoint(self.version, arrays, state)
 
-    def _drive(self, grid: Grid, ctx: ServerContext, arrays: Arrays) -> Arrays:
+    def _drive(self, grid: Grid, ctx: ServerContext, box: list[Arrays]) -> Arrays:
+        """Run the steps from the model in ``box`` (taken out of it); the final model."""
         cfg = self.config
+        arrays = box.pop()
         self._flight = InFlight(self.version, arrays)
         record = RoundRecord(round=self.version + 1)
         step_started = grid.now()

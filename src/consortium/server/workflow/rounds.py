@@ -56,6 +56,7 @@ class RoundWorkflow:
             if arrays is None:
                 arrays = query_initial_model(grid, ctx, cfg.round_timeout)
             model, first = GlobalModel(arrays), 1
+            del arrays  # the model is ``model``'s to let go of (a local would hold it all run)
             ctx.initial_metrics = self.strategy.evaluate(0, model.arrays) or {}
             self._checkpoint(ctx, 0, model)  # so round 1 can let go of it too
         for rnd in range(first, cfg.num_rounds + 1):
