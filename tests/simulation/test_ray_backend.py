@@ -51,8 +51,16 @@ def train(msg: Message, ctx: Context) -> Message:
     if isinstance(marker, str) and not os.path.exists(marker):
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
-    # a task that holds its raylet's only CPU a while makes the scheduler use the other one
-    time.sleep(float(msg.content.config.get("hold", 0.0)))
+    # a task that holds its raylet's only CPU makes the scheduler use the other one; with
+    # ``meet`` (a folder) it holds it until tasks have run on two raylets (``hold`` at most)
+    hold, meet = float(msg.content.config.get("hold", 0.0)), msg.content.config.get("meet")
+    if isinstance(meet, str):
+        Path(meet, ray.get_runtime_context().get_node_id()).touch()
+        deadline = time.monotonic() + hold
+        while len(os.listdir(meet)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        time.sleep(hold)
     model = msg.content.model
     return msg.reply(
         arrays=Arrays({"w": model["w"] + 1}),
@@ -210,16 +218,21 @@ def test_tasks_to_one_node_take_turns_with_its_state(cluster: str, per_task: int
     assert [r.content.metric_values["rounds_seen"] for r in pulled if r and r.content] == [3, 4]
 
 
-def test_tasks_spread_over_the_raylets_and_read_the_model_in_place(cluster: str) -> None:
+def test_tasks_spread_over_the_raylets_and_read_the_model_in_place(
+    cluster: str, tmp_path: Path
+) -> None:
     """Here the ClientApp is an object, not a reference: it travels by the object store,
-    pickled by value as a script's own app is (the workers cannot import this module)."""
+    pickled by value as a script's own app is (the workers cannot import this module).
+    Each task holds its raylet's one CPU until tasks ran on both raylets (or 60 s): a
+    worker starting slowly on the second raylet (a loaded machine) cannot let the
+    first raylet run every task before it."""
     from ray import cloudpickle
 
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)
     grid = RayGrid(client_app, ["a", "b", "c", "d", "e", "f"])
     try:
-        tasks = _tasks(grid.node_ids(), 1.0, hold=0.5)
+        tasks = _tasks(grid.node_ids(), 1.0, hold=60.0, meet=str(tmp_path))
         replies = list(grid.send_and_receive(tasks, timeout=120))
     finally:
         grid.close()
