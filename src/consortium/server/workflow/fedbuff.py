@@ -72,20 +72,22 @@ class FedBuffWorkflow:
         cfg = self.config
         ctx.start_run(grid.node_ids(), cfg.num_steps, self.params(ctx))
         online_nodes(grid, self.strategy.min_available_nodes, cfg.node_wait)
+        ctx.finish(self._drive(grid, ctx), cfg.exporter)
+
+    def _first_model(self, grid: Grid, ctx: ServerContext) -> Arrays:
+        """The model the run starts from: the restored checkpoint's, or a new one (its
+        metrics recorded and checkpointed as version 0). Called by the step loop itself:
+        a local of the caller would hold it for the whole run."""
         if ctx.restored is not None:
-            arrays = self._restore(ctx)
-        else:
-            initial = self.strategy.initialize(ctx.rng(0, stream="init"))
-            arrays = (
-                initial if initial is not None else query_initial_model(grid, ctx, cfg.task_timeout)
-            )
-            del initial
-            ctx.initial_metrics = self.strategy.evaluate(0, arrays) or {}
-            self._checkpoint(ctx, arrays, force=True)
-        # handed over in a box: a local here would hold the first model for the whole run
-        box = [arrays]
-        del arrays
-        ctx.finish(self._drive(grid, ctx, box), cfg.exporter)
+            return self._restore(ctx)
+        initial = self.strategy.initialize(ctx.rng(0, stream="init"))
+        arrays = (
+            initial if initial is not None
+            else query_initial_model(grid, ctx, self.config.task_timeout)
+        )  # fmt: skip
+        ctx.initial_metrics = self.strategy.evaluate(0, arrays) or {}
+        self._checkpoint(ctx, arrays, force=True)
+        return arrays
 
     def _restore(self, ctx: ServerContext) -> Arrays:
         assert ctx.restored is not None
@@ -111,10 +113,10 @@ class FedBuffWorkflow:
         }
         ctx.save_checkpoint(self.version, arrays, state)
 
-    def _drive(self, grid: Grid, ctx: ServerContext, box: list[Arrays]) -> Arrays:
-        """Run the steps from the model in ``box`` (taken out of it); the final model."""
+    def _drive(self, grid: Grid, ctx: ServerContext) -> Arrays:
+        """Run the steps from the first model; the final model."""
         cfg = self.config
-        arrays = box.pop()
+        arrays = self._first_model(grid, ctx)
         self._flight = InFlight(self.version, arrays)
         record = RoundRecord(round=self.version + 1)
         step_started = grid.now()
