@@ -26,6 +26,7 @@ from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.protocol import ERROR_UNKNOWN_NODE, NUM_PARTITIONS, PARTITION_ID
 from consortium.core.records import Config
+from consortium.simulation.node_copy import ReadOnlyViews, node_copy
 from consortium.simulation.process_backend import ProcessNodes
 
 Backend = Literal["threads", "processes"]
@@ -124,15 +125,16 @@ class SimulationGrid:
         if self._procs is not None:
             yield from self._procs.send_and_receive(messages, deadline)
             return
+        views: ReadOnlyViews = {}
         if self._workers == 1:
             for msg in messages:
                 if deadline is not None and time.time() > deadline:
                     return
-                reply = self._run_local(msg)
+                reply = self._run_local(msg, views)
                 if deadline is None or time.time() <= deadline:
                     yield reply
             return
-        yield from self._run_pooled(messages, deadline)
+        yield from self._run_pooled(messages, deadline, views)
 
     def wait_for_nodes(self, count: int, timeout: float) -> list[str]:
         """Virtual nodes are always online: returns them all at once."""
@@ -142,13 +144,14 @@ class SimulationGrid:
         if self._procs is not None:
             self._procs.push(messages)
             return
+        views: ReadOnlyViews = {}
         for msg in messages:
             if self._workers == 1:
                 done: Future[Message] = Future()
-                done.set_result(self._run_local(msg))
+                done.set_result(self._run_local(msg, views))
                 self._pushed.append(done)
             else:
-                self._pushed.append(self._submit(self._pool(), msg))
+                self._pushed.append(self._submit(self._pool(), msg, views))
 
     def pull(self, timeout: float | None) -> Message | None:
         """The next pushed task to finish (of those finished, the one pushed first)."""
@@ -197,14 +200,15 @@ class SimulationGrid:
         else:
             self._states[node_id] = state
 
-    def _run_local(self, msg: Message) -> Message:
+    def _run_local(self, msg: Message, views: ReadOnlyViews) -> Message:
         assert self._app is not None
         node = msg.metadata.dst
         if node not in self._index:
             return msg.error_reply(ERROR_UNKNOWN_NODE, f"no simulated node {node!r}")
         context = self._context(node)
+        task = node_copy(msg, views)
         # a failed node: an error reply with the whole traceback (one machine: nothing to hide)
-        result = run_task(self._app, msg, context, error_detail=SIMULATION_ERROR_DETAIL)
+        result = run_task(self._app, task, context, error_detail=SIMULATION_ERROR_DETAIL)
         if not result.raised:  # a failed task's state changes are dropped, as on a node
             self._keep_state(node, context.state)
         return result.reply
@@ -214,28 +218,33 @@ class SimulationGrid:
             self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="sim-node")
         return self._executor
 
-    def _submit(self, pool: Executor, msg: Message) -> Future[Message]:
+    def _submit(self, pool: Executor, msg: Message, views: ReadOnlyViews) -> Future[Message]:
         """``msg`` to the pool, once its node's task before it (if any) has ended."""
         node = msg.metadata.dst
         with self._latest_lock:
             before = self._latest.get(node)
             if before is None or before.done():
-                submitted = self._start(pool, msg)
+                submitted = self._start(pool, msg, views)
             else:
                 submitted = Future()
-                before.add_done_callback(partial(self._start_after, pool, msg, submitted))
+                before.add_done_callback(partial(self._start_after, pool, msg, views, submitted))
             self._latest[node] = submitted
         submitted.add_done_callback(partial(self._forget, node))
         return submitted
 
     def _start_after(
-        self, pool: Executor, msg: Message, submitted: Future[Message], _: Future[Message]
+        self,
+        pool: Executor,
+        msg: Message,
+        views: ReadOnlyViews,
+        submitted: Future[Message],
+        _: Future[Message],
     ) -> None:
         """(When the node's task before ``msg`` ended.) Start ``msg``, unless given up."""
         if not submitted.set_running_or_notify_cancel():
             return  # cancelled while it waited (its round's deadline passed)
         try:
-            started = self._start(pool, msg)
+            started = self._start(pool, msg, views)
         except RuntimeError as exc:  # the pool shut down (the run ended) meanwhile
             submitted.set_result(failure_reply(msg, exc, SIMULATION_ERROR_DETAIL))
             return
@@ -246,16 +255,18 @@ class SimulationGrid:
             if self._latest.get(node) is done:
                 del self._latest[node]
 
-    def _start(self, pool: Executor, msg: Message) -> Future[Message]:
-        return pool.submit(self._run_local, msg)
+    def _start(self, pool: Executor, msg: Message, views: ReadOnlyViews) -> Future[Message]:
+        return pool.submit(self._run_local, msg, views)
 
-    def _run_pooled(self, messages: Sequence[Message], deadline: float | None) -> Iterator[Message]:
+    def _run_pooled(
+        self, messages: Sequence[Message], deadline: float | None, views: ReadOnlyViews
+    ) -> Iterator[Message]:
         pool = self._pool()
         window = 4 * self._workers  # bounded: replies wait for their turn, not all at once
         queue: deque[Future[Message]] = deque()
         todo = iter(messages)
         for msg in todo:
-            queue.append(self._submit(pool, msg))
+            queue.append(self._submit(pool, msg, views))
             if len(queue) >= window:
                 break
         while queue:
@@ -275,7 +286,7 @@ class SimulationGrid:
             yield reply
             nxt = next(todo, None)
             if nxt is not None:
-                queue.append(self._submit(pool, nxt))
+                queue.append(self._submit(pool, nxt, views))
 
 
 def _settle(msg: Message, outer: Future[Message], inner: Future[Message]) -> None:

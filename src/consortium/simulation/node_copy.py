@@ -1,0 +1,59 @@
+"""A task as a node in this process receives it: its own records, the arrays read-only.
+
+A deployed node decodes its task into objects of its own, and the processes and
+Ray backends hand each task its own records with the model read-only. The
+threads backend runs the nodes in the server's process, where every task of a
+round points at the same model and config objects: a node that wrote into its
+model, or replaced an entry of a record, would change what the next node
+receives (and the round's result would depend on the backend). So each task
+gets records of its own (new ``Arrays`` and config dicts), and the arrays are
+read-only views of the server's: writing into one raises, as with Ray and the
+processes backend, instead of reaching another node. Views, not copies: a
+round's model is shared, not copied per node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from consortium.core.arrays import Arrays
+from consortium.core.message import Content, Message
+from consortium.core.records import Config
+
+#: per call of the grid: id of an arrays record -> (the record, its read-only views).
+#: Each distinct record of a round is viewed once; the record itself is kept beside its
+#: views, so that its id cannot be reused by another record while the call lasts.
+ReadOnlyViews = dict[int, tuple[Arrays, list[tuple[str, np.ndarray]]]]
+
+
+def node_copy(msg: Message, views: ReadOnlyViews) -> Message:
+    """``msg`` with records of its own: new ``Arrays`` of read-only views of its arrays,
+    new config and metrics dicts (list values copied). An error message is as it is."""
+    content = msg.content
+    if content is None:
+        return msg
+    arrays: dict[str, Arrays] = {}
+    for name, record in content.arrays.items():
+        seen = views.get(id(record))
+        if seen is None or seen[0] is not record:
+            seen = views[id(record)] = (record, [(k, _read_only(a)) for k, a in record.items()])
+        arrays[name] = Arrays(seen[1])
+    configs = {name: _config_copy(config) for name, config in content.configs.items()}
+    metrics = {name: dict(values) for name, values in content.metrics.items()}
+    return Message(msg.metadata, content=Content(arrays, configs, metrics))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _config_copy(config: Config) -> Config:
+    copied: dict[str, Any] = dict(config)
+    for key, value in copied.items():
+        if isinstance(value, list):
+            copied[key] = list(value)
+    return copied
