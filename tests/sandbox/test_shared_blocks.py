@@ -218,6 +218,22 @@ def test_release_frames_do_not_extend_the_wait_for_a_frame() -> None:
         theirs.close()
 
 
+def test_a_wait_whose_deadline_has_passed_times_out_and_the_channel_still_works() -> None:
+    """A release frame that arrives as the deadline passes leaves no time to wait: the
+    wait times out (it once set a timeout of 0, made the socket non-blocking and read
+    EAGAIN as a broken channel)."""
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    try:
+        with pytest.raises(TimeoutError):
+            parent.recv(timeout=0)
+        _send_raw(theirs, {"kind": "hello"}, [])
+        assert parent.recv(timeout=5).kind == "hello"
+    finally:
+        parent.close()
+        theirs.close()
+
+
 def test_a_frame_left_unfinished_ends_with_a_channel_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -169,7 +169,10 @@ class Channel:
         the other side sends meanwhile do not extend it)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                # not settimeout(0), which would make the socket non-blocking (EAGAIN)
+                raise TimeoutError("no frame came in time")
             frame = self._recv_frame(left)
             if frame.kind != _RELEASED:
                 return frame
