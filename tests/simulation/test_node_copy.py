@@ -1,8 +1,12 @@
-"""A node of the threads backend gets records of its own and a read-only model, as a
-deployed node and the processes and Ray backends give it: what one node does to its
-task never reaches the next node's."""
+"""A node gets records of its own and a read-only model on every simulation backend, as
+a deployed node gets them: what one node does to its task never reaches the next
+node's (in the threads backend they share the server's objects; in a batch of the
+processes backend, the unpickled batch's objects)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from consortium.core.protocol import TRAIN
 from consortium.core.records import Config
 from consortium.simulation.grid import SimulationGrid
 
+HERE = Path(__file__).parent
 meddler = ClientApp()
 
 
@@ -52,11 +57,20 @@ def _tasks(model: Arrays, nodes: int) -> list[Message]:
     ]
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_each_node_receives_the_task_as_sent(workers: int) -> None:
+@pytest.mark.parametrize(
+    "backend",
+    [
+        {"workers": 1},
+        {"workers": 3},
+        # one batch of six tasks in one worker, the app loaded by reference
+        {"backend": "processes", "workers": 1, "nodes_per_batch": 6},
+    ],
+)
+def test_each_node_receives_the_task_as_sent(backend: dict[str, Any]) -> None:
     model = Arrays({"w": np.arange(3.0)})
     tasks = _tasks(model, 6)
-    grid = SimulationGrid(meddler, [str(i) for i in range(6)], workers=workers)
+    app = "test_node_copy:meddler" if backend.get("backend") == "processes" else meddler
+    grid = SimulationGrid(app, [str(i) for i in range(6)], app_path=[str(HERE)], **backend)
     try:
         replies = list(grid.send_and_receive(tasks, timeout=None))
     finally:

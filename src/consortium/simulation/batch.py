@@ -27,6 +27,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Content, Error, Message, Metadata
 from consortium.core.records import Config, Metrics
+from consortium.simulation.node_copy import config_copy
 
 #: A record of arrays as it crosses to a worker: (name, array) pairs, in order.
 ArrayPairs = list[tuple[str, Any]]
@@ -94,17 +95,15 @@ def run_jobs(
     """
     out: list[Any] = []
     left: dict[str, PlainState | None] = {}
-    # one Arrays per record of the batch: every task of a round shares its model, as
-    # the tasks of a round share one Arrays object in the threads backend
-    records_at: dict[int, Arrays] = {}
     for task, names, positions, node_config, state_at in jobs:
         meta, configs, metrics, _, _ = task
-        records = {}
-        for name, i in zip(names, positions, strict=True):
-            if i not in records_at:
-                records_at[i] = Arrays(objects[i])
-            records[name] = records_at[i]
-        msg = Message(Metadata(*meta), content=Content(records, configs, metrics))
+        # records of its own over the batch's read-only arrays, and configs of its own
+        # (unpickled, the tasks of a batch share the config dicts the server shared): a
+        # node that replaced an entry or changed its config changes only its own task
+        records = {name: Arrays(objects[i]) for name, i in zip(names, positions, strict=True)}
+        own_configs = {name: config_copy(config) for name, config in configs.items()}
+        own_metrics = {name: dict(values) for name, values in metrics.items()}
+        msg = Message(Metadata(*meta), content=Content(records, own_configs, own_metrics))
         node = msg.metadata.dst
         state = left[node] if node in left else objects[state_at] if state_at is not None else None
         context = Context(

@@ -1,8 +1,9 @@
 """A task as a node in this process receives it: its own records, the arrays read-only.
 
-A deployed node decodes its task into objects of its own, and the processes and
-Ray backends hand each task its own records with the model read-only. The
-threads backend runs the nodes in the server's process, where every task of a
+A deployed node decodes its task into objects of its own; the processes and Ray
+backends hand their workers a batch's model read-only, and give each task
+records of its own over it (``batch.run_jobs``). The threads backend runs the
+nodes in the server's process, where every task of a
 round points at the same model and config objects: a node that wrote into its
 model, or replaced an entry of a record, would change what the next node
 receives (and the round's result would depend on the backend). So each task
@@ -40,7 +41,7 @@ def node_copy(msg: Message, views: ReadOnlyViews) -> Message:
         if seen is None or seen[0] is not record:
             seen = views[id(record)] = (record, [(k, _read_only(a)) for k, a in record.items()])
         arrays[name] = Arrays(seen[1])
-    configs = {name: _config_copy(config) for name, config in content.configs.items()}
+    configs = {name: config_copy(config) for name, config in content.configs.items()}
     metrics = {name: dict(values) for name, values in content.metrics.items()}
     return Message(msg.metadata, content=Content(arrays, configs, metrics))
 
@@ -51,7 +52,8 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def _config_copy(config: Config) -> Config:
+def config_copy(config: Config) -> Config:
+    """A config of its own: a new dict, its list values copied (the rest are immutable)."""
     copied: dict[str, Any] = dict(config)
     for key, value in copied.items():
         if isinstance(value, list):
