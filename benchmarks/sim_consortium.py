@@ -47,6 +47,7 @@ import psutil  # noqa: E402
 from consortium import Arrays, ClientApp, Context, FedAvg, Message, ServerApp, ServerConfig  # noqa: E402
 from consortium.ml import logistic  # noqa: E402
 from consortium.simulation import run_simulation  # noqa: E402
+from consortium.simulation.grid import resolve_backend  # noqa: E402
 
 FEATURES, ROWS, BATCH, LR = 20, 100, 32, 0.1
 #: where worker processes write their NodeClock when they exit (set by main)
@@ -168,7 +169,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, required=True)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=["threads", "processes"], default="threads")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "threads", "processes"],
+        default="auto",
+        help="default: auto, the library's default (processes from 1000 nodes on 2+ CPUs)",
+    )
     parser.add_argument(
         "--workers", type=int, help="threads or processes (default: 1 thread, 1 process per CPU)"
     )
@@ -188,8 +194,11 @@ def main() -> None:
             min_reply_fraction=1.0,
         )
     )
-    processes = args.backend == "processes"
     app = "null_app" if args.null_node else "client_app"
+    # the reference (which auto needs to pick processes) only where it will be used: run
+    # in this thread, the app loaded by reference would be a second copy of this module,
+    # counting its nodes' time in a NodeClock of its own
+    processes = resolve_backend(args.backend, f"sim_consortium:{app}", args.nodes) == "processes"
     clock_dir = tempfile.TemporaryDirectory(prefix="sim-clock-")
     os.environ[NODE_CLOCK_DIR] = clock_dir.name  # the workers inherit it
     sampler = TreeSampler(args.sample_ms / 1000) if args.sample_ms > 0 else None
@@ -239,7 +248,7 @@ def main() -> None:
                 "nodes": args.nodes,
                 "rounds": args.rounds,
                 "import_s": started - T0,
-                "backend": args.backend,
+                "backend": "processes" if processes else "threads",
                 "workers": args.workers,
                 "run_s": run_s,
                 # this process (the driver) alone, the sampler thread left out

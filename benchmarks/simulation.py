@@ -152,7 +152,12 @@ def main() -> int:
         "(checked out under .bench/), alternating with this tree",
     )
     ap.add_argument("--repeat", type=int, default=1, help="runs per size and system (best kept)")
-    ap.add_argument("--backend", choices=["threads", "processes"], default="threads")
+    ap.add_argument(
+        "--backend",
+        choices=["auto", "threads", "processes"],
+        default="auto",
+        help="Consortium's backend (default: auto, the library's default)",
+    )
     ap.add_argument("--workers", type=int, help="Consortium's threads or worker processes")
     ap.add_argument("--nodes-per-batch", type=int, help="processes backend: tasks per call")
     args = ap.parse_args()
@@ -235,8 +240,9 @@ def main() -> int:
 
 
 def backend_args(args: argparse.Namespace) -> list[str]:
-    """sim_consortium.py's backend options, as asked."""
-    out = ["--backend", args.backend]
+    """sim_consortium.py's backend options, as asked (auto: its default, left unsaid so
+    that an older revision runs its own default)."""
+    out = [] if args.backend == "auto" else ["--backend", args.backend]
     if args.workers is not None:
         out += ["--workers", str(args.workers)]
     if args.nodes_per_batch is not None:
@@ -247,10 +253,13 @@ def backend_args(args: argparse.Namespace) -> list[str]:
 def print_split(rows: list[Row], rounds: int, repeat: int) -> None:
     """Where Consortium's run time went: the nodes' own compute (data and training, timed
     inside the handler) and the framework (everything else), per node-task too."""
-    if any(r.backend == "processes" for r in rows):
-        print_process_split(rows, rounds, repeat)
+    in_processes = [r for r in rows if r.backend == "processes"]
+    if in_processes:
+        print_process_split(in_processes, rounds, repeat)
+    rows = [r for r in rows if r.backend != "processes"]
+    if not rows:
         return
-    print(f"\n### Where the time goes (Consortium, best of {repeat}; start-up excluded)\n")
+    print(f"\n### Where the time goes (Consortium, threads, best of {repeat}; start-up excluded)\n")
     print(
         "| N | load (1 min) | run s | run CPU s | node compute s | framework s "
         "| node µs/task | framework µs/task |"

@@ -280,4 +280,4 @@ def test_the_cli_runs_processes_in_batches_to_the_threads_model_bytes(tmp_path: 
         cli, ["simulate", app, "--nodes-per-batch", "2", "--run-dir", str(tmp_path / "x")]
     )
     assert isinstance(refused.exception, ConfigError), refused.output
-    assert "--nodes-per-batch needs --backend processes" in str(refused.exception)
+    assert "--nodes-per-batch needs the processes backend, not threads" in str(refused.exception)

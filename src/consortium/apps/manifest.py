@@ -39,7 +39,7 @@ class AppSection(_Strict):
 class SimulationSection(_Strict):
     num_nodes: int = Field(default=2, ge=1, alias="num-nodes")
     node_ids: list[str] | None = Field(default=None, alias="node-ids")
-    backend: Literal["threads", "processes", "ray"] = "threads"
+    backend: Literal["auto", "threads", "processes", "ray"] = "auto"
     workers: int = Field(default=1, ge=1)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -14,6 +15,7 @@ from consortium.cli.report import make_console, print_history, tracking_hint
 from consortium.core.errors import ConfigError
 from consortium.server.app import ServerApp
 from consortium.simulation.engine import run_simulation
+from consortium.simulation.grid import BackendChoice, resolve_backend
 
 
 def default_run_dir(name: str) -> Path:
@@ -25,8 +27,10 @@ def default_run_dir(name: str) -> Path:
 @click.option("--nodes", "num_nodes", type=click.IntRange(min=1), help="Number of virtual nodes.")
 @click.option(
     "--backend",
-    type=click.Choice(["threads", "processes", "ray"]),
-    help="Run nodes in threads of this process, in worker processes, or as Ray tasks.",
+    type=click.Choice(["auto", "threads", "processes", "ray"]),
+    help="Run nodes in threads of this process, in worker processes, or as Ray tasks "
+    "(default: consortium.toml's backend, else auto: worker processes from 1000 nodes "
+    "on a machine with 2 CPUs or more, else threads).",
 )
 @click.option(
     "--ray-address",
@@ -76,10 +80,6 @@ def simulate(
 ) -> None:
     """Run the app in APP_DIR (a folder with consortium.toml) with virtual nodes."""
     spec = load_app_spec(app_dir)
-    if ray_address is not None and (backend or spec.manifest.simulation.backend) != "ray":
-        raise ConfigError("--ray-address needs --backend ray")
-    if nodes_per_batch is not None and (backend or spec.manifest.simulation.backend) != "processes":
-        raise ConfigError("--nodes-per-batch needs --backend processes")
     run_config = spec.run_config(dict(parse_override(o) for o in overrides))
     sim = spec.manifest.simulation
     node_ids = sim.node_ids
@@ -89,6 +89,12 @@ def simulate(
         )
     if node_ids is None:
         node_ids = [str(i) for i in range(num_nodes or sim.num_nodes)]
+    asked = cast(BackendChoice, backend or sim.backend)
+    chosen = resolve_backend(asked, spec.manifest.app.client, len(node_ids))
+    if ray_address is not None and chosen != "ray":
+        raise ConfigError("--ray-address needs --backend ray")
+    if nodes_per_batch is not None and chosen != "processes":
+        raise ConfigError(f"--nodes-per-batch needs the processes backend, not {chosen}")
     server_app = load_object(spec.manifest.app.server, [str(spec.root)])
     if not isinstance(server_app, ServerApp):
         raise ConfigError(f"{spec.manifest.app.server!r} is not a ServerApp")
@@ -100,7 +106,7 @@ def simulate(
     )
     console.print(
         f"[bold]{spec.name}[/] {spec.manifest.app.version}: {len(node_ids)} nodes, "
-        f"backend {backend or sim.backend}, run dir {run_dir}"
+        f"backend {chosen}{' (auto)' if asked == 'auto' else ''}, run dir {run_dir}"
     )
     result = run_simulation(
         server_app,
@@ -108,7 +114,7 @@ def simulate(
         node_ids=node_ids,
         run_config=run_config,
         seed=seed,
-        backend=backend or sim.backend,  # type: ignore[arg-type]
+        backend=chosen,
         # the manifest's workers when it sets them; else the backend's own default
         workers=workers or (sim.workers if "workers" in sim.model_fields_set else None),
         nodes_per_batch=nodes_per_batch,

@@ -6,7 +6,6 @@ import contextlib
 import gc
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 from consortium.client.app import ClientApp
 from consortium.core.errors import ConfigError
@@ -17,7 +16,12 @@ from consortium.server.app import ServerApp
 from consortium.server.checkpoint import load_checkpoint
 from consortium.server.context import CheckpointSettings
 from consortium.server.host import RunResult, run_server_app
-from consortium.simulation.grid import Backend, NodeConfigFn, SimulationGrid
+from consortium.simulation.grid import (
+    BackendChoice,
+    NodeConfigFn,
+    SimulationGrid,
+    resolve_backend,
+)
 from consortium.simulation.ray_backend import RayGrid, RayOptions
 from consortium.tracking.base import RunObserver
 
@@ -31,7 +35,7 @@ def run_simulation(
     node_config: NodeConfigFn | None = None,
     run_config: Config | None = None,
     seed: int = 0,
-    backend: Backend | Literal["ray"] = "threads",
+    backend: BackendChoice = "auto",
     workers: int | None = None,
     nodes_per_batch: int | None = None,
     run_dir: Path | None = None,
@@ -49,7 +53,11 @@ def run_simulation(
     ``node_ids``. ``node_config(index, node_id)`` gives each node its own
     config (default: ``partition-id`` and ``num-partitions``). ``client_app``
     may be a ``"module:attribute"`` reference, which the processes backend
-    requires. The same ``seed`` gives a bit-identical model for any backend
+    requires. ``backend="auto"`` (the default) picks the processes backend for a
+    reference and at least :data:`~consortium.simulation.grid.AUTO_PROCESSES_MIN_NODES`
+    nodes on a machine with 2 CPUs or more, else threads
+    (:func:`~consortium.simulation.grid.resolve_backend`; the run's params record the
+    backend that ran). The same ``seed`` gives a bit-identical model for any backend
     and number of ``workers`` (threads: default 1; processes: default one per
     CPU, running ``nodes_per_batch`` node tasks per call, by default a few
     batches per worker per round). ``grid_wrapper`` decorates the grid the round
@@ -75,8 +83,11 @@ def run_simulation(
             raise ConfigError("resume=True needs the checkpoint_dir to resume from")
         restored = load_checkpoint(checkpoint_dir)
     checkpoints = CheckpointSettings(checkpoint_dir) if checkpoint_dir is not None else None
+    chosen = resolve_backend(backend, client_app, len(node_ids))
+    if nodes_per_batch is not None and chosen != "processes":
+        raise ConfigError(f"nodes_per_batch is for the processes backend, not {chosen!r}")
     grid: SimulationGrid | RayGrid
-    if backend == "ray":
+    if chosen == "ray":
         grid = RayGrid(
             client_app,
             node_ids,
@@ -93,12 +104,12 @@ def run_simulation(
             node_config=node_config,
             run_config=run_config,
             seed=seed,
-            backend=backend,
+            backend=chosen,
             workers=workers,
             app_path=app_path,
             nodes_per_batch=nodes_per_batch,
         )
-    params: Config = {**run_config, PARAM_NUM_NODES: len(node_ids), PARAM_BACKEND: backend}
+    params: Config = {**run_config, PARAM_NUM_NODES: len(node_ids), PARAM_BACKEND: chosen}
     try:
         with _heap_frozen():
             return run_server_app(

@@ -30,7 +30,29 @@ from consortium.simulation.node_copy import ReadOnlyViews, node_copy
 from consortium.simulation.process_backend import ProcessNodes
 
 Backend = Literal["threads", "processes"]
+#: what ``run_simulation`` and ``consortium simulate`` accept: a backend, or ``auto``
+BackendChoice = Literal["auto", "threads", "processes", "ray"]
 NodeConfigFn = Callable[[int, str], Config]
+#: ``auto`` runs the nodes in worker processes from this many nodes on (fewer: threads);
+#: about where the processes backend's start-up and batching pay for themselves with
+#: ~100 µs nodes on 2 CPUs (``docs/benchmarks.md``, "The default backend")
+AUTO_PROCESSES_MIN_NODES = 1000
+
+
+def resolve_backend(
+    backend: BackendChoice, client_app: ClientApp | str, num_nodes: int, cpus: int | None = None
+) -> Literal["threads", "processes", "ray"]:
+    """The backend ``backend`` names; for ``auto``, ``processes`` when the ClientApp is a
+    ``module:attribute`` reference (the workers load it by that), the run has at least
+    :data:`AUTO_PROCESSES_MIN_NODES` nodes and this process may use 2 CPUs or more
+    (``cpus``, default: :func:`cpu_count`); else ``threads``. Every backend gives the same
+    model bits for the same seed, so the choice changes speed and memory only."""
+    if backend != "auto":
+        return backend
+    many = num_nodes >= AUTO_PROCESSES_MIN_NODES
+    if isinstance(client_app, str) and many and (cpus or cpu_count()) >= 2:
+        return "processes"
+    return "threads"
 
 
 def default_node_config(index: int, node_id: str, num_nodes: int) -> Config:
