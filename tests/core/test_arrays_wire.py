@@ -129,3 +129,24 @@ def test_header_lies_are_refused() -> None:
 def test_size_limit() -> None:
     with pytest.raises(WireFormatError, match="exceed"):
         Arrays.from_bytes(_wire(), max_bytes=16)
+
+
+def test_decoded_arrays_are_sent_as_the_bytes_they_came_in_until_changed() -> None:
+    original = Arrays({"w": np.arange(10, dtype=np.float32), "b": np.ones((3, 4))})
+    encoded = original.to_bytes()
+    decoded = Arrays.from_bytes(encoded)
+    (part,) = decoded.wire_parts()  # one piece: the bytes received, not a re-encoding
+    assert bytes(part) == encoded
+    decoded["b"] = np.zeros(2)
+    assert b"".join(bytes(p) for p in decoded.wire_parts()) == decoded.to_bytes()
+    assert len(decoded.wire_parts()) > 1
+    del decoded["b"]
+    assert b"".join(bytes(p) for p in decoded.wire_parts()) == decoded.to_bytes()
+
+
+def test_an_encoding_laid_out_otherwise_is_sent_as_laid_out_by_to_bytes() -> None:
+    """Trailing bytes (a valid but not canonical layout) are not sent on: the arrays are
+    encoded afresh."""
+    original = Arrays({"w": np.arange(10, dtype=np.float32)})
+    decoded = Arrays.from_bytes(original.to_bytes() + b"\x00" * 64)
+    assert b"".join(bytes(p) for p in decoded.wire_parts()) == original.to_bytes()

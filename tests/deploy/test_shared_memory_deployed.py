@@ -1,12 +1,13 @@
-"""Model-sized tasks and replies cross between a node and its app process as shared
-memory (``sandbox/shared_blocks.py``), in a real deployment: `consortium server`
-and `consortium node` over mutual TLS, each app confined in a process of its own.
-The server app sends a 20 MB model three rounds running; the node's app returns it
-plus one. Every reply must arrive exact; the node and its app process must have
-mapped shared blocks, and the server and its app process none: the server keeps
-the socket, whose memory does not grow with the nodes replying at once (read from
-``/proc/PID/maps`` while the server app waits at its end: the apps themselves may
-not read ``/proc``)."""
+"""Model-sized tasks and replies cross between each process and its app process as
+shared memory (``sandbox/shared_blocks.py``), in a real deployment: `consortium
+server` and `consortium node` over mutual TLS, each app confined in a process of its
+own. The server app sends a 20 MB model three rounds running; the node's app returns
+it plus one. Every reply must arrive exact; each of the four processes must have
+mapped shared blocks: the node's task and the node's reply (received into blocks of
+its app process / written into the app's own), the server app's model (read by the
+server where the app wrote it) and the reply (received by the server into a block of
+its app process, which reads it there). Read from ``/proc/PID/maps`` while the
+server app waits at its end: the apps themselves may not read ``/proc``."""
 
 from __future__ import annotations
 
@@ -96,7 +97,6 @@ def test_model_sized_messages_cross_to_the_apps_as_shared_memory_and_arrive_exac
     rounds = info["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["metrics"]["central_exact"] == 1.0 for r in rounds), rounds
-    # the node's app maps the node's block of its task and writes its reply into its own,
-    # which the node reads where it lies
-    assert maps["node app"] >= 2 and maps["node"] >= 1, maps
-    assert maps["server"] == maps["server app"] == 0, maps
+    # each app maps its parent's block (task or reply) and writes what it sends into one
+    # of its own, which its parent reads where it lies
+    assert all(count >= 2 for count in maps.values()), maps

@@ -128,6 +128,39 @@ def test_a_malformed_batch_is_refused(edit) -> None:  # type: ignore[no-untyped-
         decode_batch(header, payload, RecordLimits())
 
 
+def test_a_forwarded_reply_is_its_received_arrays_in_one_piece_beside_a_header() -> None:
+    """A reply forwarded to the app process: the message without its arrays in the
+    header, and the arrays as the one buffer they were decoded from (so that, received
+    into a shared block, they cross as one range of it, read where they lie)."""
+    model = Arrays({"w": np.arange(1000, dtype=np.float32), "b": np.ones(3)})
+    received = Message.from_bytes(_task(model, "n1").to_bytes())
+    header, parts = encode_batch([received], skeletons_in_header=True)
+    assert received.content is not None and received.content.model is not None
+    assert len(parts) == 1 and bytes(parts[0]) == model.to_bytes()
+    (decoded,) = decode_batch(header, parts[0], RecordLimits())
+    assert decoded.metadata == received.metadata and decoded.content is not None
+    assert decoded.content.model is not None and decoded.content.model.equals(model)
+    received.content.model["w"] = np.zeros(2)  # changed: encoded afresh, several parts
+    assert len(encode_batch([received], skeletons_in_header=True)[1]) > 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h.update(skeletons=["not base64!"]),
+        lambda h: h.update(skeletons=[]),
+        lambda h: h.update(skeletons=[12]),
+        lambda h: h.update(skeletons="abcd"),
+    ],
+)
+def test_a_malformed_header_skeleton_is_refused(edit) -> None:  # type: ignore[no-untyped-def]
+    header, parts = encode_batch([_task(Arrays({"w": np.zeros(3)}), "a")], skeletons_in_header=True)
+    payload = b"".join(bytes(memoryview(p)) for p in parts)
+    edit(header)
+    with pytest.raises(WireFormatError):
+        decode_batch(header, payload, RecordLimits())
+
+
 def test_round_records_from_an_app_are_checked() -> None:
     good = {"round": 1, "train": {"loss": 0.5}, "evaluate": {}, "central": {}, "seconds": 1.0,
             "nodes": []}  # fmt: skip

@@ -24,6 +24,7 @@ import struct
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -95,6 +96,45 @@ def test_a_payload_in_the_childs_block_reaches_it_as_its_own_copy_and_the_block_
         assert parent.recv(timeout=10).kind == "reply"
         del frame, payload, body
     assert addresses == addresses[:1] * 3, "the released block is reused (warm memory)"
+
+
+def test_a_child_viewing_in_place_reads_the_parents_block_where_it_lies_until_it_lets_go() -> None:
+    """The server's app process (``view_in_place``): a reply the server received into its
+    block is read there, not copied; the block, and the parent's buffer over it (which
+    the server's transfer budget watches), stay taken until the child has let go of the
+    payload and said so with its next frame."""
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    child = Channel(theirs, max_payload=1 << 30, peer="parent", view_in_place=True)
+    try:
+        assert parent.lender is not None
+        buffer = parent.lender.allocate(SIZE)  # as the server receives a reply into it
+        assert buffer is not None
+        owner = weakref.ref(buffer.obj)
+        np.frombuffer(buffer, dtype=np.uint8)[:] = 7
+        pending = _received(child)
+        parent.send("reply", {}, [buffer])  # one range, nothing inline
+        pending["thread"].join(10)  # type: ignore[attr-defined]
+        payload = pending["frame"].payload  # type: ignore[attr-defined]
+        del pending
+        assert isinstance(payload, memoryview) and payload.readonly
+        seen = np.frombuffer(payload, dtype=np.uint8)
+        assert seen.size == SIZE and int(seen.max()) == 7
+        np.frombuffer(buffer, dtype=np.uint8)[:3] = 9  # where it lies: no copy
+        assert seen[:3].tolist() == [9, 9, 9]
+        del buffer
+        child.send("consumed", {})  # the payload is still alive: nothing released yet
+        assert parent.recv(timeout=10).kind == "consumed"
+        assert owner() is not None, "the parent keeps what it lent until released"
+        del seen, payload
+        child.send("consumed", {})  # now the release rides on it
+        assert parent.recv(timeout=10).kind == "consumed"
+        assert owner() is None, "released: the parent let go of its buffer"
+        again = parent.lender.allocate(SIZE)
+        assert again is not None and parent.lender.block_count == 1, "the block is reused"
+    finally:
+        parent.close()
+        child.close()
 
 
 def test_what_the_child_sends_reaches_the_parent_read_only_and_its_block_comes_back(

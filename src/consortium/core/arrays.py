@@ -97,7 +97,7 @@ class Arrays(MutableMapping[str, Array]):
     with the same shapes and dtypes.
     """
 
-    __slots__ = ("_data", "exclusive")
+    __slots__ = ("_data", "_wire", "exclusive")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None) -> None:
         self._data: dict[str, Array] = {}
@@ -105,6 +105,10 @@ class Arrays(MutableMapping[str, Array]):
         #: message just received): a consumer such as an aggregator may then reuse
         #: their memory instead of allocating its own. Cleared by any assignment.
         self.exclusive = False
+        #: the bytes these arrays were decoded from (:meth:`from_bytes`), laid out as
+        #: :meth:`to_bytes` lays them out, while no array was set or removed since: the
+        #: arrays are views of them, so they stay their encoding (:meth:`wire_parts`)
+        self._wire: memoryview | None = None
         if items is not None:
             pairs = items.items() if isinstance(items, Mapping) else items
             for name, value in pairs:
@@ -119,9 +123,11 @@ class Arrays(MutableMapping[str, Array]):
             raise TypeError(f"array names must be str, got {type(name).__name__}")
         self._data[name] = np.asarray(value)
         self.exclusive = False
+        self._wire = None
 
     def __delitem__(self, name: str) -> None:
         del self._data[name]
+        self._wire = None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -204,8 +210,12 @@ class Arrays(MutableMapping[str, Array]):
 
         Their concatenation is :meth:`to_bytes`, but nothing is copied: the parts
         are views of the arrays (a non-contiguous array is made contiguous first),
-        which must not change until the parts have been sent.
+        which must not change until the parts have been sent. Arrays decoded by
+        :meth:`from_bytes` from this encoding, and not changed since, are sent as
+        the one buffer they were decoded from: forwarded as received, in one piece.
         """
+        if self._wire is not None:
+            return [self._wire]
         header, buffers, _ = self._layout()
         start = _align(_PREFIX.size + len(header))
         parts: list[bytes | memoryview] = [
@@ -285,6 +295,10 @@ class Arrays(MutableMapping[str, Array]):
             except (ValueError, MemoryError, OverflowError) as exc:  # a last guard
                 raise WireFormatError(f"array {name!r} cannot be decoded: {exc}") from exc
             out._data[name] = arr
+        # a canonical encoding (as _layout lays it out) is kept, to be sent as it is
+        header_bytes, _, data_len = out._layout()
+        if header_bytes == view[_PREFIX.size : header_end] and len(view) == start + data_len:
+            out._wire = view
         return out
 
 

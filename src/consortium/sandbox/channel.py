@@ -82,13 +82,19 @@ class Channel:
     (:meth:`Lender.allocate`: a node's task straight from the network) and the
     child copies out what a frame names in them; the child's (``peer="parent"``)
     are filled by :meth:`send` itself, and the parent reads what a frame names in
-    them where it lies, read-only, telling the child once it is done with it."""
+    them where it lies, read-only, telling the child once it is done with it. A
+    child with ``view_in_place`` reads a payload of the parent's the same way (the
+    server's app process: a node's reply is folded from the block it was received
+    into, and no copy of it waits in the app); without, it copies it out at once."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int,
-                 peer: Literal["child", "parent"] | None = None) -> None:  # fmt: skip
+                 peer: Literal["child", "parent"] | None = None,
+                 view_in_place: bool = False) -> None:  # fmt: skip
         self.sock = sock
         self.max_payload = max_payload
         self.peer = peer
+        #: (a child) read a payload the parent sends in one block range where it lies
+        self.view_in_place = view_in_place
         #: this end's shared blocks (None: no shared memory)
         self.lender = Lender() if peer is not None else None
         self._mappings = Mappings() if peer is not None else None
@@ -98,8 +104,10 @@ class Channel:
 
     @classmethod
     def from_fd(cls, fd: int, *, max_payload: int,
-                peer: Literal["child", "parent"] | None = None) -> Channel:  # fmt: skip
-        return cls(socket.socket(fileno=fd), max_payload=max_payload, peer=peer)
+                peer: Literal["child", "parent"] | None = None,
+                view_in_place: bool = False) -> Channel:  # fmt: skip
+        return cls(socket.socket(fileno=fd), max_payload=max_payload, peer=peer,
+                   view_in_place=view_in_place)  # fmt: skip
 
     def send(self, kind: str, header: dict[str, Any] | None = None,
              payload: Buffer | Sequence[Buffer] = b"") -> None:  # fmt: skip
@@ -112,7 +120,7 @@ class Channel:
         if done:
             fields[_RELEASED] = done
         try:
-            first, parts, blocks, held = self._encode(kind, fields, parts, size)
+            first, parts, lent, blocks, held = self._encode(kind, fields, parts, size)
         except BaseException:
             for block_id in done:  # they go with the next frame
                 self._done.put(block_id)
@@ -121,7 +129,7 @@ class Channel:
             try:
                 if blocks:  # the descriptors ride on the frame's first byte
                     assert self.lender is not None
-                    self.lender.lend(blocks)
+                    self.lender.lend(blocks, lent)
                     fds = array.array("i", [b.fd for b in blocks])
                     sent = self.sock.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                     self.sock.sendall(first[sent:])
@@ -138,9 +146,10 @@ class Channel:
 
     def _encode(
         self, kind: str, fields: dict[str, Any], parts: Sequence[Buffer], size: int
-    ) -> tuple[bytes, Sequence[Buffer], list[Block], memoryview | None]:
-        """The frame's first bytes, the parts that follow on the socket, the blocks it
-        names, and a staged copy to keep alive until it is out."""
+    ) -> tuple[bytes, Sequence[Buffer], list[Buffer], list[Block], memoryview | None]:
+        """The frame's first bytes, the parts that follow on the socket, the parts it
+        names in blocks and those blocks, and a staged copy to keep alive until it is
+        out."""
         refs: list[Reference | None] = []
         held = None  # a staged copy, alive until the frame is out
         if self.lender is not None and self.peer == "parent" and size >= SHARE_MIN_BYTES:
@@ -151,6 +160,7 @@ class Channel:
         elif self.lender is not None:
             refs = self.lender.references(parts)
         blocks = list({r.block.block_id: r.block for r in refs if r is not None}.values())
+        lent = [p for p, r in zip(parts, refs, strict=True) if r is not None] if blocks else []
         if blocks:
             fields[_SHM] = [[r.position, r.block.block_id, r.offset, r.size]
                             for r in refs if r is not None]  # fmt: skip
@@ -162,7 +172,7 @@ class Channel:
         head = json.dumps(fields).encode()
         if len(head) > MAX_HEADER_BYTES:
             raise ChannelError(f"a {kind!r} frame's header of {len(head)} bytes is too large")
-        return _PREFIX.pack(len(head), size) + head, parts, blocks, held
+        return _PREFIX.pack(len(head), size) + head, parts, lent, blocks, held
 
     def recv(self, timeout: float | None = None) -> Frame:
         """The next frame; ``timeout`` bounds the wait for its first byte (release frames
@@ -236,9 +246,9 @@ class Channel:
             raise ChannelError(f"a {kind!r} frame names shared memory past its payload's end")
         if self._mappings is None or total > self.max_payload:
             raise ChannelError(f"a {kind!r} frame in shared memory this side does not take")
-        if self.peer == "child" and len(ranges) == 1 and inline == 0:
-            # the child's payload read where it lies; it gets the block back once the
-            # payload and all built on it are gone (told with this side's next frame)
+        if (self.peer == "child" or self.view_in_place) and len(ranges) == 1 and inline == 0:
+            # the other side's payload read where it lies; it gets the block back once
+            # the payload and all built on it are gone (told with this side's next frame)
             _, block_id, offset, length = ranges[0]
             try:
                 return self._mappings.view(block_id, descriptors[block_id], offset, length,

@@ -1,21 +1,28 @@
-"""Model-sized payloads between a node and its app process, as shared memory.
+"""Model-sized payloads between a process and its app process, as shared memory.
 
-A 100M-parameter model crossing the socket between a node and its app process
-costs a copy into the kernel and one out of it, ~0.13 CPU-s per 400 MB, twice
-a round on the node's critical path (``docs/benchmarks.md``, "Deployment
-transport"). With shared memory (``spawn(..., shared=True)``) each side writes
+A 100M-parameter model crossing the socket between a node (or the server) and
+its app process costs a copy into the kernel and one out of it, ~0.13 CPU-s per
+400 MB, on the round's critical path (``docs/benchmarks.md``, "Deployment
+transport"), and, in the server's app, a copy of every reply it folds. With
+shared memory (``spawn(..., shared=True)``) each side writes
 large payloads into **blocks** of its own, memfds it keeps and reuses (warm
 pages: fresh memory costs ~3.5 s a GB on the VM kind measured), and a frame
 names a range of a block instead of carrying its bytes
 (:mod:`~consortium.sandbox.channel`):
 
-* **Parent to child** (a task to the node's app): the node receives the task
-  from the network straight into one of its app process's blocks
-  (:meth:`Lender.allocate`, the reassembly buffer itself), so this costs no
-  memory beyond the buffer it replaces. The child copies the range into a
-  buffer of its own (the app gets writable arrays, as from the socket) and says
-  so at once; the parent reuses the block once both are done with it.
-* **Child to parent** (the app's reply): the child copies the payload into one
+* **Parent to child** (a task to the node's app, a reply to the server's app):
+  the parent receives the payload from the network straight into one of its
+  app process's blocks (:meth:`Lender.allocate`, the reassembly buffer itself),
+  so this costs no memory beyond the buffer it replaces. A node's app copies
+  the range into a buffer of its own (the app gets writable arrays, as from the
+  socket) and says so at once. The server's app reads the range where it lies
+  (``view_in_place``: it folds the reply from there, so no copy of it waits in
+  the app) and says so once its last view of it is gone, with its next frame;
+  until then the parent keeps what it sent alive (:meth:`Lender.lend`), so the
+  server's transfer budget still counts the reply. The parent reuses the block
+  once both are done with it.
+* **Child to parent** (a node app's reply, the server app's model): the child
+  copies the payload into one
   of its own blocks (:meth:`Lender.stage`) and the parent reads it where it
   lies, read-only, without a copy; the child gets the block back once the
   parent's last view of it is gone (told with the parent's next frame). The
@@ -23,10 +30,6 @@ names a range of a block instead of carrying its bytes
   shapes); the child can still change the array bytes while the parent sends
   them on, which changes only what the child's own reply carries: a parent must
   copy what it checks the content of before relying on it (nothing does today).
-
-The server's app process keeps the socket: there, blocks held for replies
-arriving at once made the server's memory grow with the nodes (measured in
-``docs/benchmarks.md``), against issue 15's bound on it.
 
 What keeps each side in its place:
 
@@ -86,8 +89,12 @@ class Block:
         self.size = size
         #: a buffer handed out over it is alive (the parent still uses the payload)
         self.allocated = False
-        #: frames naming it that the child has not yet said it copied
+        #: frames naming it that the other side has not yet released
         self.lent = 0
+        #: for each of those frames, the parts it sent from this side's buffers: kept alive
+        #: until released, so that whoever waits for their memory to be freed (the
+        #: server's transfer budget) counts them while the other side still reads them
+        self.kept: collections.deque[list[Buffer]] = collections.deque()
         self.fd = os.memfd_create(f"consortium-{block_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
@@ -200,10 +207,13 @@ class Lender:
                 return Reference(position, block, offset, size)
         return None
 
-    def lend(self, blocks: Sequence[Block]) -> None:
+    def lend(self, blocks: Sequence[Block], parts: list[Buffer]) -> None:
+        """A frame names ``blocks``; ``parts`` (what it sent from them) are kept until the
+        other side releases it."""
         with self._lock:
             for block in blocks:
                 block.lent += 1
+                block.kept.append(parts)
 
     def returned(self, block_ids: object) -> None:
         """The child copied what frames named in these blocks (one id per frame and block)."""
@@ -215,6 +225,7 @@ class Lender:
                 if block is None or block.lent <= 0:
                     raise SharedBlockError(f"released block {block_id!r} was not lent")
                 block.lent -= 1
+                block.kept.popleft()
 
     def _by_id(self, block_id: object) -> Block | None:
         if type(block_id) is not int or not 0 < block_id <= len(self._blocks):

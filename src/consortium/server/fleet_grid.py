@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from consortium.core.message import Message
 from consortium.server.fleet import Fleet
+from consortium.server.fleet_replies import ReplyBuffers
 from consortium.server.fleet_state import Queued, Release, call_release
 
 #: Waiting.stage: the run waits for enough nodes to be online (``wait_for_nodes``)
@@ -147,6 +148,10 @@ class FleetGrid:
 
     def now(self) -> float:
         return self.fleet.now()
+
+    def receive_replies_into(self, run_id: str, buffers: ReplyBuffers | None) -> None:
+        """See :meth:`~consortium.server.fleet_replies.ReplyIntake.receive_replies_into`."""
+        self.fleet.receive_replies_into(run_id, buffers)
 
     def close(self) -> None:
         """Withdraw the pushed tasks still out; let go of replies nobody will pull."""

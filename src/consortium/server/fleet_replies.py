@@ -33,6 +33,8 @@ log = logging.getLogger("consortium.server")
 
 #: (node, kind, detail) — e.g. ("cleveland", "connected", "instance 3f2a")
 EventSink = Callable[[str, str, str], None]
+#: a buffer of the size asked for, or None (see ReplyIntake.receive_replies_into)
+ReplyBuffers = Callable[[int], "memoryview | None"]
 
 
 class ReplyIntake:
@@ -50,6 +52,23 @@ class ReplyIntake:
         self._reply_refusals: dict[str, Counter[str]] = {}
         #: which refused calls are recorded as events (see refused)
         self._refusals = RefusalGate()
+        #: run id -> where its replies are received (its app process's shared memory)
+        self._reply_buffers: dict[str, ReplyBuffers] = {}
+
+    def receive_replies_into(self, run_id: str, buffers: ReplyBuffers | None) -> None:
+        """Receive ``run_id``'s large replies into ``buffers`` (its app process's shared
+        blocks, ``sandbox/shared_blocks.py``), or no longer (None)."""
+        with self._cond:
+            if buffers is None:
+                self._reply_buffers.pop(run_id, None)
+            else:
+                self._reply_buffers[run_id] = buffers
+
+    def reply_buffer(self, run_id: str, size: int) -> memoryview | None:
+        """Where to receive a reply of ``size`` bytes for ``run_id`` (None: anywhere)."""
+        with self._cond:
+            buffers = self._reply_buffers.get(run_id)
+        return buffers(size) if buffers is not None else None
 
     def _go_offline(self, session: NodeSession, reason: str) -> None:
         """(Lock held.) The node gets no new tasks; the ones it has fail (the fleet's)."""

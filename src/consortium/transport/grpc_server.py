@@ -203,6 +203,7 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.PushReply:
         late: list[str] = []
         answers: list[str] = []  # the task the reply answers, once its header is in
+        runs: list[str] = []  # and the run it belongs to
 
         def admit(head: memoryview, size: int) -> bool:
             """Judge the reply from its header, before the rest of it is received."""
@@ -210,13 +211,18 @@ class FleetServicer(rpc.FleetServicer):
             if meta is None:
                 return False
             answers.append(meta.reply_to or "")
+            runs.append(meta.run_id)
             why = self.backend.admit_reply(node, meta, size)
             if why is not None:
                 late.append(why)
                 raise _Stop
             return True
 
-        rebuild = Reassembler(self.backend.max_message_bytes, self.budget, admit)
+        def allocate(head: memoryview, size: int) -> memoryview | None:
+            """Into the run's app process's shared memory (after admit: the run is known)."""
+            return self.backend.reply_buffer(runs[-1], size) if runs else None
+
+        rebuild = Reassembler(self.backend.max_message_bytes, self.budget, admit, allocate)
         accepted = False
         try:
             with self.stalls.watching(context, f"receiving a reply from {node}") as transfer:

@@ -22,6 +22,9 @@ class CheckedFleetBackend(FleetBackend, Protocol):
     def admit_reply(self, node: str, meta: Metadata, size: int) -> str | None:
         """None to receive the reply; why not (late, duplicate); raises Refused."""
 
+    def reply_buffer(self, run_id: str, size: int) -> memoryview | None:
+        """Where to receive a reply of ``size`` bytes for ``run_id`` (None: anywhere)."""
+
     def count_refusal(self, node: str, reason: str) -> None:
         """Count a reply of ``node`` refused for ``reason``."""
 

@@ -34,7 +34,8 @@ from consortium.server.isolation.link import (
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    channel = enter(MAX_FRAME)
+    # replies are folded where the server received them (its shared blocks), uncopied
+    channel = enter(MAX_FRAME, view_in_place=True)
     logging.getLogger("consortium").addHandler(ForwardLogs(channel))
     start = channel.recv()
     if start.kind != "start":

@@ -127,7 +127,7 @@ class AppProcess:
         fault = {FAULT_PAUSE_ENV: os.environ[FAULT_PAUSE_ENV]} \
             if FAULT_PAUSE_ENV in os.environ else {}  # fmt: skip
         child = spawn(MODULE, spec, log_path=run_dir / "app.log", max_payload=max_frame,
-                      secrets=isolation.secrets, extra_env=fault)  # fmt: skip
+                      secrets=isolation.secrets, extra_env=fault, shared=True)  # fmt: skip
         try:
             child.channel.send("start", {
                 "run_id": run_id, "app_dir": str(app_dir), "server": server_ref,
@@ -164,6 +164,9 @@ class AppProcess:
         self._rounds = list(history.rounds) if history is not None else []
         self._grid, self._observers = grid, observers
         self._on_checkpoint, self._limits = on_checkpoint, limits
+        lender = self.child.channel.lender
+        if lender is not None:
+            grid.receive_replies_into(self.run_id, lender.allocate)
         try:
             return self._loop()
         except (WireFormatError, UnacceptableRecord, AppMisbehaved) as exc:
@@ -171,6 +174,7 @@ class AppProcess:
             self.child.kill()
             return Ended("failed", f"the app process was stopped: {exc}")
         finally:
+            grid.receive_replies_into(self.run_id, None)
             self._ended.set()
             for window in list(self._windows.values()):
                 window.close()
@@ -273,7 +277,9 @@ class AppProcess:
                 if reply is None or window.closed:
                     break
                 window.sent()  # before it leaves: the app may say it consumed it at once
-                self._send_batch("reply", rid, [reply])
+                # received into a block of the app's (fleet's reply_buffer), the reply's
+                # arrays go as one range of it, which the app folds where it lies
+                self._send_batch("reply", rid, [reply], skeletons_in_header=True)
                 del reply
         finally:
             if isinstance(replies, RoundReplies):  # withdraw its tasks now, not at the deadline
@@ -354,8 +360,10 @@ class AppProcess:
               payload: Buffer | list[Buffer] = b"") -> None:  # fmt: skip
         self.child.channel.send(kind, {**header, "id": rid}, payload)
 
-    def _send_batch(self, kind: str, rid: int, messages: list[Message]) -> None:
-        header, parts = encode_batch(messages) if messages else ({}, [])
+    def _send_batch(self, kind: str, rid: int, messages: list[Message], *,
+                    skeletons_in_header: bool = False) -> None:  # fmt: skip
+        header, parts = encode_batch(messages, skeletons_in_header=skeletons_in_header) \
+            if messages else ({}, [])  # fmt: skip
         self._send(kind, rid, header, parts)
 
     def _error(self, rid: int, error: str) -> None:

@@ -9,6 +9,7 @@ that check a node's messages, round records against :class:`RecordLimits`.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -33,14 +34,23 @@ from consortium.core.records import (
 )
 
 Buffer = bytes | bytearray | memoryview
+#: the most bytes of messages (without their arrays) a batch carries in its header
+MAX_HEADER_SKELETON = 64 * 1024
 #: the most nodes one round record may describe
 MAX_NODE_RESULTS = 100_000
 #: the longest reason or traceback text a record may hold
 MAX_TEXT = 64 * 1024
 
 
-def encode_batch(messages: Sequence[Message]) -> tuple[dict[str, Any], list[Buffer]]:
-    """(header, payload parts) for ``messages``; each Arrays object is sent once."""
+def encode_batch(
+    messages: Sequence[Message], *, skeletons_in_header: bool = False
+) -> tuple[dict[str, Any], list[Buffer]]:
+    """(header, payload parts) for ``messages``; each Arrays object is sent once.
+
+    With ``skeletons_in_header`` the messages without their arrays travel in the
+    header (base64), when they are small (:data:`MAX_HEADER_SKELETON`), so that the
+    payload is the arrays alone: a reply forwarded to the app process is then one
+    range of the block it was received into, which the app reads where it lies."""
     blob_index: dict[int, int] = {}
     blobs: list[list[bytes | memoryview]] = []
     entries: list[dict[str, Any]] = []
@@ -60,12 +70,18 @@ def encode_batch(messages: Sequence[Message]) -> tuple[dict[str, Any], list[Buff
         skeleton = bare.to_bytes()
         skeletons.append(skeleton)
         entries.append({"size": len(skeleton), "arrays": refs})
-    parts: list[Buffer] = list(skeletons)
+    header: dict[str, Any] = {"messages": entries}
+    parts: list[Buffer] = []
+    if skeletons_in_header and sum(len(s) for s in skeletons) <= MAX_HEADER_SKELETON:
+        header["skeletons"] = [base64.b64encode(s).decode() for s in skeletons]
+    else:
+        parts += skeletons
     sizes = []
     for blob in blobs:
         sizes.append(sum(memoryview(p).nbytes for p in blob))
         parts.extend(blob)
-    return {"messages": entries, "blobs": sizes}, parts
+    header["blobs"] = sizes
+    return header, parts
 
 
 def decode_batch(
@@ -75,18 +91,26 @@ def decode_batch(
     try:
         entries = list(header["messages"])
         sizes = [int(s) for s in header["blobs"]]
-        spans = [int(e["size"]) for e in entries] + sizes
-    except (KeyError, TypeError, ValueError) as exc:
+        spans = [int(e["size"]) for e in entries]
+        in_header = header.get("skeletons")
+        skeletons: list[Buffer] = []
+        if in_header is not None:
+            skeletons = [base64.b64decode(s, validate=True) for s in in_header]
+            if [len(s) for s in skeletons] != spans:
+                raise ValueError("its skeletons' sizes are not its entries' sizes")
+            spans = []
+        spans += sizes
+    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
         raise WireFormatError(f"a message batch header is malformed: {exc}") from exc
     if any(s < 0 for s in spans) or sum(spans) != len(payload):
         raise WireFormatError("a message batch's sizes do not add up to its payload")
     view = memoryview(payload)
     offset = 0
-    skeletons = []
-    for entry in entries:
-        size = int(entry["size"])
-        skeletons.append(view[offset : offset + size])
-        offset += size
+    if in_header is None:
+        for entry in entries:
+            size = int(entry["size"])
+            skeletons.append(view[offset : offset + size])
+            offset += size
     blobs = []
     for size in sizes:
         blobs.append(Arrays.from_bytes(view[offset : offset + size]))
