@@ -130,11 +130,14 @@ def test_a_node_takes_its_tasks_in_turn_across_batches_with_its_state(per_batch:
     assert sorted(_seen([p for p in pulled if p is not None])) == [("a", 5), ("b", 3), ("b", 4)]
 
 
-def test_replies_come_in_send_order_and_the_model_arrives_read_only() -> None:
+def test_replies_come_in_send_order_and_the_model_arrives_read_only(tmp_path: Path) -> None:
     nodes = [f"n{i}" for i in range(12)]
     grid = _grid(nodes, workers=2, nodes_per_batch=3)
+    # n0 (first batch) and n3 (second) wait for each other: both workers run a batch,
+    # however slowly one of them starts
+    config = {"sleep-n1": 0.2, "meet": str(tmp_path), "meet-nodes": "n0,n3"}
     try:
-        replies = list(grid.send_and_receive(_tasks(nodes, **{"sleep-n1": 0.2}), timeout=60))
+        replies = list(grid.send_and_receive(_tasks(nodes, **config), timeout=60))
     finally:
         grid.close()
     assert [r.metadata.src for r in replies] == nodes
