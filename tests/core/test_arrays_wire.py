@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -150,3 +152,28 @@ def test_an_encoding_laid_out_otherwise_is_sent_as_laid_out_by_to_bytes() -> Non
     original = Arrays({"w": np.arange(10, dtype=np.float32)})
     decoded = Arrays.from_bytes(original.to_bytes() + b"\x00" * 64)
     assert b"".join(bytes(p) for p in decoded.wire_parts()) == original.to_bytes()
+
+
+def test_arrays_encoded_in_place_are_their_encoding_and_leak_no_old_bytes() -> None:
+    """``encoded_empty`` lays the arrays out as ``to_bytes`` does, in a buffer that may
+    hold old bytes (a reused block): the header and the padding between arrays are
+    written, so what is sent is exactly the encoding."""
+    from consortium.core import buffers
+
+    buffers.send_buffers_from(lambda n: memoryview(bytearray(b"\xff" * n)))
+    try:
+        specs: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = [
+            ("w", np.dtype("f4"), (3, 5)),
+            ("b", np.dtype("f8"), (3,)),
+            ("q", np.dtype("i1"), (3,)),
+        ]
+        encoded = Arrays.encoded_empty(specs)
+    finally:
+        buffers.send_buffers_from(None)
+    encoded["w"][...] = 1.5  # filled in place (a fold's sums)
+    encoded["b"][...] = -2.0
+    encoded["q"][...] = 7
+    plain = Arrays({name: np.array(encoded[name]) for name, _, _ in specs})
+    (part,) = encoded.wire_parts()
+    assert bytes(part) == plain.to_bytes()
+    assert Arrays.from_bytes(part).equals(plain)

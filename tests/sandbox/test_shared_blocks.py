@@ -158,6 +158,24 @@ def test_what_the_child_sends_reaches_the_parent_read_only_and_its_block_comes_b
     assert child.lender.block_count == 1, "one block, taken back every round"
 
 
+def test_a_payload_already_in_the_childs_own_block_is_read_there_not_copied(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """A server app's model, computed in a block of its own (``Arrays.encoded_empty``):
+    the frame names it where it lies, with no staging copy."""
+    parent, child = pair
+    assert child.lender is not None
+    model = child.lender.allocate(SIZE)
+    assert model is not None
+    np.frombuffer(model, dtype=np.uint8)[:] = 3
+    child.send("model", {}, [model])
+    payload = parent.recv(timeout=10).payload
+    assert isinstance(payload, memoryview) and payload.readonly
+    np.frombuffer(model, dtype=np.uint8)[:2] = 4  # the child's own memory, seen where it lies
+    assert np.frombuffer(payload, dtype=np.uint8)[:3].tolist() == [4, 4, 3]
+    assert child.lender.block_count == 1, "no block to stage a copy in"
+
+
 def test_a_block_can_be_written_by_its_maker_only() -> None:
     block = Block(1, 2 * 1024 * 1024)
     try:

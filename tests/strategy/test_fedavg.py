@@ -185,3 +185,26 @@ def test_arrays_that_are_not_exclusive_are_never_written() -> None:
     wire = task.reply(arrays=update)
     readonly = Message.from_bytes(bytes(wire.to_bytes()), exclusive=True)
     assert readonly.content is not None and not readonly.content.model.exclusive  # type: ignore[union-attr]
+
+
+def test_a_mean_summed_in_its_own_dtypes_is_laid_out_as_its_encoding() -> None:
+    """Updates that cannot be adopted (read-only, as a server's app folds them from shared
+    memory), summed in their own dtypes: the mean's arrays lie in one buffer laid out as
+    its wire encoding, sent as it is (one part), with the values of the plain fold."""
+    rng = np.random.default_rng(3)
+    updates = [
+        Arrays({"w": rng.normal(size=(40, 7)).astype("f4"), "n": np.arange(5, dtype="f4")})
+        for _ in range(3)
+    ]
+    for update in updates:
+        for array in update.values():
+            array.setflags(write=False)
+    mean = WeightedMean(accumulate="input")
+    for update, weight in zip(updates, [2.0, 1.0, 5.0], strict=True):
+        mean.add(update, weight)
+    result = mean.result()
+    assert result is not None
+    (part,) = result.wire_parts()
+    assert bytes(part) == result.to_bytes()
+    expected = (updates[0]["w"] * 2.0 + updates[1]["w"] * 1.0 + updates[2]["w"] * 5.0) / 8.0
+    assert result["w"].tobytes() == expected.astype("f4").tobytes()

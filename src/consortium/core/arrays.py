@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from consortium.core.buffers import sendable_buffer
 from consortium.core.errors import WireFormatError
 
 MAGIC = b"CSA1"
@@ -175,25 +176,43 @@ class Arrays(MutableMapping[str, Array]):
             for a, b in zip(self._data.values(), other._data.values(), strict=True)
         )
 
+    @classmethod
+    def encoded_empty(cls, specs: Iterable[tuple[str, np.dtype[Any], tuple[int, ...]]]) -> Arrays:
+        """Uninitialised arrays of these (name, dtype, shape), laid out in one buffer as
+        :meth:`to_bytes` lays them out, the header written: once filled, they are sent
+        as that one buffer (:meth:`wire_parts`), with no copy. The buffer is a
+        :func:`~consortium.core.buffers.sendable_buffer` (in a server's app process, a
+        block of shared memory the server sends from)."""
+        specs = [(name, np.dtype(dtype), tuple(shape)) for name, dtype, shape in specs]
+        header, offsets, data_len = _layout_of(
+            (name, dtype, shape, math.prod(shape) * dtype.itemsize) for name, dtype, shape in specs
+        )
+        start = _align(_PREFIX.size + len(header))
+        wire = sendable_buffer(start + data_len)
+        _PREFIX.pack_into(wire, 0, MAGIC, len(header))
+        wire[_PREFIX.size : _PREFIX.size + len(header)] = header
+        wire[_PREFIX.size + len(header) : start] = bytes(start - _PREFIX.size - len(header))
+        out = cls()
+        position = 0  # the padding between arrays is zeroed: the buffer may hold old bytes
+        for (name, dtype, shape), offset in zip(specs, offsets, strict=True):
+            wire[start + position : start + offset] = bytes(offset - position)
+            position = offset + math.prod(shape) * dtype.itemsize
+            count = math.prod(shape)
+            out._data[name] = (
+                np.frombuffer(wire, dtype=dtype, count=count, offset=start + offset).reshape(shape)
+                if count
+                else np.empty(shape, dtype=dtype)
+            )
+        out._wire = wire
+        return out
+
     # -- wire format ----------------------------------------------------------
     def _layout(self) -> tuple[bytes, list[tuple[Array, int]], int]:
-        entries: list[list[Any]] = []
-        buffers: list[tuple[Array, int]] = []
-        offset = end = 0
-        for name, value in self._data.items():
-            dtype_name = wire_dtype_name(value.dtype)
-            if dtype_name is None:
-                raise WireFormatError(
-                    f"array {name!r} has dtype {value.dtype}; only numeric and bool "
-                    "dtypes (and bfloat16) can be sent"
-                )
-            arr = _contiguous(value)
-            entries.append([name, dtype_name, list(arr.shape), offset, int(arr.nbytes)])
-            buffers.append((arr, offset))
-            end = offset + int(arr.nbytes)
-            offset = _align(end)
-        header = json.dumps({"a": entries}, separators=(",", ":")).encode()
-        return header, buffers, end  # no padding after the last buffer
+        arrays = [(name, _contiguous(value)) for name, value in self._data.items()]
+        header, offsets, end = _layout_of(
+            (name, arr.dtype, arr.shape, int(arr.nbytes)) for name, arr in arrays
+        )
+        return header, [(arr, off) for (_, arr), off in zip(arrays, offsets, strict=True)], end
 
     def encoded_size(self) -> int:
         header, _, data_len = self._layout()
@@ -300,6 +319,29 @@ class Arrays(MutableMapping[str, Array]):
         if header_bytes == view[_PREFIX.size : header_end] and len(view) == start + data_len:
             out._wire = view
         return out
+
+
+def _layout_of(
+    arrays: Iterable[tuple[str, np.dtype[Any], tuple[int, ...], int]],
+) -> tuple[bytes, list[int], int]:
+    """The header, each array's offset after it and where the data ends, for arrays of
+    these (name, dtype, shape, bytes), laid out back to back, each aligned."""
+    entries: list[list[Any]] = []
+    offsets: list[int] = []
+    offset = end = 0
+    for name, dtype, shape, nbytes in arrays:
+        dtype_name = wire_dtype_name(dtype)
+        if dtype_name is None:
+            raise WireFormatError(
+                f"array {name!r} has dtype {dtype}; only numeric and bool "
+                "dtypes (and bfloat16) can be sent"
+            )
+        entries.append([name, dtype_name, list(shape), offset, nbytes])
+        offsets.append(offset)
+        end = offset + nbytes
+        offset = _align(end)
+    header = json.dumps({"a": entries}, separators=(",", ":")).encode()
+    return header, offsets, end  # no padding after the last buffer
 
 
 def _contiguous(value: Array) -> Array:

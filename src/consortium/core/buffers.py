@@ -20,6 +20,7 @@ import ctypes.util
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
@@ -85,6 +86,24 @@ _POOL = BufferPool()
 def empty_buffer(nbytes: int) -> memoryview:
     """A writable, uninitialised ``nbytes`` buffer (from the process-wide pool when large)."""
     return _POOL.empty(nbytes)
+
+
+#: where :func:`sendable_buffer` takes large buffers from (None: the pool)
+_SENDABLE: Callable[[int], memoryview | None] | None = None
+
+
+def send_buffers_from(allocate: Callable[[int], memoryview | None] | None) -> None:
+    """Take :func:`sendable_buffer` s from ``allocate`` (a server app process: its shared
+    blocks, which the server reads a model from where it lies), or the pool (None)."""
+    global _SENDABLE
+    _SENDABLE = allocate
+
+
+def sendable_buffer(nbytes: int) -> memoryview:
+    """A buffer for arrays this process will send as they are (a model it computed): from
+    the allocator :func:`send_buffers_from` set, when it has one, else :func:`empty_buffer`."""
+    chosen = _SENDABLE(nbytes) if _SENDABLE is not None else None
+    return chosen if chosen is not None else _POOL.empty(nbytes)
 
 
 def pool_stats() -> dict[str, float]:

@@ -153,8 +153,13 @@ class Channel:
         refs: list[Reference | None] = []
         held = None  # a staged copy, alive until the frame is out
         if self.lender is not None and self.peer == "parent" and size >= SHARE_MIN_BYTES:
-            staged = self.lender.stage(parts, size)
-            if staged is not None:
+            # a payload that already lies in one of this side's blocks (a server app's
+            # model, Arrays.encoded_empty) is read there; any other is copied into one
+            lying = self.lender.references(parts) if len(parts) == 1 else [None]
+            staged = self.lender.stage(parts, size) if lying[0] is None else None
+            if lying[0] is not None:
+                refs = lying
+            elif staged is not None:
                 refs, held = [staged[0]], staged[1]
                 parts = [held]
         elif self.lender is not None:

@@ -22,9 +22,10 @@ names a range of a block instead of carrying its bytes
   server's transfer budget still counts the reply. The parent reuses the block
   once both are done with it.
 * **Child to parent** (a node app's reply, the server app's model): the child
-  copies the payload into one
-  of its own blocks (:meth:`Lender.stage`) and the parent reads it where it
-  lies, read-only, without a copy; the child gets the block back once the
+  copies the payload into one of its own blocks (:meth:`Lender.stage`), unless
+  it already lies in one (the server app's model: the fold computes it there,
+  ``Arrays.encoded_empty`` over ``core.buffers.sendable_buffer``), and the
+  parent reads it where it lies, read-only, without a copy; the child gets the block back once the
   parent's last view of it is gone (told with the parent's next frame). The
   parent decodes such a payload once into its own objects (headers, names,
   shapes); the child can still change the array bytes while the parent sends

@@ -26,7 +26,9 @@ class WeightedMean:
     :meth:`result` divides in place. The result has each parameter's dtype.
     """
 
-    __slots__ = ("_accumulate", "_dtypes", "_parts", "_scratch", "_sums", "count", "total_weight")
+    __slots__ = (
+        "_accumulate", "_dtypes", "_encoded", "_parts", "_scratch", "_sums", "count", "total_weight"
+    )  # fmt: skip
 
     def __init__(self, *, accumulate: Literal["float64", "input"] = "float64") -> None:
         if accumulate not in ("float64", "input"):
@@ -36,6 +38,8 @@ class WeightedMean:
         self._scratch: dict[np.dtype, np.ndarray] = {}
         self._parts: dict[str, np.ndarray | None] = {}
         self._dtypes: dict[str, np.dtype] = {}
+        #: the sums laid out as the mean's wire encoding (see _first), or None
+        self._encoded: Arrays | None = None
         self.total_weight = 0.0
         self.count = 0
 
@@ -78,7 +82,16 @@ class WeightedMean:
                 self._scratch[dtype] = np.empty(size, dtype=dtype)
         sums: dict[str, np.ndarray] = {}
         self._sums, self._parts = sums, {}
-        for name, value in zip(arrays, values, strict=True):
+        names = list(arrays)
+        # an update that cannot be adopted, summed in its own dtypes: the sums are laid out
+        # as the mean's wire encoding, which is then sent as it lies (in a server's app
+        # process, from shared memory the server reads: no copy of the model to send)
+        self._encoded = (
+            Arrays.encoded_empty((n, v.dtype, v.shape) for n, v in zip(names, values, strict=True))
+            if not arrays.exclusive and all(self._sum_dtype(v.dtype) == v.dtype for v in values)
+            else None
+        )
+        for name, value in zip(names, values, strict=True):
             self._dtypes[name] = value.dtype
             dtype = self._sum_dtype(value.dtype)
             self._parts[name] = (
@@ -86,9 +99,11 @@ class WeightedMean:
                 if value.size <= BLOCK
                 else None
             )
-            if self._adopt(arrays, name, value, weight):
+            if self._encoded is None and self._adopt(arrays, name, value, weight):
                 continue
-            sums[name] = acc = _empty(value.shape, dtype)
+            sums[name] = acc = (
+                self._encoded[name] if self._encoded is not None else _empty(value.shape, dtype)
+            )
             self._fold(acc, value, weight, first=True)
         arrays.exclusive = False  # adopted memory now belongs to the sums
 
@@ -130,6 +145,12 @@ class WeightedMean:
         """The mean; None if nothing (or only zero weight) was added. Ends the fold."""
         if self._sums is None or self.total_weight <= 0:
             return None
+        if self._encoded is not None:  # the sums are the mean's arrays, in its encoding
+            out, self._encoded = self._encoded, None
+            for acc in self._sums.values():
+                np.divide(acc, self.total_weight, out=acc, casting="unsafe")
+            self._sums = None
+            return out
         out = Arrays()
         for name, acc in self._sums.items():
             np.divide(acc, self.total_weight, out=acc, casting="unsafe")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from consortium.apps.loader import load_object
+from consortium.core.buffers import send_buffers_from
 from consortium.core.errors import ConfigError, ConsortiumError
 from consortium.sandbox.channel import Channel
 from consortium.sandbox.child import enter
@@ -36,6 +37,8 @@ def main() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     # replies are folded where the server received them (its shared blocks), uncopied
     channel = enter(MAX_FRAME, view_in_place=True)
+    if channel.lender is not None:  # the model the fold computes, in a block the server reads
+        send_buffers_from(channel.lender.allocate)
     logging.getLogger("consortium").addHandler(ForwardLogs(channel))
     start = channel.recv()
     if start.kind != "start":

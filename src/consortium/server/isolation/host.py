@@ -232,13 +232,19 @@ class AppProcess:
                 self._in_thread(rid, kind, frame)
             else:
                 self._answer(rid, kind, frame)
+            # not kept while the next frame is awaited: a task batch's payload is the app's
+            # model (where it lies, in shared memory), which the tasks hold until sent
+            del frame
 
     def _in_thread(self, rid: int, kind: str, frame: Frame) -> None:
         """Calls that wait run in their own thread, so the app can stop or ask more."""
         if not self._calls.acquire(blocking=False):
             self._error(rid, f"more than {MAX_CONCURRENT_CALLS} Grid calls at once")
             return
-        messages = self._tasks(frame) if kind == "send_and_receive" else []
+        # the tasks, handed to the thread and dropped there once queued: the fleet holds
+        # the model until each node has its copy, then nothing does (nor does the frame)
+        tasks = [self._tasks(frame)] if kind == "send_and_receive" else []
+        header = frame.header
         if kind == "send_and_receive":
             self._windows[rid] = ReplyWindow()
 
@@ -246,14 +252,14 @@ class AppProcess:
             try:
                 if kind == "wait_for_nodes":
                     nodes = self._grid.wait_for_nodes(
-                        _int(frame.header["count"]), _timeout(frame.header["timeout"]) or 0.0
+                        _int(header["count"]), _timeout(header["timeout"]) or 0.0
                     )
                     self._send("result", rid, {"nodes": nodes})
                 elif kind == "pull":
-                    got = self._grid.pull(_timeout(frame.header.get("timeout")))
+                    got = self._grid.pull(_timeout(header.get("timeout")))
                     self._send_batch("result", rid, [got] if got is not None else [])
                 else:
-                    self._stream(rid, messages, _timeout(frame.header.get("timeout")))
+                    self._stream(rid, tasks.pop(), _timeout(header.get("timeout")))
             except ChannelError:
                 pass  # the process is gone; the loop sees it
             except Exception as exc:
@@ -271,6 +277,7 @@ class AppProcess:
         of piling up in the app process while it folds."""
         window = self._windows[rid]
         replies = self._grid.send_and_receive(messages, timeout=timeout)
+        del messages  # queued: the fleet holds each task until it is sent
         try:
             while window.wait_for_room():
                 reply = next(replies, None)  # releases the reply forwarded before

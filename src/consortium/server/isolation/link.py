@@ -149,7 +149,9 @@ class RemoteGrid:
     def send_and_receive(
         self, messages: Sequence[Message], *, timeout: float | None
     ) -> Iterator[Message]:
-        header, parts = encode_batch(messages)
+        # the model, when it lies in a block of this process's (encoded by the fold), goes
+        # as that one range, with the tasks in the header: the server reads it there
+        header, parts = encode_batch(messages, skeletons_in_header=True)
         rid, answers = self.link.request("send_and_receive", {**header, "timeout": timeout}, parts)
         return self._replies(rid, answers)
 
@@ -172,7 +174,7 @@ class RemoteGrid:
                 self.link.channel.send("close", {"id": rid})  # stop forwarding the rest
 
     def push(self, messages: Sequence[Message]) -> None:
-        header, parts = encode_batch(messages)
+        header, parts = encode_batch(messages, skeletons_in_header=True)
         self.link.call("push", header, parts)
 
     def pull(self, timeout: float | None) -> Message | None:
