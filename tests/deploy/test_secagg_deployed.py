@@ -78,7 +78,10 @@ def test_a_node_killed_after_sharing_its_keys_leaves_the_survivors_sum(
         delay = {"train-delay": 120} if name == "va" else {}
         deployment.start_node(name, app=TOY, **delay)  # type: ignore[arg-type]
     run_id = deployment.start_run(TOY, {}, seed=SEED)
-    wait_for(lambda: "secagg.advertise done" in deployment.log("va"), 60, "va's key setup")
+    # another node trained: the key setup is over, with va's keys (a node logs "done"
+    # before its reply is sent, so va's own log would not say the server has them)
+    wait_for(lambda: "train done" in deployment.log("cleveland"), 60, "the key setup to end")
+    assert "secagg.advertise done" in deployment.log("va")
     deployment.kill("va")
     killed_at = time.monotonic()
     info = deployment.wait_run(run_id)
