@@ -29,6 +29,17 @@ from consortium.strategy import FedAvg
 
 #: coarse quantisation (step 2^-19), so the tests see real rounding error
 PARAMS = SecAggParams(clip=1.0, quantization_bits=20, modulus_bits=40, max_weight=100)
+#: chi-square over 16 equal buckets (15 degrees of freedom) that uniform values exceed with
+#: probability 1e-9: the masks are drawn from fresh keys, so a test at p = 0.001 failed one
+#: run in a thousand; a mask that leaks an update's shape scores in the thousands
+CHI2_UNIFORM_16 = 73.6
+
+
+def chi2_16(values: np.ndarray, bits: int) -> float:
+    """The chi-square statistic of ``values`` in 16 equal buckets of ``[0, 2**bits)``."""
+    buckets = np.bincount((values >> np.uint64(bits - 4)).astype(np.int64), minlength=16)
+    expected = values.size / 16
+    return float(((buckets - expected) ** 2 / expected).sum())
 
 
 def model(size: int) -> Arrays:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import secagg_harness
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import ConfigError, SecurityError
@@ -77,10 +78,7 @@ def test_masks_are_uniform_mod_the_modulus(bits: int) -> None:
     assert values.dtype == np.uint64
     if bits < 64:
         assert int(values.max()) < 2**bits
-    # chi-square over 16 equal buckets of [0, 2^bits): 15 dof, p = 0.001 at 37.7
-    buckets = np.bincount((values >> np.uint64(bits - 4)).astype(np.int64), minlength=16)
-    expected = values.size / 16
-    assert ((buckets - expected) ** 2 / expected).sum() < 37.7
+    assert secagg_harness.chi2_16(values, bits) < secagg_harness.CHI2_UNIFORM_16
 
 
 def test_no_non_cryptographic_generator_in_the_crypto_paths() -> None:
