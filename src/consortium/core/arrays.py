@@ -106,9 +106,10 @@ class Arrays(MutableMapping[str, Array]):
         #: message just received): a consumer such as an aggregator may then reuse
         #: their memory instead of allocating its own. Cleared by any assignment.
         self.exclusive = False
-        #: the bytes these arrays were decoded from (:meth:`from_bytes`), laid out as
-        #: :meth:`to_bytes` lays them out, while no array was set or removed since: the
-        #: arrays are views of them, so they stay their encoding (:meth:`wire_parts`)
+        #: the bytes these arrays are views of (decoded by :meth:`from_bytes`, or laid
+        #: out by :meth:`encoded_empty`), while no array was set or removed since: an
+        #: encoding of them, sent as it is when laid out as :meth:`to_bytes` would
+        #: (:meth:`wire_parts` checks)
         self._wire: memoryview | None = None
         if items is not None:
             pairs = items.items() if isinstance(items, Mapping) else items
@@ -196,8 +197,8 @@ class Arrays(MutableMapping[str, Array]):
         position = 0  # the padding between arrays is zeroed: the buffer may hold old bytes
         for (name, dtype, shape), offset in zip(specs, offsets, strict=True):
             wire[start + position : start + offset] = bytes(offset - position)
-            position = offset + math.prod(shape) * dtype.itemsize
             count = math.prod(shape)
+            position = offset + count * dtype.itemsize
             out._data[name] = (
                 np.frombuffer(wire, dtype=dtype, count=count, offset=start + offset).reshape(shape)
                 if count
@@ -233,13 +234,13 @@ class Arrays(MutableMapping[str, Array]):
         :meth:`from_bytes` from this encoding, and not changed since, are sent as
         the one buffer they were decoded from: forwarded as received, in one piece.
         """
-        if self._wire is not None:
-            return [self._wire]
-        header, buffers, _ = self._layout()
+        header, buffers, data_len = self._layout()
         start = _align(_PREFIX.size + len(header))
-        parts: list[bytes | memoryview] = [
-            _PREFIX.pack(MAGIC, len(header)) + header + bytes(start - _PREFIX.size - len(header))
-        ]
+        head = _PREFIX.pack(MAGIC, len(header)) + header
+        wire = self._wire
+        if wire is not None and len(wire) == start + data_len and wire[: len(head)] == head:
+            return [wire]  # laid out as encoded here: the bytes as they are
+        parts: list[bytes | memoryview] = [head + bytes(start - len(head))]
         position = 0
         for arr, offset in buffers:
             if offset > position:
@@ -314,10 +315,7 @@ class Arrays(MutableMapping[str, Array]):
             except (ValueError, MemoryError, OverflowError) as exc:  # a last guard
                 raise WireFormatError(f"array {name!r} cannot be decoded: {exc}") from exc
             out._data[name] = arr
-        # a canonical encoding (as _layout lays it out) is kept, to be sent as it is
-        header_bytes, _, data_len = out._layout()
-        if header_bytes == view[_PREFIX.size : header_end] and len(view) == start + data_len:
-            out._wire = view
+        out._wire = view
         return out
 
 

@@ -156,12 +156,13 @@ class Channel:
             # a payload that already lies in one of this side's blocks (a server app's
             # model, Arrays.encoded_empty) is read there; any other is copied into one
             lying = self.lender.references(parts) if len(parts) == 1 else [None]
-            staged = self.lender.stage(parts, size) if lying[0] is None else None
             if lying[0] is not None:
                 refs = lying
-            elif staged is not None:
-                refs, held = [staged[0]], staged[1]
-                parts = [held]
+            else:
+                staged = self.lender.stage(parts, size)
+                if staged is not None:
+                    refs, held = [staged[0]], staged[1]
+                    parts = [held]
         elif self.lender is not None:
             refs = self.lender.references(parts)
         blocks = list({r.block.block_id: r.block for r in refs if r is not None}.values())

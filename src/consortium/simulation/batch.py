@@ -27,7 +27,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Content, Error, Message, Metadata
 from consortium.core.records import Config, Metrics
-from consortium.simulation.node_copy import config_copy
+from consortium.simulation.node_copy import own_content
 
 #: A record of arrays as it crosses to a worker: (name, array) pairs, in order.
 ArrayPairs = list[tuple[str, Any]]
@@ -101,9 +101,7 @@ def run_jobs(
         # (unpickled, the tasks of a batch share the config dicts the server shared): a
         # node that replaced an entry or changed its config changes only its own task
         records = {name: Arrays(objects[i]) for name, i in zip(names, positions, strict=True)}
-        own_configs = {name: config_copy(config) for name, config in configs.items()}
-        own_metrics = {name: dict(values) for name, values in metrics.items()}
-        msg = Message(Metadata(*meta), content=Content(records, own_configs, own_metrics))
+        msg = Message(Metadata(*meta), content=own_content(records, configs, metrics))
         node = msg.metadata.dst
         state = left[node] if node in left else objects[state_at] if state_at is not None else None
         context = Context(

@@ -21,7 +21,7 @@ import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
-from consortium.core.records import Config
+from consortium.core.records import Config, Metrics
 
 #: per call of the grid: id of an arrays record -> (the record, its read-only views).
 #: Each distinct record of a round is viewed once; the record itself is kept beside its
@@ -41,9 +41,19 @@ def node_copy(msg: Message, views: ReadOnlyViews) -> Message:
         if seen is None or seen[0] is not record:
             seen = views[id(record)] = (record, [(k, _read_only(a)) for k, a in record.items()])
         arrays[name] = Arrays(seen[1])
-    configs = {name: config_copy(config) for name, config in content.configs.items()}
-    metrics = {name: dict(values) for name, values in content.metrics.items()}
-    return Message(msg.metadata, content=Content(arrays, configs, metrics))
+    return Message(msg.metadata, content=own_content(arrays, content.configs, content.metrics))
+
+
+def own_content(
+    arrays: dict[str, Arrays], configs: dict[str, Config], metrics: dict[str, Metrics]
+) -> Content:
+    """A task's content of its own: ``arrays`` (records made for it) and copies of the
+    config and metrics records, which the tasks of a round may share."""
+    return Content(
+        arrays,
+        {name: _config_copy(config) for name, config in configs.items()},
+        {name: dict(values) for name, values in metrics.items()},
+    )
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -52,7 +62,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return view
 
 
-def config_copy(config: Config) -> Config:
+def _config_copy(config: Config) -> Config:
     """A config of its own: a new dict, its list values copied (the rest are immutable)."""
     copied: dict[str, Any] = dict(config)
     for key, value in copied.items():
