@@ -32,7 +32,7 @@ import pytest
 
 from consortium.sandbox import channel as channel_module
 from consortium.sandbox.channel import Channel, ChannelError
-from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block, Lender
+from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block, Lender, Mappings
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "memfd_create"), reason="shared blocks need Linux memfd"
@@ -99,13 +99,13 @@ def test_a_payload_in_the_childs_block_reaches_it_as_its_own_copy_and_the_block_
 
 
 def test_a_child_viewing_in_place_reads_the_parents_block_where_it_lies_until_it_lets_go() -> None:
-    """The server's app process (``view_in_place``): a reply the server received into its
+    """The server's app process (``in_place="read-only"``): a reply the server received into its
     block is read there, not copied; the block, and the parent's buffer over it (which
     the server's transfer budget watches), stay taken until the child has let go of the
     payload and said so with its next frame."""
     ours, theirs = socket.socketpair()
     parent = Channel(ours, max_payload=1 << 30, peer="child")
-    child = Channel(theirs, max_payload=1 << 30, peer="parent", view_in_place=True)
+    child = Channel(theirs, max_payload=1 << 30, peer="parent", in_place="read-only")
     try:
         assert parent.lender is not None
         buffer = parent.lender.allocate(SIZE)  # as the server receives a reply into it
@@ -132,6 +132,79 @@ def test_a_child_viewing_in_place_reads_the_parents_block_where_it_lies_until_it
         assert owner() is None, "released: the parent let go of its buffer"
         again = parent.lender.allocate(SIZE)
         assert again is not None and parent.lender.block_count == 1, "the block is reused"
+    finally:
+        parent.close()
+        child.close()
+
+
+def _task_round_trip(parent: Channel, child: Channel, value: int) -> tuple[memoryview, object]:
+    """The parent sends a task lying in one block range, filled with ``value``; the
+    child's payload and a weak reference to the parent's buffer over the block."""
+    assert parent.lender is not None
+    buffer = parent.lender.allocate(SIZE)  # as the node receives a task into it
+    assert buffer is not None
+    owner = weakref.ref(buffer.obj)
+    np.frombuffer(buffer, dtype=np.uint8)[:] = value
+    pending = _received(child)
+    parent.send("task", {}, [buffer])  # one range, nothing inline
+    pending["thread"].join(10)  # type: ignore[attr-defined]
+    payload = pending["frame"].payload  # type: ignore[attr-defined]
+    assert isinstance(payload, memoryview)
+    return payload, owner
+
+
+def test_a_node_app_maps_its_task_copy_on_write_and_gives_the_block_back_with_its_reply() -> None:
+    """A node's app process (``in_place="copy-on-write"``): its task arrives writable with
+    no copy made; what it writes is its own (the node's block never changes: it stays
+    sealed against the app's writes); the block stays taken while the app holds the
+    task, and comes back with the reply once the app let go of it, to be reused."""
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    child = Channel(theirs, max_payload=1 << 30, peer="parent", in_place="copy-on-write")
+    try:
+        assert parent.lender is not None
+        addresses = set()
+        for round_ in range(3):
+            payload, owner = _task_round_trip(parent, child, round_ + 1)
+            assert not payload.readonly, "the app gets writable arrays, as before"
+            body = np.frombuffer(payload, dtype=np.uint8)
+            assert body.size == SIZE and int(body.min()) == int(body.max()) == round_ + 1
+            (block,) = [b for b in parent.lender._blocks if b.lent]
+            addresses.add(block.address)
+            assert block.array[:4].tolist() == [round_ + 1] * 4
+            body[:2] = 0  # copy-on-write: the app's own page, the block unchanged
+            assert block.array[:4].tolist() == [round_ + 1] * 4
+            assert body[:4].tolist() == [0, 0, round_ + 1, round_ + 1]
+            child.send("reply", {})  # the task is alive still: nothing released
+            assert parent.recv(timeout=10).kind == "reply"
+            assert block.lent == 1 and owner() is not None, "taken while the app holds it"
+            del payload, body
+            child.send("reply", {})  # now the release rides on it
+            assert parent.recv(timeout=10).kind == "reply"
+            assert block.lent == 0 and owner() is None, "given back with the reply"
+        assert len(addresses) == 1 and parent.lender.block_count == 1, "the block is reused"
+    finally:
+        parent.close()
+        child.close()
+
+
+def test_where_the_kernel_maps_no_block_copy_on_write_the_task_is_copied_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Mappings, "private_view", staticmethod(lambda *args: None))
+    ours, theirs = socket.socketpair()
+    parent = Channel(ours, max_payload=1 << 30, peer="child")
+    child = Channel(theirs, max_payload=1 << 30, peer="parent", in_place="copy-on-write")
+    try:
+        payload, owner = _task_round_trip(parent, child, 5)
+        body = np.frombuffer(payload, dtype=np.uint8)
+        assert not payload.readonly and int(body.min()) == int(body.max()) == 5
+        body[:] = 0  # a copy of its own
+        parent.send("next", {})  # the child released the block at once: no frame needed
+        assert child.recv(timeout=10).kind == "next"
+        child.send("reply", {})
+        assert parent.recv(timeout=10).kind == "reply"
+        assert owner() is None, "released at once, the task still alive"
     finally:
         parent.close()
         child.close()

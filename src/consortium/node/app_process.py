@@ -92,7 +92,7 @@ class ClientRun:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    channel = enter(MAX_FRAME)
+    channel = enter(MAX_FRAME, in_place="copy-on-write")
     start = channel.recv()
     if start.kind != "start":
         log.error("expected 'start', got %r", start.kind)
@@ -109,6 +109,7 @@ def main() -> int:
             log.error("expected a task, got %r", frame.kind)
             return 2
         task = Message.from_bytes(frame.payload)
+        del frame  # the task's payload now lives as long as the task
         result = run.run(task)
         try:
             parts = result.reply.to_parts()
@@ -118,11 +119,14 @@ def main() -> int:
             parts = result.reply.to_parts()
         header = {"seconds": result.seconds, "raised": result.raised,
                   "traceback": result.traceback}  # fmt: skip
+        # a task read where it lies (copy-on-write) gives the node its block back with
+        # the reply, unless the app keeps some of it: then with a later frame
+        del task
         try:
             channel.send("reply", header, parts)
         except ChannelClosed:
             return 0
-        del task, result, parts
+        del result, parts
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ FRAME_STALL_SECONDS = 60.0
 Buffer = bytes | bytearray | memoryview
 #: the sandboxed child's argument saying that its channel carries shared memory
 SHARED_FLAG = "--shared"
+#: how a child reads a payload its parent sends in one block range (see Channel)
+InPlace = Literal["read-only", "copy-on-write"]
 #: header keys and the frame kind only the channel itself writes
 _SHM, _FDS, _RELEASED = "_shm", "_fds", "_released"
 #: room for the descriptors of every block a frame may name
@@ -83,18 +85,28 @@ class Channel:
     child copies out what a frame names in them; the child's (``peer="parent"``)
     are filled by :meth:`send` itself, and the parent reads what a frame names in
     them where it lies, read-only, telling the child once it is done with it. A
-    child with ``view_in_place`` reads a payload of the parent's the same way (the
-    server's app process: a node's reply is folded from the block it was received
-    into, and no copy of it waits in the app); without, it copies it out at once."""
+    child reads a payload of the parent's (one block range) as ``in_place`` says:
+
+    * ``"read-only"``: where it lies, as the parent reads the child's (the server's
+      app process: a node's reply is folded from the block it was received into, and
+      no copy of it waits in the app);
+    * ``"copy-on-write"``: through a private mapping of the range, writable, whose
+      pages are copied only where the child writes them (a node's app process: the
+      app gets its task's arrays to use as its own, and the copy of them it used to
+      make costs neither time nor memory);
+    * None: copied out at once.
+
+    Read in place, the block goes back to the parent once the payload and all built
+    on it are gone, with the child's next frame."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int,
                  peer: Literal["child", "parent"] | None = None,
-                 view_in_place: bool = False) -> None:  # fmt: skip
+                 in_place: InPlace | None = None) -> None:  # fmt: skip
         self.sock = sock
         self.max_payload = max_payload
         self.peer = peer
-        #: (a child) read a payload the parent sends in one block range where it lies
-        self.view_in_place = view_in_place
+        #: (a child) how it reads a payload the parent sends in one block range
+        self.in_place = in_place
         #: this end's shared blocks (None: no shared memory)
         self.lender = Lender() if peer is not None else None
         self._mappings = Mappings() if peer is not None else None
@@ -105,9 +117,9 @@ class Channel:
     @classmethod
     def from_fd(cls, fd: int, *, max_payload: int,
                 peer: Literal["child", "parent"] | None = None,
-                view_in_place: bool = False) -> Channel:  # fmt: skip
+                in_place: InPlace | None = None) -> Channel:  # fmt: skip
         return cls(socket.socket(fileno=fd), max_payload=max_payload, peer=peer,
-                   view_in_place=view_in_place)  # fmt: skip
+                   in_place=in_place)  # fmt: skip
 
     def send(self, kind: str, header: dict[str, Any] | None = None,
              payload: Buffer | Sequence[Buffer] = b"") -> None:  # fmt: skip
@@ -252,15 +264,21 @@ class Channel:
             raise ChannelError(f"a {kind!r} frame names shared memory past its payload's end")
         if self._mappings is None or total > self.max_payload:
             raise ChannelError(f"a {kind!r} frame in shared memory this side does not take")
-        if (self.peer == "child" or self.view_in_place) and len(ranges) == 1 and inline == 0:
+        in_place = "read-only" if self.peer == "child" else self.in_place
+        if in_place is not None and len(ranges) == 1 and inline == 0:
             # the other side's payload read where it lies; it gets the block back once
             # the payload and all built on it are gone (told with this side's next frame)
             _, block_id, offset, length = ranges[0]
             try:
-                return self._mappings.view(block_id, descriptors[block_id], offset, length,
-                                           self._done.put)  # fmt: skip
+                if in_place == "read-only":
+                    return self._mappings.view(block_id, descriptors[block_id], offset,
+                                               length, self._done.put)  # fmt: skip
+                private = self._mappings.private_view(block_id, descriptors[block_id],
+                                                      offset, length, self._done.put)  # fmt: skip
             except SharedBlockError as exc:
                 raise ChannelError(str(exc)) from exc
+            if private is not None:
+                return private
         out = empty_buffer(total) if total >= POOL_MIN_BYTES else memoryview(bytearray(total))
         position = 0
         try:

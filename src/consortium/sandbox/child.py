@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import sys
 
-from consortium.sandbox.channel import SHARED_FLAG, Channel
+from consortium.sandbox.channel import SHARED_FLAG, Channel, InPlace
 from consortium.sandbox.confine import SandboxSpec, confine
 
 
-def enter(max_payload: int, *, view_in_place: bool = False) -> Channel:
+def enter(max_payload: int, *, in_place: InPlace | None = None) -> Channel:
     """The channel to the parent (fd in ``argv[1]``), once this process is confined.
 
     With shared memory (spawn's ``shared``), large payloads cross in blocks; with
-    ``view_in_place`` a payload the parent sends in one block range is read where it
-    lies instead of copied out (see :class:`~consortium.sandbox.channel.Channel`)."""
+    ``in_place`` a payload the parent sends in one block range is read where it lies
+    instead of copied out (see :class:`~consortium.sandbox.channel.Channel`)."""
     shared = sys.argv[2:3] == [SHARED_FLAG]
     channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload,
                               peer="parent" if shared else None,
-                              view_in_place=view_in_place)  # fmt: skip
+                              in_place=in_place)  # fmt: skip
     frame = channel.recv()
     if frame.kind != "spec":
         raise SystemExit(f"sandbox: expected the spec, got {frame.kind!r}")

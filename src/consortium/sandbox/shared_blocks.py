@@ -13,14 +13,17 @@ names a range of a block instead of carrying its bytes
 * **Parent to child** (a task to the node's app, a reply to the server's app):
   the parent receives the payload from the network straight into one of its
   app process's blocks (:meth:`Lender.allocate`, the reassembly buffer itself),
-  so this costs no memory beyond the buffer it replaces. A node's app copies
-  the range into a buffer of its own (the app gets writable arrays, as from the
-  socket) and says so at once. The server's app reads the range where it lies
-  (``view_in_place``: it folds the reply from there, so no copy of it waits in
-  the app) and says so once its last view of it is gone, with its next frame;
-  until then the parent keeps what it sent alive (:meth:`Lender.lend`), so the
-  server's transfer budget still counts the reply. The parent reuses the block
-  once both are done with it.
+  so this costs no memory beyond the buffer it replaces. A node's app maps the
+  range privately, copy-on-write (:meth:`Mappings.private_view`: the app gets
+  writable arrays, as from the socket, and a page is copied only where it writes
+  one), and gives the block back with its reply, once its task is gone (a
+  kernel that refuses such a mapping: it copies the range out and says so at
+  once). The server's app reads the range where it lies, read-only (it folds
+  the reply from there, so no copy of it waits in the app) and says so once its
+  last view of it is gone, with its next frame; until then the parent keeps
+  what it sent alive (:meth:`Lender.lend`), so the server's transfer budget
+  still counts the reply. The parent reuses the block once both are done with
+  it.
 * **Child to parent** (a node app's reply, the server app's model): the child
   copies the payload into one of its own blocks (:meth:`Lender.stage`), unless
   it already lies in one (the server app's model: the fold computes it there,
@@ -242,6 +245,26 @@ class Lender:
             block.close()
 
 
+def _checked(block_id: int, fd: int, end: int) -> os.stat_result:
+    """The block's ``fstat``, once it is known to hold ``end`` bytes and to be sealed
+    against shrinking (or its maker could cut it under the reader: a SIGBUS) and
+    against writing (or its maker could punch holes in it; in a huge-page file that
+    may leave the reader's pages unbacked: a SIGBUS too)."""
+    try:
+        # the seals first: a size read before them could change before they are set
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as exc:  # not a memfd
+        raise SharedBlockError(f"block {block_id} cannot be read: {exc}") from exc
+    if seals & fcntl.F_SEAL_SHRINK == 0:
+        raise SharedBlockError(f"block {block_id} could shrink under its reader")
+    if seals & (F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE) == 0:
+        raise SharedBlockError(f"block {block_id} could lose pages under its reader")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or end > info.st_size:
+        raise SharedBlockError(f"block {block_id} does not hold the range named")
+    return info
+
+
 def _freed(block: Block) -> None:
     block.allocated = False  # one attribute: safe from a finalizer, in any thread
 
@@ -262,20 +285,9 @@ class Mappings:
         np.copyto(np.frombuffer(out, dtype=np.uint8), source)
 
     def _mapping(self, block_id: int, fd: int, end: int) -> mmap.mmap:
-        """The block's read-only mapping (kept), checked to hold ``end`` bytes and to be
-        sealed against shrinking (or its owner could cut it under the reader: SIGBUS)."""
+        """The block's read-only mapping (kept), once :func:`_checked` for ``end`` bytes."""
         try:
-            # the seals first: a size read before them could change before they are set
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-            if seals & fcntl.F_SEAL_SHRINK == 0:
-                raise SharedBlockError(f"block {block_id} could shrink under its reader")
-            if seals & (F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE) == 0:
-                # without a write seal its maker could punch holes in it; in a huge-page
-                # file that may leave the reader's pages unbacked (a SIGBUS)
-                raise SharedBlockError(f"block {block_id} could lose pages under its reader")
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or end > info.st_size:
-                raise SharedBlockError(f"block {block_id} does not hold the range named")
+            info = _checked(block_id, fd, end)
             inode = (info.st_dev, info.st_ino)
             cached = self._maps.pop(block_id, None)
             if cached is not None and (cached[0] != inode or len(cached[1]) != info.st_size):
@@ -285,7 +297,7 @@ class Mappings:
             if cached is None:
                 cached = (inode, mmap.mmap(fd, info.st_size, flags=mmap.MAP_SHARED,
                                            prot=mmap.PROT_READ))  # fmt: skip
-        except (OSError, ValueError) as exc:  # not a memfd (F_GET_SEALS), a failed mmap
+        except (OSError, ValueError) as exc:  # a failed fstat or mmap
             raise SharedBlockError(f"block {block_id} cannot be read: {exc}") from exc
         self._maps[block_id] = cached
         while len(self._maps) > MAX_BLOCKS:
@@ -299,6 +311,28 @@ class Mappings:
         copy; ``on_release(block_id)`` is called once it and all built on it are gone."""
         mapping = self._mapping(block_id, fd, offset + nbytes)
         view = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset)
+        weakref.finalize(view, on_release, block_id)
+        return view.data
+
+    @staticmethod
+    def private_view(block_id: int, fd: int, offset: int, nbytes: int,
+                     on_release: Callable[[int], None]) -> memoryview | None:  # fmt: skip
+        """A writable copy-on-write view of ``nbytes`` at ``offset`` of block ``block_id``:
+        a private mapping of its own, whose pages are the block's until this side writes
+        one (then a copy of that page, this side's alone: the block never changes). So
+        the payload costs no copy, and no memory for the pages only read.
+        ``on_release(block_id)`` is called once it and all built on it are gone (the
+        mapping goes with them); until then the maker must not write the block, whose
+        later writes would show through the pages not copied yet. None where the
+        kernel maps no such block privately writable (a caller then copies)."""
+        try:
+            _checked(block_id, fd, offset + nbytes)
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            mapping = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_COPY,
+                                offset=start)  # fmt: skip
+        except (OSError, ValueError):
+            return None
+        view = np.frombuffer(mapping, dtype=np.uint8, count=nbytes, offset=offset - start)
         weakref.finalize(view, on_release, block_id)
         return view.data
 

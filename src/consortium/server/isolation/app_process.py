@@ -36,7 +36,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     # replies are folded where the server received them (its shared blocks), uncopied
-    channel = enter(MAX_FRAME, view_in_place=True)
+    channel = enter(MAX_FRAME, in_place="read-only")
     if channel.lender is not None:  # the model the fold computes, in a block the server reads
         send_buffers_from(channel.lender.allocate)
     logging.getLogger("consortium").addHandler(ForwardLogs(channel))
