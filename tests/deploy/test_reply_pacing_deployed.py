@@ -10,6 +10,13 @@ replies unread for a while, then consumes them. The peak of its process's own me
 by less than four replies' worth (it grew by two, 44 MB); with every reply forwarded
 at once it grew by all ten (196 MB). The server keeps the rest within its transfer
 budget, which bounds them however many nodes answer.
+
+With a transfer budget of two replies, the server receives every reply of the
+round into two shared blocks of the app's, reused in turn: a forwarded reply
+counts in the budget until the app says it consumed it, and the app gives its
+block back as soon as it lets go of it, so the next upload is received into
+that block. (Before, the budget let the next upload in as soon as the server had
+forwarded the one before, while the app still held both: a third block.)
 """
 
 from __future__ import annotations
@@ -135,3 +142,32 @@ def test_a_slow_server_app_holds_a_few_replies_not_the_whole_round(
     # REPLIES_AHEAD forwarded and the one the app's loop still holds while it asks for more
     # (seen: two at the peak, 44 MB); every reply of the round would be ten
     assert grew < 4 * REPLY_MB, f"the app process's own memory grew by {grew:.0f} MB"
+
+
+def _writable_blocks(pid: int) -> int:
+    """Shared blocks ``pid`` made (it maps them writable; others' blocks, read-only)."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return sum("memfd:consortium-" in line and line.split()[1] == "rw-s" for line in fh)
+
+
+def test_with_a_budget_of_two_replies_the_server_receives_them_into_two_blocks_in_turn(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
+    deployment.start_server("--transfer-budget-mb", str(int(2.5 * REPLY_MB)))
+    deployment.start_node(NODE, app=app)
+    run_id = deployment.start_run(app, {}, seed=1)
+    work = deployment.run_dir(run_id) / "work"
+    deadline = time.monotonic() + 60
+    while not (work / "ready").exists():
+        assert time.monotonic() < deadline, deployment.log("server")
+        time.sleep(0.05)
+    (work / "begin").write_text("")
+    deployment.wait_rounds(run_id, 1)
+    blocks = _writable_blocks(deployment.procs["server"].pid)  # the app (and they) live
+    (work / "go").write_text("")
+    info = deployment.wait_run(run_id, timeout=120)
+
+    assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
+    assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
+    assert blocks == 2, f"the server received {TASKS} replies into {blocks} blocks"

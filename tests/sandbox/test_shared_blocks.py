@@ -127,14 +127,22 @@ def test_a_child_viewing_in_place_reads_the_parents_block_where_it_lies_until_it
         assert parent.recv(timeout=10).kind == "consumed"
         assert owner() is not None, "the parent keeps what it lent until released"
         del seen, payload
-        child.send("consumed", {})  # now the release rides on it
-        assert parent.recv(timeout=10).kind == "consumed"
-        assert owner() is None, "released: the parent let go of its buffer"
+        _wait_for_release(parent, owner)  # at once, not with the child's next frame
         again = parent.lender.allocate(SIZE)
         assert again is not None and parent.lender.block_count == 1, "the block is reused"
     finally:
         parent.close()
         child.close()
+
+
+def _wait_for_release(parent: Channel, owner: weakref.ref[object]) -> None:
+    """Read the child's frames until the parent has let go of what it lent (``owner``):
+    the child must tell it without sending a frame of its own."""
+    deadline = time.monotonic() + 5
+    while owner() is not None:
+        assert time.monotonic() < deadline, "the child never released the block"
+        with pytest.raises(TimeoutError):  # release frames only: no other frame comes
+            parent.recv(timeout=0.05)
 
 
 def _task_round_trip(parent: Channel, child: Channel, value: int) -> tuple[memoryview, object]:
@@ -179,9 +187,8 @@ def test_a_node_app_maps_its_task_copy_on_write_and_gives_the_block_back_with_it
             assert parent.recv(timeout=10).kind == "reply"
             assert block.lent == 1 and owner() is not None, "taken while the app holds it"
             del payload, body
-            child.send("reply", {})  # now the release rides on it
-            assert parent.recv(timeout=10).kind == "reply"
-            assert block.lent == 0 and owner() is None, "given back with the reply"
+            _wait_for_release(parent, owner)  # given back as soon as the app let go
+            assert block.lent == 0
         assert len(addresses) == 1 and parent.lender.block_count == 1, "the block is reused"
     finally:
         parent.close()
@@ -208,6 +215,25 @@ def test_where_the_kernel_maps_no_block_copy_on_write_the_task_is_copied_out(
     finally:
         parent.close()
         child.close()
+
+
+def test_a_released_block_is_marked_free_before_the_budget_hears_its_buffer_is_gone() -> None:
+    """The server's transfer budget learns that a reply's memory is gone from a callback
+    on the buffer's death, registered when the app consumed the reply (after the block
+    was handed out); the upload it then lets in must find the block free."""
+    lender = Lender()
+    buffer = lender.allocate(SIZE)
+    assert buffer is not None
+    (reference,) = lender.references([buffer])
+    assert reference is not None
+    block = reference.block
+    lender.lend([block], [buffer])
+    free_when_told: list[bool] = []
+    weakref.finalize(buffer.obj, lambda: free_when_told.append(not block.allocated))
+    del buffer, reference
+    lender.returned([block.block_id])
+    assert free_when_told == [True]
+    lender.close()
 
 
 def test_what_the_child_sends_reaches_the_parent_read_only_and_its_block_comes_back(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -86,6 +86,37 @@ def test_every_accepted_reply_is_released_once_even_if_the_round_stops_early(
         "no task is waiting for this reply (late, duplicate or unknown)",
     )
     assert "late" not in released  # refused: the caller keeps responsibility
+
+
+def test_with_hold_a_reply_is_released_when_its_consumer_says_so_not_on_the_next(
+    fleet: Fleet,
+) -> None:
+    """The server's app process says itself when it is done with a reply (its
+    ``ReplyWindow``): the server, which forwards the next one before that, must not
+    release the one before (its budget would let another upload in while the app
+    still reads it: a new shared block)."""
+    nodes = NODES
+    tasks = _tasks(nodes)
+    released: list[str] = []
+    held: list[Callable[[], None] | None] = []
+    stream = fleet.send_and_receive(tasks, timeout=30, hold=held.append)
+    for task, node in zip(tasks, nodes, strict=True):
+        reply = task.reply(arrays=Arrays({"w": np.zeros(3)}), metrics={})
+        ok, _ = fleet.deliver(node, reply, lambda node=node: released.append(node))
+        assert ok
+    next(stream)
+    next(stream)
+    assert released == [] and len(held) == 2, "forwarded on: not released for that"
+    release = held.pop(0)
+    assert release is not None
+    release()
+    assert released == ["a"]
+    stream.close()  # what was never handed over is released; what was, is the holder's
+    assert sorted(released) == ["a", "c"]
+    release = held.pop(0)
+    assert release is not None
+    release()
+    assert sorted(released) == ["a", "b", "c"]
 
 
 def test_the_model_counts_as_outgoing_until_every_task_is_sent_or_withdrawn(

@@ -45,3 +45,24 @@ def test_closing_wakes_a_waiting_server_and_says_stop() -> None:
     window.close()
     waiter.join(5)
     assert result == [False]
+
+
+def test_a_forwarded_reply_is_released_when_the_app_consumed_it_not_before() -> None:
+    """Its transfer budget stays in flight until the app is done with it (the release
+    ``Fleet.send_and_receive(hold=...)`` hands over), and what the app never consumed is
+    released when the forwarding ends."""
+    window = ReplyWindow()
+    released: list[int] = []
+    for index in range(3):
+        window.hold(lambda index=index: released.append(index))  # type: ignore[misc]
+        window.sent()
+    window.hold(None)  # a reply without a budget (received in one piece)
+    assert released == []
+    window.consumed()
+    assert released == [0], "the oldest first, once the app says it consumed it"
+    window.consumed()
+    assert released == [0, 1]
+    window.release_all()
+    assert released == [0, 1, 2]
+    window.consumed()  # nothing left to release
+    assert released == [0, 1, 2]

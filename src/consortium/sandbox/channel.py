@@ -97,7 +97,10 @@ class Channel:
     * None: copied out at once.
 
     Read in place, the block goes back to the parent once the payload and all built
-    on it are gone, with the child's next frame."""
+    on it are gone: a thread of the child's (:meth:`_release_promptly`) tells the
+    parent at once, so that the parent does not take a new block for a payload
+    that arrives before the child's next frame (a server app folding its replies
+    in a loop lets go of one only once it holds the next)."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int,
                  peer: Literal["child", "parent"] | None = None,
@@ -110,9 +113,13 @@ class Channel:
         #: this end's shared blocks (None: no shared memory)
         self.lender = Lender() if peer is not None else None
         self._mappings = Mappings() if peer is not None else None
-        #: blocks of the child this parent is done with, told with its next frame
-        self._done: queue.SimpleQueue[int] = queue.SimpleQueue()
+        #: blocks of the other side's this side is done with, told with its next frame
+        #: (or at once, by a child reading in place; None: the channel is closing)
+        self._done: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._send_lock = threading.Lock()
+        if peer == "parent" and in_place is not None:
+            threading.Thread(target=self._release_promptly, daemon=True,
+                             name="channel-release").start()  # fmt: skip
 
     @classmethod
     def from_fd(cls, fd: int, *, max_payload: int,
@@ -299,6 +306,14 @@ class Channel:
                 self._done.put(block_id)
         return out
 
+    def _release_promptly(self) -> None:
+        """Tell the parent of each block this side let go of as soon as it does."""
+        while (block_id := self._done.get()) is not None:
+            try:
+                self._release([block_id, *_drain(self._done)])
+            except ChannelClosed:
+                return
+
     def _release(self, block_ids: list[int]) -> None:
         head = json.dumps({"kind": _RELEASED, _RELEASED: block_ids}).encode()
         with self._send_lock:
@@ -359,6 +374,7 @@ class Channel:
         return out
 
     def close(self) -> None:
+        self._done.put(None)  # ends the release thread, if any
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -393,13 +409,18 @@ def _checked_refs(
     return ranges, descriptors
 
 
-def _drain(done: queue.SimpleQueue[int]) -> list[int]:
-    out = []
+def _drain(done: queue.SimpleQueue[int | None]) -> list[int]:
+    """The block ids waiting in ``done`` (the closing mark, None, is put back)."""
+    out: list[int] = []
     while True:
         try:
-            out.append(done.get_nowait())
+            block_id = done.get_nowait()
         except queue.Empty:
             return out
+        if block_id is None:
+            done.put(None)
+            return out
+        out.append(block_id)
 
 
 def _close_all(fds: list[int]) -> None:

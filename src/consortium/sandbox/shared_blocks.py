@@ -62,6 +62,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,8 @@ class Block:
         #: until released, so that whoever waits for their memory to be freed (the
         #: server's transfer budget) counts them while the other side still reads them
         self.kept: collections.deque[list[Buffer]] = collections.deque()
+        #: marks it free once the buffer handed out over it is gone (see Lender.returned)
+        self.on_freed: weakref.finalize[..., Any] | None = None
         self.fd = os.memfd_create(f"consortium-{block_id}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(self.fd, size)
@@ -175,7 +178,7 @@ class Lender:
                 return None
             block.allocated = True
         view = block.array[:nbytes]  # its death (and every view of it) frees the block
-        weakref.finalize(view, _freed, block)
+        block.on_freed = weakref.finalize(view, _freed, block)
         return block, view.data
 
     def stage(self, parts: Sequence[Buffer], nbytes: int) -> tuple[Reference, memoryview] | None:
@@ -229,6 +232,7 @@ class Lender:
                 if block is None or block.lent <= 0:
                     raise SharedBlockError(f"released block {block_id!r} was not lent")
                 block.lent -= 1
+                _free_first(block)  # before what the frame sent, kept until now, may go
                 block.kept.popleft()
 
     def _by_id(self, block_id: object) -> Block | None:
@@ -263,6 +267,22 @@ def _checked(block_id: int, fd: int, end: int) -> os.stat_result:
     if not stat.S_ISREG(info.st_mode) or end > info.st_size:
         raise SharedBlockError(f"block {block_id} does not hold the range named")
     return info
+
+
+def _free_first(block: Block) -> None:
+    """Have the block marked free before anything else learns that its buffer is gone.
+
+    Of the callbacks waiting for an object's death, the one registered last runs
+    first; the server's transfer budget registers its own on the buffer when its app
+    says it consumed the reply, after the block's was made. Registered again here,
+    when the app lets go of the block, the block's runs first: an upload the budget
+    then lets in finds the block free, instead of making a new one."""
+    finalizer = block.on_freed
+    if finalizer is not None and finalizer.alive:
+        detached = finalizer.detach()
+        if detached is not None:
+            owner, func, args, _ = detached
+            block.on_freed = weakref.finalize(owner, func, *args)
 
 
 def _freed(block: Block) -> None:

@@ -32,6 +32,7 @@ from consortium.server.fleet_order import TaskOrder
 from consortium.server.fleet_replies import EventSink, ReplyIntake
 from consortium.server.fleet_slots import SendSlots
 from consortium.server.fleet_state import (
+    Hold,
     NodeSession,
     Outgoing,
     Queued,
@@ -263,13 +264,20 @@ class Fleet(ReplyIntake):
         *,
         timeout: float | None,
         among: Collection[str] | None = None,
+        hold: Hold | None = None,
     ) -> Iterator[Message]:
-        """Queue the tasks now; the returned iterator yields the replies in task order."""
+        """Queue the tasks now; the returned iterator yields the replies in task order.
+
+        A reply's transfer budget goes from in flight to retained (see
+        :class:`~consortium.transport.receive_budget.ReceiveBudget`) once the caller
+        asks for the next one, or, with ``hold``, which takes each reply's release as
+        it is yielded, when the caller calls that release."""
         replies: queue.Queue[Queued] = queue.Queue()
         ids = self.enqueue(messages, replies, among=among)
         deadline = None if timeout is None else self._clock() + timeout
         model = max((payload_bytes(m) for m in messages), default=0)
-        order = TaskOrder(ids, self._reorder_bytes(model), self._clock, self._order_warning)
+        order = TaskOrder(ids, self._reorder_bytes(model), self._clock, self._order_warning,
+                          hold)  # fmt: skip
         return RoundReplies(order.replies(replies, deadline), lambda: self._end_round(ids, replies))
 
     def _reorder_bytes(self, model: int) -> int:

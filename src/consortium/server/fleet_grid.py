@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from consortium.core.message import Message
 from consortium.server.fleet import Fleet
 from consortium.server.fleet_replies import ReplyBuffers
-from consortium.server.fleet_state import Queued, Release, call_release
+from consortium.server.fleet_state import Hold, Queued, Release, call_release
 
 #: Waiting.stage: the run waits for enough nodes to be online (``wait_for_nodes``)
 NODES = "nodes"
@@ -119,10 +119,12 @@ class FleetGrid:
         return Waiting(stage, needed, tuple(missing), tuple(online), seconds)
 
     def send_and_receive(
-        self, messages: Sequence[Message], *, timeout: float | None
+        self, messages: Sequence[Message], *, timeout: float | None, hold: Hold | None = None
     ) -> Iterator[Message]:
+        """See :meth:`Fleet.send_and_receive` (``hold``: the server's app process, which
+        says itself when it is done with each reply)."""
         self._sent(messages)
-        return self.fleet.send_and_receive(messages, timeout=timeout, among=self.chosen)
+        return self.fleet.send_and_receive(messages, timeout=timeout, among=self.chosen, hold=hold)
 
     def push(self, messages: Sequence[Message]) -> None:
         self._sent(messages)

@@ -13,7 +13,7 @@ import queue
 from collections.abc import Callable, Generator, Sequence
 
 from consortium.core.message import Message
-from consortium.server.fleet_state import Queued, call_release, consume, payload_bytes
+from consortium.server.fleet_state import Hold, Queued, call_release, consume, payload_bytes
 
 
 class TaskOrder:
@@ -25,6 +25,7 @@ class TaskOrder:
         reorder_bytes: int,
         clock: Callable[[], float],
         out_of_order: Callable[[], None],
+        hold: Hold | None = None,
     ) -> None:
         self.ids = list(ids)
         #: the most bytes of early replies held back
@@ -32,13 +33,16 @@ class TaskOrder:
         self._clock = clock
         #: called when a reply is released ahead of its predecessors
         self._out_of_order = out_of_order
+        #: takes each reply's release as it is yielded (see fleet_state.consume)
+        self._hold = hold
 
     def replies(
         self, replies: queue.Queue[Queued], deadline: float | None
     ) -> Generator[Message, None, None]:
         """Yield the replies from ``replies`` until all are in or ``deadline`` passed.
 
-        A reply's release callback runs once the consumer asks for the next one.
+        A reply's release callback runs once the consumer asks for the next one, or,
+        with ``hold``, when the consumer calls it.
         """
         position = {mid: i for i, mid in enumerate(self.ids)}
         held: dict[int, Queued] = {}
@@ -65,14 +69,14 @@ class TaskOrder:
                     now = True
                     self._out_of_order()
                 if now:
-                    yield from consume((got, release))
+                    yield from consume((got, release), self._hold)
                 del got  # consumed: not kept alive while waiting for the next one
                 while next_index in held:
                     held_bytes -= payload_bytes(held[next_index][0])
                     next_index += 1
-                    yield from consume(held.pop(next_index - 1))
+                    yield from consume(held.pop(next_index - 1), self._hold)
             for index in sorted(held):  # deadline passed or all in: flush what arrived
-                yield from consume(held.pop(index))
+                yield from consume(held.pop(index), self._hold)
         finally:
             for _, release in held.values():  # the consumer stopped early
                 call_release(release)

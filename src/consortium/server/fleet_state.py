@@ -197,10 +197,20 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
-def consume(item: Queued) -> Iterator[Message]:
-    """Yield the reply; release it once the consumer is back (or gone)."""
+#: takes a reply's release, to call when the consumer says it is done with the reply
+Hold = Callable[[Release | None], None]
+
+
+def consume(item: Queued, hold: Hold | None = None) -> Iterator[Message]:
+    """Yield the reply; release it once the consumer is back (or gone), or, given
+    ``hold``, hand its release to ``hold`` first: the consumer calls it when it is done
+    with the reply, which may be after it asked for the next one."""
     message, release = item
     del item
+    if hold is not None:
+        hold(release)
+        yield message
+        return
     try:
         yield message
     finally:

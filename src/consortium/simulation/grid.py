@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -322,6 +323,8 @@ def _settle(msg: Message, outer: Future[Message], inner: Future[Message]) -> Non
 
 
 def cpu_count() -> int:
-    return (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    )
+    """The CPUs this process may run on: its affinity on Linux (a container or
+    ``taskset`` may allow fewer than the machine has), the machine's elsewhere."""
+    if sys.platform == "linux":
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

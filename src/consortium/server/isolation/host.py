@@ -276,11 +276,11 @@ class AppProcess:
         where the transfer budget counts it (and holds back further uploads), instead
         of piling up in the app process while it folds."""
         window = self._windows[rid]
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        replies = self._grid.send_and_receive(messages, timeout=timeout, hold=window.hold)
         del messages  # queued: the fleet holds each task until it is sent
         try:
             while window.wait_for_room():
-                reply = next(replies, None)  # releases the reply forwarded before
+                reply = next(replies, None)  # its release goes to the window (window.hold)
                 if reply is None or window.closed:
                     break
                 window.sent()  # before it leaves: the app may say it consumed it at once
@@ -291,6 +291,7 @@ class AppProcess:
         finally:
             if isinstance(replies, RoundReplies):  # withdraw its tasks now, not at the deadline
                 replies.close()
+            window.release_all()
         self._send("end", rid, {})
 
     def _answer(self, rid: int, kind: str, frame: Frame) -> None:
