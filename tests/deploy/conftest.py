@@ -193,6 +193,36 @@ def deployment(federation: Federation, tmp_path: Path) -> Iterator[Deployment]:
         dep.close()
 
 
+#: an app whose node adds one to the 20 MB model it gets (a test adds its server app's main)
+PLUS_ONE_APP = """
+import os
+import time
+
+import numpy as np
+
+from consortium import ClientApp, ServerApp
+from consortium.core.arrays import Arrays
+from consortium.core.history import RoundRecord
+from consortium.core.message import Content, Message
+
+client = ClientApp()
+app = ServerApp()
+SIZE = 5_000_000  # float32: 20 MB, over the size that crosses as shared memory
+
+
+@client.query()
+def query(msg, context):
+    w = msg.content.arrays["model"]["w"]
+    return msg.reply(arrays=Arrays({"w": w + 1}))
+
+
+def wait_for_go():  # up to 60 s: the test looks at the processes meanwhile
+    deadline = time.monotonic() + 60
+    while not os.path.exists("go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
+
+
 def write_app(folder: Path, manifest: str, modules: dict[str, str]) -> Path:
     """An app folder: ``consortium.toml`` and each ``NAME.py`` of ``modules``."""
     folder.mkdir()
@@ -200,6 +230,13 @@ def write_app(folder: Path, manifest: str, modules: dict[str, str]) -> Path:
     for name, text in modules.items():
         (folder / f"{name}.py").write_text(text)
     return folder
+
+
+def writable_blocks(pid: int) -> int:
+    """Shared blocks (``sandbox/shared_blocks.py``) process ``pid`` made: it maps them
+    writable, and others' blocks read-only."""
+    with open(f"/proc/{pid}/maps") as fh:
+        return sum("memfd:consortium-" in line and line.split()[1] == "rw-s" for line in fh)
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

@@ -81,7 +81,8 @@ def test_node_killed_mid_round_round_completes_then_node_rejoins(deployment: Dep
     config = {"num-rounds": 4, "delay": 1.0, "min-replies": 3, "min-nodes": 4}
     run_id = deployment.start_run(SLOW_APP, config, seed=5)
     log = deployment.workdir / "nodes" / "va" / "node.log"
-    wait_for(lambda: log.exists() and "round 1: train done" in log.read_text(), 60, "round 1")
+    delivered = "round 1: train reply delivered"  # the server has it (after "train done")
+    wait_for(lambda: log.exists() and delivered in log.read_text(), 60, "round 1")
     time.sleep(0.3)  # va is now inside round 2's training sleep
     deployment.kill("va")
     time.sleep(2.5)  # offline, round 2 goes on with three nodes

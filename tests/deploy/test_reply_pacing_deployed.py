@@ -29,7 +29,7 @@ import pytest
 
 from consortium.sandbox.confine import landlock_available
 
-from .conftest import Deployment, write_app
+from .conftest import Deployment, writable_blocks, write_app
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
 
@@ -144,12 +144,6 @@ def test_a_slow_server_app_holds_a_few_replies_not_the_whole_round(
     assert grew < 4 * REPLY_MB, f"the app process's own memory grew by {grew:.0f} MB"
 
 
-def _writable_blocks(pid: int) -> int:
-    """Shared blocks ``pid`` made (it maps them writable; others' blocks, read-only)."""
-    with open(f"/proc/{pid}/maps") as fh:
-        return sum("memfd:consortium-" in line and line.split()[1] == "rw-s" for line in fh)
-
-
 def test_with_a_budget_of_two_replies_the_server_receives_them_into_two_blocks_in_turn(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -164,7 +158,7 @@ def test_with_a_budget_of_two_replies_the_server_receives_them_into_two_blocks_i
         time.sleep(0.05)
     (work / "begin").write_text("")
     deployment.wait_rounds(run_id, 1)
-    blocks = _writable_blocks(deployment.procs["server"].pid)  # the app (and they) live
+    blocks = writable_blocks(deployment.procs["server"].pid)  # the app (and they) live
     (work / "go").write_text("")
     info = deployment.wait_run(run_id, timeout=120)
 

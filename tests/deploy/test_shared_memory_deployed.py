@@ -17,33 +17,15 @@ import pytest
 
 from consortium.sandbox.confine import landlock_available
 
-from .conftest import Deployment, write_app
+from .conftest import PLUS_ONE_APP, Deployment, write_app
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
 
 NODE = "cleveland"
 
-APP = """
-import os
-import time
-
-import numpy as np
-
-from consortium import ClientApp, ServerApp
-from consortium.core.arrays import Arrays
-from consortium.core.history import RoundRecord
-from consortium.core.message import Content, Message
-
-client = ClientApp()
-app = ServerApp()
-SIZE = 5_000_000  # float32: 20 MB, over the size that crosses as shared memory
-
-
-@client.query()
-def query(msg, context):
-    w = msg.content.arrays["model"]["w"]
-    return msg.reply(arrays=Arrays({"w": w + 1}))
-
+APP = (
+    PLUS_ONE_APP
+    + """
 
 @app.main()
 def main(grid, context):
@@ -57,10 +39,9 @@ def main(grid, context):
             raise RuntimeError(f"round {rnd}: {reply.error}")
         exact = bool(np.array_equal(reply.content.arrays["model"]["w"], model + rnd + 1))
         context.report(RoundRecord(round=rnd, central_metrics={"exact": float(exact)}))
-    deadline = time.monotonic() + 60  # the test looks at the processes' mappings meanwhile
-    while not os.path.exists("go") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_go()
 """
+)
 
 MANIFEST = """
 [app]

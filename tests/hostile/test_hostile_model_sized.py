@@ -26,22 +26,21 @@ import json
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from consortium._version import __version__
 from consortium.core.arrays import Arrays
 from consortium.core.message import Message
 from consortium.sandbox.confine import landlock_available
-from consortium.transport.chunks import Chunk, encode_chunk, iter_chunks
-from consortium.transport.grpc_client import FleetClient, open_channel
+from consortium.transport.chunks import Chunk, iter_chunks
 from consortium.transport.proto import fleet_pb2 as pb
-from deploy.conftest import write_app
+from deploy.conftest import PLUS_ONE_APP, writable_blocks, write_app
 
 from .conftest import Deployment
+from .played_node import PlayedNode
 from .test_hostile_replies import RSS_BOUND, PeakRss
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
@@ -49,31 +48,12 @@ pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux La
 HONEST = "cleveland"
 HOSTILE = "va"
 STALL_S = 2.0
-PUSH = "/consortium.v1.Fleet/PushResult"
 #: chunks of the bad streams: small enough that a 20 MB reply is cut part-way through
 CHUNK = 1024 * 1024
 
-APP = """
-import os
-import time
-
-import numpy as np
-
-from consortium import ClientApp, ServerApp
-from consortium.core.arrays import Arrays
-from consortium.core.history import RoundRecord
-from consortium.core.message import Content, Message
-
-client = ClientApp()
-app = ServerApp()
-SIZE = 5_000_000  # float32: 20 MB, over the size received into shared memory
-
-
-@client.query()
-def query(msg, context):
-    w = msg.content.arrays["model"]["w"]
-    return msg.reply(arrays=Arrays({"w": w + 1}))
-
+APP = (
+    PLUS_ONE_APP
+    + """
 
 @app.main()
 def main(grid, context):
@@ -95,10 +75,9 @@ def main(grid, context):
             metrics[node] = float(np.array_equal(w, model + rnd + 1))
             del w, reply  # nothing of a reply outlives its round: its block is free again
         context.report(RoundRecord(round=rnd, central_metrics=metrics))
-    deadline = time.monotonic() + 60  # the test looks at the server's blocks meanwhile
-    while not os.path.exists("go") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_go()
 """
+)
 
 MANIFEST = """
 [app]
@@ -177,83 +156,35 @@ SILENT_ROUND = 6
 ROUNDS = 7
 
 
-@dataclass
-class HostileNode:
-    """``va``: pulls its tasks and answers each with ``ATTACKS[round]`` first."""
+class HostileNode(PlayedNode):
+    """``va``: answers each task with ``ATTACKS[round]`` first."""
 
-    deployment: Deployment
-    stop: threading.Event = field(default_factory=threading.Event)
-    #: round -> the RpcError its bad push ended with
-    refusals: dict[int, grpc.RpcError] = field(default_factory=dict)
-    failures: list[BaseException] = field(default_factory=list)
+    def __init__(self, deployment: Deployment) -> None:
+        super().__init__(deployment, HOSTILE, "hostile-model-sized")
+        #: round -> the RpcError its bad push ended with
+        self.refusals: dict[int, grpc.RpcError | pb.PushReply] = {}
 
-    def start(self) -> None:
-        self.tls = self.deployment.fed.tls(HOSTILE)
-        self.address = f"127.0.0.1:{self.deployment.port}"
-        self.client = FleetClient(self.address, tls=self.tls, timeout=30)
-        self.client.hello(__version__, "hostile-model-sized")
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._serve, self._beat)]
-        for thread in self.threads:
-            thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-        self.client.close()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(0.2):
-            self.client.heartbeat()
-
-    def _serve(self) -> None:
-        try:
-            while not self.stop.is_set():
-                payload = self.client.pull_task(0.5)
-                if payload is not None:
-                    self._answer(Message.from_bytes(bytes(payload)))
-        except BaseException as exc:  # the test reports it
-            self.failures.append(exc)
-
-    def _answer(self, task: Message) -> None:
+    def answer(self, task: Message) -> None:
         assert task.content is not None
         rnd = task.metadata.round
         reply = task.reply(arrays=Arrays({"w": task.content.arrays["model"]["w"] + 1}))
         if rnd == SILENT_ROUND:
-            self.refusals[rnd] = self._push(_silent_part_way(reply, self.stop))
+            silent = threading.Event()
+            self.refusals[rnd] = self.push_stream(_silent_part_way(reply, silent), then=silent)
             return
         attack = ATTACKS.get(rnd)
         if attack is not None:
-            self.refusals[rnd] = self._push(attack.chunks(reply))
+            self.refusals[rnd] = self.push_stream(attack.chunks(reply))
             if not attack.retried:
                 return
         accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
         assert accepted, detail
-
-    def _push(self, chunks: Iterator[Chunk]) -> grpc.RpcError:
-        channel = open_channel(self.address, self.tls)
-        push = channel.stream_unary(
-            PUSH, request_serializer=encode_chunk, response_deserializer=pb.PushReply.FromString
-        )
-        try:
-            answer = push(chunks, timeout=60)
-        except grpc.RpcError as exc:
-            return exc
-        finally:
-            channel.close()
-        raise AssertionError(f"a bad reply was taken: {answer}")
 
 
 def _silent_part_way(reply: Message, stop: threading.Event) -> Iterator[Chunk]:
     chunks = _chunks(reply)
     yield from chunks[: len(chunks) // 2]
     stop.wait(60)  # the rest never comes
-
-
-def _writable_blocks(pid: int) -> int:
-    """Shared blocks ``pid`` made (it maps them writable; others' blocks, read-only)."""
-    with open(f"/proc/{pid}/maps") as fh:
-        return sum("memfd:consortium-" in line and line.split()[1] == "rw-s" for line in fh)
 
 
 def test_bad_model_sized_replies_are_refused_their_blocks_freed_and_honest_ones_arrive_exact(
@@ -269,15 +200,15 @@ def test_bad_model_sized_replies_are_refused_their_blocks_freed_and_honest_ones_
     try:
         run_id = deployment.start_run(app, {"rounds": ROUNDS}, seed=1)
         deployment.wait_rounds(run_id, ROUNDS)
-        blocks = _writable_blocks(server)  # while the app process (and its blocks) lives
+        blocks = writable_blocks(server)  # while the app process (and its blocks) lives
         (deployment.run_dir(run_id) / "work" / "go").write_text("")
         info = deployment.wait_run(run_id, timeout=120)
     finally:
         bad.close()
         peak = rss.close()
     log = deployment.log("server")
+    assert bad.error is None, bad.error
     assert info["status"] == "finished", (info, log)
-    assert not bad.failures, bad.failures
     rounds = {r["round"]: r["metrics"] for r in info["rounds"]}
     assert sorted(rounds) == list(range(1, ROUNDS + 1)), rounds
     # (a) every honest reply arrived exact; the silent round's task failed

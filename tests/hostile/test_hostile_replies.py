@@ -25,7 +25,7 @@ import json
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -33,18 +33,17 @@ import numpy as np
 import psutil
 import pytest
 
-from consortium._version import __version__
 from consortium.client.task import run_task
 from consortium.core.arrays import Arrays
 from consortium.core.checksum import crc32
 from consortium.core.context import Context
 from consortium.core.message import Message
-from consortium.transport.chunks import Chunk, encode_chunk, iter_chunks
-from consortium.transport.grpc_client import FleetClient, open_channel
+from consortium.transport.chunks import Chunk, iter_chunks
 from consortium.transport.proto import fleet_pb2 as pb
 from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment, wait_for
+from .played_node import PlayedNode
 
 HOSTILE = "va"
 HONEST = [n for n in NODES if n != HOSTILE]
@@ -55,7 +54,6 @@ SEED = 7
 RSS_BOUND = 400 * 1024**2
 #: What a small task's reply may announce and be refused for (the server's own limit is 16 GiB).
 DECLARED = int(1.4 * 1024**3)
-PUSH = "/consortium.v1.Fleet/PushResult"
 
 
 def _slow_toy() -> Any:
@@ -176,76 +174,25 @@ ATTACKS: dict[str, tuple[Attack, grpc.StatusCode, tuple[str, ...]]] = {
 # --------------------------------------------------------------------------- the bad node
 
 
-@dataclass
-class BadNode:
+class BadNode(PlayedNode):
     """``va``: sends one bad reply on its first task, then answers every task honestly."""
 
-    deployment: Deployment
-    attack: Attack
-    stop: threading.Event = field(default_factory=threading.Event)
-    refusal: grpc.RpcError | pb.PushReply | None = None
-    answered: int = 0
-    error: BaseException | None = None
+    def __init__(self, deployment: Deployment, attack: Attack) -> None:
+        super().__init__(deployment, HOSTILE, "bad-node", timeout=10)
+        self.attack = attack
+        self.refusal: grpc.RpcError | pb.PushReply | None = None
+        self.answered = 0
+        self.app = _slow_toy().client_app
 
-    def start(self) -> None:
-        self.tls = self.deployment.fed.tls(HOSTILE)
-        self.address = f"127.0.0.1:{self.deployment.port}"
-        self.client = FleetClient(self.address, tls=self.tls, timeout=10)
-        self.client.hello(__version__, "bad-node")
-        self._threads = [
-            threading.Thread(target=self._guarded, args=(f,), daemon=True)
-            for f in (self._serve, self._beat)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(30)
-        self.client.close()
-
-    def _guarded(self, loop: Callable[[], None]) -> None:
-        try:
-            loop()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-            self.stop.set()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(0.2):
-            self.client.heartbeat()
-
-    def _serve(self) -> None:
-        app = _slow_toy().client_app  # type: ignore[attr-defined]
-        while not self.stop.is_set():
-            payload = self.client.pull_task(0.5)
-            if payload is None:
-                continue
-            task = Message.from_bytes(bytes(payload))
-            if self.refusal is None:
-                self.refusal = self._push_raw(task)
-            context = Context(node_id=HOSTILE, run_config=dict(CONFIG), seed=SEED)
-            reply = run_task(app, task, context).reply
-            accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
-            assert accepted, detail
-            self.answered += 1
-
-    def _push_raw(self, task: Message) -> grpc.RpcError | pb.PushReply:
-        """Send the attack's chunks; what the server answered."""
-        channel = open_channel(self.address, self.tls)
-        push = channel.stream_unary(
-            PUSH, request_serializer=encode_chunk, response_deserializer=pb.PushReply.FromString
-        )
-        hold = threading.Event()
-        try:
-            result: pb.PushReply = push(self.attack(task, hold), timeout=20)
-            return result
-        except grpc.RpcError as exc:
-            return exc
-        finally:
-            hold.set()
-            channel.close()
+    def answer(self, task: Message) -> None:
+        if self.refusal is None:  # the attack's chunks; what the server answered
+            hold = threading.Event()
+            self.refusal = self.push_stream(self.attack(task, hold), timeout=20, then=hold)
+        context = Context(node_id=HOSTILE, run_config=dict(CONFIG), seed=SEED)
+        reply = run_task(self.app, task, context).reply
+        accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
+        assert accepted, detail
+        self.answered += 1
 
 
 class PeakRss:

@@ -12,80 +12,51 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import grpc
 import pytest
 
-from consortium._version import __version__
 from consortium.client.task import run_task
 from consortium.core.context import Context
 from consortium.core.message import Message
-from consortium.transport.chunks import encode_chunk, iter_chunks
-from consortium.transport.grpc_client import FleetClient, open_channel
-from consortium.transport.proto import fleet_pb2 as pb
+from consortium.transport.chunks import iter_chunks
 from deploy.conftest import NODES, SLOW_APP, import_app
 
 from .conftest import Deployment
+from .played_node import PlayedNode
 from .test_hostile_replies import RSS_BOUND, PeakRss
 
 HOSTILE = "va"
 HONEST = [n for n in NODES if n != HOSTILE]
 STALL_S = 2.0
 CONFIG = {"num-rounds": 3, "delay": 0.0, "min-replies": 3, "min-nodes": 4, "round-timeout": 60.0}
-PUSH = "/consortium.v1.Fleet/PushResult"
 
 
 def _client_app() -> object:
     return import_app(SLOW_APP, "slow_toy").client_app
 
 
-@dataclass
-class SilentNode:
+class SilentNode(PlayedNode):
     """``va``: announces its first reply, sends part of it, then goes silent."""
 
-    deployment: Deployment
-    #: bytes of the reply sent before the silence (its header is ~300 bytes)
-    keep: Callable[[int], int]
-    stop: threading.Event = field(default_factory=threading.Event)
-    cut_off: grpc.RpcError | None = None
-    cut_after: float = 0.0
-    answered: int = 0
+    def __init__(self, deployment: Deployment, keep: Callable[[int], int]) -> None:
+        super().__init__(deployment, HOSTILE, "silent-node")
+        #: bytes of the reply sent before the silence (its header is ~300 bytes)
+        self.keep = keep
+        self.cut_off: grpc.RpcError | None = None
+        self.cut_after = 0.0
+        self.answered = 0
+        self.app = _client_app()
 
-    def start(self) -> None:
-        self.tls = self.deployment.fed.tls(HOSTILE)
-        self.address = f"127.0.0.1:{self.deployment.port}"
-        self.client = FleetClient(self.address, tls=self.tls, timeout=30)
-        self.client.hello(__version__, "silent-node")
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._serve, self._beat)]
-        for thread in self.threads:
-            thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-        self.client.close()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(0.2):
-            self.client.heartbeat()
-
-    def _serve(self) -> None:
-        app = _client_app()
-        while not self.stop.is_set():
-            payload = self.client.pull_task(0.5)
-            if payload is None:
-                continue
-            task = Message.from_bytes(bytes(payload))
-            context = Context(node_id=HOSTILE, run_config=dict(CONFIG), seed=2)
-            reply = run_task(app, task, context).reply  # type: ignore[arg-type]
-            if self.cut_off is None:
-                self._push_half(reply)
-                continue
-            accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
-            assert accepted, detail
-            self.answered += 1
+    def answer(self, task: Message) -> None:
+        context = Context(node_id=HOSTILE, run_config=dict(CONFIG), seed=2)
+        reply = run_task(self.app, task, context).reply  # type: ignore[arg-type]
+        if self.cut_off is None:
+            self._push_half(reply)
+            return
+        accepted, detail = self.client.push_result(reply.to_parts(), reply.metadata.message_id)
+        assert accepted, detail
+        self.answered += 1
 
     def _push_half(self, reply: Message) -> None:
         payload = b"".join(bytes(p) for p in reply.to_parts())
@@ -97,19 +68,11 @@ class SilentNode:
             yield first
             silent.wait(60)  # the rest never comes
 
-        channel = open_channel(self.address, self.tls)
-        push = channel.stream_unary(
-            PUSH, request_serializer=encode_chunk, response_deserializer=pb.PushReply.FromString
-        )
         started = time.monotonic()
-        try:
-            push(half_then_silence(), timeout=60)
-        except grpc.RpcError as exc:
-            self.cut_off = exc
-        finally:
-            self.cut_after = time.monotonic() - started
-            silent.set()
-            channel.close()
+        answer = self.push_stream(half_then_silence(), then=silent)
+        self.cut_after = time.monotonic() - started
+        assert isinstance(answer, grpc.RpcError), f"a reply cut short was taken: {answer}"
+        self.cut_off = answer
 
 
 @pytest.mark.parametrize(
@@ -134,6 +97,7 @@ def test_a_reply_that_stops_arriving_is_cut_off_and_only_its_node_fails(
     finally:
         bad.close()
         peak = rss.close()
+    assert bad.error is None, bad.error
     assert info["status"] == "finished", (info, deployment.log("server"))
     # the 2 GB it announced were never reserved: the server stayed small
     assert peak < RSS_BOUND, f"server RSS peaked at {peak / 2**20:.0f} MiB"

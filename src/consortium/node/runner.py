@@ -287,7 +287,10 @@ class NodeRunner:
                     self._outbox.appendleft((message_id, Message(reply.metadata, error=failed)))
                 continue
             self._outbox.popleft()  # delivered (accepted or judged late by the server)
-            if not accepted:
+            meta = reply.metadata
+            if accepted:  # after "... done in" (the app's end): the server has it now
+                log.info("run %s round %d: %s reply delivered", meta.run_id, meta.round, meta.kind)
+            else:
                 log.warning("server did not accept result %s: %s", message_id, detail)
 
     def _heartbeats(self) -> None:
