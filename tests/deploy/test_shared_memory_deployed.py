@@ -17,7 +17,7 @@ import pytest
 
 from consortium.sandbox.confine import landlock_available
 
-from .conftest import PLUS_ONE_APP, Deployment, write_app
+from .conftest import PLUS_ONE_APP, Deployment, writable_blocks, write_app
 
 pytestmark = pytest.mark.skipif(not landlock_available(), reason="needs Linux Landlock")
 
@@ -71,6 +71,7 @@ def test_model_sized_messages_cross_to_the_apps_as_shared_memory_and_arrive_exac
         "node": _shared_maps(deployment.procs[NODE].pid),  # reads the app's reply where it lies
         "node app": _shared_maps(deployment.app_process(NODE, "consortium.node.app_process")),
     }
+    node_blocks = writable_blocks(deployment.procs[NODE].pid)
     (deployment.run_dir(run_id) / "work" / "go").write_text("")
     info = deployment.wait_run(run_id, timeout=120)
 
@@ -81,3 +82,6 @@ def test_model_sized_messages_cross_to_the_apps_as_shared_memory_and_arrive_exac
     # each app maps its parent's block (task or reply) and writes what it sends into one
     # of its own, which its parent reads where it lies
     assert all(count >= 2 for count in maps.values()), maps
+    # the node's app maps its task copy-on-write and gives the block back with its
+    # reply: one block received every round's task
+    assert node_blocks == 1, f"the node made {node_blocks} blocks for 3 tasks"

@@ -165,7 +165,8 @@ def test_a_node_app_maps_its_task_copy_on_write_and_gives_the_block_back_with_it
     """A node's app process (``in_place="copy-on-write"``): its task arrives writable with
     no copy made; what it writes is its own (the node's block never changes: it stays
     sealed against the app's writes); the block stays taken while the app holds the
-    task, and comes back with the reply once the app let go of it, to be reused."""
+    task, and comes back with the app's next frame once it let go of it (its reply: a
+    node reads its app's frames only while a task runs), to be reused."""
     ours, theirs = socket.socketpair()
     parent = Channel(ours, max_payload=1 << 30, peer="child")
     child = Channel(theirs, max_payload=1 << 30, peer="parent", in_place="copy-on-write")
@@ -187,8 +188,9 @@ def test_a_node_app_maps_its_task_copy_on_write_and_gives_the_block_back_with_it
             assert parent.recv(timeout=10).kind == "reply"
             assert block.lent == 1 and owner() is not None, "taken while the app holds it"
             del payload, body
-            _wait_for_release(parent, owner)  # given back as soon as the app let go
-            assert block.lent == 0
+            child.send("reply", {})  # now the release rides on it
+            assert parent.recv(timeout=10).kind == "reply"
+            assert block.lent == 0 and owner() is None, "given back with the reply"
         assert len(addresses) == 1 and parent.lender.block_count == 1, "the block is reused"
     finally:
         parent.close()

@@ -97,10 +97,13 @@ class Channel:
     * None: copied out at once.
 
     Read in place, the block goes back to the parent once the payload and all built
-    on it are gone: a thread of the child's (:meth:`_release_promptly`) tells the
-    parent at once, so that the parent does not take a new block for a payload
-    that arrives before the child's next frame (a server app folding its replies
-    in a loop lets go of one only once it holds the next)."""
+    on it are gone: read-only, a thread of the child's (:meth:`_release_promptly`)
+    tells the parent at once (the server reads its app's frames all the time, and
+    must not take a new block for an upload that arrives before the app's next
+    frame: a server app folding its replies in a loop lets go of one only once it
+    holds the next); copy-on-write, with the child's next frame (a node reads its
+    app's frames only while a task runs: the app drops its task before it sends
+    the reply, which then carries the release)."""
 
     def __init__(self, sock: socket.socket, *, max_payload: int,
                  peer: Literal["child", "parent"] | None = None,
@@ -114,10 +117,10 @@ class Channel:
         self.lender = Lender() if peer is not None else None
         self._mappings = Mappings() if peer is not None else None
         #: blocks of the other side's this side is done with, told with its next frame
-        #: (or at once, by a child reading in place; None: the channel is closing)
+        #: (or at once, by a child reading read-only in place; None: the channel closes)
         self._done: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._send_lock = threading.Lock()
-        if peer == "parent" and in_place is not None:
+        if peer == "parent" and in_place == "read-only":
             threading.Thread(target=self._release_promptly, daemon=True,
                              name="channel-release").start()  # fmt: skip
 
@@ -274,7 +277,7 @@ class Channel:
         in_place = "read-only" if self.peer == "child" else self.in_place
         if in_place is not None and len(ranges) == 1 and inline == 0:
             # the other side's payload read where it lies; it gets the block back once
-            # the payload and all built on it are gone (told with this side's next frame)
+            # the payload and all built on it are gone (see the class's docstring)
             _, block_id, offset, length = ranges[0]
             try:
                 if in_place == "read-only":

@@ -19,11 +19,11 @@ names a range of a block instead of carrying its bytes
   one), and gives the block back with its reply, once its task is gone (a
   kernel that refuses such a mapping: it copies the range out and says so at
   once). The server's app reads the range where it lies, read-only (it folds
-  the reply from there, so no copy of it waits in the app) and says so once its
-  last view of it is gone, with its next frame; until then the parent keeps
-  what it sent alive (:meth:`Lender.lend`), so the server's transfer budget
-  still counts the reply. The parent reuses the block once both are done with
-  it.
+  the reply from there, so no copy of it waits in the app) and says so as soon
+  as its last view of it is gone (a thread of its channel's); until then the
+  parent keeps what it sent alive (:meth:`Lender.lend`), so the server's
+  transfer budget still counts the reply. The parent reuses the block once both
+  are done with it.
 * **Child to parent** (a node app's reply, the server app's model): the child
   copies the payload into one of its own blocks (:meth:`Lender.stage`), unless
   it already lies in one (the server app's model: the fold computes it there,
