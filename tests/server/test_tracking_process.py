@@ -97,3 +97,38 @@ def test_a_child_that_cannot_start_leaves_the_run_untracked(
         child.on_run_end(History([_round(1)]), failed=False)
     assert "could not start its process" in caplog.text
     assert child.returncode is None
+
+
+def test_the_child_logs_to_mlflow_with_pandas_pyarrow_and_scipy_kept_out(tmp_path: Path) -> None:
+    """MLflow imports them when they are installed and never uses them to log a run:
+    the child (a process per run, beside the server) keeps them out, ~75 MB."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    child = TrackingProcess(ChildConfig(uri, (tmp_path / "art").as_uri(), False, ()))
+    child.on_run_start(_info(tmp_path))
+    child.on_round_end(_round(1))
+    client = MlflowClient(tracking_uri=uri)
+    deadline = time.monotonic() + 60
+    while not [e for e in client.search_experiments() if e.name == "consortium"]:
+        assert time.monotonic() < deadline, "the child never created its experiment"
+        time.sleep(0.1)
+    assert child.pid is not None
+    with open(f"/proc/{child.pid}/maps") as fh:  # MLflow is imported: what it mapped
+        mapped = fh.read()
+    assert "/pydantic_core/" in mapped  # a C extension MLflow imports: the check sees them
+    for name in ("pandas", "pyarrow", "scipy"):
+        assert f"/site-packages/{name}/" not in mapped, f"{name} was imported"
+    child.on_round_end(_round(2))
+    child.on_run_end(History([_round(1), _round(2)]), failed=False)
+    assert child.returncode == 0
+    (experiment,) = [e for e in client.search_experiments() if e.name == "consortium"]
+    (parent,) = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
+    assert parent.info.status == "FINISHED"
+    history = client.get_metric_history(parent.info.run_id, "train_loss")
+    assert [m.value for m in history] == [1.0, 0.5]

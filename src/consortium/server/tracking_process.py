@@ -46,6 +46,10 @@ EVENT_QUEUE = 64
 FLUSH_TIMEOUT = 120.0
 #: the child's command: this module, run by the server's own interpreter
 CHILD_COMMAND = (sys.executable, "-m", "consortium.server.tracking_process")
+#: modules ``import mlflow`` loads when they are installed, which logging a run never
+#: uses: the child keeps them out (measured: 164 -> 90 MB of RSS after ``import mlflow``,
+#: and ~0.4 s less to start). An MLflow that needs one of them to import gets it.
+UNNEEDED_MODULES = ("pandas", "pyarrow", "scipy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,11 @@ class TrackingProcess:
         self.dropped = 0
         #: the child's exit status once it ended (None: not started, or still running)
         self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None: not started)."""
+        return self._child.pid if self._child is not None else None
 
     # -- RunObserver (on the run's thread) -------------------------------------------
     def on_run_start(self, info: RunInfo) -> None:
@@ -196,6 +205,21 @@ def _line(event: dict[str, Any]) -> bytes:
 
 
 # -- the child ---------------------------------------------------------------------------
+def _without_unneeded_modules() -> None:
+    """Import MLflow with :data:`UNNEEDED_MODULES` kept out (None in ``sys.modules``:
+    an import of them raises ImportError, which MLflow treats as not installed); if it
+    cannot do without them, let them in."""
+    kept_out = [name for name in UNNEEDED_MODULES if name not in sys.modules]
+    for name in kept_out:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import mlflow.tracking  # noqa: F401
+    except ImportError:
+        for name in kept_out:
+            del sys.modules[name]
+        log.debug("MLflow needs %s to import: let in", ", ".join(kept_out))
+
+
 def _observers(config: dict[str, Any]) -> Observers:
     observers: list[RunObserver] = []
     if config["plot"]:  # before MLflow, so metrics.png exists when MLflow collects artifacts
@@ -203,6 +227,7 @@ def _observers(config: dict[str, Any]) -> Observers:
 
         observers.append(PlotObserver())
     if config["tracking_uri"] is not None:
+        _without_unneeded_modules()
         from consortium.tracking.mlflow_tracker import MLflowObserver
 
         observers.append(
