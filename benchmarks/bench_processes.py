@@ -20,6 +20,15 @@ SAMPLE_S = 0.05
 ADMIN = "bench-admin"
 
 
+def process_kind(process: psutil.Process) -> str:
+    """What a child process runs: the module of ``python -m MODULE`` less its package
+    prefix (``server.isolation.app_process``, ``server.tracking_process``), else its name."""
+    command = process.cmdline()
+    if "-m" in command[:-1]:
+        return command[command.index("-m") + 1].removeprefix("consortium.")
+    return process.name()
+
+
 class Sampler:
     """Samples the RSS and PSS of named process trees every ``SAMPLE_S`` seconds; keeps
     the peaks."""
@@ -28,6 +37,8 @@ class Sampler:
         self.groups: dict[str, psutil.Process] = {}
         self.peak: dict[str, int] = {}
         self.peak_pss: dict[str, int] = {}
+        #: group -> its PSS at that peak, by process (see process_kind)
+        self.peak_pss_parts: dict[str, dict[str, int]] = {}
         self.peak_total = 0
         #: (time.time(), group -> (CPU s of its process, CPU s of its child processes))
         self.cpu: list[tuple[float, dict[str, tuple[float, float]]]] = []
@@ -52,19 +63,24 @@ class Sampler:
         for name, root in list(self.groups.items()):
             rss = pss = 0
             own = kids = 0.0
+            parts: dict[str, int] = {}
             with contextlib.suppress(psutil.Error):
                 for p in [root, *root.children(recursive=True)]:
                     with contextlib.suppress(psutil.Error):
                         memory = p.memory_full_info()  # smaps_rollup: RSS and PSS
                         rss += memory.rss
                         pss += memory.pss
+                        kind = "itself" if p.pid == root.pid else process_kind(p)
+                        parts[kind] = parts.get(kind, 0) + memory.pss
                         t = p.cpu_times()
                         if p.pid == root.pid:
                             own += t.user + t.system
                         else:
                             kids += t.user + t.system
             self.peak[name] = max(self.peak[name], rss)
-            self.peak_pss[name] = max(self.peak_pss[name], pss)
+            if pss > self.peak_pss[name]:
+                self.peak_pss[name] = pss
+                self.peak_pss_parts[name] = parts
             total += rss
             cpu[name] = (own, kids)
         self.peak_total = max(self.peak_total, total)

@@ -181,6 +181,9 @@ def run_consortium(
         )
         row.total_peak_rss_mb = sampler.peak_total / MB
         row.server_peak_pss_mb = sampler.peak_pss.get("server", 0) / MB or None
+        row.server_pss_parts_mb = {
+            kind: pss / MB for kind, pss in sampler.peak_pss_parts.get("server", {}).items()
+        }
         if row.note:
             for log in sorted(work.glob("*.out")):
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
@@ -377,7 +380,8 @@ def _progress(row: Row) -> None:
         f"server user/sys {[(round(u, 2), round(s, 2)) for u, s in row.server_cpu_split]} "
         f"node user/sys {[(round(u, 2), round(s, 2)) for u, s in row.node_cpu_split]} "
         f"server {fmt(row.server_peak_rss_mb, '.0f')} MB "
-        f"(PSS {fmt(row.server_peak_pss_mb, '.0f')}) "
+        f"(PSS {fmt(row.server_peak_pss_mb, '.0f')}: "
+        f"{ {k: round(v) for k, v in row.server_pss_parts_mb.items()} }) "
         f"(ru_maxrss server app {fmt(row.server_exact_peak_mb, '.0f')}, "
         f"node {fmt(row.node_exact_peak_mb, '.0f')}, "
         f"server app pool {fmt(row.server_pool_peak_mb, '.0f')}) "

@@ -34,6 +34,8 @@ class Row:
     #: its app process (shared memory, ``sandbox/shared_blocks.py``) counted once, where
     #: the summed RSS counts them in each process that maps them
     server_peak_pss_mb: float | None = None
+    #: the server tree's PSS at its peak, by process (the server itself, its app, tracking)
+    server_pss_parts_mb: dict[str, float] = field(default_factory=dict)
     #: ru_maxrss of the server app's process (where its central evaluation runs; since
     #: server apps run in their own process, not the server's) and (mean over nodes) of
     #: a node's app process, as the app reported them
