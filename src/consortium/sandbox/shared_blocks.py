@@ -28,8 +28,9 @@ names a range of a block instead of carrying its bytes
   copies the payload into one of its own blocks (:meth:`Lender.stage`), unless
   it already lies in one (the server app's model: the fold computes it there,
   ``Arrays.encoded_empty`` over ``core.buffers.sendable_buffer``), and the
-  parent reads it where it lies, read-only, without a copy; the child gets the block back once the
-  parent's last view of it is gone (told with the parent's next frame). The
+  parent reads it where it lies, read-only, without a copy; the child gets the
+  block back once the parent's last view of it is gone (told with the parent's
+  next frame). The
   parent decodes such a payload once into its own objects (headers, names,
   shapes); the child can still change the array bytes while the parent sends
   them on, which changes only what the child's own reply carries: a parent must
@@ -277,12 +278,10 @@ def _free_first(block: Block) -> None:
     says it consumed the reply, after the block's was made. Registered again here,
     when the app lets go of the block, the block's runs first: an upload the budget
     then lets in finds the block free, instead of making a new one."""
-    finalizer = block.on_freed
-    if finalizer is not None and finalizer.alive:
-        detached = finalizer.detach()
-        if detached is not None:
-            owner, func, args, _ = detached
-            block.on_freed = weakref.finalize(owner, func, *args)
+    detached = block.on_freed.detach() if block.on_freed is not None else None
+    if detached is not None:  # None: the buffer is gone already, the block marked free
+        owner, func, args, _ = detached
+        block.on_freed = weakref.finalize(owner, func, *args)
 
 
 def _freed(block: Block) -> None:

@@ -145,22 +145,20 @@ class WeightedMean:
         """The mean; None if nothing (or only zero weight) was added. Ends the fold."""
         if self._sums is None or self.total_weight <= 0:
             return None
+        sums, self._sums = self._sums, None  # divided in place: the sums are gone
+        for acc in sums.values():
+            np.divide(acc, self.total_weight, out=acc, casting="unsafe")
         if self._encoded is not None:  # the sums are the mean's arrays, in its encoding
             out, self._encoded = self._encoded, None
-            for acc in self._sums.values():
-                np.divide(acc, self.total_weight, out=acc, casting="unsafe")
-            self._sums = None
             return out
         out = Arrays()
-        for name, acc in self._sums.items():
-            np.divide(acc, self.total_weight, out=acc, casting="unsafe")
+        for name, acc in sums.items():
             dtype = self._dtypes[name]
             if acc.dtype == dtype:
                 out[name] = acc
             else:
                 out[name] = mean = _empty(acc.shape, dtype)
                 np.copyto(mean, acc, casting="unsafe")
-        self._sums = None  # divided in place: the sums are gone
         return out
 
 
