@@ -16,7 +16,9 @@ round into two shared blocks of the app's, reused in turn: a forwarded reply
 counts in the budget until the app says it consumed it, and the app gives its
 block back as soon as it lets go of it, so the next upload is received into
 that block. (Before, the budget let the next upload in as soon as the server had
-forwarded the one before, while the app still held both: a third block.)
+forwarded the one before, while the app still held both: a third block.) With
+a budget of one reply, into one block: the app lets go of each reply before it
+asks for the next, and the server hears of that first.
 """
 
 from __future__ import annotations
@@ -165,3 +167,31 @@ def test_with_a_budget_of_two_replies_the_server_receives_them_into_two_blocks_i
     assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
     assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
     assert blocks == 2, f"the server received {TASKS} replies into {blocks} blocks"
+
+
+def test_with_a_budget_of_one_reply_the_server_receives_every_reply_into_one_block(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The app lets go of each reply before it asks for the next, and the server hears
+    of it before that request: the next upload, let in by the request, finds the
+    block free. (Before, the app's reader thread kept the last frame it read until the
+    next one came, so the app gave a block back only once it held the next reply: a
+    second block for every upload.)"""
+    app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
+    deployment.start_server("--transfer-budget-mb", str(int(1.5 * REPLY_MB)))
+    deployment.start_node(NODE, app=app)
+    run_id = deployment.start_run(app, {}, seed=1)
+    work = deployment.run_dir(run_id) / "work"
+    deadline = time.monotonic() + 60
+    while not (work / "ready").exists():
+        assert time.monotonic() < deadline, deployment.log("server")
+        time.sleep(0.05)
+    (work / "begin").write_text("")
+    deployment.wait_rounds(run_id, 1)
+    blocks = writable_blocks(deployment.procs["server"].pid)
+    (work / "go").write_text("")
+    info = deployment.wait_run(run_id, timeout=120)
+
+    assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
+    assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
+    assert blocks == 1, f"the server received {TASKS} replies into {blocks} blocks"

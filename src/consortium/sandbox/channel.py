@@ -21,7 +21,6 @@ import array
 import contextlib
 import json
 import os
-import queue
 import socket
 import struct
 import threading
@@ -32,6 +31,7 @@ from typing import Any, Literal
 
 from consortium.core.buffers import POOL_MIN_BYTES, empty_buffer
 from consortium.core.errors import ConsortiumError
+from consortium.sandbox.let_go import LetGo
 from consortium.sandbox.shared_blocks import (
     MAX_BLOCKS,
     SHARE_MIN_BYTES,
@@ -117,8 +117,8 @@ class Channel:
         self.lender = Lender() if peer is not None else None
         self._mappings = Mappings() if peer is not None else None
         #: blocks of the other side's this side is done with, told with its next frame
-        #: (or at once, by a child reading read-only in place; None: the channel closes)
-        self._done: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        #: (or at once, by a child reading read-only in place)
+        self._done = LetGo()
         self._send_lock = threading.Lock()
         if peer == "parent" and in_place == "read-only":
             threading.Thread(target=self._release_promptly, daemon=True,
@@ -138,14 +138,13 @@ class Channel:
         if size > self.max_payload:
             raise ChannelError(f"a {kind!r} frame of {size} bytes exceeds {self.max_payload}")
         fields: dict[str, Any] = {**(header or {}), "kind": kind}
-        done = _drain(self._done)  # put back if this frame is refused before it leaves
+        done = self._done.for_frame()  # put back if this frame is refused before it leaves
         if done:
             fields[_RELEASED] = done
         try:
             first, parts, lent, blocks, held = self._encode(kind, fields, parts, size)
         except BaseException:
-            for block_id in done:  # they go with the next frame
-                self._done.put(block_id)
+            self._done.put_back(done)  # they go with the next frame
             raise
         with self._send_lock:
             try:
@@ -311,11 +310,13 @@ class Channel:
 
     def _release_promptly(self) -> None:
         """Tell the parent of each block this side let go of as soon as it does."""
-        while (block_id := self._done.get()) is not None:
+        while (block_ids := self._done.next_batch()) is not None:
             try:
-                self._release([block_id, *_drain(self._done)])
+                self._release(block_ids)
             except ChannelClosed:
                 return
+            finally:
+                self._done.sent()
 
     def _release(self, block_ids: list[int]) -> None:
         head = json.dumps({"kind": _RELEASED, _RELEASED: block_ids}).encode()
@@ -377,7 +378,7 @@ class Channel:
         return out
 
     def close(self) -> None:
-        self._done.put(None)  # ends the release thread, if any
+        self._done.close()  # ends the release thread, if any
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -410,20 +411,6 @@ def _checked_refs(
         ranges.append((start, block_id, offset, length))
         end = start + length
     return ranges, descriptors
-
-
-def _drain(done: queue.SimpleQueue[int | None]) -> list[int]:
-    """The block ids waiting in ``done`` (the closing mark, None, is put back)."""
-    out: list[int] = []
-    while True:
-        try:
-            block_id = done.get_nowait()
-        except queue.Empty:
-            return out
-        if block_id is None:
-            done.put(None)
-            return out
-        out.append(block_id)
 
 
 def _close_all(fds: list[int]) -> None:

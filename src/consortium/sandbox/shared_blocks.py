@@ -20,10 +20,12 @@ names a range of a block instead of carrying its bytes
   kernel that refuses such a mapping: it copies the range out and says so at
   once). The server's app reads the range where it lies, read-only (it folds
   the reply from there, so no copy of it waits in the app) and says so as soon
-  as its last view of it is gone (a thread of its channel's); until then the
-  parent keeps what it sent alive (:meth:`Lender.lend`), so the server's
-  transfer budget still counts the reply. The parent reuses the block once both
-  are done with it.
+  as its last view of it is gone (a thread of its channel's; no later than its
+  next frame, :mod:`~consortium.sandbox.let_go`); until then the parent keeps
+  what it sent alive (:meth:`Lender.lend`), so the server's transfer budget
+  still counts the reply. The parent reuses the block once both are done with
+  it; a payload that finds the block given back but the parent's own buffer
+  over it not yet dead waits a moment for it rather than take a new block.
 * **Child to parent** (a node app's reply, the server app's model): the child
   copies the payload into one of its own blocks (:meth:`Lender.stage`), unless
   it already lies in one (the server app's model: the fold computes it there,
@@ -60,6 +62,7 @@ import mmap
 import os
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +81,10 @@ SHARE_MIN_BYTES = POOL_MIN_BYTES
 REFERENCE_MIN_BYTES = 64 * 1024
 #: the most blocks one child has
 MAX_BLOCKS = 4
+#: how long a payload waits for a block being freed before it takes a new one (see
+#: Lender._await_freeing), and how often it looks
+FREEING_WAIT_SECONDS = 0.5
+FREEING_POLL_SECONDS = 0.002
 #: linux/fcntl.h; Python's fcntl module does not name it (Linux 5.1+)
 F_SEAL_FUTURE_WRITE = 0x0010
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
@@ -97,6 +104,9 @@ class Block:
         self.allocated = False
         #: frames naming it that the other side has not yet released
         self.lent = 0
+        #: the other side released it while its buffer here was still alive (it is
+        #: free once that goes)
+        self.given_back = False
         #: for each of those frames, the parts it sent from this side's buffers: kept alive
         #: until released, so that whoever waits for their memory to be freed (the
         #: server's transfer budget) counts them while the other side still reads them
@@ -151,11 +161,21 @@ class Lender:
         taken = self._take(nbytes)
         return taken[1] if taken is not None else None
 
+    def allocate_for_upload(self, nbytes: int) -> memoryview | None:
+        """:meth:`allocate`, for a reply the server receives for its app: first it waits a
+        moment for a block the app has given back and whose buffer here is being let go
+        of (:meth:`_await_freeing`). Not for what a side keeps for long after the other
+        gave it back (the app's model, which it may hold for the next round): that wait
+        would come to nothing."""
+        if nbytes >= SHARE_MIN_BYTES:
+            self._await_freeing(_block_size(nbytes))
+        return self.allocate(nbytes)
+
     def _take(self, nbytes: int) -> tuple[Block, memoryview] | None:
         """A free block and a buffer of ``nbytes`` at its start (see :meth:`allocate`)."""
         if nbytes < SHARE_MIN_BYTES:
             return None
-        size = -(-nbytes // POOL_GRANULE) * POOL_GRANULE
+        size = _block_size(nbytes)
         with self._lock:
             if self._closed:
                 return None
@@ -177,10 +197,26 @@ class Lender:
                     self._blocks.append(block)
             if block is None:
                 return None
-            block.allocated = True
+            block.allocated, block.given_back = True, False
         view = block.array[:nbytes]  # its death (and every view of it) frees the block
         block.on_freed = weakref.finalize(view, _freed, block)
         return block, view.data
+
+    def _await_freeing(self, size: int) -> None:
+        """With no free block of ``size``, wait a moment for one the other side has given
+        back and whose buffer this side is letting go of: the server admits an upload once
+        its app consumed the reply before, and that reply's buffer dies a moment later
+        (its last reference dropped in another thread). A new block would cost a model's
+        memory for the rest of the run."""
+        deadline = time.monotonic() + FREEING_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            with self._lock:
+                same = [b for b in self._blocks if b.size == size]
+                if any(not b.allocated and not b.lent for b in same) or not any(
+                    b.allocated and b.given_back for b in same
+                ):
+                    return
+            time.sleep(FREEING_POLL_SECONDS)  # polled: the block is marked free by a finalizer
 
     def stage(self, parts: Sequence[Buffer], nbytes: int) -> tuple[Reference, memoryview] | None:
         """``parts`` (``nbytes`` in all) copied back to back into a free block: the reference
@@ -233,6 +269,7 @@ class Lender:
                 if block is None or block.lent <= 0:
                     raise SharedBlockError(f"released block {block_id!r} was not lent")
                 block.lent -= 1
+                block.given_back = block.lent == 0
                 _free_first(block)  # before what the frame sent, kept until now, may go
                 block.kept.popleft()
 
@@ -248,6 +285,11 @@ class Lender:
             blocks, self._blocks = self._blocks, []
         for block in blocks:
             block.close()
+
+
+def _block_size(nbytes: int) -> int:
+    """The size of the block a payload of ``nbytes`` takes (whole pool granules)."""
+    return -(-nbytes // POOL_GRANULE) * POOL_GRANULE
 
 
 def _checked(block_id: int, fd: int, end: int) -> os.stat_result:

@@ -166,7 +166,7 @@ class AppProcess:
         self._on_checkpoint, self._limits = on_checkpoint, limits
         lender = self.child.channel.lender
         if lender is not None:
-            grid.receive_replies_into(self.run_id, lender.allocate)
+            grid.receive_replies_into(self.run_id, lender.allocate_for_upload)
         try:
             return self._loop()
         except (WireFormatError, UnacceptableRecord, AppMisbehaved) as exc:

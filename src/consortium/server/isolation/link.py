@@ -72,6 +72,10 @@ class ParentLink:
                 answers = self._waiting.get(int(frame.header.get("id", -1)))
             if answers is not None:
                 answers.put(frame)
+            # not kept while the next frame is awaited: a reply read in place would stay
+            # alive here until then, and the server, not told it was let go of, would
+            # receive the next reply into another block
+            del frame
 
     def request(
         self,
