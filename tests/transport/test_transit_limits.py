@@ -19,7 +19,12 @@ from consortium.transport.fairness import (
     ReceiveSlots,
     stream_window,
 )
-from consortium.transport.receive_budget import MIN_FITTED_BUDGET, MODELS_IN_BUDGET, ReceiveBudget
+from consortium.transport.receive_budget import (
+    DEFAULT_TRANSFER_BUDGET_MB,
+    MIN_FITTED_BUDGET,
+    MODELS_IN_BUDGET,
+    ReceiveBudget,
+)
 
 MiB = 1024 * 1024
 
@@ -43,6 +48,28 @@ def test_receive_slots_admit_a_few_replies_and_one_per_node() -> None:
     assert not slots.acquire("b", lambda: False)
     with pytest.raises(ValueError, match="slots must be >= 1"):
         ReceiveSlots(0)
+
+
+def test_model_sized_replies_are_read_only_as_far_as_the_budget_admits_them() -> None:
+    """A push read past its first chunk waits for the budget in the server's memory;
+    one not read yet waits with its node. With replies of a 100M-parameter model,
+    the default budget admits one at a time: two are read (that one, and the next
+    one's first chunk), whatever the number of nodes."""
+    budget = ReceiveBudget(DEFAULT_TRANSFER_BUDGET_MB * MiB)
+    slots = ReceiveSlots(16, budget.reads_at_once)
+    assert budget.reads_at_once() is None  # not fitted yet: the 16 slots
+    budget.fit(4 * MiB)
+    assert budget.reads_at_once() is None  # small replies: the 16 slots
+    budget.fit(40 * MiB)
+    assert budget.reads_at_once() == 160 // 40 + 1  # 10M parameters: four admitted at once
+    budget.fit(381 * MiB)
+    assert budget.reads_at_once() == 2
+    assert slots.acquire("a", lambda: True) and slots.acquire("b", lambda: True)
+    assert not slots.acquire("c", lambda: False), "a third push read while two wait"
+    slots.release("a")
+    assert slots.acquire("c", lambda: True)
+    budget.fit(4 * MiB)  # the next round's model is small: all 16 again
+    assert slots.acquire("d", lambda: True) and slots.in_use() == 3
 
 
 def test_the_stream_window_is_shared_among_the_nodes() -> None:

@@ -25,6 +25,7 @@ from consortium.core.errors import ConfigError
 if TYPE_CHECKING:
     from consortium.server.isolation.host import Isolation
 from consortium.transport.fairness import UNREAD_BYTES
+from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB
 from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
@@ -133,10 +134,12 @@ def app_isolation(
 @click.option(
     "--transfer-budget-mb",
     type=click.IntRange(min=1),
-    default=1024,
+    default=DEFAULT_TRANSFER_BUDGET_MB,
     show_default=True,
     help="Memory for models in transit: the model being sent, replies being received or "
-    "waiting to be folded. Replies beyond it wait (the nodes are held by flow control).",
+    "waiting to be folded. Replies beyond it wait (the nodes are held by flow control); "
+    "one is let in whatever its size once nothing else is. Raise it to let large "
+    "replies overlap, a model more of memory each.",
 )
 @click.option(
     "--unread-mb",
@@ -144,7 +147,7 @@ def app_isolation(
     default=UNREAD_BYTES // 1024**2,
     show_default=True,
     help="Memory the replies nodes have sent but the server has not read yet may hold, "
-    "all nodes together (HTTP/2 windows of 256 KiB to 8 MiB each). More makes rounds "
+    "all nodes together (HTTP/2 windows of 256 KiB to 4 MiB each). More makes rounds "
     "of many nodes faster; each node's share is this divided by the allow-list.",
 )
 @click.option(

@@ -46,7 +46,7 @@ from consortium.server.fleet_state import (
 from consortium.server.heap import HeapTrimmer
 from consortium.transport.fairness import SENDS_AT_ONCE
 from consortium.transport.fleet_api import RunBundle
-from consortium.transport.receive_budget import ReceiveBudget
+from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB, ReceiveBudget
 
 log = logging.getLogger("consortium.server")
 
@@ -68,7 +68,7 @@ class Fleet(ReplyIntake):
         bundles: Callable[[str, str], RunBundle | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reorder_budget: int = 256 * 1024**2,
-        transfer_budget: int = 1024**3,
+        transfer_budget: int = DEFAULT_TRANSFER_BUDGET_MB * 1024**2,
         reply_limits: ReplyLimits | None = None,
         record_limits: RecordLimits | None = None,
         wait_log_every: float = WAIT_LOG_EVERY,

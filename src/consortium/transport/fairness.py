@@ -15,8 +15,9 @@ it (and gRPC a copy), so with hundreds of nodes the server would hold a model
 per node. Only :data:`SENDS_AT_ONCE` tasks are sent at once (the other pulls
 wait in their long-poll) and only :data:`RECEIVES_AT_ONCE` replies are read at
 once (:class:`ReceiveSlots`: the other pushes wait before reading a byte,
-held back by HTTP/2 flow control), so the server holds a few models in
-transit, not one per node.
+held back by HTTP/2 flow control), fewer when the replies are model-sized
+(as many as the transfer budget admits together, and the next one's first
+chunk), so the server holds a few models in transit, not one per node.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ RECEIVES_AT_ONCE = 16
 #: this share of it on a stream before the server reads (HTTP/2 flow control)...
 UNREAD_BYTES = 64 * 1024 * 1024
 #: ...within these bounds: a window under ~256 KiB stalls a stream between messages; one
-#: of 8 MiB keeps a large model moving at full speed (benchmarks/transport.py)
-MIN_STREAM_WINDOW, MAX_STREAM_WINDOW = 256 * 1024, 8 * 1024 * 1024
+#: of 4 MiB keeps a large model moving as fast as 8 MiB did, and each upload waiting for
+#: its turn (model-sized replies are read one at a time) holds half as much: with 8
+#: nodes and a 100M model the server's tree peaked 25-40 MB lower (benchmarks/transport.py)
+MIN_STREAM_WINDOW, MAX_STREAM_WINDOW = 256 * 1024, 4 * 1024 * 1024
 
 
 def worker_threads(nodes: int, per_node: int = CALLS_PER_NODE) -> int:
@@ -56,7 +59,7 @@ def stream_window(nodes: int, unread_bytes: int = UNREAD_BYTES) -> int:
     """The HTTP/2 window for each stream of a server of ``nodes`` allow-listed nodes.
 
     A push waiting for its receive slot holds what its node sent before the window
-    closed: with a window of 8 MiB, 200 nodes replying together put 200 replies in
+    closed: with a window of 4 MiB, 200 nodes replying together put 200 replies in
     the server's memory whatever its budget. A few nodes keep the full window.
     ``unread_bytes`` (``consortium server --unread-mb``) is what all of them together
     may hold: more memory for faster rounds when many nodes reply at once.
@@ -105,10 +108,15 @@ class ReceiveSlots:
     timeout ends those); an honest node sends its results one at a time.
     """
 
-    def __init__(self, slots: int = RECEIVES_AT_ONCE) -> None:
+    def __init__(
+        self, slots: int = RECEIVES_AT_ONCE, fitted: Callable[[], int | None] | None = None
+    ) -> None:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.slots = slots
+        #: a smaller bound for the replies now expected (the transfer budget's
+        #: ``reads_at_once``: large replies are read only as fast as they can be folded)
+        self._fitted = fitted
         self._holders: Counter[str] = Counter()
         self._cond = threading.Condition()
 
@@ -116,12 +124,16 @@ class ReceiveSlots:
         """Wait for a slot for ``node``; False (nothing taken) once ``alive()`` is false
         (the call was cancelled meanwhile)."""
         with self._cond:
-            while sum(self._holders.values()) >= self.slots or self._holders[node]:
+            while sum(self._holders.values()) >= self._slots_now() or self._holders[node]:
                 if not alive():
                     return False
                 self._cond.wait(poll)
             self._holders[node] += 1
             return True
+
+    def _slots_now(self) -> int:
+        bound = self._fitted() if self._fitted is not None else None
+        return self.slots if bound is None else min(self.slots, bound)
 
     def release(self, node: str) -> None:
         with self._cond:

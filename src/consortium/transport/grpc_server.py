@@ -99,7 +99,7 @@ class FleetServicer(rpc.FleetServicer):
         #: each node's calls in progress: no node may take the threads others need
         self.calls = CallLimiter(calls_per_node)
         #: replies read at once: the others wait, unread, holding no memory of the server's
-        self.receiving = ReceiveSlots(receives_at_once)
+        self.receiving = ReceiveSlots(receives_at_once, self.budget.reads_at_once)
         #: transfers that stop moving are cut off, failing only their node's task
         self.stalls = StallWatch(stall_timeout)
         set_role("server")

@@ -5,6 +5,12 @@ from __future__ import annotations
 import threading
 import weakref
 
+#: ``--transfer-budget-mb``'s default: small and medium models still move several at
+#: once (4 x the model, see below), while a model of 128 MiB or more is received one
+#: reply at a time, so the server holds its app's running sum and one reply: under 3 x
+#: the model however many nodes reply (docs/operations.md, "Server memory for large
+#: models"). A larger budget lets large replies overlap, a model more each.
+DEFAULT_TRANSFER_BUDGET_MB = 256
 #: Models a ReceiveBudget fitted to a model holds (see :meth:`ReceiveBudget.fit`): the
 #: one being sent, the running sum, two replies received at once.
 MODELS_IN_BUDGET = 4
@@ -39,6 +45,8 @@ class ReceiveBudget:
         #: the most it may hold, whatever the model (``--transfer-budget-mb``)
         self.ceiling = limit
         self.limit = limit
+        #: the model the budget was last fitted to (0: none yet)
+        self.model_bytes = 0
         self._in_flight = 0
         self._outgoing = 0
         self._retained = 0
@@ -49,8 +57,19 @@ class ReceiveBudget:
         many nodes, a budget of a fixed size lets hundreds of replies be held at once."""
         limit = min(self.ceiling, max(MIN_FITTED_BUDGET, MODELS_IN_BUDGET * model_bytes))
         with self._cond:
-            self.limit = limit
+            self.limit, self.model_bytes = limit, model_bytes
             self._cond.notify_all()
+
+    def reads_at_once(self) -> int | None:
+        """How many replies are worth reading at once for the model the budget was fitted
+        to: those it admits together, and the next one's first chunk. A reply read further
+        than its first chunk waits in the server's memory for the budget; one not read
+        yet waits with its node (HTTP/2 flow control). None (no bound of the budget's):
+        a model under :data:`MIN_FITTED_BUDGET`, whose replies are small."""
+        with self._cond:
+            if self.model_bytes < MIN_FITTED_BUDGET:
+                return None
+            return max(1, self.limit // self.model_bytes) + 1
 
     def acquire(self, nbytes: int) -> None:
         with self._cond:
