@@ -118,18 +118,22 @@ def test_the_apps_reader_does_not_keep_the_last_reply_while_it_waits_for_the_nex
     assert link.stop.wait(5)
 
 
+def _given_back(lender: Lender) -> list[memoryview]:
+    """A buffer in a new block, lent to the other side, which gave the block back: the
+    buffer (in a list, to be dropped by whoever holds it) is all that keeps it taken."""
+    buffer = lender.allocate(SIZE)
+    assert buffer is not None
+    (reference,) = lender.references([buffer])
+    assert reference is not None
+    lender.lend([reference.block], [buffer])
+    lender.returned([reference.block.block_id])
+    return [buffer]
+
+
 def test_an_upload_waits_a_moment_for_a_block_given_back_instead_of_making_another() -> None:
     lender = Lender()
-    first = lender.allocate(SIZE)
-    assert first is not None
-    (reference,) = lender.references([first])
-    assert reference is not None
-    lender.lend([reference.block], [first])
-    lender.returned([reference.block.block_id])  # the app let go; our buffer still lives
-    del reference
-    threading.Timer(0.05, lambda: first_holder.clear()).start()
-    first_holder = [first]
-    del first
+    holder = _given_back(lender)  # the app let go; our buffer still lives, a moment more
+    threading.Timer(0.05, holder.clear).start()
     started = time.monotonic()
     again = lender.allocate_for_upload(SIZE)
     assert again is not None and lender.block_count == 1, "a second block was made"
@@ -137,31 +141,21 @@ def test_an_upload_waits_a_moment_for_a_block_given_back_instead_of_making_anoth
     lender.close()
 
 
-def test_an_upload_does_not_wait_for_a_block_another_upload_is_being_received_into() -> None:
+@pytest.mark.parametrize("case", ["upload being received", "app's model, kept"])
+def test_a_new_block_is_made_at_once_when_none_is_being_freed(case: str) -> None:
+    """An upload does not wait for a block another upload is being received into (neither
+    lent nor given back); the server's app, which keeps its model (in its block) after
+    the server gave the block back, takes a new one for its next fold at once too."""
     lender = Lender()
-    receiving = lender.allocate(SIZE)  # neither lent nor given back: in use for a while
-    assert receiving is not None
+    if case == "upload being received":
+        held = [lender.allocate(SIZE)]
+        take = lender.allocate_for_upload
+    else:
+        held = _given_back(lender)
+        take = lender.allocate
     started = time.monotonic()
-    other = lender.allocate_for_upload(SIZE)
+    other = take(SIZE)
     assert other is not None and lender.block_count == 2
     assert time.monotonic() - started < FREEING_WAIT_SECONDS / 2
-    del receiving, other
-    lender.close()
-
-
-def test_the_apps_own_model_block_is_not_waited_for() -> None:
-    """The server's app keeps its model (in its block) after the server gave the block
-    back; its next fold takes a new block at once, not after a wait for nothing."""
-    lender = Lender()
-    model = lender.allocate(SIZE)
-    assert model is not None
-    (reference,) = lender.references([model])
-    assert reference is not None
-    lender.lend([reference.block], [model])
-    lender.returned([reference.block.block_id])
-    started = time.monotonic()
-    sums = lender.allocate(SIZE)
-    assert sums is not None and lender.block_count == 2
-    assert time.monotonic() - started < FREEING_WAIT_SECONDS / 2
-    del model, sums, reference
+    del held, other
     lender.close()
