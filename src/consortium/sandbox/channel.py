@@ -98,10 +98,10 @@ class Channel:
 
     Read in place, the block goes back to the parent once the payload and all built
     on it are gone: read-only, a thread of the child's (:meth:`_release_promptly`)
-    tells the parent at once (the server reads its app's frames all the time, and
-    must not take a new block for an upload that arrives before the app's next
-    frame: a server app folding its replies in a loop lets go of one only once it
-    holds the next); copy-on-write, with the child's next frame (a node reads its
+    tells the parent at once, and no later than the child's next frame
+    (:mod:`~consortium.sandbox.let_go`: the server reads its app's frames all the
+    time, and lets the next upload in on the app's ``consumed``, which must find
+    the block free); copy-on-write, with the child's next frame (a node reads its
     app's frames only while a task runs: the app drops its task before it sends
     the reply, which then carries the release)."""
 

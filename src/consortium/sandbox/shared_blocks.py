@@ -124,6 +124,16 @@ class Block:
         self.array = np.frombuffer(self._map, dtype=np.uint8)
         self.address = int(self.array.__array_interface__["data"][0])
 
+    @property
+    def free(self) -> bool:
+        """Neither a buffer over it here nor a frame naming it over there is alive."""
+        return not self.allocated and not self.lent
+
+    @property
+    def being_freed(self) -> bool:
+        """The other side gave it back; only this side's buffer over it is left to die."""
+        return self.allocated and self.given_back
+
     def close(self) -> None:
         del self.array
         with contextlib.suppress(BufferError):  # a payload over it still alive: GC's job
@@ -179,7 +189,7 @@ class Lender:
         with self._lock:
             if self._closed:
                 return None
-            free = [b for b in self._blocks if not b.allocated and not b.lent]
+            free = [b for b in self._blocks if b.free]
             block = next((b for b in free if b.size == size), None)
             if block is None and (len(self._blocks) < MAX_BLOCKS or free):
                 # a new block; at MAX_BLOCKS, one in place of a free block of another size
@@ -212,9 +222,7 @@ class Lender:
         while time.monotonic() < deadline:
             with self._lock:
                 same = [b for b in self._blocks if b.size == size]
-                if any(not b.allocated and not b.lent for b in same) or not any(
-                    b.allocated and b.given_back for b in same
-                ):
+                if any(b.free for b in same) or not any(b.being_freed for b in same):
                     return
             time.sleep(FREEING_POLL_SECONDS)  # polled: the block is marked free by a finalizer
 
