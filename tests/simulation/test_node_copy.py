@@ -30,10 +30,22 @@ def meddle(msg: Message, ctx: Context) -> Message:
     model, config = msg.content.model, msg.content.config
     tags = config["tags"]
     assert isinstance(tags, list)
-    seen = {"w0": float(model["w"][0]), "lr": float(config["lr"]), "tags": len(tags)}  # type: ignore[arg-type]
+    run_tags, node_tags = ctx.run_config["tags"], ctx.node_config.setdefault("tags", [])
+    assert isinstance(run_tags, list) and isinstance(node_tags, list)
+    seen = {
+        "w0": float(model["w"][0]),
+        "lr": float(config["lr"]),  # type: ignore[arg-type]
+        "tags": len(tags),
+        "run_lr": float(ctx.run_config["lr"]),  # type: ignore[arg-type]
+        "run_tags": len(run_tags),
+        "node_tags": len(node_tags),
+    }
     model["w"] = np.full(3, 99.0)  # replaces the entry of its own record only
     config["lr"] = 5.0
     tags.append("x")
+    ctx.run_config["lr"] = 5.0  # the run's config and the node's: its own copies too
+    run_tags.append("x")
+    node_tags.append("x")
     msg.content.arrays["extra"] = Arrays({"z": np.zeros(1)})
     return msg.reply(metrics={"num_examples": 1, **seen})
 
@@ -70,7 +82,16 @@ def test_each_node_receives_the_task_as_sent(backend: dict[str, Any]) -> None:
     model = Arrays({"w": np.arange(3.0)})
     tasks = _tasks(model, 6)
     app = "test_node_copy:meddler" if backend.get("backend") == "processes" else meddler
-    grid = SimulationGrid(app, [str(i) for i in range(6)], app_path=[str(HERE)], **backend)
+    run_config: Config = {"lr": 0.1, "tags": ["a"]}
+    node_configs: dict[str, Config] = {str(i): {"partition-id": i} for i in range(6)}
+    grid = SimulationGrid(
+        app,
+        [str(i) for i in range(6)],
+        app_path=[str(HERE)],
+        run_config=run_config,
+        node_config=lambda i, node: node_configs[node],
+        **backend,
+    )
     try:
         replies = list(grid.send_and_receive(tasks, timeout=None))
     finally:
@@ -78,7 +99,12 @@ def test_each_node_receives_the_task_as_sent(backend: dict[str, Any]) -> None:
     assert [r.error for r in replies] == [None] * 6
     for reply in replies:
         assert reply.content is not None
-        assert reply.content.metric_values == {"num_examples": 1, "w0": 0.0, "lr": 0.1, "tags": 1}
+        assert reply.content.metric_values == {
+            "num_examples": 1, "w0": 0.0, "lr": 0.1, "tags": 1, "run_lr": 0.1, "run_tags": 1,
+            "node_tags": 0,
+        }  # fmt: skip
+    assert run_config == {"lr": 0.1, "tags": ["a"]}
+    assert node_configs == {str(i): {"partition-id": i} for i in range(6)}
     # the server's own objects are as they were
     np.testing.assert_array_equal(model["w"], np.arange(3.0))
     assert model["w"].flags.writeable

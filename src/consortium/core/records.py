@@ -61,6 +61,19 @@ class RecordBudget:
             )
 
 
+def config_copy(config: Config) -> Config:
+    """A config of its own: a new dict, its list values copied (the rest are immutable).
+
+    What a task's handler gets of a config that other tasks share (the round's task
+    config in simulation, the run's and the node's configs in its context): what one
+    task changes in it reaches no other, on any backend or a deployed node."""
+    copied: dict[str, Any] = dict(config)
+    for key, value in copied.items():
+        if isinstance(value, list):
+            copied[key] = list(value)
+    return copied
+
+
 def record_budget(limits: RecordLimits | None) -> RecordBudget | None:
     """A fresh entry budget for one message (None: no limits)."""
     return RecordBudget(limits) if limits is not None else None

@@ -31,6 +31,7 @@ from consortium.client.task import (
 from consortium.core.context import Context, NodeState
 from consortium.core.identity import host_identity
 from consortium.core.message import Message
+from consortium.core.records import config_copy
 from consortium.core.state_codec import decode_state, encode_state
 from consortium.node.identity_link import ChannelIdentity
 from consortium.sandbox.channel import ChannelClosed
@@ -68,8 +69,10 @@ class ClientRun:
             exc = self.load_error
             return TaskResult(failure_reply(task, exc, self.send_errors), 0.0, raised=True,
                               traceback=format_traceback(exc))  # fmt: skip
-        context = Context(node_id=self.node_id, node_config=self.node_config,
-                          run_config=self.run_config, state=self.state, seed=self.seed)  # fmt: skip
+        # configs of its own, as in simulation: what a task changes in them is not kept
+        context = Context(node_id=self.node_id, node_config=config_copy(self.node_config),
+                          run_config=config_copy(self.run_config), state=self.state,
+                          seed=self.seed)  # fmt: skip
         result = run_task(self.app, task, context, error_detail=self.send_errors)
         if result.raised:  # the state the app may have half-changed is dropped
             self.state = self._saved_state()

@@ -26,7 +26,7 @@ from consortium.client.task import SIMULATION_ERROR_DETAIL, run_task
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context, NodeState
 from consortium.core.message import Content, Error, Message, Metadata
-from consortium.core.records import Config, Metrics
+from consortium.core.records import Config, Metrics, config_copy
 from consortium.simulation.node_copy import own_content
 
 #: A record of arrays as it crosses to a worker: (name, array) pairs, in order.
@@ -104,10 +104,10 @@ def run_jobs(
         msg = Message(Metadata(*meta), content=own_content(records, configs, metrics))
         node = msg.metadata.dst
         state = left[node] if node in left else objects[state_at] if state_at is not None else None
-        context = Context(
+        context = Context(  # configs of its own: a batch's tasks share the unpickled ones
             node_id=node,
-            node_config=node_config,
-            run_config=run_config,
+            node_config=config_copy(node_config),
+            run_config=config_copy(run_config),
             state=_own_state(state) if state is not None else NodeState(),
             seed=seed,
         )

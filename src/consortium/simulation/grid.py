@@ -26,7 +26,7 @@ from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
 from consortium.core.protocol import ERROR_UNKNOWN_NODE, NUM_PARTITIONS, PARTITION_ID
-from consortium.core.records import Config
+from consortium.core.records import Config, config_copy
 from consortium.simulation.node_copy import ReadOnlyViews, node_copy
 from consortium.simulation.process_backend import ProcessNodes
 
@@ -209,10 +209,11 @@ class SimulationGrid:
             if kept is not None
             else NodeState()
         )
+        # configs of its own too: a node that changed its context's changes only its own
         return Context(
             node_id=node_id,
-            node_config=self._node_config(index, node_id),
-            run_config=self._run_config,
+            node_config=config_copy(self._node_config(index, node_id)),
+            run_config=config_copy(self._run_config),
             state=state,
             seed=self._seed,
         )

@@ -15,13 +15,11 @@ round's model is shared, not copied per node.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
-from consortium.core.records import Config, Metrics
+from consortium.core.records import Config, Metrics, config_copy
 
 #: per call of the grid: id of an arrays record -> (the record, its read-only views).
 #: Each distinct record of a round is viewed once; the record itself is kept beside its
@@ -51,7 +49,7 @@ def own_content(
     config and metrics records, which the tasks of a round may share."""
     return Content(
         arrays,
-        {name: _config_copy(config) for name, config in configs.items()},
+        {name: config_copy(config) for name, config in configs.items()},
         {name: dict(values) for name, values in metrics.items()},
     )
 
@@ -61,11 +59,3 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     view.flags.writeable = False
     return view
 
-
-def _config_copy(config: Config) -> Config:
-    """A config of its own: a new dict, its list values copied (the rest are immutable)."""
-    copied: dict[str, Any] = dict(config)
-    for key, value in copied.items():
-        if isinstance(value, list):
-            copied[key] = list(value)
-    return copied
