@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from consortium.core.arrays import Arrays
-from consortium.core.errors import RoundFailed, StrategyError
+from consortium.core.errors import RoundFailed, StrategyError, UpdateRejected
 from consortium.strategy import (
     FedAvg,
     TrainReply,
@@ -40,33 +40,54 @@ def test_weighted_mean_matches_numpy() -> None:
     assert metrics["loss"] == pytest.approx(sum(i * n for i, n in enumerate(ns)) / sum(ns))
 
 
-@pytest.mark.parametrize("block", [8, 1 << 20])
-@pytest.mark.parametrize("dtype", ["f4", "f8"])
+@pytest.mark.parametrize("accumulate", ["float64", "input"])
+@pytest.mark.parametrize(("block", "count"), [(8, 6), (1 << 20, 6), (1 << 20, 150)])
+@pytest.mark.parametrize("dtype", ["f2", "f4", "f8"])
 def test_weighted_mean_is_the_sequential_fold_bit_for_bit(
-    block: int, dtype: str, monkeypatch: pytest.MonkeyPatch
+    block: int, count: int, dtype: str, accumulate: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Small arrays (one multiply and one add through a kept view of the scratch) and
-    arrays folded in several blocks both give exactly ``acc += weight * x`` in order."""
+    """Small arrays (one multiply and one add through a kept view of the scratch),
+    arrays folded in several blocks, and a small model's updates folded in stages of
+    :data:`aggregate.STAGE_ROWS` (150 updates: two whole stages and part of a third) all
+    give exactly ``acc += weight * x`` in order: the product in the input's dtype, then
+    cast to the sum's, which is float64 or, with ``accumulate="input"``, the input's."""
     monkeypatch.setattr(aggregate, "BLOCK", block)
     rng = np.random.default_rng(1)
     shapes = {"w": (5, 7), "b": (3,), "s": ()}
     updates = [
-        Arrays({k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()}) for _ in range(6)
+        Arrays({k: rng.normal(size=s).astype(dtype) for k, s in shapes.items()})
+        for _ in range(count)
     ]
-    weights = [3.0, 0.5, 7.0, 0.0, 11.0, 2.5]
-    mean = WeightedMean()
+    weights = [3.0, 0.5, 7.0, 0.0, 11.0, 2.5, *rng.uniform(0, 300, count - 6).tolist()]
+    mean = WeightedMean(accumulate=accumulate)  # type: ignore[arg-type]
     for update, weight in zip(updates, weights, strict=True):
         mean.add(update, weight)
     result = mean.result()
     assert result is not None
+    sum_dtype = np.float64 if accumulate == "float64" else np.dtype(dtype)
     for name in shapes:
-        acc = updates[0][name] * weights[0]  # computed in the input's dtype, then widened
-        acc = np.asarray(acc, dtype=np.float64)
+        acc = np.asarray(updates[0][name] * weights[0], dtype=sum_dtype)
         for update, weight in zip(updates[1:], weights[1:], strict=True):
-            acc = acc + np.asarray(update[name] * weight, dtype=np.float64)
+            acc = acc + np.asarray(update[name] * weight, dtype=sum_dtype)
         expected = (acc / sum(weights)).astype(dtype)
         assert result[name].tobytes() == expected.tobytes(), name
         assert result[name].shape == shapes[name]
+
+
+def test_a_small_models_update_unlike_the_first_is_rejected_and_the_fold_goes_on() -> None:
+    mean = WeightedMean()
+    mean.add(Arrays({"w": np.ones(3), "b": np.ones(1)}), 1.0)
+    for bad in (
+        Arrays({"w": np.ones(3)}),
+        Arrays({"w": np.ones(4), "b": np.ones(1)}),
+        Arrays({"w": np.ones(3, np.float32), "b": np.ones(1)}),
+    ):
+        with pytest.raises(UpdateRejected, match="does not match the first update"):
+            mean.add(bad, 1.0)
+    mean.add(Arrays({"w": np.full(3, 3.0), "b": np.full(1, 3.0)}), 1.0)
+    result = mean.result()
+    assert result is not None and mean.count == 2
+    assert result["w"].tolist() == [2.0, 2.0, 2.0] and result["b"].tolist() == [2.0]
 
 
 def test_all_zero_weights_fail_clearly() -> None:

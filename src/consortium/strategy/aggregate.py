@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -13,6 +14,15 @@ from consortium.core.errors import UpdateRejected
 
 #: Elements per step of the fold: temporaries stay this small whatever the model size.
 BLOCK = 1 << 20
+
+#: A model of at most this many elements, all of float dtypes, is folded in stages:
+#: updates are copied into rows and folded :data:`STAGE_ROWS` at a time (see
+#: :class:`_Stage`): two numpy calls per array for a stage of updates instead of two
+#: per array per update, which is what small models in large simulations cost.
+STAGE_MAX_ELEMENTS = 4096
+#: Updates per stage: the rows of raw values, and one more row of sums, per array (at
+#: most 65 x 4096 x 8 bytes x 2, ~4 MiB).
+STAGE_ROWS = 64
 
 
 class WeightedMean:
@@ -27,7 +37,8 @@ class WeightedMean:
     """
 
     __slots__ = (
-        "_accumulate", "_dtypes", "_encoded", "_parts", "_scratch", "_sums", "count", "total_weight"
+        "_accumulate", "_dtypes", "_encoded", "_parts", "_scratch", "_stage", "_sums", "count",
+        "total_weight",
     )  # fmt: skip
 
     def __init__(self, *, accumulate: Literal["float64", "input"] = "float64") -> None:
@@ -40,6 +51,8 @@ class WeightedMean:
         self._dtypes: dict[str, np.dtype] = {}
         #: the sums laid out as the mean's wire encoding (see _first), or None
         self._encoded: Arrays | None = None
+        #: updates after the first, waiting to be folded together (small models only)
+        self._stage: _Stage | None = None
         self.total_weight = 0.0
         self.count = 0
 
@@ -53,6 +66,8 @@ class WeightedMean:
             raise UpdateRejected(f"aggregation weight must be finite and >= 0, got {weight}")
         if self._sums is None:
             self._first(arrays, weight)
+        elif self._stage is not None:
+            self._stage.add(arrays, weight)
         else:
             sums, parts = self._sums, self._parts
             # names and arrays side by side: the Mapping ABC's items() costs a call per item
@@ -106,6 +121,10 @@ class WeightedMean:
             )
             self._fold(acc, value, weight, first=True)
         arrays.exclusive = False  # adopted memory now belongs to the sums
+        if sum(v.size for v in values) <= STAGE_MAX_ELEMENTS and all(
+            v.dtype.kind == "f" for v in values
+        ):
+            self._stage = _Stage(sums, names, values, self._sum_dtype)
 
     def _fold(self, acc: np.ndarray, value: np.ndarray, weight: float, *, first: bool) -> None:
         """``acc (+)= weight * value`` in blocks of :data:`BLOCK` elements."""
@@ -143,6 +162,9 @@ class WeightedMean:
 
     def result(self) -> Arrays | None:
         """The mean; None if nothing (or only zero weight) was added. Ends the fold."""
+        if self._stage is not None:
+            self._stage.fold()
+            self._stage = None
         if self._sums is None or self.total_weight <= 0:
             return None
         sums, self._sums = self._sums, None  # divided in place: the sums are gone
@@ -160,6 +182,74 @@ class WeightedMean:
                 out[name] = mean = _empty(acc.shape, dtype)
                 np.copyto(mean, acc, casting="unsafe")
         return out
+
+
+class _Stage:
+    """Updates of a small model, folded into its sums :data:`STAGE_ROWS` at a time, with
+    the bits of folding them one by one (``acc += weight * x``, in order).
+
+    Each update is copied into a row of raw values per array (one call per array). To
+    fold a stage, per array: the raw rows are multiplied by their weights into the rows
+    of a second buffer, in the loop folding one update would use (the weight in the
+    array's own float dtype, as numpy takes a Python float with an array; the product
+    then cast to the sum's dtype), whose row 0 holds the sum; ``np.add.accumulate``
+    down the rows adds them one after the other, row by row (an accumulation, unlike a
+    reduction, is never summed pairwise), and the last row is the new sum.
+    """
+
+    __slots__ = ("_arrays", "_sums", "_weights")
+
+    def __init__(
+        self,
+        sums: dict[str, np.ndarray],
+        names: list[str],
+        values: list[np.ndarray],
+        sum_dtype: Callable[[np.dtype], np.dtype],
+    ) -> None:
+        #: per array: its name, shape and dtype; its raw rows; the rows of products under
+        #: the sum
+        self._arrays = [
+            (
+                name,
+                value.shape,
+                value.dtype,
+                np.empty((STAGE_ROWS, *value.shape), dtype=value.dtype),
+                np.empty((STAGE_ROWS + 1, *value.shape), dtype=sum_dtype(value.dtype)),
+            )
+            for name, value in zip(names, values, strict=True)
+        ]
+        self._weights: list[float] = []  # of the staged updates
+        self._sums = sums
+
+    def add(self, arrays: Arrays, weight: float) -> None:
+        k = len(self._weights)
+        values = arrays.to_list()
+        if len(values) != len(self._arrays):
+            raise UpdateRejected(f"update {arrays!r} does not match the first update's layout")
+        for (_, shape, dtype, raw, _), value in zip(self._arrays, values, strict=True):
+            if value.shape != shape or value.dtype != dtype:
+                raise UpdateRejected(f"update {arrays!r} does not match the first update's layout")
+            raw[k] = value
+        self._weights.append(weight)
+        if k + 1 == STAGE_ROWS:
+            self.fold()
+
+    def fold(self) -> None:
+        """Fold the staged updates into the sums."""
+        k = len(self._weights)
+        if k == 0:
+            return
+        weights = np.array(self._weights)
+        for name, _, dtype, raw, rows in self._arrays:
+            acc = self._sums[name]
+            rows[0] = acc
+            # the weights rounded to the array's dtype, as numpy rounds a Python float it
+            # multiplies an array by, and shaped to broadcast over a row
+            scale = weights.astype(dtype, copy=False).reshape((k,) + (1,) * (raw.ndim - 1))
+            np.multiply(raw[:k], scale, out=rows[1 : k + 1], casting="unsafe")
+            np.add.accumulate(rows[: k + 1], axis=0, out=rows[: k + 1])
+            acc[...] = rows[k]
+        self._weights.clear()
 
 
 def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
