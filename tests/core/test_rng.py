@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consortium.core.rng import derive_rng, stable_key
+from consortium.core.rng import _HashedSeed, derive_rng, stable_key
 
 
 def test_same_key_same_stream() -> None:
@@ -38,3 +38,22 @@ def test_streams_are_pinned() -> None:
     draws = np.array([derive_rng(0, r, n).random() for r in range(50) for n in range(20)])
     assert 0.45 < draws.mean() < 0.55
     assert abs(np.corrcoef(draws[:-1], draws[1:])[0, 1]) < 0.1
+
+
+def test_seed_words_are_the_same_numbers_in_either_byte_order() -> None:
+    """The words are read little-endian from the digest; a bit generator asking for
+    another byte order gets the same numbers, swapped into it (the little-endian ones
+    are handed over without a copy)."""
+    seed = _HashedSeed(bytes(range(32)))
+    little, big = seed.generate_state(4, np.dtype("<u8")), seed.generate_state(4, np.dtype(">u8"))
+    asked_by_pcg64 = seed.generate_state(4, np.uint64)
+    assert big.dtype == np.dtype(">u8") and asked_by_pcg64.dtype == np.dtype(np.uint64)
+    assert (
+        little.tolist()
+        == big.tolist()
+        == asked_by_pcg64.tolist()
+        == [int.from_bytes(bytes(range(i, i + 8)), "little") for i in range(0, 32, 8)]
+    )
+    assert seed.generate_state(3, np.uint32).tolist() == [
+        int.from_bytes(bytes(range(i, i + 4)), "little") for i in range(0, 12, 4)
+    ]

@@ -1,4 +1,5 @@
 """check_finite: a fast sum test first, the element-wise count only when it fails;
+check_update: the global model's layout, and finite values, in one pass;
 num_examples: a whole, finite number >= 0, or the reply is rejected with the reason."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import UpdateRejected
-from consortium.server.validate import check_finite, num_examples
+from consortium.server.validate import check_finite, check_update, num_examples
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64])
@@ -83,3 +84,37 @@ def test_num_examples_rejects_anything_else_with_the_reason(value: object, reaso
     metrics = {} if value is None else {"num_examples": value}
     with pytest.raises(UpdateRejected, match=re.escape(reason)):
         num_examples(metrics)  # type: ignore[arg-type]
+
+
+GLOBAL = Arrays({"w": np.zeros((4, 5)), "b": np.zeros(5, dtype=np.float32), "n": np.zeros(1, int)})
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        (None, "the reply carries no model"),
+        (Arrays({"w": np.zeros((4, 5)), "b": np.zeros(5, np.float32)}), "missing ['n']"),
+        (Arrays({**GLOBAL, "x": np.zeros(1)}), "unexpected ['x']"),
+        (Arrays({**GLOBAL, "w": np.zeros((5, 4))}), "'w' should be float64[4, 5], got float64[5,"),
+        (Arrays({**GLOBAL, "b": np.zeros(5)}), "'b' should be float32[5], got float64[5]"),
+        (Arrays({"b": GLOBAL["b"], "w": GLOBAL["w"], "n": GLOBAL["n"]}), "in a different order"),
+    ],
+)
+def test_an_update_laid_out_otherwise_than_the_model_is_rejected(
+    update: Arrays | None, reason: str
+) -> None:
+    with pytest.raises(UpdateRejected, match=re.escape(reason)):
+        check_update(GLOBAL, update)
+
+
+@pytest.mark.parametrize("size", [5, 64, 65, 1000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_an_update_with_a_non_finite_value_is_rejected_whatever_the_arrays_size(
+    size: int, bad: float
+) -> None:
+    model = Arrays({"n": np.zeros(2, int), "w": np.zeros(size), "b": np.zeros(3)})
+    update = Arrays({"n": np.ones(2, int), "w": np.ones(size), "b": np.ones(3)})
+    check_update(model, update)
+    update["w"][size // 2] = bad
+    with pytest.raises(UpdateRejected, match=r"^array 'w' contains 1 NaN/inf value\(s\)$"):
+        check_update(model, update)

@@ -143,6 +143,15 @@ class Arrays(MutableMapping[str, Array]):
 
     # -- conveniences ---------------------------------------------------------
     @classmethod
+    def of_ndarrays(cls, pairs: Mapping[str, Array] | Iterable[tuple[str, Array]]) -> Arrays:
+        """Arrays over these (name, ndarray) pairs as they are, taken from another
+        ``Arrays`` (so the names are strings and the values ndarrays): no check or
+        conversion per item, for code that rebuilds records once per node-task."""
+        out = cls()
+        out._data = dict(pairs)
+        return out
+
+    @classmethod
     def from_list(cls, arrays: Iterable[Any]) -> Arrays:
         """Name a list of arrays ``"0"``, ``"1"``, ... in order."""
         return cls((str(i), a) for i, a in enumerate(arrays))
@@ -152,7 +161,7 @@ class Arrays(MutableMapping[str, Array]):
 
     def copy(self) -> Arrays:
         """A deep copy: every array is copied into memory this object owns."""
-        return Arrays((k, np.array(v, copy=True)) for k, v in self._data.items())
+        return Arrays.of_ndarrays([(k, np.array(v, copy=True)) for k, v in self._data.items()])
 
     @property
     def nbytes(self) -> int:

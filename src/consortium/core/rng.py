@@ -43,9 +43,14 @@ def _name_key(name: str) -> int:
     return int.from_bytes(digest, "little")
 
 
-#: dtype asked for -> (its little-endian form, itself): ``generate_state`` is called
-#: once per generator, and normalising a dtype costs more than hashing the key.
-_WORD_TYPES: dict[Any, tuple[np.dtype[Any], np.dtype[Any]]] = {}
+#: dtype asked for -> (its little-endian form, itself, whether the two differ):
+#: ``generate_state`` is called once per generator, and normalising a dtype costs
+#: more than hashing the key.
+_WORD_TYPES: dict[Any, tuple[np.dtype[Any], np.dtype[Any], bool]] = {}
+_U64_LITTLE = np.dtype("<u8")
+#: True on a little-endian machine: 64-bit seed words are then read from the digest as
+#: they are (the request of PCG64, the bit generator :func:`derive_rng` builds)
+_U64_IS_LITTLE = np.dtype(np.uint64) == _U64_LITTLE
 
 
 class _HashedSeed(ISeedSequence):
@@ -57,16 +62,23 @@ class _HashedSeed(ISeedSequence):
         self._digest = digest
 
     def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        if n_words == 4 and dtype is np.uint64 and _U64_IS_LITTLE:
+            # what PCG64 asks for, once per generator: the digest's 32 bytes as they lie
+            return np.frombuffer(self._digest, _U64_LITTLE)
         types = _WORD_TYPES.get(dtype)
         if types is None:
             dt = np.dtype(dtype)
-            types = _WORD_TYPES[dtype] = (dt.newbyteorder("<"), dt)
-        little, native = types
+            little = dt.newbyteorder("<")
+            types = _WORD_TYPES[dtype] = (little, dt, little != dt)
+        little, native, swap = types
         need = int(n_words) * native.itemsize
         data = self._digest
         if need > len(data):
             data = hashlib.shake_256(data).digest(need)
-        return np.frombuffer(data, dtype=little, count=int(n_words)).astype(native)
+        words = np.frombuffer(data, dtype=little, count=int(n_words))
+        # on a little-endian machine the words are already native: no copy to swap them
+        # (the bit generator only reads them; a view of the digest is read-only)
+        return words.astype(native) if swap else words
 
 
 def derive_rng(

@@ -17,16 +17,23 @@ def check_update(template: Arrays, update: Arrays | None) -> None:
     """Raise :class:`UpdateRejected` unless ``update`` matches ``template`` and is finite."""
     if update is None:
         raise UpdateRejected("the reply carries no model")
-    # names, then the arrays side by side (the Mapping ABC's items() costs calls per item)
-    if list(template) != list(update) or not all(
-        [
-            x.shape == y.shape and x.dtype == y.dtype
-            for x, y in zip(template.to_list(), update.to_list(), strict=True)
-        ]
-    ):
+    # one pass over the arrays side by side: the layout, and the finite test of a small
+    # float array (this runs once per reply: tens of thousands of times in a simulation)
+    values = update.to_list()
+    expected = template.to_list()
+    layout_ok = len(values) == len(expected) and list(template) == list(update)
+    suspects: list[tuple[str, np.ndarray]] = []
+    if layout_ok:
+        for name, x, y in zip(update, expected, values, strict=True):
+            if x.shape != y.shape or x.dtype != y.dtype:
+                layout_ok = False
+                break
+            if _may_not_be_finite(y):
+                suspects.append((name, y))
+    if not layout_ok:
         mismatch = _mismatch(template.signature(), update.signature())
         raise UpdateRejected(f"arrays do not match the global model: {mismatch}")
-    check_finite(update)
+    _check_suspects(suspects, "")
 
 
 def check_finite(arrays: Arrays, *, what: str = "") -> None:
@@ -34,9 +41,23 @@ def check_finite(arrays: Arrays, *, what: str = "") -> None:
     suspects = [
         (name, value)
         for name, value in zip(arrays, arrays.to_list(), strict=True)
-        # bfloat16's kind is "V": is_floating, not the kind, says it can hold NaN
-        if (value.dtype.kind == "c" or is_floating(value.dtype)) and not _small_is_finite(value)
+        if _may_not_be_finite(value)
     ]
+    _check_suspects(suspects, what)
+
+
+def _may_not_be_finite(value: np.ndarray) -> bool:
+    """False when ``value`` cannot hold NaN or inf (an integer or bool array) or is a small
+    float array found finite; True when it needs :func:`_check_suspects`."""
+    kind = value.dtype.kind
+    if kind == "f" and value.size <= SMALL_ARRAY:
+        return not _small_is_finite(value)
+    # bfloat16's kind is "V": is_floating, not the kind, says it can hold NaN
+    return kind == "c" or is_floating(value.dtype)
+
+
+def _check_suspects(suspects: list[tuple[str, np.ndarray]], what: str) -> None:
+    """Raise :class:`UpdateRejected` for the first of ``suspects`` holding NaN or inf."""
     if not suspects:
         return
     with np.errstate(all="ignore"):  # once for all of them: entering it costs ~1 us
@@ -53,12 +74,10 @@ SMALL_ARRAY = 64
 
 
 def _small_is_finite(value: np.ndarray) -> bool:
-    """The test of :func:`_sum_is_finite` for a small float array, as Python floats: NaN
-    and inf propagate through their sum too, and an overflow gives inf without a warning
-    or error, so no ``np.errstate`` is needed (whose cost is that of summing ~100
-    elements). False (not: not finite) for any other array."""
-    if value.dtype.kind != "f" or value.size > SMALL_ARRAY:
-        return False
+    """The test of :func:`_sum_is_finite` for a float array of up to :data:`SMALL_ARRAY`
+    elements, as Python floats: NaN and inf propagate through their sum too, and an
+    overflow gives inf without a warning or error, so no ``np.errstate`` is needed
+    (whose cost is that of summing ~100 elements)."""
     return math.isfinite(sum(value.ravel().tolist()))
 
 

@@ -74,7 +74,7 @@ def from_plain(plain: PlainMessage) -> Message:
     metadata = Metadata(*meta)
     if error is not None:
         return Message(metadata, error=Error(*error))
-    arrays = {name: Arrays(pairs) for name, pairs in (records or {}).items()}
+    arrays = {name: Arrays.of_ndarrays(pairs) for name, pairs in (records or {}).items()}
     return Message(metadata, content=Content(arrays, configs, metrics))
 
 
@@ -100,7 +100,9 @@ def run_jobs(
         # records of its own over the batch's read-only arrays, and configs of its own
         # (unpickled, the tasks of a batch share the config dicts the server shared): a
         # node that replaced an entry or changed its config changes only its own task
-        records = {name: Arrays(objects[i]) for name, i in zip(names, positions, strict=True)}
+        records = {
+            name: Arrays.of_ndarrays(objects[i]) for name, i in zip(names, positions, strict=True)
+        }
         msg = Message(Metadata(*meta), content=own_content(records, configs, metrics))
         node = msg.metadata.dst
         state = left[node] if node in left else objects[state_at] if state_at is not None else None
@@ -187,11 +189,13 @@ def from_packed(plain: PlainMessage, buffer: bytearray) -> Message:
         return Message(metadata, error=Error(*error))
     content: dict[str, Arrays] = {}
     for record, pairs in (records or {}).items():
-        arrays = Arrays(
-            (name, np.ndarray(value[1], value[0], buffer, value[2]))
-            if isinstance(value, tuple)
-            else (name, value)
-            for name, value in pairs
+        arrays = Arrays.of_ndarrays(
+            [
+                (name, np.ndarray(value[1], value[0], buffer, value[2]))
+                if isinstance(value, tuple)
+                else (name, value)  # an array pack_replies left as it was
+                for name, value in pairs
+            ]
         )
         arrays.exclusive = True
         content[record] = arrays

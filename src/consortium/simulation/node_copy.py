@@ -38,7 +38,7 @@ def node_copy(msg: Message, views: ReadOnlyViews) -> Message:
         seen = views.get(id(record))
         if seen is None or seen[0] is not record:
             seen = views[id(record)] = (record, [(k, _read_only(a)) for k, a in record.items()])
-        arrays[name] = Arrays(seen[1])
+        arrays[name] = Arrays.of_ndarrays(seen[1])
     return Message(msg.metadata, content=own_content(arrays, content.configs, content.metrics))
 
 
@@ -58,4 +58,3 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     view = array.view()
     view.flags.writeable = False
     return view
-

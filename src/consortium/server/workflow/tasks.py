@@ -50,10 +50,12 @@ def task_message(
 
 def instruction_content(instruction: Instruction) -> Content:
     """An instruction as message content: the model, further records and the config."""
+    records = instruction.records
     return Content(
-        arrays={MODEL: instruction.arrays, **instruction.records},
-        configs={CONFIG: instruction.config},
-    )
+        {MODEL: instruction.arrays, **records} if records else {MODEL: instruction.arrays},
+        {CONFIG: instruction.config},
+        {},
+    )  # positional, and no unpacking of empty records: made once per node-task
 
 
 def task_messages(
