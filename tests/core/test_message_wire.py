@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
+import pickle
+
 import numpy as np
 import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import WireFormatError
-from consortium.core.message import Content, Message
+from consortium.core.message import Content, Message, Metadata
 
 
 def _task() -> Message:
@@ -93,3 +98,30 @@ def test_parts_concatenate_to_the_encoding_and_share_blobs() -> None:
     assert all(any(v is q for q in other_parts) for v in views)  # laid out once, shared
     back = Message.from_bytes(b"".join(bytes(p) for p in other_parts))
     assert back.metadata.dst == "node-b"
+
+
+def test_metadata_and_message_init_every_field_and_stay_frozen_dataclasses() -> None:
+    """Their ``__init__`` is written by hand (it sets the slots through their descriptors,
+    for speed): it must take every field, in order, with the field's default, and the
+    objects must behave as the frozen dataclasses they are declared as."""
+    for cls in (Metadata, Message):
+        fields = dataclasses.fields(cls)
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        assert [p.name for p in params] == [f.name for f in fields]
+        assert [p.default for p in params] == [
+            inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+            for f in fields
+        ]
+    task = _task()
+    meta = task.metadata
+    assert dataclasses.replace(meta, round=4) == Metadata(
+        **{**dataclasses.asdict(meta), "round": 4}
+    )
+    assert pickle.loads(pickle.dumps(task)).metadata == meta
+    assert copy.copy(task) == task and hash(meta) == hash(dataclasses.replace(meta))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        meta.round = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        task.error = None  # type: ignore[misc]
+    with pytest.raises(ValueError, match="either content or an error"):
+        Message(meta)
