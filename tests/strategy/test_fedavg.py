@@ -49,8 +49,10 @@ def test_weighted_mean_is_the_sequential_fold_bit_for_bit(
     """Small arrays (one multiply and one add through a kept view of the scratch),
     arrays folded in several blocks, and a small model's updates folded in stages of
     :data:`aggregate.STAGE_ROWS` (150 updates: two whole stages and part of a third) all
-    give exactly ``acc += weight * x`` in order: the product in the input's dtype, then
-    cast to the sum's, which is float64 or, with ``accumulate="input"``, the input's."""
+    give exactly ``acc += weight * x`` in order, the product computed in the sum's
+    dtype: float64 or, with ``accumulate="input"``, the input's. (Not in the input's
+    dtype, then widened: numpy 1 and 2 promote a Python float with a 0-d array
+    differently, and CI's floor job runs numpy 1.)"""
     monkeypatch.setattr(aggregate, "BLOCK", block)
     rng = np.random.default_rng(1)
     shapes = {"w": (5, 7), "b": (3,), "s": ()}
@@ -64,14 +66,26 @@ def test_weighted_mean_is_the_sequential_fold_bit_for_bit(
         mean.add(update, weight)
     result = mean.result()
     assert result is not None
-    sum_dtype = np.float64 if accumulate == "float64" else np.dtype(dtype)
+    sum_dtype = np.dtype(np.float64 if accumulate == "float64" else dtype)
     for name in shapes:
-        acc = np.asarray(updates[0][name] * weights[0], dtype=sum_dtype)
+        acc = np.asarray(updates[0][name], sum_dtype) * sum_dtype.type(weights[0])
         for update, weight in zip(updates[1:], weights[1:], strict=True):
-            acc = acc + np.asarray(update[name] * weight, dtype=sum_dtype)
-        expected = (acc / sum(weights)).astype(dtype)
+            acc = acc + np.asarray(update[name], sum_dtype) * sum_dtype.type(weight)
+        expected = (acc / sum_dtype.type(sum(weights))).astype(dtype)
         assert result[name].tobytes() == expected.tobytes(), name
         assert result[name].shape == shapes[name]
+
+
+@pytest.mark.parametrize("size", [3, 10_000])  # folded in stages, and one by one
+def test_a_float16_models_mean_holds_weights_past_float16s_range(size: int) -> None:
+    """A node with more than 65,504 examples: its weight is not rounded to float16 (where it
+    would be inf, and the mean NaN); the sums are float64, the mean float16."""
+    mean = WeightedMean()
+    for value, examples in ((1.0, 100_000.0), (2.0, 300_000.0), (3.0, 0.0)):
+        mean.add(Arrays({"w": np.full(size, value, np.float16)}), examples)
+    result = mean.result()
+    assert result is not None and result["w"].dtype == np.float16
+    assert result["w"].tolist() == [1.75] * size
 
 
 def test_a_small_models_update_unlike_the_first_is_rejected_and_the_fold_goes_on() -> None:

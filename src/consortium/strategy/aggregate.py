@@ -31,8 +31,11 @@ class WeightedMean:
     ``accumulate="float64"`` (the default) sums in float64 (2 x a float32
     model); ``"input"`` sums floating-point parameters in their own dtype, in
     place (1 x model, what Flower does; relative rounding grows like n x 2**-24
-    for float32 over n updates). Either way the fold runs in blocks of
-    :data:`BLOCK` elements, so no model-sized temporary is made, and
+    for float32 over n updates). Each ``weight * x`` is computed in the sum's
+    dtype (``dtype=`` given to numpy: the same bits whatever numpy's promotion
+    rules, which differ between numpy 1 and 2, and a float16 model's weight is not
+    rounded to float16, where 65,504 examples overflow). Either way the fold runs
+    in blocks of :data:`BLOCK` elements, so no model-sized temporary is made, and
     :meth:`result` divides in place. The result has each parameter's dtype.
     """
 
@@ -74,7 +77,7 @@ class WeightedMean:
             for name, value in zip(arrays, arrays.to_list(), strict=True):
                 acc, part = sums[name], parts[name]
                 if part is not None and value.shape == part.shape:  # one block: two calls
-                    np.multiply(value, weight, out=part, casting="unsafe")
+                    np.multiply(value, weight, out=part, dtype=part.dtype, casting="unsafe")
                     np.add(acc, part, out=acc)
                 else:
                     self._fold(acc, value, weight, first=False)
@@ -135,7 +138,7 @@ class WeightedMean:
             scratch = self._scratch[acc.dtype] = np.empty(min(BLOCK, flat.size), dtype=acc.dtype)
         for i in range(0, flat.size, BLOCK):
             part = scratch[: min(BLOCK, flat.size - i)]
-            np.multiply(flat[i : i + BLOCK], weight, out=part, casting="unsafe")
+            np.multiply(flat[i : i + BLOCK], weight, out=part, dtype=acc.dtype, casting="unsafe")
             if first:
                 acc[i : i + BLOCK] = part
             else:
@@ -156,7 +159,7 @@ class WeightedMean:
         flat = value.reshape(-1)
         for i in range(0, flat.size, BLOCK):
             part = flat[i : i + BLOCK]
-            np.multiply(part, weight, out=part, casting="unsafe")
+            np.multiply(part, weight, out=part, dtype=part.dtype, casting="unsafe")
         self._sums[name] = value
         return True
 
@@ -169,7 +172,7 @@ class WeightedMean:
             return None
         sums, self._sums = self._sums, None  # divided in place: the sums are gone
         for acc in sums.values():
-            np.divide(acc, self.total_weight, out=acc, casting="unsafe")
+            np.divide(acc, self.total_weight, out=acc, dtype=acc.dtype, casting="unsafe")
         if self._encoded is not None:  # the sums are the mean's arrays, in its encoding
             out, self._encoded = self._encoded, None
             return out
@@ -190,11 +193,10 @@ class _Stage:
 
     Each update is copied into a row of raw values per array (one call per array). To
     fold a stage, per array: the raw rows are multiplied by their weights into the rows
-    of a second buffer, in the loop folding one update would use (the weight in the
-    array's own float dtype, as numpy takes a Python float with an array; the product
-    then cast to the sum's dtype), whose row 0 holds the sum; ``np.add.accumulate``
-    down the rows adds them one after the other, row by row (an accumulation, unlike a
-    reduction, is never summed pairwise), and the last row is the new sum.
+    of a second buffer, in the sum's dtype as one update is, whose row 0 holds the
+    sum; ``np.add.accumulate`` down the rows adds them one after the other, row by row
+    (an accumulation, unlike a reduction, is never summed pairwise), and the last row
+    is the new sum.
     """
 
     __slots__ = ("_arrays", "_sums", "_weights")
@@ -240,13 +242,12 @@ class _Stage:
         if k == 0:
             return
         weights = np.array(self._weights)
-        for name, _, dtype, raw, rows in self._arrays:
+        for name, _, _, raw, rows in self._arrays:
             acc = self._sums[name]
             rows[0] = acc
-            # the weights rounded to the array's dtype, as numpy rounds a Python float it
-            # multiplies an array by, and shaped to broadcast over a row
-            scale = weights.astype(dtype, copy=False).reshape((k,) + (1,) * (raw.ndim - 1))
-            np.multiply(raw[:k], scale, out=rows[1 : k + 1], casting="unsafe")
+            # the weights in the sum's dtype, shaped to broadcast over a row
+            scale = weights.astype(rows.dtype, copy=False).reshape((k,) + (1,) * (raw.ndim - 1))
+            np.multiply(raw[:k], scale, out=rows[1 : k + 1], dtype=rows.dtype, casting="unsafe")
             np.add.accumulate(rows[: k + 1], axis=0, out=rows[: k + 1])
             acc[...] = rows[k]
         self._weights.clear()
