@@ -9,8 +9,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
+from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
 from consortium.server.fleet import Fleet
 from consortium.server.heap import Glibc, HeapTrimmer
@@ -110,6 +112,36 @@ def test_a_pull_woken_for_a_node_whose_tasks_ended_does_not_waste_the_slot(
     assert waiting_c.returned_at - freed < 0.5
     stream_ab.close()
     stream_c.close()
+
+
+def test_only_so_many_model_sized_tasks_are_sent_at_once_and_small_ones_go_by() -> None:
+    """Each stream of a model-sized task holds more of the server's memory: of the slots,
+    only ``large_sends_at_once`` take tasks of ``large_send_bytes`` or more."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=16, large_sends_at_once=1,
+                  large_send_bytes=64 * 1024)  # fmt: skip
+    for node in NODES:
+        fleet.hello(node, "instance")
+    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
+    large = [
+        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
+        for node in ("a", "b")
+    ]
+    stream = fleet.send_and_receive([*large, *_tasks(("c",))], timeout=30)
+    try:
+        first = fleet.next_task("a", 0.0)
+        assert first is not None
+        waiting_b = Pull(fleet, "b")
+        _settle()
+        assert waiting_b.result is None  # the one large slot is taken
+        assert fleet.next_task("c", 0.0) is not None  # a small task has slots to spare
+        freed = time.monotonic()
+        fleet.task_sent(first[0])
+        waiting_b.join()
+        assert waiting_b.result is not None and waiting_b.returned_at is not None
+        assert waiting_b.returned_at - freed < 0.5
+    finally:
+        stream.close()
+        fleet.close()
 
 
 def test_closing_the_fleet_ends_every_waiting_pull(fleet: Fleet) -> None:

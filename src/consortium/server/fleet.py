@@ -8,7 +8,8 @@ offline: it gets no new tasks and its unanswered tasks fail at once, so a
 round does not wait for a dead node when enough others replied; so is a node
 whose call was just refused (revoked, expired, off the allow-list). Only
 ``sends_at_once`` tasks are being sent at any time (every download holds a
-chunk and gRPC's copy of it); the other nodes' pulls wait, holding nothing,
+chunk and gRPC's copy of it), and of them ``large_sends_at_once`` model-sized
+ones; the other nodes' pulls wait, holding nothing,
 each woken only by what concerns it (a task for its node, a send slot coming
 free), not all of them at every change.
 Per-node and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`,
@@ -44,7 +45,7 @@ from consortium.server.fleet_state import (
     payload_bytes,
 )
 from consortium.server.heap import HeapTrimmer
-from consortium.transport.fairness import SENDS_AT_ONCE
+from consortium.transport.fairness import LARGE_SEND_BYTES, LARGE_SENDS_AT_ONCE, SENDS_AT_ONCE
 from consortium.transport.fleet_api import RunBundle
 from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB, ReceiveBudget
 
@@ -74,6 +75,8 @@ class Fleet(ReplyIntake):
         wait_log_every: float = WAIT_LOG_EVERY,
         expected: Collection[str] = (),
         sends_at_once: int = SENDS_AT_ONCE,
+        large_sends_at_once: int = LARGE_SENDS_AT_ONCE,
+        large_send_bytes: int = LARGE_SEND_BYTES,
         heap: HeapTrimmer | None = None,
     ) -> None:
         super().__init__()
@@ -100,7 +103,7 @@ class Fleet(ReplyIntake):
         #: fleet-wide changes (who is online): wait_for_nodes waits on it
         self._cond = threading.Condition(self._lock)
         #: tasks sent at once; the other nodes' pulls wait (holding no memory) for a slot
-        self._slots = SendSlots(self._lock, sends_at_once)
+        self._slots = SendSlots(self._lock, sends_at_once, large_sends_at_once, large_send_bytes)
         self._nodes: dict[str, NodeSession] = {}
         self._pending: dict[str, Waiter] = {}
         #: gives freed heap back to the system from the liveness watch (the server's only)
@@ -163,11 +166,12 @@ class Fleet(ReplyIntake):
                     session.last_seen = self._clock()
                     # every node's stream holds a copy of the chunk being sent: with
                     # hundreds of nodes pulling at once, the rest wait for a free slot
-                    if session.tasks and self._slots.full():
+                    size = _payload_bytes(session.tasks[0][1]) if session.tasks else 0
+                    if session.tasks and self._slots.full(size):
                         self._slots.wait_turn(node)  # woken when a slot is free
                     elif session.tasks:
                         message_id, parts = session.tasks.popleft()
-                        self._slots.start(node, message_id)
+                        self._slots.start(node, message_id, size)
                         session.in_flight.add(message_id)
                         shared = self._outgoing.get(message_id)
                         if shared is not None:
@@ -410,3 +414,8 @@ class Fleet(ReplyIntake):
                     "node %s is offline (no heartbeat for %.1f s)", node, self.offline_after
                 )
                 self._events(node, "offline", "heartbeat timeout")
+
+
+def _payload_bytes(parts: list[bytes | bytearray | memoryview]) -> int:
+    """The bytes a task's encoded parts hold."""
+    return sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)

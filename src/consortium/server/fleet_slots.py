@@ -17,15 +17,26 @@ from collections.abc import Callable
 
 
 class SendSlots:
-    """The pulls of each node, the tasks being sent, and the nodes waiting for a slot."""
+    """The pulls of each node, the tasks being sent, and the nodes waiting for a slot.
 
-    def __init__(self, lock: threading.RLock, limit: int) -> None:
+    At most ``limit`` tasks are sent at once, and of them at most ``large_limit`` of
+    ``large_bytes`` or more (model-sized: each of their streams holds more memory)."""
+
+    def __init__(
+        self, lock: threading.RLock, limit: int, large_limit: int, large_bytes: int
+    ) -> None:
         if limit < 1:
             raise ValueError(f"sends_at_once must be >= 1, got {limit}")
+        if large_limit < 1:
+            raise ValueError(f"large_sends_at_once must be >= 1, got {large_limit}")
         self.limit = limit
+        self.large_limit = large_limit
+        self.large_bytes = large_bytes
         self._lock = lock
-        #: ids of the tasks being sent now (pulled, their sending not ended yet)
-        self._sending: set[str] = set()
+        #: ids of the tasks being sent now (pulled, their sending not ended yet), and
+        #: whether each is a large one
+        self._sending: dict[str, bool] = {}
+        self._large = 0  # of them
         #: nodes whose pull has a task to be sent and waits for a slot, first come first
         self._waiting: dict[str, None] = {}
         #: node -> the condition its pulls wait on (sharing the fleet's lock)
@@ -49,8 +60,11 @@ class SendSlots:
         for cond in self._conds.values():
             cond.notify_all()
 
-    def full(self) -> bool:
-        return len(self._sending) >= self.limit
+    def full(self, nbytes: int) -> bool:
+        """Whether a task of ``nbytes`` must wait for a slot."""
+        if len(self._sending) >= self.limit:
+            return True
+        return nbytes >= self.large_bytes and self._large >= self.large_limit
 
     def wait_turn(self, node: str) -> None:
         """``node`` has a task to be sent and no slot: it is woken when one is free."""
@@ -60,10 +74,12 @@ class SendSlots:
         """``node``'s pull stopped waiting (it timed out, or got its slot)."""
         self._waiting.pop(node, None)
 
-    def start(self, node: str, message_id: str) -> None:
-        """``node``'s pull takes a slot to send ``message_id``."""
+    def start(self, node: str, message_id: str, nbytes: int) -> None:
+        """``node``'s pull takes a slot to send ``message_id``, of ``nbytes``."""
         self.leave(node)
-        self._sending.add(message_id)
+        large = nbytes >= self.large_bytes
+        self._sending[message_id] = large
+        self._large += large
 
     def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
         """Sending ``message_id`` ended: wake as many waiting pulls as there are free
@@ -72,7 +88,7 @@ class SendSlots:
         taken waits again."""
         if message_id not in self._sending:
             return
-        self._sending.discard(message_id)
+        self._large -= self._sending.pop(message_id)
         free = self.limit - len(self._sending)
         while free > 0 and self._waiting:
             node = next(iter(self._waiting))

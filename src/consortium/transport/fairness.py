@@ -34,6 +34,13 @@ SPARE_THREADS = 16
 #: nodes, 16 gave 11.3 s per round and 4 gave 13.5-14.5 s, at the same peak memory
 #: (docs/benchmarks.md, "Fitting what is in transit to the model")
 SENDS_AT_ONCE = 16
+#: ...of which model-sized ones (tasks of at least LARGE_SEND_BYTES): each stream of one
+#: holds its chunk, gRPC's copy and what its window lets through, ~17 MB a node at 100M
+#: parameters, which put the server's tree over 3x the model at 12 nodes
+#: (docs/benchmarks.md, "One reply block"). A few at once keep the server's own memory
+#: flat in the number of nodes; the others wait their turn, holding nothing
+LARGE_SENDS_AT_ONCE = 4
+LARGE_SEND_BYTES = 64 * 1024 * 1024
 #: replies being read at once (the first chunk of one waiting for the budget stays in
 #: memory); what was read of them counts in the transfer budget
 RECEIVES_AT_ONCE = 16
