@@ -21,7 +21,7 @@ def check_update(template: Arrays, update: Arrays | None) -> None:
     # float array (this runs once per reply: tens of thousands of times in a simulation)
     values = update.to_list()
     expected = template.to_list()
-    layout_ok = len(values) == len(expected) and list(template) == list(update)
+    layout_ok = list(template) == list(update)
     suspects: list[tuple[str, np.ndarray]] = []
     if layout_ok:
         for name, x, y in zip(update, expected, values, strict=True):
