@@ -174,3 +174,31 @@ def test_the_server_receives_a_rounds_replies_into_as_many_blocks_as_its_budget_
     assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
     assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
     assert blocks == blocks_wanted, f"the server received {TASKS} replies into {blocks} blocks"
+
+
+def test_a_reply_held_back_by_the_servers_budget_longer_than_the_stall_timeout_arrives(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The app folds slowly (5 s) and the budget admits one reply and a half: the node's
+    next upload waits for the budget after its first chunk, longer than the 2 s stall
+    timeout. That wait is the server's, not the node's. (Before, the stall watch counted
+    it and cut the honest upload off: "its reply stopped arriving for 2 s", and the run
+    failed; with the default 60 s, any fold or slow upload ahead of it over a minute.)"""
+    app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
+    budget_mb = str(int(1.5 * REPLY_MB))
+    deployment.start_server("--transfer-budget-mb", budget_mb, "--stall-timeout", "2")
+    deployment.start_node(NODE, app=app)
+    run_id = deployment.start_run(app, {}, seed=1)
+    work = deployment.run_dir(run_id) / "work"
+    deadline = time.monotonic() + 60
+    while not (work / "ready").exists():
+        assert time.monotonic() < deadline, deployment.log("server")
+        time.sleep(0.05)
+    (work / "begin").write_text("")
+    deployment.wait_rounds(run_id, 1, timeout=60)
+    (work / "go").write_text("")
+    info = deployment.wait_run(run_id, timeout=60)
+
+    assert info["status"] == "finished", (info, deployment.log("server"), deployment.log(NODE))
+    assert info["rounds"][0]["metrics"]["central_exact"] == TASKS, info["rounds"]
+    assert "cut off" not in deployment.log("server")

@@ -54,6 +54,11 @@ class PlayedNode:
         """Answer one task (pushing its reply, or not)."""
         raise NotImplementedError
 
+    def pull(self) -> Message | None:
+        """Pull the next task (None: none came); an honest node reads it at once."""
+        payload = self.client.pull_task(0.5)
+        return Message.from_bytes(bytes(payload)) if payload is not None else None
+
     def push_stream(
         self, chunks: Iterator[Chunk], *, timeout: float = 60, then: threading.Event | None = None
     ) -> grpc.RpcError | pb.PushReply:
@@ -87,6 +92,6 @@ class PlayedNode:
 
     def _serve(self) -> None:
         while not self.stop.is_set():
-            payload = self.client.pull_task(0.5)
-            if payload is not None:
-                self.answer(Message.from_bytes(bytes(payload)))
+            task = self.pull()
+            if task is not None:
+                self.answer(task)

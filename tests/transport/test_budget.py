@@ -63,3 +63,35 @@ def test_a_consumed_reply_counts_until_its_memory_is_freed() -> None:
     del first
     gc.collect()
     assert third.wait(5)
+
+
+def test_a_reply_waiting_for_the_budget_says_so_and_waits_as_the_servers_own() -> None:
+    """Others see that a reply waits (the stall watch's rate floor applies then), and the
+    Reassembler wraps that wait in ``server_wait`` (the watch does not count it)."""
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from consortium.transport.chunks import Reassembler, iter_chunks
+
+    budget = ReceiveBudget(100)
+    budget.acquire(80)  # a reply in flight
+    inside = threading.Event()
+
+    @contextmanager
+    def server_wait() -> Iterator[None]:
+        inside.set()
+        yield
+        inside.clear()
+
+    rebuild = Reassembler(1000, budget, server_wait=server_wait)
+    chunk = next(iter_chunks([b"x" * 50], "m", chunk_size=50))
+    feeding = threading.Thread(target=rebuild.feed, args=(chunk,), daemon=True)
+    assert not budget.waiting()
+    feeding.start()
+    assert inside.wait(5)
+    time.sleep(0.05)
+    assert feeding.is_alive() and budget.waiting()
+    budget.release(80)
+    feeding.join(5)
+    assert not feeding.is_alive() and not inside.is_set() and not budget.waiting()
+    assert rebuild.reserved == 50

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from consortium.server.isolation.host import Isolation
 from consortium.transport.fairness import UNREAD_BYTES
 from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB
-from consortium.transport.stall import DEFAULT_STALL_TIMEOUT
+from consortium.transport.stall import DEFAULT_MIN_RATE_MBIT, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
 
@@ -167,6 +167,15 @@ def app_isolation(
     "before it is cut off and only that node's task fails.",
 )
 @click.option(
+    "--min-rate-mbit",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_MIN_RATE_MBIT,
+    show_default=True,
+    help="Megabits a second a transfer must move, averaged over --stall-timeout, while "
+    "other transfers wait behind it (for a send or receive slot, or the transfer "
+    "budget); a slower one is cut off and only its node's task fails. 0: no floor.",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
@@ -255,6 +264,7 @@ def server(
     unread_mb: int,
     reply_factor: float,
     stall_timeout: float,
+    min_rate_mbit: float,
     port_file: Path | None,
     state_url: str | None,
     resume: str | None,
@@ -339,7 +349,9 @@ def server(
     )  # fmt: skip
     grpc_server, port = start_server(
         address,
-        fleet=FleetServicer(fleet, node_auth, stall_timeout=stall_timeout),
+        fleet=FleetServicer(
+            fleet, node_auth, stall_timeout=stall_timeout, min_rate_mbit=min_rate_mbit
+        ),
         control=ControlServicer(
             runs,
             control_auth,

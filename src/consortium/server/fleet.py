@@ -187,6 +187,10 @@ class Fleet(ReplyIntake):
                 # every change a pull waits for wakes it; the bound is a safety net only
                 cond.wait(min(remaining, 1.0))
 
+    def tasks_waiting(self) -> bool:
+        with self._cond:
+            return self._slots.any_waiting()
+
     def task_sent(self, message_id: str) -> None:
         with self._cond:
             self._done_sending(message_id)

@@ -70,6 +70,10 @@ class SendSlots:
         """``node`` has a task to be sent and no slot: it is woken when one is free."""
         self._waiting[node] = None
 
+    def any_waiting(self) -> bool:
+        """Whether some node's pull waits for a slot."""
+        return bool(self._waiting)
+
     def leave(self, node: str) -> None:
         """``node``'s pull stopped waiting (it timed out, or got its slot)."""
         self._waiting.pop(node, None)

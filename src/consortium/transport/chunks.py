@@ -12,6 +12,7 @@ and corruption between the two ends of the application.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from consortium.core.buffers import empty_buffer
@@ -194,6 +195,8 @@ class Reassembler:
     With ``admit`` (see :data:`Admit`), the first bytes are kept aside until it
     took the payload: nothing of the announced size is reserved or allocated
     before, so a payload it refuses costs what was received of it, no more.
+    ``server_wait`` wraps its wait for the transfer budget (the stall watch does not
+    count that time against the sender).
     """
 
     def __init__(
@@ -202,6 +205,7 @@ class Reassembler:
         budget: ReceiveBudget | None = None,
         admit: Admit | None = None,
         allocate: Allocate | None = None,
+        server_wait: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget
@@ -209,6 +213,8 @@ class Reassembler:
         self.message_id = ""
         self._admit = admit
         self._allocate_in = allocate
+        #: wraps a wait of the server's own (for the budget): the stall watch's pause
+        self._server_wait = server_wait
         self._staged: bytearray | None = None
         self._buffer: memoryview | None = None
         self._total = 0
@@ -275,7 +281,8 @@ class Reassembler:
     def _allocate(self, head: memoryview) -> None:
         """Reserve the announced size in the budget and allocate it."""
         if self.budget is not None:
-            self.budget.acquire(self._total)
+            with self._server_wait():
+                self.budget.acquire(self._total)
             self.reserved = self._total
         chosen = self._allocate_in(head, self._total) if self._allocate_in else None
         self._buffer = chosen if chosen is not None else empty_buffer(self._total)

@@ -125,18 +125,28 @@ class ReceiveSlots:
         #: ``reads_at_once``: large replies are read only as fast as they can be folded)
         self._fitted = fitted
         self._holders: Counter[str] = Counter()
+        self._waiting = 0
         self._cond = threading.Condition()
 
     def acquire(self, node: str, alive: Callable[[], bool], poll: float = 1.0) -> bool:
         """Wait for a slot for ``node``; False (nothing taken) once ``alive()`` is false
         (the call was cancelled meanwhile)."""
         with self._cond:
-            while sum(self._holders.values()) >= self._slots_now() or self._holders[node]:
-                if not alive():
-                    return False
-                self._cond.wait(poll)
+            self._waiting += 1
+            try:
+                while sum(self._holders.values()) >= self._slots_now() or self._holders[node]:
+                    if not alive():
+                        return False
+                    self._cond.wait(poll)
+            finally:
+                self._waiting -= 1
             self._holders[node] += 1
             return True
+
+    def waiting(self) -> bool:
+        """Whether a push waits for a slot."""
+        with self._cond:
+            return self._waiting > 0
 
     def _slots_now(self) -> int:
         bound = self._fitted() if self._fitted is not None else None

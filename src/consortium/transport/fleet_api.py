@@ -40,6 +40,9 @@ class FleetBackend(Protocol):
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
 
+    def tasks_waiting(self) -> bool:
+        """Whether a node's task waits for a send slot (others are being sent)."""
+
     def task_sent(self, message_id: str) -> None:
         """The task's stream to its node ended (sent, failed or abandoned)."""
 

@@ -46,7 +46,13 @@ from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.refusal_gate import RefusalLog
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
 from consortium.transport.stage_times import flush, set_role, stage, timed
-from consortium.transport.stall import DEFAULT_STALL_TIMEOUT, StallWatch, Transfer
+from consortium.transport.stall import (
+    BYTES_PER_MBIT,
+    DEFAULT_MIN_RATE_MBIT,
+    DEFAULT_STALL_TIMEOUT,
+    StallWatch,
+    Transfer,
+)
 
 log = logging.getLogger("consortium.transport")
 #: refusals logged once per node and reason a minute (a refused node retries)
@@ -89,6 +95,7 @@ class FleetServicer(rpc.FleetServicer):
         *,
         calls_per_node: int = CALLS_PER_NODE,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        min_rate_mbit: float = DEFAULT_MIN_RATE_MBIT,
         receives_at_once: int = RECEIVES_AT_ONCE,
     ) -> None:
         self.backend = backend
@@ -100,9 +107,19 @@ class FleetServicer(rpc.FleetServicer):
         self.calls = CallLimiter(calls_per_node)
         #: replies read at once: the others wait, unread, holding no memory of the server's
         self.receiving = ReceiveSlots(receives_at_once, self.budget.reads_at_once)
-        #: transfers that stop moving are cut off, failing only their node's task
-        self.stalls = StallWatch(stall_timeout)
+        #: transfers that stop moving, or crawl while others wait behind them, are cut
+        #: off, failing only their node's task
+        self.stalls = StallWatch(
+            stall_timeout,
+            min_rate=min_rate_mbit * BYTES_PER_MBIT,
+            others_waiting=self._others_waiting,
+        )
         set_role("server")
+
+    def _others_waiting(self) -> bool:
+        """Whether a transfer waits behind others: a task for a send slot, a reply for a
+        receive slot or for the transfer budget."""
+        return self.backend.tasks_waiting() or self.receiving.waiting() or self.budget.waiting()
 
     def _caller(self, context: grpc.ServicerContext) -> str:
         """The calling node's name; a refusal is also reported to the backend."""
@@ -174,15 +191,17 @@ class FleetServicer(rpc.FleetServicer):
                     del chunk
                     with stage("send.grpc", len(encoded)):
                         yield encoded  # back once gRPC took it: the node is reading
-                    transfer.moved()
+                    transfer.moved(len(encoded))
                     del encoded
             finally:
                 chunks.close()
                 del chunks
                 flush(force=True)
                 self.backend.task_sent(message_id)
-                if transfer.stalled:
-                    why = f"the node stopped reading its task for {self.stalls.timeout:.0f} s"
+                if transfer.cut:
+                    why = self.stalls.reason(
+                        transfer, "the node stopped reading its task", "the node read its task"
+                    )
                     self.backend.transfer_stalled(node, message_id, why)
 
     def PushResult(
@@ -222,27 +241,33 @@ class FleetServicer(rpc.FleetServicer):
             """Into the run's app process's shared memory (after admit: the run is known)."""
             return self.backend.reply_buffer(runs[-1], size) if runs else None
 
-        rebuild = Reassembler(self.backend.max_message_bytes, self.budget, admit, allocate)
-        accepted = False
-        try:
-            with self.stalls.watching(context, f"receiving a reply from {node}") as transfer:
+        with self.stalls.watching(context, f"receiving a reply from {node}") as transfer:
+            # waiting for the transfer budget is the server's wait, not the node's
+            rebuild = Reassembler(
+                self.backend.max_message_bytes, self.budget, admit, allocate, transfer.paused
+            )
+            accepted = False
+            try:
                 try:
                     reply = self._receive(node, rebuild, request_iterator, context, transfer)
                 except BaseException:  # gRPC ended the call, or a stream cut short
-                    if transfer.stalled:  # before its header: every task of the node
-                        why = f"its reply stopped arriving for {self.stalls.timeout:.0f} s"
+                    if transfer.cut:  # before its header: every task of the node
+                        why = self.stalls.reason(
+                            transfer, "its reply stopped arriving", "its reply arrived"
+                        )
                         self.backend.transfer_stalled(node, answers[0] if answers else "", why)
                     raise
-            if reply is None:
-                detail = late[0]
-            else:
-                # the budget stays taken until the round loop has folded the reply, so
-                # replies waiting to be folded count too: with many nodes replying at
-                # once the server holds what the budget allows, not one per node
-                accepted, detail = self._deliver(node, reply, rebuild, context)
-        finally:
-            if not accepted:
-                rebuild.close()
+                if reply is None:
+                    detail = late[0]
+                else:
+                    # the budget stays taken until the round loop has folded the reply, so
+                    # replies waiting to be folded count too: with many nodes replying at
+                    # once the server holds what the budget allows, not one per node
+                    with transfer.paused():
+                        accepted, detail = self._deliver(node, reply, rebuild, context)
+            finally:
+                if not accepted:
+                    rebuild.close()
         if not accepted:
             log.warning("reply from %s not accepted: %s", node, detail)
         flush(force=True)
@@ -283,9 +308,10 @@ class FleetServicer(rpc.FleetServicer):
     ) -> Message | None:
         """The reply, or None if it was found unwanted (late) before it all arrived."""
         try:
-            for chunk in timed(request_iterator, "recv.grpc"):
-                transfer.moved()
-                rebuild.feed(parsed(context, node, chunk))
+            for received in timed(request_iterator, "recv.grpc"):
+                chunk = parsed(context, node, received)
+                transfer.moved(len(chunk.data))
+                rebuild.feed(chunk)
             payload = rebuild.result()
         except _Stop:
             return None
@@ -329,7 +355,9 @@ class FleetServicer(rpc.FleetServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r} for {node!r}")
             assert bundle is not None
             what = f"sending run {bundle.run_id}'s app to {node}"
-            with self.stalls.watching(context, what) as transfer:
+            # nobody waits behind an app's download: only the stall timeout applies
+            with self.stalls.watching(context, what, held_to_rate=False) as transfer:
                 for chunk in run_info_chunks(bundle):
-                    yield encode_chunk(chunk)
-                    transfer.moved()
+                    encoded = encode_chunk(chunk)
+                    yield encoded
+                    transfer.moved(len(encoded))

@@ -50,6 +50,8 @@ class ReceiveBudget:
         self._in_flight = 0
         self._outgoing = 0
         self._retained = 0
+        #: replies waiting in acquire
+        self._waiting = 0
         self._cond = threading.Condition()
 
     def fit(self, model_bytes: int) -> None:
@@ -73,9 +75,18 @@ class ReceiveBudget:
 
     def acquire(self, nbytes: int) -> None:
         with self._cond:
-            while (self._in_flight or self._outgoing) and self._held() + nbytes > self.limit:
-                self._cond.wait()
+            self._waiting += 1
+            try:
+                while (self._in_flight or self._outgoing) and self._held() + nbytes > self.limit:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
             self._in_flight += nbytes
+
+    def waiting(self) -> bool:
+        """Whether a reply waits for the budget (behind what is in flight or outgoing)."""
+        with self._cond:
+            return self._waiting > 0
 
     def release(self, nbytes: int) -> None:
         """An acquired reply was refused or dropped before the round loop had it."""
