@@ -80,6 +80,7 @@ def test_a_free_send_slot_wakes_the_pull_that_waited_longest(fleet: Fleet) -> No
     waiting_c = Pull(fleet, "c")
     _settle()
     assert waiting_b.result is None and waiting_c.result is None  # no slot yet
+    assert fleet.tasks_waiting()  # the stall watch's rate floor applies to a's download
     freed = time.monotonic()
     fleet.task_sent(first[0])
     waiting_b.join()
@@ -89,7 +90,7 @@ def test_a_free_send_slot_wakes_the_pull_that_waited_longest(fleet: Fleet) -> No
     assert fleet.next_task("d", 0.0) is None  # d has no task: no slot taken by it
     fleet.task_sent(waiting_b.result[0])
     waiting_c.join()
-    assert waiting_c.result is not None
+    assert waiting_c.result is not None and not fleet.tasks_waiting()
     stream.close()
 
 

@@ -39,10 +39,10 @@ def test_receive_slots_admit_a_few_replies_and_one_per_node() -> None:
     waiter = threading.Thread(target=lambda: got.append(slots.acquire("c", lambda: True, 0.01)))
     waiter.start()
     waiter.join(0.2)
-    assert waiter.is_alive()  # still waiting
+    assert waiter.is_alive() and slots.waiting()  # still waiting, and others can tell
     slots.release("a")
     waiter.join(5)
-    assert got == [True] and slots.in_use() == 2
+    assert got == [True] and slots.in_use() == 2 and not slots.waiting()
     # a node holding a slot waits for it even when others are free
     slots.release("c")
     assert not slots.acquire("b", lambda: False)
