@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from consortium.server.isolation.host import Isolation
 from consortium.transport.fairness import UNREAD_BYTES
 from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB
+from consortium.transport.spill import DEFAULT_SPILL_MB
 from consortium.transport.stall import DEFAULT_MIN_RATE_MBIT, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
@@ -176,6 +177,21 @@ def app_isolation(
     "budget); a slower one is cut off and only its node's task fails. 0: no floor.",
 )
 @click.option(
+    "--spill-mb",
+    type=click.IntRange(min=0),
+    default=DEFAULT_SPILL_MB,
+    show_default=True,
+    help="Disk a node's reply may be received into once it waited 2 s for the transfer "
+    "budget, all such replies together: on slow links large replies then upload at "
+    "once, not one after the other. 0: they wait.",
+)
+@click.option(
+    "--spill-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for those replies (default WORKDIR/spill); their files are unlinked "
+    "as soon as they are opened.",
+)
+@click.option(
     "--port-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the bound port here.",
@@ -265,6 +281,8 @@ def server(
     reply_factor: float,
     stall_timeout: float,
     min_rate_mbit: float,
+    spill_mb: int,
+    spill_dir: Path | None,
     port_file: Path | None,
     state_url: str | None,
     resume: str | None,
@@ -294,6 +312,7 @@ def server(
     from consortium.transport.grpc_control import ControlServicer
     from consortium.transport.grpc_listen import start_server
     from consortium.transport.grpc_server import FleetServicer
+    from consortium.transport.spill import SpillStore
 
     # before anything is written there (the log included): one server per state directory
     workdir_lock = StateDirLock(workdir)
@@ -350,7 +369,11 @@ def server(
     grpc_server, port = start_server(
         address,
         fleet=FleetServicer(
-            fleet, node_auth, stall_timeout=stall_timeout, min_rate_mbit=min_rate_mbit
+            fleet,
+            node_auth,
+            stall_timeout=stall_timeout,
+            min_rate_mbit=min_rate_mbit,
+            spill=SpillStore(spill_dir or workdir / "spill", spill_mb * 1024 * 1024),
         ),
         control=ControlServicer(
             runs,

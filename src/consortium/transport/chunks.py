@@ -19,6 +19,7 @@ from consortium.core.buffers import empty_buffer
 from consortium.core.checksum import crc32
 from consortium.core.errors import WireFormatError
 from consortium.transport.receive_budget import ReceiveBudget
+from consortium.transport.spill import SPILL_AFTER_SECONDS, SpillFile, SpillStore
 from consortium.transport.stage_times import stage
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
@@ -196,7 +197,9 @@ class Reassembler:
     took the payload: nothing of the announced size is reserved or allocated
     before, so a payload it refuses costs what was received of it, no more.
     ``server_wait`` wraps its wait for the transfer budget (the stall watch does not
-    count that time against the sender).
+    count that time against the sender). With ``spill``, a payload that waited
+    :data:`~consortium.transport.spill.SPILL_AFTER_SECONDS` for the budget is received
+    into a file instead, and read back into memory once complete and admitted.
     """
 
     def __init__(
@@ -206,6 +209,7 @@ class Reassembler:
         admit: Admit | None = None,
         allocate: Allocate | None = None,
         server_wait: Callable[[], AbstractContextManager[object]] = nullcontext,
+        spill: SpillStore | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget
@@ -215,6 +219,10 @@ class Reassembler:
         self._allocate_in = allocate
         #: wraps a wait of the server's own (for the budget): the stall watch's pause
         self._server_wait = server_wait
+        #: where a reply goes that waited too long for the budget (see transport/spill.py)
+        self._spill = spill
+        self._spilled: SpillFile | None = None
+        self._head = b""  # a spilled payload's first bytes, for ``allocate`` when it lands
         self._staged: bytearray | None = None
         self._buffer: memoryview | None = None
         self._total = 0
@@ -266,6 +274,10 @@ class Reassembler:
             with stage("recv.copy", len(data)):
                 self._buffer[self._offset : self._offset + len(data)] = data
             return
+        if self._spilled is not None:
+            with stage("recv.spill", len(data)):
+                self._spilled.write(data)
+            return
         staged = self._staged
         assert staged is not None and self._admit is not None
         staged += data
@@ -275,17 +287,44 @@ class Reassembler:
             return
         self._staged = None
         self._allocate(memoryview(staged))
+        if self._spilled is not None:
+            self._spilled.write(staged)
+            return
         assert self._buffer is not None
         self._buffer[: len(staged)] = staged
 
-    def _allocate(self, head: memoryview) -> None:
-        """Reserve the announced size in the budget and allocate it."""
+    def _allocate(self, head: memoryview, *, may_spill: bool = True) -> None:
+        """Reserve the announced size in the budget and allocate it; or, once it waited
+        long enough for the budget and the spill folder has room, a file to receive into."""
         if self.budget is not None:
+            spill = may_spill and self._spill is not None
             with self._server_wait():
-                self.budget.acquire(self._total)
+                admitted = self.budget.acquire(
+                    self._total, timeout=SPILL_AFTER_SECONDS if spill else None
+                )
+            if not admitted:
+                assert self._spill is not None
+                self._spilled = self._spill.open(self._total)
+                if self._spilled is not None:
+                    self._head = bytes(head[:CHUNK_SIZE])
+                    return
+                with self._server_wait():
+                    self.budget.acquire(self._total)
             self.reserved = self._total
         chosen = self._allocate_in(head, self._total) if self._allocate_in else None
         self._buffer = chosen if chosen is not None else empty_buffer(self._total)
+
+    def _land(self, spilled: SpillFile) -> None:
+        """A spilled payload, complete: wait for the budget, then read it into memory."""
+        with self._server_wait():
+            self._spilled = None
+            try:
+                self._allocate(memoryview(self._head), may_spill=False)
+                assert self._buffer is not None
+                with stage("recv.unspill", spilled.written):
+                    spilled.read_into(self._buffer)
+            finally:
+                spilled.close()
 
     def close(self) -> None:
         """Give the budget back and let go of the payload (which lives on while the
@@ -295,6 +334,9 @@ class Reassembler:
             self.reserved = 0
         self._buffer = None
         self._staged = None
+        if self._spilled is not None:
+            self._spilled.close()
+            self._spilled = None
 
     def consumed(self) -> None:
         """The server is done with the message: its bytes count in the budget until
@@ -310,6 +352,8 @@ class Reassembler:
 
     def result(self) -> memoryview:
         """The payload; raises if the stream ended before its last chunk."""
+        if self._done and self._spilled is not None:
+            self._land(self._spilled)
         if not self._done or self._buffer is None:
             got = self._offset
             expected = self._total if self._index else "?"

@@ -45,6 +45,7 @@ from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.refusal_gate import RefusalLog
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
+from consortium.transport.spill import SpillError, SpillStore
 from consortium.transport.stage_times import flush, set_role, stage, timed
 from consortium.transport.stall import (
     BYTES_PER_MBIT,
@@ -97,6 +98,7 @@ class FleetServicer(rpc.FleetServicer):
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         min_rate_mbit: float = DEFAULT_MIN_RATE_MBIT,
         receives_at_once: int = RECEIVES_AT_ONCE,
+        spill: SpillStore | None = None,
     ) -> None:
         self.backend = backend
         self.auth = auth
@@ -105,8 +107,11 @@ class FleetServicer(rpc.FleetServicer):
         self.budget = backend.transfer_budget
         #: each node's calls in progress: no node may take the threads others need
         self.calls = CallLimiter(calls_per_node)
+        #: replies received to disk once they waited for the budget (slow links upload
+        #: at once, not one after the other); None: they wait
+        self.spill = spill if spill is not None and spill.capacity else None
         #: replies read at once: the others wait, unread, holding no memory of the server's
-        self.receiving = ReceiveSlots(receives_at_once, self.budget.reads_at_once)
+        self.receiving = ReceiveSlots(receives_at_once, self._reads_at_once)
         #: transfers that stop moving, or crawl while others wait behind them, are cut
         #: off, failing only their node's task
         self.stalls = StallWatch(
@@ -115,6 +120,14 @@ class FleetServicer(rpc.FleetServicer):
             others_waiting=self._others_waiting,
         )
         set_role("server")
+
+    def _reads_at_once(self) -> int | None:
+        """Replies worth reading at once: as many as the budget admits, and the next; and
+        as many more as the spill folder has room for (None: no bound of the budget's)."""
+        bound = self.budget.reads_at_once()
+        if bound is None or self.spill is None:
+            return bound
+        return bound + self.spill.room_for(self.budget.model_bytes)
 
     def _others_waiting(self) -> bool:
         """Whether a transfer waits behind others: a task for a send slot, a reply for a
@@ -244,8 +257,9 @@ class FleetServicer(rpc.FleetServicer):
         with self.stalls.watching(context, f"receiving a reply from {node}") as transfer:
             # waiting for the transfer budget is the server's wait, not the node's
             rebuild = Reassembler(
-                self.backend.max_message_bytes, self.budget, admit, allocate, transfer.paused
-            )
+                self.backend.max_message_bytes, self.budget, admit, allocate, transfer.paused,
+                self.spill,
+            )  # fmt: skip
             accepted = False
             try:
                 try:
@@ -324,6 +338,10 @@ class FleetServicer(rpc.FleetServicer):
             raise
         except PayloadTooLarge as exc:
             self._refuse(context, node, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "too-large")
+            raise
+        except SpillError as exc:  # the server's disk, not the node: logged, not counted
+            log.error("reply from %s lost: %s", node, exc)
+            context.abort(grpc.StatusCode.INTERNAL, f"the server could not keep the reply: {exc}")
             raise
         except UnacceptableRecord as exc:  # over the record limits, seen in the header
             self._refuse(context, node, grpc.StatusCode.INVALID_ARGUMENT, exc, "records")

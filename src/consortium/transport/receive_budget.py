@@ -73,15 +73,21 @@ class ReceiveBudget:
                 return None
             return max(1, self.limit // self.model_bytes) + 1
 
-    def acquire(self, nbytes: int) -> None:
+    def acquire(self, nbytes: int, timeout: float | None = None) -> bool:
+        """Take ``nbytes`` once they fit; False (nothing taken) if they did not within
+        ``timeout`` seconds (None: wait as long as it takes)."""
         with self._cond:
             self._waiting += 1
             try:
-                while (self._in_flight or self._outgoing) and self._held() + nbytes > self.limit:
-                    self._cond.wait()
+                fits = self._cond.wait_for(lambda: self._fits(nbytes), timeout)
             finally:
                 self._waiting -= 1
-            self._in_flight += nbytes
+            if fits:
+                self._in_flight += nbytes
+            return fits
+
+    def _fits(self, nbytes: int) -> bool:
+        return not (self._in_flight or self._outgoing) or self._held() + nbytes <= self.limit
 
     def waiting(self) -> bool:
         """Whether a reply waits for the budget (behind what is in flight or outgoing)."""

@@ -1,0 +1,124 @@
+"""Replies received to disk while the transfer budget is full: slow links upload at once.
+
+The transfer budget keeps a large model's replies out of the server's memory
+until the ones before are folded: with a 100M-parameter model, one reply at a
+time. On a fast link that costs little; on a hospital's 20 Mbit/s link it
+turns four 160-second uploads into one of 640 seconds, each node's upload
+waiting for the one before. A reply that has waited
+:data:`SPILL_AFTER_SECONDS` for the budget is instead received into a file of
+the server's spill folder (``consortium server --spill-dir``, at most
+``--spill-mb`` in all), written chunk by chunk as it arrives: the page cache
+holds it, not the server's own memory, and the kernel writes it out and
+reclaims it as it needs. Once the upload is complete it waits for the budget
+like any other reply and is read back into memory in one pass, so the fold
+sees nothing different; its file is gone as soon as it was read, or when the
+transfer ends any other way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from consortium.core.errors import ConsortiumError
+
+log = logging.getLogger("consortium.transport")
+
+#: ``--spill-mb``'s default: room for a few large replies at once (0 turns spilling off)
+DEFAULT_SPILL_MB = 4096
+#: how long a reply waits for the budget before it is received to disk instead: a fold
+#: on a fast link frees the budget sooner, so there replies still wait in memory
+SPILL_AFTER_SECONDS = 2.0
+
+
+class SpillError(ConsortiumError):
+    """A spilled reply could not be written or read back (the disk is full, say)."""
+
+
+class SpillStore:
+    """A folder for spilled replies and the bytes they may take there together."""
+
+    def __init__(self, folder: Path, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"the spill capacity must be >= 0 bytes, got {capacity}")
+        self.folder = folder
+        self.capacity = capacity
+        self._used = 0
+        self._lock = threading.Lock()
+        if capacity:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def room_for(self, nbytes: int) -> int:
+        """How many more replies of ``nbytes`` would fit now."""
+        with self._lock:
+            return (self.capacity - self._used) // nbytes if nbytes > 0 else 0
+
+    def open(self, nbytes: int) -> SpillFile | None:
+        """A new file for a reply of ``nbytes``, its room reserved; None if it does not fit."""
+        with self._lock:
+            if self._used + nbytes > self.capacity:
+                return None
+            self._used += nbytes
+        try:
+            fd, name = tempfile.mkstemp(prefix="reply-", suffix=".spill", dir=self.folder)
+        except OSError as exc:
+            self.release(nbytes)
+            log.warning("could not spill a reply to %s: %s", self.folder, exc)
+            return None
+        return SpillFile(self, fd, Path(name), nbytes)
+
+    def release(self, nbytes: int) -> None:
+        """A spilled reply's room is free again (its file closed)."""
+        with self._lock:
+            self._used -= nbytes
+
+
+class SpillFile:
+    """One reply being received to disk: :meth:`write` as it arrives, then
+    :meth:`read_into` memory; :meth:`close` (always) removes it."""
+
+    def __init__(self, store: SpillStore, fd: int, path: Path, nbytes: int) -> None:
+        self._store = store
+        self._fd = fd
+        self.path = path
+        self.nbytes = nbytes
+        self.written = 0
+        # unlinked at once: a crash leaves nothing behind, and no other process may open it
+        path.unlink()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view.nbytes:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self.written += n
+        except OSError as exc:
+            raise SpillError(f"could not write a spilled reply: {exc}") from exc
+
+    def read_into(self, buffer: memoryview) -> None:
+        """The whole reply, into ``buffer`` (of :attr:`written` bytes or more)."""
+        target = buffer.cast("B") if buffer.format != "B" else buffer
+        done = 0
+        try:
+            while done < self.written:
+                n = os.preadv(self._fd, [target[done : self.written]], done)
+                if n <= 0:
+                    raise SpillError(f"a spilled reply ended after {done} of {self.written} bytes")
+                done += n
+        except OSError as exc:
+            raise SpillError(f"could not read a spilled reply back: {exc}") from exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._store.release(self.nbytes)

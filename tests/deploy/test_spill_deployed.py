@@ -1,0 +1,139 @@
+"""On slow links, large replies upload at once: those the transfer budget cannot hold yet
+are received to disk (``--spill-mb``), not made to wait for the ones before.
+
+A real server (gRPC, mutual TLS) and four nodes played by the test, each pushing its
+16 MB reply in 1 MiB chunks 0.2 s apart, as over a ~40 Mbit/s link (HTTP/2 windows
+of 256 KiB, ``--unread-mb 1``, so that a waiting upload is held back, not buffered).
+The budget (24 MiB) holds one such reply: without spilling, each upload waits for
+the one before to be received and folded; with it, the four are received together
+and read back from disk one after the other. Either way the fold is exact.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consortium.client.task import run_task
+from consortium.core.arrays import Arrays
+from consortium.core.context import Context
+from consortium.core.message import Message
+from consortium.transport.chunks import Chunk, iter_chunks
+from hostile.played_node import PlayedNode
+
+from .conftest import NODES, Deployment, import_app, write_app
+
+SIZE = 4_000_000  # float32: 16 MB, sixteen chunks of 1 MiB
+APP = f"""
+import numpy as np
+
+from consortium import Arrays, ClientApp, FedAvg, ServerApp, ServerConfig
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def train(msg, ctx):
+    step = np.float32(1 + int(ctx.node_config["center-index"]))
+    w = np.asarray(msg.content.model["w"]) + step
+    return msg.reply(arrays=Arrays({{"w": w}}), metrics={{"num_examples": 1}})
+
+
+def _server(ctx):
+    strategy = FedAvg(
+        init_fn=lambda rng: Arrays({{"w": np.zeros({SIZE}, np.float32)}}),
+        fraction_evaluate=0.0,
+        min_available_nodes=4,
+    )
+    return ServerConfig(strategy, num_rounds=1, min_replies=4, round_timeout=120.0)
+
+
+server_app = ServerApp(_server)
+"""
+MANIFEST = """
+[app]
+name = "spilled"
+version = "1.0.0"
+server = "spilled:server_app"
+client = "spilled:client_app"
+"""
+#: seconds between two chunks of an upload, and the chunks' size
+PACE_S = 0.2
+CHUNK = 1024 * 1024
+
+
+class PacedNode(PlayedNode):
+    """An honest node behind a slow link: its reply goes one chunk every PACE_S."""
+
+    def __init__(self, deployment: Deployment, name: str, app: Path) -> None:
+        super().__init__(deployment, name, f"paced-{name}")
+        self.app = import_app(app, "spilled").client_app
+        self.index = NODES.index(name)
+        #: (start, end) of its upload
+        self.upload: tuple[float, float] | None = None
+
+    def answer(self, task: Message) -> None:
+        context = Context(node_id=self.name, node_config={"center-index": self.index})
+        reply = run_task(self.app, task, context).reply  # type: ignore[arg-type]
+        payload = b"".join(bytes(p) for p in reply.to_parts())
+        stop = threading.Event()
+
+        def paced() -> Iterator[Chunk]:
+            chunks = iter_chunks([payload], reply.metadata.message_id, chunk_size=CHUNK)
+            for i, chunk in enumerate(chunks):
+                if i and stop.wait(PACE_S):
+                    return
+                yield chunk
+
+        started = time.monotonic()
+        answer = self.push_stream(paced(), timeout=120, then=stop)
+        self.upload = (started, time.monotonic())
+        assert not isinstance(answer, BaseException), answer
+        assert answer.accepted, answer.detail
+
+
+@pytest.mark.parametrize("spill_mb", [256, 0], ids=["spilled", "waiting"])
+def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
+    deployment: Deployment, tmp_path: Path, spill_mb: int
+) -> None:
+    app = write_app(tmp_path / "spilled", MANIFEST, {"spilled": APP})
+    spill_dir = tmp_path / "spill"
+    deployment.start_server(
+        "--transfer-budget-mb", "24", "--unread-mb", "1",
+        "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir),
+    )  # fmt: skip
+    nodes = [PacedNode(deployment, name, app) for name in NODES]
+    for node in nodes:
+        node.start()
+    try:
+        run_id = deployment.start_run(app, {}, seed=1)
+        info = deployment.wait_run(run_id, timeout=120)
+    finally:
+        for node in nodes:
+            node.close()
+    assert all(node.error is None for node in nodes), [node.error for node in nodes]
+    assert info["status"] == "finished", (info, deployment.log("server"))
+    admin = deployment.fed.admin(deployment.port)
+    try:
+        model = Arrays.from_bytes(admin.download_model(run_id))
+    finally:
+        admin.close()
+    assert np.array_equal(model["w"], np.full(SIZE, 2.5, np.float32))  # mean of 1, 2, 3, 4
+
+    uploads = [node.upload for node in nodes]
+    assert all(u is not None for u in uploads)
+    starts = sorted(u[0] for u in uploads if u is not None)
+    ends = sorted(u[1] for u in uploads if u is not None)
+    one = 15 * PACE_S  # an upload's own time: sixteen chunks, fifteen pauses
+    if spill_mb:
+        # all four moving at once: the last ended about one upload after the first began
+        assert ends[-1] - starts[0] < 2 * one, uploads
+        assert list(spill_dir.iterdir()) == []  # each file unlinked as soon as opened
+    else:
+        # one after the other: the budget let each in only once the one before was folded
+        assert ends[-1] - starts[0] > 3 * one, uploads
