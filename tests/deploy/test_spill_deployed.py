@@ -105,7 +105,7 @@ def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
     spill_dir = tmp_path / "spill"
     deployment.start_server(
         "--transfer-budget-mb", "24", "--unread-mb", "1",
-        "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir),
+        "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir), "--spill-after", "2",
     )  # fmt: skip
     nodes = [PacedNode(deployment, name, app) for name in NODES]
     for node in nodes:

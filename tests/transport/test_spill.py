@@ -20,11 +20,6 @@ from consortium.transport.spill import SpillError, SpillStore
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 
 
-@pytest.fixture(autouse=True)
-def _spill_soon(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(chunks, "SPILL_AFTER_SECONDS", 0.1)
-
-
 def _chunks() -> list[chunks.Chunk]:
     return list(iter_chunks([PAYLOAD], "m", chunk_size=1024 * 1024))
 
@@ -51,13 +46,14 @@ def test_a_reply_that_waited_for_the_budget_is_received_to_disk_and_read_back(
 ) -> None:
     budget = ReceiveBudget(len(PAYLOAD) + 100)
     budget.acquire(1000)  # another reply in flight: this one does not fit
-    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD))
+    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD), after=0.1)
     waits = Waits()
     rebuild = Reassembler(2**30, budget, server_wait=waits, spill=store)
     for chunk in _chunks():
         rebuild.feed(chunk)  # after 0.1 s on the first chunk, the rest goes to the file
-    assert rebuild.reserved == 0 and store.used == len(PAYLOAD)
+    assert rebuild.reserved == 0 and store.used == len(PAYLOAD) and store.files_open == 1
     assert list((tmp_path / "spill").iterdir()) == []  # unlinked as soon as opened
+    assert (tmp_path / "spill").stat().st_mode & 0o777 == 0o700
     landed: list[bytes] = []
     reading = threading.Thread(target=lambda: landed.append(bytes(rebuild.result())))
     reading.start()
@@ -68,12 +64,12 @@ def test_a_reply_that_waited_for_the_budget_is_received_to_disk_and_read_back(
     reading.join(5)
     assert landed == [PAYLOAD]
     assert rebuild.reserved == len(PAYLOAD) and budget.held_bytes == len(PAYLOAD)
-    assert store.used == 0 and not waits.inside.is_set()
+    assert store.used == 0 and store.files_open == 0 and not waits.inside.is_set()
 
 
 def test_a_reply_that_fits_the_budget_never_touches_the_disk(tmp_path: Path) -> None:
     budget = ReceiveBudget(10 * len(PAYLOAD))
-    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD))
+    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD), after=0.1)
     rebuild = Reassembler(2**30, budget, spill=store)
     for chunk in _chunks():
         rebuild.feed(chunk)
@@ -83,7 +79,7 @@ def test_a_reply_that_fits_the_budget_never_touches_the_disk(tmp_path: Path) -> 
 def test_without_room_on_disk_a_reply_waits_for_the_budget_as_before(tmp_path: Path) -> None:
     budget = ReceiveBudget(len(PAYLOAD) + 100)
     budget.acquire(1000)
-    store = SpillStore(tmp_path / "spill", len(PAYLOAD) - 1)
+    store = SpillStore(tmp_path / "spill", len(PAYLOAD) - 1, after=0.1)
     rebuild = Reassembler(2**30, budget, spill=store)
     first, *rest = _chunks()
     feeding = threading.Thread(target=rebuild.feed, args=(first,), daemon=True)
@@ -100,7 +96,7 @@ def test_without_room_on_disk_a_reply_waits_for_the_budget_as_before(tmp_path: P
 def test_a_spilled_reply_cut_short_gives_its_room_back(tmp_path: Path) -> None:
     budget = ReceiveBudget(len(PAYLOAD) + 100)
     budget.acquire(1000)
-    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD))
+    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD), after=0.1)
     rebuild = Reassembler(2**30, budget, spill=store)
     rebuild.feed(_chunks()[0])
     assert store.used == len(PAYLOAD)
@@ -109,7 +105,7 @@ def test_a_spilled_reply_cut_short_gives_its_room_back(tmp_path: Path) -> None:
 
 
 def test_a_spilled_file_that_comes_back_short_is_an_error_not_a_payload(tmp_path: Path) -> None:
-    store = SpillStore(tmp_path, 100)
+    store = SpillStore(tmp_path, 100, after=0.1)
     spilled = store.open(10)
     assert spilled is not None
     spilled.write(b"0123456789")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from consortium.server.isolation.host import Isolation
 from consortium.transport.fairness import UNREAD_BYTES
 from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB
-from consortium.transport.spill import DEFAULT_SPILL_MB
+from consortium.transport.spill import DEFAULT_SPILL_AFTER_SECONDS, DEFAULT_SPILL_MB
 from consortium.transport.stall import DEFAULT_MIN_RATE_MBIT, DEFAULT_STALL_TIMEOUT
 
 log = logging.getLogger("consortium.server")
@@ -181,9 +181,16 @@ def app_isolation(
     type=click.IntRange(min=0),
     default=DEFAULT_SPILL_MB,
     show_default=True,
-    help="Disk a node's reply may be received into once it waited 2 s for the transfer "
-    "budget, all such replies together: on slow links large replies then upload at "
-    "once, not one after the other. 0: they wait.",
+    help="Disk a node's reply may be received into once it waited --spill-after seconds "
+    "for the transfer budget, all such replies together: on slow links large replies "
+    "then upload at once, not one after the other. 0: they wait.",
+)
+@click.option(
+    "--spill-after",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_SPILL_AFTER_SECONDS,
+    show_default=True,
+    help="Seconds a reply waits for the transfer budget before it is received to disk.",
 )
 @click.option(
     "--spill-dir",
@@ -282,6 +289,7 @@ def server(
     stall_timeout: float,
     min_rate_mbit: float,
     spill_mb: int,
+    spill_after: float,
     spill_dir: Path | None,
     port_file: Path | None,
     state_url: str | None,
@@ -373,7 +381,9 @@ def server(
             node_auth,
             stall_timeout=stall_timeout,
             min_rate_mbit=min_rate_mbit,
-            spill=SpillStore(spill_dir or workdir / "spill", spill_mb * 1024 * 1024),
+            spill=SpillStore(
+                spill_dir or workdir / "spill", spill_mb * 1024 * 1024, after=spill_after
+            ),
         ),
         control=ControlServicer(
             runs,

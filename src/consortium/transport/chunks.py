@@ -19,7 +19,7 @@ from consortium.core.buffers import empty_buffer
 from consortium.core.checksum import crc32
 from consortium.core.errors import WireFormatError
 from consortium.transport.receive_budget import ReceiveBudget
-from consortium.transport.spill import SPILL_AFTER_SECONDS, SpillFile, SpillStore
+from consortium.transport.spill import SpillFile, SpillStore
 from consortium.transport.stage_times import stage
 
 #: Bytes per chunk. Large enough that per-chunk overhead is negligible,
@@ -198,7 +198,7 @@ class Reassembler:
     before, so a payload it refuses costs what was received of it, no more.
     ``server_wait`` wraps its wait for the transfer budget (the stall watch does not
     count that time against the sender). With ``spill``, a payload that waited
-    :data:`~consortium.transport.spill.SPILL_AFTER_SECONDS` for the budget is received
+    ``spill.after`` seconds for the budget is received
     into a file instead, and read back into memory once complete and admitted.
     """
 
@@ -297,10 +297,10 @@ class Reassembler:
         """Reserve the announced size in the budget and allocate it; or, once it waited
         long enough for the budget and the spill folder has room, a file to receive into."""
         if self.budget is not None:
-            spill = may_spill and self._spill is not None
+            spill = self._spill if may_spill else None
             with self._server_wait():
                 admitted = self.budget.acquire(
-                    self._total, timeout=SPILL_AFTER_SECONDS if spill else None
+                    self._total, timeout=spill.after if spill is not None else None
                 )
             if not admitted:
                 assert self._spill is not None

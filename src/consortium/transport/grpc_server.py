@@ -123,11 +123,11 @@ class FleetServicer(rpc.FleetServicer):
 
     def _reads_at_once(self) -> int | None:
         """Replies worth reading at once: as many as the budget admits, and the next; and
-        as many more as the spill folder has room for (None: no bound of the budget's)."""
+        one more for each reply received to disk (None: no bound of the budget's)."""
         bound = self.budget.reads_at_once()
         if bound is None or self.spill is None:
             return bound
-        return bound + self.spill.room_for(self.budget.model_bytes)
+        return bound + self.spill.files_open
 
     def _others_waiting(self) -> bool:
         """Whether a transfer waits behind others: a task for a send slot, a reply for a

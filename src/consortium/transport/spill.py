@@ -4,15 +4,20 @@ The transfer budget keeps a large model's replies out of the server's memory
 until the ones before are folded: with a 100M-parameter model, one reply at a
 time. On a fast link that costs little; on a hospital's 20 Mbit/s link it
 turns four 160-second uploads into one of 640 seconds, each node's upload
-waiting for the one before. A reply that has waited
-:data:`SPILL_AFTER_SECONDS` for the budget is instead received into a file of
-the server's spill folder (``consortium server --spill-dir``, at most
-``--spill-mb`` in all), written chunk by chunk as it arrives: the page cache
+waiting for the one before. A reply that has waited ``--spill-after`` seconds
+(:data:`DEFAULT_SPILL_AFTER_SECONDS`) for the budget is instead received into a
+file of the server's spill folder (``--spill-dir``, at most ``--spill-mb`` in
+all), written chunk by chunk as it arrives: the page cache
 holds it, not the server's own memory, and the kernel writes it out and
 reclaims it as it needs. Once the upload is complete it waits for the budget
 like any other reply and is read back into memory in one pass, so the fold
 sees nothing different; its file is gone as soon as it was read, or when the
 transfer ends any other way.
+
+Each reply on disk lets the server read one more reply at once (the receive
+slots), which waits its turn and spills in turn if the wait is long: on a fast
+link the fold frees the budget first, so nothing is written and no more
+streams are open than without spilling (each open stream holds gRPC's buffers).
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ log = logging.getLogger("consortium.transport")
 
 #: ``--spill-mb``'s default: room for a few large replies at once (0 turns spilling off)
 DEFAULT_SPILL_MB = 4096
-#: how long a reply waits for the budget before it is received to disk instead: a fold
-#: on a fast link frees the budget sooner, so there replies still wait in memory
-SPILL_AFTER_SECONDS = 2.0
+#: how long a reply waits for the budget before it is received to disk instead. On a
+#: fast link the budget comes free sooner, so replies wait in memory: with 8 nodes and a
+#: 100M model on loopback, spilling after 2 s gained nothing and the server's own memory
+#: grew (233-258 MB against 136-199: more streams read at once); after 10 s only the two
+#: warm-up rounds spilled (docs/operations.md). On a 20 Mbit/s link an
+#: upload of that model takes 160 s.
+DEFAULT_SPILL_AFTER_SECONDS = 10.0
 
 
 class SpillError(ConsortiumError):
@@ -41,12 +50,19 @@ class SpillError(ConsortiumError):
 class SpillStore:
     """A folder for spilled replies and the bytes they may take there together."""
 
-    def __init__(self, folder: Path, capacity: int) -> None:
+    def __init__(
+        self, folder: Path, capacity: int, after: float = DEFAULT_SPILL_AFTER_SECONDS
+    ) -> None:
         if capacity < 0:
             raise ValueError(f"the spill capacity must be >= 0 bytes, got {capacity}")
+        if after < 0:
+            raise ValueError(f"the wait before spilling must be >= 0 seconds, got {after}")
         self.folder = folder
         self.capacity = capacity
+        #: seconds a reply waits for the budget before it is received here
+        self.after = after
         self._used = 0
+        self._open = 0
         self._lock = threading.Lock()
         if capacity:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -56,10 +72,11 @@ class SpillStore:
         with self._lock:
             return self._used
 
-    def room_for(self, nbytes: int) -> int:
-        """How many more replies of ``nbytes`` would fit now."""
+    @property
+    def files_open(self) -> int:
+        """Replies being received to disk, or received and waiting to be read back."""
         with self._lock:
-            return (self.capacity - self._used) // nbytes if nbytes > 0 else 0
+            return self._open
 
     def open(self, nbytes: int) -> SpillFile | None:
         """A new file for a reply of ``nbytes``, its room reserved; None if it does not fit."""
@@ -67,18 +84,22 @@ class SpillStore:
             if self._used + nbytes > self.capacity:
                 return None
             self._used += nbytes
+            self._open += 1
         try:
             fd, name = tempfile.mkstemp(prefix="reply-", suffix=".spill", dir=self.folder)
         except OSError as exc:
             self.release(nbytes)
             log.warning("could not spill a reply to %s: %s", self.folder, exc)
             return None
+        log.info("receiving a reply of %.0f MB to disk: it waited for the transfer budget",
+                 nbytes / 1e6)  # fmt: skip
         return SpillFile(self, fd, Path(name), nbytes)
 
     def release(self, nbytes: int) -> None:
         """A spilled reply's room is free again (its file closed)."""
         with self._lock:
             self._used -= nbytes
+            self._open -= 1
 
 
 class SpillFile:
