@@ -115,18 +115,25 @@ class PeakPrivate(threading.Thread):
             self.peak = max(self.peak, _private_mb(self.pid))
 
 
+def _start_when_ready(deployment: Deployment, app: Path) -> tuple[str, Path]:
+    """Start a run of ``app``; once its server app is ready (its imports done, it waits
+    for "begin" in its work folder), the run's id and that folder."""
+    run_id = deployment.start_run(app, {}, seed=1)
+    work = deployment.run_dir(run_id) / "work"
+    deadline = time.monotonic() + 60
+    while not (work / "ready").exists():
+        assert time.monotonic() < deadline, deployment.log("server")
+        time.sleep(0.05)
+    return run_id, work
+
+
 def test_a_slow_server_app_holds_a_few_replies_not_the_whole_round(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
     deployment.start_server()
     deployment.start_node(NODE, app=app)
-    run_id = deployment.start_run(app, {}, seed=1)
-    work = deployment.run_dir(run_id) / "work"
-    deadline = time.monotonic() + 60
-    while not (work / "ready").exists():  # its imports done, it waits for "begin"
-        assert time.monotonic() < deadline, deployment.log("server")
-        time.sleep(0.05)
+    run_id, work = _start_when_ready(deployment, app)
     app_pid = deployment.app_process("server", "consortium.server.isolation")
     before = _private_mb(app_pid)
     sampler = PeakPrivate(app_pid)
@@ -159,12 +166,7 @@ def test_the_server_receives_a_rounds_replies_into_as_many_blocks_as_its_budget_
     app = write_app(tmp_path / "paced", MANIFEST, {"paced": APP})
     deployment.start_server("--transfer-budget-mb", str(int(budget_replies * REPLY_MB)))
     deployment.start_node(NODE, app=app)
-    run_id = deployment.start_run(app, {}, seed=1)
-    work = deployment.run_dir(run_id) / "work"
-    deadline = time.monotonic() + 60
-    while not (work / "ready").exists():
-        assert time.monotonic() < deadline, deployment.log("server")
-        time.sleep(0.05)
+    run_id, work = _start_when_ready(deployment, app)
     (work / "begin").write_text("")
     deployment.wait_rounds(run_id, 1)
     blocks = writable_blocks(deployment.procs["server"].pid)  # the app (and they) live
@@ -188,12 +190,7 @@ def test_a_reply_held_back_by_the_servers_budget_longer_than_the_stall_timeout_a
     budget_mb = str(int(1.5 * REPLY_MB))
     deployment.start_server("--transfer-budget-mb", budget_mb, "--stall-timeout", "2")
     deployment.start_node(NODE, app=app)
-    run_id = deployment.start_run(app, {}, seed=1)
-    work = deployment.run_dir(run_id) / "work"
-    deadline = time.monotonic() + 60
-    while not (work / "ready").exists():
-        assert time.monotonic() < deadline, deployment.log("server")
-        time.sleep(0.05)
+    run_id, work = _start_when_ready(deployment, app)
     (work / "begin").write_text("")
     deployment.wait_rounds(run_id, 1, timeout=60)
     (work / "go").write_text("")
