@@ -114,21 +114,3 @@ def test_a_spilled_file_that_comes_back_short_is_an_error_not_a_payload(tmp_path
         spilled.read_into(memoryview(bytearray(20)))
     spilled.close()
     assert store.used == 0 and store.open(101) is None
-
-
-def test_while_a_reply_is_on_disk_the_next_that_does_not_fit_spills_at_once(
-    tmp_path: Path,
-) -> None:
-    budget = ReceiveBudget(len(PAYLOAD) + 100)
-    budget.acquire(1000)
-    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD), after=30.0)
-    assert store.wait_now() == 30.0
-    on_disk = store.open(len(PAYLOAD))  # a reply spilled before
-    assert on_disk is not None and store.wait_now() == 0.0
-    rebuild = Reassembler(2**30, budget, spill=store)
-    started = time.monotonic()
-    rebuild.feed(_chunks()[0])
-    assert time.monotonic() - started < 5 and store.files_open == 2
-    rebuild.close()
-    on_disk.close()
-    assert store.files_open == 0 and store.used == 0

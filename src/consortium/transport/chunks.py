@@ -300,7 +300,7 @@ class Reassembler:
             spill = self._spill if may_spill else None
             with self._server_wait():
                 admitted = self.budget.acquire(
-                    self._total, timeout=spill.wait_now() if spill is not None else None
+                    self._total, timeout=spill.after if spill is not None else None
                 )
             if not admitted:
                 assert self._spill is not None

@@ -15,10 +15,12 @@ sees nothing different; its file is gone as soon as it was read, or when the
 transfer ends any other way.
 
 Each reply on disk lets the server read one more reply at once (the receive
-slots); while one is on disk, the next that does not fit the budget spills at
-once, so the uploads of a slow round start within a moment of each other. On a
+slots), which waits its turn and spills in turn if its wait is long too. On a
 fast link the fold frees the budget first, so nothing is written and no more
 streams are open than without spilling (each open stream holds gRPC's buffers).
+Spilling every waiting reply at once while one is on disk was tried: with 8
+nodes and a 100M model on loopback, the warm-up rounds then read 7 replies at
+once and the server's tree peaked at 3.09x the model (2.89-2.92x without).
 """
 
 from __future__ import annotations
@@ -72,12 +74,6 @@ class SpillStore:
     def used(self) -> int:
         with self._lock:
             return self._used
-
-    def wait_now(self) -> float:
-        """How long a reply should wait for the budget before it spills: ``after``, or
-        nothing while replies are on disk already (the links are slow, it would spill)."""
-        with self._lock:
-            return 0.0 if self._open else self.after
 
     @property
     def files_open(self) -> int:
