@@ -11,9 +11,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from consortium.transport.grpc_client import ControlClient
 
 #: how often the sampler reads the process trees
 SAMPLE_S = 0.05
@@ -174,6 +179,44 @@ def spy(py_spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
     cmd = [py_spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking",
            "--format", "raw", "--output", str(out)]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def admin_client(pki: Path, address: str) -> ControlClient:
+    """The benchmark admin's connection to the server at ``address`` (credentials under
+    ``pki``, as ``transport.make_pki`` issued them)."""
+    from consortium.transport.grpc_client import ClientTls, ControlClient
+
+    creds = pki / "credentials" / ADMIN
+    tls = ClientTls(
+        key=(creds / f"{ADMIN}.key").read_bytes(),
+        certificate=(creds / f"{ADMIN}.crt").read_bytes(),
+        ca=(creds / "ca.crt").read_bytes(),
+    )
+    return ControlClient(address, tls=tls)
+
+
+def wait_run(
+    pki: Path,
+    address: str,
+    run_id: str,
+    timeout: float,
+    procs: Sequence[subprocess.Popen[bytes]] = (),
+) -> dict[str, Any] | None:
+    """Poll the run until it ends, or one of ``procs`` exits: its summary (with per-round
+    records); None at the timeout."""
+    client = admin_client(pki, address)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            info: dict[str, Any] = client.show_run(run_id)
+            if info["status"] not in ("pending", "running"):
+                return info
+            if any(p.poll() is not None for p in procs):
+                return dict(client.show_run(run_id))
+            time.sleep(0.2)
+    finally:
+        client.close()
+    return None
 
 
 def wait_port(port_file: Path, server: subprocess.Popen[bytes], timeout: float) -> int:

@@ -40,7 +40,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_processes import ADMIN, consortium_cmd, spawn, stop, wait_port  # noqa: E402
+from bench_processes import ADMIN, consortium_cmd, spawn, stop, wait_port, wait_run  # noqa: E402
 from transport import APP_DIR, make_pki  # noqa: E402
 from transport_report import parse_size, size_label  # noqa: E402
 from wan_link import BURST, TokenBucket  # noqa: E402
@@ -141,7 +141,7 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
             capture_output=True, text=True, timeout=120, cwd=work, check=True,
         )  # fmt: skip
         run_id = started.stdout.strip().splitlines()[-1]
-        info = follow(run_id, port, pki, args.timeout)
+        info = wait_run(pki, f"127.0.0.1:{port}", run_id, args.timeout, procs)
         result["status"] = info["status"] if info else "timed out"
         result["round_seconds"] = [float(r["seconds"]) for r in (info or {}).get("rounds", [])]
         log = (work / "srv" / "server.log").read_text(errors="replace")
@@ -154,29 +154,6 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def follow(run_id: str, port: int, pki: Path, timeout: float) -> dict[str, Any] | None:
-    """Poll the run until it ends; its summary, or None at the timeout."""
-    from consortium.transport.grpc_client import ClientTls, ControlClient
-
-    creds = pki / "credentials" / ADMIN
-    tls = ClientTls(
-        key=(creds / f"{ADMIN}.key").read_bytes(),
-        certificate=(creds / f"{ADMIN}.crt").read_bytes(),
-        ca=(creds / "ca.crt").read_bytes(),
-    )
-    client = ControlClient(f"127.0.0.1:{port}", tls=tls)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            info = client.show_run(run_id)
-            if info["status"] not in ("pending", "running"):
-                return info
-            time.sleep(0.5)
-    finally:
-        client.close()
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

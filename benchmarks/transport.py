@@ -44,7 +44,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ from bench_processes import (  # noqa: E402
     spy,
     stop,
     wait_port,
+    wait_run,
 )
 from consortium.transport.stage_times import STAGE_TIMES_ENV  # noqa: E402
 from transport_report import (  # noqa: E402
@@ -202,28 +202,10 @@ def _follow(
     procs: list[subprocess.Popen[bytes]],
 ) -> dict[str, Any] | None:
     """Poll the run until it ends; its summary (with per-round records), or None."""
-    from consortium.transport.grpc_client import ClientTls, ControlClient
-
-    creds = pki / "credentials" / ADMIN
-    tls = ClientTls(
-        key=(creds / f"{ADMIN}.key").read_bytes(),
-        certificate=(creds / f"{ADMIN}.crt").read_bytes(),
-        ca=(creds / "ca.crt").read_bytes(),
-    )
-    client = ControlClient(address, tls=tls)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            info = client.show_run(run_id)
-            if info["status"] not in ("pending", "running"):
-                return info
-            if any(p.poll() is not None for p in procs):
-                row.note = "a process exited during the run"
-                return client.show_run(run_id)
-            time.sleep(0.2)
-    finally:
-        client.close()
-    return None
+    info = wait_run(pki, address, run_id, timeout, procs)
+    if info is not None and info["status"] in ("pending", "running"):
+        row.note = "a process exited during the run"
+    return info
 
 
 def _process_cpu(sampler: Sampler, ends: list[float]) -> dict[str, float]:
