@@ -196,7 +196,8 @@ class BadNode(PlayedNode):
 
 
 class PeakRss:
-    """Samples a process's resident memory in the background; ``peak`` is the largest seen."""
+    """Samples a process's resident memory in the background; ``peak`` is the largest seen
+    (until the process ends: a test may stop it, as a server restart does)."""
 
     def __init__(self, pid: int) -> None:
         self.process = psutil.Process(pid)
@@ -207,7 +208,10 @@ class PeakRss:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.process.memory_info().rss)
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.NoSuchProcess:
+                return
 
     def close(self) -> int:
         self._stop.set()
