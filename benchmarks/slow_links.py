@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_processes import ADMIN, consortium_cmd, spawn, stop, wait_port, wait_run  # noqa: E402
+from consortium.transport.stall import BYTES_PER_MBIT  # noqa: E402
 from transport import APP_DIR, make_pki  # noqa: E402
 from transport_report import parse_size, size_label  # noqa: E402
 from wan_link import BURST, TokenBucket  # noqa: E402
@@ -123,7 +124,7 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
         )  # fmt: skip
         procs.append(server)
         port = wait_port(work / "port", server, 60)
-        rate = args.rate_mbit * 125_000
+        rate = args.rate_mbit * BYTES_PER_MBIT
         for i in range(1, args.nodes + 1):
             proxy = ThrottledProxy(("127.0.0.1", port), rate, args.latency_ms / 1000)
             proxies.append(proxy)

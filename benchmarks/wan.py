@@ -93,6 +93,7 @@ from consortium.transport.grpc_client import ClientTls, FleetClient
 from consortium.transport.grpc_listen import TlsFiles, start_server
 from consortium.transport.grpc_server import FleetServicer
 from consortium.transport.peer_verifier import PeerVerifier
+from consortium.transport.stall import BYTES_PER_MBIT
 
 APP_DIR = Path(__file__).resolve().parent / "wan_app"
 sys.path.insert(0, str(APP_DIR))
@@ -206,7 +207,7 @@ def run_codec(
     links, runners, threads = [], [], []
     for i, node in enumerate(nodes):
         client = FleetClient(f"127.0.0.1:{port}", tls=_tls(creds, node))
-        link = ThrottledLink(client, args.rate_mbit * 1e6 / 8, args.latency_ms / 1000)
+        link = ThrottledLink(client, args.rate_mbit * BYTES_PER_MBIT, args.latency_ms / 1000)
         runner = NodeRunner(
             link,  # type: ignore[arg-type]
             node_config={"partition-id": i, "num-partitions": len(nodes)},

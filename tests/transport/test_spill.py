@@ -12,28 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from consortium.transport import chunks
-from consortium.transport.chunks import Reassembler, iter_chunks
+from consortium.transport.chunks import Chunk, Reassembler, iter_chunks
 from consortium.transport.receive_budget import ReceiveBudget
 from consortium.transport.spill import SpillError, SpillStore
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 17)
 
 
-def _chunks() -> list[chunks.Chunk]:
+def _chunks() -> list[Chunk]:
     return list(iter_chunks([PAYLOAD], "m", chunk_size=1024 * 1024))
 
 
 class Waits:
-    """``server_wait``: counts the waits, and whether one is going on."""
+    """``server_wait``: whether a wait is going on."""
 
     def __init__(self) -> None:
-        self.count = 0
         self.inside = threading.Event()
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        self.count += 1
         self.inside.set()
         try:
             yield

@@ -302,9 +302,9 @@ class Reassembler:
                 admitted = self.budget.acquire(
                     self._total, timeout=spill.after if spill is not None else None
                 )
-            if not admitted:
-                assert self._spill is not None
-                self._spilled = self._spill.open(self._total)
+            if not admitted:  # only with a timeout, so with a spill store
+                assert spill is not None
+                self._spilled = spill.open(self._total)
                 if self._spilled is not None:
                     self._head = bytes(head[:CHUNK_SIZE])
                     return

@@ -182,7 +182,7 @@ class StallWatch:
         """Cut off the transfers stalled, or too slow, now; the ones it cut off."""
         now = self._clock()
         with self._lock:
-            stalled, crawling = [], []
+            cut, crawling = [], []
             for transfer in self._transfers:
                 if transfer.cut:
                     continue
@@ -190,7 +190,7 @@ class StallWatch:
                     transfer.forget_rate()
                 elif now - transfer.last > self.timeout:
                     transfer.stalled = True
-                    stalled.append(transfer)
+                    cut.append(transfer)
                 elif self.min_rate and transfer.held_to_rate:
                     rate = transfer.rate_over(now, self.timeout)
                     if rate is not None and rate < self.min_rate:
@@ -198,15 +198,15 @@ class StallWatch:
         if crawling and self._others_waiting is not None and self._others_waiting():
             for transfer, rate in crawling:
                 transfer.too_slow = rate
-                stalled.append(transfer)
-        for transfer in stalled:
+                cut.append(transfer)
+        for transfer in cut:
             if transfer.too_slow is None:
-                why = "no progress for %.0f s" % (now - transfer.last)
+                why = f"no progress for {now - transfer.last:.0f} s"
             else:
                 why = f"{mbit(transfer.too_slow)} over {self.timeout:.0f} s while others waited"
             log.warning("cut off %s: %s", transfer.what, why)
             transfer.call.cancel()
-        return stalled
+        return cut
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout / 4)):
