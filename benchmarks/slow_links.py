@@ -14,12 +14,14 @@ they would over a real one, heartbeats and long-polls included.
 Each configuration starts ``consortium server`` (mutual TLS) with ``--transfer-budget-mb``
 (default 128: one 100 MB reply at a time, as the default 256 is for a 100M-parameter
 model), N x ``consortium node`` and a run of ``benchmarks/transport_app`` (FedAvg over a
-model of ``--params`` float32 parameters), and reports each round's seconds and how many
-replies the server received to disk (its log's "to disk" lines):
+model of ``--params`` float32 parameters), and reports each round's seconds, how many
+replies the server received to disk (its log's "to disk" lines; how many of them at once,
+their node's link known to be slow) and the peak PSS of the server's process tree:
 
 * ``waiting``: ``--spill-mb 0``: each upload waits for the budget, so for the one before;
-* ``spilled``: the defaults (``--spill-after 10``): a reply that waited 10 s is received
-  to disk, and while one is there the next that does not fit spills at once.
+* ``spilled``: the defaults: a reply that does not fit the budget is received to disk,
+  at once from a node whose link the server measured under ``--slow-link-mbit`` (every
+  node here, from its first task on), after ``--spill-after`` seconds from others.
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_processes import ADMIN, consortium_cmd, spawn, stop, wait_port, wait_run  # noqa: E402
+from bench_processes import (  # noqa: E402
+    ADMIN,
+    Sampler,
+    consortium_cmd,
+    spawn,
+    stop,
+    wait_port,
+    wait_run,
+)
 from consortium.transport.stall import BYTES_PER_MBIT  # noqa: E402
 from transport import APP_DIR, make_pki  # noqa: E402
 from transport_report import parse_size, size_label  # noqa: E402
@@ -114,6 +124,8 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
     procs: list[subprocess.Popen[bytes]] = []
     proxies: list[ThrottledProxy] = []
     result: dict[str, Any] = {"config": name, "server_options": extra}
+    sampler = Sampler()  # the server's tree
+    sampling = False
     try:
         server = spawn(
             [*cli, "server", "--address", "127.0.0.1:0", "--credentials",
@@ -123,6 +135,9 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
             work / "server.out", work,
         )  # fmt: skip
         procs.append(server)
+        sampler.add("server", server.pid)
+        sampler.start()
+        sampling = True
         port = wait_port(work / "port", server, 60)
         rate = args.rate_mbit * BYTES_PER_MBIT
         for i in range(1, args.nodes + 1):
@@ -146,9 +161,15 @@ def run(name: str, args: argparse.Namespace, pki: Path, extra: list[str]) -> dic
         result["status"] = info["status"] if info else "timed out"
         result["round_seconds"] = [float(r["seconds"]) for r in (info or {}).get("rounds", [])]
         log = (work / "srv" / "server.log").read_text(errors="replace")
-        result["replies_spilled"] = log.count("to disk: it waited for the transfer budget")
+        result["replies_spilled"] = log.count("to disk: ")
+        result["spilled_at_once"] = log.count("to disk: the transfer budget is full and its")
         result["transfers_cut_off"] = log.count("cut off ")
     finally:
+        if sampling:
+            sampler.stop()
+            result["server_pss_mb"] = round(sampler.peak_pss["server"] / 2**20)
+            parts = sampler.peak_pss_parts.get("server", {})
+            result["server_pss_parts_mb"] = {k: round(v / 2**20) for k, v in parts.items()}
         stop(procs)
         for proxy in proxies:
             proxy.close()
@@ -186,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### Slow links: {size_label(args.params)} params ({model_mb:.0f} MB) x "
           f"{args.nodes} nodes, {args.rate_mbit:g} Mbit/s and {args.latency_ms:g} ms each "
           f"way per node, budget {args.budget_mb} MB\n")  # fmt: skip
-    print("| config | status | seconds per round | replies to disk | cut off |")
-    print("|---|---|---|---:|---:|")
+    print("| config | status | seconds per round | replies to disk | cut off | server PSS MB |")
+    print("|---|---|---|---:|---:|---:|")
     for row in rows:
         seconds = ", ".join(f"{s:.1f}" for s in row.get("round_seconds", []))
         print(f"| {row['config']} | {row.get('status')} | {seconds} | "
-              f"{row.get('replies_spilled')} | {row.get('transfers_cut_off')} |")  # fmt: skip
+              f"{row.get('replies_spilled')} | {row.get('transfers_cut_off')} | "
+              f"{row.get('server_pss_mb')} |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "rows": rows}, indent=2, default=str))  # fmt: skip

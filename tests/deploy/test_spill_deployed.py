@@ -137,3 +137,35 @@ def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
     else:
         # one after the other: the budget let each in only once the one before was folded
         assert ends[-1] - starts[0] > 3 * one, uploads
+
+
+def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The server measured each node's link from its 16 MB task; with a threshold over
+    any link here, every node counts as slow: a reply the budget cannot take is received
+    to disk at once, not after the 60 s ``--spill-after`` gives replies from fast links,
+    so the four uploads move together."""
+    app = write_app(tmp_path / "spilled", MANIFEST, {"spilled": APP})
+    deployment.start_server(
+        "--transfer-budget-mb", "24", "--unread-mb", "1", "--spill-mb", "256",
+        "--spill-dir", str(tmp_path / "spill"), "--spill-after", "60",
+        "--slow-link-mbit", "100000000",
+    )  # fmt: skip
+    nodes = [PacedNode(deployment, name, app) for name in NODES]
+    for node in nodes:
+        node.start()
+    try:
+        run_id = deployment.start_run(app, {}, seed=1)
+        info = deployment.wait_run(run_id, timeout=120)
+    finally:
+        for node in nodes:
+            node.close()
+    assert all(node.error is None for node in nodes), [node.error for node in nodes]
+    assert info["status"] == "finished", (info, deployment.log("server"))
+    uploads = [node.upload for node in nodes if node.upload is not None]
+    assert len(uploads) == 4
+    starts, ends = sorted(u[0] for u in uploads), sorted(u[1] for u in uploads)
+    assert ends[-1] - starts[0] < 2 * 15 * PACE_S, uploads  # together, as with a short wait
+    log = deployment.log("server")
+    assert log.count("to disk: the transfer budget is full and its node's link is slow") >= 2

@@ -145,6 +145,31 @@ def test_only_so_many_model_sized_tasks_are_sent_at_once_and_small_ones_go_by() 
         fleet.close()
 
 
+def test_model_sized_tasks_to_nodes_on_slow_links_go_beside_the_few_large_sends() -> None:
+    """A slow link bounds its own download: its model-sized task does not wait for the
+    large sends to fast links (on two cores a few of those move a model as fast as
+    many), only for a slot of all ``sends_at_once``."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=3, large_sends_at_once=1,
+                  large_send_bytes=64 * 1024)  # fmt: skip
+    for node in NODES:
+        fleet.hello(node, "instance")
+    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
+    large = [
+        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
+        for node in NODES
+    ]
+    stream = fleet.send_and_receive(large, timeout=30)
+    try:
+        assert fleet.next_task("a", 0.0) is not None  # the one large slot of fast links
+        assert fleet.next_task("b", 0.0) is None  # a second fast one waits for it
+        assert fleet.next_task("b", 0.0, slow_link=True) is not None  # a slow one goes
+        assert fleet.next_task("c", 0.0, slow_link=True) is not None
+        assert fleet.next_task("d", 0.0, slow_link=True) is None  # all three slots taken
+    finally:
+        stream.close()
+        fleet.close()
+
+
 def test_closing_the_fleet_ends_every_waiting_pull(fleet: Fleet) -> None:
     pulls = [Pull(fleet, node, wait=30.0) for node in NODES]
     _settle()

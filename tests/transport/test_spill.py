@@ -103,11 +103,40 @@ def test_a_spilled_reply_cut_short_gives_its_room_back(tmp_path: Path) -> None:
 
 def test_a_spilled_file_that_comes_back_short_is_an_error_not_a_payload(tmp_path: Path) -> None:
     store = SpillStore(tmp_path, 100, after=0.1)
-    spilled = store.open(10)
+    spilled = store.open(10, "a test")
     assert spilled is not None
     spilled.write(b"0123456789")
     spilled.written = 20  # as if the file had lost its end
     with pytest.raises(SpillError, match="ended after 10 of 20 bytes"):
         spilled.read_into(memoryview(bytearray(20)))
     spilled.close()
-    assert store.used == 0 and store.open(101) is None
+    assert store.used == 0 and store.open(101, "a test") is None
+
+
+def test_a_reply_from_a_node_on_a_slow_link_spills_at_once_and_says_so(tmp_path: Path) -> None:
+    budget = ReceiveBudget(len(PAYLOAD) + 100)
+    budget.acquire(1000)  # another reply in flight: this one does not fit
+    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD), after=60.0)
+    spilled: list[int] = []
+    rebuild = Reassembler(
+        2**30, budget, spill=store, spill_at_once=True,
+        on_spill=lambda: spilled.append(store.files_open),
+    )  # fmt: skip
+    first, *rest = _chunks()
+    started = time.monotonic()
+    rebuild.feed(first)
+    assert time.monotonic() - started < 5  # not the 60 s a reply from a fast link waits
+    assert spilled == [1] and store.used == len(PAYLOAD)  # told once the file is open
+    for chunk in rest:
+        rebuild.feed(chunk)
+    budget.release(1000)
+    assert bytes(rebuild.result()) == PAYLOAD and store.files_open == 0
+
+
+def test_a_reply_from_a_slow_link_that_fits_the_budget_stays_in_memory(tmp_path: Path) -> None:
+    budget = ReceiveBudget(10 * len(PAYLOAD))
+    store = SpillStore(tmp_path / "spill", 10 * len(PAYLOAD))
+    rebuild = Reassembler(2**30, budget, spill=store, spill_at_once=True)
+    for chunk in _chunks():
+        rebuild.feed(chunk)
+    assert bytes(rebuild.result()) == PAYLOAD and store.used == 0

@@ -60,6 +60,29 @@ def test_a_transfer_is_not_judged_while_the_server_waits_on_itself() -> None:
         watch.close()
 
 
+def test_a_transfers_moving_time_leaves_out_the_servers_waits() -> None:
+    """What a link is measured over: the transfer's time, less the server's own waits
+    (nested ones counted once, one still going on counted up to now)."""
+    now = [100.0]
+    watch = StallWatch(10.0, clock=lambda: now[0])
+    try:
+        with watch.watching(Call(), "a reply") as transfer:
+            now[0] = 103.0
+            with transfer.paused():
+                now[0] = 110.0
+                with transfer.paused():
+                    now[0] = 150.0
+                assert transfer.moving_seconds() == pytest.approx(3.0)
+                now[0] = 160.0
+            now[0] = 165.0  # 3 s moving, 57 s waiting, 5 s moving
+            assert transfer.moving_seconds() == pytest.approx(8.0)
+            with transfer.paused():
+                now[0] = 170.0
+                assert transfer.moving_seconds() == pytest.approx(8.0)
+    finally:
+        watch.close()
+
+
 class Waiting:
     """Whether others wait behind the watched transfers, as the test sets it."""
 

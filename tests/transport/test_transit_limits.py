@@ -5,6 +5,7 @@ a stream window shared among the nodes."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +49,26 @@ def test_receive_slots_admit_a_few_replies_and_one_per_node() -> None:
     assert not slots.acquire("b", lambda: False)
     with pytest.raises(ValueError, match="slots must be >= 1"):
         ReceiveSlots(0)
+
+
+def test_a_push_waiting_for_a_slot_looks_again_when_told_the_bound_grew() -> None:
+    """A reply received to disk lets one more be read: the waiting push hears of it at
+    once (``recount``), not at its next poll."""
+    bound = [1]
+    slots = ReceiveSlots(16, lambda: bound[0])
+    assert slots.acquire("a", lambda: True)
+    got: list[float] = []
+    waiter = threading.Thread(
+        target=lambda: slots.acquire("b", lambda: True, 30.0) and got.append(time.monotonic())
+    )
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    bound[0] = 2  # a's reply went to disk
+    told = time.monotonic()
+    slots.recount()
+    waiter.join(5)
+    assert got and got[0] - told < 1.0  # not the 30 s poll
 
 
 def test_model_sized_replies_are_read_only_as_far_as_the_budget_admits_them() -> None:

@@ -222,6 +222,7 @@ def server(
     min_rate_mbit: float,
     spill_mb: int,
     spill_after: float,
+    slow_link_mbit: float,
     spill_dir: Path | None,
     port_file: Path | None,
     state_url: str | None,
@@ -316,6 +317,7 @@ def server(
             spill=SpillStore(
                 spill_dir or workdir / "spill", spill_mb * 1024 * 1024, after=spill_after
             ),
+            slow_link_mbit=slow_link_mbit,
         ),
         control=ControlServicer(
             runs,

@@ -11,6 +11,7 @@ from typing import TypeVar
 import click
 
 from consortium.transport.fairness import UNREAD_BYTES
+from consortium.transport.link_rates import DEFAULT_SLOW_LINK_MBIT
 from consortium.transport.receive_budget import DEFAULT_TRANSFER_BUDGET_MB
 from consortium.transport.spill import DEFAULT_SPILL_AFTER_SECONDS, DEFAULT_SPILL_MB
 from consortium.transport.stall import DEFAULT_MIN_RATE_MBIT, DEFAULT_STALL_TIMEOUT
@@ -67,16 +68,28 @@ _OPTIONS = (
         type=click.IntRange(min=0),
         default=DEFAULT_SPILL_MB,
         show_default=True,
-        help="Disk a node's reply may be received into once it waited --spill-after seconds "
-        "for the transfer budget, all such replies together: on slow links large replies "
-        "then upload at once, not one after the other. 0: they wait.",
+        help="Disk a node's reply may be received into when the transfer budget cannot take "
+        "it (at once from a node on a slow link, after --spill-after seconds from others), "
+        "all such replies together: on slow links large replies then upload at once, not "
+        "one after the other. 0: they wait.",
     ),
     click.option(
         "--spill-after",
         type=click.FloatRange(min=0.0),
         default=DEFAULT_SPILL_AFTER_SECONDS,
         show_default=True,
-        help="Seconds a reply waits for the transfer budget before it is received to disk.",
+        help="Seconds a reply from a node not known to be on a slow link waits for the "
+        "transfer budget before it is received to disk.",
+    ),
+    click.option(
+        "--slow-link-mbit",
+        type=click.FloatRange(min=0.0),
+        default=DEFAULT_SLOW_LINK_MBIT,
+        show_default=True,
+        help="A node whose last model-sized transfer (8 MiB or more) moved under this many "
+        "megabits a second is on a slow link: its reply spills at once when it must wait, "
+        "and its model-sized task goes out beside the few sent at once to fast links. "
+        "0: no link is slow.",
     ),
     click.option(
         "--spill-dir",

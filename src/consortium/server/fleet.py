@@ -155,7 +155,7 @@ class Fleet(ReplyIntake):
             return True
 
     def next_task(
-        self, node: str, wait: float
+        self, node: str, wait: float, *, slow_link: bool = False
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
         deadline = self._clock() + wait
         with self._cond:
@@ -167,11 +167,11 @@ class Fleet(ReplyIntake):
                     # every node's stream holds a copy of the chunk being sent: with
                     # hundreds of nodes pulling at once, the rest wait for a free slot
                     size = _payload_bytes(session.tasks[0][1]) if session.tasks else 0
-                    if session.tasks and self._slots.full(size):
+                    if session.tasks and self._slots.full(size, slow_link):
                         self._slots.wait_turn(node)  # woken when a slot is free
                     elif session.tasks:
                         message_id, parts = session.tasks.popleft()
-                        self._slots.start(node, message_id, size)
+                        self._slots.start(node, message_id, size, slow_link)
                         session.in_flight.add(message_id)
                         shared = self._outgoing.get(message_id)
                         if shared is not None:

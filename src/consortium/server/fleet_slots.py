@@ -20,7 +20,11 @@ class SendSlots:
     """The pulls of each node, the tasks being sent, and the nodes waiting for a slot.
 
     At most ``limit`` tasks are sent at once, and of them at most ``large_limit`` of
-    ``large_bytes`` or more (model-sized: each of their streams holds more memory)."""
+    ``large_bytes`` or more (model-sized: each of their streams holds more memory) to
+    nodes on fast links. On two cores a few fast downloads move a model as fast as many;
+    a slow link bounds its own download, so those to nodes on slow links (known from
+    their earlier transfers, :mod:`consortium.transport.link_rates`) go at once, up to
+    ``limit``."""
 
     def __init__(
         self, lock: threading.RLock, limit: int, large_limit: int, large_bytes: int
@@ -34,7 +38,7 @@ class SendSlots:
         self.large_bytes = large_bytes
         self._lock = lock
         #: ids of the tasks being sent now (pulled, their sending not ended yet), and
-        #: whether each is a large one
+        #: whether each is a large one to a fast link
         self._sending: dict[str, bool] = {}
         self._large = 0  # of them
         #: nodes whose pull has a task to be sent and waits for a slot, first come first
@@ -60,11 +64,14 @@ class SendSlots:
         for cond in self._conds.values():
             cond.notify_all()
 
-    def full(self, nbytes: int) -> bool:
-        """Whether a task of ``nbytes`` must wait for a slot."""
+    def full(self, nbytes: int, slow_link: bool = False) -> bool:
+        """Whether a task of ``nbytes`` (to a node on a slow link) must wait for a slot."""
         if len(self._sending) >= self.limit:
             return True
-        return nbytes >= self.large_bytes and self._large >= self.large_limit
+        return self._held_to_large(nbytes, slow_link) and self._large >= self.large_limit
+
+    def _held_to_large(self, nbytes: int, slow_link: bool) -> bool:
+        return nbytes >= self.large_bytes and not slow_link
 
     def wait_turn(self, node: str) -> None:
         """``node`` has a task to be sent and no slot: it is woken when one is free."""
@@ -78,10 +85,10 @@ class SendSlots:
         """``node``'s pull stopped waiting (it timed out, or got its slot)."""
         self._waiting.pop(node, None)
 
-    def start(self, node: str, message_id: str, nbytes: int) -> None:
+    def start(self, node: str, message_id: str, nbytes: int, slow_link: bool = False) -> None:
         """``node``'s pull takes a slot to send ``message_id``, of ``nbytes``."""
         self.leave(node)
-        large = nbytes >= self.large_bytes
+        large = self._held_to_large(nbytes, slow_link)
         self._sending[message_id] = large
         self._large += large
 

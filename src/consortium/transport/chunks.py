@@ -198,8 +198,9 @@ class Reassembler:
     before, so a payload it refuses costs what was received of it, no more.
     ``server_wait`` wraps its wait for the transfer budget (the stall watch does not
     count that time against the sender). With ``spill``, a payload that waited
-    ``spill.after`` seconds for the budget is received
-    into a file instead, and read back into memory once complete and admitted.
+    ``spill.after`` seconds for the budget (none with ``spill_at_once``: its sender
+    is on a slow link) is received into a file instead, and read back into memory
+    once complete and admitted; ``on_spill`` is called when it starts to be.
     """
 
     def __init__(
@@ -210,6 +211,9 @@ class Reassembler:
         allocate: Allocate | None = None,
         server_wait: Callable[[], AbstractContextManager[object]] = nullcontext,
         spill: SpillStore | None = None,
+        *,
+        spill_at_once: bool = False,
+        on_spill: Callable[[], None] | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.budget = budget
@@ -221,6 +225,8 @@ class Reassembler:
         self._server_wait = server_wait
         #: where a reply goes that waited too long for the budget (see transport/spill.py)
         self._spill = spill
+        self._spill_at_once = spill_at_once
+        self._on_spill = on_spill
         self._spilled: SpillFile | None = None
         self._head = b""  # a spilled payload's first bytes, for ``allocate`` when it lands
         self._staged: bytearray | None = None
@@ -298,15 +304,21 @@ class Reassembler:
         long enough for the budget and the spill folder has room, a file to receive into."""
         if self.budget is not None:
             spill = self._spill if may_spill else None
+            wait = None if spill is None else 0.0 if self._spill_at_once else spill.after
             with self._server_wait():
-                admitted = self.budget.acquire(
-                    self._total, timeout=spill.after if spill is not None else None
-                )
+                admitted = self.budget.acquire(self._total, timeout=wait)
             if not admitted:  # only with a timeout, so with a spill store
                 assert spill is not None
-                self._spilled = spill.open(self._total)
+                why = (
+                    "the transfer budget is full and its node's link is slow"
+                    if self._spill_at_once
+                    else f"it waited {spill.after:g} s for the transfer budget"
+                )
+                self._spilled = spill.open(self._total, why)
                 if self._spilled is not None:
                     self._head = bytes(head[:CHUNK_SIZE])
+                    if self._on_spill is not None:
+                        self._on_spill()
                     return
                 with self._server_wait():
                     self.budget.acquire(self._total)

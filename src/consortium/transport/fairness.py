@@ -159,6 +159,12 @@ class ReceiveSlots:
                 del self._holders[node]
             self._cond.notify_all()
 
+    def recount(self) -> None:
+        """The bound on replies read at once may have grown (one was received to disk):
+        the waiting pushes look again now, not at their next poll."""
+        with self._cond:
+            self._cond.notify_all()
+
     def in_use(self) -> int:
         with self._cond:
             return sum(self._holders.values())

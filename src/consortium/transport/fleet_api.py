@@ -36,9 +36,11 @@ class FleetBackend(Protocol):
         """Record a heartbeat; False if the node must say hello again."""
 
     def next_task(
-        self, node: str, wait: float
+        self, node: str, wait: float, *, slow_link: bool = False
     ) -> tuple[str, list[bytes | bytearray | memoryview]] | None:
-        """The node's next task as (message id, encoded parts), waiting up to ``wait`` s."""
+        """The node's next task as (message id, encoded parts), waiting up to ``wait`` s.
+        ``slow_link``: the node's link is known to be slow (its model-sized task is not
+        held to the few sent at once to fast links)."""
 
     def tasks_waiting(self) -> bool:
         """Whether a node's task waits for a send slot (others are being sent)."""

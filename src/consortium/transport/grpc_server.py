@@ -41,6 +41,7 @@ from consortium.transport.fairness import (
 from consortium.transport.fleet_api import decode_reply
 from consortium.transport.grpc_payloads import run_info_chunks
 from consortium.transport.grpc_requests import parsed, peer_organisation, reported_version
+from consortium.transport.link_rates import DEFAULT_SLOW_LINK_MBIT, LinkRates
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.refusal_gate import RefusalLog
@@ -99,6 +100,7 @@ class FleetServicer(rpc.FleetServicer):
         min_rate_mbit: float = DEFAULT_MIN_RATE_MBIT,
         receives_at_once: int = RECEIVES_AT_ONCE,
         spill: SpillStore | None = None,
+        slow_link_mbit: float = DEFAULT_SLOW_LINK_MBIT,
     ) -> None:
         self.backend = backend
         self.auth = auth
@@ -110,6 +112,9 @@ class FleetServicer(rpc.FleetServicer):
         #: replies received to disk once they waited for the budget (slow links upload
         #: at once, not one after the other); None: they wait
         self.spill = spill if spill is not None and spill.capacity else None
+        #: each node's link, as its model-sized transfers measured it: a reply from a slow
+        #: one spills at once, and a task to one is not held to the few large sends at once
+        self.links = LinkRates(slow_link_mbit * BYTES_PER_MBIT)
         #: replies read at once: the others wait, unread, holding no memory of the server's
         self.receiving = ReceiveSlots(receives_at_once, self._reads_at_once)
         #: transfers that stop moving, or crawl while others wait behind them, are cut
@@ -186,7 +191,7 @@ class FleetServicer(rpc.FleetServicer):
     ) -> Iterator[bytes]:
         request = parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
-        task = self.backend.next_task(node, wait)
+        task = self.backend.next_task(node, wait, slow_link=self.links.slow_download(node))
         if task is None:
             return
         message_id, parts = task
@@ -206,6 +211,7 @@ class FleetServicer(rpc.FleetServicer):
                         yield encoded  # back once gRPC took it: the node is reading
                     transfer.moved(len(encoded))
                     del encoded
+                self.links.downloaded(node, transfer.moved_bytes, transfer.moving_seconds())
             finally:
                 chunks.close()
                 del chunks
@@ -258,7 +264,8 @@ class FleetServicer(rpc.FleetServicer):
             # waiting for the transfer budget is the server's wait, not the node's
             rebuild = Reassembler(
                 self.backend.max_message_bytes, self.budget, admit, allocate, transfer.paused,
-                self.spill,
+                self.spill, spill_at_once=self.links.slow_upload(node),
+                on_spill=self.receiving.recount,
             )  # fmt: skip
             accepted = False
             try:
@@ -274,6 +281,7 @@ class FleetServicer(rpc.FleetServicer):
                 if reply is None:
                     detail = late[0]
                 else:
+                    self.links.uploaded(node, transfer.moved_bytes, transfer.moving_seconds())
                     # the budget stays taken until the round loop has folded the reply, so
                     # replies waiting to be folded count too: with many nodes replying at
                     # once the server holds what the budget allows, not one per node

@@ -5,9 +5,10 @@ until the ones before are folded: with a 100M-parameter model, one reply at a
 time. On a fast link that costs little; on a hospital's 20 Mbit/s link it
 turns four 160-second uploads into one of 640 seconds, each node's upload
 waiting for the one before. A reply that has waited ``--spill-after`` seconds
-(:data:`DEFAULT_SPILL_AFTER_SECONDS`) for the budget is instead received into a
-file of the server's spill folder (``--spill-dir``, at most ``--spill-mb`` in
-all), written chunk by chunk as it arrives: the page cache
+(:data:`DEFAULT_SPILL_AFTER_SECONDS`) for the budget, or at once one from a node
+known to be on a slow link (:mod:`consortium.transport.link_rates`), is instead
+received into a file of the server's spill folder (``--spill-dir``, at most
+``--spill-mb`` in all), written chunk by chunk as it arrives: the page cache
 holds it, not the server's own memory, and the kernel writes it out and
 reclaims it as it needs. Once the upload is complete it waits for the budget
 like any other reply and is read back into memory in one pass, so the fold
@@ -15,12 +16,14 @@ sees nothing different; its file is gone as soon as it was read, or when the
 transfer ends any other way.
 
 Each reply on disk lets the server read one more reply at once (the receive
-slots), which waits its turn and spills in turn if its wait is long too. On a
-fast link the fold frees the budget first, so nothing is written and no more
-streams are open than without spilling (each open stream holds gRPC's buffers).
-Spilling every waiting reply at once while one is on disk was tried: with 8
-nodes and a 100M model on loopback, the warm-up rounds then read 7 replies at
-once and the server's tree peaked at 3.09x the model (2.89-2.92x without).
+slots), which waits its turn and spills in turn if its wait is long too (at
+once from a slow link). On a fast link the fold frees the budget first, so
+nothing is written and no more streams are open than without spilling (each
+open stream holds gRPC's buffers). Spilling every waiting reply at once while
+one is on disk, whatever the link, was tried: with 8 nodes and a 100M model on
+loopback, the warm-up rounds then read 7 replies at once and the server's tree
+peaked at 3.09x the model (2.89-2.92x without); judged by the link, loopback
+never spills at once.
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ class SpillStore:
         with self._lock:
             return self._open
 
-    def open(self, nbytes: int) -> SpillFile | None:
-        """A new file for a reply of ``nbytes``, its room reserved; None if it does not fit."""
+    def open(self, nbytes: int, why: str) -> SpillFile | None:
+        """A new file for a reply of ``nbytes``, its room reserved; None if it does not fit.
+        ``why`` it is received to disk, for the log."""
         with self._lock:
             if self._used + nbytes > self.capacity:
                 return None
@@ -94,8 +98,7 @@ class SpillStore:
             self.release(nbytes)
             log.warning("could not spill a reply to %s: %s", self.folder, exc)
             return None
-        log.info("receiving a reply of %.0f MB to disk: it waited for the transfer budget",
-                 nbytes / 1e6)  # fmt: skip
+        log.info("receiving a reply of %.0f MB to disk: %s", nbytes / 1e6, why)
         return SpillFile(self, fd, Path(name), nbytes)
 
     def release(self, nbytes: int) -> None:

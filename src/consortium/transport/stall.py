@@ -56,6 +56,8 @@ class Transfer:
 
     __slots__ = (
         "_clock",
+        "_paused_at",
+        "_paused_for",
         "_pauses",
         "_samples",
         "call",
@@ -63,6 +65,7 @@ class Transfer:
         "last",
         "moved_bytes",
         "stalled",
+        "started",
         "too_slow",
         "what",
     )
@@ -75,13 +78,15 @@ class Transfer:
         #: whether the rate floor applies (it holds something other transfers may wait for)
         self.held_to_rate = held_to_rate
         self._clock = clock
-        self.last = clock()
+        self.started = self.last = clock()
         self.moved_bytes = 0
         #: set (once) when the watch cut the transfer off for making no progress...
         self.stalled = False
         #: ...or the rate it moved at (bytes a second) when cut off for being too slow
         self.too_slow: float | None = None
         self._pauses = 0
+        self._paused_at = 0.0  # when the pauses now in progress began
+        self._paused_for = 0.0  # seconds paused before that
         #: (time, bytes moved) at each of the watch's looks within the last window
         self._samples: deque[tuple[float, int]] = deque()
 
@@ -113,14 +118,25 @@ class Transfer:
         """Start the window again (the watch's thread, while the transfer is paused)."""
         self._samples.clear()
 
+    def moving_seconds(self) -> float:
+        """Seconds since the transfer began, less those it spent paused: the time its
+        bytes took to move (its node's link, and the server's reading of them)."""
+        now = self._clock()
+        paused = self._paused_for + (now - self._paused_at if self._pauses else 0.0)
+        return now - self.started - paused
+
     @contextmanager
     def paused(self) -> Iterator[None]:
         """The server waits on itself for the block: that time is not the node's."""
+        if not self._pauses:
+            self._paused_at = self._clock()
         self._pauses += 1
         try:
             yield
         finally:
             self.last = self._clock()  # before the count drops: the watch sees it fresh
+            if self._pauses == 1:
+                self._paused_for += self.last - self._paused_at
             self._pauses -= 1
 
 
