@@ -48,3 +48,14 @@ def test_a_threshold_of_zero_makes_no_link_slow() -> None:
     assert not links.slow_upload("a") and not links.slow_download("a")
     with pytest.raises(ValueError, match="slow-link"):
         LinkRates(-1.0)
+
+
+def test_a_transfer_under_way_is_judged_only_once_it_moved_enough_for_long_enough() -> None:
+    links = LinkRates(SLOW)
+    at_20_mbit = 20 * BYTES_PER_MBIT
+    # its first bytes fill the buffers at once: not judged on them
+    assert not links.crawling(12 * 1024 * 1024, 0.01)
+    assert not links.crawling(LINK_SAMPLE_BYTES - 1, 10.0)  # too little moved
+    assert links.crawling(int(12 * 1024 * 1024 + 5 * at_20_mbit), 5.0)  # ~40 Mbit/s
+    assert not links.crawling(400 * 1024 * 1024, 2.0)  # loopback: 1.7 Gbit/s
+    assert not LinkRates(0.0).crawling(LINK_SAMPLE_BYTES, 1000.0)

@@ -170,6 +170,43 @@ def test_model_sized_tasks_to_nodes_on_slow_links_go_beside_the_few_large_sends(
         fleet.close()
 
 
+def test_a_large_send_found_crawling_gives_its_place_to_the_next_large_task() -> None:
+    """A node's first download, before its link was known, takes a place among the large
+    sends to fast links; found crawling on the way, it hands it to the longest waiting."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=16, large_sends_at_once=1,
+                  large_send_bytes=64 * 1024)  # fmt: skip
+    for node in NODES:
+        fleet.hello(node, "instance")
+    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
+    large = [
+        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
+        for node in ("a", "b", "c")
+    ]
+    stream = fleet.send_and_receive(large, timeout=30)
+    try:
+        first = fleet.next_task("a", 0.0)
+        assert first is not None
+        waiting_b = Pull(fleet, "b")
+        _settle()
+        waiting_c = Pull(fleet, "c")  # waits after b
+        _settle()
+        assert waiting_b.result is None and waiting_c.result is None
+        told = time.monotonic()
+        fleet.task_crawls(first[0])
+        waiting_b.join()  # the longest waiting took the place a's send gave up
+        assert waiting_b.result is not None and waiting_b.returned_at is not None
+        assert waiting_b.returned_at - told < 0.5
+        fleet.task_crawls(first[0])  # told twice: the place is not given twice
+        _settle()
+        assert waiting_c.result is None
+        fleet.task_sent(first[0])  # a crawling send ending frees no large place...
+        _settle()
+        assert waiting_c.result is None  # ...b still holds the one there is
+    finally:
+        stream.close()
+        fleet.close()
+
+
 def test_closing_the_fleet_ends_every_waiting_pull(fleet: Fleet) -> None:
     pulls = [Pull(fleet, node, wait=30.0) for node in NODES]
     _settle()

@@ -196,6 +196,10 @@ class Fleet(ReplyIntake):
             self._done_sending(message_id)
             self._slots.end(message_id, self._has_tasks)
 
+    def task_crawls(self, message_id: str) -> None:
+        with self._cond:
+            self._slots.crawls(message_id, self._has_tasks)
+
     def _has_tasks(self, node: str) -> bool:
         """(Lock held.) Whether ``node`` has tasks queued (not failed or ended)."""
         session = self._nodes.get(node)

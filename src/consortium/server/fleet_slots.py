@@ -92,6 +92,22 @@ class SendSlots:
         self._sending[message_id] = large
         self._large += large
 
+    def crawls(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
+        """``message_id``'s send runs over a slow link: it gives its place among the large
+        sends to fast links to the pull that waited longest, if a slot is free for it
+        (then that pull waits for a large task's place: a small one would have gone)."""
+        if not self._sending.get(message_id):
+            return
+        self._sending[message_id] = False
+        self._large -= 1
+        if len(self._sending) >= self.limit:
+            return  # no slot for anyone: the place is taken at the next end()
+        for node in list(self._waiting):
+            del self._waiting[node]
+            if has_tasks(node):
+                self.wake(node)
+                return
+
     def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
         """Sending ``message_id`` ended: wake as many waiting pulls as there are free
         slots, longest waiting first, skipping nodes with nothing left to send

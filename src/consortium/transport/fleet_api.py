@@ -48,6 +48,10 @@ class FleetBackend(Protocol):
     def task_sent(self, message_id: str) -> None:
         """The task's stream to its node ended (sent, failed or abandoned)."""
 
+    def task_crawls(self, message_id: str) -> None:
+        """The task's stream turned out to run over a slow link: it no longer holds a
+        place among the model-sized tasks sent at once to fast links."""
+
     def task_wanted(self, message_id: str) -> bool:
         """False once the task was withdrawn (round over, node lost): stop sending it."""
 

@@ -199,6 +199,7 @@ class FleetServicer(rpc.FleetServicer):
         chunks = iter_chunks(parts, message_id)
         del parts
         with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
+            crawls = False  # found on a slow link while it goes
             try:
                 for chunk in chunks:
                     if not self.backend.task_wanted(message_id):
@@ -211,6 +212,11 @@ class FleetServicer(rpc.FleetServicer):
                         yield encoded  # back once gRPC took it: the node is reading
                     transfer.moved(len(encoded))
                     del encoded
+                    if not crawls and self.links.crawling(
+                        transfer.moved_bytes, transfer.moving_seconds()
+                    ):
+                        crawls = True
+                        self.backend.task_crawls(message_id)
                 self.links.downloaded(node, transfer.moved_bytes, transfer.moving_seconds())
             finally:
                 chunks.close()

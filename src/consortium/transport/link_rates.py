@@ -15,8 +15,9 @@ bytes a second is on a slow link:
   (:mod:`consortium.transport.spill`), not after ``--spill-after`` seconds;
 * its model-sized task does not count against the few model-sized tasks sent at
   once to fast nodes (``Fleet``'s send slots): on two cores, four fast downloads
-  move the model as fast as twelve, but twelve slow links move it twelve times
-  as fast as four.
+  move the model as fast as twelve, but twelve slow links move it three times as
+  fast as four. A download found crawling while it goes (the node's first, before
+  its link was known) gives its place among the few to the next task.
 
 A reply's own upload is the best guess for the next one; before any, the
 node's last download stands for its link.
@@ -29,6 +30,9 @@ import threading
 #: a transfer of at least this many bytes measures its node's link (a smaller one is
 #: mostly latency and the per-call cost)
 LINK_SAMPLE_BYTES = 8 * 1024 * 1024
+#: a transfer under way is judged only after moving this long: its first bytes fill
+#: gRPC's and the kernel's buffers (several MiB) at once, whatever the link
+JUDGE_AFTER_SECONDS = 2.0
 #: ``consortium server --slow-link-mbit``'s default: a link that moved a model-sized
 #: transfer under this rate is slow. Under 100 Mbit/s a 100M-parameter model takes 30 s
 #: or more each way, so a reply held back costs the round that much again; loopback and
@@ -85,3 +89,12 @@ class LinkRates:
         """Whether ``node``'s tasks are known to go over a slow link."""
         rate = self.download_rate(node)
         return rate is not None and rate < self.slow_below
+
+    def crawling(self, nbytes: int, seconds: float) -> bool:
+        """Whether a transfer under way, ``nbytes`` moved in ``seconds`` so far, is on a
+        slow link (a node's first, before its link was known)."""
+        return (
+            nbytes >= LINK_SAMPLE_BYTES
+            and seconds >= JUDGE_AFTER_SECONDS
+            and nbytes / seconds < self.slow_below
+        )
