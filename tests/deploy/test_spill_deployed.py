@@ -97,61 +97,17 @@ class PacedNode(PlayedNode):
         assert answer.accepted, answer.detail
 
 
-@pytest.mark.parametrize("spill_mb", [256, 0], ids=["spilled", "waiting"])
-def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
-    deployment: Deployment, tmp_path: Path, spill_mb: int
-) -> None:
+#: an upload's own time: sixteen chunks, fifteen pauses
+ONE_UPLOAD_S = 15 * PACE_S
+
+
+def _paced_run(
+    deployment: Deployment, tmp_path: Path, *server_args: str
+) -> tuple[str, list[tuple[float, float]]]:
+    """A one-round run of the four paced nodes on a server started with ``server_args``
+    (the budget holding one reply): its id, and each node's upload (start, end)."""
     app = write_app(tmp_path / "spilled", MANIFEST, {"spilled": APP})
-    spill_dir = tmp_path / "spill"
-    deployment.start_server(
-        "--transfer-budget-mb", "24", "--unread-mb", "1",
-        "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir), "--spill-after", "2",
-    )  # fmt: skip
-    nodes = [PacedNode(deployment, name, app) for name in NODES]
-    for node in nodes:
-        node.start()
-    try:
-        run_id = deployment.start_run(app, {}, seed=1)
-        info = deployment.wait_run(run_id, timeout=120)
-    finally:
-        for node in nodes:
-            node.close()
-    assert all(node.error is None for node in nodes), [node.error for node in nodes]
-    assert info["status"] == "finished", (info, deployment.log("server"))
-    admin = deployment.fed.admin(deployment.port)
-    try:
-        model = Arrays.from_bytes(admin.download_model(run_id))
-    finally:
-        admin.close()
-    assert np.array_equal(model["w"], np.full(SIZE, 2.5, np.float32))  # mean of 1, 2, 3, 4
-
-    uploads = [node.upload for node in nodes]
-    assert all(u is not None for u in uploads)
-    starts = sorted(u[0] for u in uploads if u is not None)
-    ends = sorted(u[1] for u in uploads if u is not None)
-    one = 15 * PACE_S  # an upload's own time: sixteen chunks, fifteen pauses
-    if spill_mb:
-        # all four moving at once: the last ended about one upload after the first began
-        assert ends[-1] - starts[0] < 2 * one, uploads
-        assert list(spill_dir.iterdir()) == []  # each file unlinked as soon as opened
-    else:
-        # one after the other: the budget let each in only once the one before was folded
-        assert ends[-1] - starts[0] > 3 * one, uploads
-
-
-def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
-    deployment: Deployment, tmp_path: Path
-) -> None:
-    """The server measured each node's link from its 16 MB task; with a threshold over
-    any link here, every node counts as slow: a reply the budget cannot take is received
-    to disk at once, not after the 60 s ``--spill-after`` gives replies from fast links,
-    so the four uploads move together."""
-    app = write_app(tmp_path / "spilled", MANIFEST, {"spilled": APP})
-    deployment.start_server(
-        "--transfer-budget-mb", "24", "--unread-mb", "1", "--spill-mb", "256",
-        "--spill-dir", str(tmp_path / "spill"), "--spill-after", "60",
-        "--slow-link-mbit", "100000000",
-    )  # fmt: skip
+    deployment.start_server("--transfer-budget-mb", "24", "--unread-mb", "1", *server_args)
     nodes = [PacedNode(deployment, name, app) for name in NODES]
     for node in nodes:
         node.start()
@@ -164,8 +120,51 @@ def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
     assert all(node.error is None for node in nodes), [node.error for node in nodes]
     assert info["status"] == "finished", (info, deployment.log("server"))
     uploads = [node.upload for node in nodes if node.upload is not None]
-    assert len(uploads) == 4
-    starts, ends = sorted(u[0] for u in uploads), sorted(u[1] for u in uploads)
-    assert ends[-1] - starts[0] < 2 * 15 * PACE_S, uploads  # together, as with a short wait
+    assert len(uploads) == len(nodes)
+    return run_id, uploads
+
+
+def _spread(uploads: list[tuple[float, float]]) -> float:
+    """Seconds from the first upload's start to the last one's end."""
+    return max(end for _, end in uploads) - min(start for start, _ in uploads)
+
+
+@pytest.mark.parametrize("spill_mb", [256, 0], ids=["spilled", "waiting"])
+def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
+    deployment: Deployment, tmp_path: Path, spill_mb: int
+) -> None:
+    spill_dir = tmp_path / "spill"
+    run_id, uploads = _paced_run(
+        deployment, tmp_path,
+        "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir), "--spill-after", "2",
+    )  # fmt: skip
+    admin = deployment.fed.admin(deployment.port)
+    try:
+        model = Arrays.from_bytes(admin.download_model(run_id))
+    finally:
+        admin.close()
+    assert np.array_equal(model["w"], np.full(SIZE, 2.5, np.float32))  # mean of 1, 2, 3, 4
+
+    if spill_mb:
+        # all four moving at once: the last ended about one upload after the first began
+        assert _spread(uploads) < 2 * ONE_UPLOAD_S, uploads
+        assert list(spill_dir.iterdir()) == []  # each file unlinked as soon as opened
+    else:
+        # one after the other: the budget let each in only once the one before was folded
+        assert _spread(uploads) > 3 * ONE_UPLOAD_S, uploads
+
+
+def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The server measured each node's link from its 16 MB task; with a threshold over
+    any link here, every node counts as slow: a reply the budget cannot take is received
+    to disk at once, not after the 60 s ``--spill-after`` gives replies from fast links,
+    so the four uploads move together."""
+    _, uploads = _paced_run(
+        deployment, tmp_path, "--spill-mb", "256", "--spill-dir", str(tmp_path / "spill"),
+        "--spill-after", "60", "--slow-link-mbit", "100000000",
+    )  # fmt: skip
+    assert _spread(uploads) < 2 * ONE_UPLOAD_S, uploads  # together, as with a short wait
     log = deployment.log("server")
     assert log.count("to disk: the transfer budget is full and its node's link is slow") >= 2

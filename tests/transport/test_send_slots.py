@@ -115,18 +115,30 @@ def test_a_pull_woken_for_a_node_whose_tasks_ended_does_not_waste_the_slot(
     stream_c.close()
 
 
-def test_only_so_many_model_sized_tasks_are_sent_at_once_and_small_ones_go_by() -> None:
-    """Each stream of a model-sized task holds more of the server's memory: of the slots,
-    only ``large_sends_at_once`` take tasks of ``large_send_bytes`` or more."""
-    fleet = Fleet(offline_after=60.0, sends_at_once=16, large_sends_at_once=1,
+def _large_sends_fleet(sends_at_once: int) -> Fleet:
+    """Nodes a-d connected; of ``sends_at_once`` slots, one for a task of 64 KiB or more
+    to a fast link."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=sends_at_once, large_sends_at_once=1,
                   large_send_bytes=64 * 1024)  # fmt: skip
     for node in NODES:
         fleet.hello(node, "instance")
-    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
-    large = [
+    return fleet
+
+
+def _large_tasks(nodes: tuple[str, ...]) -> list[Message]:
+    """A 128 KiB model's task for each of ``nodes``: large for :func:`_large_sends_fleet`."""
+    model = Arrays({"w": np.zeros(16 * 1024)})
+    return [
         Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
-        for node in ("a", "b")
+        for node in nodes
     ]
+
+
+def test_only_so_many_model_sized_tasks_are_sent_at_once_and_small_ones_go_by() -> None:
+    """Each stream of a model-sized task holds more of the server's memory: of the slots,
+    only ``large_sends_at_once`` take tasks of ``large_send_bytes`` or more."""
+    fleet = _large_sends_fleet(sends_at_once=16)
+    large = _large_tasks(("a", "b"))
     stream = fleet.send_and_receive([*large, *_tasks(("c",))], timeout=30)
     try:
         first = fleet.next_task("a", 0.0)
@@ -149,15 +161,8 @@ def test_model_sized_tasks_to_nodes_on_slow_links_go_beside_the_few_large_sends(
     """A slow link bounds its own download: its model-sized task does not wait for the
     large sends to fast links (on two cores a few of those move a model as fast as
     many), only for a slot of all ``sends_at_once``."""
-    fleet = Fleet(offline_after=60.0, sends_at_once=3, large_sends_at_once=1,
-                  large_send_bytes=64 * 1024)  # fmt: skip
-    for node in NODES:
-        fleet.hello(node, "instance")
-    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
-    large = [
-        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
-        for node in NODES
-    ]
+    fleet = _large_sends_fleet(sends_at_once=3)
+    large = _large_tasks(NODES)
     stream = fleet.send_and_receive(large, timeout=30)
     try:
         assert fleet.next_task("a", 0.0) is not None  # the one large slot of fast links
@@ -173,15 +178,8 @@ def test_model_sized_tasks_to_nodes_on_slow_links_go_beside_the_few_large_sends(
 def test_a_large_send_found_crawling_gives_its_place_to_the_next_large_task() -> None:
     """A node's first download, before its link was known, takes a place among the large
     sends to fast links; found crawling on the way, it hands it to the longest waiting."""
-    fleet = Fleet(offline_after=60.0, sends_at_once=16, large_sends_at_once=1,
-                  large_send_bytes=64 * 1024)  # fmt: skip
-    for node in NODES:
-        fleet.hello(node, "instance")
-    model = Arrays({"w": np.zeros(16 * 1024)})  # 128 KiB
-    large = [
-        Message.create(run_id="r", dst=node, round=1, kind="train", content=Content.of(model))
-        for node in ("a", "b", "c")
-    ]
+    fleet = _large_sends_fleet(sends_at_once=16)
+    large = _large_tasks(("a", "b", "c"))
     stream = fleet.send_and_receive(large, timeout=30)
     try:
         first = fleet.next_task("a", 0.0)
