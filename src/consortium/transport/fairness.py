@@ -38,7 +38,8 @@ SENDS_AT_ONCE = 16
 #: holds its chunk, gRPC's copy and what its window lets through, ~17 MB a node at 100M
 #: parameters, which put the server's tree over 3x the model at 12 nodes
 #: (docs/benchmarks.md, "One reply block"). A few at once keep the server's own memory
-#: flat in the number of nodes; the others wait their turn, holding nothing
+#: flat in the number of nodes; the others wait their turn, holding nothing. Only tasks
+#: to nodes on fast links count: a slow link bounds its own download (link_rates.py)
 LARGE_SENDS_AT_ONCE = 4
 LARGE_SEND_BYTES = 64 * 1024 * 1024
 #: replies being read at once (the first chunk of one waiting for the budget stays in
