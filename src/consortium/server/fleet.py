@@ -9,7 +9,8 @@ round does not wait for a dead node when enough others replied; so is a node
 whose call was just refused (revoked, expired, off the allow-list). Only
 ``sends_at_once`` tasks are being sent at any time (every download holds a
 chunk and gRPC's copy of it), and of them ``large_sends_at_once`` model-sized
-ones; the other nodes' pulls wait, holding nothing,
+ones to nodes on fast links (a slow link bounds its own download: the transport
+says which nodes are on one); the other nodes' pulls wait, holding nothing,
 each woken only by what concerns it (a task for its node, a send slot coming
 free), not all of them at every change.
 Per-node and per-round bookkeeping lives in :mod:`consortium.server.fleet_state`,
