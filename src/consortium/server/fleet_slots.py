@@ -100,13 +100,8 @@ class SendSlots:
             return
         self._sending[message_id] = False
         self._large -= 1
-        if len(self._sending) >= self.limit:
-            return  # no slot for anyone: the place is taken at the next end()
-        for node in list(self._waiting):
-            del self._waiting[node]
-            if has_tasks(node):
-                self.wake(node)
-                return
+        # no free slot: the place is taken at the next end()
+        self._wake_waiting(min(1, self.limit - len(self._sending)), has_tasks)
 
     def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
         """Sending ``message_id`` ended: wake as many waiting pulls as there are free
@@ -116,10 +111,14 @@ class SendSlots:
         if message_id not in self._sending:
             return
         self._large -= self._sending.pop(message_id)
-        free = self.limit - len(self._sending)
-        while free > 0 and self._waiting:
+        self._wake_waiting(self.limit - len(self._sending), has_tasks)
+
+    def _wake_waiting(self, count: int, has_tasks: Callable[[str], bool]) -> None:
+        """Wake up to ``count`` waiting pulls, longest waiting first, skipping (and
+        forgetting) nodes with nothing left to send."""
+        while count > 0 and self._waiting:
             node = next(iter(self._waiting))
             del self._waiting[node]
             if has_tasks(node):
                 self.wake(node)
-                free -= 1
+                count -= 1

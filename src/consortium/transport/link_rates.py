@@ -70,24 +70,28 @@ class LinkRates:
     def upload_rate(self, node: str) -> float | None:
         """What ``node``'s next reply is likely to move at: its last upload's rate, or
         before any, its last download's; None when neither was measured."""
-        with self._lock:
-            rate = self._uploads.get(node)
-            return rate if rate is not None else self._downloads.get(node)
+        return self._guess(node, self._uploads, self._downloads)
 
     def download_rate(self, node: str) -> float | None:
         """What ``node``'s next task is likely to move at (as :meth:`upload_rate`)."""
+        return self._guess(node, self._downloads, self._uploads)
+
+    def _guess(
+        self, node: str, same_way: dict[str, float], other_way: dict[str, float]
+    ) -> float | None:
         with self._lock:
-            rate = self._downloads.get(node)
-            return rate if rate is not None else self._uploads.get(node)
+            rate = same_way.get(node)
+            return rate if rate is not None else other_way.get(node)
 
     def slow_upload(self, node: str) -> bool:
         """Whether ``node``'s replies are known to come over a slow link."""
-        rate = self.upload_rate(node)
-        return rate is not None and rate < self.slow_below
+        return self._slow(self.upload_rate(node))
 
     def slow_download(self, node: str) -> bool:
         """Whether ``node``'s tasks are known to go over a slow link."""
-        rate = self.download_rate(node)
+        return self._slow(self.download_rate(node))
+
+    def _slow(self, rate: float | None) -> bool:
         return rate is not None and rate < self.slow_below
 
     def crawling(self, nbytes: int, seconds: float) -> bool:
