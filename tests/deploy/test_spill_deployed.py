@@ -11,122 +11,15 @@ and read back from disk one after the other. Either way the fold is exact.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from consortium.client.task import run_task
 from consortium.core.arrays import Arrays
-from consortium.core.context import Context
-from consortium.core.message import Message
-from consortium.transport.chunks import Chunk, iter_chunks
-from hostile.played_node import PlayedNode
+from hostile.paced_node import ONE_UPLOAD_S, SIZE, paced_run, spread
 
-from .conftest import NODES, Deployment, import_app, write_app
-
-SIZE = 4_000_000  # float32: 16 MB, sixteen chunks of 1 MiB
-APP = f"""
-import numpy as np
-
-from consortium import Arrays, ClientApp, FedAvg, ServerApp, ServerConfig
-
-client_app = ClientApp()
-
-
-@client_app.train()
-def train(msg, ctx):
-    step = np.float32(1 + int(ctx.node_config["center-index"]))
-    w = np.asarray(msg.content.model["w"]) + step
-    return msg.reply(arrays=Arrays({{"w": w}}), metrics={{"num_examples": 1}})
-
-
-def _server(ctx):
-    strategy = FedAvg(
-        init_fn=lambda rng: Arrays({{"w": np.zeros({SIZE}, np.float32)}}),
-        fraction_evaluate=0.0,
-        min_available_nodes=4,
-    )
-    return ServerConfig(strategy, num_rounds=1, min_replies=4, round_timeout=120.0)
-
-
-server_app = ServerApp(_server)
-"""
-MANIFEST = """
-[app]
-name = "spilled"
-version = "1.0.0"
-server = "spilled:server_app"
-client = "spilled:client_app"
-"""
-#: seconds between two chunks of an upload, and the chunks' size
-PACE_S = 0.2
-CHUNK = 1024 * 1024
-
-
-class PacedNode(PlayedNode):
-    """An honest node behind a slow link: its reply goes one chunk every PACE_S."""
-
-    def __init__(self, deployment: Deployment, name: str, app: Path) -> None:
-        super().__init__(deployment, name, f"paced-{name}")
-        self.app = import_app(app, "spilled").client_app
-        self.index = NODES.index(name)
-        #: (start, end) of its upload
-        self.upload: tuple[float, float] | None = None
-
-    def answer(self, task: Message) -> None:
-        context = Context(node_id=self.name, node_config={"center-index": self.index})
-        reply = run_task(self.app, task, context).reply  # type: ignore[arg-type]
-        payload = b"".join(bytes(p) for p in reply.to_parts())
-        stop = threading.Event()
-
-        def paced() -> Iterator[Chunk]:
-            chunks = iter_chunks([payload], reply.metadata.message_id, chunk_size=CHUNK)
-            for i, chunk in enumerate(chunks):
-                if i and stop.wait(PACE_S):
-                    return
-                yield chunk
-
-        started = time.monotonic()
-        answer = self.push_stream(paced(), timeout=120, then=stop)
-        self.upload = (started, time.monotonic())
-        assert not isinstance(answer, BaseException), answer
-        assert answer.accepted, answer.detail
-
-
-#: an upload's own time: sixteen chunks, fifteen pauses
-ONE_UPLOAD_S = 15 * PACE_S
-
-
-def _paced_run(
-    deployment: Deployment, tmp_path: Path, *server_args: str
-) -> tuple[str, list[tuple[float, float]]]:
-    """A one-round run of the four paced nodes on a server started with ``server_args``
-    (the budget holding one reply): its id, and each node's upload (start, end)."""
-    app = write_app(tmp_path / "spilled", MANIFEST, {"spilled": APP})
-    deployment.start_server("--transfer-budget-mb", "24", "--unread-mb", "1", *server_args)
-    nodes = [PacedNode(deployment, name, app) for name in NODES]
-    for node in nodes:
-        node.start()
-    try:
-        run_id = deployment.start_run(app, {}, seed=1)
-        info = deployment.wait_run(run_id, timeout=120)
-    finally:
-        for node in nodes:
-            node.close()
-    assert all(node.error is None for node in nodes), [node.error for node in nodes]
-    assert info["status"] == "finished", (info, deployment.log("server"))
-    uploads = [node.upload for node in nodes if node.upload is not None]
-    assert len(uploads) == len(nodes)
-    return run_id, uploads
-
-
-def _spread(uploads: list[tuple[float, float]]) -> float:
-    """Seconds from the first upload's start to the last one's end."""
-    return max(end for _, end in uploads) - min(start for start, _ in uploads)
+from .conftest import Deployment
 
 
 @pytest.mark.parametrize("spill_mb", [256, 0], ids=["spilled", "waiting"])
@@ -134,7 +27,7 @@ def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
     deployment: Deployment, tmp_path: Path, spill_mb: int
 ) -> None:
     spill_dir = tmp_path / "spill"
-    run_id, uploads = _paced_run(
+    run_id, uploads = paced_run(
         deployment, tmp_path,
         "--spill-mb", str(spill_mb), "--spill-dir", str(spill_dir), "--spill-after", "2",
     )  # fmt: skip
@@ -147,11 +40,11 @@ def test_large_replies_on_slow_links_upload_together_when_they_may_spill(
 
     if spill_mb:
         # all four moving at once: the last ended about one upload after the first began
-        assert _spread(uploads) < 2 * ONE_UPLOAD_S, uploads
+        assert spread(uploads) < 2 * ONE_UPLOAD_S, uploads
         assert list(spill_dir.iterdir()) == []  # each file unlinked as soon as opened
     else:
         # one after the other: the budget let each in only once the one before was folded
-        assert _spread(uploads) > 3 * ONE_UPLOAD_S, uploads
+        assert spread(uploads) > 3 * ONE_UPLOAD_S, uploads
 
 
 def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
@@ -161,10 +54,10 @@ def test_replies_from_nodes_known_to_be_on_slow_links_spill_without_waiting(
     any link here, every node counts as slow: a reply the budget cannot take is received
     to disk at once, not after the 60 s ``--spill-after`` gives replies from fast links,
     so the four uploads move together."""
-    _, uploads = _paced_run(
+    _, uploads = paced_run(
         deployment, tmp_path, "--spill-mb", "256", "--spill-dir", str(tmp_path / "spill"),
         "--spill-after", "60", "--slow-link-mbit", "100000000",
     )  # fmt: skip
-    assert _spread(uploads) < 2 * ONE_UPLOAD_S, uploads  # together, as with a short wait
+    assert spread(uploads) < 2 * ONE_UPLOAD_S, uploads  # together, as with a short wait
     log = deployment.log("server")
     assert log.count("to disk: the transfer budget is full and its node's link is slow") >= 2
