@@ -55,8 +55,9 @@ def test_an_app_process_and_a_simulation_worker_load_only_what_they_use() -> Non
     assert consortium.FedAvg is FedAvg
     assert "run_simulation" in dir(consortium.simulation)
     import consortium.apps
+    import consortium.core
 
-    for package in (consortium, consortium.apps, consortium.simulation):
+    for package in (consortium, consortium.apps, consortium.core, consortium.simulation):
         for name in package.__all__:
             assert hasattr(package, name), f"{package.__name__}.{name}"
         # the lazy table and __all__ name the same things (one cannot drift from the other)

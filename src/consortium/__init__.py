@@ -13,25 +13,25 @@ import typing
 from consortium._lazy import lazy_exports as _lazy_exports
 from consortium._version import __version__
 
-#: each public name and the subpackage it comes from
+#: each public name and the module that defines it (or a package that imports it eagerly)
 _HOMES = {
-    "Arrays": "consortium.core",
+    "Arrays": "consortium.core.arrays",
     "ClientApp": "consortium.client",
-    "Config": "consortium.core",
-    "ConsortiumError": "consortium.core",
-    "Content": "consortium.core",
-    "Context": "consortium.core",
+    "Config": "consortium.core.records",
+    "ConsortiumError": "consortium.core.errors",
+    "Content": "consortium.core.message",
+    "Context": "consortium.core.context",
     "ControlClient": "consortium.control",
     "EvaluateResult": "consortium.client",
     "FedAvg": "consortium.strategy",
     "FitResult": "consortium.client",
-    "Message": "consortium.core",
-    "Metrics": "consortium.core",
+    "Message": "consortium.core.message",
+    "Metrics": "consortium.core.records",
     "NumPyClient": "consortium.client",
     "ServerApp": "consortium.server",
     "ServerConfig": "consortium.server",
     "Strategy": "consortium.strategy",
-    "derive_rng": "consortium.core",
+    "derive_rng": "consortium.core.rng",
     "run_simulation": "consortium.simulation.engine",
 }
 

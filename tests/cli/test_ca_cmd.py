@@ -8,12 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from consortium.cli.ca_cmd import PASSPHRASE_ENV, ca
-from consortium.cli.main import cli, main
+from consortium.cli.ca_cmd import PASSPHRASE_ENV
+from consortium.cli.main import main
 from consortium.transport.identity import PeerIdentity, verify_peer
-
-if "ca" not in cli.commands:  # until cli/main.py registers the group itself
-    cli.add_command(ca)
 
 
 @pytest.fixture(autouse=True)
