@@ -158,14 +158,30 @@ def test_unknown_center_names_valid_choices(center: int | str) -> None:
         load_center(center)
 
 
-def test_missing_sklearn_raises_missing_dependency(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_sklearn_raises_missing_dependency_for_another_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without scikit-learn, the default split (kept) loads; another seed names the extra."""
     hd._split_indices.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)
     try:
+        assert load_center("cleveland").num_test == 104
         with pytest.raises(MissingDependencyError, match=r"consortium\[sklearn\]"):
-            load_center("cleveland")
+            load_center("cleveland", split_seed=7)
     finally:
         hd._split_indices.cache_clear()
+
+
+def test_the_kept_default_split_is_the_one_scikit_learn_draws() -> None:
+    pytest.importorskip("sklearn")
+    assert hd.DEFAULT_SPLIT_SEED == 43  # FLamby's
+    for index, name in enumerate(hd.CENTERS):
+        _, y = hd._encoded_center(index)
+        kept = hd._split_indices(index, hd.DEFAULT_SPLIT_SEED)
+        drawn = hd._drawn_split(y, hd.DEFAULT_SPLIT_SEED)
+        for part, mine, theirs in zip(("train", "test"), kept, drawn, strict=True):
+            np.testing.assert_array_equal(mine, theirs, err_msg=f"{name} {part}")
+            assert mine.dtype == theirs.dtype and not mine.flags.writeable
 
 
 def test_import_does_not_load_sklearn() -> None:
@@ -243,5 +259,5 @@ def test_package_public_api_is_all() -> None:
         ]
     )
     public = {n for n in vars(datasets) if not n.startswith("_")}
-    submodules = {"fraud", "heart_disease", "partition"}
+    submodules = {"fraud", "heart_disease", "heart_disease_split", "partition"}
     assert public - submodules == set(datasets.__all__)

@@ -7,8 +7,9 @@
 - :mod:`~consortium.datasets.partition`: iid, Dirichlet, shard and natural
   partitioners for any array data set.
 
-Only numpy is imported here; scikit-learn is imported when a heart-disease split
-is first computed.
+Only numpy is imported here; scikit-learn only when a heart-disease split of
+another seed than FLamby's is first drawn (FLamby's is kept in
+:mod:`~consortium.datasets.heart_disease_split`).
 """
 
 from consortium.datasets.fraud import ProviderData, make_provider_fraud

@@ -9,7 +9,9 @@ The preprocessing reproduces FLamby's Fed-Heart-Disease benchmark:
 4. ``cp`` and ``restecg`` are one-hot encoded, dropping the first level
    (13 features, ordered as :data:`FEATURE_NAMES`);
 5. each center is split 66/34 into train/test with scikit-learn's
-   ``train_test_split`` (seed 43, stratified on the label), rows kept in file order;
+   ``train_test_split`` (seed 43, stratified on the label), rows kept in file order
+   (seed 43's split is kept in :mod:`~consortium.datasets.heart_disease_split`, so the
+   default needs no scikit-learn);
 6. each center is z-scored with its own train mean and unbiased std (+ 1e-9).
 
 Features are ``float64``; labels are ``int64`` with values 0/1 (cast with
@@ -29,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consortium.core.errors import DatasetError, MissingDependencyError
+from consortium.datasets import heart_disease_split
 
 __all__ = [
     "CENTERS",
@@ -71,8 +74,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "restecg_2",
 )
 
-#: FLamby's split seed and train share.
-DEFAULT_SPLIT_SEED = 43
+#: FLamby's split seed (its split is kept in :mod:`consortium.datasets.heart_disease_split`)
+DEFAULT_SPLIT_SEED = heart_disease_split.SEED
+#: FLamby's train share of each center
 TRAIN_FRACTION = 0.66
 
 _NUM_COLUMNS = 14
@@ -224,12 +228,26 @@ def _encode(raw: FloatArray, filename: str) -> tuple[FloatArray, IntArray]:
 
 @functools.lru_cache(maxsize=256)
 def _split_indices(index: int, split_seed: int) -> tuple[IntArray, IntArray]:
-    """FLamby's per-center train/test row indices, each in file order (read-only)."""
+    """FLamby's per-center train/test row indices, each in file order (read-only): for
+    the default seed as kept in :mod:`heart_disease_split` (no scikit-learn needed),
+    otherwise drawn with scikit-learn."""
+    _, y = _encoded_center(index)
+    if split_seed == heart_disease_split.SEED:
+        test_idx = np.array(heart_disease_split.TEST_ROWS[CENTERS[index]].split(), np.int64)
+        train_idx = np.setdiff1d(np.arange(y.shape[0], dtype=np.int64), test_idx)
+    else:
+        train_idx, test_idx = _drawn_split(y, split_seed)
+    train_idx.setflags(write=False)
+    test_idx.setflags(write=False)
+    return train_idx, test_idx
+
+
+def _drawn_split(y: IntArray, split_seed: int) -> tuple[IntArray, IntArray]:
+    """The train and test rows of a center with labels ``y``, as FLamby draws them."""
     try:
         from sklearn.model_selection import train_test_split
     except ImportError as exc:
         raise MissingDependencyError.for_extra("scikit-learn", "sklearn") from exc
-    _, y = _encoded_center(index)
     _, counts = np.unique(y, return_counts=True)
     stratify = y if counts.size > 1 and bool((counts > 2).all()) else None
     train, test = train_test_split(
@@ -241,8 +259,4 @@ def _split_indices(index: int, split_seed: int) -> tuple[IntArray, IntArray]:
         stratify=stratify,
     )
     # FLamby tags rows as train/test by position and keeps the file order.
-    train_idx = np.sort(np.asarray(train, dtype=np.int64))
-    test_idx = np.sort(np.asarray(test, dtype=np.int64))
-    train_idx.setflags(write=False)
-    test_idx.setflags(write=False)
-    return train_idx, test_idx
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(test, dtype=np.int64))
