@@ -11,9 +11,9 @@ allow-list. EC keys and module scope keep the file fast.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ from consortium.transport.grpc_client import ClientTls, ControlClient, FleetClie
 from consortium.transport.grpc_control import ControlServicer
 from consortium.transport.grpc_listen import TlsFiles, start_server
 from consortium.transport.grpc_server import FleetServicer
+from consortium.transport.link_rates import DEFAULT_SLOW_LINK_MBIT
 from consortium.transport.names import Role
 from consortium.transport.peer_verifier import PeerVerifier
 from honest import answer, check_answer
@@ -163,9 +164,16 @@ class Federation:
         return open_channel(self.address, self.pki.tls(issued))
 
 
-def build_server(pki: Pki, workdir: Path) -> Federation:
-    """What ``consortium server --credentials S --ca-dir CA --allow ... --admin alice`` does."""
-    fleet = Fleet(heartbeat_interval=1.0, offline_after=60.0, max_message_bytes=MAX_MESSAGE_BYTES)
+def build_server(
+    pki: Pki,
+    workdir: Path,
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    slow_link_mbit: float = DEFAULT_SLOW_LINK_MBIT,
+) -> Federation:
+    """What ``consortium server --credentials S --ca-dir CA --allow ... --admin alice`` does
+    (with ``--max-message-mb`` and ``--slow-link-mbit`` as given)."""
+    fleet = Fleet(heartbeat_interval=1.0, offline_after=60.0, max_message_bytes=max_message_bytes)
     runs = RunManager(fleet, workdir, store=StateStore(default_url(workdir)))
     fleet.set_bundles(runs.run_bundle)
     node_role: tuple[Role, ...] = ("node",)
@@ -183,7 +191,7 @@ def build_server(pki: Pki, workdir: Path) -> Federation:
     tls = TlsFiles(creds.private_key, creds.certificate_chain, creds.root_certificates)
     server, port = start_server(
         "127.0.0.1:0",
-        fleet=FleetServicer(fleet, node_auth),
+        fleet=FleetServicer(fleet, node_auth, slow_link_mbit=slow_link_mbit),
         control=ControlServicer(runs, admin_auth),
         tls=tls,
         workers=8,
@@ -193,12 +201,24 @@ def build_server(pki: Pki, workdir: Path) -> Federation:
 
 @pytest.fixture(scope="module")
 def federation(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    fed = build_server(pki, tmp_path_factory.mktemp("server"))
+    with served(build_server(pki, tmp_path_factory.mktemp("server"))) as fed:
+        yield fed
+
+
+@contextmanager
+def served(fed: Federation) -> Iterator[Federation]:
+    """``fed``, stopped when the block ends."""
     try:
         yield fed
     finally:
         fed.server.stop(grace=None).wait()
         fed.fleet.close()
+
+
+@pytest.fixture
+def server_builder(pki: Pki, tmp_path: Path) -> Callable[..., AbstractContextManager[Federation]]:
+    """A server of ``build_server``'s options (keywords), running for a ``with`` block."""
+    return lambda **options: served(build_server(pki, tmp_path / "server", **options))
 
 
 @dataclass

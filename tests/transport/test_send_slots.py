@@ -56,6 +56,21 @@ class Pull:
         assert not self.thread.is_alive()
 
 
+class SlowPull(Pull):
+    """A pull of a node on a slow link."""
+
+    def __init__(self, fleet: Fleet, node: str, wait: float = 5.0) -> None:
+        self.result: tuple[str, object] | None = None
+        self.returned_at: float | None = None
+
+        def pull() -> None:
+            self.result = fleet.next_task(node, wait, slow_link=True)
+            self.returned_at = time.monotonic()
+
+        self.thread = threading.Thread(target=pull, daemon=True)
+        self.thread.start()
+
+
 def _settle() -> None:
     time.sleep(0.2)  # the pull threads are waiting in the fleet
 
@@ -160,16 +175,51 @@ def test_only_so_many_model_sized_tasks_are_sent_at_once_and_small_ones_go_by() 
 def test_model_sized_tasks_to_nodes_on_slow_links_go_beside_the_few_large_sends() -> None:
     """A slow link bounds its own download: its model-sized task does not wait for the
     large sends to fast links (on two cores a few of those move a model as fast as
-    many), only for a slot of all ``sends_at_once``."""
-    fleet = _large_sends_fleet(sends_at_once=3)
-    large = _large_tasks(NODES)
+    many), only for room among all ``sends_at_once``, where it is sent in chunks of a
+    quarter and takes a quarter of a place: four slow downloads share one place."""
+    fleet = _large_sends_fleet(sends_at_once=2)
+    for node in ("e", "f"):
+        fleet.hello(node, "instance")
+    large = _large_tasks((*NODES, "e", "f"))
     stream = fleet.send_and_receive(large, timeout=30)
     try:
-        assert fleet.next_task("a", 0.0) is not None  # the one large slot of fast links
+        assert fleet.next_task("a", 0.0) is not None  # the one large place of fast links
         assert fleet.next_task("b", 0.0) is None  # a second fast one waits for it
-        assert fleet.next_task("b", 0.0, slow_link=True) is not None  # a slow one goes
-        assert fleet.next_task("c", 0.0, slow_link=True) is not None
-        assert fleet.next_task("d", 0.0, slow_link=True) is None  # all three slots taken
+        for node in ("b", "c", "d", "e"):  # the second place, a quarter each
+            assert fleet.next_task(node, 0.0, slow_link=True) is not None, node
+        assert fleet.next_task("f", 0.0, slow_link=True) is None  # no room left
+    finally:
+        stream.close()
+        fleet.close()
+
+
+def test_room_freed_by_slow_sends_goes_to_the_waiting_pulls_it_fits() -> None:
+    """A quarter of a place come free wakes a slow download waiting behind a fast one
+    (which needs the whole place); the fast one is woken once the place is whole."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=1)
+    slow, late = ("a", "b", "c", "d"), ("e", "f")
+    for node in (*slow, *late):
+        fleet.hello(node, "instance")
+    stream = fleet.send_and_receive(_tasks((*slow, *late)), timeout=30)
+    try:
+        sent = [fleet.next_task(node, 0.0, slow_link=True) for node in slow]
+        ids = [task[0] for task in sent if task is not None]
+        assert len(ids) == 4  # the one place, a quarter each
+        waiting_e = Pull(fleet, "e", wait=30.0)  # fast: needs the whole place
+        _settle()
+        waiting_f = SlowPull(fleet, "f", wait=30.0)  # came after e
+        _settle()
+        assert waiting_e.result is None and waiting_f.result is None
+        freed = time.monotonic()
+        fleet.task_sent(ids[0])
+        waiting_f.join()
+        assert waiting_f.result is not None and waiting_f.returned_at is not None
+        assert waiting_f.returned_at - freed < 0.5  # woken, not found at its next look
+        assert waiting_e.result is None
+        for message_id in (*ids[1:], waiting_f.result[0]):
+            fleet.task_sent(message_id)
+        waiting_e.join()
+        assert waiting_e.result is not None
     finally:
         stream.close()
         fleet.close()

@@ -88,7 +88,8 @@ _OPTIONS = (
         show_default=True,
         help="A node whose last model-sized transfer (8 MiB or more) moved under this many "
         "megabits a second is on a slow link: its reply spills at once when it must wait, "
-        "and its model-sized task goes out beside the few sent at once to fast links. "
+        "and its task goes out in chunks of 1 MiB, a quarter of a place among the tasks "
+        "sent at once, and beside the few model-sized ones sent to fast links. "
         "0: no link is slow.",
     ),
     click.option(

@@ -1,11 +1,15 @@
 """Which nodes' pulls may send a task now: a bounded number of downloads at once.
 
 Every node's stream being sent a task holds a chunk of the model and gRPC's
-copy of it, so with hundreds of nodes pulling at once only ``limit`` tasks are
-sent at any time. The other pulls wait holding nothing, and each is woken only
-by what concerns it -- a task queued for its node, or a send slot coming free
-(longest waiting first) -- not all of them at every change: each woken thread
-takes the GIL and the fleet's lock only to go back to sleep.
+copy of it, so with hundreds of nodes pulling at once only ``limit`` tasks'
+chunks are in the server at any time. A task to a node on a slow link is sent
+in smaller chunks (:func:`~consortium.transport.chunks.send_chunk_size`), so it
+takes a quarter of a place: its download lasts as long as the link makes it,
+and with more slow nodes than places the downloads would otherwise go in waves.
+The other pulls wait holding nothing, and each is woken only by what concerns
+it -- a task queued for its node, or room coming free (longest waiting first)
+-- not all of them at every change: each woken thread takes the GIL and the
+fleet's lock only to go back to sleep.
 
 Every method is called with the fleet's lock held (the conditions share it).
 """
@@ -15,15 +19,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from consortium.transport.chunks import CHUNK_SIZE, SLOW_LINK_CHUNK_SIZE, send_chunk_size
+
 
 class SendSlots:
-    """The pulls of each node, the tasks being sent, and the nodes waiting for a slot.
+    """The pulls of each node, the tasks being sent, and the nodes waiting for room.
 
-    At most ``limit`` tasks are sent at once, and of them at most ``large_limit`` of
+    The tasks being sent hold at most ``limit`` chunks of
+    :data:`~consortium.transport.chunks.CHUNK_SIZE` together (``limit`` tasks to fast
+    links, four times as many to slow ones), and of them at most ``large_limit`` are of
     ``large_bytes`` or more (model-sized: each of their streams holds more memory) to
     nodes on fast links. On two cores a few fast downloads move a model as fast as many;
     a slow link bounds its own download, so those to nodes on slow links (known from
-    their earlier transfers, :mod:`consortium.transport.link_rates`) go at once, up to
+    their earlier transfers, :mod:`consortium.transport.link_rates`) go at once, within
     ``limit``."""
 
     def __init__(
@@ -37,12 +45,16 @@ class SendSlots:
         self.large_limit = large_limit
         self.large_bytes = large_bytes
         self._lock = lock
-        #: ids of the tasks being sent now (pulled, their sending not ended yet), and
-        #: whether each is a large one to a fast link
-        self._sending: dict[str, bool] = {}
+        #: what the chunks of the tasks being sent may hold together
+        self._room = limit * CHUNK_SIZE
+        #: ids of the tasks being sent now (pulled, their sending not ended yet): the size
+        #: of their chunks, and whether each is a large one to a fast link
+        self._sending: dict[str, tuple[int, bool]] = {}
+        self._held = 0  # their chunks
         self._large = 0  # of them
-        #: nodes whose pull has a task to be sent and waits for a slot, first come first
-        self._waiting: dict[str, None] = {}
+        #: nodes whose pull has a task to be sent and waits for room, first come first,
+        #: and the chunk size their task would be sent in
+        self._waiting: dict[str, int] = {}
         #: node -> the condition its pulls wait on (sharing the fleet's lock)
         self._conds: dict[str, threading.Condition] = {}
 
@@ -65,60 +77,76 @@ class SendSlots:
             cond.notify_all()
 
     def full(self, nbytes: int, slow_link: bool = False) -> bool:
-        """Whether a task of ``nbytes`` (to a node on a slow link) must wait for a slot."""
-        if len(self._sending) >= self.limit:
+        """Whether a task of ``nbytes`` (to a node on a slow link) must wait for room."""
+        if self._held + send_chunk_size(slow_link) > self._room:
             return True
         return self._held_to_large(nbytes, slow_link) and self._large >= self.large_limit
 
     def _held_to_large(self, nbytes: int, slow_link: bool) -> bool:
         return nbytes >= self.large_bytes and not slow_link
 
-    def wait_turn(self, node: str) -> None:
-        """``node`` has a task to be sent and no slot: it is woken when one is free."""
-        self._waiting[node] = None
+    def wait_turn(self, node: str, slow_link: bool = False) -> None:
+        """``node`` has a task to be sent (to it on a slow link) and no room: it is woken
+        when there is."""
+        self._waiting[node] = send_chunk_size(slow_link)
 
     def any_waiting(self) -> bool:
-        """Whether some node's pull waits for a slot."""
+        """Whether some node's pull waits for room."""
         return bool(self._waiting)
 
     def leave(self, node: str) -> None:
-        """``node``'s pull stopped waiting (it timed out, or got its slot)."""
+        """``node``'s pull stopped waiting (it timed out, or got its room)."""
         self._waiting.pop(node, None)
 
     def start(self, node: str, message_id: str, nbytes: int, slow_link: bool = False) -> None:
-        """``node``'s pull takes a slot to send ``message_id``, of ``nbytes``."""
+        """``node``'s pull takes room to send ``message_id``, of ``nbytes`` (to a node on a
+        slow link: in smaller chunks)."""
         self.leave(node)
         large = self._held_to_large(nbytes, slow_link)
-        self._sending[message_id] = large
+        chunk = send_chunk_size(slow_link)
+        self._sending[message_id] = (chunk, large)
+        self._held += chunk
         self._large += large
 
     def crawls(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
         """``message_id``'s send runs over a slow link: it gives its place among the large
-        sends to fast links to the pull that waited longest, if a slot is free for it
+        sends to fast links to the pull that waited longest, if there is room for it
         (then that pull waits for a large task's place: a small one would have gone)."""
-        if not self._sending.get(message_id):
+        sending = self._sending.get(message_id)
+        if sending is None or not sending[1]:
             return
-        self._sending[message_id] = False
+        self._sending[message_id] = (sending[0], False)
         self._large -= 1
-        # no free slot: the place is taken at the next end()
-        self._wake_waiting(min(1, self.limit - len(self._sending)), has_tasks)
+        # no room: the place is taken at the next end()
+        self._wake_waiting(has_tasks, at_most=1)
 
     def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
-        """Sending ``message_id`` ended: wake as many waiting pulls as there are free
-        slots, longest waiting first, skipping nodes with nothing left to send
-        (``has_tasks``: their tasks failed or ended). A woken pull that finds the slot
+        """Sending ``message_id`` ended: wake as many waiting pulls as the free room
+        takes, longest waiting first, skipping nodes with nothing left to send
+        (``has_tasks``: their tasks failed or ended). A woken pull that finds the room
         taken waits again."""
-        if message_id not in self._sending:
+        sending = self._sending.pop(message_id, None)
+        if sending is None:
             return
-        self._large -= self._sending.pop(message_id)
-        self._wake_waiting(self.limit - len(self._sending), has_tasks)
+        chunk, large = sending
+        self._held -= chunk
+        self._large -= large
+        self._wake_waiting(has_tasks)
 
-    def _wake_waiting(self, count: int, has_tasks: Callable[[str], bool]) -> None:
-        """Wake up to ``count`` waiting pulls, longest waiting first, skipping (and
-        forgetting) nodes with nothing left to send."""
-        while count > 0 and self._waiting:
-            node = next(iter(self._waiting))
-            del self._waiting[node]
-            if has_tasks(node):
+    def _wake_waiting(self, has_tasks: Callable[[str], bool], at_most: int | None = None) -> None:
+        """Wake the waiting pulls the free room takes (up to ``at_most``), longest waiting
+        first, skipping (and forgetting) nodes with nothing left to send: a quarter come
+        free goes to a slow download waiting behind a fast one, which needs a whole place
+        (as any pull would take it at its next look)."""
+        free = self._room - self._held
+        woken = 0
+        for node, chunk in list(self._waiting.items()):
+            if free < SLOW_LINK_CHUNK_SIZE or (at_most is not None and woken >= at_most):
+                return
+            if not has_tasks(node):
+                del self._waiting[node]
+            elif chunk <= free:
+                del self._waiting[node]
                 self.wake(node)
-                count -= 1
+                free -= chunk
+                woken += 1

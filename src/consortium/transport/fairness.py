@@ -32,7 +32,8 @@ CALLS_PER_NODE = 3
 SPARE_THREADS = 16
 #: tasks being sent at once (each stream holds a chunk and gRPC's copy of it). With 200
 #: nodes, 16 gave 11.3 s per round and 4 gave 13.5-14.5 s, at the same peak memory
-#: (docs/benchmarks.md, "Fitting what is in transit to the model")
+#: (docs/benchmarks.md, "Fitting what is in transit to the model"). A task to a node on a
+#: slow link goes in chunks of a quarter and counts as a quarter (server/fleet_slots.py)
 SENDS_AT_ONCE = 16
 #: ...of which model-sized ones (tasks of at least LARGE_SEND_BYTES): each stream of one
 #: holds its chunk, gRPC's copy and what its window lets through, ~17 MB a node at 100M

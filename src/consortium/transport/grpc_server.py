@@ -31,6 +31,7 @@ from consortium.transport.chunks import (
     Refused,
     encode_chunk,
     iter_chunks,
+    send_chunk_size,
 )
 from consortium.transport.fairness import (
     CALLS_PER_NODE,
@@ -191,12 +192,13 @@ class FleetServicer(rpc.FleetServicer):
     ) -> Iterator[bytes]:
         request = parsed(context, node, request)
         wait = min(max(float(request.wait_seconds), 0.0), 60.0)
-        task = self.backend.next_task(node, wait, slow_link=self.links.slow_download(node))
+        slow_link = self.links.slow_download(node)
+        task = self.backend.next_task(node, wait, slow_link=slow_link)
         if task is None:
             return
         message_id, parts = task
         del task
-        chunks = iter_chunks(parts, message_id)
+        chunks = iter_chunks(parts, message_id, chunk_size=send_chunk_size(slow_link))
         del parts
         with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
             crawls = False  # found on a slow link while it goes
