@@ -1,8 +1,9 @@
-"""A task to a node on a slow link is sent in chunks of a quarter: its stream holds less
-while the link carries it, so that four such downloads share what one fast one holds
-(``server/fleet_slots.py``). Over real gRPC and mutual TLS: the server judges the link
-from the node's first model-sized download, then sends the next task in smaller chunks,
-which the node puts together as it does any task."""
+"""A task to a node on a slow link is sent in chunks of a quarter, and the node is told
+to reply in chunks of the same size: each stream holds less while the link carries it,
+so that four such transfers share what one fast one holds (``server/fleet_slots.py``,
+``ReceiveSlots``). Over real gRPC and mutual TLS: the server judges the link from the
+node's first model-sized download, then sends the next task in smaller chunks; an honest
+node replies in them, and a reply in larger chunks than told is refused."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+import pytest
 
 from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
 from consortium.transport.chunks import (
     CHUNK_SIZE,
+    REPLY_CHUNK_HEADER,
     SLOW_LINK_CHUNK_SIZE,
     Reassembler,
     decode_chunk,
+    encode_chunk,
+    iter_chunks,
+    told_chunk_size,
 )
 from consortium.transport.grpc_client import FleetClient, open_channel
 from consortium.transport.proto import fleet_pb2 as pb
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
 #: a model over the 8 MiB a transfer needs to measure a link (link_rates.py)
 PARAMS = 9 * 1024 * 1024 // 4
 MAX_MESSAGE = 64 * 1024 * 1024
+Builder = Callable[..., AbstractContextManager["Federation"]]
 
 
 def _task(value: float) -> Message:
@@ -39,34 +46,36 @@ def _task(value: float) -> Message:
     )
 
 
-def _pull(channel: grpc.Channel) -> tuple[Message, list[int]]:
-    """Pull one task on ``channel`` as a node does: the task, and the size of each chunk
-    it came in."""
+def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], str | None]:
+    """Pull one task on ``channel``: the task, the size of each chunk it came in, and the
+    chunk size the server asked the reply in."""
     pull = channel.unary_stream(
         "/consortium.v1.Fleet/PullTask",
         request_serializer=pb.PullRequest.SerializeToString,
         response_deserializer=decode_chunk,
     )
+    stream = pull(pb.PullRequest(wait_seconds=5.0), timeout=30)
     rebuild, sizes = Reassembler(MAX_MESSAGE), []
-    for chunk in pull(pb.PullRequest(wait_seconds=5.0), timeout=30):
+    for chunk in stream:
         sizes.append(len(chunk.data))
         rebuild.feed(chunk)
-    return Message.from_bytes(bytes(rebuild.result())), sizes
+    told = dict(stream.initial_metadata()).get(REPLY_CHUNK_HEADER)
+    return Message.from_bytes(bytes(rebuild.result())), sizes, told
 
 
-def _answer(fed: Federation, node: FleetClient, channel: grpc.Channel, value: float) -> list[int]:
-    """Queue a task, pull it, push the honest reply: the pulled task's chunk sizes."""
+def _honest_round(fed: Federation, node: FleetClient, value: float) -> None:
+    """Queue a task; the node pulls it and pushes the honest reply, which arrives."""
     task = _task(value)
     round_ = fed.round(task)
-    pulled, sizes = _pull(channel)
-    reply = fed.answer(pulled)
+    payload = node.pull_task(5.0)
+    assert payload is not None
+    reply = fed.answer(Message.from_bytes(bytes(payload)))
     assert node.push_result(reply.to_parts(), reply.metadata.message_id) == (True, "ok")
     fed.check_answer(task, round_.replies())
-    return sizes
 
 
-def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_in_quarter_chunks(
-    server_builder: Callable[..., AbstractContextManager[Federation]], pki: Pki
+def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_and_replies_in_quarter_chunks(
+    server_builder: Builder, pki: Pki
 ) -> None:
     # a threshold over any link: a model-sized download makes its node's link slow
     with server_builder(max_message_bytes=MAX_MESSAGE, slow_link_mbit=1e9) as fed:
@@ -74,12 +83,51 @@ def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_in_quarter_chunks(
         channel = open_channel(fed.address, pki.tls(pki.good))
         try:
             node.hello("1.0", "instance")
-            sizes = _answer(fed, node, channel, 1.0)  # the link is not known yet
-            assert max(sizes) == CHUNK_SIZE and sum(sizes) > 8 * 1024 * 1024, sizes
-            sizes = _answer(fed, node, channel, 2.0)  # now it is: a slow one
-            assert max(sizes) == SLOW_LINK_CHUNK_SIZE < CHUNK_SIZE, sizes
+            _honest_round(fed, node, 1.0)  # the link is not known before this task
+            assert node.reply_chunk_size == CHUNK_SIZE
+            _honest_round(fed, node, 2.0)  # now it is: a slow one, told with the task
+            assert node.reply_chunk_size == SLOW_LINK_CHUNK_SIZE
+
+            task = _task(3.0)
+            round_ = fed.round(task)
+            pulled, sizes, told = _raw_pull(channel)
+            assert told == str(SLOW_LINK_CHUNK_SIZE)
             # the model's 9 MiB in nine chunks (the message's header goes before them)
-            assert sizes.count(SLOW_LINK_CHUNK_SIZE) == PARAMS * 4 // SLOW_LINK_CHUNK_SIZE, sizes
+            assert max(sizes) == SLOW_LINK_CHUNK_SIZE, sizes
+            assert sizes.count(SLOW_LINK_CHUNK_SIZE) == PARAMS * 4 // SLOW_LINK_CHUNK_SIZE
+            # a reply in chunks larger than told is refused...
+            reply = fed.answer(pulled)
+            push = channel.stream_unary(
+                "/consortium.v1.Fleet/PushResult",
+                request_serializer=encode_chunk,
+                response_deserializer=pb.PushReply.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                push(iter_chunks(reply.to_parts(), reply.metadata.message_id), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"over the {SLOW_LINK_CHUNK_SIZE} this node was told" in str(
+                refused.value.details()
+            )
+            # ...and the same reply, in the chunks told, is then received
+            accepted = node.push_result(reply.to_parts(), reply.metadata.message_id)
+            assert accepted == (True, "ok")
+            fed.check_answer(task, round_.replies())
         finally:
             channel.close()
             node.close()
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [
+        (None, CHUNK_SIZE),
+        (str(SLOW_LINK_CHUNK_SIZE), SLOW_LINK_CHUNK_SIZE),
+        ("1", SLOW_LINK_CHUNK_SIZE),  # no server makes a node's upload crawl
+        (str(1 << 30), CHUNK_SIZE),
+        ("lots", CHUNK_SIZE),
+    ],
+)
+def test_a_node_takes_the_reply_chunk_size_it_is_told_within_bounds(
+    header: str | None, size: int
+) -> None:
+    assert told_chunk_size(header) == size

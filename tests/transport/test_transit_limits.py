@@ -13,6 +13,7 @@ import pytest
 from consortium.core.arrays import Arrays
 from consortium.core.message import TRAIN, Content, Message
 from consortium.server.fleet import Fleet
+from consortium.transport.chunks import SLOW_LINK_CHUNK_SIZE
 from consortium.transport.fairness import (
     MAX_STREAM_WINDOW,
     MIN_STREAM_WINDOW,
@@ -49,6 +50,22 @@ def test_receive_slots_admit_a_few_replies_and_one_per_node() -> None:
     assert not slots.acquire("b", lambda: False)
     with pytest.raises(ValueError, match="slots must be >= 1"):
         ReceiveSlots(0)
+
+
+def test_four_replies_sent_in_quarter_chunks_share_one_slot() -> None:
+    """A node told to reply in chunks of a quarter (a slow link) takes a quarter of a
+    slot: four of them read at once where one fast reply would be."""
+    slots = ReceiveSlots(1)
+    quarter = SLOW_LINK_CHUNK_SIZE
+    assert all(slots.acquire(node, lambda: True, chunk=quarter) for node in "abcd")
+    assert slots.in_use() == 4
+    assert not slots.acquire("e", lambda: False, chunk=quarter)  # no room for a fifth
+    slots.release("a")
+    assert not slots.acquire("f", lambda: False)  # a whole slot: not while three hold
+    assert slots.acquire("e", lambda: True, chunk=quarter)
+    for node in "bcde":
+        slots.release(node)
+    assert slots.acquire("f", lambda: True) and slots.in_use() == 1
 
 
 def test_a_push_waiting_for_a_slot_looks_again_when_told_the_bound_grew() -> None:

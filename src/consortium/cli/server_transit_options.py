@@ -88,9 +88,9 @@ _OPTIONS = (
         show_default=True,
         help="A node whose last model-sized transfer (8 MiB or more) moved under this many "
         "megabits a second is on a slow link: its reply spills at once when it must wait, "
-        "and its task goes out in chunks of 1 MiB, a quarter of a place among the tasks "
-        "sent at once, and beside the few model-sized ones sent to fast links. "
-        "0: no link is slow.",
+        "its task goes out and its reply comes back in chunks of 1 MiB, each taking a "
+        "quarter of a place among the transfers at once, and its model-sized task goes "
+        "beside the few sent to fast links. 0: no link is slow.",
     ),
     click.option(
         "--spill-dir",

@@ -35,13 +35,35 @@ MAX_GRPC_MESSAGE = CHUNK_SIZE + 64 * 1024
 SLOW_LINK_CHUNK_SIZE = CHUNK_SIZE // 4
 
 
+#: The header (initial metadata) of a task's stream telling the node the chunk size to
+#: send its reply in: the one its task was sent in. The server reads the reply of a node
+#: told a smaller size as holding that much less (``transport/fairness.py``), and refuses
+#: a chunk over it.
+REPLY_CHUNK_HEADER = "consortium-reply-chunk-bytes"
+
+
 def send_chunk_size(slow_link: bool) -> int:
     """The chunk size a task is sent in: smaller to a node on a slow link."""
     return SLOW_LINK_CHUNK_SIZE if slow_link else CHUNK_SIZE
 
 
+def told_chunk_size(value: str | bytes | None) -> int:
+    """The reply chunk size a server's :data:`REPLY_CHUNK_HEADER` gives, within
+    [:data:`SLOW_LINK_CHUNK_SIZE`, :data:`CHUNK_SIZE`]: no server makes a node's
+    upload crawl in tiny chunks. None or not a number: :data:`CHUNK_SIZE`."""
+    try:
+        told = int(value) if value is not None else CHUNK_SIZE
+    except ValueError:
+        return CHUNK_SIZE
+    return min(max(told, SLOW_LINK_CHUNK_SIZE), CHUNK_SIZE)
+
+
 class PayloadTooLarge(WireFormatError):
     """The announced payload is larger than this receiver accepts."""
+
+
+class ChunkTooLarge(WireFormatError):
+    """A chunk over the size its sender was told to send in (:data:`REPLY_CHUNK_HEADER`)."""
 
 
 class Refused(WireFormatError):

@@ -26,6 +26,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from consortium.transport.chunks import CHUNK_SIZE
+
 #: calls one node may have in progress at once: pull or push, heartbeat, one stale call
 CALLS_PER_NODE = 3
 #: worker threads kept for everything else (the coordinator's calls, new nodes' hellos)
@@ -114,7 +116,10 @@ class ReceiveSlots:
     A push waits for a slot before its first byte is read: its bytes stay with
     the node (HTTP/2 flow control), not in the server. One per node, so that a
     node cannot hold several slots with pushes that go nowhere (the stall
-    timeout ends those); an honest node sends its results one at a time.
+    timeout ends those); an honest node sends its results one at a time. A reply
+    the node was told to send in smaller chunks (a node on a slow link,
+    :data:`~consortium.transport.chunks.REPLY_CHUNK_HEADER`) holds that much less
+    and takes that share of a slot: four slow uploads take one.
     """
 
     def __init__(
@@ -126,23 +131,28 @@ class ReceiveSlots:
         #: a smaller bound for the replies now expected (the transfer budget's
         #: ``reads_at_once``: large replies are read only as fast as they can be folded)
         self._fitted = fitted
-        self._holders: Counter[str] = Counter()
+        #: each node reading a reply, and the chunk size it sends it in
+        self._holders: dict[str, int] = {}
+        self._held = 0  # their chunks
         self._waiting = 0
         self._cond = threading.Condition()
 
-    def acquire(self, node: str, alive: Callable[[], bool], poll: float = 1.0) -> bool:
-        """Wait for a slot for ``node``; False (nothing taken) once ``alive()`` is false
-        (the call was cancelled meanwhile)."""
+    def acquire(
+        self, node: str, alive: Callable[[], bool], poll: float = 1.0, *, chunk: int = CHUNK_SIZE
+    ) -> bool:
+        """Wait for room to read ``node``'s reply, sent in chunks of ``chunk`` bytes; False
+        (nothing taken) once ``alive()`` is false (the call was cancelled meanwhile)."""
         with self._cond:
             self._waiting += 1
             try:
-                while sum(self._holders.values()) >= self._slots_now() or self._holders[node]:
+                while self._held + chunk > self._slots_now() * CHUNK_SIZE or node in self._holders:
                     if not alive():
                         return False
                     self._cond.wait(poll)
             finally:
                 self._waiting -= 1
-            self._holders[node] += 1
+            self._holders[node] = chunk
+            self._held += chunk
             return True
 
     def waiting(self) -> bool:
@@ -156,9 +166,7 @@ class ReceiveSlots:
 
     def release(self, node: str) -> None:
         with self._cond:
-            self._holders[node] -= 1
-            if self._holders[node] <= 0:
-                del self._holders[node]
+            self._held -= self._holders.pop(node, 0)
             self._cond.notify_all()
 
     def recount(self) -> None:
@@ -168,5 +176,6 @@ class ReceiveSlots:
             self._cond.notify_all()
 
     def in_use(self) -> int:
+        """Replies being read."""
         with self._cond:
-            return sum(self._holders.values())
+            return len(self._holders)

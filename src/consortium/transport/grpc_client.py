@@ -25,12 +25,15 @@ from consortium.core.errors import NodeRefused, ServerUnavailable, TransportErro
 from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import (
+    CHUNK_SIZE,
+    REPLY_CHUNK_HEADER,
     Allocate,
     Buffer,
     Reassembler,
     decode_chunk,
     encode_chunk,
     iter_chunks,
+    told_chunk_size,
 )
 from consortium.transport.grpc_payloads import (
     parse_run_info,
@@ -142,6 +145,8 @@ class FleetClient:
         self.max_message_bytes = max_message_bytes
         self.max_bundle_bytes = max_bundle_bytes
         self.timeout = timeout
+        #: the chunk size of replies: as the server said with the last task pulled
+        self.reply_chunk_size = CHUNK_SIZE
 
     def close(self) -> None:
         self._channel.close()
@@ -179,7 +184,12 @@ class FleetClient:
                 seen = True
                 rebuild.feed(chunk)
             flush(force=seen)
-            return rebuild.result() if seen else None
+            if not seen:
+                return None
+            # the reply goes back in chunks of the size the server says it reads it in
+            told = dict(stream.initial_metadata() or ()).get(REPLY_CHUNK_HEADER)
+            self.reply_chunk_size = told_chunk_size(told)
+            return rebuild.result()
 
         return _call(pull, "pulling a task")
 
@@ -188,7 +198,7 @@ class FleetClient:
             # with stage timing on, "push" less the chunks' send.crc32 and send.copy is
             # gRPC's part (its own copy, TLS, the wait for the server)
             with stage("push"):
-                chunks = iter_chunks(parts, message_id)
+                chunks = iter_chunks(parts, message_id, chunk_size=self.reply_chunk_size)
                 reply = self._push(chunks, metadata=self._metadata, timeout=600)
             flush(force=True)
             return bool(reply.accepted), str(reply.detail)

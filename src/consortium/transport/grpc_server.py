@@ -24,8 +24,11 @@ from consortium.core.message import Message
 from consortium.core.records import UnacceptableRecord
 from consortium.transport.auth import Authenticator, authenticate_call
 from consortium.transport.chunks import (
+    CHUNK_SIZE,
     MAX_GRPC_MESSAGE,
+    REPLY_CHUNK_HEADER,
     Chunk,
+    ChunkTooLarge,
     PayloadTooLarge,
     Reassembler,
     Refused,
@@ -118,6 +121,9 @@ class FleetServicer(rpc.FleetServicer):
         self.links = LinkRates(slow_link_mbit * BYTES_PER_MBIT)
         #: replies read at once: the others wait, unread, holding no memory of the server's
         self.receiving = ReceiveSlots(receives_at_once, self._reads_at_once)
+        #: the chunk size each node was told to reply in, with its last task (one per
+        #: allow-listed node): its reply is read as holding that much, and held to it
+        self._reply_chunks: dict[str, int] = {}
         #: transfers that stop moving, or crawl while others wait behind them, are cut
         #: off, failing only their node's task
         self.stalls = StallWatch(
@@ -198,7 +204,11 @@ class FleetServicer(rpc.FleetServicer):
             return
         message_id, parts = task
         del task
-        chunks = iter_chunks(parts, message_id, chunk_size=send_chunk_size(slow_link))
+        chunk_size = send_chunk_size(slow_link)
+        # the node replies in chunks of the same size, and its reply is read as such
+        self._reply_chunks[node] = chunk_size
+        context.send_initial_metadata(((REPLY_CHUNK_HEADER, str(chunk_size)),))
+        chunks = iter_chunks(parts, message_id, chunk_size=chunk_size)
         del parts
         with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
             crawls = False  # found on a slow link while it goes
@@ -236,16 +246,21 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.PushReply:
         node = self._caller(context)
         with self._slot(node, context):
+            chunk_size = self._reply_chunks.get(node, CHUNK_SIZE)
             # before the stall watch: waiting for a turn is not stalling
-            if not self.receiving.acquire(node, context.is_active):
+            if not self.receiving.acquire(node, context.is_active, chunk=chunk_size):
                 context.abort(grpc.StatusCode.CANCELLED, "the call ended while its reply waited")
             try:
-                return self._push(node, request_iterator, context)
+                return self._push(node, request_iterator, context, chunk_size)
             finally:
                 self.receiving.release(node)
 
     def _push(
-        self, node: str, request_iterator: Iterator[Chunk], context: grpc.ServicerContext
+        self,
+        node: str,
+        request_iterator: Iterator[Chunk],
+        context: grpc.ServicerContext,
+        chunk_size: int,
     ) -> pb.PushReply:
         late: list[str] = []
         answers: list[str] = []  # the task the reply answers, once its header is in
@@ -278,7 +293,9 @@ class FleetServicer(rpc.FleetServicer):
             accepted = False
             try:
                 try:
-                    reply = self._receive(node, rebuild, request_iterator, context, transfer)
+                    reply = self._receive(
+                        node, rebuild, request_iterator, context, transfer, chunk_size
+                    )
                 except BaseException:  # gRPC ended the call, or a stream cut short
                     if transfer.cut:  # before its header: every task of the node
                         why = self.stalls.reason(
@@ -335,12 +352,19 @@ class FleetServicer(rpc.FleetServicer):
         request_iterator: Iterator[Chunk],
         context: grpc.ServicerContext,
         transfer: Transfer,
+        chunk_size: int,
     ) -> Message | None:
-        """The reply, or None if it was found unwanted (late) before it all arrived."""
+        """The reply, or None if it was found unwanted (late) before it all arrived;
+        sent in chunks of at most ``chunk_size`` bytes (what the node was told)."""
         try:
             for received in timed(request_iterator, "recv.grpc"):
                 chunk = parsed(context, node, received)
                 transfer.moved(len(chunk.data))
+                if len(chunk.data) > chunk_size:
+                    raise ChunkTooLarge(
+                        f"a chunk of {len(chunk.data)} bytes, over the {chunk_size} "
+                        "this node was told to send its reply in"
+                    )
                 rebuild.feed(chunk)
             payload = rebuild.result()
         except _Stop:
@@ -354,6 +378,9 @@ class FleetServicer(rpc.FleetServicer):
             raise
         except PayloadTooLarge as exc:
             self._refuse(context, node, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "too-large")
+            raise
+        except ChunkTooLarge as exc:
+            self._refuse(context, node, grpc.StatusCode.RESOURCE_EXHAUSTED, exc, "chunk-size")
             raise
         except SpillError as exc:  # the server's disk, not the node: logged, not counted
             log.error("reply from %s lost: %s", node, exc)
