@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from consortium.transport.chunks import CHUNK_SIZE
-from consortium.transport.grpc_server import GRPC_OPTIONS
+from consortium.transport.grpc_options import GRPC_OPTIONS
 from transport import make_pki
 from transport_report import parse_size, size_label
 

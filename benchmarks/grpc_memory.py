@@ -61,7 +61,7 @@ import grpc
 
 from consortium.transport.ca import CertificateAuthority
 from consortium.transport.fairness import RECEIVES_AT_ONCE, SENDS_AT_ONCE, stream_window
-from consortium.transport.grpc_server import GRPC_OPTIONS
+from consortium.transport.grpc_options import GRPC_OPTIONS
 from grpc_memory_server import MB, SERVICE, Plan, chunks_of, read_file, serve
 from transport_report import parse_size, size_label
 

@@ -27,7 +27,7 @@ import grpc
 from consortium.core.buffers import tune_malloc
 from consortium.server.heap import Glibc, HeapTrimmer
 from consortium.transport.chunks import CHUNK_SIZE
-from consortium.transport.grpc_server import GRPC_OPTIONS
+from consortium.transport.grpc_options import GRPC_OPTIONS
 
 SERVICE = "memory.Memory"
 SAMPLE_S = 0.2

@@ -24,7 +24,7 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.message import Message
 from consortium.transport.chunks import Chunk, Reassembler, decode_chunk, iter_chunks
-from consortium.transport.grpc_client import GRPC_OPTIONS
+from consortium.transport.grpc_options import GRPC_OPTIONS
 from consortium.transport.proto import fleet_pb2 as pb
 from deploy.conftest import NODES, SLOW_APP, import_app, write_app
 

@@ -46,9 +46,9 @@ def _task(value: float) -> Message:
     )
 
 
-def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], str | None]:
+def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], dict[str, str]]:
     """Pull one task on ``channel``: the task, the size of each chunk it came in, and the
-    chunk size the server asked the reply in."""
+    chunk size the server asked the reply in, at the stream's start and at its end."""
     pull = channel.unary_stream(
         "/consortium.v1.Fleet/PullTask",
         request_serializer=pb.PullRequest.SerializeToString,
@@ -59,8 +59,27 @@ def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], str | None]:
     for chunk in stream:
         sizes.append(len(chunk.data))
         rebuild.feed(chunk)
-    told = dict(stream.initial_metadata()).get(REPLY_CHUNK_HEADER)
+    told = {
+        when: value
+        for when, metadata in (
+            ("start", stream.initial_metadata()),
+            ("end", stream.trailing_metadata()),
+        )
+        if (value := dict(metadata or ()).get(REPLY_CHUNK_HEADER)) is not None
+    }
     return Message.from_bytes(bytes(rebuild.result())), sizes, told
+
+
+def _push(channel: grpc.Channel, reply: Message, chunk_size: int) -> pb.PushReply:
+    """Push ``reply`` on ``channel`` in chunks of ``chunk_size``."""
+    push = channel.stream_unary(
+        "/consortium.v1.Fleet/PushResult",
+        request_serializer=encode_chunk,
+        response_deserializer=pb.PushReply.FromString,
+    )
+    chunks = iter_chunks(reply.to_parts(), reply.metadata.message_id, chunk_size=chunk_size)
+    answer: pb.PushReply = push(chunks, timeout=30)
+    return answer
 
 
 def _honest_round(fed: Federation, node: FleetClient, value: float) -> None:
@@ -83,34 +102,37 @@ def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_and_replies_in_quart
         channel = open_channel(fed.address, pki.tls(pki.good))
         try:
             node.hello("1.0", "instance")
-            _honest_round(fed, node, 1.0)  # the link is not known before this task
-            assert node.reply_chunk_size == CHUNK_SIZE
-            _honest_round(fed, node, 2.0)  # now it is: a slow one, told with the task
+            # the first task: the link is not known when it leaves, so its chunks are full
+            # ones; its download shows the link slow, and the node is told so at its end
+            task = _task(1.0)
+            round_ = fed.round(task)
+            pulled, sizes, told = _raw_pull(channel)
+            assert max(sizes) == CHUNK_SIZE, sizes
+            assert told == {"start": str(CHUNK_SIZE), "end": str(SLOW_LINK_CHUNK_SIZE)}
+            assert _push(channel, fed.answer(pulled), SLOW_LINK_CHUNK_SIZE).accepted
+            fed.check_answer(task, round_.replies())
+
+            # an honest node (the transport's own client) replies as it is told
+            _honest_round(fed, node, 2.0)
             assert node.reply_chunk_size == SLOW_LINK_CHUNK_SIZE
 
             task = _task(3.0)
             round_ = fed.round(task)
             pulled, sizes, told = _raw_pull(channel)
-            assert told == str(SLOW_LINK_CHUNK_SIZE)
+            assert told == {"start": str(SLOW_LINK_CHUNK_SIZE)}
             # the model's 9 MiB in nine chunks (the message's header goes before them)
             assert max(sizes) == SLOW_LINK_CHUNK_SIZE, sizes
             assert sizes.count(SLOW_LINK_CHUNK_SIZE) == PARAMS * 4 // SLOW_LINK_CHUNK_SIZE
             # a reply in chunks larger than told is refused...
             reply = fed.answer(pulled)
-            push = channel.stream_unary(
-                "/consortium.v1.Fleet/PushResult",
-                request_serializer=encode_chunk,
-                response_deserializer=pb.PushReply.FromString,
-            )
             with pytest.raises(grpc.RpcError) as refused:
-                push(iter_chunks(reply.to_parts(), reply.metadata.message_id), timeout=30)
+                _push(channel, reply, CHUNK_SIZE)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert f"over the {SLOW_LINK_CHUNK_SIZE} this node was told" in str(
                 refused.value.details()
             )
             # ...and the same reply, in the chunks told, is then received
-            accepted = node.push_result(reply.to_parts(), reply.metadata.message_id)
-            assert accepted == (True, "ok")
+            assert _push(channel, reply, SLOW_LINK_CHUNK_SIZE).accepted
             fed.check_answer(task, round_.replies())
         finally:
             channel.close()

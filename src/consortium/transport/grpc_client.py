@@ -35,13 +35,13 @@ from consortium.transport.chunks import (
     iter_chunks,
     told_chunk_size,
 )
+from consortium.transport.grpc_options import GRPC_OPTIONS
 from consortium.transport.grpc_payloads import (
     parse_run_info,
     receive,
     start_run_chunks,
     stream_limit,
 )
-from consortium.transport.grpc_server import GRPC_OPTIONS
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.stage_times import flush, set_role, stage, timed
@@ -186,8 +186,11 @@ class FleetClient:
             flush(force=seen)
             if not seen:
                 return None
-            # the reply goes back in chunks of the size the server says it reads it in
-            told = dict(stream.initial_metadata() or ()).get(REPLY_CHUNK_HEADER)
+            # the reply goes back in chunks of the size the server says it reads it in: at
+            # the end of the task (once its download showed the link), or at its start
+            told = dict(stream.trailing_metadata() or ()).get(REPLY_CHUNK_HEADER)
+            if told is None:
+                told = dict(stream.initial_metadata() or ()).get(REPLY_CHUNK_HEADER)
             self.reply_chunk_size = told_chunk_size(told)
             return rebuild.result()
 

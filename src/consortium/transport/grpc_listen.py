@@ -20,8 +20,9 @@ from consortium.core.errors import TransportError
 from consortium.transport.chunks import decode_chunk
 from consortium.transport.fairness import MAX_STREAM_WINDOW
 from consortium.transport.grpc_control import ControlServicer
+from consortium.transport.grpc_options import GRPC_OPTIONS
 from consortium.transport.grpc_requests import lenient
-from consortium.transport.grpc_server import GRPC_OPTIONS, FleetServicer
+from consortium.transport.grpc_server import FleetServicer
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 

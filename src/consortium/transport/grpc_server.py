@@ -24,9 +24,7 @@ from consortium.core.message import Message
 from consortium.core.records import UnacceptableRecord
 from consortium.transport.auth import Authenticator, authenticate_call
 from consortium.transport.chunks import (
-    CHUNK_SIZE,
     MAX_GRPC_MESSAGE,
-    REPLY_CHUNK_HEADER,
     Chunk,
     ChunkTooLarge,
     PayloadTooLarge,
@@ -50,6 +48,7 @@ from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.refusal_gate import RefusalLog
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
+from consortium.transport.reply_chunks import ReplyChunks
 from consortium.transport.spill import SpillError, SpillStore
 from consortium.transport.stage_times import flush, set_role, stage, timed
 from consortium.transport.stall import (
@@ -63,22 +62,6 @@ from consortium.transport.stall import (
 log = logging.getLogger("consortium.transport")
 #: refusals logged once per node and reason a minute (a refused node retries)
 _refusals = RefusalLog(log)
-
-
-# Measured with 200 nodes (docs/benchmarks.md, "The run's tracking in a process of its
-# own"): TCP read chunk sizes, grpc.tcp_receive_buffer_size (not applied to accepted
-# sockets by this grpcio), SO_RCVBUF on the listening socket, HTTP/2 write buffer and
-# frame size and a cap on concurrent streams leave the server's peak where it is; only
-# the stream window (lookahead_bytes, see start_server) moves it.
-GRPC_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 8 * 1024 * 1024),
-]
 
 
 _ENDED_BY_GRPC = (
@@ -121,9 +104,9 @@ class FleetServicer(rpc.FleetServicer):
         self.links = LinkRates(slow_link_mbit * BYTES_PER_MBIT)
         #: replies read at once: the others wait, unread, holding no memory of the server's
         self.receiving = ReceiveSlots(receives_at_once, self._reads_at_once)
-        #: the chunk size each node was told to reply in, with its last task (one per
-        #: allow-listed node): its reply is read as holding that much, and held to it
-        self._reply_chunks: dict[str, int] = {}
+        #: the chunk size each node was told to reply in: its reply is read as holding
+        #: that much, and held to it
+        self.reply_chunks = ReplyChunks(self.links)
         #: transfers that stop moving, or crawl while others wait behind them, are cut
         #: off, failing only their node's task
         self.stalls = StallWatch(
@@ -204,11 +187,8 @@ class FleetServicer(rpc.FleetServicer):
             return
         message_id, parts = task
         del task
-        chunk_size = send_chunk_size(slow_link)
-        # the node replies in chunks of the same size, and its reply is read as such
-        self._reply_chunks[node] = chunk_size
-        context.send_initial_metadata(((REPLY_CHUNK_HEADER, str(chunk_size)),))
-        chunks = iter_chunks(parts, message_id, chunk_size=chunk_size)
+        self.reply_chunks.tell(node, context.send_initial_metadata)
+        chunks = iter_chunks(parts, message_id, chunk_size=send_chunk_size(slow_link))
         del parts
         with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
             crawls = False  # found on a slow link while it goes
@@ -230,6 +210,9 @@ class FleetServicer(rpc.FleetServicer):
                         crawls = True
                         self.backend.task_crawls(message_id)
                 self.links.downloaded(node, transfer.moved_bytes, transfer.moving_seconds())
+                # a node's first download may show its link slow: its reply comes in smaller
+                # chunks already (a node's upload is judged by its download until measured)
+                self.reply_chunks.tell(node, context.set_trailing_metadata, if_changed=True)
             finally:
                 chunks.close()
                 del chunks
@@ -246,7 +229,7 @@ class FleetServicer(rpc.FleetServicer):
     ) -> pb.PushReply:
         node = self._caller(context)
         with self._slot(node, context):
-            chunk_size = self._reply_chunks.get(node, CHUNK_SIZE)
+            chunk_size = self.reply_chunks.told(node)
             # before the stall watch: waiting for a turn is not stalling
             if not self.receiving.acquire(node, context.is_active, chunk=chunk_size):
                 context.abort(grpc.StatusCode.CANCELLED, "the call ended while its reply waited")
