@@ -255,6 +255,33 @@ def test_a_large_send_found_crawling_gives_its_place_to_the_next_large_task() ->
         fleet.close()
 
 
+def test_a_send_found_crawling_gives_back_three_quarters_of_its_place() -> None:
+    """Found crawling, a download goes on in chunks of a quarter (``_pull``): the rest of
+    its place goes to the slow downloads waiting, not to a fast one, which needs it all."""
+    fleet = Fleet(offline_after=60.0, sends_at_once=1)
+    nodes = (*NODES, "e")
+    for node in nodes:
+        fleet.hello(node, "instance")
+    stream = fleet.send_and_receive(_tasks(nodes), timeout=30)
+    try:
+        first = fleet.next_task("a", 0.0)  # the whole place, its link unknown
+        assert first is not None
+        slow = [SlowPull(fleet, node) for node in ("b", "c", "d")]
+        fast = Pull(fleet, "e")
+        _settle()
+        assert all(pull.result is None for pull in (*slow, fast))
+        told = time.monotonic()
+        fleet.task_crawls(first[0])
+        for pull in slow:
+            pull.join()
+            assert pull.result is not None and pull.returned_at is not None
+            assert pull.returned_at - told < 0.5
+        assert fast.result is None  # a whole place is not free yet
+    finally:
+        stream.close()
+        fleet.close()
+
+
 def test_closing_the_fleet_ends_every_waiting_pull(fleet: Fleet) -> None:
     pulls = [Pull(fleet, node, wait=30.0) for node in NODES]
     _settle()

@@ -7,6 +7,7 @@ node replies in them, and a reply in larger chunks than told is refused."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
@@ -39,16 +40,19 @@ MAX_MESSAGE = 64 * 1024 * 1024
 Builder = Callable[..., AbstractContextManager["Federation"]]
 
 
-def _task(value: float) -> Message:
-    model = Arrays({"w": np.full(PARAMS, value, np.float32)})
+def _task(value: float, params: int = PARAMS) -> Message:
+    model = Arrays({"w": np.full(params, value, np.float32)})
     return Message.create(
         run_id="slow", dst="hospital-a", round=1, kind="train", content=Content.of(model)
     )
 
 
-def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], dict[str, str]]:
-    """Pull one task on ``channel``: the task, the size of each chunk it came in, and the
-    chunk size the server asked the reply in, at the stream's start and at its end."""
+def _raw_pull(
+    channel: grpc.Channel, pause: tuple[float, ...] = ()
+) -> tuple[Message, list[int], dict[str, str]]:
+    """Pull one task on ``channel``, pausing ``pause[i]`` s after the i-th chunk of the
+    model: the task, the size of each chunk it came in, and the chunk size the server
+    asked the reply in, at the stream's start and at its end."""
     pull = channel.unary_stream(
         "/consortium.v1.Fleet/PullTask",
         request_serializer=pb.PullRequest.SerializeToString,
@@ -59,6 +63,9 @@ def _raw_pull(channel: grpc.Channel) -> tuple[Message, list[int], dict[str, str]
     for chunk in stream:
         sizes.append(len(chunk.data))
         rebuild.feed(chunk)
+        model_chunks = len(sizes) - 2  # the message's header comes first, in two parts
+        if 0 < model_chunks <= len(pause):
+            time.sleep(pause[model_chunks - 1])
     told = {
         when: value
         for when, metadata in (
@@ -133,6 +140,30 @@ def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_and_replies_in_quart
             )
             # ...and the same reply, in the chunks told, is then received
             assert _push(channel, reply, SLOW_LINK_CHUNK_SIZE).accepted
+            fed.check_answer(task, round_.replies())
+        finally:
+            channel.close()
+            node.close()
+
+
+def test_a_download_found_crawling_goes_on_in_quarter_chunks(
+    server_builder: Builder, pki: Pki
+) -> None:
+    """A node's first task leaves in full chunks; read slowly (8 MiB in over 2 s: under
+    any threshold), the rest of it comes in quarter chunks, and the node is told at the
+    stream's end to reply in them."""
+    with server_builder(max_message_bytes=MAX_MESSAGE, slow_link_mbit=1e9) as fed:
+        node = FleetClient(fed.address, tls=pki.tls(pki.good), max_message_bytes=MAX_MESSAGE)
+        channel = open_channel(fed.address, pki.tls(pki.good))
+        try:
+            node.hello("1.0", "instance")
+            task = _task(1.0, params=4 * PARAMS)  # 36 MiB
+            round_ = fed.round(task)
+            pulled, sizes, told = _raw_pull(channel, pause=(1.1, 1.1))
+            assert sizes[2:4] == [CHUNK_SIZE, CHUNK_SIZE], sizes  # after the header's two
+            assert sizes[-5:] == [SLOW_LINK_CHUNK_SIZE] * 5, sizes
+            assert told == {"start": str(CHUNK_SIZE), "end": str(SLOW_LINK_CHUNK_SIZE)}
+            assert _push(channel, fed.answer(pulled), SLOW_LINK_CHUNK_SIZE).accepted
             fed.check_answer(task, round_.replies())
         finally:
             channel.close()

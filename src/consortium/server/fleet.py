@@ -169,7 +169,7 @@ class Fleet(ReplyIntake):
                     # hundreds of nodes pulling at once, the rest wait for a free slot
                     size = _payload_bytes(session.tasks[0][1]) if session.tasks else 0
                     if session.tasks and self._slots.full(size, slow_link):
-                        self._slots.wait_turn(node, slow_link)  # woken when there is room
+                        self._slots.wait_turn(node, size, slow_link)  # woken when there is room
                     elif session.tasks:
                         message_id, parts = session.tasks.popleft()
                         self._slots.start(node, message_id, size, slow_link)

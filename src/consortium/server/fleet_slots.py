@@ -52,9 +52,10 @@ class SendSlots:
         self._sending: dict[str, tuple[int, bool]] = {}
         self._held = 0  # their chunks
         self._large = 0  # of them
-        #: nodes whose pull has a task to be sent and waits for room, first come first,
-        #: and the chunk size their task would be sent in
-        self._waiting: dict[str, int] = {}
+        #: nodes whose pull has a task to be sent and waits for room, first come first:
+        #: the chunk size their task would be sent in, and whether it is a large one to a
+        #: fast link
+        self._waiting: dict[str, tuple[int, bool]] = {}
         #: node -> the condition its pulls wait on (sharing the fleet's lock)
         self._conds: dict[str, threading.Condition] = {}
 
@@ -85,10 +86,10 @@ class SendSlots:
     def _held_to_large(self, nbytes: int, slow_link: bool) -> bool:
         return nbytes >= self.large_bytes and not slow_link
 
-    def wait_turn(self, node: str, slow_link: bool = False) -> None:
-        """``node`` has a task to be sent (to it on a slow link) and no room: it is woken
-        when there is."""
-        self._waiting[node] = send_chunk_size(slow_link)
+    def wait_turn(self, node: str, nbytes: int, slow_link: bool = False) -> None:
+        """``node`` has a task of ``nbytes`` to be sent (to it on a slow link) and no room:
+        it is woken when there is."""
+        self._waiting[node] = (send_chunk_size(slow_link), self._held_to_large(nbytes, slow_link))
 
     def any_waiting(self) -> bool:
         """Whether some node's pull waits for room."""
@@ -109,16 +110,20 @@ class SendSlots:
         self._large += large
 
     def crawls(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
-        """``message_id``'s send runs over a slow link: it gives its place among the large
-        sends to fast links to the pull that waited longest, if there is room for it
-        (then that pull waits for a large task's place: a small one would have gone)."""
+        """``message_id``'s send runs over a slow link, and goes on in smaller chunks: it
+        gives back the rest of its place, and its place among the large sends to fast
+        links, to the pulls that waited longest, as far as there is room for them (a pull
+        woken for a large task's place that another took waits again)."""
         sending = self._sending.get(message_id)
-        if sending is None or not sending[1]:
+        slow = send_chunk_size(slow_link=True)
+        if sending is None or sending == (slow, False):
             return
-        self._sending[message_id] = (sending[0], False)
-        self._large -= 1
-        # no room: the place is taken at the next end()
-        self._wake_waiting(has_tasks, at_most=1)
+        chunk, large = sending
+        self._sending[message_id] = (slow, False)
+        self._held -= chunk - slow
+        self._large -= large
+        # no room: what it gave back is taken at the next end()
+        self._wake_waiting(has_tasks)
 
     def end(self, message_id: str, has_tasks: Callable[[str], bool]) -> None:
         """Sending ``message_id`` ended: wake as many waiting pulls as the free room
@@ -133,20 +138,20 @@ class SendSlots:
         self._large -= large
         self._wake_waiting(has_tasks)
 
-    def _wake_waiting(self, has_tasks: Callable[[str], bool], at_most: int | None = None) -> None:
-        """Wake the waiting pulls the free room takes (up to ``at_most``), longest waiting
-        first, skipping (and forgetting) nodes with nothing left to send: a quarter come
-        free goes to a slow download waiting behind a fast one, which needs a whole place
-        (as any pull would take it at its next look)."""
+    def _wake_waiting(self, has_tasks: Callable[[str], bool]) -> None:
+        """Wake the waiting pulls that can go now, longest waiting first: each whose chunk
+        fits the free room and, for a large task to a fast link, a free place among those
+        (a quarter come free goes to a slow download waiting behind a fast one, which needs
+        a whole place). Nodes with nothing left to send are skipped and forgotten."""
         free = self._room - self._held
-        woken = 0
-        for node, chunk in list(self._waiting.items()):
-            if free < SLOW_LINK_CHUNK_SIZE or (at_most is not None and woken >= at_most):
+        large_free = self.large_limit - self._large
+        for node, (chunk, large) in list(self._waiting.items()):
+            if free < SLOW_LINK_CHUNK_SIZE:
                 return
             if not has_tasks(node):
                 del self._waiting[node]
-            elif chunk <= free:
+            elif chunk <= free and (not large or large_free > 0):
                 del self._waiting[node]
                 self.wake(node)
                 free -= chunk
-                woken += 1
+                large_free -= large

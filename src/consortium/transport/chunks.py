@@ -197,30 +197,48 @@ def decode_chunk(raw: bytes) -> Chunk:
     return chunk
 
 
+class ChunkSize:
+    """The size :func:`iter_chunks` cuts its next chunk to, which may change on the way:
+    a download found crawling over a slow link goes on in smaller chunks."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
 def iter_chunks(
-    payload: Buffer | Sequence[Buffer], message_id: str, *, chunk_size: int = CHUNK_SIZE
+    payload: Buffer | Sequence[Buffer], message_id: str, *, chunk_size: int | ChunkSize = CHUNK_SIZE
 ) -> Generator[Chunk, None, None]:
-    """Cut a payload (one buffer, or parts to send back to back) into chunks."""
+    """Cut a payload (one buffer, or parts to send back to back) into chunks, each cut as
+    it is asked for (to ``chunk_size`` as it is then)."""
+    size = chunk_size if isinstance(chunk_size, ChunkSize) else ChunkSize(chunk_size)
     parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
-    views = [memoryview(p).cast("B") for p in parts]
+    views = [view for p in parts if len(view := memoryview(p).cast("B"))]
     total = sum(len(v) for v in views)
-    pieces = [v[i : i + chunk_size] for v in views for i in range(0, len(v), chunk_size)]
-    if not pieces:
-        pieces = [memoryview(b"")]
-    crc = 0
-    for index, piece in enumerate(pieces):
-        with stage("send.crc32", len(piece)):
-            crc = crc32(piece, crc)
-        last = index == len(pieces) - 1
-        yield Chunk(
-            message_id=message_id if index == 0 else "",
-            total_size=total if index == 0 else 0,
-            index=index,
-            data=piece,
-            crc32=crc,
-            last=last,
-            total_crc32=crc if last else 0,
-        )
+    if not views:
+        yield Chunk(message_id=message_id, total_size=0, index=0, data=memoryview(b""),
+                    crc32=0, last=True, total_crc32=0)  # fmt: skip
+        return
+    crc = index = 0
+    for number, view in enumerate(views):
+        offset = 0
+        while offset < len(view):
+            piece = view[offset : offset + size.nbytes]
+            offset += len(piece)
+            with stage("send.crc32", len(piece)):
+                crc = crc32(piece, crc)
+            last = number == len(views) - 1 and offset == len(view)
+            yield Chunk(
+                message_id=message_id if index == 0 else "",
+                total_size=total if index == 0 else 0,
+                index=index,
+                data=piece,
+                crc32=crc,
+                last=last,
+                total_crc32=crc if last else 0,
+            )
+            index += 1
 
 
 class Reassembler:

@@ -26,6 +26,7 @@ from consortium.transport.auth import Authenticator, authenticate_call
 from consortium.transport.chunks import (
     MAX_GRPC_MESSAGE,
     Chunk,
+    ChunkSize,
     ChunkTooLarge,
     PayloadTooLarge,
     Reassembler,
@@ -188,10 +189,11 @@ class FleetServicer(rpc.FleetServicer):
         message_id, parts = task
         del task
         self.reply_chunks.tell(node, context.send_initial_metadata)
-        chunks = iter_chunks(parts, message_id, chunk_size=send_chunk_size(slow_link))
+        size = ChunkSize(send_chunk_size(slow_link))
+        chunks = iter_chunks(parts, message_id, chunk_size=size)
         del parts
         with self.stalls.watching(context, f"sending task {message_id} to {node}") as transfer:
-            crawls = False  # found on a slow link while it goes
+            crawls = False  # found on a slow link while it goes: then in smaller chunks
             try:
                 for chunk in chunks:
                     if not self.backend.task_wanted(message_id):
@@ -208,6 +210,7 @@ class FleetServicer(rpc.FleetServicer):
                         transfer.moved_bytes, transfer.moving_seconds()
                     ):
                         crawls = True
+                        size.nbytes = send_chunk_size(slow_link=True)
                         self.backend.task_crawls(message_id)
                 self.links.downloaded(node, transfer.moved_bytes, transfer.moving_seconds())
                 # a node's first download may show its link slow: its reply comes in smaller
