@@ -20,15 +20,17 @@ from consortium.core.arrays import Arrays
 from consortium.core.message import Content, Message
 from consortium.transport.chunks import (
     CHUNK_SIZE,
-    REPLY_CHUNK_HEADER,
-    SLOW_LINK_CHUNK_SIZE,
     Reassembler,
     decode_chunk,
     encode_chunk,
     iter_chunks,
-    told_chunk_size,
 )
 from consortium.transport.grpc_client import FleetClient, open_channel
+from consortium.transport.link_chunks import (
+    REPLY_CHUNK_HEADER,
+    SLOW_LINK_CHUNK_SIZE,
+    told_chunk_size,
+)
 from consortium.transport.proto import fleet_pb2 as pb
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ import pytest
 from consortium.core.arrays import Arrays
 from consortium.core.message import TRAIN, Content, Message
 from consortium.server.fleet import Fleet
-from consortium.transport.chunks import SLOW_LINK_CHUNK_SIZE
 from consortium.transport.fairness import (
     MAX_STREAM_WINDOW,
     MIN_STREAM_WINDOW,
@@ -21,6 +20,7 @@ from consortium.transport.fairness import (
     ReceiveSlots,
     stream_window,
 )
+from consortium.transport.link_chunks import SLOW_LINK_CHUNK_SIZE
 from consortium.transport.receive_budget import (
     DEFAULT_TRANSFER_BUDGET_MB,
     MIN_FITTED_BUDGET,

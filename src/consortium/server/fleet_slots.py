@@ -3,7 +3,7 @@
 Every node's stream being sent a task holds a chunk of the model and gRPC's
 copy of it, so with hundreds of nodes pulling at once only ``limit`` tasks'
 chunks are in the server at any time. A task to a node on a slow link is sent
-in smaller chunks (:func:`~consortium.transport.chunks.send_chunk_size`), so it
+in smaller chunks (:func:`~consortium.transport.link_chunks.send_chunk_size`), so it
 takes a quarter of a place: its download lasts as long as the link makes it,
 and with more slow nodes than places the downloads would otherwise go in waves.
 The other pulls wait holding nothing, and each is woken only by what concerns
@@ -19,7 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from consortium.transport.chunks import CHUNK_SIZE, SLOW_LINK_CHUNK_SIZE, send_chunk_size
+from consortium.transport.chunks import CHUNK_SIZE
+from consortium.transport.link_chunks import SLOW_LINK_CHUNK_SIZE, send_chunk_size
 
 
 class SendSlots:

@@ -27,35 +27,6 @@ from consortium.transport.stage_times import stage
 CHUNK_SIZE = 4 * 1024 * 1024
 #: The per-gRPC-message limit both ends configure (one chunk plus headers).
 MAX_GRPC_MESSAGE = CHUNK_SIZE + 64 * 1024
-#: Bytes per chunk of a task sent to a node on a slow link (``transport/link_rates.py``).
-#: A download holds its chunk for as long as the link takes to carry it: a quarter of
-#: a chunk lets four slow downloads share what one fast one holds, so that more nodes
-#: than the server sends to at once (``server/fleet_slots.py``) are not sent their
-#: task in waves; at 20 Mbit/s a chunk still moves in 0.4 s.
-SLOW_LINK_CHUNK_SIZE = CHUNK_SIZE // 4
-
-
-#: The header (initial metadata) of a task's stream telling the node the chunk size to
-#: send its reply in: the one its task was sent in. The server reads the reply of a node
-#: told a smaller size as holding that much less (``transport/fairness.py``), and refuses
-#: a chunk over it.
-REPLY_CHUNK_HEADER = "consortium-reply-chunk-bytes"
-
-
-def send_chunk_size(slow_link: bool) -> int:
-    """The chunk size a task is sent in: smaller to a node on a slow link."""
-    return SLOW_LINK_CHUNK_SIZE if slow_link else CHUNK_SIZE
-
-
-def told_chunk_size(value: str | bytes | None) -> int:
-    """The reply chunk size a server's :data:`REPLY_CHUNK_HEADER` gives, within
-    [:data:`SLOW_LINK_CHUNK_SIZE`, :data:`CHUNK_SIZE`]: no server makes a node's
-    upload crawl in tiny chunks. None or not a number: :data:`CHUNK_SIZE`."""
-    try:
-        told = int(value) if value is not None else CHUNK_SIZE
-    except ValueError:
-        return CHUNK_SIZE
-    return min(max(told, SLOW_LINK_CHUNK_SIZE), CHUNK_SIZE)
 
 
 class PayloadTooLarge(WireFormatError):
@@ -63,7 +34,8 @@ class PayloadTooLarge(WireFormatError):
 
 
 class ChunkTooLarge(WireFormatError):
-    """A chunk over the size its sender was told to send in (:data:`REPLY_CHUNK_HEADER`)."""
+    """A chunk over the size its sender was told to send in
+    (:data:`~consortium.transport.link_chunks.REPLY_CHUNK_HEADER`)."""
 
 
 class Refused(WireFormatError):

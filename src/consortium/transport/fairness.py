@@ -118,7 +118,7 @@ class ReceiveSlots:
     node cannot hold several slots with pushes that go nowhere (the stall
     timeout ends those); an honest node sends its results one at a time. A reply
     the node was told to send in smaller chunks (a node on a slow link,
-    :data:`~consortium.transport.chunks.REPLY_CHUNK_HEADER`) holds that much less
+    :data:`~consortium.transport.link_chunks.REPLY_CHUNK_HEADER`) holds that much less
     and takes that share of a slot: four slow uploads take one.
     """
 

@@ -26,14 +26,12 @@ from consortium.core.fleet_info import RunBundle, Welcome
 from consortium.transport.auth import INSECURE_NODE_HEADER
 from consortium.transport.chunks import (
     CHUNK_SIZE,
-    REPLY_CHUNK_HEADER,
     Allocate,
     Buffer,
     Reassembler,
     decode_chunk,
     encode_chunk,
     iter_chunks,
-    told_chunk_size,
 )
 from consortium.transport.grpc_options import GRPC_OPTIONS
 from consortium.transport.grpc_payloads import (
@@ -42,6 +40,7 @@ from consortium.transport.grpc_payloads import (
     start_run_chunks,
     stream_limit,
 )
+from consortium.transport.link_chunks import REPLY_CHUNK_HEADER, told_chunk_size
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.stage_times import flush, set_role, stage, timed

@@ -33,7 +33,6 @@ from consortium.transport.chunks import (
     Refused,
     encode_chunk,
     iter_chunks,
-    send_chunk_size,
 )
 from consortium.transport.fairness import (
     CALLS_PER_NODE,
@@ -44,12 +43,12 @@ from consortium.transport.fairness import (
 from consortium.transport.fleet_api import decode_reply
 from consortium.transport.grpc_payloads import run_info_chunks
 from consortium.transport.grpc_requests import parsed, peer_organisation, reported_version
+from consortium.transport.link_chunks import ReplyChunks, send_chunk_size
 from consortium.transport.link_rates import DEFAULT_SLOW_LINK_MBIT, LinkRates
 from consortium.transport.proto import fleet_pb2 as pb
 from consortium.transport.proto import fleet_pb2_grpc as rpc
 from consortium.transport.refusal_gate import RefusalLog
 from consortium.transport.reply_checks import CheckedFleetBackend, NotAReply, peek_reply
-from consortium.transport.reply_chunks import ReplyChunks
 from consortium.transport.spill import SpillError, SpillStore
 from consortium.transport.stage_times import flush, set_role, stage, timed
 from consortium.transport.stall import (
