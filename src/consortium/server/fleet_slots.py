@@ -116,12 +116,11 @@ class SendSlots:
         links, to the pulls that waited longest, as far as there is room for them (a pull
         woken for a large task's place that another took waits again)."""
         sending = self._sending.get(message_id)
-        slow = send_chunk_size(slow_link=True)
-        if sending is None or sending == (slow, False):
+        if sending is None or sending == (SLOW_LINK_CHUNK_SIZE, False):
             return
         chunk, large = sending
-        self._sending[message_id] = (slow, False)
-        self._held -= chunk - slow
+        self._sending[message_id] = (SLOW_LINK_CHUNK_SIZE, False)
+        self._held -= chunk - SLOW_LINK_CHUNK_SIZE
         self._large -= large
         # no room: what it gave back is taken at the next end()
         self._wake_waiting(has_tasks)
