@@ -6,6 +6,7 @@ import math
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from consortium.core.buffers import POOL_MIN_BYTES, pool_stats
 from consortium.core.errors import WireFormatError
 from consortium.core.message import TRAIN, Content, Message
 from consortium.core.records import RecordLimits, UnacceptableRecord
+from consortium.sandbox import socket_reader
 from consortium.sandbox.channel import MAX_HEADER_BYTES, Channel, ChannelClosed, ChannelError
 from consortium.server.isolation.wire import decode_batch, encode_batch, round_from_json
 
@@ -178,3 +180,65 @@ def test_round_records_from_an_app_are_checked() -> None:
     ):
         with pytest.raises(UnacceptableRecord):
             round_from_json(bad, RecordLimits())
+
+
+def test_frames_go_out_whole_while_the_same_channel_reads_with_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each end sends model-sized frames while its own reader waits for the other end's
+    with a timeout. A timeout set on the shared socket for a read made it non-blocking
+    for the sending thread too: a send could fail with EAGAIN in the middle of a frame,
+    and the other end then waited for the rest of it (a run's app process, 60 s later:
+    "the other side stopped in the middle of a frame"). Before the fix this failed
+    within 0.1-0.5 s."""
+    monkeypatch.setattr(socket_reader, "FRAME_STALL_SECONDS", 2.0)
+    ours, theirs = socket.socketpair()
+    ends = Channel(ours, max_payload=1 << 30), Channel(theirs, max_payload=1 << 30)
+    payload = np.random.default_rng(1).integers(0, 256, 1 << 20, dtype=np.uint8)
+    errors: list[str] = []
+    counts = [0, 0]
+    stop = threading.Event()
+    deadline = time.monotonic() + 3.0
+
+    def send(end: int) -> None:
+        i = 0
+        while not stop.is_set() and time.monotonic() < deadline:
+            ends[end].send("model", {"i": i}, payload.data)
+            i += 1
+
+    def receive(end: int) -> None:
+        expected = 0
+        while not stop.is_set():
+            try:
+                frame = ends[end].recv(timeout=0.2)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    return
+                continue
+            assert frame.header == {"i": expected}
+            assert np.array_equal(np.frombuffer(frame.payload, dtype=np.uint8), payload)
+            expected += 1
+            counts[end] = expected
+
+    def guarded(call, end: int) -> threading.Thread:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                call(end)
+            except BaseException as exc:
+                errors.append(f"{call.__name__} at end {end}: {exc!r}")
+                stop.set()
+
+        return threading.Thread(target=run, daemon=True)
+
+    threads = [guarded(f, end) for f in (send, receive) for end in (0, 1)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors, errors
+        assert min(counts) > 50  # both ways carried frames all along
+    finally:
+        stop.set()
+        for end in ends:
+            end.close()

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pytest
 
-from consortium.sandbox import channel as channel_module
+from consortium.sandbox import socket_reader
 from consortium.sandbox.channel import Channel, ChannelError
 from consortium.sandbox.shared_blocks import MAX_BLOCKS, SHARE_MIN_BYTES, Block, Lender, Mappings
 
@@ -396,7 +396,7 @@ def test_a_wait_whose_deadline_has_passed_times_out_and_the_channel_still_works(
 def test_a_frame_left_unfinished_ends_with_a_channel_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(channel_module, "FRAME_STALL_SECONDS", 0.3)
+    monkeypatch.setattr(socket_reader, "FRAME_STALL_SECONDS", 0.3)
     ours, theirs = socket.socketpair()
     parent = Channel(ours, max_payload=1 << 30)
     try:

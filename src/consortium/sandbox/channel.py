@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from consortium.core.buffers import POOL_MIN_BYTES, empty_buffer
-from consortium.core.errors import ConsortiumError
 from consortium.sandbox.let_go import LetGo
 from consortium.sandbox.shared_blocks import (
-    MAX_BLOCKS,
     SHARE_MIN_BYTES,
     Block,
     Lender,
@@ -41,12 +39,13 @@ from consortium.sandbox.shared_blocks import (
     Reference,
     SharedBlockError,
 )
+from consortium.sandbox.socket_reader import ChannelClosed as ChannelClosed
+from consortium.sandbox.socket_reader import ChannelError as ChannelError
+from consortium.sandbox.socket_reader import SocketReader
 
 _PREFIX = struct.Struct("!IQ")
 #: the largest JSON header a frame may carry
 MAX_HEADER_BYTES = 1 << 20
-#: once a frame has begun, the longest the other side may leave it without a byte
-FRAME_STALL_SECONDS = 60.0
 
 Buffer = bytes | bytearray | memoryview
 #: the sandboxed child's argument saying that its channel carries shared memory
@@ -55,16 +54,6 @@ SHARED_FLAG = "--shared"
 InPlace = Literal["read-only", "copy-on-write"]
 #: header keys and the frame kind only the channel itself writes
 _SHM, _FDS, _RELEASED = "_shm", "_fds", "_released"
-#: room for the descriptors of every block a frame may name
-_FD_SPACE = socket.CMSG_SPACE(MAX_BLOCKS * array.array("i").itemsize)
-
-
-class ChannelError(ConsortiumError):
-    """The other side sent a malformed frame, or the channel broke."""
-
-
-class ChannelClosed(ChannelError):
-    """The other side closed the channel (its process ended)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +98,7 @@ class Channel:
                  peer: Literal["child", "parent"] | None = None,
                  in_place: InPlace | None = None) -> None:  # fmt: skip
         self.sock = sock
+        self._reader = SocketReader(sock)
         self.max_payload = max_payload
         self.peer = peer
         #: (a child) how it reads a payload the parent sends in one block range
@@ -162,6 +152,10 @@ class Channel:
                     if memoryview(part).nbytes:
                         self.sock.sendall(part)
             except OSError as exc:
+                # a frame cut short would leave the other side waiting for its rest, and the
+                # next frame read as part of it: the channel is closed for both sides now
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
                 raise ChannelClosed(f"the channel broke: {exc}") from exc
         del held
 
@@ -208,7 +202,6 @@ class Channel:
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                # not settimeout(0), which would make the socket non-blocking (EAGAIN)
                 raise TimeoutError("no frame came in time")
             frame = self._recv_frame(left)
             if frame.kind != _RELEASED:
@@ -217,27 +210,19 @@ class Channel:
     def _recv_frame(self, timeout: float | None) -> Frame:
         fds: list[int] = []
         try:
-            self.sock.settimeout(timeout)
+            prefix = self._reader.prefix(_PREFIX.size, fds, timeout)
+            head_len, size = _PREFIX.unpack(prefix)
+            if head_len > MAX_HEADER_BYTES:
+                raise ChannelError(f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})")
+            if size > self.max_payload:
+                raise ChannelError(f"a frame payload of {size} bytes (limit {self.max_payload})")
             try:
-                prefix = self._read_prefix(fds)
-                head_len, size = _PREFIX.unpack(prefix)
-                if head_len > MAX_HEADER_BYTES:
-                    raise ChannelError(
-                        f"a frame header of {head_len} bytes (limit {MAX_HEADER_BYTES})"
-                    )
-                if size > self.max_payload:
-                    raise ChannelError(
-                        f"a frame payload of {size} bytes (limit {self.max_payload})"
-                    )
-                try:
-                    header = json.loads(bytes(self._read_into(bytearray(head_len))))
-                except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-                    raise ChannelError(f"a frame header is not JSON: {exc}") from exc
-                if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
-                    raise ChannelError("a frame header is not an object with a 'kind'")
-                return self._frame(header, size, fds)
-            finally:
-                self.sock.settimeout(None)
+                header = json.loads(bytes(self._reader.read_into(bytearray(head_len))))
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+                raise ChannelError(f"a frame header is not JSON: {exc}") from exc
+            if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
+                raise ChannelError("a frame header is not an object with a 'kind'")
+            return self._frame(header, size, fds)
         finally:
             _close_all(fds)
 
@@ -252,7 +237,7 @@ class Channel:
         if refs is None and block_fds is None:
             if fds:
                 raise ChannelError(f"a {kind!r} frame carried a file descriptor")
-            return Frame(kind, header, self._read(size) if size else b"")
+            return Frame(kind, header, self._reader.read(size) if size else b"")
         return Frame(kind, header, self._shared_payload(kind, size, refs, block_fds, fds))
 
     def _take_back(self, released: Any) -> None:
@@ -293,12 +278,12 @@ class Channel:
         try:
             for start, block_id, offset, length in ranges:
                 if start > position:
-                    self._read_into(out[position:start])
+                    self._reader.read_into(out[position:start])
                 self._mappings.copy(block_id, descriptors[block_id], offset,
                                     out[start : start + length])  # fmt: skip
                 position = start + length
             if position < total:
-                self._read_into(out[position:])
+                self._reader.read_into(out[position:])
         except SharedBlockError as exc:
             raise ChannelError(str(exc)) from exc
         if self.peer == "parent":
@@ -325,57 +310,6 @@ class Channel:
                 self.sock.sendall(_PREFIX.pack(len(head), 0) + head)
             except OSError as exc:
                 raise ChannelClosed(f"the channel broke: {exc}") from exc
-
-    def _read_prefix(self, fds: list[int]) -> bytes:
-        """The frame's first bytes, and the descriptors that may ride on them."""
-        got = b""
-        while len(got) < _PREFIX.size:
-            try:
-                data, ancillary, flags, _ = self.sock.recvmsg(
-                    _PREFIX.size - len(got), _FD_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
-            except TimeoutError:
-                if not got:
-                    raise
-                raise ChannelError("the other side stopped in the middle of a frame") from None
-            except OSError as exc:
-                raise ChannelClosed(f"the channel broke: {exc}") from exc
-            for level, kind, value in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(array.array("i", value[: len(value) - len(value) % 4]))
-            if flags & socket.MSG_CTRUNC:
-                raise ChannelError(f"a frame carried more than {MAX_BLOCKS} descriptors")
-            if not data:
-                raise ChannelClosed("the other side closed the channel")
-            got += data
-            # a frame under way is read to its end, unless the other side stalls in it
-            self.sock.settimeout(FRAME_STALL_SECONDS)
-        return got
-
-    def _read(self, size: int) -> bytearray | memoryview:
-        # a model-sized payload goes into a reused buffer: fresh memory costs ~3x more to
-        # fill than the copy itself (a 400 MB frame: ~1.1 s into a new bytearray, ~0.35 s
-        # into a pooled buffer; benchmarks/transport.py --stages)
-        if size >= POOL_MIN_BYTES:
-            return self._read_into(empty_buffer(size))
-        buf = bytearray(size)
-        self._read_into(memoryview(buf))
-        return buf
-
-    def _read_into(self, out: memoryview | bytearray) -> memoryview | bytearray:
-        view = memoryview(out)
-        got, size = 0, len(view)
-        while got < size:
-            try:
-                n = self.sock.recv_into(view[got:])
-            except TimeoutError:
-                raise ChannelError("the other side stopped in the middle of a frame") from None
-            except OSError as exc:
-                raise ChannelClosed(f"the channel broke: {exc}") from exc
-            if n == 0:
-                raise ChannelClosed("the other side closed the channel")
-            got += n
-        return out
 
     def close(self) -> None:
         self._done.close()  # ends the release thread, if any
