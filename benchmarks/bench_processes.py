@@ -228,3 +228,37 @@ def wait_port(port_file: Path, server: subprocess.Popen[bytes], timeout: float) 
             raise RuntimeError(f"the server exited with {server.returncode}")
         time.sleep(0.05)
     raise RuntimeError("the server did not write its port file")
+
+
+def dump_stacks(pid: int) -> list[int]:
+    """Ask process ``pid`` and its children for their threads' stacks (``kill -USR1``,
+    ``core/stack_dumps.py``: a server's and a node's go to their stderr, an app
+    process's to its ``app.log``); the pids asked."""
+    from consortium.core.stack_dumps import STACK_DUMP_SIGNAL
+
+    asked = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(STACK_DUMP_SIGNAL)
+                asked.append(proc.pid)
+    return asked
+
+
+def stack_summary(text: str) -> str:
+    """The threads' stacks that faulthandler wrote into ``text`` (see :func:`dump_stacks`),
+    each stack once with the number of threads in it: a server's hundred gRPC workers
+    waiting alike take a few lines."""
+    stacks: dict[tuple[str, ...], int] = {}
+    frames: list[str] | None = None
+    for line in [*text.splitlines(), ""]:
+        if frames is not None and line.startswith("  File "):
+            frames.append(line.strip())
+            continue
+        if frames is not None:  # the thread's stack ends here
+            stacks[tuple(frames)] = stacks.get(tuple(frames), 0) + 1
+            frames = None
+        if line.startswith(("Thread 0x", "Current thread 0x")):
+            frames = []
+    return "\n".join(f"{count} thread(s), most recent call first:\n  " + "\n  ".join(frames)
+                     for frames, count in stacks.items())  # fmt: skip

@@ -3,6 +3,7 @@
     python benchmarks/fleet_load.py                         # 200 nodes, 1M params, 5 rounds
     python benchmarks/fleet_load.py --quick                 # 20 nodes, 2 rounds (< 1 min)
     python benchmarks/fleet_load.py --nodes 100 --procs 2 --json fleet.json
+    python benchmarks/fleet_load.py --quick --keep          # keep the logs in /tmp
 
 One ``consortium server`` process (mutual TLS, loopback, ``--allow-file``
 listing the nodes, otherwise default options, plus any ``--server-arg``) and N
@@ -36,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +49,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_processes import ADMIN, Sampler, consortium_cmd, spawn, stop, wait_port  # noqa: E402
+from bench_processes import (  # noqa: E402
+    ADMIN,
+    Sampler,
+    consortium_cmd,
+    dump_stacks,
+    spawn,
+    stack_summary,
+    stop,
+    wait_port,
+)
 from fleet_probes import AdminProbe, ServerSampler, client_tls  # noqa: E402
 from fleet_report import Result, table  # noqa: E402
 from transport import APP_DIR  # noqa: E402
@@ -230,6 +241,10 @@ def run_fleet(
             result.round_seconds = row.round_seconds
             result.server_pool_peak_mb = row.server_pool_peak_mb
     finally:
+        failed = bool(result.note) or sys.exc_info()[0] is not None
+        if failed and server is not None and server.poll() is None:
+            dump_stacks(server.pid)  # what the server and its run's process were doing
+            time.sleep(1.0)
         if probe is not None:
             probe.close_client()
         stop([*workers, *([server] if server else [])], grace=15)
@@ -242,10 +257,13 @@ def run_fleet(
             result.run_proc_peak_rss_mb = server_rss.peak_child / MB or None
             result.tracking_proc_peak_rss_mb = server_rss.peak_tracking / MB or None
         result.nodes_peak_rss_mb = sum(sampler.peak.values()) / MB or None
-        if result.note or sys.exc_info()[0] is not None:  # what each process said last
+        if failed:  # what each process said last, and the threads' stacks
             for log in sorted(work.glob("*.out")) + sorted(work.glob("srv/*.log")):
                 tail = log.read_text(errors="replace").strip().splitlines()[-5:]
                 print(f"--- {log.name}\n" + "\n".join(tail), file=sys.stderr)
+            for log in [work / "server.out", *sorted(work.glob("srv/runs/*/app.log"))]:
+                if log.exists() and (stacks := stack_summary(log.read_text(errors="replace"))):
+                    print(f"--- stacks in {log.relative_to(work)}\n{stacks}", file=sys.stderr)
     return result
 
 
@@ -305,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="20 nodes, 2 rounds: a smoke run")
     ap.add_argument("--json", type=Path, help="write the figures as JSON")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = ap.parse_args(argv)
     if args.quick:
         args.nodes, args.rounds = 20, 2
@@ -315,12 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (e.g. from ``timeout``) unwinds like Ctrl-C: the finally blocks stop every process
     signal.signal(signal.SIGTERM, _terminate)
 
-    with tempfile.TemporaryDirectory(prefix="consortium-fleet-") as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix="consortium-fleet-"))
+    try:
         result = run_fleet(
-            args.nodes, args.params, args.rounds, procs, Path(tmp), args.timeout,
+            args.nodes, args.params, args.rounds, procs, tmp, args.timeout,
             offline_after=args.offline_after, app_processes=args.app_processes,
             server_args=tuple(args.server_arg),
         )  # fmt: skip
+    finally:
+        if args.keep:
+            print(f"work folder kept: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     print(
         f"\n### Fleet load: {result.nodes} long-polling nodes, {size_label(result.params)} "

@@ -131,8 +131,10 @@ def node(
     """Join a federation: dial out to the server and run the tasks it sends."""
     require_deploy()
     from consortium.core.buffers import tune_malloc
+    from consortium.core.stack_dumps import dump_stacks_on_signal
 
     tune_malloc()
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack on stderr
     from consortium.apps.bundle import DEFAULT_LIMITS
     from consortium.node.runner import NodeRunner
     from consortium.transport.grpc_client import FleetClient

@@ -241,8 +241,10 @@ def server(
     """Run the aggregation server: nodes dial in, coordinators start runs (mutual TLS)."""
     require_deploy()
     from consortium.core.buffers import tune_malloc
+    from consortium.core.stack_dumps import dump_stacks_on_signal
 
     tune_malloc()
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack on stderr
     from consortium.server.fleet import Fleet
     from consortium.server.fleet_state import ReplyLimits
     from consortium.server.heap import HeapTrimmer

@@ -24,6 +24,7 @@ from typing import Any
 
 from consortium.control.ipc import Caller, recv_frame, take
 from consortium.control.settings import ApiSettings
+from consortium.core.stack_dumps import dump_stacks_on_signal
 
 log = logging.getLogger("consortium.control")
 
@@ -35,6 +36,7 @@ NICENESS = 10
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack in the server's output
     os.nice(NICENESS)
     logging.basicConfig(
         level=logging.WARNING,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from consortium.core.stack_dumps import dump_stacks_on_signal
 from consortium.sandbox.channel import SHARED_FLAG, Channel, InPlace
 from consortium.sandbox.confine import SandboxSpec, confine
 
@@ -18,6 +19,7 @@ def enter(max_payload: int, *, in_place: InPlace | None = None) -> Channel:
     With shared memory (spawn's ``shared``), large payloads cross in blocks; with
     ``in_place`` a payload the parent sends in one block range is read where it lies
     instead of copied out (see :class:`~consortium.sandbox.channel.Channel`)."""
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack into the process's log
     shared = sys.argv[2:3] == [SHARED_FLAG]
     channel = Channel.from_fd(int(sys.argv[1]), max_payload=max_payload,
                               peer="parent" if shared else None,

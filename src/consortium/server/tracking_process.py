@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from consortium.core.history import History, RoundRecord, RunInfo, round_to_json
 from consortium.core.records import RecordLimits
+from consortium.core.stack_dumps import dump_stacks_on_signal
 from consortium.server.isolation.wire import round_from_json, run_info_from_json, run_info_to_json
 from consortium.tracking.base import Observers, RunObserver
 
@@ -276,6 +277,7 @@ def main() -> int:
     # Ctrl-C in the server's terminal reaches this process too: the server ends the run
     # (and then this process, by closing its input), not the keyboard
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    dump_stacks_on_signal()  # kill -USR1 PID: every thread's stack in the server's log
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     return serve(iter(sys.stdin.buffer))
