@@ -60,3 +60,25 @@ def test_tune_malloc_applies_on_glibc_linux() -> None:
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert tune_malloc() is glibc
+
+
+def test_a_buffer_freed_inside_the_pools_own_lock_does_not_deadlock() -> None:
+    """A garbage-collection pass started by an allocation inside the pool's lock runs the
+    finalizers of buffers in cycles there, in the same thread: their return to the pool
+    takes the lock again. Simulated here by dropping a buffer while holding the lock; a
+    plain lock waited for itself forever."""
+    import threading
+
+    pool = BufferPool(min_bytes=MB)
+    buffer = pool.empty(4 * MB)
+    returned = threading.Event()
+
+    def drop_inside_the_lock() -> None:
+        nonlocal buffer
+        with pool._lock:  # where a collection would run the finalizer
+            del buffer
+        returned.set()
+
+    threading.Thread(target=drop_inside_the_lock, daemon=True).start()
+    assert returned.wait(5), "the buffer's return to the pool waited for the pool's own lock"
+    assert pool.idle_bytes == 4 * MB

@@ -42,7 +42,10 @@ class BufferPool:
         #: bytes handed out and not yet returned, and the most ever held (out + idle)
         self.in_use = 0
         self.high_water = 0
-        self._lock = threading.Lock()
+        # reentrant: a buffer's finalizer (_release) runs in whatever thread drops it, and
+        # a garbage-collection pass that an allocation starts inside the lock runs such
+        # finalizers there; a plain lock would then wait for itself
+        self._lock = threading.RLock()
 
     def empty(self, nbytes: int) -> memoryview:
         """A writable, uninitialised buffer of ``nbytes`` bytes."""
