@@ -7,6 +7,8 @@ node replies in them, and a reply in larger chunks than told is refused."""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -149,11 +151,12 @@ def test_a_node_known_to_be_on_a_slow_link_is_sent_its_task_and_replies_in_quart
 
 
 def test_a_download_found_crawling_goes_on_in_quarter_chunks(
-    server_builder: Builder, pki: Pki
+    server_builder: Builder, pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node's first task leaves in full chunks; read slowly (8 MiB in over 2 s: under
-    any threshold), the rest of it comes in quarter chunks, and the node is told at the
-    stream's end to reply in them."""
+    any threshold), the rest of it comes in quarter chunks, the server's log says so, and
+    the node is told at the stream's end to reply in them."""
+    caplog.set_level(logging.INFO, "consortium.transport")
     with server_builder(max_message_bytes=MAX_MESSAGE, slow_link_mbit=1e9) as fed:
         node = FleetClient(fed.address, tls=pki.tls(pki.good), max_message_bytes=MAX_MESSAGE)
         channel = open_channel(fed.address, pki.tls(pki.good))
@@ -165,6 +168,8 @@ def test_a_download_found_crawling_goes_on_in_quarter_chunks(
             assert sizes[2:4] == [CHUNK_SIZE, CHUNK_SIZE], sizes  # after the header's two
             assert sizes[-5:] == [SLOW_LINK_CHUNK_SIZE] * 5, sizes
             assert told == {"start": str(CHUNK_SIZE), "end": str(SLOW_LINK_CHUNK_SIZE)}
+            said = r"task \S+ to hospital-a crawls at [0-9.]+ MB/s"
+            assert re.search(said, caplog.text), caplog.text
             assert _push(channel, fed.answer(pulled), SLOW_LINK_CHUNK_SIZE).accepted
             fed.check_answer(task, round_.replies())
         finally:

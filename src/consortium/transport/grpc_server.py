@@ -205,10 +205,12 @@ class FleetServicer(rpc.FleetServicer):
                         yield encoded  # back once gRPC took it: the node is reading
                     transfer.moved(len(encoded))
                     del encoded
-                    if not crawls and self.links.crawling(
-                        transfer.moved_bytes, transfer.moving_seconds()
-                    ):
+                    moved, seconds = transfer.moved_bytes, transfer.moving_seconds()
+                    if not crawls and self.links.crawling(moved, seconds):
                         crawls = True
+                        if not slow_link:
+                            rate = moved / seconds / 1e6
+                            log.info("task %s to %s crawls at %.1f MB/s", message_id, node, rate)
                         size.nbytes = send_chunk_size(slow_link=True)
                         self.backend.task_crawls(message_id)
                 self.links.downloaded(node, transfer.moved_bytes, transfer.moving_seconds())

@@ -31,8 +31,10 @@ import threading
 #: mostly latency and the per-call cost)
 LINK_SAMPLE_BYTES = 8 * 1024 * 1024
 #: a transfer under way is judged only after moving this long: its first bytes fill
-#: gRPC's and the kernel's buffers (several MiB) at once, whatever the link
-JUDGE_AFTER_SECONDS = 2.0
+#: gRPC's and the kernel's buffers (several MiB) at once, whatever the link. Judged
+#: sooner, a first round's downloads to slow links start sooner (24 nodes at 20 Mbit/s:
+#: 93 s against 102 s with 2 s; docs/benchmarks.md, "Judging a first download after 1 s")
+JUDGE_AFTER_SECONDS = 1.0
 #: ``consortium server --slow-link-mbit``'s default: a link that moved a model-sized
 #: transfer under this rate is slow. Under 100 Mbit/s a 100M-parameter model takes 30 s
 #: or more each way, so a reply held back costs the round that much again; loopback and
