@@ -57,12 +57,11 @@ def test_sigusr1_prints_every_threads_stack_and_each_process_goes_on(
     run_id = deployment.start_run(app, {}, seed=1)
     deployment.wait_rounds(run_id, 1)
     node_runs = deployment.workdir / "nodes" / NODE
+    server_app = deployment.app_process("server", "consortium.server.isolation")
     logs = {  # each process, and where its stacks go
         deployment.procs["server"].pid: lambda: deployment.log("server"),
         deployment.procs[NODE].pid: lambda: deployment.log(NODE),
-        deployment.app_process("server", "consortium.server.isolation"): lambda: (
-            deployment.run_dir(run_id) / "app.log"
-        ).read_text(errors="replace"),
+        server_app: lambda: (deployment.run_dir(run_id) / "app.log").read_text(errors="replace"),
         deployment.app_process(NODE, "consortium.node.app_process"): lambda: "".join(
             p.read_text(errors="replace") for p in node_runs.rglob("app.log")
         ),
@@ -77,7 +76,7 @@ def test_sigusr1_prints_every_threads_stack_and_each_process_goes_on(
     assert all(deployment.procs[name].poll() is None for name in ("server", NODE))
     # the server's stacks show its run's thread, the app's its own main
     assert "host.py" in deployment.log("server")
-    assert "app_process.py" in logs[deployment.app_process("server", "consortium.server")]()
+    assert "app_process.py" in logs[server_app]()
 
     (deployment.run_dir(run_id) / "work" / "go").write_text("")
     info = deployment.wait_run(run_id, timeout=60)
