@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from consortium.apps.bundle import make_bundle
+from consortium.sandbox.channel import ChannelError
 from consortium.sandbox.confine import SandboxLimits, landlock_available
 from consortium.server.fleet import Fleet
 from consortium.server.isolation import host as app_host
@@ -315,3 +316,36 @@ def test_a_relative_server_folder_runs_apps(
         store.close()
     assert record.view.status is RunStatus.FINISHED, record.view.error
     assert record.rounds[0].central_metrics == {"version": 7}
+
+
+ASKS_FOR_NODES = (
+    PREAMBLE
+    + """
+@app.main()
+def main(grid, context):
+    grid.wait_for_nodes(0, timeout=0.1)
+    raise RuntimeError("the answer came")
+"""
+)
+
+
+def test_an_answer_the_channel_cannot_frame_fails_the_run_instead_of_hanging_it(
+    manager: RunManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer the channel refuses before it leaves (a header over MAX_HEADER_BYTES:
+    a ``wait_for_nodes`` naming tens of thousands of nodes) reaches the app as an error
+    and the run fails saying why. It was taken for the app process gone, and the app
+    waited for its answer for ever. The refusal is injected: no test fleet is that big."""
+    send = app_host.AppProcess._send
+
+    def refusing(self, kind, rid, header, payload=b""):  # type: ignore[no-untyped-def]
+        if kind == "result" and "nodes" in header:
+            raise ChannelError("a 'result' frame's header of 1300000 bytes is too large")
+        send(self, kind, rid, header, payload)
+
+    monkeypatch.setattr(app_host.AppProcess, "_send", refusing)
+    run_id = manager.start_run(_app(tmp_path, "refused", ASKS_FOR_NODES), "{}", seed=1)
+    record = manager.wait(run_id, timeout=20)
+
+    assert record.view.status is RunStatus.FAILED, record.view.status
+    assert "header of 1300000 bytes is too large" in (record.view.error or "")

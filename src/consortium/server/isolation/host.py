@@ -25,7 +25,7 @@ from consortium.core.errors import ConfigError, ConsortiumError, WireFormatError
 from consortium.core.history import History, RoundRecord
 from consortium.core.message import Message
 from consortium.core.records import Config, RecordLimits, UnacceptableRecord
-from consortium.sandbox.channel import Buffer, ChannelError, Frame
+from consortium.sandbox.channel import Buffer, ChannelClosed, ChannelError, Frame
 from consortium.sandbox.confine import SandboxLimits, SandboxSpec
 from consortium.sandbox.spawn import Sandboxed, spawn
 from consortium.server.checkpoint import FAULT_PAUSE_ENV
@@ -260,9 +260,9 @@ class AppProcess:
                     self._send_batch("result", rid, [got] if got is not None else [])
                 else:
                     self._stream(rid, tasks.pop(), _timeout(header.get("timeout")))
-            except ChannelError:
-                pass  # the process is gone; the loop sees it
-            except Exception as exc:
+            except ChannelClosed:
+                pass  # the process is gone, or its channel broke: the loop sees it
+            except Exception as exc:  # an answer refused before it left (ChannelError) too
                 self._error(rid, f"{type(exc).__name__}: {exc}")
             finally:
                 self._windows.pop(rid, None)
