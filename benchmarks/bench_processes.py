@@ -230,19 +230,20 @@ def wait_port(port_file: Path, server: subprocess.Popen[bytes], timeout: float) 
     raise RuntimeError("the server did not write its port file")
 
 
-def dump_stacks(pid: int) -> list[int]:
+def dump_stacks(pid: int) -> None:
     """Ask process ``pid`` and its children for their threads' stacks (``kill -USR1``,
     ``core/stack_dumps.py``: a server's and a node's go to their stderr, an app
-    process's to its ``app.log``); the pids asked."""
+    process's to its ``app.log``)."""
     from consortium.core.stack_dumps import STACK_DUMP_SIGNAL
 
-    asked = []
-    with contextlib.suppress(psutil.NoSuchProcess):
-        for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(STACK_DUMP_SIGNAL)
-                asked.append(proc.pid)
-    return asked
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended meanwhile
+            proc.send_signal(STACK_DUMP_SIGNAL)
 
 
 def stack_summary(text: str) -> str:
