@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 #: how often the sampler reads the process trees
 SAMPLE_S = 0.05
+#: seconds between two readings of a tree's PSS (``smaps_rollup`` walks every page table
+#: of a process: read every 50 ms, a 100M-parameter server tree's cost 0.2-0.3 s of a
+#: 2.6 s round, on the machine being measured)
+PSS_EVERY_S = 0.5
 #: the admin certificate the deployed benchmarks issue for their coordinator calls
 ADMIN = "bench-admin"
 
@@ -65,8 +69,8 @@ def shared_blocks(pid: int) -> dict[tuple[int, int], int]:
 
 
 class Sampler:
-    """Samples the RSS and PSS of named process trees every ``SAMPLE_S`` seconds; keeps
-    the peaks.
+    """Samples the RSS and CPU of named process trees every ``SAMPLE_S`` seconds, and their
+    PSS every ``PSS_EVERY_S``; keeps the peaks.
 
     A tree's PSS is each process's PSS less its shared memory, plus the shared blocks
     its processes hold, each counted once. Summing the processes' own PSS instead
@@ -76,6 +80,8 @@ class Sampler:
 
     def __init__(self) -> None:
         self.groups: dict[str, psutil.Process] = {}
+        self._rss_only: set[str] = set()
+        self._pss_at = -PSS_EVERY_S
         self.peak: dict[str, int] = {}
         self.peak_pss: dict[str, int] = {}
         #: group -> its PSS at that peak, by process (see process_kind)
@@ -86,8 +92,13 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def add(self, name: str, pid: int) -> None:
+    def add(self, name: str, pid: int, *, pss: bool = True) -> None:
+        """Sample the tree of ``pid`` as ``name``; ``pss=False``: its RSS and CPU only (reading
+        a process's PSS walks its page tables: a 1 GB process read every 50 ms costs a
+        sixth of a core, which slowed the very rounds being measured)."""
         self.groups[name] = psutil.Process(pid)
+        if not pss:
+            self._rss_only.add(name)
         self.peak.setdefault(name, 0)
         self.peak_pss.setdefault(name, 0)
 
@@ -99,6 +110,10 @@ class Sampler:
         self._thread.join()
 
     def sample(self) -> None:
+        now = time.monotonic()
+        with_pss = now - self._pss_at >= PSS_EVERY_S
+        if with_pss:
+            self._pss_at = now
         total = 0
         cpu: dict[str, tuple[float, float]] = {}
         for name, root in list(self.groups.items()):
@@ -111,8 +126,9 @@ class Sampler:
                     with contextlib.suppress(psutil.Error, OSError):
                         rss += p.memory_info().rss
                         kind = "itself" if p.pid == root.pid else process_kind(p)
-                        parts[kind] = parts.get(kind, 0) + private_pss(p.pid)
-                        blocks.update(shared_blocks(p.pid))
+                        if with_pss and name not in self._rss_only:
+                            parts[kind] = parts.get(kind, 0) + private_pss(p.pid)
+                            blocks.update(shared_blocks(p.pid))
                         t = p.cpu_times()
                         if p.pid == root.pid:
                             own += t.user + t.system

@@ -192,7 +192,7 @@ def run_fleet(
                 work / f"worker-{first}.out", work,
             )  # fmt: skip
             workers.append(w)
-            sampler.add(f"w{first}", w.pid)
+            sampler.add(f"w{first}", w.pid, pss=False)  # their RSS is what is reported
         result.connect_s = _wait_connected(work, nodes, [server, *workers], timeout=120)
         if result.connect_s is None:
             result.note = "not every node connected within 120 s"

@@ -21,7 +21,9 @@ reports each process's CPU seconds and ``ru_maxrss``: CPU s per steady round
 the machine) and the server's exact peak. Server + nodes RSS is also sampled
 every 50 ms, and the peak of the sum is reported, and so is the peak of the server
 tree's summed PSS, which counts pages its processes share once (the summed RSS
-counts them in each process that maps them). Since server and node apps run
+counts them in each process that maps them), read every 0.5 s: reading a PSS walks
+the process's page tables, and every 50 ms for every process it took a sixth of the
+machine's CPU away from the rounds being timed. Since server and node apps run
 in processes of their own, what the app reports covers those processes only: the
 sampler also reads every process's CPU, and the JSON's ``process_cpu`` gives per
 steady round the server process, its child processes (the app), the nodes and their
@@ -139,7 +141,7 @@ def run_consortium(
                 work / f"n{i}.out", work, env,
             )  # fmt: skip
             procs.append(node)
-            sampler.add(f"n{i}", node.pid)
+            sampler.add(f"n{i}", node.pid, pss=False)  # only the server's PSS is reported
         spies = [
             spy(py_spy, p.pid, work / f"{name}.pyspy.txt")
             for name, p in (("server", server), ("n1", procs[1]))
