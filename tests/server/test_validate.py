@@ -118,3 +118,21 @@ def test_an_update_with_a_non_finite_value_is_rejected_whatever_the_arrays_size(
     update["w"][size // 2] = bad
     with pytest.raises(UpdateRejected, match=r"^array 'w' contains 1 NaN/inf value\(s\)$"):
         check_update(model, update)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # an overflow warned of fails it
+@pytest.mark.parametrize("where", [0, 4_999, 9_999])  # in each of the three ranges
+def test_a_large_array_checked_in_parts_on_several_threads_still_finds_nan(
+    where: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consortium.core import parallel
+
+    monkeypatch.setattr(parallel, "SPLIT_MIN_ELEMENTS", 1000)
+    monkeypatch.setattr(parallel, "_threads", lambda: 3)
+    value = np.ones(10_000, dtype=np.float32)
+    check_finite(Arrays({"w": value}))
+    value[where] = np.nan
+    with pytest.raises(UpdateRejected, match="1 NaN/inf"):
+        check_finite(Arrays({"w": value}))
+    big = np.full(10_000, np.finfo(np.float32).max, dtype=np.float32)
+    check_finite(Arrays({"w": big}))  # each part's sum overflows, quietly, in its own thread

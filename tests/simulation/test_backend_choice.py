@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from consortium.client import ClientApp
 from consortium.core.history import History, RoundRecord, RunInfo
+from consortium.core.parallel import cpu_count
 from consortium.core.protocol import PARAM_BACKEND
 from consortium.simulation import run_simulation
-from consortium.simulation.grid import AUTO_PROCESSES_MIN_NODES, cpu_count, resolve_backend
+from consortium.simulation.grid import AUTO_PROCESSES_MIN_NODES, resolve_backend
 
 HERE = Path(__file__).parent
 TOY_DIR = str(HERE / "toyapp")

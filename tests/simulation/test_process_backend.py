@@ -22,11 +22,12 @@ from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import ConfigError
 from consortium.core.message import TRAIN, Content, Message
+from consortium.core.parallel import cpu_count
 from consortium.core.protocol import ERROR_UNKNOWN_NODE
 from consortium.server import ServerApp, ServerConfig
 from consortium.server.config import AsyncServerConfig
 from consortium.simulation import run_simulation
-from consortium.simulation.grid import SimulationGrid, cpu_count
+from consortium.simulation.grid import SimulationGrid
 from consortium.simulation.process_backend import ProcessNodes
 from consortium.strategy import FedAvg, FedBuff
 

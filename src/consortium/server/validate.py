@@ -9,6 +9,7 @@ import numpy as np
 from consortium.core.arrays import Arrays, is_floating
 from consortium.core.errors import UpdateRejected
 from consortium.core.message import Message
+from consortium.core.parallel import run_split, split_parts
 from consortium.core.protocol import NUM_EXAMPLES
 from consortium.core.records import Metrics
 
@@ -86,8 +87,19 @@ def _sum_is_finite(value: np.ndarray) -> bool:
     means every element is finite (one read, no temporary, ~15x faster than
     ``isfinite(value).all()``). A non-finite sum may also be an overflow of finite
     values, so the caller then checks element by element. Call it under
-    ``np.errstate(all="ignore")``: an overflow must not warn or raise."""
-    return bool(np.isfinite(np.add.reduce(value, axis=None)))
+    ``np.errstate(all="ignore")``: an overflow must not warn or raise. A large array
+    is summed in parts on several threads at once, each part's sum tested."""
+    if not value.flags.c_contiguous or split_parts(value.size) < 2:
+        return bool(np.isfinite(np.add.reduce(value, axis=None)))
+    flat = value.reshape(-1)
+    return all(run_split(flat.size, lambda start, stop, _: _finite_sum(flat[start:stop])))
+
+
+def _finite_sum(part: np.ndarray) -> bool:
+    """Whether ``part``'s sum is finite, an overflow quiet (each thread has its own
+    ``np.errstate``)."""
+    with np.errstate(all="ignore"):
+        return bool(np.isfinite(np.add.reduce(part)))
 
 
 def _mismatch(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -25,6 +23,7 @@ from consortium.client.task import SIMULATION_ERROR_DETAIL, failure_reply, run_t
 from consortium.core.context import Context, NodeState
 from consortium.core.errors import ConfigError
 from consortium.core.message import Message
+from consortium.core.parallel import cpu_count
 from consortium.core.protocol import ERROR_UNKNOWN_NODE, NUM_PARTITIONS, PARTITION_ID
 from consortium.core.records import Config, config_copy
 from consortium.simulation.node_copy import ReadOnlyViews, node_copy
@@ -321,11 +320,3 @@ def _settle(msg: Message, outer: Future[Message], inner: Future[Message]) -> Non
         outer.set_exception(inner.exception())
     else:
         outer.set_result(inner.result())
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on: its affinity on Linux (a container or
-    ``taskset`` may allow fewer than the machine has), the machine's elsewhere."""
-    if sys.platform == "linux":
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1

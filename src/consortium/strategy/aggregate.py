@@ -11,6 +11,7 @@ import numpy as np
 from consortium.core.arrays import Arrays
 from consortium.core.buffers import empty_buffer
 from consortium.core.errors import UpdateRejected
+from consortium.core.parallel import run_split, split_parts
 
 #: Elements per step of the fold: temporaries stay this small whatever the model size.
 BLOCK = 1 << 20
@@ -130,19 +131,29 @@ class WeightedMean:
             self._stage = _Stage(sums, names, values, self._sum_dtype)
 
     def _fold(self, acc: np.ndarray, value: np.ndarray, weight: float, *, first: bool) -> None:
-        """``acc (+)= weight * value`` in blocks of :data:`BLOCK` elements."""
+        """``acc (+)= weight * value`` in blocks of :data:`BLOCK` elements; a large array's
+        blocks on several threads at once (:func:`~consortium.core.parallel.run_split`),
+        each with a scratch block of its own."""
         acc = acc.reshape(-1)
         flat = value.reshape(-1)
+        step = min(BLOCK, flat.size)
+        need = step * split_parts(flat.size)
         scratch = self._scratch.get(acc.dtype)
-        if scratch is None or scratch.size < min(BLOCK, flat.size):
-            scratch = self._scratch[acc.dtype] = np.empty(min(BLOCK, flat.size), dtype=acc.dtype)
-        for i in range(0, flat.size, BLOCK):
-            part = scratch[: min(BLOCK, flat.size - i)]
-            np.multiply(flat[i : i + BLOCK], weight, out=part, dtype=acc.dtype, casting="unsafe")
-            if first:
-                acc[i : i + BLOCK] = part
-            else:
-                acc[i : i + BLOCK] += part
+        if scratch is None or scratch.size < need:
+            scratch = self._scratch[acc.dtype] = np.empty(need, dtype=acc.dtype)
+
+        def fold(start: int, stop: int, index: int) -> None:
+            own = scratch[index * step : (index + 1) * step]
+            for i in range(start, stop, BLOCK):
+                j = min(i + BLOCK, stop)
+                part = own[: j - i]
+                np.multiply(flat[i:j], weight, out=part, dtype=acc.dtype, casting="unsafe")
+                if first:
+                    acc[i:j] = part
+                else:
+                    acc[i:j] += part
+
+        run_split(flat.size, fold)
 
     def _adopt(self, arrays: Arrays, name: str, value: np.ndarray, weight: float) -> bool:
         """First update, from an exclusive message: scale the array in place and make it
@@ -157,9 +168,13 @@ class WeightedMean:
             return False
         assert self._sums is not None
         flat = value.reshape(-1)
-        for i in range(0, flat.size, BLOCK):
-            part = flat[i : i + BLOCK]
-            np.multiply(part, weight, out=part, dtype=part.dtype, casting="unsafe")
+
+        def scale(start: int, stop: int, index: int) -> None:
+            for i in range(start, stop, BLOCK):
+                part = flat[i : min(i + BLOCK, stop)]
+                np.multiply(part, weight, out=part, dtype=part.dtype, casting="unsafe")
+
+        run_split(flat.size, scale)
         self._sums[name] = value
         return True
 
@@ -172,7 +187,7 @@ class WeightedMean:
             return None
         sums, self._sums = self._sums, None  # divided in place: the sums are gone
         for acc in sums.values():
-            np.divide(acc, self.total_weight, out=acc, dtype=acc.dtype, casting="unsafe")
+            _divide(acc.reshape(-1), self.total_weight)
         if self._encoded is not None:  # the sums are the mean's arrays, in its encoding
             out, self._encoded = self._encoded, None
             return out
@@ -251,6 +266,16 @@ class _Stage:
             np.add.accumulate(rows[: k + 1], axis=0, out=rows[: k + 1])
             acc[...] = rows[k]
         self._weights.clear()
+
+
+def _divide(flat: np.ndarray, total: float) -> None:
+    """``flat /= total`` in place, a large array's parts on several threads at once."""
+
+    def divide(start: int, stop: int, index: int) -> None:
+        part = flat[start:stop]
+        np.divide(part, total, out=part, dtype=part.dtype, casting="unsafe")
+
+    run_split(flat.size, divide)
 
 
 def _empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
