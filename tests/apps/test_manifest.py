@@ -86,6 +86,16 @@ def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
         parse_override("lr")
 
 
+def test_an_app_that_declares_no_run_config_takes_every_key_not_just_the_first(
+    tmp_path: Path,
+) -> None:
+    bare = GOOD[: GOOD.index("[run-config]")]
+    spec = load_app_spec(write(tmp_path, bare))
+    assert spec.run_config({"rounds": 3, "nodes": 2, "timeout": 30.0}) == {
+        "rounds": 3, "nodes": 2, "timeout": 30.0,
+    }  # fmt: skip
+
+
 def test_a_manifest_that_is_not_utf8_names_the_file_and_byte(tmp_path: Path) -> None:
     (tmp_path / "consortium.toml").write_bytes(GOOD.replace("sgd", "sgd\xe9").encode("latin-1"))
     with pytest.raises(ConfigError, match=r"consortium.toml: not UTF-8 text \(byte \d+ is"):

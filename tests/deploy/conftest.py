@@ -222,6 +222,37 @@ def wait_for_go():  # up to 60 s: the test looks at the processes meanwhile
         time.sleep(0.05)
 """
 
+#: PLUS_ONE_APP's server side, run config ``nodes`` (1), ``size`` (SIZE), ``rounds`` (1) and
+#: ``timeout`` (60 s): each round sends every node the model plus the round's number and
+#: reports ``central_<node>``: 1.0 when its reply is that plus one, 0.0 when it is not,
+#: -1.0 when its task failed; then waits for the test's "go"
+PLUS_ONE_MAIN = """
+
+@app.main()
+def main(grid, context):
+    config = context.run_config
+    nodes = sorted(grid.wait_for_nodes(int(config.get("nodes", 1)), 60))
+    model = np.arange(int(config.get("size", SIZE)), dtype=np.float32)
+    for rnd in range(1, int(config.get("rounds", 1)) + 1):
+        tasks = [
+            Message.create(run_id=context.run_id, dst=node, round=rnd, kind="query",
+                           content=Content.of(arrays=Arrays({"w": model + rnd})))
+            for node in nodes
+        ]
+        metrics = {}
+        replies = grid.send_and_receive(tasks, timeout=float(config.get("timeout", 60)))
+        for node, reply in zip(nodes, replies):
+            if reply.error is not None:
+                metrics[node] = -1.0
+                print(f"round {rnd}: {node} failed: {reply.error.reason}")
+                continue
+            w = reply.content.arrays["model"]["w"]
+            metrics[node] = float(np.array_equal(w, model + rnd + 1))
+            del w, reply  # nothing of a reply outlives its round: its block is free again
+        context.report(RoundRecord(round=rnd, central_metrics=metrics))
+    wait_for_go()
+"""
+
 
 def write_app(folder: Path, manifest: str, modules: dict[str, str]) -> Path:
     """An app folder: ``consortium.toml`` and each ``NAME.py`` of ``modules``."""

@@ -37,7 +37,7 @@ from consortium.core.message import Message
 from consortium.sandbox.confine import landlock_available
 from consortium.transport.chunks import Chunk, iter_chunks
 from consortium.transport.proto import fleet_pb2 as pb
-from deploy.conftest import PLUS_ONE_APP, writable_blocks, write_app
+from deploy.conftest import PLUS_ONE_APP, PLUS_ONE_MAIN, writable_blocks, write_app
 
 from .conftest import Deployment
 from .played_node import PlayedNode
@@ -51,33 +51,7 @@ STALL_S = 2.0
 #: chunks of the bad streams: small enough that a 20 MB reply is cut part-way through
 CHUNK = 1024 * 1024
 
-APP = (
-    PLUS_ONE_APP
-    + """
-
-@app.main()
-def main(grid, context):
-    nodes = sorted(grid.wait_for_nodes(2, 60))
-    model = np.arange(SIZE, dtype=np.float32)
-    for rnd in range(1, int(context.run_config["rounds"]) + 1):
-        tasks = [
-            Message.create(run_id=context.run_id, dst=node, round=rnd, kind="query",
-                           content=Content.of(arrays=Arrays({"w": model + rnd})))
-            for node in nodes
-        ]
-        metrics = {}
-        for node, reply in zip(nodes, grid.send_and_receive(tasks, timeout=30)):
-            if reply.error is not None:
-                metrics[node] = -1.0
-                print(f"round {rnd}: {node} failed: {reply.error.reason}")
-                continue
-            w = reply.content.arrays["model"]["w"]
-            metrics[node] = float(np.array_equal(w, model + rnd + 1))
-            del w, reply  # nothing of a reply outlives its round: its block is free again
-        context.report(RoundRecord(round=rnd, central_metrics=metrics))
-    wait_for_go()
-"""
-)
+APP = PLUS_ONE_APP + PLUS_ONE_MAIN
 
 MANIFEST = """
 [app]
@@ -198,7 +172,7 @@ def test_bad_model_sized_replies_are_refused_their_blocks_freed_and_honest_ones_
     bad = HostileNode(deployment)
     bad.start()
     try:
-        run_id = deployment.start_run(app, {"rounds": ROUNDS}, seed=1)
+        run_id = deployment.start_run(app, {"rounds": ROUNDS, "nodes": 2, "timeout": 30}, seed=1)
         deployment.wait_rounds(run_id, ROUNDS)
         blocks = writable_blocks(server)  # while the app process (and its blocks) lives
         (deployment.run_dir(run_id) / "work" / "go").write_text("")

@@ -62,10 +62,12 @@ class AppSpec:
 
     def run_config(self, overrides: dict[str, ConfigValue] | None = None) -> Config:
         """The default run config with ``overrides`` applied (unknown keys refused)."""
-        config: Config = dict(self.manifest.run_config)
+        declared = self.manifest.run_config
+        config: Config = dict(declared)
         for key, value in (overrides or {}).items():
-            if config and key not in config:
-                known = ", ".join(sorted(config))
+            # an app that declares no run config takes any keys (all of them, not the first)
+            if declared and key not in declared:
+                known = ", ".join(sorted(declared))
                 raise ConfigError(
                     f"unknown run-config key {key!r} for app {self.name!r} (known: {known})"
                 )
