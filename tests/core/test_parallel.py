@@ -90,6 +90,30 @@ def test_a_split_asked_for_inside_a_range_stays_on_its_thread(
     assert results[0] != results[1]
 
 
+def test_where_no_helper_thread_can_start_the_work_stays_on_the_callers_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app process under an address-space limit may start no thread: its folds still
+    run, on one thread, rather than fail."""
+    _split_everything(monkeypatch)
+    monkeypatch.setattr(parallel, "_HELPERS", None)  # none started yet in this process
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    me = threading.current_thread().name
+    names: list[str] = []
+
+    def work(start: int, stop: int, index: int) -> int:
+        names.append(threading.current_thread().name)
+        return stop - start
+
+    assert split_parts(30) == 1
+    assert run_split(30, work) == [30]
+    assert names == [me]
+
+
 def test_the_first_error_is_raised_once_every_range_has_ended(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,28 +59,26 @@ def split_ranges(size: int, parts: int, align: int) -> list[tuple[int, int]]:
 def split_parts(size: int, align: int | None = None) -> int:
     """How many ranges :func:`run_split` cuts ``size`` elements into (cut at multiples of
     ``align``, by default :data:`SPLIT_ALIGN`), from this thread: 1 for a small array, on
-    one CPU, or inside a range being worked on."""
+    one CPU, inside a range being worked on, or where no helper thread could start."""
     if size < SPLIT_MIN_ELEMENTS or _LOCAL.inside:
         return 1
-    return len(split_ranges(size, _threads(), align or SPLIT_ALIGN))
+    threads = min(_threads(), 1 + _helpers(_threads() - 1).count)
+    return len(split_ranges(size, threads, align or SPLIT_ALIGN))
 
 
 def run_split(
     size: int, work: Callable[[int, int, int], T], *, align: int | None = None
 ) -> list[T]:
-    """``work(start, stop, index)`` over ``[0, size)`` cut by :func:`split_ranges`, the
-    ranges at once on the process's CPUs (``index`` numbers them from 0, which runs on
-    the calling thread); their results in range order. One range, on the caller's
-    thread, below :data:`SPLIT_MIN_ELEMENTS`, on one CPU, or when called from a range
-    being worked on. The first exception raised is raised, once every range ended."""
+    """``work(start, stop, index)`` over ``[0, size)`` cut by :func:`split_ranges` (see
+    :func:`split_parts`), the ranges at once on the process's CPUs (``index`` numbers
+    them from 0, which runs on the calling thread); their results in range order. The
+    first exception raised is raised, once every range ended."""
     parts = split_parts(size, align)
     if parts < 2:
         return [work(0, size, 0)] if size > 0 else []
     ranges = split_ranges(size, parts, align or SPLIT_ALIGN)
-    pool = _pool(_threads() - 1)
-    futures: list[Future[T]] = [
-        pool.submit(_inside, work, a, b, i) for i, (a, b) in enumerate(ranges[1:], start=1)
-    ]
+    helpers = _helpers(parts - 1)
+    futures = [helpers.submit(work, a, b, i) for i, (a, b) in enumerate(ranges[1:], start=1)]
     try:
         first = _inside(work, *ranges[0], 0)
     finally:
@@ -95,8 +94,6 @@ class _Local(threading.local):
 
 
 _LOCAL = _Local()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 
 
 def _threads() -> int:
@@ -105,7 +102,7 @@ def _threads() -> int:
 
 def _inside(work: Callable[[int, int, int], T], start: int, stop: int, index: int) -> T:
     """Run one range, marked so that a split asked for inside it stays on its thread
-    (the pool's threads would otherwise wait for themselves)."""
+    (the helpers would otherwise wait for themselves)."""
     outer, _LOCAL.inside = _LOCAL.inside, True
     try:
         return work(start, stop, index)
@@ -113,19 +110,66 @@ def _inside(work: Callable[[int, int, int], T], start: int, stop: int, index: in
         _LOCAL.inside = outer
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="consortium-split")
-        return _POOL
+class _Helpers:
+    """Threads that work on ranges handed to them, started as they are first needed; as
+    many as could start (a process under an address-space limit may start none: its
+    passes then stay on the caller's thread, rather than fail)."""
+
+    def __init__(self) -> None:
+        self._ranges: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.count = 0
+        self._failed = False
+
+    def grow(self, wanted: int) -> None:
+        with self._lock:
+            while self.count < wanted and not self._failed:
+                thread = threading.Thread(
+                    target=self._serve, name=f"consortium-split-{self.count + 1}", daemon=True
+                )
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't start new thread"
+                    self._failed = True
+                    return
+                self.count += 1
+
+    def submit(self, work: Callable[[int, int, int], T], *args: int) -> Future[T]:
+        future: Future[T] = Future()
+        self._ranges.put((future, lambda: _inside(work, *args)))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, run = self._ranges.get()
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(run())
+            except BaseException as exc:  # handed to the caller, who raises it
+                future.set_exception(exc)
+            del future, run
 
 
-def _forget_pool() -> None:
+_HELPERS: _Helpers | None = None
+_HELPERS_LOCK = threading.Lock()
+
+
+def _helpers(wanted: int) -> _Helpers:
+    """The process's helper threads, at least ``wanted`` of them if they can start."""
+    global _HELPERS
+    with _HELPERS_LOCK:
+        if _HELPERS is None:
+            _HELPERS = _Helpers()
+        helpers = _HELPERS
+    helpers.grow(wanted)
+    return helpers
+
+
+def _forget_helpers() -> None:
     """In a forked child: the parent's threads did not come along."""
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+    global _HELPERS, _HELPERS_LOCK
+    _HELPERS, _HELPERS_LOCK = None, threading.Lock()
 
 
 if sys.platform != "win32":
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_helpers)
