@@ -146,3 +146,9 @@ def test_a_forked_child_splits_with_threads_of_its_own(monkeypatch: pytest.Monke
         os.waitpid(pid, 0)
         pytest.fail("the child's split never ended")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_most_caps_the_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    _split_everything(monkeypatch)
+    assert run_split(30, lambda a, b, i: (a, b, i), most=2) == [(0, 15, 0), (15, 30, 1)]
+    assert run_split(30, lambda a, b, i: i, most=1) == [0]

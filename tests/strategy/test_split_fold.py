@@ -77,3 +77,18 @@ def test_a_split_fold_gives_the_bits_of_one_thread(
     for name in SHAPES:
         assert split[name].tobytes() == alone[name].tobytes(), name
         assert split[name].dtype == np.dtype(dtype) and split[name].shape == SHAPES[name]
+
+
+def test_a_fold_keeps_to_the_ranges_its_scratch_was_sized_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CPUs a process may use can grow between sizing the fold's scratch (one block a
+    range) and running the fold: the fold still runs in as many ranges as it sized."""
+    monkeypatch.setattr(aggregate, "BLOCK", 1000)
+    alone = _mean(_updates("f4"), "input")
+    monkeypatch.setattr(parallel, "SPLIT_MIN_ELEMENTS", 4000)
+    cpus = iter([2] + [3] * 1000)  # the fold's first look sees 2 CPUs, later ones 3
+    monkeypatch.setattr(parallel, "_threads", lambda: next(cpus))
+    split = _mean(_updates("f4"), "input")
+    for name in SHAPES:
+        assert split[name].tobytes() == alone[name].tobytes(), name

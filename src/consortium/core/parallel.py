@@ -3,9 +3,10 @@
 A server folds each reply into its running sum, checks it holds no NaN or inf,
 and divides the sum into the mean: each a pass over the whole model, in numpy,
 which releases the GIL inside its loops. On the 2-core machine measured, a
-100M-parameter round's two checks, two folds and division took 315 ms on one
-thread and 171 ms cut in halves run at once (``benchmarks/fold.py``;
-``docs/benchmarks.md``, "The fold on two cores"). A round waits for the last
+100M-parameter round's two checks, two folds and division took 319 ms on one
+thread and 173 ms cut in halves run at once (``benchmarks/fold.py``;
+``docs/benchmarks.md``, "A 100M × 2 round measured without disturbing it; the
+fold on two cores"). A round waits for the last
 reply's check, fold and division before the next model goes out.
 
 The split never changes a result: each element is computed by the same
@@ -62,18 +63,27 @@ def split_parts(size: int, align: int | None = None) -> int:
     one CPU, inside a range being worked on, or where no helper thread could start."""
     if size < SPLIT_MIN_ELEMENTS or _LOCAL.inside:
         return 1
-    threads = min(_threads(), 1 + _helpers(_threads() - 1).count)
+    threads = _threads()
+    threads = min(threads, 1 + _helpers(threads - 1).count)
     return len(split_ranges(size, threads, align or SPLIT_ALIGN))
 
 
 def run_split(
-    size: int, work: Callable[[int, int, int], T], *, align: int | None = None
+    size: int,
+    work: Callable[[int, int, int], T],
+    *,
+    align: int | None = None,
+    most: int | None = None,
 ) -> list[T]:
     """``work(start, stop, index)`` over ``[0, size)`` cut by :func:`split_ranges` (see
-    :func:`split_parts`), the ranges at once on the process's CPUs (``index`` numbers
-    them from 0, which runs on the calling thread); their results in range order. The
-    first exception raised is raised, once every range ended."""
+    :func:`split_parts`; into at most ``most`` ranges, for a caller that sized something
+    per range by an earlier :func:`split_parts`, which the process's CPUs may since
+    have outgrown), the ranges at once on the process's CPUs (``index`` numbers them
+    from 0, which runs on the calling thread); their results in range order. The first
+    exception raised is raised, once every range ended."""
     parts = split_parts(size, align)
+    if most is not None:
+        parts = min(parts, most)
     if parts < 2:
         return [work(0, size, 0)] if size > 0 else []
     ranges = split_ranges(size, parts, align or SPLIT_ALIGN)

@@ -137,7 +137,8 @@ class WeightedMean:
         acc = acc.reshape(-1)
         flat = value.reshape(-1)
         step = min(BLOCK, flat.size)
-        need = step * split_parts(flat.size)
+        parts = split_parts(flat.size)
+        need = step * parts
         scratch = self._scratch.get(acc.dtype)
         if scratch is None or scratch.size < need:
             scratch = self._scratch[acc.dtype] = np.empty(need, dtype=acc.dtype)
@@ -153,7 +154,7 @@ class WeightedMean:
                 else:
                     acc[i:j] += part
 
-        run_split(flat.size, fold)
+        run_split(flat.size, fold, most=parts)  # one scratch block per range
 
     def _adopt(self, arrays: Arrays, name: str, value: np.ndarray, weight: float) -> bool:
         """First update, from an exclusive message: scale the array in place and make it
