@@ -1,26 +1,32 @@
-"""run_simulation keeps the objects that exist before the run out of full GC passes."""
+"""run_simulation keeps the objects that exist before the run out of full GC passes, and
+raises the young generation's threshold for the run only."""
 
 from __future__ import annotations
 
 import gc
 
 import numpy as np
+import pytest
 
 from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
+from consortium.core.errors import RoundFailed
 from consortium.core.message import Message
 from consortium.server import ServerApp, ServerConfig
 from consortium.simulation import run_simulation
+from consortium.simulation.engine import RUN_YOUNG_THRESHOLD
 from consortium.strategy import FedAvg
 
 
-def _run(seen: list[int]) -> None:
+def _run(seen: list[int], thresholds: list[tuple[int, int, int]] | None = None) -> None:
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:
         seen.append(gc.get_freeze_count())
+        if thresholds is not None:
+            thresholds.append(gc.get_threshold())
         assert msg.content is not None and msg.content.model is not None
         return msg.reply(arrays=msg.content.model.copy(), metrics={"num_examples": 1})
 
@@ -49,3 +55,35 @@ def test_a_freeze_made_by_someone_else_is_left_as_it_was() -> None:
         assert frozen * 0.99 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
+
+
+@pytest.fixture
+def restored_thresholds() -> object:
+    before = gc.get_threshold()
+    yield before
+    gc.set_threshold(*before)
+
+
+def test_the_young_threshold_is_raised_for_the_run_and_put_back(
+    restored_thresholds: tuple[int, int, int],
+) -> None:
+    gc.set_threshold(700, 11, 12)
+    during: list[tuple[int, int, int]] = []
+    _run([], during)
+    assert during == [(RUN_YOUNG_THRESHOLD, 11, 12)] * 2
+    assert gc.get_threshold() == (700, 11, 12)
+
+
+def test_a_higher_threshold_is_kept_and_a_failed_run_puts_it_back(
+    restored_thresholds: tuple[int, int, int],
+) -> None:
+    gc.set_threshold(RUN_YOUNG_THRESHOLD * 3, 10, 10)
+    during: list[tuple[int, int, int]] = []
+    _run([], during)
+    assert during == [(RUN_YOUNG_THRESHOLD * 3, 10, 10)] * 2
+    gc.set_threshold(700, 10, 10)
+    # no initial model, and a node that cannot answer the query for one: the run fails
+    server = ServerApp(lambda ctx: ServerConfig(FedAvg(), num_rounds=1))
+    with pytest.raises(RoundFailed):
+        run_simulation(server, ClientApp(), num_nodes=1)
+    assert gc.get_threshold() == (700, 10, 10)
