@@ -14,6 +14,7 @@ from consortium.core.errors import RoundFailed
 from consortium.core.history import Outcome
 from consortium.core.message import Content, Message
 from consortium.server import ServerApp, ServerConfig, load_model
+from consortium.server.workflow.replies import LOGGED_FAILURES
 from consortium.simulation import run_simulation
 from consortium.strategy import FedAvg
 
@@ -111,6 +112,39 @@ def test_failing_node_is_reported_with_traceback_and_round_proceeds(
     assert "RuntimeError" in failed[0].traceback and "Traceback" in failed[0].traceback
     assert any("Traceback" in r.getMessage() and "node 0" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(result.arrays["w"], np.full(4, 2 * 2.5))
+
+
+def test_many_failures_log_the_first_ones_and_sum_up_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stage's first LOGGED_FAILURES failures are logged one by one; the rest in one line
+    by outcome, and every one of them is still in the round's record."""
+    caplog.set_level(logging.WARNING, logger="consortium.server")
+    raising, nan = range(3, 3 + LOGGED_FAILURES + 5), range(30, 33)
+    behaviour = {str(i): "raise" for i in raising} | {str(i): "nan" for i in nan}
+    result = run_simulation(server(rounds=1), make_client(behaviour), num_nodes=40)
+    failed = result.history.rounds[0].failures()
+    assert len(failed) == len(raising) + len(nan)
+    messages = [r.getMessage() for r in caplog.records if r.name == "consortium.server"]
+    one_by_one = [m for m in messages if "failed to train" in m or "rejected:" in m]
+    assert len(one_by_one) == LOGGED_FAILURES
+    assert all("Traceback" in m for m in one_by_one if "failed to train" in m)
+    logged_failed = sum("failed to train" in m for m in one_by_one)
+    summary = [m for m in messages if "more nodes' train did not succeed" in m]
+    assert summary == [
+        f"run {result.run_id} round 1: 8 more nodes' train did not succeed "
+        f"({len(raising) - logged_failed} failed, {len(nan) - (LOGGED_FAILURES - logged_failed)} "
+        "rejected), not logged one by one: each is in the round's record"
+    ]
+
+
+def test_a_failed_round_lists_the_first_failures_and_counts_the_rest() -> None:
+    behaviour = {str(i): "raise" for i in range(LOGGED_FAILURES + 7)}
+    with pytest.raises(RoundFailed) as caught:
+        run_simulation(server(min_replies=20), make_client(behaviour), num_nodes=20)
+    message = str(caught.value)
+    assert message.count("disk full on") == LOGGED_FAILURES
+    assert message.endswith("; and 7 more")
 
 
 def test_too_few_replies_fails_the_run_clearly() -> None:

@@ -37,7 +37,11 @@ from consortium.core.records import Config
 from consortium.server.config import AsyncServerConfig, strategy_params
 from consortium.server.context import ServerContext
 from consortium.server.workflow.inflight import InFlight, Task
-from consortium.server.workflow.replies import judge_reply, validated_update
+from consortium.server.workflow.replies import (
+    describe_failures,
+    judge_reply,
+    validated_update,
+)
 from consortium.server.workflow.tasks import (
     instruction_content,
     online_nodes,
@@ -155,11 +159,9 @@ class FedBuffWorkflow:
         failures = record.failures()
         if len(failures) < self.config.max_failures_per_step:
             return
-        shown = "; ".join(f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in failures[:10])
-        more = f"; and {len(failures) - 10} more" if len(failures) > 10 else ""
         raise RoundFailed(
             f"step {self.version + 1}: {len(failures)} tasks failed since the last step. "
-            f"Failures: {shown}{more}"
+            f"Failures: {describe_failures(failures)}"
         )
 
     def _step(

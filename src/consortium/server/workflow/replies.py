@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from consortium.core.arrays import Arrays
@@ -26,6 +27,22 @@ log = logging.getLogger("consortium.server")
 
 #: Arrays records of a reply that are not further records: the model and its compressed form.
 _NOT_RECORDS = COMPRESSION_RECORDS | {MODEL}
+
+#: Failures logged one by one per stage of a round, and listed in a RoundFailed message:
+#: the rest are counted in one line (each is in the round's record all the same). A
+#: worker process that dies takes a whole batch of simulated nodes with it, and 10,000
+#: nodes failing alike would otherwise log 10,000 tracebacks.
+LOGGED_FAILURES = 10
+
+
+def describe_failures(failures: list[NodeResult]) -> str:
+    """The first :data:`LOGGED_FAILURES` of ``failures`` (node, outcome, reason), and how
+    many more there were."""
+    shown = "; ".join(
+        f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in failures[:LOGGED_FAILURES]
+    )
+    more = len(failures) - LOGGED_FAILURES
+    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def judge_reply(reply: Message, stage: str) -> NodeResult:
@@ -90,20 +107,38 @@ class ReplyCollector:
         self.rnd = rnd
         self.record = record
         self.sent_at = sent_at
+        #: per stage: failures logged one by one so far, and the outcomes of those not
+        #: logged (past :data:`LOGGED_FAILURES`), summed up by :meth:`missing`
+        self._logged: Counter[str] = Counter()
+        self._unlogged: dict[str, Counter[str]] = {}
+
+    def _may_log(self, stage: str, outcome: Outcome) -> bool:
+        """Whether a failure of ``stage`` is logged one by one (else it is counted)."""
+        if self._logged[stage] < LOGGED_FAILURES:
+            self._logged[stage] += 1
+            return True
+        self._unlogged.setdefault(stage, Counter())[outcome.value] += 1
+        return False
 
     def judge(self, stage: str, reply: Message) -> NodeResult:
-        """Judge ``reply``, log a failure, time it and add it to the round's record."""
+        """Judge ``reply``, log a failure, time it and add it to the round's record.
+
+        The first :data:`LOGGED_FAILURES` failures of a stage are logged one by one
+        (a failed node's with its traceback); :meth:`missing` sums up the rest."""
         result = judge_reply(reply, stage)
-        if result.outcome is Outcome.FAILED:
-            log.warning(
-                "run %s round %d: node %s failed to %s: %s\n%s",
-                self.run_id, self.rnd, result.node_id, stage, result.reason, result.traceback,
-            )  # fmt: skip
-        elif result.outcome is Outcome.REJECTED:
-            log.warning(
-                "run %s round %d: reply from node %s rejected: %s",
-                self.run_id, self.rnd, result.node_id, result.reason,
-            )  # fmt: skip
+        outcome = result.outcome
+        if outcome is not Outcome.OK and self._may_log(stage, outcome):
+            if outcome is Outcome.FAILED:
+                log.warning(
+                    "run %s round %d: node %s failed to %s: %s\n%s",
+                    self.run_id, self.rnd, result.node_id, stage, result.reason,
+                    result.traceback,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "run %s round %d: reply from node %s rejected: %s",
+                    self.run_id, self.rnd, result.node_id, result.reason,
+                )  # fmt: skip
         result.seconds = time.perf_counter() - self.sent_at  # task sent -> reply received
         timing = reply.content.metrics.get(TIMING_RECORD) if reply.content is not None else None
         if timing:  # most replies carry none: keep the result's own empty dict
@@ -112,15 +147,25 @@ class ReplyCollector:
         return result
 
     def missing(self, stage: str, nodes: Iterable[str]) -> None:
-        """Record the nodes that did not answer before the deadline."""
+        """Record the nodes that did not answer before the deadline; called once the
+        stage's replies are in, it then logs how many failures were not logged one by
+        one."""
         for node in sorted(nodes):
             self.record.nodes.append(
                 NodeResult(node, stage, Outcome.TIMEOUT, reason="no reply before the deadline")
             )
-            if stage == TRAIN:
+            if stage == TRAIN and self._may_log(stage, Outcome.TIMEOUT):
                 log.warning(
                     "run %s round %d: node %s did not reply in time", self.run_id, self.rnd, node
                 )
+        unlogged = self._unlogged.pop(stage, None)
+        if unlogged:
+            log.warning(
+                "run %s round %d: %d more nodes' %s did not succeed (%s), not logged one by "
+                "one: each is in the round's record",
+                self.run_id, self.rnd, unlogged.total(), stage,
+                ", ".join(f"{count} {outcome}" for outcome, count in sorted(unlogged.items())),
+            )  # fmt: skip
 
     def train_replies(
         self,
@@ -154,10 +199,11 @@ class ReplyCollector:
                 model, records = validated_update(template, reply, reference)
             except UpdateRejected as exc:
                 result.outcome, result.reason = Outcome.REJECTED, str(exc)
-                log.warning(
-                    "run %s round %d: update from node %s rejected: %s",
-                    self.run_id, self.rnd, node, exc,
-                )  # fmt: skip
+                if self._may_log(TRAIN, Outcome.REJECTED):
+                    log.warning(
+                        "run %s round %d: update from node %s rejected: %s",
+                        self.run_id, self.rnd, node, exc,
+                    )  # fmt: skip
                 continue
             ok += 1
             update = TrainReply(node, model, result.num_examples, result.metrics, records)
@@ -168,10 +214,7 @@ class ReplyCollector:
         if ok < need:
             raise RoundFailed(
                 f"round {self.rnd}: only {ok} of {len(sampled)} nodes returned a valid update, "
-                f"{need} required. Failures: "
-                + "; ".join(
-                    f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in self.record.failures()
-                )
+                f"{need} required. Failures: {describe_failures(self.record.failures())}"
             )
 
     def evaluate_replies(
