@@ -26,6 +26,11 @@ SAMPLE_S = 0.05
 #: of a process: read every 50 ms, a 100M-parameter server tree's cost 0.2-0.3 s of a
 #: 2.6 s round, on the machine being measured)
 PSS_EVERY_S = 0.5
+#: seconds between two listings of a tree's processes (psutil lists a process's children
+#: by reading the parent of every process in /proc: listing three trees every 50 ms took
+#: more of the measured machine's CPU than reading their memory); a process started
+#: meanwhile is sampled from the next listing on
+TREE_EVERY_S = 0.5
 #: the admin certificate the deployed benchmarks issue for their coordinator calls
 ADMIN = "bench-admin"
 
@@ -82,6 +87,9 @@ class Sampler:
         self.groups: dict[str, psutil.Process] = {}
         self._rss_only: set[str] = set()
         self._pss_at = -PSS_EVERY_S
+        self._listed_at = -TREE_EVERY_S
+        #: group -> its processes at the last listing, the root first
+        self._trees: dict[str, list[psutil.Process]] = {}
         self.peak: dict[str, int] = {}
         self.peak_pss: dict[str, int] = {}
         #: group -> its PSS at that peak, by process (see process_kind)
@@ -114,6 +122,9 @@ class Sampler:
         with_pss = now - self._pss_at >= PSS_EVERY_S
         if with_pss:
             self._pss_at = now
+        relist = now - self._listed_at >= TREE_EVERY_S
+        if relist:
+            self._listed_at = now
         total = 0
         cpu: dict[str, tuple[float, float]] = {}
         for name, root in list(self.groups.items()):
@@ -121,12 +132,15 @@ class Sampler:
             own = kids = 0.0
             parts: dict[str, int] = {}
             blocks: dict[tuple[int, int], int] = {}
+            if relist or name not in self._trees:
+                with contextlib.suppress(psutil.Error):
+                    self._trees[name] = [root, *root.children(recursive=True)]
             with contextlib.suppress(psutil.Error):
-                for p in [root, *root.children(recursive=True)]:
-                    with contextlib.suppress(psutil.Error, OSError):
+                for p in self._trees.get(name, [root]):
+                    with contextlib.suppress(psutil.Error, OSError), p.oneshot():
                         rss += p.memory_info().rss
-                        kind = "itself" if p.pid == root.pid else process_kind(p)
                         if with_pss and name not in self._rss_only:
+                            kind = "itself" if p.pid == root.pid else process_kind(p)
                             parts[kind] = parts.get(kind, 0) + private_pss(p.pid)
                             blocks.update(shared_blocks(p.pid))
                         t = p.cpu_times()
