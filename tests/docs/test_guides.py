@@ -49,6 +49,19 @@ def test_mods_guide_complete_example_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_simulation_guide_guarded_script_runs_on_the_processes_backend(tmp_path: Path) -> None:
+    """docs/simulation.md's script, as a file of its own: its workers import it again, and
+    its `if __name__ == "__main__":` keeps them from starting a run of their own."""
+    (example,) = [b for b in _blocks(ROOT / "docs" / "simulation.md", "python") if "__main__" in b]
+    script = tmp_path / "guarded.py"
+    script.write_text(example)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("rounds: 2")
+
+
 def test_apps_guide_walk_through_prints_what_it_shows(tmp_path: Path) -> None:
     """docs/apps.md's commands, run in a fresh folder, print its expected output (``<…>``
     stands for a hash or size that depends on the key)."""

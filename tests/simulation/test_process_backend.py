@@ -285,3 +285,45 @@ def test_the_cli_runs_processes_in_batches_to_the_threads_model_bytes(tmp_path: 
     )
     assert isinstance(refused.exception, ConfigError), refused.output
     assert "--nodes-per-batch needs the processes backend, not threads" in str(refused.exception)
+
+
+def _server() -> ServerApp:
+    return ServerApp(
+        lambda ctx: ServerConfig(FedAvg(initial_arrays=Arrays({"w": np.zeros(4)})), num_rounds=1)
+    )
+
+
+def test_an_app_that_cannot_be_imported_fails_the_run_at_once_with_its_error(
+    tmp_path: Path,
+) -> None:
+    """The workers load the app: its import error ends the run with that error (and the
+    line of the app that raised), not each node failing with a bare BrokenProcessPool."""
+    (tmp_path / "typo_app.py").write_text(
+        "import numpy\n\nraise ImportError(\"no module named 'torchh'\")\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        run_simulation(
+            _server(), "typo_app:app", num_nodes=6, backend="processes", workers=2,
+            app_path=[str(tmp_path)],
+        )  # fmt: skip
+    message = str(caught.value)
+    assert message.startswith("the client app 'typo_app:app' could not be loaded in a worker")
+    assert "no module named 'torchh'" in message
+    assert f'File "{tmp_path / "typo_app.py"}", line 3' in message
+    assert caught.value.__cause__ is None  # the worker's stack is not printed twice
+
+
+def test_workers_that_die_at_start_fail_the_run_at_once_naming_the_likely_cause(
+    tmp_path: Path,
+) -> None:
+    """A worker that ends before running any task (as one does when the script that
+    starts the run calls run_simulation at import time, unguarded) ends the run with
+    one error saying so, instead of every batch failing, each on a fresh pool."""
+    (tmp_path / "exiting_app.py").write_text("import os\n\nos._exit(3)\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r'ended before running any task.*__name__ == "__main__"'):
+        run_simulation(
+            _server(), "exiting_app:app", num_nodes=2000, backend="processes", workers=2,
+            app_path=[str(tmp_path)],
+        )  # fmt: skip
+    assert time.monotonic() - started < 30

@@ -29,7 +29,9 @@ The guarantees are those of the threads backend:
 * a worker that dies (killed, out of memory) fails the batches then in the
   pool: each of their tasks gets an error reply (``BrokenProcessPool``), the
   pool is started afresh for the next batches, and the run goes on as its
-  strategy decides.
+  strategy decides;
+* workers that cannot load the app, or die before running any task, end the run at
+  its first batch with one :class:`~consortium.core.errors.ConfigError` saying why.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ IN_FLIGHT_PER_WORKER = 2
 #: by default, a batch brings back about this many bytes of model replies at most
 BATCH_REPLY_BYTES = 8 * 1024 * 1024
 
+
+#: why the first workers of a run died before running a task, as far as the driver can
+#: tell: their own error went to standard error
+WORKERS_DID_NOT_START = (
+    "the processes backend's worker processes ended before running any task (their error "
+    "is printed above it). Each worker imports the script that started the run again: a "
+    "script that calls run_simulation when imported must do so under `if __name__ == "
+    '"__main__":`. Or run with backend="threads"'
+)
 
 #: a batch's call to a worker: its results and the buffer its reply arrays are packed in
 _Call = Future[tuple[list[Any], bytes]]
@@ -125,8 +136,9 @@ class ProcessNodes:
         # start the workers now: their start-up (a fork, the app's import) then overlaps
         # the server's own set-up instead of delaying the first round
         pool = self._pool()
-        for _ in range(workers):
-            pool.submit(worker.ready)
+        #: whether the first workers started and loaded the app: checked before the first
+        #: batch (:meth:`_check_started`), then emptied
+        self._started = [pool.submit(worker.ready) for _ in range(workers)]
 
     # -- the grid's calls ---------------------------------------------------------------
     def send_and_receive(
@@ -233,11 +245,30 @@ class ProcessNodes:
             self._submit(batch)
         return batch
 
+    def _check_started(self) -> None:
+        """Raise a clear error, once, if the first workers could not start or load the app:
+        every batch would fail the same way, each node with a bare ``BrokenProcessPool``.
+
+        Raises:
+            ConfigError: the app's own import error, or why a worker may have died at
+                start (its error went to standard error).
+        """
+        started, self._started = self._started, []
+        for ready in started:
+            try:
+                ready.result()
+            except ConfigError as exc:  # the app's import: its error and traceback are the text
+                raise ConfigError(str(exc)) from None
+            except BrokenProcessPool:
+                raise ConfigError(WORKERS_DID_NOT_START) from None
+
     def _submit(self, batch: _Batch) -> None:
         """Send ``batch`` to a worker: each model and state once, the tasks as plain data."""
         if not batch.jobs or batch.given_up:
             self._end(batch)
             return
+        if self._started:
+            self._check_started()
         objects: list[Any] = []
         at: dict[int, int] = {}  # id of an Arrays record or a state -> its position
         jobs: list[Job] = []
