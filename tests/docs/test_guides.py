@@ -39,27 +39,27 @@ def test_server_apps_guide_command_runs(tmp_path: Path) -> None:
         assert "fedavg-by-hand" in done.stdout
 
 
-def test_mods_guide_complete_example_runs(tmp_path: Path) -> None:
-    (example,) = [b for b in _blocks(ROOT / "docs" / "mods.md", "python") if "run_simulation" in b]
-    script = tmp_path / "example.py"
+def _run_script_block(doc: str, marker: str, folder: Path) -> str:
+    """Run the one python block of ``docs/<doc>`` holding ``marker`` as a script file of its
+    own, in ``folder``; its standard output."""
+    (example,) = [b for b in _blocks(ROOT / "docs" / doc, "python") if marker in b]
+    script = folder / "example.py"
     script.write_text(example)
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, str(script)], cwd=folder, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_mods_guide_complete_example_runs(tmp_path: Path) -> None:
+    _run_script_block("mods.md", "run_simulation", tmp_path)
 
 
 def test_simulation_guide_guarded_script_runs_on_the_processes_backend(tmp_path: Path) -> None:
     """docs/simulation.md's script, as a file of its own: its workers import it again, and
     its `if __name__ == "__main__":` keeps them from starting a run of their own."""
-    (example,) = [b for b in _blocks(ROOT / "docs" / "simulation.md", "python") if "__main__" in b]
-    script = tmp_path / "guarded.py"
-    script.write_text(example)
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip().endswith("rounds: 2")
+    assert _run_script_block("simulation.md", "__main__", tmp_path).strip().endswith("rounds: 2")
 
 
 def test_apps_guide_walk_through_prints_what_it_shows(tmp_path: Path) -> None:
