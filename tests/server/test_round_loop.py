@@ -11,10 +11,9 @@ from consortium.client import ClientApp
 from consortium.core.arrays import Arrays
 from consortium.core.context import Context
 from consortium.core.errors import RoundFailed
-from consortium.core.history import Outcome
+from consortium.core.history import LOGGED_FAILURES, Outcome
 from consortium.core.message import Content, Message
 from consortium.server import ServerApp, ServerConfig, load_model
-from consortium.server.workflow.replies import LOGGED_FAILURES
 from consortium.simulation import run_simulation
 from consortium.strategy import FedAvg
 

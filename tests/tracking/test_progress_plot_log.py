@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
+from consortium.core.history import (
+    LOGGED_FAILURES,
+    History,
+    NodeResult,
+    Outcome,
+    RoundRecord,
+    RunInfo,
+)
 from consortium.tracking import LogObserver, Observers, PlotObserver, ProgressObserver, RunObserver
 from consortium.tracking.log import format_value, node_counts
 from consortium.tracking.plot import metric_families
@@ -228,3 +235,21 @@ def test_log_failed_run_and_warning_cap(caplog: pytest.LogCaptureFixture) -> Non
     assert warnings[1] == "run=run-42 round=2 1 more node failures not shown: c(evaluate:timeout)"
     assert caplog.records[-1].levelno == logging.ERROR
     assert caplog.records[-1].getMessage() == "run=run-42 failed after rounds=3/3"
+
+
+def test_log_lists_at_most_the_first_failures_of_a_large_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """10,000 failed nodes: the one line past the cap names the first LOGGED_FAILURES and
+    counts the rest, instead of naming them all."""
+    failed = [NodeResult(str(i), "train", Outcome.FAILED, reason="boom") for i in range(10_000)]
+    record = RoundRecord(round=1, nodes=failed)
+    obs = LogObserver(max_node_warnings=0)
+    with caplog.at_level(logging.WARNING, logger="consortium.run"):
+        obs.on_round_end(record)
+    (line,) = [r.getMessage() for r in caplog.records]
+    shown = "; ".join(f"{i}(train:failed)" for i in range(LOGGED_FAILURES))
+    assert line == (
+        f"run= round=1 10000 more node failures not shown: {shown}; "
+        f"and {10_000 - LOGGED_FAILURES} more"
+    )

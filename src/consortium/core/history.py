@@ -8,6 +8,12 @@ from typing import Any
 
 from consortium.core.records import Config, Metrics
 
+#: Failures logged one by one per stage of a round, and listed in a message: the rest are
+#: counted (each is in the round's record all the same). A worker process that dies takes
+#: a whole batch of simulated nodes with it, and 10,000 nodes failing alike would
+#: otherwise log 10,000 tracebacks.
+LOGGED_FAILURES = 10
+
 
 class Outcome(StrEnum):
     """How one node's task in one round ended."""
@@ -113,3 +119,16 @@ def round_to_json(record: RoundRecord) -> dict[str, Any]:
             for n in record.nodes
         ],
     }
+
+
+def describe_failures(failures: list[NodeResult], *, reasons: bool = True) -> str:
+    """The first :data:`LOGGED_FAILURES` of ``failures`` (node, outcome and, with
+    ``reasons``, why; else node, stage and outcome), and how many more there were."""
+    shown = "; ".join(
+        f"{n.node_id}: {n.outcome.value} ({n.reason})"
+        if reasons
+        else f"{n.node_id}({n.stage}:{n.outcome.value})"
+        for n in failures[:LOGGED_FAILURES]
+    )
+    more = len(failures) - LOGGED_FAILURES
+    return f"{shown}; and {more} more" if more > 0 else shown

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from consortium.core.history import History, NodeResult, Outcome, RoundRecord, RunInfo
+from consortium.core.history import (
+    History,
+    NodeResult,
+    Outcome,
+    RoundRecord,
+    RunInfo,
+    describe_failures,
+)
 
 __all__ = ["LogObserver", "format_value", "node_counts"]
 
@@ -114,7 +121,7 @@ class LogObserver:
                 self._run_id,
                 record.round,
                 len(failures) - cap,
-                ", ".join(f"{n.node_id}({n.stage}:{n.outcome.value})" for n in failures[cap:]),
+                describe_failures(failures[cap:], reasons=False),
             )
 
     def _node_warning(self, rnd: int, node: NodeResult) -> None:

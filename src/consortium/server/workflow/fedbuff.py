@@ -24,7 +24,7 @@ from typing import Any
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, StrategyError, UpdateRejected
 from consortium.core.grid import Grid
-from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.history import NodeResult, Outcome, RoundRecord, describe_failures
 from consortium.core.message import TRAIN, Message
 from consortium.core.protocol import (
     FEDBUFF_UPDATE_BASE_VERSION,
@@ -37,11 +37,7 @@ from consortium.core.records import Config
 from consortium.server.config import AsyncServerConfig, strategy_params
 from consortium.server.context import ServerContext
 from consortium.server.workflow.inflight import InFlight, Task
-from consortium.server.workflow.replies import (
-    describe_failures,
-    judge_reply,
-    validated_update,
-)
+from consortium.server.workflow.replies import judge_reply, validated_update
 from consortium.server.workflow.tasks import (
     instruction_content,
     online_nodes,

@@ -17,7 +17,13 @@ from collections.abc import Iterable, Iterator
 
 from consortium.core.arrays import Arrays
 from consortium.core.errors import RoundFailed, UpdateRejected
-from consortium.core.history import NodeResult, Outcome, RoundRecord
+from consortium.core.history import (
+    LOGGED_FAILURES,
+    NodeResult,
+    Outcome,
+    RoundRecord,
+    describe_failures,
+)
 from consortium.core.message import EVALUATE, MODEL, TIMING_RECORD, TRAIN, Message
 from consortium.server.compression import COMPRESSION_RECORDS, decoded_model
 from consortium.server.validate import check_finite, check_update, num_examples, reply_metrics
@@ -27,22 +33,6 @@ log = logging.getLogger("consortium.server")
 
 #: Arrays records of a reply that are not further records: the model and its compressed form.
 _NOT_RECORDS = COMPRESSION_RECORDS | {MODEL}
-
-#: Failures logged one by one per stage of a round, and listed in a RoundFailed message:
-#: the rest are counted in one line (each is in the round's record all the same). A
-#: worker process that dies takes a whole batch of simulated nodes with it, and 10,000
-#: nodes failing alike would otherwise log 10,000 tracebacks.
-LOGGED_FAILURES = 10
-
-
-def describe_failures(failures: list[NodeResult]) -> str:
-    """The first :data:`LOGGED_FAILURES` of ``failures`` (node, outcome, reason), and how
-    many more there were."""
-    shown = "; ".join(
-        f"{n.node_id}: {n.outcome.value} ({n.reason})" for n in failures[:LOGGED_FAILURES]
-    )
-    more = len(failures) - LOGGED_FAILURES
-    return f"{shown}; and {more} more" if more > 0 else shown
 
 
 def judge_reply(reply: Message, stage: str) -> NodeResult:
