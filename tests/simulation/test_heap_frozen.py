@@ -4,6 +4,7 @@ raises the young generation's threshold for the run only."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -35,6 +36,13 @@ def _run(seen: list[int], thresholds: list[tuple[int, int, int]] | None = None) 
     run_simulation(server, app, num_nodes=2)
 
 
+@pytest.fixture
+def restored_thresholds() -> Iterator[tuple[int, int, int]]:
+    before = gc.get_threshold()
+    yield before
+    gc.set_threshold(*before)
+
+
 def test_the_heap_is_frozen_during_the_run_and_unfrozen_after() -> None:
     assert gc.get_freeze_count() == 0
     seen: list[int] = []
@@ -43,25 +51,25 @@ def test_the_heap_is_frozen_during_the_run_and_unfrozen_after() -> None:
     assert gc.get_freeze_count() == 0
 
 
-def test_a_freeze_made_by_someone_else_is_left_as_it_was() -> None:
+def test_a_freeze_made_by_someone_else_is_left_as_it_was(
+    restored_thresholds: tuple[int, int, int],
+) -> None:
+    """... and so is the collector's threshold: whoever froze (the caller, or a run going on
+    in another thread) owns both, and puts them back."""
+    gc.set_threshold(700, 10, 10)
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
         seen: list[int] = []
-        _run(seen)
+        during: list[tuple[int, int, int]] = []
+        _run(seen, during)
+        assert during == [(700, 10, 10)] * 2
         # nothing more frozen by the run, nothing unfrozen (frozen objects may still be
         # freed when their last reference goes, so the count can only fall a little)
         assert len(seen) == 2 and frozen * 0.99 < min(seen) and max(seen) <= frozen
         assert frozen * 0.99 < gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
-
-
-@pytest.fixture
-def restored_thresholds() -> object:
-    before = gc.get_threshold()
-    yield before
-    gc.set_threshold(*before)
 
 
 def test_the_young_threshold_is_raised_for_the_run_and_put_back(

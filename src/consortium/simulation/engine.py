@@ -146,18 +146,19 @@ def _heap_frozen() -> Iterator[None]:
     the imported modules included: about a third of the framework's cost per task.
     ``gc.freeze`` leaves those objects out until the run ends (``gc.unfreeze``); a
     cycle among them that becomes garbage meanwhile is collected after the run.
-    Left alone when something else froze objects first. The young generation's
-    threshold is raised to :data:`RUN_YOUNG_THRESHOLD` for the run (never lowered)
-    and put back after it.
+    The young generation's threshold is raised to :data:`RUN_YOUNG_THRESHOLD` for the
+    run (never lowered) and put back after it. Both are left alone when something else
+    froze objects first: the caller, or a run already going on in another thread,
+    which puts them back when it ends.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     thresholds = gc.get_threshold()
     gc.set_threshold(max(thresholds[0], RUN_YOUNG_THRESHOLD), *thresholds[1:])
-    frozen = not gc.get_freeze_count()
-    if frozen:
-        gc.freeze()
+    gc.freeze()
     try:
         yield
     finally:
-        if frozen:
-            gc.unfreeze()
+        gc.unfreeze()
         gc.set_threshold(*thresholds)
