@@ -327,3 +327,22 @@ def test_workers_that_die_at_start_fail_the_run_at_once_naming_the_likely_cause(
             app_path=[str(tmp_path)],
         )  # fmt: skip
     assert time.monotonic() - started < 30
+
+
+def test_a_round_deadline_holds_while_the_workers_are_still_starting(tmp_path: Path) -> None:
+    """The driver waits for its first workers to start no longer than the round's deadline:
+    an app slow to import times the round out instead of holding it."""
+    (tmp_path / "slow_app.py").write_text(
+        "import time\n\ntime.sleep(3)\n\nfrom test_process_backend import client_app  # noqa\n"
+    )
+    grid = SimulationGrid(
+        "slow_app:client_app", ["a"], backend="processes", workers=1,
+        app_path=[str(tmp_path), str(HERE)],
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        replies = list(grid.send_and_receive(_tasks(["a"]), timeout=0.5))
+        assert time.monotonic() - started < 2.0
+        assert replies == []  # given up at the deadline
+    finally:
+        grid.close()

@@ -30,8 +30,9 @@ The guarantees are those of the threads backend:
   pool: each of their tasks gets an error reply (``BrokenProcessPool``), the
   pool is started afresh for the next batches, and the run goes on as its
   strategy decides;
-* workers that cannot load the app, or die before running any task, end the run at
-  its first batch with one :class:`~consortium.core.errors.ConfigError` saying why.
+* workers that cannot load the app, or die before running any task, end the run with
+  one :class:`~consortium.core.errors.ConfigError` saying why, as soon as the driver
+  learns of it (it waits for them no longer than a call's deadline).
 """
 
 from __future__ import annotations
@@ -136,8 +137,8 @@ class ProcessNodes:
         # start the workers now: their start-up (a fork, the app's import) then overlaps
         # the server's own set-up instead of delaying the first round
         pool = self._pool()
-        #: whether the first workers started and loaded the app: checked before the first
-        #: batch (:meth:`_check_started`), then emptied
+        #: whether the first workers started and loaded the app, until each is known
+        #: (:meth:`_check_started`)
         self._started = [pool.submit(worker.ready) for _ in range(workers)]
 
     # -- the grid's calls ---------------------------------------------------------------
@@ -146,6 +147,7 @@ class ProcessNodes:
     ) -> Iterator[Message]:
         """The replies to ``messages`` in send order; at ``deadline`` (``time.time()``)
         the batches that ended still count and the others are given up."""
+        self._check_started(deadline)
         chunks = self._cut(messages)
         window = IN_FLIGHT_PER_WORKER * self._workers
         mine: deque[_Batch] = deque(self._start(c) for c in itertools.islice(chunks, window))
@@ -169,6 +171,7 @@ class ProcessNodes:
                 self._give_up(batch)
 
     def push(self, messages: Sequence[Message]) -> None:
+        self._check_started(time.time())  # those started by now: pull waits for the others
         for chunk in self._cut(messages):
             batch = self._start(chunk)
             self._pushed.extend((batch, i) for i in range(len(chunk)))
@@ -176,6 +179,7 @@ class ProcessNodes:
     def pull(self, timeout: float | None) -> Message | None:
         """The next pushed task to finish (of those finished, the one pushed first)."""
         deadline = None if timeout is None else time.time() + timeout
+        self._check_started(deadline)
         while self._pushed:
             self._pump()
             for handle in self._pushed:
@@ -245,16 +249,22 @@ class ProcessNodes:
             self._submit(batch)
         return batch
 
-    def _check_started(self) -> None:
-        """Raise a clear error, once, if the first workers could not start or load the app:
-        every batch would fail the same way, each node with a bare ``BrokenProcessPool``.
+    def _check_started(self, deadline: float | None) -> None:
+        """Raise a clear error if the first workers could not start or load the app: every
+        batch would fail the same way, each node with a bare ``BrokenProcessPool``. Waits
+        for them until ``deadline`` (``time.time()``) at most: those not started by then
+        are checked at a later call, and the batches meanwhile go to the pool as usual.
 
         Raises:
             ConfigError: the app's own import error, or why a worker may have died at
                 start (its error went to standard error).
         """
-        started, self._started = self._started, []
-        for ready in started:
+        if not self._started:
+            return
+        remaining = None if deadline is None else max(0.0, deadline - time.time())
+        done, pending = wait(self._started, timeout=remaining)
+        self._started = list(pending)
+        for ready in done:
             try:
                 ready.result()
             except ConfigError as exc:  # the app's import: its error and traceback are the text
@@ -267,8 +277,6 @@ class ProcessNodes:
         if not batch.jobs or batch.given_up:
             self._end(batch)
             return
-        if self._started:
-            self._check_started()
         objects: list[Any] = []
         at: dict[int, int] = {}  # id of an Arrays record or a state -> its position
         jobs: list[Job] = []
