@@ -281,3 +281,20 @@ def test_a_killed_worker_without_retries_is_a_failed_node(cluster: str, tmp_path
 def test_a_node_task_no_raylet_can_hold_is_refused_at_once(cluster: str) -> None:
     with pytest.raises(ConfigError, match=r"ray-num-gpus=1 .*no Ray node"):
         RayGrid(APP_REF, ["a"], app_path=[str(HERE)], options=RayOptions(num_gpus=1))
+
+
+def test_an_app_that_cannot_be_imported_ends_the_run_with_its_error(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Ray hands back the app's import error (a ConfigError); the grid raises it instead of
+    failing each node with it."""
+    (tmp_path / "typo_ray_app.py").write_text("raise ImportError(\"no module named 'torchh'\")\n")
+    grid = RayGrid("typo_ray_app:app", ["a", "b"], app_path=[str(tmp_path)], options=RayOptions())
+    try:
+        with pytest.raises(ConfigError) as caught:
+            list(grid.send_and_receive(_tasks(["a", "b"]), timeout=120))
+    finally:
+        grid.close()
+    message = str(caught.value)
+    assert message.startswith("the client app could not be loaded in a Ray worker")
+    assert "no module named 'torchh'" in message

@@ -333,7 +333,12 @@ class RayGrid:
             plain, _, has_state = ray.get(pending.reply_ref, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             return None
-        except Exception as exc:  # the worker died (retries spent) or the app did not load
+        except ConfigError as exc:  # the app could not be loaded: every task would fail alike
+            self._let_go(pending)
+            raise ConfigError(
+                f"the client app could not be loaded in a Ray worker: {exc}"
+            ) from None
+        except Exception as exc:  # the worker died (retries spent)
             logger.warning("node %s: task failed in Ray: %s", pending.msg.metadata.dst, exc)
             self._let_go(pending)
             return failure_reply(pending.msg, exc, SIMULATION_ERROR_DETAIL)
