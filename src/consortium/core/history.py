@@ -8,10 +8,10 @@ from typing import Any
 
 from consortium.core.records import Config, Metrics
 
-#: Failures logged one by one per stage of a round, and listed in a message: the rest are
-#: counted (each is in the round's record all the same). A worker process that dies takes
-#: a whole batch of simulated nodes with it, and 10,000 nodes failing alike would
-#: otherwise log 10,000 tracebacks.
+#: Failures a stage of a round warns of one by one, and a message lists: the rest are
+#: logged at INFO (a run's log file keeps them, the terminal does not show them) and
+#: counted. A worker process that dies takes a whole batch of simulated nodes with it,
+#: and 10,000 nodes failing alike would otherwise print 10,000 tracebacks.
 LOGGED_FAILURES = 10
 
 

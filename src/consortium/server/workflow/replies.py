@@ -97,38 +97,39 @@ class ReplyCollector:
         self.rnd = rnd
         self.record = record
         self.sent_at = sent_at
-        #: per stage: failures logged one by one so far, and the outcomes of those not
-        #: logged (past :data:`LOGGED_FAILURES`), summed up by :meth:`missing`
-        self._logged: Counter[str] = Counter()
-        self._unlogged: dict[str, Counter[str]] = {}
+        #: per stage: failures warned of so far, and the outcomes of those past
+        #: :data:`LOGGED_FAILURES` (logged at INFO), summed up by :meth:`missing`
+        self._warned: Counter[str] = Counter()
+        self._quiet: dict[str, Counter[str]] = {}
 
-    def _may_log(self, stage: str, outcome: Outcome) -> bool:
-        """Whether a failure of ``stage`` is logged one by one (else it is counted)."""
-        if self._logged[stage] < LOGGED_FAILURES:
-            self._logged[stage] += 1
-            return True
-        self._unlogged.setdefault(stage, Counter())[outcome.value] += 1
-        return False
+    def _level(self, stage: str, outcome: Outcome) -> int:
+        """The level a failure of ``stage`` is logged at: WARNING for the stage's first
+        :data:`LOGGED_FAILURES`, then INFO (a run's log file keeps them, the terminal does
+        not show them), counted for :meth:`missing`."""
+        if self._warned[stage] < LOGGED_FAILURES:
+            self._warned[stage] += 1
+            return logging.WARNING
+        self._quiet.setdefault(stage, Counter())[outcome.value] += 1
+        return logging.INFO
 
     def judge(self, stage: str, reply: Message) -> NodeResult:
         """Judge ``reply``, log a failure, time it and add it to the round's record.
 
-        The first :data:`LOGGED_FAILURES` failures of a stage are logged one by one
-        (a failed node's with its traceback); :meth:`missing` sums up the rest."""
+        A failure is logged one by one (a failed node's with its traceback): as a
+        warning for the stage's first :data:`LOGGED_FAILURES`, then at INFO, and
+        :meth:`missing` sums those up in one warning."""
         result = judge_reply(reply, stage)
         outcome = result.outcome
-        if outcome is not Outcome.OK and self._may_log(stage, outcome):
-            if outcome is Outcome.FAILED:
-                log.warning(
-                    "run %s round %d: node %s failed to %s: %s\n%s",
-                    self.run_id, self.rnd, result.node_id, stage, result.reason,
-                    result.traceback,
-                )  # fmt: skip
-            else:
-                log.warning(
-                    "run %s round %d: reply from node %s rejected: %s",
-                    self.run_id, self.rnd, result.node_id, result.reason,
-                )  # fmt: skip
+        if outcome is Outcome.FAILED:
+            log.log(
+                self._level(stage, outcome), "run %s round %d: node %s failed to %s: %s\n%s",
+                self.run_id, self.rnd, result.node_id, stage, result.reason, result.traceback,
+            )  # fmt: skip
+        elif outcome is Outcome.REJECTED:
+            log.log(
+                self._level(stage, outcome), "run %s round %d: reply from node %s rejected: %s",
+                self.run_id, self.rnd, result.node_id, result.reason,
+            )  # fmt: skip
         result.seconds = time.perf_counter() - self.sent_at  # task sent -> reply received
         timing = reply.content.metrics.get(TIMING_RECORD) if reply.content is not None else None
         if timing:  # most replies carry none: keep the result's own empty dict
@@ -138,23 +139,24 @@ class ReplyCollector:
 
     def missing(self, stage: str, nodes: Iterable[str]) -> None:
         """Record the nodes that did not answer before the deadline; called once the
-        stage's replies are in, it then logs how many failures were not logged one by
-        one."""
+        stage's replies are in, it then sums up in one warning the failures logged at
+        INFO only."""
         for node in sorted(nodes):
             self.record.nodes.append(
                 NodeResult(node, stage, Outcome.TIMEOUT, reason="no reply before the deadline")
             )
-            if stage == TRAIN and self._may_log(stage, Outcome.TIMEOUT):
-                log.warning(
-                    "run %s round %d: node %s did not reply in time", self.run_id, self.rnd, node
-                )
-        unlogged = self._unlogged.pop(stage, None)
-        if unlogged:
+            if stage == TRAIN:
+                log.log(
+                    self._level(stage, Outcome.TIMEOUT),
+                    "run %s round %d: node %s did not reply in time", self.run_id, self.rnd, node,
+                )  # fmt: skip
+        quiet = self._quiet.pop(stage, None)
+        if quiet:
             log.warning(
-                "run %s round %d: %d more nodes' %s did not succeed (%s), not logged one by "
-                "one: each is in the round's record",
-                self.run_id, self.rnd, unlogged.total(), stage,
-                ", ".join(f"{count} {outcome}" for outcome, count in sorted(unlogged.items())),
+                "run %s round %d: %d more nodes' %s did not succeed (%s), logged one by one "
+                "at INFO level only (a run's run.log has them)",
+                self.run_id, self.rnd, quiet.total(), stage,
+                ", ".join(f"{count} {outcome}" for outcome, count in sorted(quiet.items())),
             )  # fmt: skip
 
     def train_replies(
@@ -189,11 +191,11 @@ class ReplyCollector:
                 model, records = validated_update(template, reply, reference)
             except UpdateRejected as exc:
                 result.outcome, result.reason = Outcome.REJECTED, str(exc)
-                if self._may_log(TRAIN, Outcome.REJECTED):
-                    log.warning(
-                        "run %s round %d: update from node %s rejected: %s",
-                        self.run_id, self.rnd, node, exc,
-                    )  # fmt: skip
+                log.log(
+                    self._level(TRAIN, Outcome.REJECTED),
+                    "run %s round %d: update from node %s rejected: %s",
+                    self.run_id, self.rnd, node, exc,
+                )  # fmt: skip
                 continue
             ok += 1
             update = TrainReply(node, model, result.num_examples, result.metrics, records)
